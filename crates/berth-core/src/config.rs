@@ -1,0 +1,177 @@
+//! Configuration files: `berth.toml` in the workspace and `~/.config/berth/config.toml`.
+//!
+//! Each file may set the defaults of `berth run`'s options; flags override files, and the
+//! workspace file overrides the user's file. An unknown key is an error naming key and file.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::spec::{Fallback, NetworkMode, PullPolicy, UserSpec, WorkspaceMode};
+use crate::units;
+
+/// A configuration file as written. Every field is optional; unknown keys are refused.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub image: Option<String>,
+    pub pull: Option<String>,
+    pub workspace_mode: Option<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<CpuValue>,
+    pub pids: Option<i64>,
+    pub timeout: Option<String>,
+    pub grace: Option<String>,
+    pub network: Option<String>,
+    pub read_only: Option<bool>,
+    pub user: Option<String>,
+    pub fallback: Option<String>,
+    pub state_dir: Option<String>,
+    #[serde(default)]
+    pub allowed_paths: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `cpus = 2` and `cpus = "1.5"` are both natural to write.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CpuValue {
+    Number(f64),
+    Text(String),
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Parses a configuration file's text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<ConfigFile, ConfigError> {
+    let config: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_string(),
+        message: e.message().to_string() + &location(text, e.span()),
+    })?;
+    config.validate(file)?;
+    Ok(config)
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+impl ConfigFile {
+    /// Checks every value now, so a bad value is reported with its key and file even when a
+    /// flag would override it.
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError { file: file.to_string(), message: format!("key `{key}`: {message}") };
+        if let Some(v) = &self.pull {
+            v.parse::<PullPolicy>().map_err(|e| bad("pull", e))?;
+        }
+        if let Some(v) = &self.workspace_mode {
+            v.parse::<WorkspaceMode>().map_err(|e| bad("workspace_mode", e))?;
+        }
+        if let Some(v) = &self.memory {
+            units::parse_memory(v).map_err(|e| bad("memory", e.to_string()))?;
+        }
+        if let Some(v) = &self.cpus {
+            self.cpus_nano(v).map_err(|e| bad("cpus", e))?;
+        }
+        if let Some(p) = self.pids {
+            if p < 1 {
+                return Err(bad("pids", format!("{p} is not a positive number of processes")));
+            }
+        }
+        for (key, v) in [("timeout", &self.timeout), ("grace", &self.grace)] {
+            if let Some(v) = v {
+                units::parse_duration(v).map_err(|e| bad(key, e.to_string()))?;
+            }
+        }
+        if let Some(v) = &self.network {
+            NetworkMode::parse(v).map_err(|e| bad("network", e))?;
+        }
+        if let Some(v) = &self.user {
+            UserSpec::parse(v).map_err(|e| bad("user", e))?;
+        }
+        if let Some(v) = &self.fallback {
+            v.parse::<Fallback>().map_err(|e| bad("fallback", e))?;
+        }
+        for name in self.env.keys() {
+            crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
+        }
+        Ok(())
+    }
+
+    fn cpus_nano(&self, v: &CpuValue) -> Result<i64, String> {
+        let text = match v {
+            CpuValue::Number(n) => n.to_string(),
+            CpuValue::Text(t) => t.clone(),
+        };
+        units::parse_cpus(&text).map_err(|e| e.to_string())
+    }
+
+    /// Layers `over` on top of `self`: set values replace, lists and tables merge.
+    pub fn merged(mut self, over: ConfigFile) -> ConfigFile {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if over.$field.is_some() { self.$field = over.$field; } )* };
+        }
+        take!(image, pull, workspace_mode, memory, cpus, pids, timeout, grace, network, read_only, user, fallback, state_dir);
+        self.allowed_paths.extend(over.allowed_paths);
+        self.env.extend(over.env);
+        self
+    }
+
+    /// The CPU setting in nano-CPUs, if set (already validated).
+    pub fn nano_cpus(&self) -> Option<i64> {
+        self.cpus.as_ref().and_then(|v| self.cpus_nano(v).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_known_keys() {
+        let c = parse("berth.toml", "image = \"x\"\nmemory = \"1g\"\ncpus = 1.5\nallowed_paths = [\"/srv\"]\n[env]\nA = \"1\"\n").unwrap();
+        assert_eq!(c.image.as_deref(), Some("x"));
+        assert_eq!(c.nano_cpus(), Some(1_500_000_000));
+        assert_eq!(c.allowed_paths, ["/srv"]);
+        assert_eq!(c.env["A"], "1");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse("/p/berth.toml", "image = \"x\"\nmemroy = \"1g\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/p/berth.toml:") && e.contains("memroy") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_file() {
+        let e = parse("c.toml", "timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("`timeout`") && e.contains("soon"), "{e}");
+        let e = parse("c.toml", "network = \"host\"").unwrap_err().to_string();
+        assert!(e.contains("`network`"), "{e}");
+        let e = parse("c.toml", "[env]\n\"A B\" = \"1\"").unwrap_err().to_string();
+        assert!(e.contains("env.A B"), "{e}");
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones() {
+        let user = parse("u", "image = \"a\"\nmemory = \"1g\"\nallowed_paths = [\"/x\"]").unwrap();
+        let ws = parse("w", "image = \"b\"\nallowed_paths = [\"/y\"]").unwrap();
+        let m = user.merged(ws);
+        assert_eq!(m.image.as_deref(), Some("b"));
+        assert_eq!(m.memory.as_deref(), Some("1g"));
+        assert_eq!(m.allowed_paths, ["/x", "/y"]);
+    }
+}

@@ -1,0 +1,19 @@
+//! berth's domain core.
+//!
+//! Architecture Invariant: this crate does no I/O. It never talks to Docker, never touches the
+//! file system, never reads the clock or the environment. Everything it needs from the outside
+//! world is handed to it as plain values (canonicalised paths, the invoking uid, the current
+//! time), so every rule here is testable with one-line cases.
+
+pub mod config;
+pub mod event;
+pub mod exit;
+pub mod mask;
+pub mod plan;
+pub mod policy;
+pub mod record;
+pub mod spec;
+pub mod units;
+
+pub use exit::{ExitStatus, RunState};
+pub use spec::RunSpec;

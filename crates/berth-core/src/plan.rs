@@ -1,0 +1,316 @@
+//! From a checked run to the exact container berth asks the engine for.
+//!
+//! Architecture Invariant: every hardening setting is decided here, in one place, and the engine
+//! adapter maps the plan field by field. There is deliberately no field for privileged mode, host
+//! namespaces, added capabilities or a seccomp override: the plan cannot express them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::spec::{PortPublish, RunSpec, UserSpec, WorkspaceMode};
+
+/// Where the workspace is mounted and the working directory of every sandboxed command.
+pub const WORKSPACE_TARGET: &str = "/workspace";
+/// Always writable, always collected after the run (`$BERTH_OUT`).
+pub const OUT_TARGET: &str = "/berth/out";
+/// berth's entry shim inside the sandbox.
+pub const SHIM_TARGET: &str = "/berth/shim";
+/// Secret files, on a tmpfs owned by the sandbox user.
+pub const SECRETS_TARGET: &str = "/run/secrets";
+/// Home directory given to images that declare none.
+pub const DEFAULT_HOME: &str = "/berth/home";
+/// The uid:gid used when berth itself runs as root.
+pub const FALLBACK_UID: u32 = 1000;
+
+/// Labels on every container berth creates.
+pub mod labels {
+    pub const MANAGED: &str = "berth.managed";
+    pub const RUN_ID: &str = "berth.run-id";
+    /// The process id of the berth that owns the container.
+    pub const OWNER_PID: &str = "berth.owner-pid";
+    /// That process's start time (clock ticks since boot), so a reused pid is not mistaken for it.
+    pub const OWNER_START: &str = "berth.owner-start";
+    /// The host that berth runs on: `berth gc` only judges owners on its own host.
+    pub const OWNER_HOST: &str = "berth.owner-host";
+    /// The run directory, so `berth gc` can record what happened to the run.
+    pub const RUN_DIR: &str = "berth.run-dir";
+}
+
+/// A bind mount of a host path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A tmpfs mount with its mount options (`mode=…,uid=…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    pub target: String,
+    pub options: String,
+}
+
+/// Everything the engine is asked to create, hardening included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries; never a secret.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub binds: Vec<BindMount>,
+    pub tmpfs: Vec<TmpfsMount>,
+    pub memory_bytes: i64,
+    /// Equal to `memory_bytes`: memory plus swap equal to memory means no swap at all.
+    pub memory_swap_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub network: String,
+    pub publish: Vec<PortPublish>,
+    pub read_only_rootfs: bool,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    /// Run the engine's init (tini) as PID 1: it forwards signals and reaps zombies.
+    pub init: bool,
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// What the caller learned about the image and the host before planning.
+#[derive(Debug, Clone)]
+pub struct PlanContext {
+    pub run_id: String,
+    /// The invoking user's uid and gid.
+    pub invoking_uid: u32,
+    pub invoking_gid: u32,
+    /// The image's own entrypoint; kept after berth's shim, as `docker run` keeps it.
+    pub image_entrypoint: Vec<String>,
+    /// The image's `HOME`, when it sets one.
+    pub image_home: Option<String>,
+    /// Canonical workspace path on the host (already checked by the policy).
+    pub workspace: PathBuf,
+    /// Checked extra mounts: canonical source, normalised target, read-only.
+    pub mounts: Vec<BindMount>,
+    pub shim_host_path: PathBuf,
+    pub out_host_path: PathBuf,
+    /// The state directory's path relative to the workspace, when it lies inside it: masked so
+    /// the sandbox cannot read or rewrite earlier runs' records.
+    pub state_dir_in_workspace: Option<String>,
+    /// Owner labels (pid, start time, host, run dir) added to the managed labels.
+    pub owner_labels: BTreeMap<String, String>,
+}
+
+/// The user the sandbox runs as: `--user` when given, else the invoking user, else 1000:1000
+/// when berth itself runs as root.
+pub fn sandbox_user(requested: Option<UserSpec>, invoking_uid: u32, invoking_gid: u32) -> (u32, u32) {
+    match requested {
+        Some(UserSpec { uid, gid }) => (uid, gid.unwrap_or(uid)),
+        None if invoking_uid == 0 => (FALLBACK_UID, FALLBACK_UID),
+        None => (invoking_uid, invoking_gid),
+    }
+}
+
+/// Builds the container plan for a run whose sources were already checked.
+pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
+    let (uid, gid) = sandbox_user(spec.user, ctx.invoking_uid, ctx.invoking_gid);
+    let owned_tmpfs = |mode: &str| format!("rw,nosuid,nodev,mode={mode},uid={uid},gid={gid}");
+
+    let mut binds = Vec::new();
+    let mut tmpfs = Vec::new();
+    if spec.workspace_mode != WorkspaceMode::None {
+        binds.push(BindMount {
+            source: ctx.workspace.clone(),
+            target: WORKSPACE_TARGET.to_string(),
+            read_only: spec.workspace_mode == WorkspaceMode::Ro,
+        });
+        if let Some(state) = &ctx.state_dir_in_workspace {
+            tmpfs.push(TmpfsMount {
+                target: format!("{WORKSPACE_TARGET}/{state}"),
+                options: "ro,nosuid,nodev,noexec,size=4k,mode=0555".to_string(),
+            });
+        }
+    }
+    binds.extend(ctx.mounts.iter().cloned());
+    binds.push(BindMount { source: ctx.out_host_path.clone(), target: OUT_TARGET.to_string(), read_only: false });
+    binds.push(BindMount { source: ctx.shim_host_path.clone(), target: SHIM_TARGET.to_string(), read_only: true });
+
+    if !spec.secrets.is_empty() {
+        tmpfs.push(TmpfsMount {
+            target: SECRETS_TARGET.to_string(),
+            options: format!("{},noexec,size=1m", owned_tmpfs("0700")),
+        });
+    }
+    let home = ctx.image_home.clone().unwrap_or_else(|| DEFAULT_HOME.to_string());
+    if spec.read_only || ctx.image_home.is_none() {
+        tmpfs.push(TmpfsMount { target: home.clone(), options: owned_tmpfs("0700") });
+    }
+    if spec.read_only {
+        tmpfs.push(TmpfsMount { target: "/tmp".to_string(), options: "rw,nosuid,nodev,mode=1777".to_string() });
+    }
+
+    let mut env = vec![format!("BERTH_OUT={OUT_TARGET}"), format!("BERTH_RUN_ID={}", ctx.run_id)];
+    if ctx.image_home.is_none() {
+        env.push(format!("HOME={home}"));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+
+    let mut labels = BTreeMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::RUN_ID.to_string(), ctx.run_id.clone()),
+    ]);
+    labels.extend(ctx.owner_labels.clone());
+
+    let mut entrypoint = vec![SHIM_TARGET.to_string()];
+    entrypoint.extend(ctx.image_entrypoint.iter().cloned());
+
+    let working_dir = if spec.workspace_mode == WorkspaceMode::None { "/".to_string() } else { WORKSPACE_TARGET.to_string() };
+
+    ContainerPlan {
+        name: container_name(&ctx.run_id),
+        image: spec.image.clone(),
+        entrypoint,
+        cmd: spec.command.clone(),
+        env,
+        working_dir,
+        user: format!("{uid}:{gid}"),
+        labels,
+        binds,
+        tmpfs,
+        memory_bytes: spec.resources.memory_bytes as i64,
+        memory_swap_bytes: spec.resources.memory_bytes as i64,
+        nano_cpus: spec.resources.nano_cpus,
+        pids_limit: spec.resources.pids,
+        network: spec.network.engine_name().to_string(),
+        publish: spec.publish.clone(),
+        read_only_rootfs: spec.read_only,
+        cap_drop: vec!["ALL".to_string()],
+        security_opt: vec!["no-new-privileges:true".to_string()],
+        init: true,
+        // Binding ports below 1024 normally needs CAP_NET_BIND_SERVICE, which is dropped. The
+        // sysctl is per network namespace, so lowering it affects only this sandbox.
+        sysctls: BTreeMap::from([("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]),
+    }
+}
+
+/// The name of the container for a run.
+pub fn container_name(run_id: &str) -> String {
+    format!("berth-{run_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::*;
+    use std::time::Duration;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            image: "img".into(),
+            command: vec!["echo".into(), "$HOME; rm -rf /".into()],
+            pull: PullPolicy::Missing,
+            workspace: "/w".into(),
+            workspace_mode: WorkspaceMode::Rw,
+            mounts: vec![],
+            env: vec![("A".into(), "1".into())],
+            secrets: vec![],
+            resources: Resources::default(),
+            timeout: Duration::from_secs(600),
+            grace: Duration::from_secs(10),
+            network: NetworkMode::None,
+            read_only: false,
+            user: None,
+            publish: vec![],
+            artifacts: vec![],
+            keep: false,
+            fallback: Fallback::None,
+        }
+    }
+
+    fn ctx() -> PlanContext {
+        PlanContext {
+            run_id: "01abc".into(),
+            invoking_uid: 0,
+            invoking_gid: 0,
+            image_entrypoint: vec![],
+            image_home: None,
+            workspace: "/w".into(),
+            mounts: vec![],
+            shim_host_path: "/cache/shim".into(),
+            out_host_path: "/w/.berth/runs/01abc/out".into(),
+            state_dir_in_workspace: Some(".berth".into()),
+            owner_labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn hardening_is_always_on() {
+        let plan = plan_container(&spec(), &ctx());
+        assert_eq!(plan.cap_drop, ["ALL"]);
+        assert_eq!(plan.security_opt, ["no-new-privileges:true"]);
+        assert!(plan.init);
+        assert_eq!(plan.memory_swap_bytes, plan.memory_bytes);
+        assert_eq!(plan.pids_limit, 512);
+        assert_eq!(plan.network, "none");
+        assert_eq!(plan.name, "berth-01abc");
+        assert_eq!(plan.labels["berth.managed"], "true");
+        assert_eq!(plan.labels["berth.run-id"], "01abc");
+    }
+
+    #[test]
+    fn command_stays_argv() {
+        let plan = plan_container(&spec(), &ctx());
+        assert_eq!(plan.entrypoint, ["/berth/shim"]);
+        assert_eq!(plan.cmd, ["echo", "$HOME; rm -rf /"]);
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(sandbox_user(None, 0, 0), (1000, 1000));
+        assert_eq!(sandbox_user(None, 501, 20), (501, 20));
+        assert_eq!(sandbox_user(Some(UserSpec { uid: 0, gid: None }), 501, 20), (0, 0));
+        assert_eq!(sandbox_user(Some(UserSpec { uid: 7, gid: Some(8) }), 0, 0), (7, 8));
+    }
+
+    #[test]
+    fn state_dir_is_masked_and_out_is_writable() {
+        let plan = plan_container(&spec(), &ctx());
+        assert!(plan.tmpfs.iter().any(|t| t.target == "/workspace/.berth" && t.options.starts_with("ro")));
+        assert!(plan.binds.iter().any(|b| b.target == OUT_TARGET && !b.read_only));
+        assert!(plan.binds.iter().any(|b| b.target == SHIM_TARGET && b.read_only));
+    }
+
+    #[test]
+    fn read_only_root_gets_writable_tmp_and_home() {
+        let mut s = spec();
+        s.read_only = true;
+        let c = PlanContext { image_home: Some("/home/agent".into()), ..ctx() };
+        let plan = plan_container(&s, &c);
+        assert!(plan.read_only_rootfs);
+        let targets: Vec<_> = plan.tmpfs.iter().map(|t| t.target.as_str()).collect();
+        assert!(targets.contains(&"/tmp") && targets.contains(&"/home/agent"), "{targets:?}");
+        assert!(!plan.env.iter().any(|e| e.starts_with("HOME=")), "the image's HOME is kept");
+    }
+
+    #[test]
+    fn secrets_get_an_owned_tmpfs_and_never_env() {
+        let mut s = spec();
+        s.secrets = vec!["TOKEN".into()];
+        let plan = plan_container(&s, &ctx());
+        let secrets = plan.tmpfs.iter().find(|t| t.target == SECRETS_TARGET).unwrap();
+        assert!(secrets.options.contains("uid=1000") && secrets.options.contains("mode=0700"));
+        assert!(!plan.env.iter().any(|e| e.starts_with("TOKEN")));
+    }
+
+    #[test]
+    fn workspace_none_has_no_workspace_mount() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::None;
+        let plan = plan_container(&s, &ctx());
+        assert!(!plan.binds.iter().any(|b| b.target == WORKSPACE_TARGET));
+        assert_eq!(plan.working_dir, "/");
+    }
+}

@@ -1,0 +1,82 @@
+//! The run record, `run.json`: what was asked, where it ran, and how it ended.
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::RunState;
+use crate::spec::RunSpec;
+
+/// Where the command ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    Docker,
+    /// On the host, because Docker is not installed and `--fallback local` allowed it.
+    Local,
+}
+
+impl std::fmt::Display for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Docker => "docker",
+            Self::Local => "local",
+        })
+    }
+}
+
+/// Everything berth keeps about one run. Times are RFC 3339 strings supplied by the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub spec: RunSpec,
+    pub execution: Execution,
+    /// Why the run did not use Docker, when it did not.
+    pub fallback_reason: Option<String>,
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub image_id: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub state: RunState,
+    /// Why the run ended the way it did, in words; set for every final state but success.
+    pub reason: Option<String>,
+    /// Collected artifact paths, relative to the run's `artifacts/` directory.
+    pub artifacts: Vec<String>,
+    /// Whether the container was left in place (`--keep`).
+    pub kept: bool,
+}
+
+impl RunRecord {
+    pub fn new(id: String, spec: RunSpec, execution: Execution, created_at: String) -> Self {
+        Self {
+            id,
+            spec,
+            execution,
+            fallback_reason: None,
+            container_id: None,
+            container_name: None,
+            image_id: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            oom_killed: false,
+            state: RunState::Created,
+            reason: None,
+            artifacts: Vec::new(),
+            kept: false,
+        }
+    }
+
+    /// Records the end of the run. A final state is never overwritten: the first ending wins.
+    pub fn finish(&mut self, state: RunState, reason: Option<String>, finished_at: String) {
+        if self.state.is_final() {
+            return;
+        }
+        self.state = state;
+        self.reason = reason;
+        self.finished_at = Some(finished_at);
+    }
+}

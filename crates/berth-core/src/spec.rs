@@ -1,0 +1,301 @@
+//! What a user asked for: one sandboxed run, before any engine is involved.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the sandboxed command sees the workspace, and whether it may write there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    #[default]
+    Rw,
+    Ro,
+    None,
+}
+
+impl std::str::FromStr for WorkspaceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rw" => Ok(Self::Rw),
+            "ro" => Ok(Self::Ro),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown workspace mode `{other}`: expected rw, ro or none"
+            )),
+        }
+    }
+}
+
+/// When to pull the image from its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "missing" => Ok(Self::Missing),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown pull policy `{other}`: expected missing, always or never"
+            )),
+        }
+    }
+}
+
+/// The network the sandbox joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum NetworkMode {
+    /// Only a loopback interface: nothing leaves the sandbox.
+    #[default]
+    None,
+    /// The engine's default bridge.
+    Bridge,
+    /// A user-defined network that must already exist.
+    Named(String),
+}
+
+impl NetworkMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "bridge" => Ok(Self::Bridge),
+            "" => Err("empty network name: expected none, bridge or a network name".into()),
+            // Sharing the host's or another container's namespace defeats the sandbox.
+            "host" => Err("network `host` is refused: it would share the host's network namespace; expected none, bridge or a user-defined network".into()),
+            other if other.starts_with("container:") => Err(format!("network `{other}` is refused: it would share another container's namespace; expected none, bridge or a user-defined network")),
+            other => Ok(Self::Named(other.to_string())),
+        }
+    }
+
+    /// The value the engine understands as `NetworkMode`.
+    pub fn engine_name(&self) -> &str {
+        match self {
+            Self::None => "none",
+            Self::Bridge => "bridge",
+            Self::Named(name) => name,
+        }
+    }
+}
+
+/// A uid with an optional gid, as given to `--user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: Option<u32>,
+}
+
+impl UserSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("invalid user `{s}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)");
+        let (uid, gid) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let uid = uid.parse().map_err(|_| err())?;
+        let gid = gid.map(|g| g.parse().map_err(|_| err())).transpose()?;
+        Ok(Self { uid, gid })
+    }
+}
+
+/// A port published on the host's loopback interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPublish {
+    pub container_port: u16,
+    /// `None` lets the engine pick a free host port.
+    pub host_port: Option<u16>,
+}
+
+impl PortPublish {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("invalid port `{s}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)");
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(err);
+        match s.split_once(':') {
+            Some((c, h)) => Ok(Self { container_port: port(c)?, host_port: Some(port(h)?) }),
+            None => Ok(Self { container_port: port(s)?, host_port: None }),
+        }
+    }
+}
+
+/// A requested extra mount, as written by the user (`SRC:DST[:ro|rw]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRequest {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl MountRequest {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = |why: &str| format!("invalid mount `{s}`: {why}; expected SRC:DST[:ro|rw] (e.g. ./data:/data:ro)");
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, read_only) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, true),
+            [src, dst, "ro"] => (*src, *dst, true),
+            [src, dst, "rw"] => (*src, *dst, false),
+            [_, _, mode] => return Err(err(&format!("mode `{mode}` is neither ro nor rw"))),
+            _ => return Err(err("wrong number of `:`-separated parts")),
+        };
+        if source.is_empty() {
+            return Err(err("the source is empty"));
+        }
+        if target.is_empty() {
+            return Err(err("the destination is empty"));
+        }
+        Ok(Self { source: PathBuf::from(source), target: target.to_string(), read_only })
+    }
+}
+
+/// Resource limits applied to the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: u64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { memory_bytes: 2 << 30, nano_cpus: 2_000_000_000, pids: 512 }
+    }
+}
+
+/// Where berth may fall back to when the sandbox cannot be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Never run outside a sandbox.
+    #[default]
+    None,
+    /// Run on the host, but only when Docker is not installed at all.
+    Local,
+}
+
+impl std::str::FromStr for Fallback {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "local" => Ok(Self::Local),
+            other => Err(format!("unknown fallback `{other}`: expected none or local")),
+        }
+    }
+}
+
+/// Everything a user asked for in one run. Stored verbatim in `run.json`, so it holds secret
+/// *names* only, never values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub image: String,
+    pub command: Vec<String>,
+    pub pull: PullPolicy,
+    pub workspace: PathBuf,
+    pub workspace_mode: WorkspaceMode,
+    pub mounts: Vec<MountRequest>,
+    pub env: Vec<(String, String)>,
+    pub secrets: Vec<String>,
+    pub resources: Resources,
+    #[serde(with = "duration_secs")]
+    pub timeout: Duration,
+    #[serde(with = "duration_secs")]
+    pub grace: Duration,
+    pub network: NetworkMode,
+    pub read_only: bool,
+    pub user: Option<UserSpec>,
+    pub publish: Vec<PortPublish>,
+    pub artifacts: Vec<String>,
+    pub keep: bool,
+    pub fallback: Fallback,
+}
+
+/// Checks an environment variable name the way POSIX shells accept them.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("invalid environment variable name `{name}`: expected letters, digits and `_`, not starting with a digit"))
+    }
+}
+
+/// Parses `--env K=V`.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid environment entry `{s}`: expected KEY=VALUE"))?;
+    check_env_name(k)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+mod duration_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_parse() {
+        let m = MountRequest::parse("./data:/data").unwrap();
+        assert_eq!((m.source.to_str().unwrap(), m.target.as_str(), m.read_only), ("./data", "/data", true));
+        assert!(!MountRequest::parse("a:/b:rw").unwrap().read_only);
+        assert!(MountRequest::parse("a:/b:ro").unwrap().read_only);
+        assert!(MountRequest::parse("a:/b:rx").unwrap_err().contains("`rx`"));
+        assert!(MountRequest::parse("a").unwrap_err().contains("SRC:DST"));
+        assert!(MountRequest::parse(":/b").is_err());
+    }
+
+    #[test]
+    fn users_parse() {
+        assert_eq!(UserSpec::parse("1000").unwrap(), UserSpec { uid: 1000, gid: None });
+        assert_eq!(UserSpec::parse("0:0").unwrap(), UserSpec { uid: 0, gid: Some(0) });
+        assert!(UserSpec::parse("root").unwrap_err().contains("numeric"));
+    }
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(PortPublish::parse("80").unwrap(), PortPublish { container_port: 80, host_port: None });
+        assert_eq!(PortPublish::parse("80:8080").unwrap().host_port, Some(8080));
+        assert!(PortPublish::parse("0").is_err());
+        assert!(PortPublish::parse("70000").is_err());
+    }
+
+    #[test]
+    fn networks_parse() {
+        assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
+        assert_eq!(NetworkMode::parse("mynet").unwrap(), NetworkMode::Named("mynet".into()));
+        assert!(NetworkMode::parse("host").unwrap_err().contains("refused"));
+        assert!(NetworkMode::parse("container:abc").is_err());
+    }
+
+    #[test]
+    fn env_entries() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("A").is_err());
+        assert!(parse_env("1A=x").is_err());
+        assert!(parse_env("A-B=x").is_err());
+    }
+}
