@@ -1,1 +1,139 @@
+//! The seam between berth and a container engine.
+//!
+//! Architecture Invariant: this is the only crate that talks to a container engine, and it does
+//! so through the Engine API (bollard), never by running the docker CLI. Everything above it
+//! sees the [`Engine`] trait and berth's own types, never bollard's.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use berth_core::event::Stream;
+use berth_core::plan::ContainerPlan;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncWrite;
+
+pub mod diagnose;
+pub mod docker;
+pub mod endpoint;
+
+pub use diagnose::{Diagnosis, DiagnosisReport};
+pub use docker::DockerEngine;
+pub use endpoint::Endpoint;
+
+/// The oldest Engine API berth speaks; older engines are diagnosed as too old.
+pub const MIN_API_VERSION: (u32, u32) = (1, 41);
+/// The newest Engine API berth was built against.
+pub const MAX_API_VERSION: (u32, u32) = (1, 53);
+
+/// What berth needs to know about an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub entrypoint: Vec<String>,
+    pub env: Vec<String>,
+}
+
+impl ImageInfo {
+    /// The image's `HOME`, when its configuration sets one.
+    pub fn home(&self) -> Option<String> {
+        self.env.iter().find_map(|e| e.strip_prefix("HOME=")).map(str::to_string)
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    /// The engine's own error for the container, if any.
+    pub error: Option<String>,
+}
+
+/// A container berth created, as listed by the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    /// `created`, `running`, `exited`, ...
+    pub state: String,
+}
+
+/// A chunk of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub data: Bytes,
+}
+
+/// Progress of an image pull, one layer at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullProgress {
+    pub layer: Option<String>,
+    pub status: String,
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// The streams of an attached container. Attach before start so no byte is lost.
+pub struct Attached {
+    pub output: BoxStream<'static, Result<OutputChunk, EngineError>>,
+    /// The container's stdin; shut it down to send end-of-file.
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// An error from the engine, classified so callers can react and explain.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("image `{0}` is not present on the engine")]
+    ImageNotFound(String),
+    #[error("pulling image `{image}` failed: {message}")]
+    PullFailed { image: String, message: String },
+    #[error("no such container `{0}`")]
+    NoSuchContainer(String),
+    #[error("network `{0}` does not exist on the engine")]
+    NoSuchNetwork(String),
+    /// The command exists but cannot be executed (permission, not a binary): exit 126.
+    #[error("{0}")]
+    CannotInvoke(String),
+    /// The command was not found in the image: exit 127.
+    #[error("{0}")]
+    CommandNotFound(String),
+    #[error("the engine refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("lost the connection to the engine: {0}")]
+    Connection(String),
+    #[error("the engine did not answer within {0} seconds")]
+    Timeout(u64),
+}
+
+type EngineResult<T> = Result<T, EngineError>;
+
+/// What berth needs from a container engine. Implemented by [`DockerEngine`]; a recording fake
+/// stands in for unit tests of the orchestration above it.
+pub trait Engine: Send + Sync {
+    fn inspect_image(&self, image: &str) -> impl Future<Output = EngineResult<Option<ImageInfo>>> + Send;
+    /// Pulls `image`, reporting progress as it goes.
+    fn pull_image(
+        &self,
+        image: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> impl Future<Output = EngineResult<()>> + Send;
+    /// Creates the container described by `plan` and returns its id.
+    fn create_container(&self, plan: &ContainerPlan) -> impl Future<Output = EngineResult<String>> + Send;
+    fn attach(&self, id: &str) -> impl Future<Output = EngineResult<Attached>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
+    /// Waits until the container is no longer running and returns its exit code.
+    fn wait(&self, id: &str) -> impl Future<Output = EngineResult<i64>> + Send;
+    /// Sends `signal` (e.g. `SIGTERM`) to the container's init process.
+    fn kill(&self, id: &str, signal: &str) -> impl Future<Output = EngineResult<()>> + Send;
+    fn inspect_exit(&self, id: &str) -> impl Future<Output = EngineResult<ExitInfo>> + Send;
+    /// Removes the container, killing it first if it still runs.
+    fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
+    /// Downloads `path` from the container as a tar stream.
+    fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
+    /// Lists every container carrying the `berth.managed=true` label, running or not.
+    fn list_managed(&self) -> impl Future<Output = EngineResult<Vec<ContainerSummary>>> + Send;
+}

@@ -1,0 +1,125 @@
+//! Collecting what a run produced: `$BERTH_OUT` and every `--artifact` path.
+//!
+//! Artifacts mirror their container paths under the run's `artifacts/` directory
+//! (`/berth/out/report.txt` lands in `artifacts/berth/out/report.txt`), so two artifacts can
+//! never collide. Nothing coming out of a sandbox is trusted: both the tar streams from the engine
+//! and the bind-mounted output directory go through berth-archive's safe extraction.
+
+use std::path::{Path, PathBuf};
+
+use berth_archive::{copy_tree_safely, extract_safely, Limits};
+use berth_engine::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// What collection produced: relative paths written and entries refused (with why).
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub paths: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+impl Collected {
+    fn add(&mut self, under: &Path, extracted: berth_archive::Extracted) {
+        for p in extracted.files {
+            self.paths.push(under.join(p).display().to_string());
+        }
+        for s in extracted.skipped {
+            self.skipped.push(format!("{}: {}", s.path, s.reason));
+        }
+    }
+}
+
+/// Moves the host side of `/berth/out` into `artifacts/berth/out`.
+pub fn collect_out_dir(out_dir: &Path, artifacts: &Path, collected: &mut Collected) -> Result<(), String> {
+    let dest_rel = PathBuf::from("berth/out");
+    let dest = artifacts.join(&dest_rel);
+    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let extracted = copy_tree_safely(out_dir, &dest, &Limits::default()).map_err(|e| e.to_string())?;
+    collected.add(&dest_rel, extracted);
+    // remove_dir_all does not follow symlinks, so a planted link cannot redirect the removal.
+    std::fs::remove_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    Ok(())
+}
+
+/// Downloads `container_path` from the stopped container into `artifacts/`.
+pub async fn collect_from_container<E: Engine>(
+    engine: &E,
+    container_id: &str,
+    container_path: &str,
+    artifacts: &Path,
+    collected: &mut Collected,
+) -> Result<(), String> {
+    let relative_parent = Path::new(container_path.trim_start_matches('/'))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dest = artifacts.join(&relative_parent);
+    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+
+    // The tar stream is async; extraction is blocking file work. A small bounded channel
+    // between them keeps memory flat however large the artifact is.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let extraction = tokio::task::spawn_blocking(move || {
+        extract_safely(ChannelReader { rx, current: Bytes::new() }, &dest, 0, &Limits::default())
+    });
+    let mut stream = engine.download(container_id, container_path);
+    let mut download_error = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(bytes) => {
+                if tx.send(bytes).is_err() {
+                    break; // extraction stopped early; its error says why
+                }
+            }
+            Err(e) => {
+                download_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let extracted = extraction.await.map_err(|e| e.to_string())?;
+    if let Some(e) = download_error {
+        return Err(e);
+    }
+    collected.add(&relative_parent, extracted.map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(bytes) => self.current = bytes,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Copies a host file or directory `source` to `dest` (local runs), under the same rules.
+pub fn collect_host_path(source: &Path, dest: &Path, collected: &mut Collected) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let parent = dest.parent().unwrap_or(dest);
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let extracted = copy_tree_safely(source, dest, &Limits::default()).map_err(|e| e.to_string())?;
+        collected.add(dest, extracted);
+    } else if meta.is_file() {
+        std::fs::copy(source, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        collected.paths.push(dest.display().to_string());
+    } else {
+        collected.skipped.push(format!("{}: not a regular file or directory", source.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! `berth gc`: removes containers whose berth process is gone, and records what happened to
+//! their runs.
+
+use std::path::PathBuf;
+
+use berth_core::exit::RunState;
+use berth_core::plan::labels;
+use berth_engine::Engine;
+
+use crate::clock::now_rfc3339;
+use crate::owner::{owner_liveness, Liveness};
+use crate::rundir::RunDir;
+use crate::SandboxError;
+
+/// What gc did with one container.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcAction {
+    pub container: String,
+    pub run_id: Option<String>,
+    /// `removed`, `kept` (its owner is alive), `skipped` (owned on another host), `failed`.
+    pub action: &'static str,
+    pub detail: String,
+}
+
+/// Removes every berth-managed container whose owning berth process has died.
+pub async fn collect_garbage<E: Engine>(engine: &E) -> Result<Vec<GcAction>, SandboxError> {
+    let mut actions = Vec::new();
+    for container in engine.list_managed().await? {
+        let run_id = container.labels.get(labels::RUN_ID).cloned();
+        let owner_pid = container.labels.get(labels::OWNER_PID).cloned().unwrap_or_default();
+        let mut action = GcAction { container: container.name.clone(), run_id: run_id.clone(), action: "kept", detail: String::new() };
+        match owner_liveness(&container.labels) {
+            Liveness::Alive => {
+                action.detail = format!("its berth process {owner_pid} is still running");
+            }
+            Liveness::OtherHost(host) => {
+                action.action = "skipped";
+                action.detail = format!("owned by berth on host {host}");
+            }
+            Liveness::Dead => match engine.remove(&container.id).await {
+                Ok(()) => {
+                    action.action = "removed";
+                    let reason = format!(
+                        "berth process {owner_pid} exited without cleaning up; container {} removed by berth gc",
+                        container.name
+                    );
+                    action.detail = match container.labels.get(labels::RUN_DIR) {
+                        Some(dir) => mark_run_lost(PathBuf::from(dir), &reason),
+                        None => "no run directory recorded".to_string(),
+                    };
+                }
+                Err(e) => {
+                    action.action = "failed";
+                    action.detail = e.to_string();
+                }
+            },
+        }
+        actions.push(action);
+    }
+    Ok(actions)
+}
+
+/// Marks the run `error` with `reason` unless it already ended; says what happened.
+fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
+    let run_dir = RunDir::open(dir);
+    match run_dir.read_record() {
+        Ok(mut record) if !record.state.is_final() => {
+            record.finish(RunState::Error, Some(reason.to_string()), now_rfc3339());
+            match run_dir.write_record(&record) {
+                Ok(()) => format!("run {} marked error", record.id),
+                Err(e) => format!("run {} could not be updated: {e}", record.id),
+            }
+        }
+        Ok(record) => format!("run {} had already ended ({})", record.id, record.state),
+        Err(e) => format!("run record unreadable: {e}"),
+    }
+}

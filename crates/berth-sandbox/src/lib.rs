@@ -1,0 +1,23 @@
+//! One sandboxed run from start to end.
+//!
+//! This crate sits between the thin CLI and the engine seam: it prepares a run (config, mount
+//! policy, secrets), drives the container through its life, streams and keeps the output,
+//! collects artifacts, records the outcome, and always cleans up. It talks to the engine only
+//! through [`berth_engine::Engine`].
+
+pub mod artifacts;
+pub mod clock;
+pub mod error;
+pub mod gc;
+pub mod local;
+pub mod output;
+pub mod owner;
+pub mod prepare;
+pub mod rundir;
+pub mod run;
+pub mod settings;
+pub mod shim;
+
+pub use error::SandboxError;
+pub use output::Reporter;
+pub use run::{execute_docker, Interrupts, RunContext};

@@ -1,0 +1,199 @@
+//! The output of a run: masked, kept in the run directory, and shown live.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use berth_core::event::{Event, EventLine, Stream};
+use berth_core::mask::Masker;
+
+use crate::SandboxError;
+
+/// Lines longer than this are passed on in pieces, so memory stays bounded.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Where a run's progress and output are shown: the terminal, JSON lines, or nowhere.
+pub trait Reporter: Send + Sync {
+    /// A lifecycle event (already written to `events.jsonl`).
+    fn event(&self, event: &EventLine);
+    /// A chunk of the command's output, masked, in the order it was produced on its stream.
+    /// Only called when [`Reporter::wants_lines`] is false.
+    fn output(&self, stream: Stream, data: &[u8]);
+    /// Whether output should arrive as `Output` events, one per line, instead.
+    fn wants_lines(&self) -> bool {
+        false
+    }
+    /// Progress of an image pull; shown as a progress bar on a terminal, else ignored.
+    fn pull_progress(&self, _progress: &berth_engine::PullProgress) {}
+}
+
+/// One output stream's path: masker, log file, live view.
+pub struct OutputPipe {
+    stream: Stream,
+    masker: Masker,
+    log: std::io::BufWriter<std::fs::File>,
+    log_path: std::path::PathBuf,
+    reporter: Arc<dyn Reporter>,
+    run_id: String,
+    line: Vec<u8>,
+    masked: Vec<u8>,
+    bytes: u64,
+}
+
+impl OutputPipe {
+    pub fn create(
+        stream: Stream,
+        masker: Masker,
+        log_path: &Path,
+        reporter: Arc<dyn Reporter>,
+        run_id: &str,
+    ) -> Result<Self, SandboxError> {
+        let file = std::fs::File::create(log_path).map_err(|e| SandboxError::io(log_path, e))?;
+        Ok(Self {
+            stream,
+            masker,
+            log: std::io::BufWriter::with_capacity(256 * 1024, file),
+            log_path: log_path.to_path_buf(),
+            reporter,
+            run_id: run_id.to_string(),
+            line: Vec::new(),
+            masked: Vec::with_capacity(64 * 1024),
+            bytes: 0,
+        })
+    }
+
+    /// Bytes received so far (before masking).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Result<(), SandboxError> {
+        self.bytes += data.len() as u64;
+        let mut masked = std::mem::take(&mut self.masked);
+        masked.clear();
+        self.masker.push(data, &mut masked);
+        let result = self.pass_on(&masked);
+        self.masked = masked;
+        result
+    }
+
+    /// Flushes everything held back; the stream has ended.
+    pub fn finish(&mut self) -> Result<(), SandboxError> {
+        let mut rest = Vec::new();
+        self.masker.finish(&mut rest);
+        self.pass_on(&rest)?;
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.emit_line(&line);
+        }
+        self.log.flush().map_err(|e| SandboxError::io(&self.log_path, e))
+    }
+
+    fn pass_on(&mut self, masked: &[u8]) -> Result<(), SandboxError> {
+        if masked.is_empty() {
+            return Ok(());
+        }
+        self.log.write_all(masked).map_err(|e| SandboxError::io(&self.log_path, e))?;
+        if !self.reporter.wants_lines() {
+            self.reporter.output(self.stream, masked);
+            return Ok(());
+        }
+        let mut rest = masked;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(pos + 1);
+            if self.line.is_empty() {
+                self.emit_line(head);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(head);
+                self.emit_line(&line);
+            }
+            rest = tail;
+        }
+        self.line.extend_from_slice(rest);
+        while self.line.len() >= MAX_LINE {
+            let piece: Vec<u8> = self.line.drain(..MAX_LINE).collect();
+            self.emit_line(&piece);
+        }
+        Ok(())
+    }
+
+    fn emit_line(&self, line: &[u8]) {
+        let event = match std::str::from_utf8(line) {
+            Ok(text) => Event::Output { stream: self.stream, text: Some(text.to_string()), data_base64: None },
+            Err(_) => Event::Output {
+                stream: self.stream,
+                text: None,
+                data_base64: Some(base64::engine::general_purpose::STANDARD.encode(line)),
+            },
+        };
+        self.reporter.event(&EventLine { ts: crate::clock::now_rfc3339(), run_id: self.run_id.clone(), event });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recording {
+        lines: bool,
+        events: Mutex<Vec<Event>>,
+        raw: Mutex<Vec<u8>>,
+    }
+
+    impl Reporter for Recording {
+        fn event(&self, event: &EventLine) {
+            self.events.lock().unwrap().push(event.event.clone());
+        }
+        fn output(&self, _stream: Stream, data: &[u8]) {
+            self.raw.lock().unwrap().extend_from_slice(data);
+        }
+        fn wants_lines(&self) -> bool {
+            self.lines
+        }
+    }
+
+    fn pipe(reporter: Arc<Recording>, secrets: &[&str], dir: &Path) -> OutputPipe {
+        OutputPipe::create(Stream::Stdout, Masker::new(secrets), &dir.join("out.log"), reporter, "r").unwrap()
+    }
+
+    #[test]
+    fn raw_output_is_masked_in_log_and_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recording::default());
+        let mut p = pipe(rec.clone(), &["s3cret"], dir.path());
+        p.push(b"token s3c").unwrap();
+        p.push(b"ret end\n").unwrap();
+        p.finish().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out.log")).unwrap(), b"token *** end\n");
+        assert_eq!(*rec.raw.lock().unwrap(), b"token *** end\n");
+    }
+
+    #[test]
+    fn lines_become_events_and_long_lines_are_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recording { lines: true, ..Default::default() });
+        let mut p = pipe(rec.clone(), &[], dir.path());
+        p.push(b"one\ntw").unwrap();
+        p.push(b"o\n\xff\xfe\n").unwrap();
+        p.push(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        p.finish().unwrap();
+        let events = rec.events.lock().unwrap();
+        let texts: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| match e {
+                Event::Output { text, .. } => text.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts[0], Some("one\n"));
+        assert_eq!(texts[1], Some("two\n"));
+        assert!(matches!(&events[2], Event::Output { data_base64: Some(b), .. } if b == "//4K"));
+        assert_eq!(texts[3].map(str::len), Some(MAX_LINE));
+        assert_eq!(texts[4].map(str::len), Some(10));
+        assert_eq!(events.len(), 5);
+    }
+}

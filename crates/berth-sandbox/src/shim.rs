@@ -1,0 +1,51 @@
+//! berth-shim, embedded in berth and installed once per version in the user's cache directory.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::SandboxError;
+
+/// The static shim executable, built by `build.rs`.
+pub static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-shim"));
+
+/// Writes the shim under `cache_dir` (once per content) and returns its path.
+///
+/// It lives outside the workspace on purpose: the workspace is writable from inside sandboxes,
+/// and a shim there could be replaced by one run to spy on the secrets of the next.
+pub fn install(cache_dir: &Path) -> Result<PathBuf, SandboxError> {
+    let digest = hex::encode(&sha2::Sha256::digest(SHIM)[..8]);
+    let path = cache_dir.join(format!("berth-shim-{digest}"));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == SHIM.len() as u64) {
+        return Ok(path);
+    }
+    fs_err::create_dir_all(cache_dir).map_err(|e| SandboxError::io(cache_dir, e))?;
+    let tmp = cache_dir.join(format!(".berth-shim-{digest}.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(SHIM)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SandboxError::io(&path, e)
+    })?;
+    Ok(path)
+}
+
+/// The setup frame the shim reads on stdin: secrets, delivered outside the container's
+/// configuration so they never show in `docker inspect` or in process arguments.
+pub fn setup_frame(secrets: &[(String, String)]) -> Vec<u8> {
+    let mut frame = b"berth-shim-v1\n".to_vec();
+    for (name, value) in secrets {
+        frame.extend_from_slice(format!("secret {name} {}\n", value.len()).as_bytes());
+        frame.extend_from_slice(value.as_bytes());
+        frame.push(b'\n');
+    }
+    frame.extend_from_slice(b"end\n");
+    frame
+}

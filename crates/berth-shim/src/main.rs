@@ -1,0 +1,333 @@
+//! berth's entry shim: the first program berth runs inside every sandbox (`/berth/shim CMD ARGS...`).
+//!
+//! It reads a small setup frame from stdin (secrets and environment variables delivered out of
+//! band, so they never appear in the container's config), writes each secret to
+//! `/run/secrets/NAME`, then replaces itself with the command. Everything on stdin after the
+//! frame belongs to the command, so the frame is read without any buffering.
+//!
+//! Standard library only: berth compiles this file with plain `rustc` into a static executable.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{exit, Command};
+
+const MAGIC: &str = "berth-shim-v1";
+const MAX_LINE: usize = 4096;
+const MAX_VALUE: usize = 1 << 20;
+const SECRETS_DIR: &str = "/run/secrets";
+/// Lets tests on the host put secret files elsewhere; never passed on to the command.
+const SECRETS_DIR_VAR: &str = "BERTH_SHIM_SECRETS_DIR";
+/// What `docker run` uses when the image sets no PATH.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `O_NOFOLLOW` from Linux's <fcntl.h>: std has no constant and we take no libc crate. It is
+/// 0o400000 on x86_64 (and most architectures), 0o100000 on arm/aarch64.
+#[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
+const O_NOFOLLOW: i32 = 0o400000;
+#[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+const O_NOFOLLOW: i32 = 0o100000;
+
+/// Exit code for the shim's own failures, as `docker run` uses for its own.
+const EXIT_SHIM: i32 = 125;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Set as an environment variable and written to the secrets directory.
+    Secret,
+    /// Set as an environment variable only.
+    Env,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Var {
+    kind: Kind,
+    name: String,
+    value: Vec<u8>,
+}
+
+/// Parses a whole setup frame from `r`, reading not one byte past its `end` line (provided `r`
+/// itself does not buffer). Error messages never contain a value.
+fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
+    if read_line(r)? != MAGIC {
+        return Err(format!("first line is not `{MAGIC}`"));
+    }
+    let mut vars: Vec<Var> = Vec::new();
+    loop {
+        let line = read_line(r)?;
+        let fields: Vec<&str> = line.split(' ').collect();
+        let kind = match fields[..] {
+            ["end"] => return Ok(vars),
+            ["secret", _, _] => Kind::Secret,
+            ["env", _, _] => Kind::Env,
+            // Not echoed: after a framing mistake this "line" may be part of a secret.
+            _ => {
+                return Err(
+                    "malformed line (expected `secret NAME LEN`, `env NAME LEN` or `end`)".into(),
+                )
+            }
+        };
+        let (name, len) = (fields[1], fields[2]);
+        if !valid_name(name) {
+            return Err("invalid variable name".into());
+        }
+        if vars.iter().any(|v| v.name == name) {
+            return Err(format!("{name} given twice"));
+        }
+        let len: usize = match len.parse() {
+            Ok(n) if len.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("invalid length for {name}")),
+        };
+        if len > MAX_VALUE {
+            return Err(format!("value of {name} is longer than {MAX_VALUE} bytes"));
+        }
+        let mut value = vec![0; len];
+        r.read_exact(&mut value)
+            .map_err(|e| read_error(e, &format!("value of {name}")))?;
+        let mut newline = [0];
+        r.read_exact(&mut newline)
+            .map_err(|e| read_error(e, &format!("value of {name}")))?;
+        if newline != *b"\n" {
+            return Err(format!(
+                "value of {name} is not followed by a newline (wrong length?)"
+            ));
+        }
+        // An environment variable cannot hold a NUL byte.
+        if value.contains(&0) {
+            return Err(format!("value of {name} contains a NUL byte"));
+        }
+        vars.push(Var {
+            kind,
+            name: name.to_string(),
+            value,
+        });
+    }
+}
+
+/// Reads one header line, a byte at a time so nothing after it is consumed.
+fn read_line(r: &mut impl Read) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut byte = [0];
+    loop {
+        match r.read(&mut byte) {
+            Ok(0) => return Err("unexpected end of input before `end`".into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() == MAX_LINE => {
+                return Err(format!("line longer than {MAX_LINE} bytes"))
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read error: {e}")),
+        }
+    }
+    String::from_utf8(line).map_err(|_| "line is not ASCII".to_string())
+}
+
+fn read_error(e: io::Error, what: &str) -> String {
+    if e.kind() == ErrorKind::UnexpectedEof {
+        format!("unexpected end of input in {what}")
+    } else {
+        format!("read error in {what}: {e}")
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Writes a secret file readable only by its owner; refuses to replace or follow anything there.
+fn write_secret(dir: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(O_NOFOLLOW)
+        .open(dir.join(name))?;
+    // The umask could have removed bits from the mode; set it exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+    file.write_all(value)
+}
+
+fn fail(code: i32, msg: &str) -> ! {
+    eprintln!("{msg}");
+    exit(code)
+}
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let Some(program) = args.next() else {
+        fail(EXIT_SHIM, "berth-shim: no command given")
+    };
+
+    // A duplicate of fd 0 read as a plain File: unlike `io::stdin()` it has no buffer that could
+    // swallow the command's input. It is close-on-exec, and the command inherits fd 0 itself.
+    let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => fail(EXIT_SHIM, &format!("berth-shim: cannot read stdin: {e}")),
+    };
+    let vars = match parse_frame(&mut stdin) {
+        Ok(vars) => vars,
+        Err(what) => fail(
+            EXIT_SHIM,
+            &format!("berth-shim: bad setup frame on stdin: {what}"),
+        ),
+    };
+    drop(stdin);
+
+    let secrets_dir = std::env::var_os(SECRETS_DIR_VAR).unwrap_or_else(|| SECRETS_DIR.into());
+    let secrets_dir = Path::new(&secrets_dir);
+    let mut cmd = Command::new(&program);
+    cmd.args(args).env_remove(SECRETS_DIR_VAR);
+    if vars.iter().any(|v| v.kind == Kind::Secret) && !secrets_dir.is_dir() {
+        fail(
+            EXIT_SHIM,
+            &format!(
+                "berth-shim: secrets directory {} does not exist",
+                secrets_dir.display()
+            ),
+        );
+    }
+    for var in &vars {
+        if var.kind == Kind::Secret {
+            if let Err(e) = write_secret(secrets_dir, &var.name, &var.value) {
+                fail(
+                    EXIT_SHIM,
+                    &format!("berth-shim: cannot write secret {}: {e}", var.name),
+                );
+            }
+        }
+        cmd.env(&var.name, OsStr::from_bytes(&var.value));
+    }
+    let path_set = std::env::var_os("PATH").is_some() || vars.iter().any(|v| v.name == "PATH");
+    if !path_set {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+
+    // `exec` searches PATH (execvp) and only returns on failure.
+    let err = cmd.exec();
+    let argv0 = program.to_string_lossy();
+    match err.kind() {
+        ErrorKind::NotFound => fail(127, &format!("berth: command not found: {argv0}")),
+        _ => fail(126, &format!("berth: cannot run {argv0}: {err}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> Result<Vec<Var>, String> {
+        parse_frame(&mut &input[..])
+    }
+
+    fn var(kind: Kind, name: &str, value: &[u8]) -> Var {
+        Var {
+            kind,
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn empty_frame() {
+        assert_eq!(parse(b"berth-shim-v1\nend\n").unwrap(), []);
+    }
+
+    #[test]
+    fn secrets_and_env() {
+        let frame = b"berth-shim-v1\nsecret TOKEN 3\nabc\nsecret _K2 0\n\nenv MODE 4\nfast\nend\n";
+        assert_eq!(
+            parse(frame).unwrap(),
+            [
+                var(Kind::Secret, "TOKEN", b"abc"),
+                var(Kind::Secret, "_K2", b""),
+                var(Kind::Env, "MODE", b"fast")
+            ]
+        );
+    }
+
+    #[test]
+    fn value_with_newlines_and_dollar() {
+        let frame = b"berth-shim-v1\nsecret KEY 12\n$HOME\nend\n$x\nend\n";
+        assert_eq!(
+            parse(frame).unwrap(),
+            [var(Kind::Secret, "KEY", b"$HOME\nend\n$x")]
+        );
+    }
+
+    #[test]
+    fn stops_right_after_end() {
+        let input = b"berth-shim-v1\nenv A 1\nx\nend\nrest of stdin";
+        let mut reader = &input[..];
+        parse_frame(&mut reader).unwrap();
+        assert_eq!(reader, b"rest of stdin");
+    }
+
+    fn error(input: &[u8]) -> String {
+        parse(input).unwrap_err()
+    }
+
+    #[test]
+    fn bad_magic() {
+        assert!(error(b"berth-shim-v2\nend\n").contains("first line"));
+        assert!(error(b"").contains("end of input"));
+    }
+
+    #[test]
+    fn eof_midway() {
+        assert!(error(b"berth-shim-v1\nsecret A 5\nab").contains("end of input in value of A"));
+        assert!(error(b"berth-shim-v1\nsecret A 2\nab").contains("end of input in value of A"));
+        assert!(error(b"berth-shim-v1\nenv A 1\nx\n").contains("end of input before `end`"));
+        assert!(error(b"berth-shim-v1\nen").contains("end of input before `end`"));
+    }
+
+    #[test]
+    fn bad_lengths() {
+        assert!(error(b"berth-shim-v1\nsecret A 1048577\n").contains("longer than"));
+        assert!(
+            error(b"berth-shim-v1\nsecret A 99999999999999999999999\n").contains("invalid length")
+        );
+        assert!(error(b"berth-shim-v1\nsecret A +1\nx\nend\n").contains("invalid length"));
+        assert!(error(b"berth-shim-v1\nsecret A -1\n").contains("invalid length"));
+        // A wrong length shows up as a missing newline; the value itself is never echoed.
+        let e = error(b"berth-shim-v1\nsecret A 2\nhunter2\nend\n");
+        assert!(
+            e.contains("not followed by a newline") && !e.contains("hunter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_lines() {
+        for name in ["1A", "A-B", "", "A B", "Ä"] {
+            let frame = format!("berth-shim-v1\nsecret {name} 1\nx\nend\n");
+            assert!(parse(frame.as_bytes()).is_err(), "{name:?}");
+        }
+        assert!(error(b"berth-shim-v1\nsecret hunter2\nend\n").contains("malformed line"));
+        assert!(!error(b"berth-shim-v1\nhunter2\nend\n").contains("hunter2"));
+        assert!(error(b"berth-shim-v1\nenv A 1\nx\nenv A 1\ny\nend\n").contains("A given twice"));
+        assert!(error(b"berth-shim-v1\nenv A 1\n\0\nend\n").contains("NUL"));
+        let long = format!("berth-shim-v1\n{}\n", "x".repeat(MAX_LINE + 1));
+        assert!(parse(long.as_bytes())
+            .unwrap_err()
+            .contains("longer than 4096"));
+        let max = format!("berth-shim-v1\n{}\n", "x".repeat(MAX_LINE));
+        assert!(parse(max.as_bytes())
+            .unwrap_err()
+            .contains("malformed line"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("_") && valid_name("a1_B") && valid_name("PATH"));
+        assert!(!valid_name("") && !valid_name("9") && !valid_name("a.b") && !valid_name("a="));
+    }
+}

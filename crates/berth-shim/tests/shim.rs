@@ -1,0 +1,146 @@
+//! Runs the real shim binary: frame on stdin, secrets on disk, exec of the command.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("berth-shim-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the shim with `args`, feeding `stdin`, with secrets going to `secrets_dir`.
+fn shim(args: &[&str], stdin: &[u8], secrets_dir: &TempDir) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+        .args(args)
+        .env("BERTH_SHIM_SECRETS_DIR", &secrets_dir.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shim may exit before reading everything (on errors), so a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn delivers_secrets_env_and_the_rest_of_stdin() {
+    let dir = TempDir::new("ok");
+    let script = format!(
+        "cat '{}/TOKEN'; echo; printenv TOKEN; printenv MODE; \
+         printenv BERTH_SHIM_SECRETS_DIR || echo unset; cat",
+        dir.0.display()
+    );
+    let mut input = b"berth-shim-v1\nsecret TOKEN 8\nab$c\nd e\nenv MODE 4\nfast\nend\n".to_vec();
+    // Enough trailing bytes that any buffered read of the frame would have swallowed some.
+    let rest: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    input.extend_from_slice(&rest);
+
+    let out = shim(&["sh", "-c", &script], &input, &dir);
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    let mut expected = b"ab$c\nd e\nab$c\nd e\nfast\nunset\n".to_vec();
+    expected.extend_from_slice(&rest);
+    assert!(
+        out.stdout == expected,
+        "stdout differs: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let meta = std::fs::metadata(dir.0.join("TOKEN")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+}
+
+#[test]
+fn missing_command_exits_127() {
+    let dir = TempDir::new("missing");
+    let out = shim(&["berth-no-such-command"], b"berth-shim-v1\nend\n", &dir);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        stderr(&out).contains("berth: command not found: berth-no-such-command"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn non_executable_file_exits_126() {
+    let dir = TempDir::new("noexec");
+    let file = dir.0.join("script");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = file.to_str().unwrap();
+    let out = shim(&[file], b"berth-shim-v1\nend\n", &dir);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(
+        stderr(&out).contains(&format!("berth: cannot run {file}: ")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_frame_and_no_command_exit_125() {
+    let dir = TempDir::new("bad");
+    let out = shim(&["true"], b"hello\n", &dir);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("berth-shim: bad setup frame on stdin: "),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = shim(&[], b"berth-shim-v1\nend\n", &dir);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("berth-shim: no command given"));
+}
+
+#[test]
+fn existing_secret_file_is_not_replaced() {
+    let dir = TempDir::new("exists");
+    std::fs::write(dir.0.join("TOKEN"), "old").unwrap();
+    let out = shim(
+        &["true"],
+        b"berth-shim-v1\nsecret TOKEN 6\nhunter\nend\n",
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("cannot write secret TOKEN") && !stderr(&out).contains("hunter"));
+    assert_eq!(std::fs::read_to_string(dir.0.join("TOKEN")).unwrap(), "old");
+}
+
+#[test]
+fn missing_secrets_dir_exits_125() {
+    let dir = TempDir::new("gone");
+    std::fs::remove_dir(&dir.0).unwrap();
+    let out = shim(&["true"], b"berth-shim-v1\nsecret TOKEN 1\nx\nend\n", &dir);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("secrets directory"),
+        "{}",
+        stderr(&out)
+    );
+    // Without secrets the directory is not needed.
+    let out = shim(&["true"], b"berth-shim-v1\nenv A 1\nx\nend\n", &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

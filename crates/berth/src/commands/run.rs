@@ -1,0 +1,238 @@
+//! `berth run`: flags and config become a run spec; the sandbox layer does the rest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_core::event::Event;
+use berth_core::exit::RunState;
+use berth_core::mask::Masker;
+use berth_core::plan::{sandbox_user, PlanContext};
+use berth_core::record::{Execution, RunRecord};
+use berth_core::spec::{
+    parse_env, Fallback, MountRequest, NetworkMode, PortPublish, PullPolicy, Resources, RunSpec, UserSpec, WorkspaceMode,
+};
+use berth_core::{units, ExitStatus};
+use berth_engine::Diagnosis;
+use berth_sandbox::run::DockerRun;
+use berth_sandbox::settings::Settings;
+use berth_sandbox::{prepare, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
+
+use crate::args::RunArgs;
+use crate::printer::{HumanReporter, JsonReporter, Printer};
+
+pub async fn run(args: RunArgs, printer: Printer) -> ExitStatus {
+    let reporter: Arc<dyn Reporter> = if args.json { Arc::new(JsonReporter) } else { Arc::new(HumanReporter::new(printer)) };
+    let interrupts = forward_interrupts();
+    match prepare_and_run(args, reporter, interrupts, printer).await {
+        Ok(status) => status,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            ExitStatus::Error
+        }
+    }
+}
+
+/// SIGINT and SIGTERM become interrupts of the run, so the sandbox is always cleaned up.
+fn forward_interrupts() -> Interrupts {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, name) in [(SignalKind::interrupt(), "SIGINT"), (SignalKind::terminate(), "SIGTERM")] {
+        let tx = tx.clone();
+        if let Ok(mut stream) = signal(kind) {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(name).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    rx
+}
+
+async fn prepare_and_run(args: RunArgs, reporter: Arc<dyn Reporter>, mut interrupts: Interrupts, printer: Printer) -> Result<ExitStatus, SandboxError> {
+    let cwd = std::env::current_dir().map_err(|e| SandboxError::io(".", e))?;
+    let workspace = args.workspace.clone().map(|w| if w.is_absolute() { w } else { cwd.join(w) }).unwrap_or_else(|| cwd.clone());
+    let home = crate::env::home();
+    let settings = berth_sandbox::settings::load(crate::env::user_config_file().as_deref(), &workspace, home.as_deref())?;
+    let spec = build_spec(&args, &settings, workspace.clone())?;
+
+    let secrets = read_secrets(&spec.secrets)?;
+    let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
+    let endpoint = berth_engine::Endpoint::from_docker_host(crate::env::var(crate::env::DOCKER_HOST).as_deref()).ok();
+    let sockets = prepare::engine_sockets(endpoint.as_ref().and_then(|e| e.socket_path()));
+    let checked = prepare::check_mounts(&spec, &cwd, &settings.allowed_paths, home.as_deref(), sockets)?;
+    if spec.user.is_some_and(|u| u.uid == 0) {
+        printer.warning("--user 0 runs the command as root inside the sandbox; capabilities stay dropped, but prefer an unprivileged user");
+    }
+
+    let state_dir = StateDir::resolve(
+        args.state.state_dir.clone().map(|d| if d.is_absolute() { d } else { cwd.join(d) }),
+        crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
+        settings.file.state_dir.clone().map(|d| workspace.join(d)),
+        &checked.workspace,
+    );
+    let run_id = berth_sandbox::clock::new_run_id();
+    let run_dir = state_dir.create_run(&run_id)?;
+    let record = RunRecord::new(run_id.clone(), spec.clone(), Execution::Docker, berth_sandbox::clock::now_rfc3339());
+    let mut ctx = RunContext::create(run_dir, record, reporter, masker)?;
+    let run_dir_text = ctx.run_dir.path().display().to_string();
+    ctx.emit(Event::RunCreated { execution: Execution::Docker, image: Some(spec.image.clone()), command: spec.command.clone(), run_dir: run_dir_text });
+
+    let (engine, warning) = match berth_engine::diagnose::check_engine(&super::probe_env()).await {
+        Ok((engine, _facts, warning)) => (engine, warning),
+        Err((diagnosis, _)) => return Ok(without_docker(&mut ctx, &diagnosis, &checked.workspace, &secrets, &mut interrupts, printer).await),
+    };
+    if let Some(w) = warning {
+        ctx.emit(Event::Warning { message: format!("{} ({})", w.message(), w.hint()) });
+    }
+
+    let shim = match berth_sandbox::shim::install(&crate::env::cache_dir()) {
+        Ok(path) => path,
+        Err(e) => return Ok(ctx.finish(RunState::Error, Some(format!("installing berth's shim failed: {e}")))),
+    };
+    let (invoking_uid, invoking_gid) = crate::invoking_user();
+    let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
+    let out_dir = match ctx.run_dir.create_out_dir(uid, gid) {
+        Ok(dir) => dir,
+        Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
+    };
+    let plan_context = PlanContext {
+        run_id,
+        invoking_uid,
+        invoking_gid,
+        image_entrypoint: Vec::new(),
+        image_home: None,
+        workspace: checked.workspace.clone(),
+        mounts: checked.mounts,
+        shim_host_path: shim,
+        out_host_path: out_dir,
+        state_dir_in_workspace: prepare::state_dir_in_workspace(state_dir.root(), &checked.workspace),
+        owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
+    };
+    let run = DockerRun { plan_context, secrets };
+    Ok(berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await)
+}
+
+/// Docker cannot be used: fall back to the host only when it is not installed and the user
+/// asked for it; otherwise the run ends in `error` with the diagnosis.
+async fn without_docker(
+    ctx: &mut RunContext,
+    diagnosis: &Diagnosis,
+    workspace: &Path,
+    secrets: &[(String, String)],
+    interrupts: &mut Interrupts,
+    printer: Printer,
+) -> ExitStatus {
+    let fallback_allowed = ctx.record.spec.fallback == Fallback::Local;
+    if fallback_allowed && matches!(diagnosis, Diagnosis::NotInstalled { .. }) {
+        let reason = diagnosis.message();
+        ctx.record.execution = Execution::Local;
+        ctx.record.fallback_reason = Some(reason.clone());
+        ctx.save();
+        ctx.emit(Event::Fallback { reason });
+        return berth_sandbox::local::execute_local(ctx, workspace, secrets, interrupts).await;
+    }
+    super::print_diagnosis(printer, diagnosis);
+    if fallback_allowed {
+        printer.info("--fallback local applies only when Docker is not installed; it is installed here but cannot be used");
+    }
+    ctx.finish(RunState::Error, Some(format!("Docker cannot be used: {}", diagnosis.message())))
+}
+
+fn read_secrets(names: &[String]) -> Result<Vec<(String, String)>, SandboxError> {
+    names
+        .iter()
+        .map(|name| {
+            berth_core::spec::check_env_name(name).map_err(|e| SandboxError::Invalid(format!("--secret: {e}")))?;
+            std::env::var(name).map(|v| (name.clone(), v)).map_err(|_| SandboxError::SecretMissing { name: name.clone() })
+        })
+        .collect()
+}
+
+fn invalid(flag: &str, message: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Invalid(format!("{flag}: {message}"))
+}
+
+/// Flags over config over defaults.
+pub fn build_spec(args: &RunArgs, settings: &Settings, workspace: PathBuf) -> Result<RunSpec, SandboxError> {
+    let config = &settings.file;
+    let image = args.image.clone().or_else(|| config.image.clone()).ok_or_else(|| {
+        SandboxError::Invalid("no image given: pass --image IMAGE or set `image = \"...\"` in berth.toml".into())
+    })?;
+    let pick = |flag: &Option<String>, conf: &Option<String>| flag.clone().or_else(|| conf.clone());
+    let pull = match pick(&args.pull, &config.pull) {
+        Some(p) => p.parse().map_err(|e| invalid("--pull", e))?,
+        None => PullPolicy::default(),
+    };
+    let workspace_mode = match pick(&args.workspace_mode, &config.workspace_mode) {
+        Some(m) => m.parse().map_err(|e| invalid("--workspace-mode", e))?,
+        None => WorkspaceMode::default(),
+    };
+    let defaults = Resources::default();
+    let memory_bytes = match pick(&args.memory, &config.memory) {
+        Some(m) => units::parse_memory(&m).map_err(|e| invalid("--memory", e))?,
+        None => defaults.memory_bytes,
+    };
+    let nano_cpus = match &args.cpus {
+        Some(c) => units::parse_cpus(c).map_err(|e| invalid("--cpus", e))?,
+        None => config.nano_cpus().unwrap_or(defaults.nano_cpus),
+    };
+    let pids = args.pids.or(config.pids).unwrap_or(defaults.pids);
+    if pids < 1 {
+        return Err(invalid("--pids", format!("{pids} is not a positive number of processes")));
+    }
+    let duration = |flag: &str, value: Option<String>, default: u64| match value {
+        Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
+        None => Ok(std::time::Duration::from_secs(default)),
+    };
+    let timeout = duration("--timeout", pick(&args.timeout, &config.timeout), 600)?;
+    let grace = duration("--grace", pick(&args.grace, &config.grace), 10)?;
+    let network = match pick(&args.network, &config.network) {
+        Some(n) => NetworkMode::parse(&n).map_err(|e| invalid("--network", e))?,
+        None => NetworkMode::None,
+    };
+    let user = pick(&args.user, &config.user).map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e))).transpose()?;
+    let publish = args.publish.iter().map(|p| PortPublish::parse(p).map_err(|e| invalid("--publish", e))).collect::<Result<Vec<_>, _>>()?;
+    if !publish.is_empty() && network == NetworkMode::None {
+        return Err(invalid("--publish", "a port cannot be published with --network none; add --network bridge (or a named network)"));
+    }
+    let mounts = args.mounts.iter().map(|m| MountRequest::parse(m).map_err(|e| invalid("--mount", e))).collect::<Result<Vec<_>, _>>()?;
+    let mut env: Vec<(String, String)> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for entry in &args.env {
+        let (k, v) = parse_env(entry).map_err(|e| invalid("--env", e))?;
+        env.retain(|(existing, _)| *existing != k);
+        env.push((k, v));
+    }
+    for artifact in &args.artifacts {
+        if !artifact.starts_with('/') || artifact.split('/').any(|part| part == "..") {
+            return Err(invalid("--artifact", format!("`{artifact}` must be an absolute path inside the container without `..` (e.g. /workspace/dist)")));
+        }
+    }
+    let fallback = match pick(&args.fallback, &config.fallback) {
+        Some(f) => f.parse().map_err(|e| invalid("--fallback", e))?,
+        None => Fallback::None,
+    };
+    let read_only = args.read_only || config.read_only.unwrap_or(false);
+    Ok(RunSpec {
+        image,
+        command: args.command.clone(),
+        pull,
+        workspace,
+        workspace_mode,
+        mounts,
+        env,
+        secrets: args.secrets.clone(),
+        resources: Resources { memory_bytes, nano_cpus, pids },
+        timeout,
+        grace,
+        network,
+        read_only,
+        user,
+        publish,
+        artifacts: args.artifacts.clone(),
+        keep: args.keep,
+        fallback,
+    })
+}

@@ -1,0 +1,40 @@
+//! Every environment variable berth reads, declared once.
+
+/// The Docker engine address (`unix:///path` or `tcp://host:port`), as the docker CLI reads it.
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
+/// Where runs are kept, unless `--state-dir` is given.
+pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
+/// The user configuration file, instead of `$XDG_CONFIG_HOME/berth/config.toml`.
+pub const BERTH_CONFIG: &str = "BERTH_CONFIG";
+/// Disables colour in berth's own messages (https://no-color.org).
+pub const NO_COLOR: &str = "NO_COLOR";
+/// Log filter for berth's diagnostics on stderr (e.g. `berth=debug`).
+pub const BERTH_LOG: &str = "BERTH_LOG";
+pub const HOME: &str = "HOME";
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+pub const PATH: &str = "PATH";
+
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub fn home() -> Option<std::path::PathBuf> {
+    var(HOME).map(Into::into)
+}
+
+/// `$BERTH_CONFIG`, else `$XDG_CONFIG_HOME/berth/config.toml`, else `~/.config/berth/config.toml`.
+pub fn user_config_file() -> Option<std::path::PathBuf> {
+    var(BERTH_CONFIG)
+        .map(Into::into)
+        .or_else(|| var(XDG_CONFIG_HOME).map(|d| std::path::PathBuf::from(d).join("berth/config.toml")))
+        .or_else(|| home().map(|h| h.join(".config/berth/config.toml")))
+}
+
+/// `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`, else a directory under /tmp.
+pub fn cache_dir() -> std::path::PathBuf {
+    var(XDG_CACHE_HOME)
+        .map(|d| std::path::PathBuf::from(d).join("berth"))
+        .or_else(|| home().map(|h| h.join(".cache/berth")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-cache-{}", crate::invoking_user().0)))
+}

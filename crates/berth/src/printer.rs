@@ -1,0 +1,160 @@
+//! What the user sees. Human text goes to stderr, data to stdout; colour only on a terminal and
+//! never with NO_COLOR; every error is followed by a `hint:` line when there is something to do.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use berth_core::event::{Event, EventLine, Stream};
+use berth_core::exit::RunState;
+use berth_sandbox::Reporter;
+
+/// Formats berth's own messages on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    color: bool,
+}
+
+impl Printer {
+    pub fn detect() -> Self {
+        let color = std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none_or(|v| v.is_empty());
+        Self { color }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn error(&self, message: &str, hint: Option<&str>) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{} {message}", self.paint("1;31", "error:"));
+        if let Some(hint) = hint {
+            let _ = writeln!(err, "{} {hint}", self.paint("1;36", "hint:"));
+        }
+    }
+
+    pub fn warning(&self, message: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{} {message}", self.paint("1;33", "warning:"));
+    }
+
+    pub fn info(&self, message: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{} {message}", self.paint("2", "berth:"));
+    }
+
+    pub fn ok(&self, message: &str) -> String {
+        format!("{} {message}", self.paint("1;32", "ok:"))
+    }
+}
+
+/// Shows a run on a terminal (or a pipe): the command's output as it is, berth's notes on stderr.
+pub struct HumanReporter {
+    printer: Printer,
+    pull_bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl HumanReporter {
+    pub fn new(printer: Printer) -> Self {
+        Self { printer, pull_bar: Mutex::new(None) }
+    }
+}
+
+impl Reporter for HumanReporter {
+    fn event(&self, line: &EventLine) {
+        let p = &self.printer;
+        match &line.event {
+            Event::Fallback { reason } => p.warning(&format!("running on the host WITHOUT a sandbox (execution: local): {reason}")),
+            Event::ImagePulled { image } => {
+                if let Ok(mut bar) = self.pull_bar.lock() {
+                    if let Some(bar) = bar.take() {
+                        bar.finish_and_clear();
+                    }
+                }
+                p.info(&format!("pulled {image}"));
+            }
+            Event::Signal { signal, reason } => p.info(&format!("sending {signal}: {reason}")),
+            Event::Warning { message } => p.warning(message),
+            Event::ArtifactsCollected { paths, skipped } => {
+                for s in skipped {
+                    p.warning(&format!("artifact entry refused: {s}"));
+                }
+                if !paths.is_empty() {
+                    p.info(&format!("collected {} artifact path(s)", paths.len()));
+                }
+            }
+            Event::ContainerKept { container_name } => {
+                p.info(&format!("kept container {container_name} (remove it with `docker rm {container_name}`)"));
+            }
+            Event::Finished { state, reason, .. } if *state != RunState::Succeeded => {
+                let reason = reason.as_deref().unwrap_or("no reason recorded");
+                p.info(&format!("run {} {state}: {reason}", line.run_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn output(&self, stream: Stream, data: &[u8]) {
+        // A closed pipe (e.g. `| head`) must not stop the run; the output is kept in the logs.
+        let _ = match stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data).and_then(|()| out.flush())
+            }
+            Stream::Stderr => std::io::stderr().lock().write_all(data),
+        };
+    }
+
+    fn pull_progress(&self, progress: &berth_engine::PullProgress) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let Ok(mut slot) = self.pull_bar.lock() else { return };
+        let bar = slot.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} pulling {msg} {bytes}/{total_bytes}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        if let (Some(current), Some(total)) = (progress.current, progress.total) {
+            bar.set_length(total);
+            bar.set_position(current);
+        }
+        bar.set_message(format!("{} {}", progress.layer.clone().unwrap_or_default(), progress.status));
+        bar.tick();
+    }
+}
+
+/// Events as JSON lines on stdout, output included.
+pub struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn event(&self, line: &EventLine) {
+        if let Ok(mut json) = serde_json::to_vec(line) {
+            json.push(b'\n');
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&json).and_then(|()| out.flush());
+        }
+    }
+
+    fn output(&self, _stream: Stream, _data: &[u8]) {}
+
+    fn wants_lines(&self) -> bool {
+        true
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    if let Ok(text) = serde_json::to_string_pretty(value) {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+}
+
+/// Writes a line of data to stdout.
+pub fn data_line(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
