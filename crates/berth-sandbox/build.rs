@@ -15,13 +15,32 @@ fn main() {
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     let output = out_dir.join("berth-shim");
     let status = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-name", "berth_shim", "--crate-type", "bin"])
-        .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "strip=symbols", "-C", "codegen-units=1"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-name",
+            "berth_shim",
+            "--crate-type",
+            "bin",
+        ])
+        .args([
+            "-C",
+            "opt-level=s",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+            "-C",
+            "codegen-units=1",
+        ])
         .args(["-C", "target-feature=+crt-static", "--target", &target])
         .arg("-o")
         .arg(&output)
         .arg(&source)
         .status()
         .expect("running rustc for berth-shim");
-    assert!(status.success(), "compiling berth-shim as a static executable failed");
+    assert!(
+        status.success(),
+        "compiling berth-shim as a static executable failed"
+    );
 }

@@ -73,12 +73,16 @@ impl ConfigFile {
     /// Checks every value now, so a bad value is reported with its key and file even when a
     /// flag would override it.
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| ConfigError { file: file.to_string(), message: format!("key `{key}`: {message}") };
+        let bad = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            message: format!("key `{key}`: {message}"),
+        };
         if let Some(v) = &self.pull {
             v.parse::<PullPolicy>().map_err(|e| bad("pull", e))?;
         }
         if let Some(v) = &self.workspace_mode {
-            v.parse::<WorkspaceMode>().map_err(|e| bad("workspace_mode", e))?;
+            v.parse::<WorkspaceMode>()
+                .map_err(|e| bad("workspace_mode", e))?;
         }
         if let Some(v) = &self.memory {
             units::parse_memory(v).map_err(|e| bad("memory", e.to_string()))?;
@@ -88,7 +92,10 @@ impl ConfigFile {
         }
         if let Some(p) = self.pids {
             if p < 1 {
-                return Err(bad("pids", format!("{p} is not a positive number of processes")));
+                return Err(bad(
+                    "pids",
+                    format!("{p} is not a positive number of processes"),
+                ));
             }
         }
         for (key, v) in [("timeout", &self.timeout), ("grace", &self.grace)] {
@@ -124,7 +131,21 @@ impl ConfigFile {
         macro_rules! take {
             ($($field:ident),*) => { $( if over.$field.is_some() { self.$field = over.$field; } )* };
         }
-        take!(image, pull, workspace_mode, memory, cpus, pids, timeout, grace, network, read_only, user, fallback, state_dir);
+        take!(
+            image,
+            pull,
+            workspace_mode,
+            memory,
+            cpus,
+            pids,
+            timeout,
+            grace,
+            network,
+            read_only,
+            user,
+            fallback,
+            state_dir
+        );
         self.allowed_paths.extend(over.allowed_paths);
         self.env.extend(over.env);
         self
@@ -151,23 +172,41 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let e = parse("/p/berth.toml", "image = \"x\"\nmemroy = \"1g\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("/p/berth.toml:") && e.contains("memroy") && e.contains("line 2"), "{e}");
+        let e = parse("/p/berth.toml", "image = \"x\"\nmemroy = \"1g\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/p/berth.toml:") && e.contains("memroy") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_value_names_key_and_file() {
-        let e = parse("c.toml", "timeout = \"soon\"").unwrap_err().to_string();
-        assert!(e.contains("c.toml") && e.contains("`timeout`") && e.contains("soon"), "{e}");
-        let e = parse("c.toml", "network = \"host\"").unwrap_err().to_string();
+        let e = parse("c.toml", "timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("`timeout`") && e.contains("soon"),
+            "{e}"
+        );
+        let e = parse("c.toml", "network = \"host\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`network`"), "{e}");
-        let e = parse("c.toml", "[env]\n\"A B\" = \"1\"").unwrap_err().to_string();
+        let e = parse("c.toml", "[env]\n\"A B\" = \"1\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("env.A B"), "{e}");
     }
 
     #[test]
     fn later_files_override_earlier_ones() {
-        let user = parse("u", "image = \"a\"\nmemory = \"1g\"\nallowed_paths = [\"/x\"]").unwrap();
+        let user = parse(
+            "u",
+            "image = \"a\"\nmemory = \"1g\"\nallowed_paths = [\"/x\"]",
+        )
+        .unwrap();
         let ws = parse("w", "image = \"b\"\nallowed_paths = [\"/y\"]").unwrap();
         let m = user.merged(ws);
         assert_eq!(m.image.as_deref(), Some("b"));

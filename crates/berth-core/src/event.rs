@@ -16,11 +16,23 @@ pub enum Stream {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    RunCreated { execution: Execution, image: Option<String>, command: Vec<String>, run_dir: String },
+    RunCreated {
+        execution: Execution,
+        image: Option<String>,
+        command: Vec<String>,
+        run_dir: String,
+    },
     /// berth could not use Docker and runs on the host instead.
-    Fallback { reason: String },
-    ImagePulled { image: String },
-    ContainerCreated { container_id: String, container_name: String },
+    Fallback {
+        reason: String,
+    },
+    ImagePulled {
+        image: String,
+    },
+    ContainerCreated {
+        container_id: String,
+        container_name: String,
+    },
     Started,
     /// One line (or a chunk of a very long line) of output, already masked. Output that is not
     /// UTF-8 is carried in `data_base64` instead of `text`.
@@ -32,13 +44,32 @@ pub enum Event {
         data_base64: Option<String>,
     },
     /// berth sent a signal to the sandboxed process.
-    Signal { signal: String, reason: String },
-    Warning { message: String },
-    Exited { exit_code: i64, oom_killed: bool },
-    ArtifactsCollected { paths: Vec<String>, skipped: Vec<String> },
-    ContainerRemoved { container_name: String },
-    ContainerKept { container_name: String },
-    Finished { state: RunState, exit_code: Option<i64>, reason: Option<String> },
+    Signal {
+        signal: String,
+        reason: String,
+    },
+    Warning {
+        message: String,
+    },
+    Exited {
+        exit_code: i64,
+        oom_killed: bool,
+    },
+    ArtifactsCollected {
+        paths: Vec<String>,
+        skipped: Vec<String>,
+    },
+    ContainerRemoved {
+        container_name: String,
+    },
+    ContainerKept {
+        container_name: String,
+    },
+    Finished {
+        state: RunState,
+        exit_code: Option<i64>,
+        reason: Option<String>,
+    },
 }
 
 /// An event with its time and run, as one JSON line.
@@ -59,10 +90,16 @@ mod tests {
         let line = EventLine {
             ts: "2026-01-01T00:00:00Z".into(),
             run_id: "r1".into(),
-            event: Event::Exited { exit_code: 3, oom_killed: false },
+            event: Event::Exited {
+                exit_code: 3,
+                oom_killed: false,
+            },
         };
         let json = serde_json::to_string(&line).unwrap();
-        assert_eq!(json, r#"{"ts":"2026-01-01T00:00:00Z","run_id":"r1","event":"exited","exit_code":3,"oom_killed":false}"#);
+        assert_eq!(
+            json,
+            r#"{"ts":"2026-01-01T00:00:00Z","run_id":"r1","event":"exited","exit_code":3,"oom_killed":false}"#
+        );
         assert_eq!(serde_json::from_str::<EventLine>(&json).unwrap(), line);
     }
 }

@@ -109,7 +109,11 @@ mod tests {
         assert_eq!(check(RunState::Succeeded, Some(0)), 0);
         assert_eq!(check(RunState::Failed, Some(3)), 3);
         assert_eq!(check(RunState::Failed, Some(137)), 137);
-        assert_eq!(check(RunState::Failed, Some(256)), 1, "never report success for a failure");
+        assert_eq!(
+            check(RunState::Failed, Some(256)),
+            1,
+            "never report success for a failure"
+        );
         assert_eq!(check(RunState::Failed, None), 1);
         assert_eq!(check(RunState::TimedOut, Some(143)), 124);
         assert_eq!(check(RunState::Cancelled, None), 130);
@@ -118,7 +122,10 @@ mod tests {
 
     #[test]
     fn states_serialise_snake_case() {
-        assert_eq!(serde_json::to_string(&RunState::TimedOut).unwrap(), "\"timed_out\"");
+        assert_eq!(
+            serde_json::to_string(&RunState::TimedOut).unwrap(),
+            "\"timed_out\""
+        );
         assert!(RunState::Error.is_final() && !RunState::Running.is_final());
     }
 }

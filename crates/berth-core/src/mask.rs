@@ -38,7 +38,11 @@ impl Masker {
         for p in &patterns {
             first_bytes[p[0] as usize] = true;
         }
-        Self { patterns, first_bytes, pending: Vec::new() }
+        Self {
+            patterns,
+            first_bytes,
+            pending: Vec::new(),
+        }
     }
 
     /// Whether there is anything to mask at all.
@@ -66,7 +70,10 @@ impl Masker {
 
     /// Masks `data` in one go (for text that is complete, such as an error message).
     pub fn mask_all(&self, data: &[u8]) -> Vec<u8> {
-        let mut masker = Masker { pending: Vec::new(), ..self.clone() };
+        let mut masker = Masker {
+            pending: Vec::new(),
+            ..self.clone()
+        };
         let mut out = Vec::with_capacity(data.len());
         masker.push(data, &mut out);
         masker.finish(&mut out);
@@ -89,7 +96,11 @@ impl Masker {
                 continue;
             }
             let rest = &data[i..];
-            let may_continue = |rest: &[u8]| self.patterns.iter().any(|p| p.len() > rest.len() && p.starts_with(rest));
+            let may_continue = |rest: &[u8]| {
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > rest.len() && p.starts_with(rest))
+            };
             if !at_end && may_continue(rest) {
                 // A secret (or a longer one than what matches now) may begin here and end in
                 // the next chunk: hold it back.
@@ -127,9 +138,17 @@ mod tests {
     #[test]
     fn masks_whole_and_split_values() {
         for chunk in [1, 2, 3, 5, 1000] {
-            assert_eq!(check(&["hunter2"], "pw=hunter2!", chunk), "pw=***!", "chunk {chunk}");
+            assert_eq!(
+                check(&["hunter2"], "pw=hunter2!", chunk),
+                "pw=***!",
+                "chunk {chunk}"
+            );
             assert_eq!(check(&["hunter2"], "hunter2hunter2", chunk), "******");
-            assert_eq!(check(&["hunter2"], "hunter", chunk), "hunter", "a prefix at the end is flushed");
+            assert_eq!(
+                check(&["hunter2"], "hunter", chunk),
+                "hunter",
+                "a prefix at the end is flushed"
+            );
             assert_eq!(check(&["abc", "abcdef"], "xabcdefx", chunk), "x***x");
         }
     }
@@ -137,7 +156,10 @@ mod tests {
     #[test]
     fn masks_base64_forms() {
         // base64("hunter2") = aHVudGVyMg== ; url-safe is the same here.
-        assert_eq!(check(&["hunter2"], "b64 aHVudGVyMg== end", 4), "b64 *** end");
+        assert_eq!(
+            check(&["hunter2"], "b64 aHVudGVyMg== end", 4),
+            "b64 *** end"
+        );
         assert_eq!(check(&["hunter2"], "raw aHVudGVyMg\n", 4), "raw ***\n");
         // A value whose base64 differs between the standard and url-safe alphabets.
         let secret = "?>?";
@@ -150,7 +172,11 @@ mod tests {
     #[test]
     fn no_secrets_passes_everything() {
         assert_eq!(check(&[], "anything", 3), "anything");
-        assert_eq!(check(&[""], "anything", 3), "anything", "an empty secret masks nothing");
+        assert_eq!(
+            check(&[""], "anything", 3),
+            "anything",
+            "an empty secret masks nothing"
+        );
     }
 
     #[test]
@@ -158,7 +184,11 @@ mod tests {
         let mut m = Masker::new(&["0123456789"]);
         let mut out = Vec::new();
         m.push(&vec![b'x'; 100_000], &mut out);
-        assert_eq!(out.len(), 100_000, "nothing that cannot start a secret is held");
+        assert_eq!(
+            out.len(),
+            100_000,
+            "nothing that cannot start a secret is held"
+        );
         m.push(b"01234", &mut out);
         assert_eq!(out.len(), 100_000);
         m.push(b"5678", &mut out);

@@ -77,6 +77,8 @@ pub struct ContainerPlan {
     pub security_opt: Vec<String>,
     /// Run the engine's init (tini) as PID 1: it forwards signals and reaps zombies.
     pub init: bool,
+    /// A cgroup namespace of its own (engines on cgroup v1 default to the host's).
+    pub private_cgroup_namespace: bool,
     pub sysctls: BTreeMap<String, String>,
 }
 
@@ -106,7 +108,11 @@ pub struct PlanContext {
 
 /// The user the sandbox runs as: `--user` when given, else the invoking user, else 1000:1000
 /// when berth itself runs as root.
-pub fn sandbox_user(requested: Option<UserSpec>, invoking_uid: u32, invoking_gid: u32) -> (u32, u32) {
+pub fn sandbox_user(
+    requested: Option<UserSpec>,
+    invoking_uid: u32,
+    invoking_gid: u32,
+) -> (u32, u32) {
     match requested {
         Some(UserSpec { uid, gid }) => (uid, gid.unwrap_or(uid)),
         None if invoking_uid == 0 => (FALLBACK_UID, FALLBACK_UID),
@@ -135,8 +141,16 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         }
     }
     binds.extend(ctx.mounts.iter().cloned());
-    binds.push(BindMount { source: ctx.out_host_path.clone(), target: OUT_TARGET.to_string(), read_only: false });
-    binds.push(BindMount { source: ctx.shim_host_path.clone(), target: SHIM_TARGET.to_string(), read_only: true });
+    binds.push(BindMount {
+        source: ctx.out_host_path.clone(),
+        target: OUT_TARGET.to_string(),
+        read_only: false,
+    });
+    binds.push(BindMount {
+        source: ctx.shim_host_path.clone(),
+        target: SHIM_TARGET.to_string(),
+        read_only: true,
+    });
 
     if !spec.secrets.is_empty() {
         tmpfs.push(TmpfsMount {
@@ -144,15 +158,27 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             options: format!("{},noexec,size=1m", owned_tmpfs("0700")),
         });
     }
-    let home = ctx.image_home.clone().unwrap_or_else(|| DEFAULT_HOME.to_string());
+    let home = ctx
+        .image_home
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HOME.to_string());
     if spec.read_only || ctx.image_home.is_none() {
-        tmpfs.push(TmpfsMount { target: home.clone(), options: owned_tmpfs("0700") });
+        tmpfs.push(TmpfsMount {
+            target: home.clone(),
+            options: owned_tmpfs("0700"),
+        });
     }
     if spec.read_only {
-        tmpfs.push(TmpfsMount { target: "/tmp".to_string(), options: "rw,nosuid,nodev,mode=1777".to_string() });
+        tmpfs.push(TmpfsMount {
+            target: "/tmp".to_string(),
+            options: "rw,nosuid,nodev,mode=1777".to_string(),
+        });
     }
 
-    let mut env = vec![format!("BERTH_OUT={OUT_TARGET}"), format!("BERTH_RUN_ID={}", ctx.run_id)];
+    let mut env = vec![
+        format!("BERTH_OUT={OUT_TARGET}"),
+        format!("BERTH_RUN_ID={}", ctx.run_id),
+    ];
     if ctx.image_home.is_none() {
         env.push(format!("HOME={home}"));
     }
@@ -167,7 +193,11 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     let mut entrypoint = vec![SHIM_TARGET.to_string()];
     entrypoint.extend(ctx.image_entrypoint.iter().cloned());
 
-    let working_dir = if spec.workspace_mode == WorkspaceMode::None { "/".to_string() } else { WORKSPACE_TARGET.to_string() };
+    let working_dir = if spec.workspace_mode == WorkspaceMode::None {
+        "/".to_string()
+    } else {
+        WORKSPACE_TARGET.to_string()
+    };
 
     ContainerPlan {
         name: container_name(&ctx.run_id),
@@ -190,9 +220,13 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         cap_drop: vec!["ALL".to_string()],
         security_opt: vec!["no-new-privileges:true".to_string()],
         init: true,
+        private_cgroup_namespace: true,
         // Binding ports below 1024 normally needs CAP_NET_BIND_SERVICE, which is dropped. The
         // sysctl is per network namespace, so lowering it affects only this sandbox.
-        sysctls: BTreeMap::from([("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]),
+        sysctls: BTreeMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]),
     }
 }
 
@@ -252,6 +286,7 @@ mod tests {
         assert_eq!(plan.cap_drop, ["ALL"]);
         assert_eq!(plan.security_opt, ["no-new-privileges:true"]);
         assert!(plan.init);
+        assert!(plan.private_cgroup_namespace);
         assert_eq!(plan.memory_swap_bytes, plan.memory_bytes);
         assert_eq!(plan.pids_limit, 512);
         assert_eq!(plan.network, "none");
@@ -271,28 +306,59 @@ mod tests {
     fn users() {
         assert_eq!(sandbox_user(None, 0, 0), (1000, 1000));
         assert_eq!(sandbox_user(None, 501, 20), (501, 20));
-        assert_eq!(sandbox_user(Some(UserSpec { uid: 0, gid: None }), 501, 20), (0, 0));
-        assert_eq!(sandbox_user(Some(UserSpec { uid: 7, gid: Some(8) }), 0, 0), (7, 8));
+        assert_eq!(
+            sandbox_user(Some(UserSpec { uid: 0, gid: None }), 501, 20),
+            (0, 0)
+        );
+        assert_eq!(
+            sandbox_user(
+                Some(UserSpec {
+                    uid: 7,
+                    gid: Some(8)
+                }),
+                0,
+                0
+            ),
+            (7, 8)
+        );
     }
 
     #[test]
     fn state_dir_is_masked_and_out_is_writable() {
         let plan = plan_container(&spec(), &ctx());
-        assert!(plan.tmpfs.iter().any(|t| t.target == "/workspace/.berth" && t.options.starts_with("ro")));
-        assert!(plan.binds.iter().any(|b| b.target == OUT_TARGET && !b.read_only));
-        assert!(plan.binds.iter().any(|b| b.target == SHIM_TARGET && b.read_only));
+        assert!(plan
+            .tmpfs
+            .iter()
+            .any(|t| t.target == "/workspace/.berth" && t.options.starts_with("ro")));
+        assert!(plan
+            .binds
+            .iter()
+            .any(|b| b.target == OUT_TARGET && !b.read_only));
+        assert!(plan
+            .binds
+            .iter()
+            .any(|b| b.target == SHIM_TARGET && b.read_only));
     }
 
     #[test]
     fn read_only_root_gets_writable_tmp_and_home() {
         let mut s = spec();
         s.read_only = true;
-        let c = PlanContext { image_home: Some("/home/agent".into()), ..ctx() };
+        let c = PlanContext {
+            image_home: Some("/home/agent".into()),
+            ..ctx()
+        };
         let plan = plan_container(&s, &c);
         assert!(plan.read_only_rootfs);
         let targets: Vec<_> = plan.tmpfs.iter().map(|t| t.target.as_str()).collect();
-        assert!(targets.contains(&"/tmp") && targets.contains(&"/home/agent"), "{targets:?}");
-        assert!(!plan.env.iter().any(|e| e.starts_with("HOME=")), "the image's HOME is kept");
+        assert!(
+            targets.contains(&"/tmp") && targets.contains(&"/home/agent"),
+            "{targets:?}"
+        );
+        assert!(
+            !plan.env.iter().any(|e| e.starts_with("HOME=")),
+            "the image's HOME is kept"
+        );
     }
 
     #[test]
@@ -300,7 +366,11 @@ mod tests {
         let mut s = spec();
         s.secrets = vec!["TOKEN".into()];
         let plan = plan_container(&s, &ctx());
-        let secrets = plan.tmpfs.iter().find(|t| t.target == SECRETS_TARGET).unwrap();
+        let secrets = plan
+            .tmpfs
+            .iter()
+            .find(|t| t.target == SECRETS_TARGET)
+            .unwrap();
         assert!(secrets.options.contains("uid=1000") && secrets.options.contains("mode=0700"));
         assert!(!plan.env.iter().any(|e| e.starts_with("TOKEN")));
     }

@@ -35,21 +35,36 @@ pub enum PolicyError {
     #[error("mount source `{given}` resolves to `{canonical}`, the Docker engine socket: a sandbox with the engine socket controls the host")]
     EngineSocket { given: PathBuf, canonical: PathBuf },
     #[error("mount source `{given}` resolves to `{canonical}`, which contains the Docker engine socket `{socket}`")]
-    ContainsEngineSocket { given: PathBuf, canonical: PathBuf, socket: PathBuf },
+    ContainsEngineSocket {
+        given: PathBuf,
+        canonical: PathBuf,
+        socket: PathBuf,
+    },
     #[error("mount source `{given}` resolves to `{canonical}`, a system path (/, /proc, /sys, /dev, /etc, /boot, /run and /var/run are never mounted)")]
     SystemPath { given: PathBuf, canonical: PathBuf },
     #[error("mount source `{given}` resolves to `{canonical}`, your whole home directory; mount a project directory inside it instead")]
     HomeDirectory { given: PathBuf, canonical: PathBuf },
     #[error("mount source `{given}` resolves to `{canonical}`, outside the allowed roots ({roots}); add it to `allowed_paths` in berth.toml to allow it")]
-    OutsideAllowedRoots { given: PathBuf, canonical: PathBuf, roots: String },
+    OutsideAllowedRoots {
+        given: PathBuf,
+        canonical: PathBuf,
+        roots: String,
+    },
     #[error("mount destination `{target}` is not an absolute path; expected a path such as /data")]
     TargetNotAbsolute { target: String },
     #[error("mount destination `{target}` contains `..`; expected a plain absolute path")]
     TargetHasParent { target: String },
     #[error("mount destination `{target}` would shadow `{shadowed}`, which the sandbox needs")]
-    TargetShadowsSystem { target: String, shadowed: &'static str },
+    TargetShadowsSystem {
+        target: String,
+        shadowed: &'static str,
+    },
     #[error("mount destination `{target}` is used twice ({first} and {second})")]
-    DuplicateTarget { target: String, first: String, second: String },
+    DuplicateTarget {
+        target: String,
+        first: String,
+        second: String,
+    },
 }
 
 /// Paths that are never mounted, nor anything below them.
@@ -63,11 +78,6 @@ pub fn check_source(source: &ResolvedSource, ctx: &PolicyContext) -> Result<Path
     let Some(canonical) = source.canonical.clone() else {
         return Err(PolicyError::SourceMissing { given });
     };
-    if canonical == Path::new("/")
-        || SYSTEM_TREES.iter().any(|tree| canonical.starts_with(tree))
-    {
-        return Err(PolicyError::SystemPath { given, canonical });
-    }
     let named_like_engine_socket = canonical
         .file_name()
         .and_then(|n| n.to_str())
@@ -75,26 +85,48 @@ pub fn check_source(source: &ResolvedSource, ctx: &PolicyContext) -> Result<Path
     if ctx.engine_sockets.contains(&canonical) || (source.is_socket && named_like_engine_socket) {
         return Err(PolicyError::EngineSocket { given, canonical });
     }
-    if let Some(socket) = ctx.engine_sockets.iter().find(|s| s.starts_with(&canonical)) {
-        return Err(PolicyError::ContainsEngineSocket { given, canonical, socket: socket.clone() });
+    if canonical == Path::new("/") || SYSTEM_TREES.iter().any(|tree| canonical.starts_with(tree)) {
+        return Err(PolicyError::SystemPath { given, canonical });
+    }
+    if let Some(socket) = ctx
+        .engine_sockets
+        .iter()
+        .find(|s| s.starts_with(&canonical))
+    {
+        return Err(PolicyError::ContainsEngineSocket {
+            given,
+            canonical,
+            socket: socket.clone(),
+        });
     }
     if ctx.home.as_ref() == Some(&canonical) {
         return Err(PolicyError::HomeDirectory { given, canonical });
     }
-    if !ctx.allowed_roots.iter().any(|root| canonical.starts_with(root)) {
+    if !ctx
+        .allowed_roots
+        .iter()
+        .any(|root| canonical.starts_with(root))
+    {
         let roots = ctx
             .allowed_roots
             .iter()
             .map(|r| r.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(PolicyError::OutsideAllowedRoots { given, canonical, roots });
+        return Err(PolicyError::OutsideAllowedRoots {
+            given,
+            canonical,
+            roots,
+        });
     }
     Ok(canonical)
 }
 
 /// Checks the workspace itself: the same rules as any source, except that it is its own root.
-pub fn check_workspace(source: &ResolvedSource, ctx: &PolicyContext) -> Result<PathBuf, PolicyError> {
+pub fn check_workspace(
+    source: &ResolvedSource,
+    ctx: &PolicyContext,
+) -> Result<PathBuf, PolicyError> {
     let mut ctx = ctx.clone();
     if let Some(canonical) = &source.canonical {
         ctx.allowed_roots = vec![canonical.clone()];
@@ -106,26 +138,38 @@ pub fn check_workspace(source: &ResolvedSource, ctx: &PolicyContext) -> Result<P
 pub fn check_target(target: &str) -> Result<String, PolicyError> {
     let path = Path::new(target);
     if !path.is_absolute() {
-        return Err(PolicyError::TargetNotAbsolute { target: target.to_string() });
+        return Err(PolicyError::TargetNotAbsolute {
+            target: target.to_string(),
+        });
     }
     let mut normal = PathBuf::from("/");
     for component in path.components() {
         match component {
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(PolicyError::TargetHasParent { target: target.to_string() })
+                return Err(PolicyError::TargetHasParent {
+                    target: target.to_string(),
+                })
             }
             Component::Normal(part) => normal.push(part),
             Component::Prefix(_) => {
-                return Err(PolicyError::TargetNotAbsolute { target: target.to_string() })
+                return Err(PolicyError::TargetNotAbsolute {
+                    target: target.to_string(),
+                })
             }
         }
     }
     if normal == Path::new("/") {
-        return Err(PolicyError::TargetShadowsSystem { target: target.to_string(), shadowed: "/" });
+        return Err(PolicyError::TargetShadowsSystem {
+            target: target.to_string(),
+            shadowed: "/",
+        });
     }
     if let Some(shadowed) = PROTECTED_TARGETS.iter().find(|p| normal.starts_with(p)) {
-        return Err(PolicyError::TargetShadowsSystem { target: target.to_string(), shadowed });
+        return Err(PolicyError::TargetShadowsSystem {
+            target: target.to_string(),
+            shadowed,
+        });
     }
     Ok(normal.to_string_lossy().into_owned())
 }
@@ -162,7 +206,11 @@ mod tests {
     }
 
     fn existing(path: &str) -> ResolvedSource {
-        ResolvedSource { given: path.into(), canonical: Some(path.into()), is_socket: false }
+        ResolvedSource {
+            given: path.into(),
+            canonical: Some(path.into()),
+            is_socket: false,
+        }
     }
 
     /// Returns the name of the rule that refused `source`, or "ok".
@@ -184,13 +232,34 @@ mod tests {
         assert_eq!(check(existing("/home/ann/project/src")), "ok");
         assert_eq!(check(existing("/home/ann/project")), "ok");
         assert_eq!(check(existing("/srv/data/x")), "ok");
-        assert_eq!(check(ResolvedSource { canonical: None, ..existing("/nope") }), "missing");
-        for system in ["/", "/proc", "/proc/1/root", "/sys", "/dev", "/etc", "/etc/ssl", "/boot", "/run", "/var/run"] {
+        assert_eq!(
+            check(ResolvedSource {
+                canonical: None,
+                ..existing("/nope")
+            }),
+            "missing"
+        );
+        for system in [
+            "/",
+            "/proc",
+            "/proc/1/root",
+            "/sys",
+            "/dev",
+            "/etc",
+            "/etc/ssl",
+            "/boot",
+            "/run",
+            "/var/run",
+        ] {
             assert_eq!(check(existing(system)), "system", "{system}");
         }
         assert_eq!(check(existing("/home/ann")), "home");
         assert_eq!(check(existing("/home/ann/other")), "outside");
-        assert_eq!(check(existing("/srv/database")), "outside", "prefix of a root is not inside it");
+        assert_eq!(
+            check(existing("/srv/database")),
+            "outside",
+            "prefix of a root is not inside it"
+        );
         assert_eq!(check(existing("/tmp")), "outside");
     }
 
@@ -202,31 +271,60 @@ mod tests {
             canonical: Some("/run/docker.sock".into()),
             is_socket: true,
         };
-        assert_eq!(check(link), "system", "the socket lives under /run, refused either way");
-        let other = PolicyContext { engine_sockets: vec!["/srv/data/docker.sock".into()], ..ctx() };
-        let direct = ResolvedSource { is_socket: true, ..existing("/srv/data/docker.sock") };
-        assert!(matches!(check_source(&direct, &other), Err(PolicyError::EngineSocket { .. })));
+        assert_eq!(
+            check(link),
+            "socket",
+            "named as the socket, though it also lives under /run"
+        );
+        let other = PolicyContext {
+            engine_sockets: vec!["/srv/data/docker.sock".into()],
+            ..ctx()
+        };
+        let direct = ResolvedSource {
+            is_socket: true,
+            ..existing("/srv/data/docker.sock")
+        };
+        assert!(matches!(
+            check_source(&direct, &other),
+            Err(PolicyError::EngineSocket { .. })
+        ));
         assert!(matches!(
             check_source(&existing("/srv/data"), &other),
             Err(PolicyError::ContainsEngineSocket { .. })
         ));
-        let renamed = ResolvedSource { is_socket: true, ..existing("/srv/data/rootless-docker.sock") };
+        let renamed = ResolvedSource {
+            is_socket: true,
+            ..existing("/srv/data/rootless-docker.sock")
+        };
         assert_eq!(check(renamed), "socket");
     }
 
     #[test]
     fn errors_name_path_and_rule() {
-        let e = check_source(&existing("/home/ann/other"), &ctx()).unwrap_err().to_string();
-        assert!(e.contains("/home/ann/other") && e.contains("allowed_paths"), "{e}");
-        let e = check_source(&existing("/etc"), &ctx()).unwrap_err().to_string();
+        let e = check_source(&existing("/home/ann/other"), &ctx())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/home/ann/other") && e.contains("allowed_paths"),
+            "{e}"
+        );
+        let e = check_source(&existing("/etc"), &ctx())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`/etc`") && e.contains("system path"), "{e}");
     }
 
     #[test]
     fn workspace_is_its_own_root() {
         assert!(check_workspace(&existing("/tmp/ws"), &ctx()).is_ok());
-        assert!(matches!(check_workspace(&existing("/home/ann"), &ctx()), Err(PolicyError::HomeDirectory { .. })));
-        assert!(matches!(check_workspace(&existing("/"), &ctx()), Err(PolicyError::SystemPath { .. })));
+        assert!(matches!(
+            check_workspace(&existing("/home/ann"), &ctx()),
+            Err(PolicyError::HomeDirectory { .. })
+        ));
+        assert!(matches!(
+            check_workspace(&existing("/"), &ctx()),
+            Err(PolicyError::SystemPath { .. })
+        ));
     }
 
     fn target(t: &str) -> Result<String, &'static str> {
@@ -257,9 +355,15 @@ mod tests {
     #[test]
     fn duplicate_targets() {
         assert!(check_unique_targets([("/a", "x"), ("/b", "y")]).is_ok());
-        let e = check_unique_targets([("/workspace", "the workspace"), ("/workspace", "--mount a:/workspace")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/workspace") && e.contains("the workspace") && e.contains("--mount"), "{e}");
+        let e = check_unique_targets([
+            ("/workspace", "the workspace"),
+            ("/workspace", "--mount a:/workspace"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/workspace") && e.contains("the workspace") && e.contains("--mount"),
+            "{e}"
+        );
     }
 }

@@ -98,7 +98,11 @@ pub struct UserSpec {
 
 impl UserSpec {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || format!("invalid user `{s}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)");
+        let err = || {
+            format!(
+                "invalid user `{s}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)"
+            )
+        };
         let (uid, gid) = match s.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (s, None),
@@ -119,11 +123,19 @@ pub struct PortPublish {
 
 impl PortPublish {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || format!("invalid port `{s}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)");
+        let err = || {
+            format!("invalid port `{s}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)")
+        };
         let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(err);
         match s.split_once(':') {
-            Some((c, h)) => Ok(Self { container_port: port(c)?, host_port: Some(port(h)?) }),
-            None => Ok(Self { container_port: port(s)?, host_port: None }),
+            Some((c, h)) => Ok(Self {
+                container_port: port(c)?,
+                host_port: Some(port(h)?),
+            }),
+            None => Ok(Self {
+                container_port: port(s)?,
+                host_port: None,
+            }),
         }
     }
 }
@@ -138,7 +150,9 @@ pub struct MountRequest {
 
 impl MountRequest {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = |why: &str| format!("invalid mount `{s}`: {why}; expected SRC:DST[:ro|rw] (e.g. ./data:/data:ro)");
+        let err = |why: &str| {
+            format!("invalid mount `{s}`: {why}; expected SRC:DST[:ro|rw] (e.g. ./data:/data:ro)")
+        };
         let parts: Vec<&str> = s.split(':').collect();
         let (source, target, read_only) = match parts.as_slice() {
             [src, dst] => (*src, *dst, true),
@@ -153,7 +167,11 @@ impl MountRequest {
         if target.is_empty() {
             return Err(err("the destination is empty"));
         }
-        Ok(Self { source: PathBuf::from(source), target: target.to_string(), read_only })
+        Ok(Self {
+            source: PathBuf::from(source),
+            target: target.to_string(),
+            read_only,
+        })
     }
 }
 
@@ -167,7 +185,11 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Self { memory_bytes: 2 << 30, nano_cpus: 2_000_000_000, pids: 512 }
+        Self {
+            memory_bytes: 2 << 30,
+            nano_cpus: 2_000_000_000,
+            pids: 512,
+        }
     }
 }
 
@@ -188,7 +210,9 @@ impl std::str::FromStr for Fallback {
         match s {
             "none" => Ok(Self::None),
             "local" => Ok(Self::Local),
-            other => Err(format!("unknown fallback `{other}`: expected none or local")),
+            other => Err(format!(
+                "unknown fallback `{other}`: expected none or local"
+            )),
         }
     }
 }
@@ -260,7 +284,10 @@ mod tests {
     #[test]
     fn mounts_parse() {
         let m = MountRequest::parse("./data:/data").unwrap();
-        assert_eq!((m.source.to_str().unwrap(), m.target.as_str(), m.read_only), ("./data", "/data", true));
+        assert_eq!(
+            (m.source.to_str().unwrap(), m.target.as_str(), m.read_only),
+            ("./data", "/data", true)
+        );
         assert!(!MountRequest::parse("a:/b:rw").unwrap().read_only);
         assert!(MountRequest::parse("a:/b:ro").unwrap().read_only);
         assert!(MountRequest::parse("a:/b:rx").unwrap_err().contains("`rx`"));
@@ -270,14 +297,32 @@ mod tests {
 
     #[test]
     fn users_parse() {
-        assert_eq!(UserSpec::parse("1000").unwrap(), UserSpec { uid: 1000, gid: None });
-        assert_eq!(UserSpec::parse("0:0").unwrap(), UserSpec { uid: 0, gid: Some(0) });
+        assert_eq!(
+            UserSpec::parse("1000").unwrap(),
+            UserSpec {
+                uid: 1000,
+                gid: None
+            }
+        );
+        assert_eq!(
+            UserSpec::parse("0:0").unwrap(),
+            UserSpec {
+                uid: 0,
+                gid: Some(0)
+            }
+        );
         assert!(UserSpec::parse("root").unwrap_err().contains("numeric"));
     }
 
     #[test]
     fn ports_parse() {
-        assert_eq!(PortPublish::parse("80").unwrap(), PortPublish { container_port: 80, host_port: None });
+        assert_eq!(
+            PortPublish::parse("80").unwrap(),
+            PortPublish {
+                container_port: 80,
+                host_port: None
+            }
+        );
         assert_eq!(PortPublish::parse("80:8080").unwrap().host_port, Some(8080));
         assert!(PortPublish::parse("0").is_err());
         assert!(PortPublish::parse("70000").is_err());
@@ -286,7 +331,10 @@ mod tests {
     #[test]
     fn networks_parse() {
         assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
-        assert_eq!(NetworkMode::parse("mynet").unwrap(), NetworkMode::Named("mynet".into()));
+        assert_eq!(
+            NetworkMode::parse("mynet").unwrap(),
+            NetworkMode::Named("mynet".into())
+        );
         assert!(NetworkMode::parse("host").unwrap_err().contains("refused"));
         assert!(NetworkMode::parse("container:abc").is_err());
     }

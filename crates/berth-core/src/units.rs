@@ -11,7 +11,8 @@ pub struct UnitError {
     pub expected: &'static str,
 }
 
-const MEMORY_EXPECTED: &str = "expected a number with an optional unit b, k, m or g (e.g. 512m, 2g)";
+const MEMORY_EXPECTED: &str =
+    "expected a number with an optional unit b, k, m or g (e.g. 512m, 2g)";
 const DURATION_EXPECTED: &str =
     "expected a number with a unit ms, s, m or h (e.g. 90s, 10m, 1h30m); a bare number means seconds";
 const CPUS_EXPECTED: &str = "expected a positive number of CPUs (e.g. 0.5, 2)";

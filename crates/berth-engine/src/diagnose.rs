@@ -34,16 +34,43 @@ pub struct ProbeEnv {
 /// Exactly one reason why Docker cannot (or should not) be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Diagnosis {
-    NotInstalled { socket: PathBuf },
-    DaemonNotRunning { socket: PathBuf, detail: String },
-    PermissionDenied { socket: PathBuf, group: Option<String> },
-    DockerHostMalformed { value: String, why: String },
-    DockerHostUnreachable { endpoint: String, detail: String },
-    ApiTooOld { engine_version: String, api_version: String },
-    ApiTooNew { engine_version: String, min_api_version: String },
-    ImageMissing { image: String },
-    LowDisk { root_dir: String, free_bytes: u64 },
-    LimitsUnsupported { missing: Vec<&'static str> },
+    NotInstalled {
+        socket: PathBuf,
+    },
+    DaemonNotRunning {
+        socket: PathBuf,
+        detail: String,
+    },
+    PermissionDenied {
+        socket: PathBuf,
+        group: Option<String>,
+    },
+    DockerHostMalformed {
+        value: String,
+        why: String,
+    },
+    DockerHostUnreachable {
+        endpoint: String,
+        detail: String,
+    },
+    ApiTooOld {
+        engine_version: String,
+        api_version: String,
+    },
+    ApiTooNew {
+        engine_version: String,
+        min_api_version: String,
+    },
+    ImageMissing {
+        image: String,
+    },
+    LowDisk {
+        root_dir: String,
+        free_bytes: u64,
+    },
+    LimitsUnsupported {
+        missing: Vec<&'static str>,
+    },
     Rootless,
 }
 
@@ -173,42 +200,94 @@ impl DiagnosisReport {
 /// Finds the engine, connects, negotiates, and checks what every run depends on. Returns the
 /// connected engine with its facts, or the first problem found. Problems that do not block a
 /// run (low disk, rootless) come back in the third slot alongside a usable engine.
-pub async fn check_engine(env: &ProbeEnv) -> Result<(DockerEngine, EngineFacts, Option<Diagnosis>), (Diagnosis, Option<EngineFacts>)> {
-    let endpoint = Endpoint::from_docker_host(env.docker_host.as_deref())
-        .map_err(|e| (Diagnosis::DockerHostMalformed { value: e.value, why: e.why }, None))?;
+pub async fn check_engine(
+    env: &ProbeEnv,
+) -> Result<(DockerEngine, EngineFacts, Option<Diagnosis>), (Diagnosis, Option<EngineFacts>)> {
+    let endpoint = Endpoint::from_docker_host(env.docker_host.as_deref()).map_err(|e| {
+        (
+            Diagnosis::DockerHostMalformed {
+                value: e.value,
+                why: e.why,
+            },
+            None,
+        )
+    })?;
     let from_env = env.docker_host.as_deref().is_some_and(|v| !v.is_empty());
     check_reachable(&endpoint, from_env, env).map_err(|d| (d, None))?;
 
-    let probe = DockerEngine::client(&endpoint, MAX_API_VERSION).map_err(|e| (unreachable(&endpoint, &e), None))?;
-    let version = match tokio::time::timeout(ANSWER_TIMEOUT, probe.version()).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Err((answered_badly(&endpoint, &crate::docker::classify(e, "")), None)),
+    let probe = DockerEngine::client(&endpoint, MAX_API_VERSION)
+        .map_err(|e| (unreachable(&endpoint, &e), None))?;
+    // Version and info are independent; asking both at once saves a round trip on every run.
+    let answers = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        tokio::join!(probe.version(), probe.info())
+    })
+    .await;
+    let (version, info) = match answers {
+        Ok((Ok(version), info)) => (version, info),
+        Ok((Err(e), _)) => {
+            return Err((
+                answered_badly(&endpoint, &crate::docker::classify(e, "")),
+                None,
+            ))
+        }
         Err(_) => return Err((silent(&endpoint), None)),
     };
-    let engine_version = version.version.clone().unwrap_or_else(|| "(version not reported)".into());
+    let engine_version = version
+        .version
+        .clone()
+        .unwrap_or_else(|| "(version not reported)".into());
     let api = version.api_version.clone().unwrap_or_default();
     let server_api = parse_api_version(&api).ok_or_else(|| {
-        (Diagnosis::DockerHostUnreachable { endpoint: endpoint.to_string(), detail: format!("it answered, but reported no usable API version (`{api}`)") }, None)
+        (
+            Diagnosis::DockerHostUnreachable {
+                endpoint: endpoint.to_string(),
+                detail: format!("it answered, but reported no usable API version (`{api}`)"),
+            },
+            None,
+        )
     })?;
     if server_api < MIN_API_VERSION {
-        return Err((Diagnosis::ApiTooOld { engine_version, api_version: api }, None));
+        return Err((
+            Diagnosis::ApiTooOld {
+                engine_version,
+                api_version: api,
+            },
+            None,
+        ));
     }
-    if let Some(min) = version.min_api_version.as_deref().and_then(parse_api_version) {
+    if let Some(min) = version
+        .min_api_version
+        .as_deref()
+        .and_then(parse_api_version)
+    {
         if min > MAX_API_VERSION {
             let min_api_version = version.min_api_version.clone().unwrap_or_default();
-            return Err((Diagnosis::ApiTooNew { engine_version, min_api_version }, None));
+            return Err((
+                Diagnosis::ApiTooNew {
+                    engine_version,
+                    min_api_version,
+                },
+                None,
+            ));
         }
     }
     let negotiated = server_api.min(MAX_API_VERSION);
-    let client = DockerEngine::client(&endpoint, negotiated).map_err(|e| (unreachable(&endpoint, &e), None))?;
+    let client = DockerEngine::client(&endpoint, negotiated)
+        .map_err(|e| (unreachable(&endpoint, &e), None))?;
     let engine = DockerEngine::from_parts(client, endpoint.clone(), negotiated);
 
-    let info = match tokio::time::timeout(ANSWER_TIMEOUT, engine.info()).await {
-        Ok(Ok(info)) => info,
-        Ok(Err(e)) => return Err((answered_badly(&endpoint, &e), None)),
-        Err(_) => return Err((silent(&endpoint), None)),
-    };
-    let mut runtimes: Vec<String> = info.runtimes.clone().unwrap_or_default().into_keys().collect();
+    let info = info.map_err(|e| {
+        (
+            answered_badly(&endpoint, &crate::docker::classify(e, "")),
+            None,
+        )
+    })?;
+    let mut runtimes: Vec<String> = info
+        .runtimes
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
     runtimes.sort();
     let facts = EngineFacts {
         endpoint: endpoint.to_string(),
@@ -216,7 +295,10 @@ pub async fn check_engine(env: &ProbeEnv) -> Result<(DockerEngine, EngineFacts, 
         api_version: api,
         negotiated_api_version: format!("{}.{}", negotiated.0, negotiated.1),
         storage_driver: info.driver.clone().unwrap_or_default(),
-        cgroup_version: info.cgroup_version.map(|v| v.to_string()).unwrap_or_default(),
+        cgroup_version: info
+            .cgroup_version
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
         runtimes,
         data_root: info.docker_root_dir.clone().unwrap_or_default(),
         os: info.operating_system.clone().unwrap_or_default(),
@@ -235,13 +317,20 @@ pub async fn check_engine(env: &ProbeEnv) -> Result<(DockerEngine, EngineFacts, 
     if !missing.is_empty() {
         return Err((Diagnosis::LimitsUnsupported { missing }, Some(facts)));
     }
-    let rootless = info.security_options.unwrap_or_default().iter().any(|o| o.contains("name=rootless"));
+    let rootless = info
+        .security_options
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.contains("name=rootless"));
     let mut warning = rootless.then_some(Diagnosis::Rootless);
     // The data root is only meaningful on this host when the engine is local.
     if warning.is_none() && endpoint.socket_path().is_some() && !facts.data_root.is_empty() {
         if let Some(free_bytes) = free_space(Path::new(&facts.data_root)) {
             if free_bytes < LOW_DISK_BYTES {
-                warning = Some(Diagnosis::LowDisk { root_dir: facts.data_root.clone(), free_bytes });
+                warning = Some(Diagnosis::LowDisk {
+                    root_dir: facts.data_root.clone(),
+                    free_bytes,
+                });
             }
         }
     }
@@ -252,7 +341,9 @@ pub async fn check_engine(env: &ProbeEnv) -> Result<(DockerEngine, EngineFacts, 
 pub async fn check_image(engine: &DockerEngine, image: &str) -> Result<(), Diagnosis> {
     match engine.inspect_image(image).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Diagnosis::ImageMissing { image: image.to_string() }),
+        Ok(None) => Err(Diagnosis::ImageMissing {
+            image: image.to_string(),
+        }),
         Err(e) => Err(answered_badly(engine.endpoint(), &e)),
     }
 }
@@ -265,29 +356,48 @@ fn check_reachable(endpoint: &Endpoint, from_env: bool, env: &ProbeEnv) -> Resul
             match std::fs::metadata(&socket) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     return Err(if from_env {
-                        Diagnosis::DockerHostUnreachable { endpoint: endpoint.to_string(), detail: format!("the socket {} does not exist", socket.display()) }
+                        Diagnosis::DockerHostUnreachable {
+                            endpoint: endpoint.to_string(),
+                            detail: format!("the socket {} does not exist", socket.display()),
+                        }
                     } else if docker_cli_on_path(env.path.as_deref()) {
-                        Diagnosis::DaemonNotRunning { socket, detail: "does not exist, although the docker program is installed".into() }
+                        Diagnosis::DaemonNotRunning {
+                            socket,
+                            detail: "does not exist, although the docker program is installed"
+                                .into(),
+                        }
                     } else {
                         Diagnosis::NotInstalled { socket }
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                    return Err(Diagnosis::PermissionDenied { socket, group: None })
+                    return Err(Diagnosis::PermissionDenied {
+                        socket,
+                        group: None,
+                    })
                 }
                 Err(e) => {
-                    return Err(Diagnosis::DockerHostUnreachable { endpoint: endpoint.to_string(), detail: e.to_string() })
+                    return Err(Diagnosis::DockerHostUnreachable {
+                        endpoint: endpoint.to_string(),
+                        detail: e.to_string(),
+                    })
                 }
                 Ok(_) => {}
             }
             match std::os::unix::net::UnixStream::connect(&socket) {
                 Ok(_) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Err(Diagnosis::DaemonNotRunning {
-                    socket,
-                    detail: "exists but nothing answers on it (connection refused)".into(),
-                }),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    Err(Diagnosis::DaemonNotRunning {
+                        socket,
+                        detail: "exists but nothing answers on it (connection refused)".into(),
+                    })
+                }
                 Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                    let group = std::fs::metadata(&socket).ok().and_then(|m| group_name(m.gid()));
+                    // Joining the socket's group helps only if the group may read and write it.
+                    let group = std::fs::metadata(&socket)
+                        .ok()
+                        .filter(|m| m.mode() & 0o060 == 0o060)
+                        .and_then(|m| group_name(m.gid()));
                     Err(Diagnosis::PermissionDenied { socket, group })
                 }
                 Err(e) => Err(Diagnosis::DockerHostUnreachable {
@@ -298,9 +408,11 @@ fn check_reachable(endpoint: &Endpoint, from_env: bool, env: &ProbeEnv) -> Resul
         }
         Endpoint::Tcp { host, port } => {
             use std::net::ToSocketAddrs;
-            let addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| Diagnosis::DockerHostUnreachable {
-                endpoint: endpoint.to_string(),
-                detail: format!("cannot resolve `{host}`: {e}"),
+            let addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
+                Diagnosis::DockerHostUnreachable {
+                    endpoint: endpoint.to_string(),
+                    detail: format!("cannot resolve `{host}`: {e}"),
+                }
             })?;
             let mut last = None;
             for addr in addrs {
@@ -311,14 +423,20 @@ fn check_reachable(endpoint: &Endpoint, from_env: bool, env: &ProbeEnv) -> Resul
             }
             Err(Diagnosis::DockerHostUnreachable {
                 endpoint: endpoint.to_string(),
-                detail: last.map_or_else(|| format!("`{host}` resolves to no address"), |e| e.to_string()),
+                detail: last.map_or_else(
+                    || format!("`{host}` resolves to no address"),
+                    |e| e.to_string(),
+                ),
             })
         }
     }
 }
 
 fn unreachable(endpoint: &Endpoint, e: &EngineError) -> Diagnosis {
-    Diagnosis::DockerHostUnreachable { endpoint: endpoint.to_string(), detail: e.to_string() }
+    Diagnosis::DockerHostUnreachable {
+        endpoint: endpoint.to_string(),
+        detail: e.to_string(),
+    }
 }
 
 /// The connection opened but the answer was not a Docker engine's.
@@ -326,7 +444,9 @@ fn answered_badly(endpoint: &Endpoint, e: &EngineError) -> Diagnosis {
     match (endpoint, e) {
         (Endpoint::Unix(socket), EngineError::Connection(detail)) => Diagnosis::DaemonNotRunning {
             socket: socket.clone(),
-            detail: format!("accepts connections but does not answer as a Docker engine ({detail})"),
+            detail: format!(
+                "accepts connections but does not answer as a Docker engine ({detail})"
+            ),
         },
         _ => Diagnosis::DockerHostUnreachable {
             endpoint: endpoint.to_string(),
@@ -336,18 +456,31 @@ fn answered_badly(endpoint: &Endpoint, e: &EngineError) -> Diagnosis {
 }
 
 fn silent(endpoint: &Endpoint) -> Diagnosis {
-    let detail = format!("accepts connections but did not answer within {} seconds", ANSWER_TIMEOUT.as_secs());
+    let detail = format!(
+        "accepts connections but did not answer within {} seconds",
+        ANSWER_TIMEOUT.as_secs()
+    );
     match endpoint {
-        Endpoint::Unix(socket) => Diagnosis::DaemonNotRunning { socket: socket.clone(), detail },
-        Endpoint::Tcp { .. } => Diagnosis::DockerHostUnreachable { endpoint: endpoint.to_string(), detail },
+        Endpoint::Unix(socket) => Diagnosis::DaemonNotRunning {
+            socket: socket.clone(),
+            detail,
+        },
+        Endpoint::Tcp { .. } => Diagnosis::DockerHostUnreachable {
+            endpoint: endpoint.to_string(),
+            detail,
+        },
     }
 }
 
 fn docker_cli_on_path(path: Option<&std::ffi::OsStr>) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.map(std::env::split_paths).into_iter().flatten().any(|dir| {
-        std::fs::metadata(dir.join("docker")).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    path.map(std::env::split_paths)
+        .into_iter()
+        .flatten()
+        .any(|dir| {
+            std::fs::metadata(dir.join("docker"))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// The name of group `gid`, from /etc/group.
@@ -379,16 +512,41 @@ mod tests {
     #[test]
     fn every_diagnosis_has_message_and_hint() {
         let all = [
-            Diagnosis::NotInstalled { socket: "/s".into() },
-            Diagnosis::DaemonNotRunning { socket: "/s".into(), detail: "x".into() },
-            Diagnosis::PermissionDenied { socket: "/s".into(), group: Some("docker".into()) },
-            Diagnosis::DockerHostMalformed { value: "v".into(), why: "w".into() },
-            Diagnosis::DockerHostUnreachable { endpoint: "e".into(), detail: "d".into() },
-            Diagnosis::ApiTooOld { engine_version: "1".into(), api_version: "1.20".into() },
-            Diagnosis::ApiTooNew { engine_version: "99".into(), min_api_version: "1.99".into() },
+            Diagnosis::NotInstalled {
+                socket: "/s".into(),
+            },
+            Diagnosis::DaemonNotRunning {
+                socket: "/s".into(),
+                detail: "x".into(),
+            },
+            Diagnosis::PermissionDenied {
+                socket: "/s".into(),
+                group: Some("docker".into()),
+            },
+            Diagnosis::DockerHostMalformed {
+                value: "v".into(),
+                why: "w".into(),
+            },
+            Diagnosis::DockerHostUnreachable {
+                endpoint: "e".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::ApiTooOld {
+                engine_version: "1".into(),
+                api_version: "1.20".into(),
+            },
+            Diagnosis::ApiTooNew {
+                engine_version: "99".into(),
+                min_api_version: "1.99".into(),
+            },
             Diagnosis::ImageMissing { image: "i".into() },
-            Diagnosis::LowDisk { root_dir: "/d".into(), free_bytes: 1 },
-            Diagnosis::LimitsUnsupported { missing: vec!["memory"] },
+            Diagnosis::LowDisk {
+                root_dir: "/d".into(),
+                free_bytes: 1,
+            },
+            Diagnosis::LimitsUnsupported {
+                missing: vec!["memory"],
+            },
             Diagnosis::Rootless,
         ];
         let mut codes: Vec<_> = all.iter().map(Diagnosis::code).collect();
@@ -398,12 +556,19 @@ mod tests {
             assert!(!d.message().is_empty() && !d.hint().is_empty());
             assert!(!d.message().contains("unknown error"));
         }
-        assert!(Diagnosis::PermissionDenied { socket: "/s".into(), group: Some("docker".into()) }.hint().contains("usermod -aG docker"));
+        assert!(Diagnosis::PermissionDenied {
+            socket: "/s".into(),
+            group: Some("docker".into())
+        }
+        .hint()
+        .contains("usermod -aG docker"));
     }
 
     #[test]
     fn docker_cli_lookup() {
-        assert!(!docker_cli_on_path(Some(std::ffi::OsStr::new("/nonexistent"))));
+        assert!(!docker_cli_on_path(Some(std::ffi::OsStr::new(
+            "/nonexistent"
+        ))));
         assert!(!docker_cli_on_path(None));
     }
 }

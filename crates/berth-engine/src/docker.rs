@@ -7,12 +7,14 @@ use berth_core::plan::ContainerPlan;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
-    MountType, PortBinding, SystemInfo, SystemVersion,
+    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountType, PortBinding, SystemInfo,
+    SystemVersion,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
+    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use bytes::Bytes;
@@ -20,7 +22,8 @@ use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::endpoint::Endpoint;
 use crate::{
-    Attached, ContainerSummary, Engine, EngineError, ExitInfo, ImageInfo, OutputChunk, PullProgress, MAX_API_VERSION,
+    Attached, ContainerSummary, Engine, EngineError, ExitInfo, ImageInfo, OutputChunk,
+    PullProgress, MAX_API_VERSION,
 };
 
 /// Seconds bollard waits for the engine to answer a request (headers, not the whole stream).
@@ -36,7 +39,10 @@ pub struct DockerEngine {
 
 impl std::fmt::Debug for DockerEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DockerEngine").field("endpoint", &self.endpoint).field("api_version", &self.api_version).finish()
+        f.debug_struct("DockerEngine")
+            .field("endpoint", &self.endpoint)
+            .field("api_version", &self.api_version)
+            .finish()
     }
 }
 
@@ -49,14 +55,21 @@ pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
 impl DockerEngine {
     /// A client for `endpoint` at `version`, without talking to the engine yet.
     pub fn client(endpoint: &Endpoint, version: (u32, u32)) -> Result<Docker, EngineError> {
-        let client_version = ClientVersion { major_version: version.0 as usize, minor_version: version.1 as usize };
+        let client_version = ClientVersion {
+            major_version: version.0 as usize,
+            minor_version: version.1 as usize,
+        };
         let docker = match endpoint {
-            Endpoint::Unix(path) => {
-                Docker::connect_with_unix(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, &client_version)
-            }
-            Endpoint::Tcp { host, port } => {
-                Docker::connect_with_http(&format!("tcp://{host}:{port}"), REQUEST_TIMEOUT_SECS, &client_version)
-            }
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                REQUEST_TIMEOUT_SECS,
+                &client_version,
+            ),
+            Endpoint::Tcp { host, port } => Docker::connect_with_http(
+                &format!("tcp://{host}:{port}"),
+                REQUEST_TIMEOUT_SECS,
+                &client_version,
+            ),
         };
         docker.map_err(|e| classify(e, ""))
     }
@@ -64,17 +77,28 @@ impl DockerEngine {
     /// Wraps a client that already speaks `api_version` (see [`crate::diagnose`], which
     /// negotiates the version while it checks the engine).
     pub fn from_parts(docker: Docker, endpoint: Endpoint, api_version: (u32, u32)) -> Self {
-        Self { docker, endpoint, api_version }
+        Self {
+            docker,
+            endpoint,
+            api_version,
+        }
     }
 
     /// Connects and negotiates: the lower of the engine's API version and berth's.
     pub async fn connect(endpoint: &Endpoint) -> Result<(Self, SystemVersion), EngineError> {
         let probe = Self::client(endpoint, MAX_API_VERSION)?;
         let version = probe.version().await.map_err(|e| classify(e, ""))?;
-        let server = version.api_version.as_deref().and_then(parse_api_version).unwrap_or(MAX_API_VERSION);
+        let server = version
+            .api_version
+            .as_deref()
+            .and_then(parse_api_version)
+            .unwrap_or(MAX_API_VERSION);
         let negotiated = server.min(MAX_API_VERSION);
         let docker = Self::client(endpoint, negotiated)?;
-        Ok((Self::from_parts(docker, endpoint.clone(), negotiated), version))
+        Ok((
+            Self::from_parts(docker, endpoint.clone(), negotiated),
+            version,
+        ))
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -98,7 +122,10 @@ impl DockerEngine {
 /// Turns a bollard error into berth's classification; `subject` names the object concerned.
 pub fn classify(error: BollardError, subject: &str) -> EngineError {
     match error {
-        BollardError::DockerResponseServerError { status_code, message } => {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
             let lower = message.to_lowercase();
             if status_code == 404 && lower.contains("no such image") {
                 EngineError::ImageNotFound(subject.to_string())
@@ -106,16 +133,23 @@ pub fn classify(error: BollardError, subject: &str) -> EngineError {
                 EngineError::NoSuchContainer(subject.to_string())
             } else if status_code == 404 && lower.contains("network") {
                 EngineError::NoSuchNetwork(subject.to_string())
-            } else if lower.contains("executable file not found") || lower.contains("no such file or directory") {
+            } else if lower.contains("executable file not found")
+                || lower.contains("no such file or directory")
+            {
                 EngineError::CommandNotFound(message)
             } else if lower.contains("permission denied") {
                 EngineError::CannotInvoke(message)
             } else {
-                EngineError::Refused { status: status_code, message }
+                EngineError::Refused {
+                    status: status_code,
+                    message,
+                }
             }
         }
         BollardError::RequestTimeoutError => EngineError::Timeout(REQUEST_TIMEOUT_SECS),
-        BollardError::SocketNotFoundError(path) => EngineError::Connection(format!("socket {path} does not exist")),
+        BollardError::SocketNotFoundError(path) => {
+            EngineError::Connection(format!("socket {path} does not exist"))
+        }
         other => EngineError::Connection(other.to_string()),
     }
 }
@@ -136,7 +170,11 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
             ..Default::default()
         })
         .collect();
-    let tmpfs: HashMap<String, String> = plan.tmpfs.iter().map(|t| (t.target.clone(), t.options.clone())).collect();
+    let tmpfs: HashMap<String, String> = plan
+        .tmpfs
+        .iter()
+        .map(|t| (t.target.clone(), t.options.clone()))
+        .collect();
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = plan
         .publish
         .iter()
@@ -148,7 +186,11 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
             (format!("{}/tcp", p.container_port), Some(vec![binding]))
         })
         .collect();
-    let exposed: Vec<String> = plan.publish.iter().map(|p| format!("{}/tcp", p.container_port)).collect();
+    let exposed: Vec<String> = plan
+        .publish
+        .iter()
+        .map(|p| format!("{}/tcp", p.container_port))
+        .collect();
 
     let host_config = HostConfig {
         mounts: Some(mounts),
@@ -163,11 +205,17 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         cap_drop: Some(plan.cap_drop.clone()),
         security_opt: Some(plan.security_opt.clone()),
         init: Some(plan.init),
+        cgroupns_mode: plan
+            .private_cgroup_namespace
+            .then_some(HostConfigCgroupnsModeEnum::PRIVATE),
         privileged: Some(false),
         sysctls: Some(plan.sysctls.clone().into_iter().collect()),
         // berth keeps the output itself; the engine's json-file copy would only halve throughput
         // and fill the engine's disk.
-        log_config: Some(HostConfigLogConfig { typ: Some("none".to_string()), config: None }),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -201,7 +249,9 @@ impl Engine for DockerEngine {
                     env: config.env.unwrap_or_default(),
                 }))
             }
-            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => Err(classify(e, image)),
         }
     }
@@ -211,12 +261,21 @@ impl Engine for DockerEngine {
         image: &str,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<(), EngineError> {
-        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| EngineError::PullFailed { image: image.to_string(), message: pull_error(e) })?;
+            let info = item.map_err(|e| EngineError::PullFailed {
+                image: image.to_string(),
+                message: pull_error(e),
+            })?;
             if let Some(message) = info.error_detail.and_then(|d| d.message) {
-                return Err(EngineError::PullFailed { image: image.to_string(), message });
+                return Err(EngineError::PullFailed {
+                    image: image.to_string(),
+                    message,
+                });
             }
             let detail = info.progress_detail.unwrap_or_default();
             progress(PullProgress {
@@ -230,12 +289,20 @@ impl Engine for DockerEngine {
     }
 
     async fn create_container(&self, plan: &ContainerPlan) -> Result<String, EngineError> {
-        let options = CreateContainerOptions { name: Some(plan.name.clone()), ..Default::default() };
-        match self.docker.create_container(Some(options), plan_to_body(plan)).await {
+        let options = CreateContainerOptions {
+            name: Some(plan.name.clone()),
+            ..Default::default()
+        };
+        match self
+            .docker
+            .create_container(Some(options), plan_to_body(plan))
+            .await
+        {
             Ok(created) => Ok(created.id),
-            Err(BollardError::DockerResponseServerError { status_code: 404, message })
-                if message.to_lowercase().contains("network") =>
-            {
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.to_lowercase().contains("network") => {
                 Err(EngineError::NoSuchNetwork(plan.network.clone()))
             }
             Err(e) => Err(classify(e, &plan.image)),
@@ -243,52 +310,86 @@ impl Engine for DockerEngine {
     }
 
     async fn attach(&self, id: &str) -> Result<Attached, EngineError> {
-        let options = AttachContainerOptions { stream: true, stdin: true, stdout: true, stderr: true, ..Default::default() };
-        let attached = self.docker.attach_container(id, Some(options)).await.map_err(|e| classify(e, id))?;
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| classify(e, id))?;
         let output = attached
             .output
             .map_err(|e| classify(e, ""))
             .try_filter_map(|item| async move {
                 Ok(match item {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        Some(OutputChunk { stream: Stream::Stdout, data: message })
+                        Some(OutputChunk {
+                            stream: Stream::Stdout,
+                            data: message,
+                        })
                     }
-                    LogOutput::StdErr { message } => Some(OutputChunk { stream: Stream::Stderr, data: message }),
+                    LogOutput::StdErr { message } => Some(OutputChunk {
+                        stream: Stream::Stderr,
+                        data: message,
+                    }),
                     LogOutput::StdIn { .. } => None,
                 })
             })
             .boxed();
-        Ok(Attached { output, input: attached.input })
+        Ok(Attached {
+            output,
+            input: attached.input,
+        })
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker.start_container(id, None).await.map_err(|e| classify(e, id))
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| classify(e, id))
     }
 
     async fn wait(&self, id: &str) -> Result<i64, EngineError> {
-        let options = WaitContainerOptions { condition: "not-running".to_string() };
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
         let mut stream = self.docker.wait_container(id, Some(options));
         match stream.next().await {
             Some(Ok(response)) => Ok(response.status_code),
             // bollard reports a non-zero exit as an error; for berth it is data.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(classify(e, id)),
-            None => Err(EngineError::Connection("the engine closed the wait stream without an exit code".into())),
+            None => Err(EngineError::Connection(
+                "the engine closed the wait stream without an exit code".into(),
+            )),
         }
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), EngineError> {
-        let options = KillContainerOptions { signal: signal.to_string() };
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
         match self.docker.kill_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             // Already stopped: the signal has nothing left to do.
-            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
             Err(e) => Err(classify(e, id)),
         }
     }
 
     async fn inspect_exit(&self, id: &str) -> Result<ExitInfo, EngineError> {
-        let inspect = self.docker.inspect_container(id, None).await.map_err(|e| classify(e, id))?;
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| classify(e, id))?;
         let state = inspect.state.unwrap_or_default();
         Ok(ExitInfo {
             exit_code: state.exit_code.unwrap_or(-1),
@@ -298,29 +399,40 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
-            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             // Removal already under way (e.g. a second berth gc): it will finish on its own.
-            Err(BollardError::DockerResponseServerError { status_code: 409, message })
-                if message.contains("already in progress") =>
-            {
-                Ok(())
-            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(classify(e, id)),
         }
     }
 
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, Result<Bytes, EngineError>> {
-        let options = DownloadFromContainerOptions { path: path.to_string() };
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
         let subject = path.to_string();
         self.docker
             .download_from_container(id, Some(options))
             .map_err(move |e| match e {
-                BollardError::DockerResponseServerError { status_code: 404, message } => {
-                    EngineError::Refused { status: 404, message: format!("{subject}: {message}") }
-                }
+                BollardError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => EngineError::Refused {
+                    status: 404,
+                    message: format!("{subject}: {message}"),
+                },
                 other => classify(other, &subject),
             })
             .boxed()
@@ -331,8 +443,16 @@ impl Engine for DockerEngine {
             "label".to_string(),
             vec![format!("{}=true", berth_core::plan::labels::MANAGED)],
         )]);
-        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-        let list = self.docker.list_containers(Some(options)).await.map_err(|e| classify(e, ""))?;
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| classify(e, ""))?;
         Ok(list
             .into_iter()
             .map(|c| ContainerSummary {

@@ -35,8 +35,13 @@ impl Endpoint {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return Ok(Self::Unix(PathBuf::from(DEFAULT_SOCKET)));
         };
-        let bad = |why: &str| MalformedHost { value: value.to_string(), why: why.to_string() };
-        let (scheme, rest) = value.split_once("://").ok_or_else(|| bad("it has no scheme"))?;
+        let bad = |why: &str| MalformedHost {
+            value: value.to_string(),
+            why: why.to_string(),
+        };
+        let (scheme, rest) = value
+            .split_once("://")
+            .ok_or_else(|| bad("it has no scheme"))?;
         match scheme {
             "unix" => {
                 if rest.is_empty() || !Path::new(rest).is_absolute() {
@@ -50,13 +55,20 @@ impl Endpoint {
                     return Err(bad("expected HOST:PORT after tcp://"));
                 }
                 let (host, port) = match rest.rsplit_once(':') {
-                    Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad(&format!("`{p}` is not a port number")))?),
+                    Some((h, p)) => (
+                        h,
+                        p.parse::<u16>()
+                            .map_err(|_| bad(&format!("`{p}` is not a port number")))?,
+                    ),
                     None => (rest, 2375),
                 };
                 if host.is_empty() {
                     return Err(bad("the host is empty"));
                 }
-                Ok(Self::Tcp { host: host.to_string(), port })
+                Ok(Self::Tcp {
+                    host: host.to_string(),
+                    port,
+                })
             }
             "ssh" => Err(bad("ssh:// engines are not supported by this berth yet")),
             "npipe" => Err(bad("named pipes exist only on Windows")),
@@ -78,18 +90,30 @@ mod tests {
     use super::*;
 
     fn parse(v: Option<&str>) -> Result<String, String> {
-        Endpoint::from_docker_host(v).map(|e| e.to_string()).map_err(|e| e.why)
+        Endpoint::from_docker_host(v)
+            .map(|e| e.to_string())
+            .map_err(|e| e.why)
     }
 
     #[test]
     fn docker_host_values() {
         assert_eq!(parse(None), Ok("unix:///var/run/docker.sock".into()));
         assert_eq!(parse(Some("")), Ok("unix:///var/run/docker.sock".into()));
-        assert_eq!(parse(Some("unix:///tmp/d.sock")), Ok("unix:///tmp/d.sock".into()));
-        assert_eq!(parse(Some("tcp://127.0.0.1:2376")), Ok("tcp://127.0.0.1:2376".into()));
+        assert_eq!(
+            parse(Some("unix:///tmp/d.sock")),
+            Ok("unix:///tmp/d.sock".into())
+        );
+        assert_eq!(
+            parse(Some("tcp://127.0.0.1:2376")),
+            Ok("tcp://127.0.0.1:2376".into())
+        );
         assert_eq!(parse(Some("tcp://box")), Ok("tcp://box:2375".into()));
-        assert!(parse(Some("/var/run/docker.sock")).unwrap_err().contains("scheme"));
-        assert!(parse(Some("unix://relative.sock")).unwrap_err().contains("absolute"));
+        assert!(parse(Some("/var/run/docker.sock"))
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(parse(Some("unix://relative.sock"))
+            .unwrap_err()
+            .contains("absolute"));
         assert!(parse(Some("tcp://h:port")).unwrap_err().contains("port"));
         assert!(parse(Some("tcp://:1")).unwrap_err().contains("host"));
         assert!(parse(Some("foo://x")).unwrap_err().contains("`foo`"));
@@ -97,7 +121,9 @@ mod tests {
 
     #[test]
     fn message_names_value_and_forms() {
-        let e = Endpoint::from_docker_host(Some("nonsense")).unwrap_err().to_string();
+        let e = Endpoint::from_docker_host(Some("nonsense"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`nonsense`") && e.contains("unix:///"), "{e}");
     }
 }

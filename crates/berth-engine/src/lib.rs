@@ -38,7 +38,10 @@ pub struct ImageInfo {
 impl ImageInfo {
     /// The image's `HOME`, when its configuration sets one.
     pub fn home(&self) -> Option<String> {
-        self.env.iter().find_map(|e| e.strip_prefix("HOME=")).map(str::to_string)
+        self.env
+            .iter()
+            .find_map(|e| e.strip_prefix("HOME="))
+            .map(str::to_string)
     }
 }
 
@@ -114,7 +117,10 @@ type EngineResult<T> = Result<T, EngineError>;
 /// What berth needs from a container engine. Implemented by [`DockerEngine`]; a recording fake
 /// stands in for unit tests of the orchestration above it.
 pub trait Engine: Send + Sync {
-    fn inspect_image(&self, image: &str) -> impl Future<Output = EngineResult<Option<ImageInfo>>> + Send;
+    fn inspect_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = EngineResult<Option<ImageInfo>>> + Send;
     /// Pulls `image`, reporting progress as it goes.
     fn pull_image(
         &self,
@@ -122,7 +128,10 @@ pub trait Engine: Send + Sync {
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Creates the container described by `plan` and returns its id.
-    fn create_container(&self, plan: &ContainerPlan) -> impl Future<Output = EngineResult<String>> + Send;
+    fn create_container(
+        &self,
+        plan: &ContainerPlan,
+    ) -> impl Future<Output = EngineResult<String>> + Send;
     fn attach(&self, id: &str) -> impl Future<Output = EngineResult<Attached>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Waits until the container is no longer running and returns its exit code.

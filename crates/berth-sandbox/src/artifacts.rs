@@ -30,16 +30,31 @@ impl Collected {
     }
 }
 
-/// Moves the host side of `/berth/out` into `artifacts/berth/out`.
-pub fn collect_out_dir(out_dir: &Path, artifacts: &Path, collected: &mut Collected) -> Result<(), String> {
+/// Copies the host side of `/berth/out` into `artifacts/berth/out`. The raw directory stays
+/// until the container is gone: the engine needs every bind source to exist to serve the
+/// container's files (artifact downloads, `docker cp` on a kept container).
+pub fn collect_out_dir(
+    out_dir: &Path,
+    artifacts: &Path,
+    collected: &mut Collected,
+) -> Result<(), String> {
     let dest_rel = PathBuf::from("berth/out");
     let dest = artifacts.join(&dest_rel);
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let extracted = copy_tree_safely(out_dir, &dest, &Limits::default()).map_err(|e| e.to_string())?;
+    let extracted =
+        copy_tree_safely(out_dir, &dest, &Limits::default()).map_err(|e| e.to_string())?;
     collected.add(&dest_rel, extracted);
-    // remove_dir_all does not follow symlinks, so a planted link cannot redirect the removal.
-    std::fs::remove_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     Ok(())
+}
+
+/// Removes the raw output directory once nothing needs it any more.
+pub fn remove_out_dir(out_dir: &Path) -> Result<(), String> {
+    // remove_dir_all does not follow symlinks, so a planted link cannot redirect the removal.
+    match std::fs::remove_dir_all(out_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", out_dir.display())),
+    }
 }
 
 /// Downloads `container_path` from the stopped container into `artifacts/`.
@@ -61,7 +76,15 @@ pub async fn collect_from_container<E: Engine>(
     // between them keeps memory flat however large the artifact is.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
     let extraction = tokio::task::spawn_blocking(move || {
-        extract_safely(ChannelReader { rx, current: Bytes::new() }, &dest, 0, &Limits::default())
+        extract_safely(
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+            &dest,
+            0,
+            &Limits::default(),
+        )
     });
     let mut stream = engine.download(container_id, container_path);
     let mut download_error = None;
@@ -107,19 +130,28 @@ impl std::io::Read for ChannelReader {
 }
 
 /// Copies a host file or directory `source` to `dest` (local runs), under the same rules.
-pub fn collect_host_path(source: &Path, dest: &Path, collected: &mut Collected) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+pub fn collect_host_path(
+    source: &Path,
+    dest: &Path,
+    collected: &mut Collected,
+) -> Result<(), String> {
+    let meta =
+        std::fs::symlink_metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
     let parent = dest.parent().unwrap_or(dest);
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     if meta.is_dir() {
         std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        let extracted = copy_tree_safely(source, dest, &Limits::default()).map_err(|e| e.to_string())?;
+        let extracted =
+            copy_tree_safely(source, dest, &Limits::default()).map_err(|e| e.to_string())?;
         collected.add(dest, extracted);
     } else if meta.is_file() {
         std::fs::copy(source, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
         collected.paths.push(dest.display().to_string());
     } else {
-        collected.skipped.push(format!("{}: not a regular file or directory", source.display()));
+        collected.skipped.push(format!(
+            "{}: not a regular file or directory",
+            source.display()
+        ));
     }
     Ok(())
 }

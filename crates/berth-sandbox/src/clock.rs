@@ -6,7 +6,9 @@ use time::OffsetDateTime;
 
 /// Now, as an RFC 3339 string in UTC.
 pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_else(|_| OffsetDateTime::UNIX_EPOCH.to_string())
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| OffsetDateTime::UNIX_EPOCH.to_string())
 }
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -35,6 +37,8 @@ mod tests {
         let b = super::new_run_id();
         assert_eq!(a.len(), 16);
         assert!(a < b, "{a} < {b}");
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     }
 }

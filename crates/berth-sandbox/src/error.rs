@@ -16,7 +16,10 @@ pub enum SandboxError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("secret `{name}`: the host environment variable {name} is not set")]
     SecretMissing { name: String },
     #[error("image `{image}` is not present locally and {why}")]
@@ -31,25 +34,31 @@ pub enum SandboxError {
 
 impl SandboxError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A short hint telling the user what to do, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Policy(PolicyError::OutsideAllowedRoots { .. }) => {
-                Some("add the directory to `allowed_paths` in berth.toml, or move it into the workspace".into())
-            }
+            Self::Policy(PolicyError::OutsideAllowedRoots { .. }) => Some(
+                "add the directory to `allowed_paths` in berth.toml, or move it into the workspace"
+                    .into(),
+            ),
             Self::Policy(PolicyError::HomeDirectory { .. }) => {
                 Some("run berth from a project directory, or pass --workspace DIR".into())
             }
-            Self::SecretMissing { name } => Some(format!("export {name}=... in the shell that runs berth")),
+            Self::SecretMissing { name } => {
+                Some(format!("export {name}=... in the shell that runs berth"))
+            }
             Self::ImageUnavailable { image, .. } => Some(format!(
                 "build it locally (`docker build -t {image} .`) or make its registry reachable"
             )),
-            Self::Engine(EngineError::NoSuchNetwork(name)) => {
-                Some(format!("create it first (`docker network create {name}`) or use --network none|bridge"))
-            }
+            Self::Engine(EngineError::NoSuchNetwork(name)) => Some(format!(
+                "create it first (`docker network create {name}`) or use --network none|bridge"
+            )),
             Self::NoSuchRun(_) => Some("`berth ls` lists the runs of this state directory".into()),
             _ => None,
         }

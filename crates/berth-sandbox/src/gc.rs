@@ -27,8 +27,17 @@ pub async fn collect_garbage<E: Engine>(engine: &E) -> Result<Vec<GcAction>, San
     let mut actions = Vec::new();
     for container in engine.list_managed().await? {
         let run_id = container.labels.get(labels::RUN_ID).cloned();
-        let owner_pid = container.labels.get(labels::OWNER_PID).cloned().unwrap_or_default();
-        let mut action = GcAction { container: container.name.clone(), run_id: run_id.clone(), action: "kept", detail: String::new() };
+        let owner_pid = container
+            .labels
+            .get(labels::OWNER_PID)
+            .cloned()
+            .unwrap_or_default();
+        let mut action = GcAction {
+            container: container.name.clone(),
+            run_id: run_id.clone(),
+            action: "kept",
+            detail: String::new(),
+        };
         match owner_liveness(&container.labels) {
             Liveness::Alive => {
                 action.detail = format!("its berth process {owner_pid} is still running");

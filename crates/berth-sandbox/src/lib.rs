@@ -13,8 +13,8 @@ pub mod local;
 pub mod output;
 pub mod owner;
 pub mod prepare;
-pub mod rundir;
 pub mod run;
+pub mod rundir;
 pub mod settings;
 pub mod shim;
 

@@ -20,7 +20,12 @@ use crate::run::{Interrupts, RunContext};
 use crate::SandboxError;
 
 /// Runs the record's command on the host in `workspace`.
-pub async fn execute_local(ctx: &mut RunContext, workspace: &Path, secrets: &[(String, String)], interrupts: &mut Interrupts) -> ExitStatus {
+pub async fn execute_local(
+    ctx: &mut RunContext,
+    workspace: &Path,
+    secrets: &[(String, String)],
+    interrupts: &mut Interrupts,
+) -> ExitStatus {
     let spec = ctx.record.spec.clone();
     let out_dir = ctx.run_dir.out_dir();
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
@@ -59,8 +64,18 @@ pub async fn execute_local(ctx: &mut RunContext, workspace: &Path, secrets: &[(S
     ctx.emit(Event::Started);
 
     let pumps = match (
-        spawn_pump(child.stdout.take(), Stream::Stdout, ctx, &ctx.run_dir.stdout_log()),
-        spawn_pump(child.stderr.take(), Stream::Stderr, ctx, &ctx.run_dir.stderr_log()),
+        spawn_pump(
+            child.stdout.take(),
+            Stream::Stdout,
+            ctx,
+            &ctx.run_dir.stdout_log(),
+        ),
+        spawn_pump(
+            child.stderr.take(),
+            Stream::Stderr,
+            ctx,
+            &ctx.run_dir.stderr_log(),
+        ),
     ) {
         (Ok(a), Ok(b)) => [a, b],
         (Err(e), _) | (_, Err(e)) => {
@@ -71,7 +86,11 @@ pub async fn execute_local(ctx: &mut RunContext, workspace: &Path, secrets: &[(S
     let pgid = child.id().map(|p| p as i32);
 
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    let deadline = if spec.timeout.is_zero() { far_future } else { Instant::now() + spec.timeout };
+    let deadline = if spec.timeout.is_zero() {
+        far_future
+    } else {
+        Instant::now() + spec.timeout
+    };
     let mut stop: Option<(RunState, String)> = None;
     let mut kill_at: Option<Instant> = None;
     let waited = loop {
@@ -110,18 +129,36 @@ pub async fn execute_local(ctx: &mut RunContext, workspace: &Path, secrets: &[(S
     }
     let status = match waited {
         Ok(status) => status,
-        Err(e) => return ctx.finish(RunState::Error, Some(format!("waiting for the command failed: {e}"))),
+        Err(e) => {
+            return ctx.finish(
+                RunState::Error,
+                Some(format!("waiting for the command failed: {e}")),
+            )
+        }
     };
-    let exit_code = status.code().map(i64::from).or_else(|| status.signal().map(|s| 128 + i64::from(s))).unwrap_or(-1);
+    let exit_code = status
+        .code()
+        .map(i64::from)
+        .or_else(|| status.signal().map(|s| 128 + i64::from(s)))
+        .unwrap_or(-1);
     ctx.record.exit_code = Some(exit_code);
-    ctx.emit(Event::Exited { exit_code, oom_killed: false });
+    ctx.emit(Event::Exited {
+        exit_code,
+        oom_killed: false,
+    });
 
     collect(ctx, workspace, &out_dir, &spec.artifacts);
     let (state, reason) = match (stop, output_failure) {
         (Some((state, reason)), _) => (state, Some(reason)),
-        (None, Some(failure)) => (RunState::Error, Some(format!("keeping the output failed: {failure}"))),
+        (None, Some(failure)) => (
+            RunState::Error,
+            Some(format!("keeping the output failed: {failure}")),
+        ),
         (None, None) if exit_code == 0 => (RunState::Succeeded, None),
-        (None, None) => (state_for_exit(exit_code), Some(format!("exited with status {exit_code}"))),
+        (None, None) => (
+            state_for_exit(exit_code),
+            Some(format!("exited with status {exit_code}")),
+        ),
     };
     ctx.finish(state, reason)
 }
@@ -132,12 +169,21 @@ fn spawn_pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     ctx: &RunContext,
     log: &Path,
 ) -> Result<tokio::task::JoinHandle<Result<(), SandboxError>>, SandboxError> {
-    let mut pipe = OutputPipe::create(stream, ctx.masker.clone(), log, ctx.reporter.clone(), &ctx.record.id)?;
+    let mut pipe = OutputPipe::create(
+        stream,
+        ctx.masker.clone(),
+        log,
+        ctx.reporter.clone(),
+        &ctx.record.id,
+    )?;
     Ok(tokio::spawn(async move {
         if let Some(mut reader) = reader {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                let n = reader.read(&mut buf).await.map_err(|e| SandboxError::io("<command output>", e))?;
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| SandboxError::io("<command output>", e))?;
                 if n == 0 {
                     break;
                 }
@@ -150,7 +196,10 @@ fn spawn_pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 
 #[allow(unsafe_code)] // kill(2) on our own child's process group; no memory is involved.
 fn signal_group(ctx: &mut RunContext, pgid: Option<i32>, signal: i32, name: &str, reason: &str) {
-    ctx.emit(Event::Signal { signal: name.to_string(), reason: reason.to_string() });
+    ctx.emit(Event::Signal {
+        signal: name.to_string(),
+        reason: reason.to_string(),
+    });
     if let Some(pgid) = pgid {
         // SAFETY: plain syscall with integer arguments.
         unsafe { libc::kill(-pgid, signal) };
@@ -162,8 +211,12 @@ fn signal_group(ctx: &mut RunContext, pgid: Option<i32>, signal: i32, name: &str
 fn collect(ctx: &mut RunContext, workspace: &Path, out_dir: &Path, paths: &[String]) {
     let artifacts_dir = ctx.run_dir.artifacts_dir();
     let mut collected = Collected::default();
-    if let Err(e) = artifacts::collect_out_dir(out_dir, &artifacts_dir, &mut collected) {
-        ctx.emit(Event::Warning { message: format!("collecting {OUT_TARGET} failed: {e}") });
+    if let Err(e) = artifacts::collect_out_dir(out_dir, &artifacts_dir, &mut collected)
+        .and_then(|()| artifacts::remove_out_dir(out_dir))
+    {
+        ctx.emit(Event::Warning {
+            message: format!("collecting {OUT_TARGET} failed: {e}"),
+        });
     }
     for path in paths {
         let Some(relative) = Path::new(path).strip_prefix(WORKSPACE_TARGET).ok() else {
@@ -173,9 +226,14 @@ fn collect(ctx: &mut RunContext, workspace: &Path, out_dir: &Path, paths: &[Stri
         let source: PathBuf = workspace.join(relative);
         let dest = artifacts_dir.join(path.trim_start_matches('/'));
         if let Err(e) = artifacts::collect_host_path(&source, &dest, &mut collected) {
-            ctx.emit(Event::Warning { message: format!("collecting artifact {path} failed: {e}") });
+            ctx.emit(Event::Warning {
+                message: format!("collecting artifact {path} failed: {e}"),
+            });
         }
     }
     ctx.record.artifacts = collected.paths.clone();
-    ctx.emit(Event::ArtifactsCollected { paths: collected.paths, skipped: collected.skipped });
+    ctx.emit(Event::ArtifactsCollected {
+        paths: collected.paths,
+        skipped: collected.skipped,
+    });
 }

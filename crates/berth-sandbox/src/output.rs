@@ -87,14 +87,18 @@ impl OutputPipe {
             let line = std::mem::take(&mut self.line);
             self.emit_line(&line);
         }
-        self.log.flush().map_err(|e| SandboxError::io(&self.log_path, e))
+        self.log
+            .flush()
+            .map_err(|e| SandboxError::io(&self.log_path, e))
     }
 
     fn pass_on(&mut self, masked: &[u8]) -> Result<(), SandboxError> {
         if masked.is_empty() {
             return Ok(());
         }
-        self.log.write_all(masked).map_err(|e| SandboxError::io(&self.log_path, e))?;
+        self.log
+            .write_all(masked)
+            .map_err(|e| SandboxError::io(&self.log_path, e))?;
         if !self.reporter.wants_lines() {
             self.reporter.output(self.stream, masked);
             return Ok(());
@@ -121,14 +125,22 @@ impl OutputPipe {
 
     fn emit_line(&self, line: &[u8]) {
         let event = match std::str::from_utf8(line) {
-            Ok(text) => Event::Output { stream: self.stream, text: Some(text.to_string()), data_base64: None },
+            Ok(text) => Event::Output {
+                stream: self.stream,
+                text: Some(text.to_string()),
+                data_base64: None,
+            },
             Err(_) => Event::Output {
                 stream: self.stream,
                 text: None,
                 data_base64: Some(base64::engine::general_purpose::STANDARD.encode(line)),
             },
         };
-        self.reporter.event(&EventLine { ts: crate::clock::now_rfc3339(), run_id: self.run_id.clone(), event });
+        self.reporter.event(&EventLine {
+            ts: crate::clock::now_rfc3339(),
+            run_id: self.run_id.clone(),
+            event,
+        });
     }
 }
 
@@ -157,7 +169,14 @@ mod tests {
     }
 
     fn pipe(reporter: Arc<Recording>, secrets: &[&str], dir: &Path) -> OutputPipe {
-        OutputPipe::create(Stream::Stdout, Masker::new(secrets), &dir.join("out.log"), reporter, "r").unwrap()
+        OutputPipe::create(
+            Stream::Stdout,
+            Masker::new(secrets),
+            &dir.join("out.log"),
+            reporter,
+            "r",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -168,14 +187,20 @@ mod tests {
         p.push(b"token s3c").unwrap();
         p.push(b"ret end\n").unwrap();
         p.finish().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("out.log")).unwrap(), b"token *** end\n");
+        assert_eq!(
+            std::fs::read(dir.path().join("out.log")).unwrap(),
+            b"token *** end\n"
+        );
         assert_eq!(*rec.raw.lock().unwrap(), b"token *** end\n");
     }
 
     #[test]
     fn lines_become_events_and_long_lines_are_split() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Arc::new(Recording { lines: true, ..Default::default() });
+        let rec = Arc::new(Recording {
+            lines: true,
+            ..Default::default()
+        });
         let mut p = pipe(rec.clone(), &[], dir.path());
         p.push(b"one\ntw").unwrap();
         p.push(b"o\n\xff\xfe\n").unwrap();

@@ -16,7 +16,9 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 /// This machine's host name.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The owner labels for a container created by this process for the run in `run_dir`.
@@ -24,7 +26,10 @@ pub fn owner_labels(run_dir: &Path) -> BTreeMap<String, String> {
     let pid = std::process::id();
     BTreeMap::from([
         (labels::OWNER_PID.to_string(), pid.to_string()),
-        (labels::OWNER_START.to_string(), process_start_time(pid).unwrap_or(0).to_string()),
+        (
+            labels::OWNER_START.to_string(),
+            process_start_time(pid).unwrap_or(0).to_string(),
+        ),
         (labels::OWNER_HOST.to_string(), host_name()),
         (labels::RUN_DIR.to_string(), run_dir.display().to_string()),
     ])
@@ -39,12 +44,19 @@ pub enum Liveness {
 }
 
 pub fn owner_liveness(container_labels: &std::collections::HashMap<String, String>) -> Liveness {
-    let host = container_labels.get(labels::OWNER_HOST).cloned().unwrap_or_default();
+    let host = container_labels
+        .get(labels::OWNER_HOST)
+        .cloned()
+        .unwrap_or_default();
     if !host.is_empty() && host != host_name() {
         return Liveness::OtherHost(host);
     }
-    let pid: Option<u32> = container_labels.get(labels::OWNER_PID).and_then(|p| p.parse().ok());
-    let start: Option<u64> = container_labels.get(labels::OWNER_START).and_then(|s| s.parse().ok());
+    let pid: Option<u32> = container_labels
+        .get(labels::OWNER_PID)
+        .and_then(|p| p.parse().ok());
+    let start: Option<u64> = container_labels
+        .get(labels::OWNER_START)
+        .and_then(|s| s.parse().ok());
     match (pid, start) {
         (Some(pid), Some(start)) if process_start_time(pid) == Some(start) => Liveness::Alive,
         _ => Liveness::Dead,

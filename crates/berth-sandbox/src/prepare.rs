@@ -11,13 +11,21 @@ use crate::SandboxError;
 
 /// Asks the file system about `path` (relative paths against `cwd`).
 pub fn resolve(path: &Path, cwd: &Path) -> ResolvedSource {
-    let absolute = if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) };
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
     let canonical = std::fs::canonicalize(&absolute).ok();
     let is_socket = canonical
         .as_ref()
         .and_then(|c| std::fs::metadata(c).ok())
         .is_some_and(|m| m.file_type().is_socket());
-    ResolvedSource { given: path.to_path_buf(), canonical, is_socket }
+    ResolvedSource {
+        given: path.to_path_buf(),
+        canonical,
+        is_socket,
+    }
 }
 
 /// The canonical paths of the engine sockets on this host: the one in use and the usual ones.
@@ -51,30 +59,50 @@ pub fn check_mounts(
     sockets: Vec<PathBuf>,
 ) -> Result<CheckedMounts, SandboxError> {
     let home = home.and_then(|h| std::fs::canonicalize(h).ok());
-    let mut ctx = PolicyContext { home, allowed_roots: Vec::new(), engine_sockets: sockets };
+    let mut ctx = PolicyContext {
+        home,
+        allowed_roots: Vec::new(),
+        engine_sockets: sockets,
+    };
     let workspace_source = resolve(&spec.workspace, cwd);
     let workspace = if spec.workspace_mode == WorkspaceMode::None {
         workspace_source.canonical.clone().ok_or_else(|| {
-            SandboxError::Invalid(format!("workspace `{}` does not exist", spec.workspace.display()))
+            SandboxError::Invalid(format!(
+                "workspace `{}` does not exist",
+                spec.workspace.display()
+            ))
         })?
     } else {
         policy::check_workspace(&workspace_source, &ctx)?
     };
     ctx.allowed_roots.push(workspace.clone());
-    ctx.allowed_roots.extend(allowed_paths.iter().filter_map(|p| std::fs::canonicalize(p).ok()));
+    ctx.allowed_roots.extend(
+        allowed_paths
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok()),
+    );
 
     let mut mounts = Vec::new();
     for request in &spec.mounts {
         let source = policy::check_source(&resolve(&request.source, cwd), &ctx)?;
         let target = policy::check_target(&request.target)?;
-        mounts.push(BindMount { source, target, read_only: request.read_only });
+        mounts.push(BindMount {
+            source,
+            target,
+            read_only: request.read_only,
+        });
     }
 
     let descriptions: Vec<(String, String)> = spec
         .mounts
         .iter()
         .zip(&mounts)
-        .map(|(r, m)| (m.target.clone(), format!("--mount {}:{}", r.source.display(), r.target)))
+        .map(|(r, m)| {
+            (
+                m.target.clone(),
+                format!("--mount {}:{}", r.source.display(), r.target),
+            )
+        })
         .collect();
     let mut targets: Vec<(&str, &str)> = vec![
         (OUT_TARGET, "berth's output directory"),

@@ -45,10 +45,21 @@ pub struct RunContext {
 
 impl RunContext {
     /// Creates the run's event log and writes the first record.
-    pub fn create(run_dir: RunDir, record: RunRecord, reporter: Arc<dyn Reporter>, masker: Masker) -> Result<Self, SandboxError> {
+    pub fn create(
+        run_dir: RunDir,
+        record: RunRecord,
+        reporter: Arc<dyn Reporter>,
+        masker: Masker,
+    ) -> Result<Self, SandboxError> {
         let events = EventLog::create(&run_dir, &record.id)?;
         run_dir.write_record(&record)?;
-        Ok(Self { run_dir, record, events, reporter, masker })
+        Ok(Self {
+            run_dir,
+            record,
+            events,
+            reporter,
+            masker,
+        })
     }
 
     /// Records and shows an event. Failing to write the event log is not worth losing the run
@@ -57,16 +68,28 @@ impl RunContext {
         match self.events.append(event.clone()) {
             Ok(line) => self.reporter.event(&line),
             Err(e) => {
-                let warning = Event::Warning { message: format!("cannot write the event log: {e}") };
-                self.reporter.event(&berth_core::event::EventLine { ts: now_rfc3339(), run_id: self.record.id.clone(), event: warning });
-                self.reporter.event(&berth_core::event::EventLine { ts: now_rfc3339(), run_id: self.record.id.clone(), event });
+                let warning = Event::Warning {
+                    message: format!("cannot write the event log: {e}"),
+                };
+                self.reporter.event(&berth_core::event::EventLine {
+                    ts: now_rfc3339(),
+                    run_id: self.record.id.clone(),
+                    event: warning,
+                });
+                self.reporter.event(&berth_core::event::EventLine {
+                    ts: now_rfc3339(),
+                    run_id: self.record.id.clone(),
+                    event,
+                });
             }
         }
     }
 
     pub fn save(&mut self) {
         if let Err(e) = self.run_dir.write_record(&self.record) {
-            self.emit(Event::Warning { message: format!("cannot write the run record: {e}") });
+            self.emit(Event::Warning {
+                message: format!("cannot write the run record: {e}"),
+            });
         }
     }
 
@@ -76,7 +99,11 @@ impl RunContext {
         self.record.finish(state, reason, now_rfc3339());
         self.save();
         let record = &self.record;
-        let event = Event::Finished { state: record.state, exit_code: record.exit_code, reason: record.reason.clone() };
+        let event = Event::Finished {
+            state: record.state,
+            exit_code: record.exit_code,
+            reason: record.reason.clone(),
+        };
         self.emit(event);
         ExitStatus::for_run(self.record.state, self.record.exit_code)
     }
@@ -97,7 +124,12 @@ enum Stop {
 }
 
 /// Runs the prepared command in a container and returns berth's exit status.
-pub async fn execute_docker<E: Engine>(engine: &E, ctx: &mut RunContext, run: DockerRun, interrupts: &mut Interrupts) -> ExitStatus {
+pub async fn execute_docker<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    run: DockerRun,
+    interrupts: &mut Interrupts,
+) -> ExitStatus {
     let spec = ctx.record.spec.clone();
 
     let image = match ensure_image(engine, &spec.image, spec.pull, ctx).await {
@@ -113,16 +145,29 @@ pub async fn execute_docker<E: Engine>(engine: &E, ctx: &mut RunContext, run: Do
 
     // Interrupted while preparing: nothing to clean up yet.
     if let Ok(signal) = interrupts.try_recv() {
-        return ctx.finish(RunState::Cancelled, Some(format!("cancelled by {signal} before the container was created")));
+        return ctx.finish(
+            RunState::Cancelled,
+            Some(format!(
+                "cancelled by {signal} before the container was created"
+            )),
+        );
     }
     let id = match engine.create_container(&container_plan).await {
         Ok(id) => id,
-        Err(e) => return ctx.finish(RunState::Error, Some(format!("creating the container failed: {e}"))),
+        Err(e) => {
+            return ctx.finish(
+                RunState::Error,
+                Some(format!("creating the container failed: {e}")),
+            )
+        }
     };
     ctx.record.container_id = Some(id.clone());
     ctx.record.container_name = Some(container_plan.name.clone());
     ctx.save();
-    ctx.emit(Event::ContainerCreated { container_id: id.clone(), container_name: container_plan.name.clone() });
+    ctx.emit(Event::ContainerCreated {
+        container_id: id.clone(),
+        container_name: container_plan.name.clone(),
+    });
 
     let outcome = drive(engine, &id, &container_plan, ctx, &run.secrets, interrupts).await;
     collect_artifacts(engine, &id, ctx, &spec.artifacts).await;
@@ -132,7 +177,12 @@ pub async fn execute_docker<E: Engine>(engine: &E, ctx: &mut RunContext, run: Do
 }
 
 /// Makes sure the image is present, pulling it as the policy says.
-async fn ensure_image<E: Engine>(engine: &E, image: &str, pull: PullPolicy, ctx: &mut RunContext) -> Result<ImageInfo, SandboxError> {
+async fn ensure_image<E: Engine>(
+    engine: &E,
+    image: &str,
+    pull: PullPolicy,
+    ctx: &mut RunContext,
+) -> Result<ImageInfo, SandboxError> {
     let present = match pull {
         PullPolicy::Always => None,
         _ => engine.inspect_image(image).await?,
@@ -141,22 +191,38 @@ async fn ensure_image<E: Engine>(engine: &E, image: &str, pull: PullPolicy, ctx:
         return Ok(info);
     }
     if pull == PullPolicy::Never {
-        return Err(SandboxError::ImageUnavailable { image: image.to_string(), why: "--pull never forbids pulling it".into() });
+        return Err(SandboxError::ImageUnavailable {
+            image: image.to_string(),
+            why: "--pull never forbids pulling it".into(),
+        });
     }
     let reporter = ctx.reporter.clone();
     let mut progress = move |p: PullProgress| reporter.pull_progress(&p);
     match engine.pull_image(image, &mut progress).await {
         Ok(()) => {}
         Err(EngineError::PullFailed { message, .. }) => {
-            return Err(SandboxError::ImageUnavailable { image: image.to_string(), why: format!("pulling it failed: {message}") })
+            return Err(SandboxError::ImageUnavailable {
+                image: image.to_string(),
+                why: format!("pulling it failed: {message}"),
+            })
         }
-        Err(e) => return Err(SandboxError::ImageUnavailable { image: image.to_string(), why: format!("pulling it failed: {e}") }),
+        Err(e) => {
+            return Err(SandboxError::ImageUnavailable {
+                image: image.to_string(),
+                why: format!("pulling it failed: {e}"),
+            })
+        }
     }
-    ctx.emit(Event::ImagePulled { image: image.to_string() });
+    ctx.emit(Event::ImagePulled {
+        image: image.to_string(),
+    });
     engine
         .inspect_image(image)
         .await?
-        .ok_or_else(|| SandboxError::ImageUnavailable { image: image.to_string(), why: "it is still missing after the pull".into() })
+        .ok_or_else(|| SandboxError::ImageUnavailable {
+            image: image.to_string(),
+            why: "it is still missing after the pull".into(),
+        })
 }
 
 /// Attaches, starts, feeds the setup frame, streams output and waits, honouring the timeout and
@@ -172,11 +238,28 @@ async fn drive<E: Engine>(
     let spec = ctx.record.spec.clone();
     let attached = match engine.attach(id).await {
         Ok(a) => a,
-        Err(e) => return (RunState::Error, Some(format!("attaching to the container failed: {e}"))),
+        Err(e) => {
+            return (
+                RunState::Error,
+                Some(format!("attaching to the container failed: {e}")),
+            )
+        }
     };
     let pipes = (|| -> Result<_, SandboxError> {
-        let out = OutputPipe::create(Stream::Stdout, ctx.masker.clone(), &ctx.run_dir.stdout_log(), ctx.reporter.clone(), &ctx.record.id)?;
-        let err = OutputPipe::create(Stream::Stderr, ctx.masker.clone(), &ctx.run_dir.stderr_log(), ctx.reporter.clone(), &ctx.record.id)?;
+        let out = OutputPipe::create(
+            Stream::Stdout,
+            ctx.masker.clone(),
+            &ctx.run_dir.stdout_log(),
+            ctx.reporter.clone(),
+            &ctx.record.id,
+        )?;
+        let err = OutputPipe::create(
+            Stream::Stderr,
+            ctx.masker.clone(),
+            &ctx.run_dir.stderr_log(),
+            ctx.reporter.clone(),
+            &ctx.record.id,
+        )?;
         Ok((out, err))
     })();
     let (mut stdout_pipe, mut stderr_pipe) = match pipes {
@@ -221,9 +304,15 @@ async fn drive<E: Engine>(
             }
             EngineError::CannotInvoke(m) => {
                 ctx.record.exit_code = Some(126);
-                (RunState::Failed, Some(format!("command cannot be invoked: {m}")))
+                (
+                    RunState::Failed,
+                    Some(format!("command cannot be invoked: {m}")),
+                )
             }
-            other => (RunState::Error, Some(format!("starting the container failed: {other}"))),
+            other => (
+                RunState::Error,
+                Some(format!("starting the container failed: {other}")),
+            ),
         };
     }
     ctx.record.started_at = Some(now_rfc3339());
@@ -241,7 +330,11 @@ async fn drive<E: Engine>(
     let wait = engine.wait(id);
     tokio::pin!(wait);
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    let deadline = if spec.timeout.is_zero() { far_future } else { Instant::now() + spec.timeout };
+    let deadline = if spec.timeout.is_zero() {
+        far_future
+    } else {
+        Instant::now() + spec.timeout
+    };
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
     let waited = loop {
@@ -274,20 +367,34 @@ async fn drive<E: Engine>(
     let output_failure = match tokio::time::timeout(OUTPUT_DRAIN_LIMIT, pump).await {
         Ok(Ok(failure)) => failure,
         Ok(Err(e)) => Some(format!("the output task failed: {e}")),
-        Err(_) => Some(format!("the output did not end within {}s of the container's exit", OUTPUT_DRAIN_LIMIT.as_secs())),
+        Err(_) => Some(format!(
+            "the output did not end within {}s of the container's exit",
+            OUTPUT_DRAIN_LIMIT.as_secs()
+        )),
     };
     ctx.record.finished_at = Some(now_rfc3339());
 
     if let Err(e) = waited {
-        return (RunState::Error, Some(format!("lost track of the container: {e}")));
+        return (
+            RunState::Error,
+            Some(format!("lost track of the container: {e}")),
+        );
     }
     let exit = match engine.inspect_exit(id).await {
         Ok(exit) => exit,
-        Err(e) => return (RunState::Error, Some(format!("reading the container's exit failed: {e}"))),
+        Err(e) => {
+            return (
+                RunState::Error,
+                Some(format!("reading the container's exit failed: {e}")),
+            )
+        }
     };
     ctx.record.exit_code = Some(exit.exit_code);
     ctx.record.oom_killed = exit.oom_killed;
-    ctx.emit(Event::Exited { exit_code: exit.exit_code, oom_killed: exit.oom_killed });
+    ctx.emit(Event::Exited {
+        exit_code: exit.exit_code,
+        oom_killed: exit.oom_killed,
+    });
 
     if let Some(failure) = output_failure {
         return (RunState::Error, Some(failure));
@@ -308,7 +415,9 @@ async fn drive<E: Engine>(
                 0 => None,
                 126 => Some("exited with status 126: the command could not be invoked".to_string()),
                 127 => Some("exited with status 127: the command was not found".to_string()),
-                code if code > 128 && code < 160 => Some(format!("exited with status {code} (signal {})", code - 128)),
+                code if code > 128 && code < 160 => {
+                    Some(format!("exited with status {code} (signal {})", code - 128))
+                }
                 code => Some(format!("exited with status {code}")),
             };
             (state, reason)
@@ -317,34 +426,62 @@ async fn drive<E: Engine>(
 }
 
 async fn signal<E: Engine>(engine: &E, id: &str, ctx: &mut RunContext, name: &str, reason: &str) {
-    ctx.emit(Event::Signal { signal: name.to_string(), reason: reason.to_string() });
+    ctx.emit(Event::Signal {
+        signal: name.to_string(),
+        reason: reason.to_string(),
+    });
     if let Err(e) = engine.kill(id, name).await {
-        ctx.emit(Event::Warning { message: format!("sending {name} failed: {e}") });
+        ctx.emit(Event::Warning {
+            message: format!("sending {name} failed: {e}"),
+        });
     }
 }
 
-async fn collect_artifacts<E: Engine>(engine: &E, id: &str, ctx: &mut RunContext, paths: &[String]) {
+async fn collect_artifacts<E: Engine>(
+    engine: &E,
+    id: &str,
+    ctx: &mut RunContext,
+    paths: &[String],
+) {
     let artifacts_dir = ctx.run_dir.artifacts_dir();
     let mut collected = Collected::default();
+    for path in paths {
+        if let Err(e) =
+            artifacts::collect_from_container(engine, id, path, &artifacts_dir, &mut collected)
+                .await
+        {
+            ctx.emit(Event::Warning {
+                message: format!("collecting artifact {path} failed: {e}"),
+            });
+        }
+    }
     let out_dir: PathBuf = ctx.run_dir.out_dir();
     if out_dir.exists() {
         if let Err(e) = artifacts::collect_out_dir(&out_dir, &artifacts_dir, &mut collected) {
-            ctx.emit(Event::Warning { message: format!("collecting $BERTH_OUT failed: {e}") });
-        }
-    }
-    for path in paths {
-        if let Err(e) = artifacts::collect_from_container(engine, id, path, &artifacts_dir, &mut collected).await {
-            ctx.emit(Event::Warning { message: format!("collecting artifact {path} failed: {e}") });
+            ctx.emit(Event::Warning {
+                message: format!("collecting $BERTH_OUT failed: {e}"),
+            });
         }
     }
     ctx.record.artifacts = collected.paths.clone();
-    ctx.emit(Event::ArtifactsCollected { paths: collected.paths, skipped: collected.skipped });
+    ctx.emit(Event::ArtifactsCollected {
+        paths: collected.paths,
+        skipped: collected.skipped,
+    });
 }
 
-async fn release_container<E: Engine>(engine: &E, id: &str, name: &str, keep: bool, ctx: &mut RunContext) {
+async fn release_container<E: Engine>(
+    engine: &E,
+    id: &str,
+    name: &str,
+    keep: bool,
+    ctx: &mut RunContext,
+) {
     if keep {
         ctx.record.kept = true;
-        ctx.emit(Event::ContainerKept { container_name: name.to_string() });
+        ctx.emit(Event::ContainerKept {
+            container_name: name.to_string(),
+        });
         return;
     }
     // Removal is retried once: a daemon busy with the container's teardown can refuse briefly.
@@ -354,7 +491,18 @@ async fn release_container<E: Engine>(engine: &E, id: &str, name: &str, keep: bo
         result = engine.remove(id).await;
     }
     match result {
-        Ok(()) => ctx.emit(Event::ContainerRemoved { container_name: name.to_string() }),
-        Err(e) => ctx.emit(Event::Warning { message: format!("removing container {name} failed: {e}; `berth gc` will remove it") }),
+        Ok(()) => {
+            ctx.emit(Event::ContainerRemoved {
+                container_name: name.to_string(),
+            });
+            if let Err(e) = artifacts::remove_out_dir(&ctx.run_dir.out_dir()) {
+                ctx.emit(Event::Warning {
+                    message: format!("removing the raw output directory failed: {e}"),
+                });
+            }
+        }
+        Err(e) => ctx.emit(Event::Warning {
+            message: format!("removing container {name} failed: {e}; `berth gc` will remove it"),
+        }),
     }
 }

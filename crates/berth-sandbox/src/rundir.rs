@@ -33,8 +33,16 @@ impl StateDir {
 
     /// `--state-dir`, else `BERTH_STATE_DIR`, else the config's `state_dir`, else
     /// `<workspace>/.berth`.
-    pub fn resolve(flag: Option<PathBuf>, env: Option<PathBuf>, config: Option<PathBuf>, workspace: &Path) -> Self {
-        let root = flag.or(env).or(config).unwrap_or_else(|| workspace.join(".berth"));
+    pub fn resolve(
+        flag: Option<PathBuf>,
+        env: Option<PathBuf>,
+        config: Option<PathBuf>,
+        workspace: &Path,
+    ) -> Self {
+        let root = flag
+            .or(env)
+            .or(config)
+            .unwrap_or_else(|| workspace.join(".berth"));
         Self::new(root)
     }
 
@@ -55,15 +63,22 @@ impl StateDir {
             .create(&runs)
             .map_err(|e| SandboxError::io(&runs, e))?;
         let path = runs.join(id);
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| SandboxError::io(&path, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| SandboxError::io(&path, e))?;
         Ok(RunDir { path })
     }
 
     /// Every run record, oldest first. Unreadable records are skipped.
     pub fn list(&self) -> Vec<RunRecord> {
-        let Ok(entries) = std::fs::read_dir(self.runs()) else { return Vec::new() };
-        let mut records: Vec<RunRecord> =
-            entries.flatten().filter_map(|e| RunDir { path: e.path() }.read_record().ok()).collect();
+        let Ok(entries) = std::fs::read_dir(self.runs()) else {
+            return Vec::new();
+        };
+        let mut records: Vec<RunRecord> = entries
+            .flatten()
+            .filter_map(|e| RunDir { path: e.path() }.read_record().ok())
+            .collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
         records
     }
@@ -74,13 +89,23 @@ impl StateDir {
         if !prefix.is_empty() && !prefix.contains('/') && exact.join("run.json").is_file() {
             return Ok(RunDir { path: exact });
         }
-        let matches: Vec<RunRecord> = self.list().into_iter().filter(|r| r.id.starts_with(prefix)).collect();
+        let matches: Vec<RunRecord> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.id.starts_with(prefix))
+            .collect();
         match matches.as_slice() {
-            [one] => Ok(RunDir { path: self.runs().join(&one.id) }),
+            [one] => Ok(RunDir {
+                path: self.runs().join(&one.id),
+            }),
             [] => Err(SandboxError::NoSuchRun(prefix.to_string())),
             many => Err(SandboxError::AmbiguousRun {
                 prefix: prefix.to_string(),
-                candidates: many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", "),
+                candidates: many
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -135,10 +160,13 @@ impl RunDir {
         #[allow(unsafe_code)]
         let euid = unsafe { libc::geteuid() };
         if euid == 0 {
-            std::os::unix::fs::chown(&out, Some(uid), Some(gid)).map_err(|e| SandboxError::io(&out, e))?;
-            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).map_err(|e| SandboxError::io(&out, e))?;
+            std::os::unix::fs::chown(&out, Some(uid), Some(gid))
+                .map_err(|e| SandboxError::io(&out, e))?;
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| SandboxError::io(&out, e))?;
         } else if euid != uid {
-            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).map_err(|e| SandboxError::io(&out, e))?;
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| SandboxError::io(&out, e))?;
         }
         Ok(out)
     }
@@ -146,19 +174,28 @@ impl RunDir {
     pub fn read_record(&self) -> Result<RunRecord, SandboxError> {
         let path = self.record_path();
         let text = fs_err::read_to_string(&path).map_err(|e| SandboxError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| SandboxError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        serde_json::from_str(&text).map_err(|e| {
+            SandboxError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
     }
 
     /// Writes the record atomically: a reader sees the old or the new record, never half of one.
+    /// A final record is also flushed to disk; intermediate ones are not worth an fsync each.
     pub fn write_record(&self, record: &RunRecord) -> Result<(), SandboxError> {
         let path = self.record_path();
         let tmp = self.path.join(".run.json.tmp");
-        let json = serde_json::to_vec_pretty(record).map_err(|e| SandboxError::io(&path, std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| SandboxError::io(&path, std::io::Error::other(e)))?;
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(&json)?;
             file.write_all(b"\n")?;
-            file.sync_data()?;
+            if record.state.is_final() {
+                file.sync_data()?;
+            }
             std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| SandboxError::io(&path, e))
@@ -181,15 +218,26 @@ impl EventLog {
             .append(true)
             .open(&path)
             .map_err(|e| SandboxError::io(&path, e))?;
-        Ok(Self { file, path, run_id: run_id.to_string() })
+        Ok(Self {
+            file,
+            path,
+            run_id: run_id.to_string(),
+        })
     }
 
     /// Stamps `event` and appends it; returns the stamped line for the reporter.
     pub fn append(&mut self, event: Event) -> Result<EventLine, SandboxError> {
-        let line = EventLine { ts: now_rfc3339(), run_id: self.run_id.clone(), event };
-        let mut json = serde_json::to_vec(&line).map_err(|e| SandboxError::io(&self.path, std::io::Error::other(e)))?;
+        let line = EventLine {
+            ts: now_rfc3339(),
+            run_id: self.run_id.clone(),
+            event,
+        };
+        let mut json = serde_json::to_vec(&line)
+            .map_err(|e| SandboxError::io(&self.path, std::io::Error::other(e)))?;
         json.push(b'\n');
-        self.file.write_all(&json).map_err(|e| SandboxError::io(&self.path, e))?;
+        self.file
+            .write_all(&json)
+            .map_err(|e| SandboxError::io(&self.path, e))?;
         Ok(line)
     }
 }

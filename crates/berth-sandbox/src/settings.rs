@@ -16,7 +16,11 @@ pub struct Settings {
 }
 
 /// Reads the user's config file (if any) and the workspace's `berth.toml` (if any).
-pub fn load(user_config: Option<&Path>, workspace: &Path, home: Option<&Path>) -> Result<Settings, SandboxError> {
+pub fn load(
+    user_config: Option<&Path>,
+    workspace: &Path,
+    home: Option<&Path>,
+) -> Result<Settings, SandboxError> {
     let mut settings = Settings::default();
     let workspace_file = workspace.join("berth.toml");
     for path in user_config.into_iter().chain([workspace_file.as_path()]) {
@@ -55,10 +59,17 @@ mod tests {
         std::fs::write(&user, "image = \"a\"\nallowed_paths = [\"~/data\"]\n").unwrap();
         let ws = dir.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
-        std::fs::write(ws.join("berth.toml"), "image = \"b\"\nallowed_paths = [\"../shared\"]\n").unwrap();
+        std::fs::write(
+            ws.join("berth.toml"),
+            "image = \"b\"\nallowed_paths = [\"../shared\"]\n",
+        )
+        .unwrap();
         let s = load(Some(&user), &ws, Some(Path::new("/home/ann"))).unwrap();
         assert_eq!(s.file.image.as_deref(), Some("b"));
-        assert_eq!(s.allowed_paths, [PathBuf::from("/home/ann/data"), ws.join("../shared")]);
+        assert_eq!(
+            s.allowed_paths,
+            [PathBuf::from("/home/ann/data"), ws.join("../shared")]
+        );
         assert_eq!(s.sources.len(), 2);
     }
 

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Run AI coding agents and plain commands in hardened, disposable Docker sandboxes")]
+#[command(
+    name = "berth",
+    version,
+    about = "Run AI coding agents and plain commands in hardened, disposable Docker sandboxes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -99,7 +103,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// The command and its arguments, run as given (never through a shell).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 

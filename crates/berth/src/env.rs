@@ -27,7 +27,9 @@ pub fn home() -> Option<std::path::PathBuf> {
 pub fn user_config_file() -> Option<std::path::PathBuf> {
     var(BERTH_CONFIG)
         .map(Into::into)
-        .or_else(|| var(XDG_CONFIG_HOME).map(|d| std::path::PathBuf::from(d).join("berth/config.toml")))
+        .or_else(|| {
+            var(XDG_CONFIG_HOME).map(|d| std::path::PathBuf::from(d).join("berth/config.toml"))
+        })
         .or_else(|| home().map(|h| h.join(".config/berth/config.toml")))
 }
 
@@ -36,5 +38,7 @@ pub fn cache_dir() -> std::path::PathBuf {
     var(XDG_CACHE_HOME)
         .map(|d| std::path::PathBuf::from(d).join("berth"))
         .or_else(|| home().map(|h| h.join(".cache/berth")))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-cache-{}", crate::invoking_user().0)))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("berth-cache-{}", crate::invoking_user().0))
+        })
 }

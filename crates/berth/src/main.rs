@@ -19,11 +19,18 @@ pub fn invoking_user() -> (u32, u32) {
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env(env::BERTH_LOG).unwrap_or_else(|_| "off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env(env::BERTH_LOG)
+                .unwrap_or_else(|_| "off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let printer = Printer::detect();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             printer.error(&format!("cannot start the async runtime: {e}"), None);

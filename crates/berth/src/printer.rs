@@ -16,7 +16,8 @@ pub struct Printer {
 
 impl Printer {
     pub fn detect() -> Self {
-        let color = std::io::stderr().is_terminal() && std::env::var_os(crate::env::NO_COLOR).is_none_or(|v| v.is_empty());
+        let color = std::io::stderr().is_terminal()
+            && std::env::var_os(crate::env::NO_COLOR).is_none_or(|v| v.is_empty());
         Self { color }
     }
 
@@ -37,11 +38,19 @@ impl Printer {
     }
 
     pub fn warning(&self, message: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "{} {message}", self.paint("1;33", "warning:"));
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{} {message}",
+            self.paint("1;33", "warning:")
+        );
     }
 
     pub fn info(&self, message: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "{} {message}", self.paint("2", "berth:"));
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{} {message}",
+            self.paint("2", "berth:")
+        );
     }
 
     pub fn ok(&self, message: &str) -> String {
@@ -57,7 +66,10 @@ pub struct HumanReporter {
 
 impl HumanReporter {
     pub fn new(printer: Printer) -> Self {
-        Self { printer, pull_bar: Mutex::new(None) }
+        Self {
+            printer,
+            pull_bar: Mutex::new(None),
+        }
     }
 }
 
@@ -65,7 +77,9 @@ impl Reporter for HumanReporter {
     fn event(&self, line: &EventLine) {
         let p = &self.printer;
         match &line.event {
-            Event::Fallback { reason } => p.warning(&format!("running on the host WITHOUT a sandbox (execution: local): {reason}")),
+            Event::Fallback { reason } => p.warning(&format!(
+                "running on the host WITHOUT a sandbox (execution: local): {reason}"
+            )),
             Event::ImagePulled { image } => {
                 if let Ok(mut bar) = self.pull_bar.lock() {
                     if let Some(bar) = bar.take() {
@@ -85,7 +99,9 @@ impl Reporter for HumanReporter {
                 }
             }
             Event::ContainerKept { container_name } => {
-                p.info(&format!("kept container {container_name} (remove it with `docker rm {container_name}`)"));
+                p.info(&format!(
+                    "kept container {container_name} (remove it with `docker rm {container_name}`)"
+                ));
             }
             Event::Finished { state, reason, .. } if *state != RunState::Succeeded => {
                 let reason = reason.as_deref().unwrap_or("no reason recorded");
@@ -110,12 +126,16 @@ impl Reporter for HumanReporter {
         if !std::io::stderr().is_terminal() {
             return;
         }
-        let Ok(mut slot) = self.pull_bar.lock() else { return };
+        let Ok(mut slot) = self.pull_bar.lock() else {
+            return;
+        };
         let bar = slot.get_or_insert_with(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} pulling {msg} {bytes}/{total_bytes}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} pulling {msg} {bytes}/{total_bytes}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
         });
@@ -123,7 +143,11 @@ impl Reporter for HumanReporter {
             bar.set_length(total);
             bar.set_position(current);
         }
-        bar.set_message(format!("{} {}", progress.layer.clone().unwrap_or_default(), progress.status));
+        bar.set_message(format!(
+            "{} {}",
+            progress.layer.clone().unwrap_or_default(),
+            progress.status
+        ));
         bar.tick();
     }
 }

@@ -40,7 +40,10 @@ async fn diagnose(args: &DoctorArgs) -> DiagnosisReport {
     let mut report = DiagnosisReport {
         ok: true,
         diagnosis: "ok".into(),
-        message: format!("Docker Engine {} is usable at {}", facts.engine_version, facts.endpoint),
+        message: format!(
+            "Docker Engine {} is usable at {}",
+            facts.engine_version, facts.endpoint
+        ),
         hint: None,
         engine: Some(facts),
         start_ms: None,
@@ -52,17 +55,24 @@ async fn diagnose(args: &DoctorArgs) -> DiagnosisReport {
             Err(e) => {
                 report.ok = false;
                 report.diagnosis = "sandbox_start_failed".into();
-                report.message = format!("a sandbox with image `{image}` could not be started: {e}");
-                report.hint = Some("run `berth run --image IMAGE -- true` to see the full error".into());
+                report.message =
+                    format!("a sandbox with image `{image}` could not be started: {e}");
+                report.hint =
+                    Some("run `berth run --image IMAGE -- true` to see the full error".into());
             }
         },
-        None => report.notes.push("sandbox start time not measured: pass --image IMAGE".into()),
+        None => report
+            .notes
+            .push("sandbox start time not measured: pass --image IMAGE".into()),
     }
     report
 }
 
 /// Runs `true` in a real, hardened sandbox (the same path as `berth run`) and times it.
-async fn time_sandbox_start(engine: &berth_engine::DockerEngine, image: &str) -> Result<u64, String> {
+async fn time_sandbox_start(
+    engine: &berth_engine::DockerEngine,
+    image: &str,
+) -> Result<u64, String> {
     use berth_core::plan::{sandbox_user, PlanContext};
     use berth_core::record::{Execution, RunRecord};
     use berth_core::spec::*;
@@ -99,13 +109,27 @@ async fn time_sandbox_start(engine: &berth_engine::DockerEngine, image: &str) ->
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();
         let run_dir = state.create_run(&id).map_err(|e| e.to_string())?;
-        let record = RunRecord::new(id.clone(), spec, Execution::Docker, berth_sandbox::clock::now_rfc3339());
-        let mut ctx = berth_sandbox::RunContext::create(run_dir, record, Arc::new(Silent), berth_core::mask::Masker::new::<&str>(&[]))
-            .map_err(|e| e.to_string())?;
-        let shim = berth_sandbox::shim::install(&crate::env::cache_dir()).map_err(|e| e.to_string())?;
+        let record = RunRecord::new(
+            id.clone(),
+            spec,
+            Execution::Docker,
+            berth_sandbox::clock::now_rfc3339(),
+        );
+        let mut ctx = berth_sandbox::RunContext::create(
+            run_dir,
+            record,
+            Arc::new(Silent),
+            berth_core::mask::Masker::new::<&str>(&[]),
+        )
+        .map_err(|e| e.to_string())?;
+        let shim =
+            berth_sandbox::shim::install(&crate::env::cache_dir()).map_err(|e| e.to_string())?;
         let (u, g) = crate::invoking_user();
         let (uid, gid) = sandbox_user(None, u, g);
-        let out = ctx.run_dir.create_out_dir(uid, gid).map_err(|e| e.to_string())?;
+        let out = ctx
+            .run_dir
+            .create_out_dir(uid, gid)
+            .map_err(|e| e.to_string())?;
         let plan_context = PlanContext {
             run_id: id,
             invoking_uid: u,
@@ -121,7 +145,16 @@ async fn time_sandbox_start(engine: &berth_engine::DockerEngine, image: &str) ->
         };
         let (_tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
         let started = Instant::now();
-        berth_sandbox::execute_docker(engine, &mut ctx, berth_sandbox::run::DockerRun { plan_context, secrets: vec![] }, &mut interrupts).await;
+        berth_sandbox::execute_docker(
+            engine,
+            &mut ctx,
+            berth_sandbox::run::DockerRun {
+                plan_context,
+                secrets: vec![],
+            },
+            &mut interrupts,
+        )
+        .await;
         let elapsed = started.elapsed().as_millis() as u64;
         match ctx.record.state {
             berth_core::RunState::Error => Err(ctx.record.reason.clone().unwrap_or_default()),
@@ -136,14 +169,19 @@ async fn time_sandbox_start(engine: &berth_engine::DockerEngine, image: &str) ->
 fn print_human(report: &DiagnosisReport, printer: Printer) {
     data_line(&printer.ok(&report.message));
     if let Some(f) = &report.engine {
-        data_line(&format!("  engine:          {} (API {}, negotiated {})", f.engine_version, f.api_version, f.negotiated_api_version));
+        data_line(&format!(
+            "  engine:          {} (API {}, negotiated {})",
+            f.engine_version, f.api_version, f.negotiated_api_version
+        ));
         data_line(&format!("  storage driver:  {}", f.storage_driver));
         data_line(&format!("  cgroup version:  {}", f.cgroup_version));
         data_line(&format!("  runtimes:        {}", f.runtimes.join(", ")));
         data_line(&format!("  data root:       {}", f.data_root));
     }
     if let Some(ms) = report.start_ms {
-        data_line(&format!("  sandbox start:   {ms} ms (create, start, run `true`, remove)"));
+        data_line(&format!(
+            "  sandbox start:   {ms} ms (create, start, run `true`, remove)"
+        ));
     }
     for note in &report.notes {
         data_line(&format!("  note: {note}"));

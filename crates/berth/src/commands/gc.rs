@@ -15,7 +15,10 @@ pub async fn gc(args: GcArgs, printer: Printer) -> ExitStatus {
     let actions = match collect_garbage(&engine).await {
         Ok(actions) => actions,
         Err(e) => {
-            printer.error(&format!("listing berth's containers failed: {e}"), e.hint().as_deref());
+            printer.error(
+                &format!("listing berth's containers failed: {e}"),
+                e.hint().as_deref(),
+            );
             return ExitStatus::Error;
         }
     };

@@ -9,16 +9,28 @@ pub fn ls(args: ListArgs, _printer: Printer) -> ExitStatus {
         print_json(&records);
         return ExitStatus::Success;
     }
-    data_line(&format!("{:<16}  {:<10}  {:>4}  {:<20}  COMMAND", "RUN", "STATE", "EXIT", "CREATED"));
+    data_line(&format!(
+        "{:<16}  {:<10}  {:>4}  {:<20}  COMMAND",
+        "RUN", "STATE", "EXIT", "CREATED"
+    ));
     for r in &records {
-        let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        let exit = r
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
         let created: String = r.created_at.chars().take(19).collect();
         let mut command = r.spec.command.join(" ");
         if command.len() > 60 {
             command.truncate(57);
             command.push_str("...");
         }
-        data_line(&format!("{:<16}  {:<10}  {:>4}  {:<20}  {command}", r.id, r.state.as_str(), exit, created));
+        data_line(&format!(
+            "{:<16}  {:<10}  {:>4}  {:<20}  {command}",
+            r.id,
+            r.state.as_str(),
+            exit,
+            created
+        ));
     }
     ExitStatus::Success
 }

@@ -36,10 +36,24 @@ pub fn print_diagnosis(printer: Printer, diagnosis: &berth_engine::Diagnosis) {
 }
 
 /// Resolves the state directory for commands that read runs.
-pub fn state_dir(flag: Option<std::path::PathBuf>, workspace: Option<std::path::PathBuf>) -> berth_sandbox::rundir::StateDir {
-    let workspace = workspace.or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| ".".into());
-    let config_state = berth_sandbox::settings::load(crate::env::user_config_file().as_deref(), &workspace, crate::env::home().as_deref())
-        .ok()
-        .and_then(|s| s.file.state_dir.map(|d| workspace.join(d)));
-    berth_sandbox::rundir::StateDir::resolve(flag, crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into), config_state, &workspace)
+pub fn state_dir(
+    flag: Option<std::path::PathBuf>,
+    workspace: Option<std::path::PathBuf>,
+) -> berth_sandbox::rundir::StateDir {
+    let workspace = workspace
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| ".".into());
+    let config_state = berth_sandbox::settings::load(
+        crate::env::user_config_file().as_deref(),
+        &workspace,
+        crate::env::home().as_deref(),
+    )
+    .ok()
+    .and_then(|s| s.file.state_dir.map(|d| workspace.join(d)));
+    berth_sandbox::rundir::StateDir::resolve(
+        flag,
+        crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
+        config_state,
+        &workspace,
+    )
 }

@@ -9,7 +9,8 @@ use berth_core::mask::Masker;
 use berth_core::plan::{sandbox_user, PlanContext};
 use berth_core::record::{Execution, RunRecord};
 use berth_core::spec::{
-    parse_env, Fallback, MountRequest, NetworkMode, PortPublish, PullPolicy, Resources, RunSpec, UserSpec, WorkspaceMode,
+    parse_env, Fallback, MountRequest, NetworkMode, PortPublish, PullPolicy, Resources, RunSpec,
+    UserSpec, WorkspaceMode,
 };
 use berth_core::{units, ExitStatus};
 use berth_engine::Diagnosis;
@@ -21,7 +22,11 @@ use crate::args::RunArgs;
 use crate::printer::{HumanReporter, JsonReporter, Printer};
 
 pub async fn run(args: RunArgs, printer: Printer) -> ExitStatus {
-    let reporter: Arc<dyn Reporter> = if args.json { Arc::new(JsonReporter) } else { Arc::new(HumanReporter::new(printer)) };
+    let reporter: Arc<dyn Reporter> = if args.json {
+        Arc::new(JsonReporter)
+    } else {
+        Arc::new(HumanReporter::new(printer))
+    };
     let interrupts = forward_interrupts();
     match prepare_and_run(args, reporter, interrupts, printer).await {
         Ok(status) => status,
@@ -36,7 +41,10 @@ pub async fn run(args: RunArgs, printer: Printer) -> ExitStatus {
 fn forward_interrupts() -> Interrupts {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    for (kind, name) in [(SignalKind::interrupt(), "SIGINT"), (SignalKind::terminate(), "SIGTERM")] {
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+    ] {
         let tx = tx.clone();
         if let Ok(mut stream) = signal(kind) {
             tokio::spawn(async move {
@@ -51,46 +59,98 @@ fn forward_interrupts() -> Interrupts {
     rx
 }
 
-async fn prepare_and_run(args: RunArgs, reporter: Arc<dyn Reporter>, mut interrupts: Interrupts, printer: Printer) -> Result<ExitStatus, SandboxError> {
+async fn prepare_and_run(
+    args: RunArgs,
+    reporter: Arc<dyn Reporter>,
+    mut interrupts: Interrupts,
+    printer: Printer,
+) -> Result<ExitStatus, SandboxError> {
     let cwd = std::env::current_dir().map_err(|e| SandboxError::io(".", e))?;
-    let workspace = args.workspace.clone().map(|w| if w.is_absolute() { w } else { cwd.join(w) }).unwrap_or_else(|| cwd.clone());
+    let workspace = args
+        .workspace
+        .clone()
+        .map(|w| if w.is_absolute() { w } else { cwd.join(w) })
+        .unwrap_or_else(|| cwd.clone());
     let home = crate::env::home();
-    let settings = berth_sandbox::settings::load(crate::env::user_config_file().as_deref(), &workspace, home.as_deref())?;
+    let settings = berth_sandbox::settings::load(
+        crate::env::user_config_file().as_deref(),
+        &workspace,
+        home.as_deref(),
+    )?;
     let spec = build_spec(&args, &settings, workspace.clone())?;
 
     let secrets = read_secrets(&spec.secrets)?;
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
-    let endpoint = berth_engine::Endpoint::from_docker_host(crate::env::var(crate::env::DOCKER_HOST).as_deref()).ok();
+    let endpoint = berth_engine::Endpoint::from_docker_host(
+        crate::env::var(crate::env::DOCKER_HOST).as_deref(),
+    )
+    .ok();
     let sockets = prepare::engine_sockets(endpoint.as_ref().and_then(|e| e.socket_path()));
-    let checked = prepare::check_mounts(&spec, &cwd, &settings.allowed_paths, home.as_deref(), sockets)?;
+    let checked = prepare::check_mounts(
+        &spec,
+        &cwd,
+        &settings.allowed_paths,
+        home.as_deref(),
+        sockets,
+    )?;
     if spec.user.is_some_and(|u| u.uid == 0) {
         printer.warning("--user 0 runs the command as root inside the sandbox; capabilities stay dropped, but prefer an unprivileged user");
     }
 
     let state_dir = StateDir::resolve(
-        args.state.state_dir.clone().map(|d| if d.is_absolute() { d } else { cwd.join(d) }),
+        args.state
+            .state_dir
+            .clone()
+            .map(|d| if d.is_absolute() { d } else { cwd.join(d) }),
         crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
         settings.file.state_dir.clone().map(|d| workspace.join(d)),
         &checked.workspace,
     );
     let run_id = berth_sandbox::clock::new_run_id();
     let run_dir = state_dir.create_run(&run_id)?;
-    let record = RunRecord::new(run_id.clone(), spec.clone(), Execution::Docker, berth_sandbox::clock::now_rfc3339());
+    let record = RunRecord::new(
+        run_id.clone(),
+        spec.clone(),
+        Execution::Docker,
+        berth_sandbox::clock::now_rfc3339(),
+    );
     let mut ctx = RunContext::create(run_dir, record, reporter, masker)?;
     let run_dir_text = ctx.run_dir.path().display().to_string();
-    ctx.emit(Event::RunCreated { execution: Execution::Docker, image: Some(spec.image.clone()), command: spec.command.clone(), run_dir: run_dir_text });
+    ctx.emit(Event::RunCreated {
+        execution: Execution::Docker,
+        image: Some(spec.image.clone()),
+        command: spec.command.clone(),
+        run_dir: run_dir_text,
+    });
 
     let (engine, warning) = match berth_engine::diagnose::check_engine(&super::probe_env()).await {
         Ok((engine, _facts, warning)) => (engine, warning),
-        Err((diagnosis, _)) => return Ok(without_docker(&mut ctx, &diagnosis, &checked.workspace, &secrets, &mut interrupts, printer).await),
+        Err((diagnosis, _)) => {
+            return Ok(without_docker(
+                &mut ctx,
+                &diagnosis,
+                &checked.workspace,
+                &secrets,
+                &mut interrupts,
+                printer,
+            )
+            .await)
+        }
     };
     if let Some(w) = warning {
-        ctx.emit(Event::Warning { message: format!("{} ({})", w.message(), w.hint()) });
+        ctx.emit(Event::Warning {
+            message: format!("{} ({})", w.message(), w.hint()),
+        });
     }
 
     let shim = match berth_sandbox::shim::install(&crate::env::cache_dir()) {
         Ok(path) => path,
-        Err(e) => return Ok(ctx.finish(RunState::Error, Some(format!("installing berth's shim failed: {e}")))),
+        Err(e) => {
+            return Ok(ctx.finish(
+                RunState::Error,
+                Some(format!("installing berth's shim failed: {e}")),
+            ))
+        }
     };
     let (invoking_uid, invoking_gid) = crate::invoking_user();
     let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
@@ -108,10 +168,16 @@ async fn prepare_and_run(args: RunArgs, reporter: Arc<dyn Reporter>, mut interru
         mounts: checked.mounts,
         shim_host_path: shim,
         out_host_path: out_dir,
-        state_dir_in_workspace: prepare::state_dir_in_workspace(state_dir.root(), &checked.workspace),
+        state_dir_in_workspace: prepare::state_dir_in_workspace(
+            state_dir.root(),
+            &checked.workspace,
+        ),
         owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
     };
-    let run = DockerRun { plan_context, secrets };
+    let run = DockerRun {
+        plan_context,
+        secrets,
+    };
     Ok(berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await)
 }
 
@@ -138,15 +204,21 @@ async fn without_docker(
     if fallback_allowed {
         printer.info("--fallback local applies only when Docker is not installed; it is installed here but cannot be used");
     }
-    ctx.finish(RunState::Error, Some(format!("Docker cannot be used: {}", diagnosis.message())))
+    ctx.finish(
+        RunState::Error,
+        Some(format!("Docker cannot be used: {}", diagnosis.message())),
+    )
 }
 
 fn read_secrets(names: &[String]) -> Result<Vec<(String, String)>, SandboxError> {
     names
         .iter()
         .map(|name| {
-            berth_core::spec::check_env_name(name).map_err(|e| SandboxError::Invalid(format!("--secret: {e}")))?;
-            std::env::var(name).map(|v| (name.clone(), v)).map_err(|_| SandboxError::SecretMissing { name: name.clone() })
+            berth_core::spec::check_env_name(name)
+                .map_err(|e| SandboxError::Invalid(format!("--secret: {e}")))?;
+            std::env::var(name)
+                .map(|v| (name.clone(), v))
+                .map_err(|_| SandboxError::SecretMissing { name: name.clone() })
         })
         .collect()
 }
@@ -156,11 +228,21 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> SandboxError {
 }
 
 /// Flags over config over defaults.
-pub fn build_spec(args: &RunArgs, settings: &Settings, workspace: PathBuf) -> Result<RunSpec, SandboxError> {
+pub fn build_spec(
+    args: &RunArgs,
+    settings: &Settings,
+    workspace: PathBuf,
+) -> Result<RunSpec, SandboxError> {
     let config = &settings.file;
-    let image = args.image.clone().or_else(|| config.image.clone()).ok_or_else(|| {
-        SandboxError::Invalid("no image given: pass --image IMAGE or set `image = \"...\"` in berth.toml".into())
-    })?;
+    let image = args
+        .image
+        .clone()
+        .or_else(|| config.image.clone())
+        .ok_or_else(|| {
+            SandboxError::Invalid(
+                "no image given: pass --image IMAGE or set `image = \"...\"` in berth.toml".into(),
+            )
+        })?;
     let pick = |flag: &Option<String>, conf: &Option<String>| flag.clone().or_else(|| conf.clone());
     let pull = match pick(&args.pull, &config.pull) {
         Some(p) => p.parse().map_err(|e| invalid("--pull", e))?,
@@ -181,7 +263,10 @@ pub fn build_spec(args: &RunArgs, settings: &Settings, workspace: PathBuf) -> Re
     };
     let pids = args.pids.or(config.pids).unwrap_or(defaults.pids);
     if pids < 1 {
-        return Err(invalid("--pids", format!("{pids} is not a positive number of processes")));
+        return Err(invalid(
+            "--pids",
+            format!("{pids} is not a positive number of processes"),
+        ));
     }
     let duration = |flag: &str, value: Option<String>, default: u64| match value {
         Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
@@ -193,13 +278,27 @@ pub fn build_spec(args: &RunArgs, settings: &Settings, workspace: PathBuf) -> Re
         Some(n) => NetworkMode::parse(&n).map_err(|e| invalid("--network", e))?,
         None => NetworkMode::None,
     };
-    let user = pick(&args.user, &config.user).map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e))).transpose()?;
-    let publish = args.publish.iter().map(|p| PortPublish::parse(p).map_err(|e| invalid("--publish", e))).collect::<Result<Vec<_>, _>>()?;
+    let user = pick(&args.user, &config.user)
+        .map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e)))
+        .transpose()?;
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| PortPublish::parse(p).map_err(|e| invalid("--publish", e)))
+        .collect::<Result<Vec<_>, _>>()?;
     if !publish.is_empty() && network == NetworkMode::None {
         return Err(invalid("--publish", "a port cannot be published with --network none; add --network bridge (or a named network)"));
     }
-    let mounts = args.mounts.iter().map(|m| MountRequest::parse(m).map_err(|e| invalid("--mount", e))).collect::<Result<Vec<_>, _>>()?;
-    let mut env: Vec<(String, String)> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mounts = args
+        .mounts
+        .iter()
+        .map(|m| MountRequest::parse(m).map_err(|e| invalid("--mount", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env: Vec<(String, String)> = config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for entry in &args.env {
         let (k, v) = parse_env(entry).map_err(|e| invalid("--env", e))?;
         env.retain(|(existing, _)| *existing != k);
@@ -224,7 +323,11 @@ pub fn build_spec(args: &RunArgs, settings: &Settings, workspace: PathBuf) -> Re
         mounts,
         env,
         secrets: args.secrets.clone(),
-        resources: Resources { memory_bytes, nano_cpus, pids },
+        resources: Resources {
+            memory_bytes,
+            nano_cpus,
+            pids,
+        },
         timeout,
         grace,
         network,

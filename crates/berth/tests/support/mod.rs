@@ -1,0 +1,134 @@
+//! Shared helpers for berth's integration tests: the real binary, the real engine, a locally
+//! built image, and unique names so tests never collide.
+#![allow(dead_code, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The test image, built once from Debian's static busybox (scripts/test-image.sh).
+pub fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
+        // flock serialises builds of test binaries that start at the same time.
+        let out = Command::new("flock")
+            .arg("/tmp/berth-test-image.lock")
+            .arg(&script)
+            .arg("build")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the test image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+pub fn berth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// A workspace with its own state dir and cache, removed on drop.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `berth ARGS` run in the workspace, with a clean, predictable environment.
+    pub fn berth(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("BERTH_STATE_DIR")
+            .env_remove("DOCKER_HOST")
+            .env("NO_COLOR", "1")
+            .env("XDG_CACHE_HOME", self.path().join(".cache"))
+            .env("XDG_CONFIG_HOME", self.path().join(".config"));
+        cmd
+    }
+
+    /// `berth run --image <test image> EXTRA -- CMD...`
+    pub fn run(&self, extra: &[&str], command: &[&str]) -> Output {
+        let mut args = vec!["run", "--image", image()];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(command);
+        self.berth(&args).output().unwrap()
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.path().join(".berth/runs")
+    }
+
+    /// The directory of the only (or newest) run.
+    pub fn last_run(&self) -> PathBuf {
+        let mut runs: Vec<PathBuf> = std::fs::read_dir(self.runs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        runs.sort();
+        runs.pop().expect("a run directory")
+    }
+
+    pub fn last_record(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.last_run().join("run.json")).unwrap()).unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Containers of one run, by its run-id label (all states).
+pub fn containers_of_run(run_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.run-id={run_id}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes a container left by a test that failed midway.
+pub fn force_remove(name: &str) {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+}
+
+pub fn docker_inspect(name: &str) -> serde_json::Value {
+    let out = Command::new("docker")
+        .args(["inspect", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker inspect {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+}
