@@ -120,7 +120,7 @@ pub fn parse_cpus(input: &str) -> Result<i64, UnitError> {
         input: input.to_string(),
         expected: CPUS_EXPECTED,
     })?;
-    if !(value.is_finite() && value >= 0.01 && value <= 1024.0) {
+    if !(value.is_finite() && (0.01..=1024.0).contains(&value)) {
         return Err(UnitError {
             what: "CPU count",
             input: input.to_string(),

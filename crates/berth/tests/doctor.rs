@@ -233,9 +233,7 @@ fn permission_denied_names_the_socket_and_its_group() {
     let dir = open_tempdir("berth-perm-");
     let socket = dir.path().join("docker.sock");
     let _listener = UnixListener::bind(&socket).unwrap();
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let meta = std::fs::metadata(&socket).unwrap();
-    assert_eq!(meta.uid(), 0);
+    assert_eq!(std::fs::metadata(&socket).unwrap().uid(), 0);
 
     // nobody must be able to reach the binary; if any directory on the way is closed, run a copy.
     let reachable = berth_bin()
@@ -251,37 +249,44 @@ fn permission_denied_names_the_socket_and_its_group() {
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
         copy
     };
-
     let host = format!("unix://{}", socket.display());
-    let d = doctor_with(
-        |args| {
-            let mut cmd = Command::new(&program);
-            cmd.args(args)
-                .current_dir(dir.path())
-                .env_remove("BERTH_STATE_DIR")
-                .env("DOCKER_HOST", &host)
-                .env("NO_COLOR", "1")
-                .env("HOME", dir.path())
-                .env("XDG_CACHE_HOME", dir.path().join(".cache"))
-                .env("XDG_CONFIG_HOME", dir.path().join(".config"))
-                .uid(NOBODY)
-                .gid(NOBODY);
-            cmd
-        },
-        &[],
-    );
-    assert_problem(&d, "permission_denied", &[&socket.display().to_string()]);
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_remove("BERTH_STATE_DIR")
+            .env("DOCKER_HOST", &host)
+            .env("NO_COLOR", "1")
+            .env("HOME", dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join(".cache"))
+            .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+            .uid(NOBODY)
+            .gid(NOBODY);
+        cmd
+    };
 
-    let hint = d.report["hint"].as_str().unwrap();
-    match group_name(meta.gid()) {
-        Some(group) => assert!(
-            hint.contains(&format!("usermod -aG {group}")),
-            "hint should name group `{group}`: {hint}"
-        ),
-        None => assert!(hint.contains("administrator"), "{hint}"),
-    }
-    if meta.gid() == 0 {
-        assert!(hint.contains("`root`"), "{hint}");
+    // Group read-write (like Docker's own root:docker 0660): joining the group is the fix.
+    // Owner only: the group would not help, so the hint must not send anyone there.
+    for mode in [0o660, 0o600] {
+        println!("socket mode {mode:o}");
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).unwrap();
+        let d = doctor_with(as_nobody, &[]);
+        assert_problem(&d, "permission_denied", &[&socket.display().to_string()]);
+        let hint = d.report["hint"].as_str().unwrap();
+        let group =
+            group_name(std::fs::metadata(&socket).unwrap().gid()).filter(|_| mode & 0o060 == 0o060);
+        match group {
+            Some(group) => assert!(
+                hint.contains(&format!(
+                    "`{group}` group (`sudo usermod -aG {group} $USER`)"
+                )),
+                "hint should name group `{group}`: {hint}"
+            ),
+            None => assert!(
+                hint.contains("administrator") && !hint.contains("usermod"),
+                "{hint}"
+            ),
+        }
     }
 }
 
