@@ -263,6 +263,9 @@ def main() -> int:
         only.add("c")  # (d) is measured during (c)
     berth_version = subprocess.run([str(args.berth), "--version"], capture_output=True, text=True).stdout.strip()
 
+    load_before = os.getloadavg()
+    if load_before[0] > (os.cpu_count() or 1) * 0.5:
+        progress(f"note: load average is {load_before[0]:.1f} on {os.cpu_count()} CPUs; figures will be noisy")
     tmp = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     token = uuid.uuid4().hex[:12]
     bench = Bench(args.berth, image, tmp, token, measure_rss)
@@ -342,6 +345,7 @@ def main() -> int:
         runs=args.runs, warmup=args.warmup, image=image, berth=berth_version,
         docker_server=docker_version, host=platform.node(), cpus=os.cpu_count(),
         kernel=platform.release(),
+        loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
     )
     if args.json:
         json.dump(dict(meta=meta, results=results), sys.stdout, indent=2)
@@ -362,7 +366,8 @@ def fmt(value, unit: str) -> str:
 def print_table(meta: dict, results: list[dict]) -> None:
     print(f"berth vs docker CLI - {meta['date']} - {meta['berth']}, Docker {meta['docker_server']}, "
           f"{meta['cpus']} CPUs, kernel {meta['kernel']}")
-    print(f"image {meta['image']}; medians of {meta['runs']} runs each, interleaved, after {meta['warmup']} warm-up round(s)")
+    print(f"image {meta['image']}; medians of {meta['runs']} runs each, interleaved, after {meta['warmup']} warm-up round(s); "
+          f"1-min load average {meta['loadavg_before']:.1f} before, {meta['loadavg_after']:.1f} after")
     print()
     rows = [("workload", "berth", "docker", "ratio", "target", "result")]
     for r in results:

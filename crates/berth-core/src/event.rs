@@ -69,6 +69,9 @@ pub enum Event {
         state: RunState,
         exit_code: Option<i64>,
         reason: Option<String>,
+        /// What the user can do about an `error`, when there is something to do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
     },
 }
 

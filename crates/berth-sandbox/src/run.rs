@@ -95,6 +95,25 @@ impl RunContext {
 
     /// Ends the run: final state, reason (masked), record written, `finished` event.
     pub fn finish(&mut self, state: RunState, reason: Option<String>) -> ExitStatus {
+        self.finish_with_hint(state, reason, None)
+    }
+
+    /// Ends the run in `error` because of `error`, with its hint for the user.
+    pub fn fail(&mut self, context: &str, error: &SandboxError) -> ExitStatus {
+        self.finish_with_hint(
+            RunState::Error,
+            Some(format!("{context}{error}")),
+            error.hint(),
+        )
+    }
+
+    /// [`RunContext::finish`] with a hint shown after an error.
+    pub fn finish_with_hint(
+        &mut self,
+        state: RunState,
+        reason: Option<String>,
+        hint: Option<String>,
+    ) -> ExitStatus {
         let reason = reason.map(|r| self.masker.mask_str(&r));
         self.record.finish(state, reason, now_rfc3339());
         self.save();
@@ -103,6 +122,7 @@ impl RunContext {
             state: record.state,
             exit_code: record.exit_code,
             reason: record.reason.clone(),
+            hint,
         };
         self.emit(event);
         ExitStatus::for_run(self.record.state, self.record.exit_code)
@@ -134,7 +154,7 @@ pub async fn execute_docker<E: Engine>(
 
     let image = match ensure_image(engine, &spec.image, spec.pull, ctx).await {
         Ok(image) => image,
-        Err(e) => return ctx.finish(RunState::Error, Some(e.to_string())),
+        Err(e) => return ctx.fail("", &e),
     };
     ctx.record.image_id = Some(image.id.clone());
 
@@ -154,12 +174,7 @@ pub async fn execute_docker<E: Engine>(
     }
     let id = match engine.create_container(&container_plan).await {
         Ok(id) => id,
-        Err(e) => {
-            return ctx.finish(
-                RunState::Error,
-                Some(format!("creating the container failed: {e}")),
-            )
-        }
+        Err(e) => return ctx.fail("creating the container failed: ", &SandboxError::Engine(e)),
     };
     ctx.record.container_id = Some(id.clone());
     ctx.record.container_name = Some(container_plan.name.clone());

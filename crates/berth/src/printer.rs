@@ -103,6 +103,21 @@ impl Reporter for HumanReporter {
                     "kept container {container_name} (remove it with `docker rm {container_name}`)"
                 ));
             }
+            Event::Finished {
+                state: RunState::Error,
+                reason,
+                hint,
+                ..
+            } => {
+                let reason = reason.as_deref().unwrap_or("no reason recorded");
+                let hint = hint.clone().unwrap_or_else(|| {
+                    format!("`berth show {}` has the run's full record", line.run_id)
+                });
+                p.error(
+                    &format!("run {} failed: {reason}", line.run_id),
+                    Some(&hint),
+                );
+            }
             Event::Finished { state, reason, .. } if *state != RunState::Succeeded => {
                 let reason = reason.as_deref().unwrap_or("no reason recorded");
                 p.info(&format!("run {} {state}: {reason}", line.run_id));

@@ -624,7 +624,8 @@ fn no_fallback_unless_asked_even_when_not_installed() {
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(125), "{e}");
     assert!(
-        e.contains("error: Docker is not installed")
+        e.contains("error: run ")
+            && e.contains("failed: Docker cannot be used: Docker is not installed")
             && e.contains("hint: ")
             && e.contains("--fallback local"),
         "{e}"
@@ -669,7 +670,7 @@ fn fallback_local_does_not_apply_when_docker_is_installed_but_unusable() {
     assert_eq!(out.status.code(), Some(125), "stdout: {o}\nstderr: {e}");
     assert!(
         e.contains(&format!(
-            "error: the Docker daemon is not running: {}",
+            "failed: Docker cannot be used: the Docker daemon is not running: {}",
             socket.display()
         )),
         "{e}"

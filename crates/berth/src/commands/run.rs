@@ -200,14 +200,11 @@ async fn without_docker(
         ctx.emit(Event::Fallback { reason });
         return berth_sandbox::local::execute_local(ctx, workspace, secrets, interrupts).await;
     }
-    super::print_diagnosis(printer, diagnosis);
     if fallback_allowed {
         printer.info("--fallback local applies only when Docker is not installed; it is installed here but cannot be used");
     }
-    ctx.finish(
-        RunState::Error,
-        Some(format!("Docker cannot be used: {}", diagnosis.message())),
-    )
+    let reason = format!("Docker cannot be used: {}", diagnosis.message());
+    ctx.finish_with_hint(RunState::Error, Some(reason), Some(diagnosis.hint()))
 }
 
 fn read_secrets(names: &[String]) -> Result<Vec<(String, String)>, SandboxError> {
