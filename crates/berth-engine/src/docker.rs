@@ -438,6 +438,23 @@ impl Engine for DockerEngine {
             .boxed()
     }
 
+    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(classify(e, name)),
+        }
+    }
+
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, EngineError> {
         let filters = HashMap::from([(
             "label".to_string(),

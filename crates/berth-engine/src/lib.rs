@@ -143,6 +143,8 @@ pub trait Engine: Send + Sync {
     fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Downloads `path` from the container as a tar stream.
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
+    /// Whether a network of this name (or id) exists.
+    fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.
     fn list_managed(&self) -> impl Future<Output = EngineResult<Vec<ContainerSummary>>> + Send;
 }

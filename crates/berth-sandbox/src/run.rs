@@ -163,6 +163,19 @@ pub async fn execute_docker<E: Engine>(
     plan_context.image_home = image.home();
     let container_plan = plan::plan_container(&spec, &plan_context);
 
+    // A missing network would only surface at start; say so before anything is created.
+    if let berth_core::spec::NetworkMode::Named(network) = &spec.network {
+        match engine.network_exists(network).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return ctx.fail(
+                    "",
+                    &SandboxError::Engine(EngineError::NoSuchNetwork(network.clone())),
+                )
+            }
+            Err(e) => return ctx.fail("checking the network failed: ", &SandboxError::Engine(e)),
+        }
+    }
     // Interrupted while preparing: nothing to clean up yet.
     if let Ok(signal) = interrupts.try_recv() {
         return ctx.finish(

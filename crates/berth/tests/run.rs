@@ -669,3 +669,147 @@ fn ls_and_show_list_runs() {
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("no run matches `zzzz`") && stderr(&o).contains("hint:"));
 }
+
+#[test]
+fn second_interrupt_skips_the_grace_period() {
+    let ws = Workspace::new();
+    // The shell ignores SIGTERM, so only SIGKILL ends it; the grace would last a minute.
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            support::image(),
+            "--grace",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; while true; do sleep 1; done",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_id = wait_until_running(&ws);
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first interrupt waits for the grace period"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the second interrupt did not skip the grace"
+    );
+    assert!(containers_of_run(&run_id).is_empty());
+    let events = std::fs::read_to_string(ws.last_run().join("events.jsonl")).unwrap();
+    assert!(
+        events.contains("\"signal\":\"SIGKILL\"") && events.contains("second interrupt"),
+        "{events}"
+    );
+}
+
+#[test]
+fn timeout_is_recorded() {
+    let ws = Workspace::new();
+    let o = ws.run(&["--timeout", "1s", "--grace", "1s"], &["sleep", "30"]);
+    assert_eq!(code(&o), 124);
+    let record = ws.last_record();
+    assert_eq!(record["state"], "timed_out");
+    assert_eq!(record["reason"], "timed out after 1s");
+}
+
+#[test]
+fn absent_image_that_cannot_be_pulled_says_both() {
+    let ws = Workspace::new();
+    let image = format!("berth-test-absent-{}:x", std::process::id());
+    let o = ws
+        .berth(&["run", "--image", &image, "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125);
+    let err = stderr(&o);
+    assert!(
+        err.contains("is not present locally") && err.contains("pulling it failed"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+}
+
+#[test]
+fn publish_binds_loopback_only_on_a_named_network() {
+    let ws = Workspace::new();
+    let network = format!("berth-test-net-{}", std::process::id());
+    let created = Command::new("docker")
+        .args(["network", "create", "--label", "berth.test=true", &network])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr(&created));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let publish = format!("80:{port}");
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            support::image(),
+            "--keep",
+            "--network",
+            &network,
+            "--publish",
+            &publish,
+            "--",
+            "sh",
+            "-c",
+            "nc -l -p 80 -e echo published; sleep 1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_id = wait_until_running(&ws);
+    let mut reply = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && reply.is_empty() {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.read_to_string(&mut reply);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait().unwrap();
+    let name = format!("berth-{run_id}");
+    let inspect = docker_inspect(&name);
+    force_remove(&name);
+    let _ = Command::new("docker")
+        .args(["network", "rm", &network])
+        .output();
+    assert_eq!(reply, "published\n");
+    let bindings = &inspect["HostConfig"]["PortBindings"]["80/tcp"];
+    assert_eq!(bindings[0]["HostIp"], "127.0.0.1");
+    assert_eq!(bindings[0]["HostPort"], port.to_string());
+    assert_eq!(inspect["HostConfig"]["NetworkMode"], network.as_str());
+}
+
+#[test]
+fn unknown_network_is_a_clear_error() {
+    let ws = Workspace::new();
+    let o = ws.run(&["--network", "berth-test-no-such-net"], &["true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("berth-test-no-such-net") && stderr(&o).contains("hint:"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(containers_of_run(ws.last_record()["id"].as_str().unwrap()).is_empty());
+}
