@@ -1,6 +1,7 @@
 //! `berth doctor` and the local fallback, against the real binary: every diagnosis is provoked
 //! for real (missing, refused and forbidden sockets, bad DOCKER_HOST values, a fake engine that
-//! speaks the wrong API, a missing image, and Docker hidden in a private mount namespace).
+//! speaks the wrong API or reports missing limits or a rootless daemon, a missing image, a data
+//! root on a tiny tmpfs, and Docker hidden in a private mount namespace).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod support;
@@ -301,8 +302,8 @@ fn group_name(gid: u32) -> Option<String> {
         })
 }
 
-/// A fake engine on a Unix socket that answers `/version` with a fixed JSON and everything else
-/// with `{}`. It stops and its thread ends when dropped.
+/// A fake engine on a Unix socket that answers `/version` and `/info` with fixed JSON bodies and
+/// everything else with `{}`. It stops and its thread ends when dropped.
 struct FakeEngine {
     socket: PathBuf,
     paths: Arc<Mutex<Vec<String>>>,
@@ -312,7 +313,8 @@ struct FakeEngine {
 }
 
 impl FakeEngine {
-    fn start(version: &'static str) -> Self {
+    fn start(version: &str, info: &str) -> Self {
+        let bodies = Arc::new((version.to_string(), info.to_string()));
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("fake-engine.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -321,11 +323,12 @@ impl FakeEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (paths, stop) = (paths.clone(), stop.clone());
+            let bodies = bodies.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((conn, _)) => {
-                            if let Some(path) = answer(conn, version) {
+                            if let Some(path) = answer(conn, &bodies.0, &bodies.1) {
                                 paths.lock().unwrap().push(path);
                             }
                         }
@@ -350,8 +353,16 @@ impl FakeEngine {
         format!("unix://{}", self.socket.display())
     }
 
-    fn paths(&self) -> Vec<String> {
-        self.paths.lock().unwrap().clone()
+    /// Asserts that the engine was asked for `endpoint` (e.g. `/info`), with or without an API
+    /// version prefix.
+    fn assert_asked(&self, endpoint: &str) {
+        let paths = self.paths.lock().unwrap().clone();
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.split('?').next().unwrap_or_default().ends_with(endpoint)),
+            "the fake engine was never asked for {endpoint}: {paths:?}"
+        );
     }
 }
 
@@ -368,7 +379,7 @@ impl Drop for FakeEngine {
 }
 
 /// Reads one request's head and answers it; returns the request path.
-fn answer(mut conn: UnixStream, version: &str) -> Option<String> {
+fn answer(mut conn: UnixStream, version: &str, info: &str) -> Option<String> {
     conn.set_nonblocking(false).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut head = Vec::new();
@@ -385,6 +396,8 @@ fn answer(mut conn: UnixStream, version: &str) -> Option<String> {
     let bare = path.split('?').next().unwrap_or_default();
     let body = if bare.ends_with("/version") {
         version
+    } else if bare.ends_with("/info") {
+        info
     } else {
         "{}"
     };
@@ -414,19 +427,138 @@ fn engine_api_out_of_range() {
     ];
     for (version, code, needles) in cases {
         println!("fake engine {version} -> {code}");
-        let engine = FakeEngine::start(version);
+        let engine = FakeEngine::start(version, "{}");
         let d = diagnose(&[("DOCKER_HOST", &engine.docker_host())]);
         assert_problem(&d, code, needles);
-        let paths = engine.paths();
-        assert!(
-            paths.iter().any(|p| p
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .ends_with("/version")),
-            "the fake engine was never asked its version: {paths:?}"
-        );
+        engine.assert_asked("/version");
     }
+}
+
+/// A `/version` answer in berth's supported API range.
+const GOOD_VERSION: &str =
+    r#"{"Version":"20.10.99-fake","ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux"}"#;
+
+/// An `/info` answer: limits as given, security options as given, the data root `root_dir`.
+fn info_json(memory: bool, swap: bool, pids: bool, security: &[&str], root_dir: &str) -> String {
+    serde_json::json!({
+        "MemoryLimit": memory,
+        "SwapLimit": swap,
+        "PidsLimit": pids,
+        "SecurityOptions": security,
+        "DockerRootDir": root_dir,
+        "Driver": "overlay2",
+        "CgroupVersion": "2",
+        "OperatingSystem": "Fake Linux",
+        "Runtimes": {"runc": {"path": "runc"}},
+    })
+    .to_string()
+}
+
+/// The engine's facts came with the problem: it was reached and its `/info` read.
+fn assert_engine_facts(d: &Doctor, engine: &FakeEngine, root_dir: &str) {
+    let facts = &d.report["engine"];
+    assert_eq!(facts["engine_version"], "20.10.99-fake", "{:#}", d.report);
+    assert_eq!(facts["api_version"], "1.41", "{:#}", d.report);
+    assert_eq!(facts["data_root"], root_dir, "{:#}", d.report);
+    engine.assert_asked("/version");
+    engine.assert_asked("/info");
+}
+
+#[test]
+fn limits_unsupported_names_the_missing_limits() {
+    let info = info_json(
+        false,
+        true,
+        false,
+        &["name=seccomp,profile=default"],
+        "/var/lib/docker",
+    );
+    let engine = FakeEngine::start(GOOD_VERSION, &info);
+    let d = diagnose(&[("DOCKER_HOST", &engine.docker_host())]);
+    assert_problem(&d, "limits_unsupported", &["memory and pids"]);
+    let message = d.report["message"].as_str().unwrap();
+    assert!(
+        !message.contains("swap"),
+        "swap limits are supported: {message}"
+    );
+    let hint = d.report["hint"].as_str().unwrap();
+    assert!(hint.contains("cgroup"), "{hint}");
+    assert_engine_facts(&d, &engine, "/var/lib/docker");
+}
+
+#[test]
+fn rootless_engine_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let root_dir = root.path().display().to_string();
+    let info = info_json(
+        true,
+        true,
+        true,
+        &["name=seccomp,profile=default", "name=rootless"],
+        &root_dir,
+    );
+    let engine = FakeEngine::start(GOOD_VERSION, &info);
+    let d = diagnose(&[("DOCKER_HOST", &engine.docker_host())]);
+    assert_problem(&d, "rootless", &["rootless"]);
+    assert!(
+        d.report["hint"].as_str().unwrap().contains("rootful"),
+        "{:#}",
+        d.report
+    );
+    assert_engine_facts(&d, &engine, &root_dir);
+}
+
+#[test]
+fn low_disk_names_the_data_root_and_its_free_space() {
+    let ws = Workspace::new();
+    // The data root: a directory that, inside berth's mount namespace, is a 1 MiB tmpfs.
+    let root = open_tempdir("berth-tiny-root-");
+    let root_dir = root.path().display().to_string();
+    let info = info_json(
+        true,
+        true,
+        true,
+        &["name=seccomp,profile=default"],
+        &root_dir,
+    );
+    let engine = FakeEngine::start(GOOD_VERSION, &info);
+    let host = engine.docker_host();
+    let script = r#"
+mount -t tmpfs -o size=1m berth-test "$BERTH_TEST_TINY_ROOT" || { echo "berth-test: cannot mount a tmpfs over $BERTH_TEST_TINY_ROOT" >&2; exit 97; }
+exec "$0" "$@"
+"#;
+    let env = [
+        ("DOCKER_HOST", host.as_str()),
+        ("BERTH_TEST_TINY_ROOT", root_dir.as_str()),
+    ];
+    let doctor = |args: &[&str]| in_private_mounts(&ws, script, args, &env);
+    let out = doctor(&["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e})\nstdout: {}\nstderr: {}",
+            stdout(&out),
+            stderr(&out)
+        )
+    });
+    let d = Doctor {
+        report,
+        exit: out.status.code().unwrap_or(-1),
+        human: doctor(&["doctor"]),
+    };
+    assert_problem(
+        &d,
+        "low_disk",
+        &[&format!("data root {root_dir} has only 1 MiB free")],
+    );
+    assert!(
+        d.report["hint"]
+            .as_str()
+            .unwrap()
+            .contains("docker system prune"),
+        "{:#}",
+        d.report
+    );
+    assert_engine_facts(&d, &engine, &root_dir);
 }
 
 #[test]
@@ -460,7 +592,6 @@ const SOCKET_STILL_VISIBLE: i32 = 98;
 /// there is no Docker socket, with DOCKER_HOST unset and a PATH without the docker program: to
 /// berth, Docker is not installed.
 fn without_docker(ws: &Workspace, args: &[&str]) -> Output {
-    assert_root("hiding the Docker socket in a private mount namespace");
     let script = r#"
 mount -t tmpfs berth-test /run || { echo "berth-test: cannot mount a tmpfs over /run" >&2; exit 97; }
 if [ ! -L /var/run ]; then
@@ -471,6 +602,14 @@ if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then
 fi
 PATH=/nonexistent-bin exec "$0" "$@"
 "#;
+    in_private_mounts(ws, script, args, &[])
+}
+
+/// `berth ARGS` in a private mount namespace, started by the sh `script` (with berth as `$0`
+/// and ARGS as `$@`), which changes the mounts and then execs berth. Berth gets its clean test
+/// environment (DOCKER_HOST unset) plus `env`. The script exits 97 when its setup fails.
+fn in_private_mounts(ws: &Workspace, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    assert_root("changing mounts in a private mount namespace");
     let out = Command::new("unshare")
         .args([
             "--mount",
@@ -489,8 +628,9 @@ PATH=/nonexistent-bin exec "$0" "$@"
         .env("NO_COLOR", "1")
         .env("XDG_CACHE_HOME", ws.path().join(".cache"))
         .env("XDG_CONFIG_HOME", ws.path().join(".config"))
+        .envs(env.iter().copied())
         .output()
-        .unwrap_or_else(|e| panic!("cannot start `unshare` (util-linux) to hide Docker: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start `unshare` (util-linux): {e}"));
     let err = stderr(&out);
     let code = out.status.code();
     assert!(
