@@ -1,0 +1,607 @@
+//! The coordinator's wire types, shared by the server, the runner and the client.
+//!
+//! Architecture Invariant: only this crate defines what travels over HTTP. Request bodies are
+//! strict (`deny_unknown_fields`), so a typo is an error naming the field, never a silent default.
+
+use std::collections::BTreeMap;
+
+use berth_core::policy::{self, PolicyContext, ResolvedSource};
+use berth_core::spec::{check_env_name, NetworkMode, UserSpec};
+use berth_core::units;
+use serde::{Deserialize, Serialize};
+
+/// Where a run executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ExecutionMode {
+    #[default]
+    #[serde(rename = "docker-sandbox")]
+    DockerSandbox,
+    #[serde(rename = "local")]
+    Local,
+}
+
+/// `POST /api/v1/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRun {
+    pub project: String,
+    #[serde(default)]
+    pub execution_mode: ExecutionMode,
+    pub sandbox: SandboxRequest,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxRequest {
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The working directory inside the sandbox; defaults to /workspace.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets; the runner takes their values from its own environment.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Omitted: the project's workspace is mounted at /workspace.
+    #[serde(default)]
+    pub mounts: Option<Vec<MountSpec>>,
+    #[serde(default)]
+    pub resources: Option<ResourcesSpec>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub grace: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: String,
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pids: Option<i64>,
+}
+
+/// One problem with a request, at a JSON path such as `sandbox.command`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// The body of a 4xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Parses a JSON body strictly; a type or unknown-field error names its JSON path.
+pub fn parse_strict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseFailure> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(value) => value,
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(ParseFailure::Malformed(inner.to_string()));
+            }
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            return Err(ParseFailure::Invalid(vec![FieldError {
+                field,
+                message: inner.to_string(),
+            }]));
+        }
+    };
+    de.end()
+        .map_err(|e| ParseFailure::Malformed(e.to_string()))?;
+    Ok(value)
+}
+
+/// Why a body could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseFailure {
+    /// Not JSON at all (400).
+    Malformed(String),
+    /// JSON of the wrong shape (422).
+    Invalid(Vec<FieldError>),
+}
+
+/// A project's limits, for validating mounts.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectScope {
+    pub workspace_root: String,
+    pub allowed_paths: Vec<String>,
+}
+
+/// Checks a submission beyond its shape; every problem is reported, each with its JSON path.
+pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        })
+    };
+    if run.project.trim().is_empty() {
+        err("project", "must name an existing project".into());
+    }
+    let sandbox = &run.sandbox;
+    if run.execution_mode == ExecutionMode::DockerSandbox {
+        if sandbox.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            err(
+                "sandbox.image",
+                "required for execution_mode docker-sandbox".into(),
+            );
+        }
+        if sandbox.command.is_empty() {
+            err("sandbox.command", "required for execution_mode docker-sandbox: the command as an argv array, e.g. [\"make\", \"test\"]".into());
+        }
+    } else if sandbox.command.is_empty() {
+        err(
+            "sandbox.command",
+            "required: the command as an argv array".into(),
+        );
+    }
+    if sandbox.command.first().is_some_and(|c| c.is_empty()) {
+        err("sandbox.command[0]", "the program name is empty".into());
+    }
+    for name in sandbox.env.keys() {
+        if let Err(e) = check_env_name(name) {
+            err(&format!("sandbox.env.{name}"), e);
+        }
+    }
+    for (i, name) in sandbox.secrets.iter().enumerate() {
+        if let Err(e) = check_env_name(name) {
+            err(&format!("sandbox.secrets[{i}]"), e);
+        }
+    }
+    if let Some(workdir) = &sandbox.workdir {
+        if let Err(e) = policy::check_target(workdir) {
+            err("sandbox.workdir", e.to_string());
+        }
+    }
+    if let Some(resources) = &sandbox.resources {
+        if let Some(memory) = &resources.memory {
+            if let Err(e) = units::parse_memory(memory) {
+                err("sandbox.resources.memory", e.to_string());
+            }
+        }
+        if let Some(cpus) = resources.cpus {
+            if let Err(e) = units::parse_cpus(&cpus.to_string()) {
+                err("sandbox.resources.cpus", e.to_string());
+            }
+        }
+        if let Some(pids) = resources.pids {
+            if pids < 1 {
+                err(
+                    "sandbox.resources.pids",
+                    format!("{pids} is not a positive number of processes"),
+                );
+            }
+        }
+    }
+    for (field, value) in [
+        ("sandbox.timeout", &sandbox.timeout),
+        ("sandbox.grace", &sandbox.grace),
+    ] {
+        if let Some(v) = value {
+            if let Err(e) = units::parse_duration(v) {
+                err(field, e.to_string());
+            }
+        }
+    }
+    if let Some(network) = &sandbox.network {
+        if let Err(e) = NetworkMode::parse(network) {
+            err("sandbox.network", e);
+        }
+    }
+    if let Some(user) = &sandbox.user {
+        if let Err(e) = UserSpec::parse(user) {
+            err("sandbox.user", e);
+        }
+    }
+    for (i, artifact) in sandbox.artifacts.iter().enumerate() {
+        if !artifact.starts_with('/') || artifact.split('/').any(|p| p == "..") {
+            err(
+                &format!("sandbox.artifacts[{i}]"),
+                format!("`{artifact}` must be an absolute path without `..`"),
+            );
+        }
+    }
+    for (i, tag) in run.tags.iter().enumerate() {
+        if tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_whitespace) {
+            err(
+                &format!("tags[{i}]"),
+                format!("`{tag}` is not a tag: expected a non-empty word without commas or spaces"),
+            );
+        }
+    }
+    if let Some(mounts) = &sandbox.mounts {
+        let ctx = PolicyContext {
+            home: None,
+            allowed_roots: std::iter::once(&project.workspace_root)
+                .chain(&project.allowed_paths)
+                .map(Into::into)
+                .collect(),
+            engine_sockets: vec!["/var/run/docker.sock".into(), "/run/docker.sock".into()],
+        };
+        let mut targets: Vec<(String, String)> =
+            vec![("/berth/out".into(), "berth's output directory".into())];
+        for (i, mount) in mounts.iter().enumerate() {
+            let field = format!("sandbox.mounts[{i}]");
+            // Sources are paths on runner hosts: judged lexically here, canonically again by the
+            // runner before it starts anything.
+            let source = lexical(&mount.source);
+            match source {
+                None => err(
+                    &format!("{field}.source"),
+                    format!("`{}` must be an absolute path without `..`", mount.source),
+                ),
+                Some(canonical) => {
+                    let resolved = ResolvedSource {
+                        given: mount.source.clone().into(),
+                        canonical: Some(canonical.into()),
+                        is_socket: false,
+                    };
+                    if let Err(e) = policy::check_source(&resolved, &ctx) {
+                        err(&format!("{field}.source"), e.to_string());
+                    }
+                }
+            }
+            match policy::check_target(&mount.target) {
+                Ok(target) => targets.push((target, field.clone())),
+                Err(e) => err(&format!("{field}.target"), e.to_string()),
+            }
+        }
+        if let Err(e) =
+            policy::check_unique_targets(targets.iter().map(|(t, w)| (t.as_str(), w.as_str())))
+        {
+            err("sandbox.mounts", e.to_string());
+        }
+    }
+    errors
+}
+
+/// `path` normalised without touching any file system, or `None` if relative or with `..`.
+fn lexical(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub id: String,
+    pub project: String,
+    pub state: String,
+    pub execution_mode: ExecutionMode,
+    pub sandbox: SandboxRequest,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: String,
+    pub claimed_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub runner_id: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// `GET /api/v1/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// `POST /api/v1/runners/register`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRunner {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub require_matching_tags: bool,
+    #[serde(default = "one")]
+    pub capacity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub runner_id: String,
+    /// How long a lease lasts without renewal.
+    pub lease_ms: i64,
+    /// How often the runner should heartbeat.
+    pub heartbeat_ms: i64,
+}
+
+/// `POST /api/v1/runners/{id}/claim`: wait up to `wait_ms` for a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A claimed run: the run and the lease every later write must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claimed {
+    pub run: RunView,
+    pub lease_token: String,
+    pub lease_ms: i64,
+    /// The project's workspace root on the runner's host.
+    pub workspace_root: String,
+    pub allowed_paths: Vec<String>,
+}
+
+/// `POST /api/v1/runs/{id}/start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    pub lease_token: String,
+    #[serde(default)]
+    pub container_id: Option<String>,
+}
+
+/// One event sent by a runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+    /// `stdout`, `stderr`, or a lifecycle kind.
+    pub kind: String,
+    pub data: String,
+}
+
+/// `POST /api/v1/runs/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsBody {
+    pub lease_token: String,
+    pub events: Vec<EventIn>,
+}
+
+/// `POST /api/v1/runners/{id}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    #[serde(default)]
+    pub leases: Vec<LeaseRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRef {
+    pub run_id: String,
+    pub lease_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Runs whose cancel was requested: stop them.
+    pub cancel: Vec<String>,
+    /// Runs whose lease is no longer valid: stop them, their results will be refused.
+    pub revoked: Vec<String>,
+}
+
+/// `POST /api/v1/runs/{id}/finish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishBody {
+    pub lease_token: String,
+    /// succeeded, failed, timed_out, cancelled, error or lost.
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An event as served over SSE and `GET .../events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: i64,
+    pub ts: String,
+    pub kind: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub seq: i64,
+    pub ts: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub role: String,
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    /// Shown once; the server keeps only its hash.
+    pub token: String,
+    pub role: String,
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub role: String,
+    pub project: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub name: String,
+    pub workspace_root: String,
+    #[serde(default)]
+    pub allowed_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectView {
+    pub name: String,
+    pub workspace_root: String,
+    pub allowed_paths: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerView {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub require_matching_tags: bool,
+    pub capacity: i64,
+    pub online: bool,
+    pub last_heartbeat: String,
+    pub running: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    pub path: String,
+    pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(json: &str) -> Result<SubmitRun, ParseFailure> {
+        parse_strict(json.as_bytes())
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn unknown_fields_name_their_path() {
+        let ParseFailure::Invalid(e) =
+            submit(r#"{"project":"p","sandbox":{"imagee":"x"}}"#).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(fields(&e), ["sandbox.imagee"]);
+        assert!(e[0].message.contains("imagee"), "{e:?}");
+        let ParseFailure::Invalid(e) =
+            submit(r#"{"project":"p","sandbox":{"command":"make"}}"#).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(fields(&e), ["sandbox.command"]);
+        assert!(matches!(
+            submit("{not json"),
+            Err(ParseFailure::Malformed(_))
+        ));
+        assert!(matches!(
+            submit(r#"{"project":"p","sandbox":{}} trailing"#),
+            Err(ParseFailure::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn validation_reports_every_field() {
+        let run = submit(
+            r#"{"project":"p","sandbox":{"env":{"1X":"v"},"timeout":"soon","network":"host","resources":{"memory":"lots"},
+                "mounts":[{"source":"/etc","target":"/e"},{"source":"rel","target":"/proc/x"}]},"tags":["a b"]}"#,
+        )
+        .unwrap();
+        let scope = ProjectScope {
+            workspace_root: "/srv/p".into(),
+            allowed_paths: vec![],
+        };
+        let errors = validate_submission(&run, &scope);
+        assert_eq!(
+            fields(&errors),
+            [
+                "sandbox.image",
+                "sandbox.command",
+                "sandbox.env.1X",
+                "sandbox.resources.memory",
+                "sandbox.timeout",
+                "sandbox.network",
+                "tags[0]",
+                "sandbox.mounts[0].source",
+                "sandbox.mounts[1].source",
+                "sandbox.mounts[1].target"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_good_submission_passes() {
+        let run = submit(r#"{"project":"p","sandbox":{"image":"i","command":["make","test"],"mounts":[{"source":"/srv/p/data","target":"/data"}]},"tags":["gpu"]}"#).unwrap();
+        let scope = ProjectScope {
+            workspace_root: "/srv/p".into(),
+            allowed_paths: vec![],
+        };
+        assert_eq!(validate_submission(&run, &scope), []);
+        assert_eq!(run.execution_mode, ExecutionMode::DockerSandbox);
+        assert!(run.sandbox.mounts.unwrap()[0].read_only);
+    }
+}
