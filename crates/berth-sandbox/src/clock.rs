@@ -11,21 +11,10 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| OffsetDateTime::UNIX_EPOCH.to_string())
 }
 
-const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-
-/// A new run id: 10 characters of milliseconds since the epoch then 6 random ones, all in
-/// lower-case Crockford base32, so ids sort by creation time and are valid container names.
+/// A new run id (see [`berth_core::ids::run_id`]).
 pub fn new_run_id() -> String {
     let millis = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-    let mut id = String::with_capacity(16);
-    for shift in (0..10).rev() {
-        id.push(ALPHABET[((millis >> (shift * 5)) & 31) as usize] as char);
-    }
-    let mut rng = rand::rng();
-    for _ in 0..6 {
-        id.push(ALPHABET[rng.random_range(0..32)] as char);
-    }
-    id
+    berth_core::ids::run_id(millis as u64, rand::rng().random())
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 pub mod artifacts;
 pub mod clock;
 pub mod error;
+#[cfg(test)]
+mod fake_engine;
 pub mod gc;
 pub mod local;
 pub mod output;

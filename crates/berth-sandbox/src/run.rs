@@ -65,6 +65,13 @@ impl RunContext {
     /// Records and shows an event. Failing to write the event log is not worth losing the run
     /// over; it is reported as a warning on stderr by the caller's reporter instead.
     pub fn emit(&mut self, event: Event) {
+        // Warnings quote engine errors and paths; mask them like reasons, to be safe.
+        let event = match event {
+            Event::Warning { message } => Event::Warning {
+                message: self.masker.mask_str(&message),
+            },
+            other => other,
+        };
         match self.events.append(event.clone()) {
             Ok(line) => self.reporter.event(&line),
             Err(e) => {
@@ -323,6 +330,15 @@ async fn drive<E: Engine>(
         failure
     });
 
+    // A cancel that arrived while the image was pulled or the container created must stop the
+    // command before it ever runs.
+    if let Ok(signal) = interrupts.try_recv() {
+        pump.abort();
+        return (
+            RunState::Cancelled,
+            Some(format!("cancelled by {signal} before the command started")),
+        );
+    }
     if let Err(e) = engine.start(id).await {
         pump.abort();
         return match e {
@@ -532,5 +548,797 @@ async fn release_container<E: Engine>(
         Err(e) => ctx.emit(Event::Warning {
             message: format!("removing container {name} failed: {e}; `berth gc` will remove it"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The run's orchestration against a scripted engine: the call sequence, the final record
+    //! and the exit status for every way a run can end.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use berth_core::event::EventLine;
+    use berth_core::record::Execution;
+    use berth_core::spec::{Fallback, NetworkMode, Resources, RunSpec, WorkspaceMode};
+    use tokio::sync::mpsc::UnboundedSender;
+
+    use super::*;
+    use crate::fake_engine::{stderr, stdout, ExitWhen, FakeEngine, Script, CONTAINER_ID};
+    use crate::rundir::StateDir;
+
+    const SECRET: &str = "hunter2-s3cret";
+
+    #[derive(Default)]
+    struct Recording {
+        events: Mutex<Vec<Event>>,
+        output: Mutex<Vec<u8>>,
+    }
+
+    impl Reporter for Recording {
+        fn event(&self, event: &EventLine) {
+            self.events.lock().unwrap().push(event.event.clone());
+        }
+        fn output(&self, _stream: Stream, data: &[u8]) {
+            self.output.lock().unwrap().extend_from_slice(data);
+        }
+    }
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            image: "img".into(),
+            command: vec!["make".into(), "test".into()],
+            pull: PullPolicy::Missing,
+            workspace: "/w".into(),
+            workspace_mode: WorkspaceMode::Rw,
+            mounts: vec![],
+            env: vec![],
+            secrets: vec![],
+            resources: Resources::default(),
+            timeout: Duration::ZERO,
+            grace: Duration::from_secs(10),
+            network: NetworkMode::None,
+            read_only: false,
+            user: None,
+            publish: vec![],
+            artifacts: vec![],
+            keep: false,
+            fallback: Fallback::None,
+        }
+    }
+
+    /// A run directory, a run context and an interrupt channel around one run.
+    struct Harness {
+        tmp: tempfile::TempDir,
+        ctx: RunContext,
+        reporter: Arc<Recording>,
+        interrupts: Interrupts,
+        interrupt: UnboundedSender<&'static str>,
+        secrets: Vec<(String, String)>,
+    }
+
+    fn harness(spec: RunSpec) -> Harness {
+        harness_with_secrets(spec, &[])
+    }
+
+    fn harness_with_secrets(spec: RunSpec, secrets: &[(&str, &str)]) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = StateDir::new(tmp.path().join("state"))
+            .create_run("r1")
+            .unwrap();
+        let reporter = Arc::new(Recording::default());
+        let masker = Masker::new(&secrets.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+        let record = RunRecord::new("r1".into(), spec, Execution::Docker, now_rfc3339());
+        let ctx = RunContext::create(run_dir, record, reporter.clone(), masker).unwrap();
+        let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+        Harness {
+            tmp,
+            ctx,
+            reporter,
+            interrupts,
+            interrupt,
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    impl Harness {
+        async fn run(&mut self, engine: &FakeEngine) -> ExitStatus {
+            let run = DockerRun {
+                plan_context: PlanContext {
+                    run_id: self.ctx.record.id.clone(),
+                    invoking_uid: 1000,
+                    invoking_gid: 1000,
+                    image_entrypoint: vec![],
+                    image_home: None,
+                    workspace: self.tmp.path().to_path_buf(),
+                    mounts: vec![],
+                    shim_host_path: "/cache/berth-shim".into(),
+                    out_host_path: self.ctx.run_dir.out_dir(),
+                    state_dir_in_workspace: Some("state".into()),
+                    owner_labels: BTreeMap::new(),
+                },
+                secrets: self.secrets.clone(),
+            };
+            execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
+        }
+
+        /// The record as written to `run.json`; it must match the one in memory.
+        fn record(&self) -> RunRecord {
+            let on_disk = self.ctx.run_dir.read_record().unwrap();
+            assert_eq!(on_disk, self.ctx.record, "run.json is up to date");
+            on_disk
+        }
+
+        fn events(&self) -> Vec<Event> {
+            self.reporter.events.lock().unwrap().clone()
+        }
+
+        /// The events' tags (`started`, `exited`, ...), in order.
+        fn event_names(&self) -> Vec<String> {
+            self.events()
+                .iter()
+                .map(|e| {
+                    serde_json::to_value(e).unwrap()["event"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        }
+
+        fn warnings(&self) -> Vec<String> {
+            self.events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Warning { message } => Some(message),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn finished_hint(&self) -> Option<String> {
+            self.events().into_iter().find_map(|e| match e {
+                Event::Finished { hint, .. } => hint,
+                _ => None,
+            })
+        }
+
+        fn reason(&self) -> String {
+            self.record().reason.unwrap_or_default()
+        }
+    }
+
+    fn calls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|c| c.to_string()).collect()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn success_runs_the_whole_life_and_keeps_the_output() {
+        let mut h = harness(spec());
+        // Something the command left in $BERTH_OUT.
+        let out = h.ctx.run_dir.out_dir();
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("report.txt"), "ok").unwrap();
+        let fake = FakeEngine::new(Script {
+            output: vec![stdout("hello "), stdout("world\n"), stderr("warn\n")],
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Success);
+        assert_eq!(
+            fake.calls(),
+            calls(&[
+                "inspect_image",
+                "create",
+                "attach",
+                "start",
+                "wait",
+                "inspect_exit",
+                "remove"
+            ])
+        );
+        let record = h.record();
+        assert_eq!(record.state, RunState::Succeeded);
+        assert_eq!(record.exit_code, Some(0));
+        assert_eq!(record.reason, None);
+        assert_eq!(record.container_id.as_deref(), Some(CONTAINER_ID));
+        assert_eq!(record.container_name.as_deref(), Some("berth-r1"));
+        assert_eq!(record.image_id.as_deref(), Some("sha256:img"));
+        assert!(record.started_at.is_some() && record.finished_at.is_some());
+        assert!(!record.kept && !record.oom_killed);
+        assert_eq!(record.artifacts, ["berth/out/report.txt"]);
+        assert_eq!(
+            h.event_names(),
+            [
+                "container_created",
+                "started",
+                "exited",
+                "artifacts_collected",
+                "container_removed",
+                "finished"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(h.ctx.run_dir.stdout_log()).unwrap(),
+            b"hello world\n"
+        );
+        assert_eq!(
+            std::fs::read(h.ctx.run_dir.stderr_log()).unwrap(),
+            b"warn\n"
+        );
+        assert_eq!(*h.reporter.output.lock().unwrap(), b"hello world\nwarn\n");
+        assert!(
+            h.ctx
+                .run_dir
+                .artifacts_dir()
+                .join("berth/out/report.txt")
+                .is_file(),
+            "$BERTH_OUT was collected"
+        );
+        assert!(
+            !out.exists(),
+            "the raw output directory goes with the container"
+        );
+        let stdin = fake.stdin();
+        assert_eq!(stdin.data, b"berth-shim-v1\nend\n");
+        assert!(stdin.closed, "stdin is closed after the setup frame");
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_fails_with_the_commands_status() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            exit_code: 3,
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::External(3));
+        let record = h.record();
+        assert_eq!(record.state, RunState::Failed);
+        assert_eq!(record.exit_code, Some(3));
+        assert_eq!(record.reason.as_deref(), Some("exited with status 3"));
+        assert_eq!(fake.calls().last().map(String::as_str), Some("remove"));
+        assert!(h.event_names().contains(&"container_removed".to_string()));
+    }
+
+    #[tokio::test]
+    async fn command_not_found_at_start_is_127_and_still_removed() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            start_error: Some(|| {
+                EngineError::CommandNotFound("exec: \"mak\": executable file not found".into())
+            }),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::External(127));
+        assert_eq!(
+            fake.calls(),
+            calls(&["inspect_image", "create", "attach", "start", "remove"])
+        );
+        let record = h.record();
+        assert_eq!(record.state, RunState::Failed);
+        assert_eq!(record.exit_code, Some(127));
+        assert!(
+            h.reason().starts_with("command not found: "),
+            "{}",
+            h.reason()
+        );
+        assert!(!h.event_names().contains(&"started".to_string()));
+        assert!(h.event_names().contains(&"container_removed".to_string()));
+    }
+
+    #[tokio::test]
+    async fn command_that_cannot_be_invoked_is_126_and_its_reason_is_masked() {
+        let mut h = harness_with_secrets(spec(), &[("TOKEN", SECRET)]);
+        let fake = FakeEngine::new(Script {
+            start_error: Some(|| {
+                EngineError::CannotInvoke("exec: \"./hunter2-s3cret\": permission denied".into())
+            }),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::External(126));
+        let record = h.record();
+        assert_eq!(record.state, RunState::Failed);
+        assert_eq!(record.exit_code, Some(126));
+        assert_eq!(
+            h.reason(),
+            "command cannot be invoked: exec: \"./***\": permission denied"
+        );
+        assert!(fake.called("remove"));
+    }
+
+    #[tokio::test]
+    async fn other_start_failure_is_an_error_and_still_removed() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            start_error: Some(|| EngineError::Refused {
+                status: 500,
+                message: "failed to set up the container's network".into(),
+            }),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Error);
+        assert_eq!(status.code(), 125);
+        let record = h.record();
+        assert_eq!(record.state, RunState::Error);
+        assert_eq!(record.exit_code, None);
+        assert!(
+            h.reason().starts_with("starting the container failed: ")
+                && h.reason().contains("network"),
+            "{}",
+            h.reason()
+        );
+        assert_eq!(fake.calls().last().map(String::as_str), Some("remove"));
+    }
+
+    #[tokio::test]
+    async fn create_failure_is_an_error_with_nothing_to_remove() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            create_error: Some(|| EngineError::Refused {
+                status: 409,
+                message: "the container name \"/berth-r1\" is already in use".into(),
+            }),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Error);
+        assert_eq!(fake.calls(), calls(&["inspect_image", "create"]));
+        let record = h.record();
+        assert_eq!(record.state, RunState::Error);
+        assert_eq!(record.container_id, None);
+        assert!(
+            h.reason().starts_with("creating the container failed: ")
+                && h.reason().contains("already in use"),
+            "{}",
+            h.reason()
+        );
+        assert_eq!(h.event_names(), ["finished"]);
+    }
+
+    #[tokio::test]
+    async fn absent_image_with_pull_never_is_an_error_before_create() {
+        let mut s = spec();
+        s.pull = PullPolicy::Never;
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script {
+            image_present: false,
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Error);
+        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(h.record().state, RunState::Error);
+        assert_eq!(
+            h.reason(),
+            "image `img` is not present locally and --pull never forbids pulling it"
+        );
+        assert!(h.finished_hint().unwrap().contains("docker build -t img"));
+    }
+
+    #[tokio::test]
+    async fn absent_image_whose_pull_fails_is_an_error_before_create() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            image_present: false,
+            pull_error: Some(|| EngineError::PullFailed {
+                image: "img".into(),
+                message: "pull access denied".into(),
+            }),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Error);
+        assert_eq!(fake.calls(), calls(&["inspect_image", "pull_image"]));
+        assert_eq!(h.record().state, RunState::Error);
+        let reason = h.reason();
+        assert!(reason.contains("not present locally"), "{reason}");
+        assert!(
+            reason.contains("pulling it failed: pull access denied"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn absent_image_is_pulled_then_run() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            image_present: false,
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Success);
+        assert_eq!(
+            fake.calls()[..4],
+            calls(&["inspect_image", "pull_image", "inspect_image", "create"])
+        );
+        assert_eq!(h.event_names()[0], "image_pulled");
+    }
+
+    #[tokio::test]
+    async fn pull_always_pulls_without_looking_first() {
+        let mut s = spec();
+        s.pull = PullPolicy::Always;
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(
+            fake.calls()[..3],
+            calls(&["pull_image", "inspect_image", "create"])
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_named_network_is_an_error_before_create() {
+        let mut s = spec();
+        s.network = NetworkMode::Named("proj-net".into());
+        let mut h = harness(s.clone());
+        let fake = FakeEngine::new(Script::default());
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Error);
+        assert_eq!(fake.calls(), calls(&["inspect_image", "network_exists"]));
+        assert_eq!(
+            h.reason(),
+            "network `proj-net` does not exist on the engine"
+        );
+        assert!(h
+            .finished_hint()
+            .unwrap()
+            .contains("docker network create proj-net"));
+
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script {
+            networks: vec!["proj-net"],
+            ..Script::default()
+        });
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(fake.plan().unwrap().network, "proj-net");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_sends_sigterm_then_sigkill_after_the_grace() {
+        let mut s = spec();
+        s.timeout = secs(5);
+        s.grace = secs(2);
+        let mut h = harness(s);
+        // The command ignores SIGTERM; only SIGKILL ends it.
+        let fake = FakeEngine::new(Script {
+            exit_when: ExitWhen::OnSignal("SIGKILL"),
+            exit_code: 137,
+            output: vec![stdout("working\n")],
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::External(124));
+        assert_eq!(
+            fake.kills(),
+            [
+                ("SIGTERM".to_string(), secs(5)),
+                ("SIGKILL".to_string(), secs(7))
+            ]
+        );
+        assert_eq!(
+            fake.calls(),
+            calls(&[
+                "inspect_image",
+                "create",
+                "attach",
+                "start",
+                "wait",
+                "kill SIGTERM",
+                "kill SIGKILL",
+                "inspect_exit",
+                "remove"
+            ])
+        );
+        let record = h.record();
+        assert_eq!(record.state, RunState::TimedOut);
+        assert_eq!(record.exit_code, Some(137));
+        assert_eq!(record.reason.as_deref(), Some("timed out after 5s"));
+        let signals: Vec<(String, String)> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Signal { signal, reason } => Some((signal, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            signals,
+            [
+                ("SIGTERM".to_string(), "timed out after 5s".to_string()),
+                (
+                    "SIGKILL".to_string(),
+                    "still running 2s after SIGTERM".to_string()
+                )
+            ]
+        );
+        assert_eq!(
+            std::fs::read(h.ctx.run_dir.stdout_log()).unwrap(),
+            b"working\n",
+            "output from before the kill is kept"
+        );
+        assert!(h.event_names().contains(&"container_removed".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_ends_before_the_timeout_is_not_signalled() {
+        let mut s = spec();
+        s.timeout = secs(5);
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert!(fake.kills().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interrupt_stops_the_command_gracefully() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            exit_when: ExitWhen::OnSignal("SIGTERM"),
+            exit_code: 143,
+            ..Script::default()
+        });
+        let interrupt = h.interrupt.clone();
+
+        let (status, ()) = tokio::join!(h.run(&fake), async {
+            fake.started.notified().await;
+            interrupt.send("SIGINT").unwrap();
+        });
+
+        assert_eq!(status, ExitStatus::External(130));
+        assert_eq!(fake.kills(), [("SIGTERM".to_string(), secs(0))]);
+        let record = h.record();
+        assert_eq!(record.state, RunState::Cancelled);
+        assert_eq!(record.exit_code, Some(143));
+        assert_eq!(record.reason.as_deref(), Some("cancelled by SIGINT"));
+        assert_eq!(fake.calls().last().map(String::as_str), Some("remove"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn second_interrupt_kills_at_once() {
+        let mut h = harness(spec());
+        // The command ignores SIGTERM; the grace period (10s) would otherwise run out.
+        let fake = FakeEngine::new(Script {
+            exit_when: ExitWhen::OnSignal("SIGKILL"),
+            exit_code: 137,
+            ..Script::default()
+        });
+        let interrupt = h.interrupt.clone();
+
+        let (status, ()) = tokio::join!(h.run(&fake), async {
+            fake.started.notified().await;
+            interrupt.send("SIGINT").unwrap();
+            tokio::time::sleep(secs(1)).await;
+            interrupt.send("SIGINT").unwrap();
+        });
+
+        assert_eq!(status, ExitStatus::External(130));
+        assert_eq!(
+            fake.kills(),
+            [
+                ("SIGTERM".to_string(), secs(0)),
+                ("SIGKILL".to_string(), secs(1))
+            ]
+        );
+        assert_eq!(h.record().state, RunState::Cancelled);
+        assert_eq!(h.reason(), "cancelled by SIGINT");
+        assert!(h.events().contains(&Event::Signal {
+            signal: "SIGKILL".into(),
+            reason: "second interrupt (SIGINT) skips the grace period".into(),
+        }));
+        assert!(fake.called("remove"));
+    }
+
+    #[tokio::test]
+    async fn interrupt_before_create_creates_nothing() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        h.interrupt.send("SIGTERM").unwrap();
+
+        assert_eq!(h.run(&fake).await, ExitStatus::External(130));
+        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(h.record().state, RunState::Cancelled);
+        assert_eq!(
+            h.reason(),
+            "cancelled by SIGTERM before the container was created"
+        );
+    }
+
+    #[tokio::test]
+    async fn oom_kill_fails_and_says_so() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            exit_code: 137,
+            oom_killed: true,
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::External(137));
+        let record = h.record();
+        assert_eq!(record.state, RunState::Failed);
+        assert!(record.oom_killed);
+        assert!(h.reason().contains("OOM"), "{}", h.reason());
+        assert!(h.events().contains(&Event::Exited {
+            exit_code: 137,
+            oom_killed: true
+        }));
+    }
+
+    #[tokio::test]
+    async fn keep_leaves_the_container_and_its_output_directory() {
+        let mut s = spec();
+        s.keep = true;
+        let mut h = harness(s);
+        let out = h.ctx.run_dir.out_dir();
+        std::fs::create_dir(&out).unwrap();
+        let fake = FakeEngine::new(Script::default());
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert!(!fake.called("remove"));
+        assert!(h.record().kept);
+        assert!(h.events().contains(&Event::ContainerKept {
+            container_name: "berth-r1".into()
+        }));
+        assert!(!h.event_names().contains(&"container_removed".to_string()));
+        assert!(out.exists(), "a kept container still needs its bind source");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removal_is_retried_once() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            remove_failures: 1,
+            ..Script::default()
+        });
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(fake.calls().iter().filter(|c| *c == "remove").count(), 2);
+        assert!(h.warnings().is_empty(), "{:?}", h.warnings());
+        assert!(h.event_names().contains(&"container_removed".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removal_failing_twice_warns_and_keeps_the_runs_state() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            remove_failures: 2,
+            ..Script::default()
+        });
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(fake.calls().iter().filter(|c| *c == "remove").count(), 2);
+        let warnings = h.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("removing container berth-r1 failed")
+                && warnings[0].contains("`berth gc`"),
+            "{warnings:?}"
+        );
+        assert!(!h.event_names().contains(&"container_removed".to_string()));
+        let record = h.record();
+        assert_eq!(record.state, RunState::Succeeded);
+        assert_eq!(record.exit_code, Some(0));
+        assert!(!record.kept);
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_the_shim_on_stdin_and_nowhere_else() {
+        let mut s = spec();
+        s.secrets = vec!["TOKEN".into()];
+        let mut h = harness_with_secrets(s, &[("TOKEN", SECRET)]);
+        let fake = FakeEngine::new(Script {
+            // The secret split across two chunks, as a stream may deliver it.
+            output: vec![stdout("token=hunter2"), stdout("-s3cret done\n")],
+            ..Script::default()
+        });
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+
+        let stdin = fake.stdin();
+        let frame = String::from_utf8(stdin.data).unwrap();
+        assert!(frame.starts_with("berth-shim-v1\n"), "{frame:?}");
+        assert!(
+            frame.contains(&format!("secret TOKEN {}\n{SECRET}\n", SECRET.len())),
+            "{frame:?}"
+        );
+        assert!(frame.ends_with("end\n"), "{frame:?}");
+        assert!(stdin.closed);
+
+        assert_eq!(
+            std::fs::read_to_string(h.ctx.run_dir.stdout_log()).unwrap(),
+            "token=*** done\n"
+        );
+        assert_eq!(*h.reporter.output.lock().unwrap(), b"token=*** done\n");
+        let record_json = std::fs::read_to_string(h.ctx.run_dir.record_path()).unwrap();
+        assert!(record_json.contains("TOKEN"), "the secret's name is kept");
+        assert!(!record_json.contains(SECRET));
+        let events = std::fs::read_to_string(h.ctx.run_dir.events_path()).unwrap();
+        assert!(!events.contains(SECRET));
+        let plan = format!("{:?}", fake.plan().unwrap());
+        assert!(
+            !plan.contains(SECRET),
+            "the container's config never holds a secret"
+        );
+    }
+
+    #[tokio::test]
+    async fn losing_the_wait_is_an_error_and_still_removes() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            wait_error: Some(|| EngineError::Connection("connection reset by peer".into())),
+            ..Script::default()
+        });
+
+        let status = h.run(&fake).await;
+
+        assert_eq!(status, ExitStatus::Error);
+        let record = h.record();
+        assert_eq!(record.state, RunState::Error);
+        assert_eq!(record.exit_code, None);
+        assert!(
+            h.reason().starts_with("lost track of the container: ")
+                && h.reason().contains("connection reset by peer"),
+            "{}",
+            h.reason()
+        );
+        assert!(!fake.called("inspect_exit"));
+        assert_eq!(fake.calls().last().map(String::as_str), Some("remove"));
+    }
+
+    #[tokio::test]
+    async fn failed_artifact_download_warns_and_keeps_the_runs_state() {
+        let mut s = spec();
+        s.artifacts = vec!["/workspace/report.xml".into()];
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(
+            fake.calls()[5..],
+            calls(&["inspect_exit", "download /workspace/report.xml", "remove"])
+        );
+        let warnings = h.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("collecting artifact /workspace/report.xml failed"),
+            "{warnings:?}"
+        );
+        assert_eq!(h.record().state, RunState::Succeeded);
     }
 }
