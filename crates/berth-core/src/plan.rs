@@ -193,10 +193,10 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     let mut entrypoint = vec![SHIM_TARGET.to_string()];
     entrypoint.extend(ctx.image_entrypoint.iter().cloned());
 
-    let working_dir = if spec.workspace_mode == WorkspaceMode::None {
-        "/".to_string()
-    } else {
-        WORKSPACE_TARGET.to_string()
+    let working_dir = match (&spec.workdir, spec.workspace_mode) {
+        (Some(dir), _) => dir.clone(),
+        (None, WorkspaceMode::None) => "/".to_string(),
+        (None, _) => WORKSPACE_TARGET.to_string(),
     };
 
     ContainerPlan {
@@ -261,6 +261,7 @@ mod tests {
             artifacts: vec![],
             keep: false,
             fallback: Fallback::None,
+            workdir: None,
         }
     }
 

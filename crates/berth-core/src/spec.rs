@@ -241,6 +241,9 @@ pub struct RunSpec {
     pub artifacts: Vec<String>,
     pub keep: bool,
     pub fallback: Fallback,
+    /// The working directory inside the sandbox; `None`: /workspace (or / without a workspace).
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// Checks an environment variable name the way POSIX shells accept them.

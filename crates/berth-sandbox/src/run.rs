@@ -605,6 +605,7 @@ mod tests {
             artifacts: vec![],
             keep: false,
             fallback: Fallback::None,
+            workdir: None,
         }
     }
 

@@ -27,6 +27,22 @@ pub enum Command {
     Show(ShowArgs),
     /// Remove containers whose berth process is gone, and record what happened to their runs.
     Gc(GcArgs),
+    /// Run the coordinator: HTTP API, store, audit trail, live logs.
+    Server(ServerArgs),
+    /// Claim runs from a server and execute them on this host's Docker engine.
+    Runner(RunnerArgs),
+    /// Manage API tokens (admin).
+    Token(TokenArgs),
+    /// Manage projects (admin).
+    Project(ProjectArgs),
+    /// Submit a run to a server.
+    Submit(Box<SubmitArgs>),
+    /// Show a server run's output and events.
+    Logs(LogsArgs),
+    /// Cancel a server run.
+    Cancel(CancelArgs),
+    /// List a server's runners.
+    Runners(RunnersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +142,14 @@ pub struct DoctorArgs {
 pub struct ListArgs {
     #[arg(long)]
     pub json: bool,
+    /// List the runs of this server instead of local ones.
+    #[arg(long, env = crate::env::BERTH_SERVER, value_name = "URL")]
+    pub server: Option<String>,
+    #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With --server: only runs in this state.
+    #[arg(long = "state")]
+    pub run_state: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
     /// The workspace whose .berth directory holds the runs [default: the current directory].
@@ -139,6 +163,11 @@ pub struct ShowArgs {
     pub run: String,
     #[arg(long)]
     pub json: bool,
+    /// Show a run of this server instead of a local one.
+    #[arg(long, env = crate::env::BERTH_SERVER, value_name = "URL")]
+    pub server: Option<String>,
+    #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
     #[arg(long, value_name = "DIR")]
@@ -147,6 +176,202 @@ pub struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to reach a berth server.
+#[derive(Debug, Args, Clone)]
+pub struct RemoteArgs {
+    /// The server's URL, e.g. http://127.0.0.1:8765 [env: BERTH_SERVER].
+    #[arg(long, global = true, env = crate::env::BERTH_SERVER, value_name = "URL")]
+    pub server: Option<String>,
+    /// A bearer token [env: BERTH_TOKEN]; admin commands fall back to <state dir>/admin-token.
+    #[arg(long, global = true, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8765", value_name = "ADDR")]
+    pub listen: String,
+    /// Database: sqlite://PATH or postgres://... [default: sqlite in the state dir].
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// State directory [default: $BERTH_STATE_DIR, else the user's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    pub log_format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Tags this runner offers; a run goes only to runners that have all of its tags.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tags: Vec<String>,
+    /// Take only runs that have tags.
+    #[arg(long)]
+    pub require_matching_tags: bool,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 1)]
+    pub capacity: usize,
+    /// The runner's name and id [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where run directories are kept [default: $BERTH_STATE_DIR, else the user's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    pub log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; the secret is printed once, on stdout.
+    Create {
+        #[arg(long, value_name = "client|runner")]
+        role: String,
+        /// Limit a client token to one project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// List tokens.
+    Ls,
+    /// Revoke a token.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The server's state directory, to read admin-token from when no token is given.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project.
+    Create {
+        name: String,
+        /// The directory on runner hosts mounted as the workspace of the project's runs.
+        #[arg(long, value_name = "DIR")]
+        workspace_root: String,
+        /// A further directory runs may mount; repeatable.
+        #[arg(long = "allow", value_name = "DIR")]
+        allowed_paths: Vec<String>,
+    },
+    /// List projects.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    #[command(subcommand)]
+    pub command: ProjectCommand,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The project the run belongs to.
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Execution: docker-sandbox or local.
+    #[arg(long, default_value = "docker-sandbox")]
+    pub execution_mode: String,
+    #[arg(long)]
+    pub workdir: Option<String>,
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// SRC:DST[:ro|rw], paths on the runner host; replaces the default workspace mount.
+    #[arg(long = "mount", value_name = "SRC:DST[:MODE]")]
+    pub mounts: Vec<String>,
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    #[arg(long)]
+    pub pids: Option<i64>,
+    #[arg(long)]
+    pub timeout: Option<String>,
+    #[arg(long)]
+    pub grace: Option<String>,
+    #[arg(long)]
+    pub network: Option<String>,
+    #[arg(long)]
+    pub read_only: bool,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub artifacts: Vec<String>,
+    /// Tags the runner must have.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tags: Vec<String>,
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Stream the run's output until it ends and exit with its status.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub run: String,
+    /// Keep streaming until the run ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub run: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunnersArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[arg(long)]
     pub json: bool,
 }

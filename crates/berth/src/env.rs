@@ -42,3 +42,19 @@ pub fn cache_dir() -> std::path::PathBuf {
             std::env::temp_dir().join(format!("berth-cache-{}", crate::invoking_user().0))
         })
 }
+
+pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
+/// The coordinator's URL for client commands and runners.
+pub const BERTH_SERVER: &str = "BERTH_SERVER";
+/// The bearer token for client commands and runners.
+pub const BERTH_TOKEN: &str = "BERTH_TOKEN";
+
+/// `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`, else a directory under /tmp.
+pub fn data_dir() -> std::path::PathBuf {
+    var(XDG_DATA_HOME)
+        .map(|d| std::path::PathBuf::from(d).join("berth"))
+        .or_else(|| home().map(|h| h.join(".local/share/berth")))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("berth-data-{}", crate::invoking_user().0))
+        })
+}

@@ -18,13 +18,22 @@ pub fn invoking_user() -> (u32, u32) {
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::BERTH_LOG)
-                .unwrap_or_else(|_| "off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Daemons log at info by default; one-shot commands stay quiet unless BERTH_LOG says otherwise.
+    let (default_filter, json_logs) = match &cli.command {
+        args::Command::Server(a) => ("info", a.log_format == "json"),
+        args::Command::Runner(a) => ("info", a.log_format == "json"),
+        _ => ("off", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::BERTH_LOG)
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.with_ansi(Printer::detect().colored()).init();
+    }
     let printer = Printer::detect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

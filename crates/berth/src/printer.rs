@@ -21,6 +21,10 @@ impl Printer {
         Self { color }
     }
 
+    pub fn colored(&self) -> bool {
+        self.color
+    }
+
     fn paint(&self, code: &str, text: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{text}\x1b[0m")

@@ -105,6 +105,7 @@ async fn time_sandbox_start(
             artifacts: vec![],
             keep: false,
             fallback: Fallback::None,
+            workdir: None,
         };
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();

@@ -3,7 +3,10 @@
 mod doctor;
 mod gc;
 mod ls;
+mod remote;
 mod run;
+mod runner;
+mod server;
 mod show;
 
 use berth_core::ExitStatus;
@@ -15,9 +18,41 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
     match command {
         Command::Run(args) => run::run(*args, printer).await,
         Command::Doctor(args) => doctor::doctor(args, printer).await,
-        Command::Ls(args) => ls::ls(args, printer),
-        Command::Show(args) => show::show(args, printer),
+        Command::Ls(args) => match args.server.clone() {
+            Some(server) => {
+                remote::remote_ls(
+                    server,
+                    args.token.clone(),
+                    args.run_state.clone(),
+                    args.json,
+                    printer,
+                )
+                .await
+            }
+            None => ls::ls(args, printer),
+        },
+        Command::Show(args) => match args.server.clone() {
+            Some(server) => {
+                remote::remote_show(
+                    server,
+                    args.token.clone(),
+                    args.run.clone(),
+                    args.json,
+                    printer,
+                )
+                .await
+            }
+            None => show::show(args, printer),
+        },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Server(args) => server::server(args, printer).await,
+        Command::Runner(args) => runner::runner(args, printer).await,
+        Command::Token(args) => remote::token(args, printer).await,
+        Command::Project(args) => remote::project(args, printer).await,
+        Command::Submit(args) => remote::submit(*args, printer).await,
+        Command::Logs(args) => remote::logs(args, printer).await,
+        Command::Cancel(args) => remote::cancel(args, printer).await,
+        Command::Runners(args) => remote::runners(args, printer).await,
     }
 }
 
@@ -56,4 +91,21 @@ pub fn state_dir(
         config_state,
         &workspace,
     )
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }

@@ -334,5 +334,6 @@ pub fn build_spec(
         artifacts: args.artifacts.clone(),
         keep: args.keep,
         fallback,
+        workdir: None,
     })
 }

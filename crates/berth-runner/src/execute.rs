@@ -1,0 +1,408 @@
+//! Executing one claimed run, and accounting for containers left by an earlier incarnation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::{Claimed, ExecutionMode, FinishBody};
+use berth_core::mask::Masker;
+use berth_core::plan::{labels, sandbox_user, PlanContext};
+use berth_core::record::{Execution, RunRecord};
+use berth_core::spec::{
+    Fallback, MountRequest, NetworkMode, PullPolicy, Resources, RunSpec, UserSpec, WorkspaceMode,
+};
+use berth_core::units;
+use berth_engine::{DockerEngine, Engine};
+use berth_sandbox::run::DockerRun;
+use berth_sandbox::rundir::{RunDir, StateDir};
+use berth_sandbox::{prepare, RunContext};
+use tokio::sync::oneshot;
+
+use crate::reporter::{batcher, Message, ServerReporter};
+use crate::{Lease, Shared, RUNNER_LABEL};
+
+/// The lease of a run, kept in its run directory so that a restarted runner can still report
+/// on containers it left behind.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseFile {
+    run_id: String,
+    lease_token: String,
+}
+
+pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claimed) {
+    let run_id = claimed.run.id.clone();
+    let (interrupt_tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
+    if let Ok(mut map) = shared.leases.lock() {
+        map.insert(
+            run_id.clone(),
+            Lease {
+                token: claimed.lease_token.clone(),
+                interrupt: interrupt_tx,
+                interrupted: false,
+            },
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let batch_task = tokio::spawn(batcher(
+        shared.clone(),
+        run_id.clone(),
+        claimed.lease_token.clone(),
+        rx,
+    ));
+    tracing::info!(run = %run_id, "claimed");
+
+    let outcome = run_claimed(
+        engine,
+        shared,
+        &claimed,
+        ServerReporter::new(tx.clone()),
+        &mut interrupts,
+    )
+    .await;
+
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = tx.send(Message::Flush(done_tx));
+    let _ = done_rx.await;
+    drop(tx);
+    let _ = batch_task.await;
+
+    if let Some(dir) = &outcome.run_dir {
+        upload_artifacts(shared, &run_id, &claimed.lease_token, &dir.artifacts_dir()).await;
+    }
+    let body = FinishBody {
+        lease_token: claimed.lease_token.clone(),
+        state: outcome.state.clone(),
+        exit_code: outcome.exit_code,
+        reason: outcome.reason.clone(),
+    };
+    report_finish(shared, &run_id, &body).await;
+    if let Ok(mut map) = shared.leases.lock() {
+        map.remove(&run_id);
+    }
+    tracing::info!(run = %run_id, state = %outcome.state, "finished");
+}
+
+struct Outcome {
+    state: String,
+    exit_code: Option<i64>,
+    reason: Option<String>,
+    run_dir: Option<RunDir>,
+}
+
+impl Outcome {
+    fn error(reason: String) -> Self {
+        Self {
+            state: "error".into(),
+            exit_code: None,
+            reason: Some(reason),
+            run_dir: None,
+        }
+    }
+}
+
+async fn run_claimed(
+    engine: &DockerEngine,
+    shared: &Arc<Shared>,
+    claimed: &Claimed,
+    reporter: ServerReporter,
+    interrupts: &mut berth_sandbox::Interrupts,
+) -> Outcome {
+    let run = &claimed.run;
+    let spec = match spec_for(claimed) {
+        Ok(spec) => spec,
+        Err(e) => return Outcome::error(e),
+    };
+    let secrets: Result<Vec<(String, String)>, String> = spec
+        .secrets
+        .iter()
+        .map(|name| {
+            std::env::var(name).map(|v| (name.clone(), v)).map_err(|_| {
+                format!(
+                    "secret `{name}` is not set in the environment of runner `{}`",
+                    shared.runner_id
+                )
+            })
+        })
+        .collect();
+    let secrets = match secrets {
+        Ok(s) => s,
+        Err(e) => return Outcome::error(e),
+    };
+    let workspace_root = PathBuf::from(&claimed.workspace_root);
+    let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
+    let sockets = prepare::engine_sockets(engine.endpoint().socket_path());
+    // The server judged the mounts by their names; here they are judged with symlinks resolved.
+    let checked = match prepare::check_mounts(&spec, &workspace_root, &allowed, None, sockets) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::error(format!(
+                "mount policy on runner `{}`: {e}",
+                shared.runner_id
+            ))
+        }
+    };
+
+    let state_dir = StateDir::new(shared.config.state_dir.clone());
+    let stale = shared.config.state_dir.join("runs").join(&run.id);
+    if stale.exists() {
+        // An earlier claim of this run on this host that never started: start afresh.
+        let _ = std::fs::remove_dir_all(&stale);
+    }
+    let run_dir = match state_dir.create_run(&run.id) {
+        Ok(d) => d,
+        Err(e) => return Outcome::error(e.to_string()),
+    };
+    let lease_file = LeaseFile {
+        run_id: run.id.clone(),
+        lease_token: claimed.lease_token.clone(),
+    };
+    if let Err(e) = std::fs::write(
+        run_dir.path().join("lease.json"),
+        serde_json::to_vec(&lease_file).unwrap_or_default(),
+    ) {
+        return Outcome::error(format!("{}: {e}", run_dir.path().display()));
+    }
+    let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
+    let local = run.execution_mode == ExecutionMode::Local;
+    let execution = if local {
+        Execution::Local
+    } else {
+        Execution::Docker
+    };
+    let record = RunRecord::new(
+        run.id.clone(),
+        spec.clone(),
+        execution,
+        berth_sandbox::clock::now_rfc3339(),
+    );
+    let mut ctx = match RunContext::create(run_dir.clone(), record, Arc::new(reporter), masker) {
+        Ok(c) => c,
+        Err(e) => return Outcome::error(e.to_string()),
+    };
+
+    if local {
+        berth_sandbox::local::execute_local(&mut ctx, &checked.workspace, &secrets, interrupts)
+            .await;
+    } else {
+        let shim = match berth_sandbox::shim::install(&shared.config.cache_dir) {
+            Ok(p) => p,
+            Err(e) => return Outcome::error(format!("installing berth's shim failed: {e}")),
+        };
+        let (invoking_uid, invoking_gid) = invoking_user();
+        let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
+        let out_dir = match ctx.run_dir.create_out_dir(uid, gid) {
+            Ok(d) => d,
+            Err(e) => return Outcome::error(e.to_string()),
+        };
+        let mut owner_labels = berth_sandbox::owner::owner_labels(ctx.run_dir.path());
+        owner_labels.insert(RUNNER_LABEL.to_string(), shared.runner_id.clone());
+        let plan_context = PlanContext {
+            run_id: run.id.clone(),
+            invoking_uid,
+            invoking_gid,
+            image_entrypoint: Vec::new(),
+            image_home: None,
+            workspace: checked.workspace.clone(),
+            mounts: checked.mounts,
+            shim_host_path: shim,
+            out_host_path: out_dir,
+            state_dir_in_workspace: prepare::state_dir_in_workspace(
+                state_dir.root(),
+                &checked.workspace,
+            ),
+            owner_labels,
+        };
+        berth_sandbox::execute_docker(
+            engine,
+            &mut ctx,
+            DockerRun {
+                plan_context,
+                secrets,
+            },
+            interrupts,
+        )
+        .await;
+    }
+    let record = &ctx.record;
+    Outcome {
+        state: record.state.as_str().to_string(),
+        exit_code: record.exit_code,
+        reason: record.reason.clone(),
+        run_dir: Some(run_dir),
+    }
+}
+
+/// The sandbox spec of a claimed run, as `berth run` would build it.
+fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
+    let s = &claimed.run.sandbox;
+    let resources = s.resources.clone().unwrap_or_default();
+    let defaults = Resources::default();
+    let memory_bytes = resources
+        .memory
+        .as_deref()
+        .map(units::parse_memory)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(defaults.memory_bytes);
+    let nano_cpus = resources
+        .cpus
+        .map(|c| units::parse_cpus(&c.to_string()))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(defaults.nano_cpus);
+    let duration = |v: &Option<String>, default: u64| {
+        v.as_deref()
+            .map(units::parse_duration)
+            .transpose()
+            .map(|d| d.unwrap_or(Duration::from_secs(default)))
+            .map_err(|e| e.to_string())
+    };
+    let (workspace_mode, mounts) = match &s.mounts {
+        None => (WorkspaceMode::Rw, Vec::new()),
+        Some(list) => (
+            WorkspaceMode::None,
+            list.iter()
+                .map(|m| MountRequest {
+                    source: m.source.clone().into(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+        ),
+    };
+    Ok(RunSpec {
+        image: s.image.clone().unwrap_or_default(),
+        command: s.command.clone(),
+        pull: PullPolicy::Missing,
+        workspace: claimed.workspace_root.clone().into(),
+        workspace_mode,
+        mounts,
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        secrets: s.secrets.clone(),
+        resources: Resources {
+            memory_bytes,
+            nano_cpus,
+            pids: resources.pids.unwrap_or(defaults.pids),
+        },
+        timeout: duration(&s.timeout, 600)?,
+        grace: duration(&s.grace, 10)?,
+        network: s
+            .network
+            .as_deref()
+            .map(NetworkMode::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        read_only: s.read_only,
+        user: s.user.as_deref().map(UserSpec::parse).transpose()?,
+        publish: Vec::new(),
+        artifacts: s.artifacts.clone(),
+        keep: false,
+        fallback: Fallback::None,
+        workdir: s.workdir.clone(),
+    })
+}
+
+#[allow(unsafe_code)] // getuid/getgid cannot fail and touch no memory.
+fn invoking_user() -> (u32, u32) {
+    // SAFETY: plain syscalls without arguments.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+async fn upload_artifacts(shared: &Shared, run_id: &str, lease_token: &str, dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let url = format!("/api/v1/runs/{run_id}/artifacts/{}", relative.display());
+            if let Err(e) = shared
+                .client
+                .put_bytes(&url, bytes, &[("x-berth-lease", lease_token)])
+                .await
+            {
+                tracing::warn!(run = %run_id, artifact = %relative.display(), error = %e, "uploading an artifact failed");
+            }
+        }
+    }
+}
+
+/// Reports the end, retrying while the server is unreachable; a refusal (lease gone) is final.
+async fn report_finish(shared: &Shared, run_id: &str, body: &FinishBody) {
+    let path = format!("/api/v1/runs/{run_id}/finish");
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared
+            .client
+            .post::<_, serde_json::Value>(&path, body)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.status().is_some() => {
+                tracing::warn!(run = %run_id, error = %e, "the server refused the result");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "reporting the result failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Containers labelled with this runner's id were left by an earlier incarnation that died:
+/// each is removed and its run reported lost (if its lease still holds; otherwise the server
+/// has already marked it). None stays unaccounted for.
+pub async fn reconcile(engine: &DockerEngine, shared: &Shared) {
+    let containers = match engine.list_managed().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "listing containers left by an earlier run of this runner failed");
+            return;
+        }
+    };
+    for container in containers
+        .into_iter()
+        .filter(|c| c.labels.get(RUNNER_LABEL) == Some(&shared.runner_id))
+    {
+        let run_id = container
+            .labels
+            .get(labels::RUN_ID)
+            .cloned()
+            .unwrap_or_default();
+        let lease = container
+            .labels
+            .get(labels::RUN_DIR)
+            .and_then(|dir| std::fs::read(Path::new(dir).join("lease.json")).ok())
+            .and_then(|bytes| serde_json::from_slice::<LeaseFile>(&bytes).ok());
+        let removed = engine.remove(&container.id).await;
+        tracing::warn!(container = %container.name, run = %run_id, removed = removed.is_ok(), "found a container left by an earlier run of this runner");
+        if let Some(lease) = lease {
+            let body = FinishBody {
+                lease_token: lease.lease_token,
+                state: "lost".into(),
+                exit_code: None,
+                reason: Some(format!("runner `{}` restarted while the run was in progress; its container {} was removed", shared.runner_id, container.name)),
+            };
+            report_finish(shared, &lease.run_id, &body).await;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Bearer tokens: random secrets, stored only as SHA-256 hashes, each with a role and, for
+//! client tokens, a project.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use berth_store::{Role, Store, TokenRecord};
+use rand::Rng;
+use sha2::Digest;
+
+use crate::error::ApiError;
+use crate::App;
+
+/// A new token: its id (public, for listing and revoking) and its secret (`berth_<id>_<random>`).
+pub fn new_secret() -> (String, String) {
+    let mut rng = rand::rng();
+    let id: String = (0..12)
+        .map(|_| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)]))
+        .collect();
+    let random: [u8; 24] = rng.random();
+    (id.clone(), format!("berth_{id}_{}", hex::encode(random)))
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(sha2::Sha256::digest(secret.trim().as_bytes()))
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: TokenRecord,
+}
+
+impl Caller {
+    /// The audit actor for this caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token.id)
+    }
+
+    /// Client endpoints: client tokens (and admin).
+    pub fn require_client(&self) -> Result<(), ApiError> {
+        match self.token.role {
+            Role::Client | Role::Admin => Ok(()),
+            Role::Runner => Err(ApiError::Forbidden(
+                "runner tokens may only use runner endpoints".into(),
+            )),
+        }
+    }
+
+    /// Client endpoints that concern `project`.
+    pub fn require_project(&self, project: &str) -> Result<(), ApiError> {
+        self.require_client()?;
+        match &self.token.project {
+            Some(own) if own != project => Err(ApiError::Forbidden(format!(
+                "this token is limited to project `{own}`, not `{project}`"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn require_runner(&self) -> Result<(), ApiError> {
+        match self.token.role {
+            Role::Runner => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "only runner tokens may use runner endpoints".into(),
+            )),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.token.role {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "only the admin token may manage tokens and projects".into(),
+            )),
+        }
+    }
+}
+
+impl<S: Store> FromRequestParts<Arc<App<S>>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App<S>>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing `Authorization: Bearer TOKEN` header".into())
+            })?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer TOKEN`".into())
+            })?;
+        let token = app
+            .store
+            .token_by_hash(&hash_secret(secret))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+        Ok(Caller { token })
+    }
+}

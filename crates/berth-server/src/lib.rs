@@ -1,0 +1,142 @@
+//! The coordinator: accepts runs, hands each to exactly one runner, streams their events, keeps
+//! the audit trail, and notices runners that died.
+//!
+//! Architecture Invariant: the HTTP layer only parses, authenticates and authorises; every state
+//! change goes through [`berth_store::Store`], which checks the expected state and the lease in
+//! the same transaction as the audit entry.
+
+mod auth;
+mod clock;
+mod error;
+mod metrics;
+pub mod openapi;
+mod routes;
+mod sweeper;
+mod views;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::Store;
+use tokio::sync::Notify;
+
+pub use auth::{hash_secret, new_secret};
+pub use clock::now_ms;
+pub use routes::router;
+
+/// Tunables of the coordinator.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where artifacts and the admin token live.
+    pub state_dir: PathBuf,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How often runners should heartbeat; a runner silent for three intervals is offline.
+    pub heartbeat: Duration,
+    /// Largest accepted request body (artifacts excepted).
+    pub max_body_bytes: usize,
+    /// Largest accepted artifact upload.
+    pub max_artifact_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            lease: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(2),
+            max_body_bytes: 1 << 20,
+            max_artifact_bytes: 512 << 20,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct App<S: Store> {
+    pub store: S,
+    pub config: ServerConfig,
+    /// Woken when a run becomes claimable.
+    pub queued: Notify,
+    /// Woken when any run gets new events or changes state.
+    pub events: Notify,
+    /// Woken when a cancel is requested.
+    pub cancels: Notify,
+    pub metrics: metrics::Metrics,
+}
+
+impl<S: Store> App<S> {
+    pub fn new(store: S, config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            config,
+            queued: Notify::new(),
+            events: Notify::new(),
+            cancels: Notify::new(),
+            metrics: metrics::Metrics::default(),
+        })
+    }
+}
+
+/// Starts the background work: lease expiry and offline runners.
+pub fn spawn_sweeper<S: Store>(app: Arc<App<S>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(sweeper::run(app))
+}
+
+/// Creates the admin token on first start and writes it to `<state dir>/admin-token` (mode
+/// 0600). Returns the path when a token was created.
+pub async fn ensure_admin_token<S: Store>(app: &App<S>) -> Result<Option<PathBuf>, String> {
+    if app
+        .store
+        .has_admin_token()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(None);
+    }
+    let (id, secret) = new_secret();
+    let record = berth_store::TokenRecord {
+        id,
+        role: berth_store::Role::Admin,
+        project: None,
+        created_at: now_ms(),
+        revoked_at: None,
+    };
+    let path = app.config.state_dir.join("admin-token");
+    write_private(&path, &secret).map_err(|e| format!("{}: {e}", path.display()))?;
+    app.store
+        .create_token(&record, &hash_secret(&secret))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(path))
+}
+
+fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, with the sweeper running.
+pub async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    app: Arc<App<S>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = spawn_sweeper(app.clone());
+    let result = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    result
+}

@@ -1,0 +1,915 @@
+//! The HTTP API. Handlers parse, authenticate, authorise and call the store; nothing else.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use berth_api::*;
+use berth_store::{
+    ClaimRequest, Finish, NewEvent, NewRun, Project, Role, RunFilter, RunRow, RunState,
+    RunnerRecord, Store, StoreError, TokenRecord,
+};
+use futures_util::{Stream, StreamExt};
+use rand::Rng;
+
+use crate::auth::{hash_secret, new_secret, Caller};
+use crate::clock::now_ms;
+use crate::error::{ApiError, ApiResult};
+use crate::{views, App};
+
+type AppState<S> = State<Arc<App<S>>>;
+
+/// Longest a claim or heartbeat request is held open.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
+    let body_limit = app.config.max_body_bytes;
+    let artifact_limit = app.config.max_artifact_bytes;
+    let artifacts = Router::new()
+        .route(
+            "/api/v1/runs/{id}/artifacts/{*path}",
+            put(upload_artifact::<S>).get(download_artifact::<S>),
+        )
+        .layer(DefaultBodyLimit::max(artifact_limit));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/openapi.json", get(openapi::<S>))
+        .route(
+            "/api/v1/tokens",
+            post(create_token::<S>).get(list_tokens::<S>),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(revoke_token::<S>),
+        )
+        .route(
+            "/api/v1/projects",
+            post(create_project::<S>).get(list_projects::<S>),
+        )
+        .route("/api/v1/runs", post(submit_run::<S>).get(list_runs::<S>))
+        .route("/api/v1/runs/{id}", get(get_run::<S>))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run::<S>))
+        .route(
+            "/api/v1/runs/{id}/events",
+            get(run_events::<S>).post(append_events::<S>),
+        )
+        .route("/api/v1/runs/{id}/audit", get(run_audit::<S>))
+        .route("/api/v1/runs/{id}/artifacts", get(list_artifacts::<S>))
+        .route("/api/v1/runs/{id}/start", post(start_run::<S>))
+        .route("/api/v1/runs/{id}/finish", post(finish_run::<S>))
+        .route("/api/v1/runners", get(list_runners::<S>))
+        .route("/api/v1/runners/register", post(register_runner::<S>))
+        .route("/api/v1/runners/{id}/claim", post(claim::<S>))
+        .route("/api/v1/runners/{id}/heartbeat", post(heartbeat::<S>))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .merge(artifacts)
+        .fallback(|| async {
+            ApiError::NotFound("no such endpoint; GET /api/v1/openapi.json lists them".into())
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_requests::<S>,
+        ))
+        .with_state(app)
+}
+
+async fn count_requests<S: Store>(
+    State(app): AppState<S>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    app.metrics.request(response.status().as_u16());
+    response
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    parse_strict(body).map_err(ApiError::from)
+}
+
+async fn readyz<S: Store>(State(app): AppState<S>, _caller: Caller) -> ApiResult<&'static str> {
+    app.store.ping().await?;
+    Ok("ready\n")
+}
+
+async fn metrics<S: Store>(State(app): AppState<S>, _caller: Caller) -> ApiResult<Response> {
+    let counts = app.store.count_by_state().await?;
+    let mut by_state: Vec<(String, i64)> = RunState::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.as_str().to_string(),
+                counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n),
+            )
+        })
+        .collect();
+    by_state.sort();
+    let online = app
+        .store
+        .list_runners()
+        .await?
+        .iter()
+        .filter(|r| r.online)
+        .count() as i64;
+    let text = app.metrics.render(&by_state, online);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi<S: Store>(State(_app): AppState<S>, _caller: Caller) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+// Tokens and projects (admin).
+
+async fn create_token<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    caller.require_admin()?;
+    let request: CreateToken = parse(&body)?;
+    let role = match request.role.as_str() {
+        "client" => Role::Client,
+        "runner" => Role::Runner,
+        other => {
+            return Err(ApiError::Invalid(vec![FieldError {
+                field: "role".into(),
+                message: format!("`{other}` is not a role: expected client or runner"),
+            }]))
+        }
+    };
+    if let Some(project) = &request.project {
+        if role == Role::Runner {
+            return Err(ApiError::Invalid(vec![FieldError {
+                field: "project".into(),
+                message: "runner tokens are not limited to a project".into(),
+            }]));
+        }
+        if app.store.project(project).await?.is_none() {
+            return Err(ApiError::Invalid(vec![FieldError {
+                field: "project".into(),
+                message: format!("no project named `{project}`"),
+            }]));
+        }
+    }
+    let (id, secret) = new_secret();
+    let record = TokenRecord {
+        id: id.clone(),
+        role,
+        project: request.project.clone(),
+        created_at: now_ms(),
+        revoked_at: None,
+    };
+    app.store
+        .create_token(&record, &hash_secret(&secret))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id,
+            token: secret,
+            role: request.role,
+            project: request.project,
+        }),
+    ))
+}
+
+async fn list_tokens<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    caller.require_admin()?;
+    Ok(Json(
+        app.store
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(views::token)
+            .collect(),
+    ))
+}
+
+async fn revoke_token<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    app.store.revoke_token(&id, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_project<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<ProjectView>)> {
+    caller.require_admin()?;
+    let request: CreateProject = parse(&body)?;
+    let mut errors = Vec::new();
+    if request.name.is_empty()
+        || !request
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        errors.push(FieldError {
+            field: "name".into(),
+            message: format!(
+                "`{}` is not a project name: expected letters, digits, `-`, `_` or `.`",
+                request.name
+            ),
+        });
+    }
+    for (field, path) in std::iter::once(("workspace_root".to_string(), &request.workspace_root))
+        .chain(
+            request
+                .allowed_paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("allowed_paths[{i}]"), p)),
+        )
+    {
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            errors.push(FieldError {
+                field,
+                message: format!("`{path}` must be an absolute path without `..`"),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let project = Project {
+        name: request.name,
+        workspace_root: request.workspace_root,
+        allowed_paths: request.allowed_paths,
+        created_at: now_ms(),
+    };
+    app.store.create_project(&project).await?;
+    Ok((StatusCode::CREATED, Json(views::project(project))))
+}
+
+async fn list_projects<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ProjectView>>> {
+    caller.require_client()?;
+    let own = caller.token.project.clone();
+    Ok(Json(
+        app.store
+            .list_projects()
+            .await?
+            .into_iter()
+            .filter(|p| own.as_ref().is_none_or(|o| *o == p.name))
+            .map(views::project)
+            .collect(),
+    ))
+}
+
+// Runs (clients).
+
+async fn submit_run<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    caller.require_client()?;
+    let request: SubmitRun = parse(&body)?;
+    caller.require_project(&request.project)?;
+    let Some(project) = app.store.project(&request.project).await? else {
+        return Err(ApiError::Invalid(vec![FieldError {
+            field: "project".into(),
+            message: format!("no project named `{}`", request.project),
+        }]));
+    };
+    let scope = ProjectScope {
+        workspace_root: project.workspace_root.clone(),
+        allowed_paths: project.allowed_paths.clone(),
+    };
+    let errors = validate_submission(&request, &scope);
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let now = now_ms();
+    let run = NewRun {
+        id: berth_core::ids::run_id(now as u64, rand::rng().random()),
+        project: request.project.clone(),
+        execution_mode: match request.execution_mode {
+            ExecutionMode::DockerSandbox => "docker-sandbox".into(),
+            ExecutionMode::Local => "local".into(),
+        },
+        spec: serde_json::to_value(&request.sandbox)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        tags: request.tags.clone(),
+        labels: request.labels.clone(),
+        created_at: now,
+        actor: caller.actor(),
+    };
+    let row = app.store.insert_run(&run).await?;
+    app.queued.notify_waiters();
+    app.events.notify_waiters();
+    Ok((StatusCode::CREATED, Json(views::run(row))))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    project: Option<String>,
+    tag: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_runs<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<RunList>> {
+    caller.require_client()?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::Invalid(vec![FieldError {
+            field: "query".into(),
+            message: e.body_text(),
+        }])
+    })?;
+    let state = match &query.state {
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            ApiError::Invalid(vec![FieldError { field: "state".into(), message: format!("`{s}` is not a run state: expected one of queued, claimed, running, succeeded, failed, timed_out, cancelled, lost, error") }])
+        })?),
+        None => None,
+    };
+    if let Some(project) = &query.project {
+        caller.require_project(project)?;
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let filter = RunFilter {
+        state,
+        project: query.project,
+        projects_in: caller.token.project.clone().map(|p| vec![p]),
+        tag: query.tag,
+        after: query.after,
+        limit,
+    };
+    let rows = app.store.list_runs(&filter).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(Json(RunList {
+        runs: rows.into_iter().map(views::run).collect(),
+        next,
+    }))
+}
+
+/// The run, if the caller may see it.
+async fn visible_run<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> ApiResult<RunRow> {
+    caller.require_client()?;
+    let row = app
+        .store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run `{id}` does not exist")))?;
+    caller.require_project(&row.project)?;
+    Ok(row)
+}
+
+async fn get_run<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<RunView>> {
+    Ok(Json(views::run(visible_run(&app, &caller, &id).await?)))
+}
+
+async fn cancel_run<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<RunView>> {
+    visible_run(&app, &caller, &id).await?;
+    let row = app
+        .store
+        .request_cancel(&id, &caller.actor(), now_ms())
+        .await?;
+    app.cancels.notify_waiters();
+    app.events.notify_waiters();
+    Ok(Json(views::run(row)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    follow: Option<bool>,
+    after: Option<i64>,
+}
+
+async fn run_events<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    visible_run(&app, &caller, &id).await?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let start = resume.or(query.after).unwrap_or(0);
+    let follow = query.follow.unwrap_or(false);
+    let batches = futures_util::stream::unfold(
+        (app, id, start, false),
+        move |(app, id, after, done)| async move {
+            if done {
+                return None;
+            }
+            let (batch, after, done) = next_sse_batch(&app, &id, after, follow).await;
+            Some((batch, (app, id, after, done)))
+        },
+    );
+    let stream = batches
+        .flat_map(|batch| futures_util::stream::iter(batch.into_iter().map(Ok::<_, Infallible>)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The next SSE events after `after`: waits for new ones while following; ends with an `end`
+/// event once the run is over and every event was sent. Returns (events, new cursor, done).
+async fn next_sse_batch<S: Store>(
+    app: &App<S>,
+    id: &str,
+    after: i64,
+    follow: bool,
+) -> (Vec<SseEvent>, i64, bool) {
+    loop {
+        // Register for wake-ups before reading, so an event appended in between is not missed.
+        let notified = app.events.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = match app.store.events_after(id, after, 500).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                return (
+                    vec![SseEvent::default().event("error").data(e.to_string())],
+                    after,
+                    true,
+                )
+            }
+        };
+        if let Some(last) = batch.last().map(|e| e.seq) {
+            let events = batch
+                .into_iter()
+                .map(|e| {
+                    let view = views::event(e);
+                    let data = serde_json::to_string(&view).unwrap_or_default();
+                    SseEvent::default()
+                        .id(view.seq.to_string())
+                        .event(view.kind)
+                        .data(data)
+                })
+                .collect();
+            return (events, last, false);
+        }
+        let finished = match app.store.run(id).await {
+            Ok(Some(row)) => row.state.is_final(),
+            _ => true,
+        };
+        if !follow || finished {
+            // Events written just before the final state was seen are read on the next pass.
+            match app.store.events_after(id, after, 1).await {
+                Ok(more) if !more.is_empty() => continue,
+                _ => {
+                    return (
+                        vec![SseEvent::default().event("end").data("{}")],
+                        after,
+                        true,
+                    )
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+    }
+}
+
+async fn run_audit<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Vec<AuditView>>> {
+    visible_run(&app, &caller, &id).await?;
+    Ok(Json(
+        app.store
+            .audit(&id)
+            .await?
+            .into_iter()
+            .map(views::audit)
+            .collect(),
+    ))
+}
+
+fn artifacts_dir<S: Store>(app: &App<S>, run_id: &str) -> PathBuf {
+    app.config.state_dir.join("artifacts").join(run_id)
+}
+
+/// A relative artifact path that stays inside its directory, or a 422 naming it.
+fn artifact_path(path: &str) -> ApiResult<PathBuf> {
+    let candidate = Path::new(path);
+    let ok = !path.is_empty()
+        && candidate
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(candidate.to_path_buf())
+    } else {
+        Err(ApiError::Invalid(vec![FieldError {
+            field: "path".into(),
+            message: format!("`{path}` must be a relative path without `..`"),
+        }]))
+    }
+}
+
+async fn list_artifacts<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Vec<ArtifactView>>> {
+    visible_run(&app, &caller, &id).await?;
+    let root = artifacts_dir(&app, &id);
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(&root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                found.push(ArtifactView {
+                    path: rel,
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Json(found))
+}
+
+async fn download_artifact<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath((id, path)): UrlPath<(String, String)>,
+) -> ApiResult<Response> {
+    visible_run(&app, &caller, &id).await?;
+    let file = artifacts_dir(&app, &id).join(artifact_path(&path)?);
+    match std::fs::symlink_metadata(&file) {
+        Ok(meta) if meta.is_file() => {}
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "run `{id}` has no artifact `{path}`"
+            )))
+        }
+    }
+    let bytes = tokio::fs::read(&file)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
+// Runner endpoints.
+
+async fn register_runner<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<Json<Registered>> {
+    caller.require_runner()?;
+    let request: RegisterRunner = parse(&body)?;
+    if request.name.is_empty()
+        || !request
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ApiError::Invalid(vec![FieldError {
+            field: "name".into(),
+            message: format!(
+                "`{}` is not a runner name: expected letters, digits, `-`, `_` or `.`",
+                request.name
+            ),
+        }]));
+    }
+    if request.capacity < 1 {
+        return Err(ApiError::Invalid(vec![FieldError {
+            field: "capacity".into(),
+            message: "must be at least 1".into(),
+        }]));
+    }
+    let now = now_ms();
+    let record = RunnerRecord {
+        id: request.name.clone(),
+        name: request.name,
+        tags: request.tags,
+        require_matching_tags: request.require_matching_tags,
+        capacity: request.capacity,
+        registered_at: now,
+        last_heartbeat: now,
+        online: true,
+    };
+    app.store.register_runner(&record).await?;
+    Ok(Json(Registered {
+        runner_id: record.id,
+        lease_ms: app.config.lease.as_millis() as i64,
+        heartbeat_ms: app.config.heartbeat.as_millis() as i64,
+    }))
+}
+
+async fn known_runner<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<RunnerRecord> {
+    caller.require_runner()?;
+    app.store
+        .runner(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("runner `{id}` is not registered")))
+}
+
+async fn claim<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(runner_id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let runner = known_runner(&app, &caller, &runner_id).await?;
+    let request: ClaimBody = if body.is_empty() {
+        ClaimBody { wait_ms: 0 }
+    } else {
+        parse(&body)?
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_WAIT);
+    app.store.runner_heartbeat(&runner_id, now_ms()).await?;
+    loop {
+        let notified = app.queued.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let lease_token = hex::encode(rand::rng().random::<[u8; 16]>());
+        let now = now_ms();
+        let claim = ClaimRequest {
+            runner_id: runner.id.clone(),
+            runner_tags: runner.tags.clone(),
+            require_matching_tags: runner.require_matching_tags,
+            lease_token: lease_token.clone(),
+            now,
+            lease_ms: app.config.lease.as_millis() as i64,
+        };
+        if let Some(row) = app.store.claim(&claim).await? {
+            app.metrics.claimed(now - row.created_at);
+            app.events.notify_waiters();
+            let project = app.store.project(&row.project).await?;
+            let (workspace_root, allowed_paths) = project
+                .map(|p| (p.workspace_root, p.allowed_paths))
+                .unwrap_or_default();
+            let claimed = Claimed {
+                run: views::run(row),
+                lease_token,
+                lease_ms: claim.lease_ms,
+                workspace_root,
+                allowed_paths,
+            };
+            return Ok(Json(claimed).into_response());
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+}
+
+async fn heartbeat<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(runner_id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<HeartbeatReply>> {
+    known_runner(&app, &caller, &runner_id).await?;
+    let request: HeartbeatBody = parse(&body)?;
+    let lease_ms = app.config.lease.as_millis() as i64;
+    let now = now_ms();
+    app.store.runner_heartbeat(&runner_id, now).await?;
+    let mut reply = HeartbeatReply {
+        cancel: Vec::new(),
+        revoked: Vec::new(),
+    };
+    for lease in &request.leases {
+        match app
+            .store
+            .renew_lease(&lease.run_id, &lease.lease_token, now, lease_ms)
+            .await
+        {
+            Ok(row) if row.cancel_requested => reply.cancel.push(row.id),
+            Ok(_) => {}
+            Err(StoreError::Rejected { .. } | StoreError::NotFound { .. }) => {
+                reply.revoked.push(lease.run_id.clone())
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !reply.cancel.is_empty() || !reply.revoked.is_empty() || request.leases.is_empty() {
+        return Ok(Json(reply));
+    }
+    // Hold the heartbeat open until a cancel is requested (then answer at once) or the interval
+    // passes: cancels reach runners immediately without fast polling.
+    let notified = app.cancels.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let wait = app.config.heartbeat.min(MAX_WAIT);
+    let _ = tokio::time::timeout(wait, notified).await;
+    for lease in &request.leases {
+        if let Ok(Some(row)) = app.store.run(&lease.run_id).await {
+            if row.cancel_requested && !row.state.is_final() {
+                reply.cancel.push(row.id);
+            }
+        }
+    }
+    Ok(Json(reply))
+}
+
+async fn start_run<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<RunView>> {
+    caller.require_runner()?;
+    let request: StartBody = parse(&body)?;
+    let row = app
+        .store
+        .mark_started(
+            &id,
+            &request.lease_token,
+            request.container_id.as_deref(),
+            now_ms(),
+            app.config.lease.as_millis() as i64,
+        )
+        .await?;
+    app.events.notify_waiters();
+    Ok(Json(views::run(row)))
+}
+
+async fn append_events<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<HashMap<&'static str, i64>>> {
+    caller.require_runner()?;
+    let request: EventsBody = parse(&body)?;
+    let events: Vec<NewEvent> = request
+        .events
+        .into_iter()
+        .map(|e| NewEvent {
+            ts: e.ts,
+            kind: e.kind,
+            data: e.data,
+        })
+        .collect();
+    let last = app
+        .store
+        .append_events(&id, &request.lease_token, now_ms(), &events)
+        .await?;
+    app.events.notify_waiters();
+    Ok(Json(HashMap::from([("last_seq", last)])))
+}
+
+async fn finish_run<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<RunView>> {
+    caller.require_runner()?;
+    let request: FinishBody = parse(&body)?;
+    let state = RunState::parse(&request.state).filter(|s| s.is_final()).ok_or_else(|| {
+        ApiError::Invalid(vec![FieldError { field: "state".into(), message: format!("`{}` is not a final state: expected succeeded, failed, timed_out, cancelled, error or lost", request.state) }])
+    })?;
+    let now = now_ms();
+    let finish = Finish {
+        state,
+        exit_code: request.exit_code,
+        reason: request.reason.clone(),
+        now,
+    };
+    let runner = app
+        .store
+        .run(&id)
+        .await?
+        .and_then(|r| r.runner_id)
+        .unwrap_or_else(|| caller.token.id.clone());
+    let row = app
+        .store
+        .finish_run(
+            &id,
+            &request.lease_token,
+            &finish,
+            &format!("runner:{runner}"),
+        )
+        .await?;
+    let data = serde_json::json!({ "state": state.as_str(), "exit_code": request.exit_code, "reason": request.reason }).to_string();
+    let _ = app
+        .store
+        .append_server_event(
+            &id,
+            &NewEvent {
+                ts: now,
+                kind: "state".into(),
+                data,
+            },
+        )
+        .await;
+    app.events.notify_waiters();
+    Ok(Json(views::run(row)))
+}
+
+async fn upload_artifact<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath((id, path)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    caller.require_runner()?;
+    let lease = headers
+        .get("x-berth-lease")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::BadRequest("missing X-Berth-Lease header".into()))?;
+    // Renewing checks the lease: an expired or foreign lease cannot write artifacts.
+    app.store
+        .renew_lease(&id, lease, now_ms(), app.config.lease.as_millis() as i64)
+        .await?;
+    let file = artifacts_dir(&app, &id).join(artifact_path(&path)?);
+    let write = async {
+        if let Some(parent) = file.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::write(&file, &body).await
+    };
+    write
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("storing the artifact failed: {e}")))?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn list_runners<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<RunnerView>>> {
+    caller.require_client()?;
+    let mut views = Vec::new();
+    for runner in app.store.list_runners().await? {
+        let running = app
+            .store
+            .runs_of_runner(&runner.id)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        views.push(views::runner(runner, running));
+    }
+    Ok(Json(views))
+}

@@ -1,0 +1,55 @@
+//! Background work: leases that ran out and runners that went silent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::{NewEvent, RunState, Store};
+
+use crate::clock::now_ms;
+use crate::App;
+
+pub async fn run<S: Store>(app: Arc<App<S>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        match app.store.expire_leases(now).await {
+            Ok(changed) => {
+                for row in &changed {
+                    let data =
+                        serde_json::json!({ "state": row.state.as_str(), "reason": row.reason })
+                            .to_string();
+                    let _ = app
+                        .store
+                        .append_server_event(
+                            &row.id,
+                            &NewEvent {
+                                ts: now,
+                                kind: "state".into(),
+                                data,
+                            },
+                        )
+                        .await;
+                    tracing::warn!(run = %row.id, state = row.state.as_str(), reason = ?row.reason, "lease expired");
+                }
+                if changed.iter().any(|r| r.state == RunState::Queued) {
+                    app.queued.notify_waiters();
+                }
+                if !changed.is_empty() {
+                    app.events.notify_waiters();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "expiring leases failed"),
+        }
+        let silent_since = now - 3 * app.config.heartbeat.as_millis() as i64;
+        match app.store.mark_stale_runners_offline(silent_since).await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(runner = %id, "runner stopped heartbeating: offline");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "marking runners offline failed"),
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The HTTP API against a real SQLite store: auth, validation, the OpenAPI document, limits.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use berth_server::{App, ServerConfig};
+use berth_store::{Role, SqlStore, Store, TokenRecord};
+use tower::ServiceExt;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: Arc<App<SqlStore>>,
+    admin: String,
+    client: String,
+    client_other_project: String,
+    runner: String,
+}
+
+async fn token(app: &App<SqlStore>, role: Role, project: Option<&str>) -> String {
+    let (id, secret) = berth_server::new_secret();
+    let record = TokenRecord {
+        id,
+        role,
+        project: project.map(str::to_string),
+        created_at: 0,
+        revoked_at: None,
+    };
+    app.store
+        .create_token(&record, &berth_server::hash_secret(&secret))
+        .await
+        .unwrap();
+    secret
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("db.sqlite").display()
+    ))
+    .await
+    .unwrap();
+    let mut config = ServerConfig::new(dir.path().to_path_buf());
+    config.max_body_bytes = 64 * 1024;
+    let app = App::new(store, config);
+    for name in ["demo", "other"] {
+        let project = berth_store::Project {
+            name: name.into(),
+            workspace_root: format!("/srv/{name}"),
+            allowed_paths: vec![],
+            created_at: 0,
+        };
+        app.store.create_project(&project).await.unwrap();
+    }
+    Fixture {
+        admin: token(&app, Role::Admin, None).await,
+        client: token(&app, Role::Client, Some("demo")).await,
+        client_other_project: token(&app, Role::Client, Some("other")).await,
+        runner: token(&app, Role::Runner, None).await,
+        app,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let response = berth_server::router(f.app.clone())
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+const GOOD_RUN: &str = r#"{"project":"demo","sandbox":{"image":"img","command":["true"]}}"#;
+
+#[tokio::test]
+async fn every_endpoint_but_healthz_needs_a_token() {
+    let f = fixture().await;
+    assert_eq!(
+        call(&f, "GET", "/healthz", None, "").await.0,
+        StatusCode::OK
+    );
+    for (method, path) in berth_server::openapi::ROUTES {
+        if *path == "/healthz" {
+            continue;
+        }
+        let concrete = path.replace("{id}", "x").replace("{path}", "a.txt");
+        let (status, body) = call(&f, &method.to_uppercase(), &concrete, None, "{}").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        let (status, _) = call(
+            &f,
+            &method.to_uppercase(),
+            &concrete,
+            Some("berth_nope_0000"),
+            "{}",
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with an unknown token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn roles_and_projects_are_enforced() {
+    let f = fixture().await;
+    // Runner tokens cannot use client endpoints, client tokens cannot use runner endpoints.
+    assert_eq!(
+        call(&f, "POST", "/api/v1/runs", Some(&f.runner), GOOD_RUN)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&f, "GET", "/api/v1/runs", Some(&f.runner), "").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            "/api/v1/runners/register",
+            Some(&f.client),
+            r#"{"name":"r"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&f, "POST", "/api/v1/runners/r/claim", Some(&f.client), "{}")
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // Admin-only.
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            "/api/v1/tokens",
+            Some(&f.client),
+            r#"{"role":"client"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            "/api/v1/projects",
+            Some(&f.runner),
+            r#"{"name":"x","workspace_root":"/x"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    // A client token of another project can neither submit to nor see this project's runs.
+    let (status, run) = call(&f, "POST", "/api/v1/runs", Some(&f.client), GOOD_RUN).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            "/api/v1/runs",
+            Some(&f.client_other_project),
+            GOOD_RUN
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &f,
+            "GET",
+            &format!("/api/v1/runs/{id}"),
+            Some(&f.client_other_project),
+            ""
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &f,
+            "POST",
+            &format!("/api/v1/runs/{id}/cancel"),
+            Some(&f.client_other_project),
+            ""
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, list) = call(&f, "GET", "/api/v1/runs", Some(&f.client_other_project), "").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 0);
+    let (_, list) = call(&f, "GET", "/api/v1/runs", Some(&f.admin), "").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_submissions_are_422_with_json_paths() {
+    let f = fixture().await;
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"{"project":"demo","sandbox":{"command":["true"]}}"#,
+            &["sandbox.image"],
+        ),
+        (
+            r#"{"project":"demo","sandbox":{"image":"i"}}"#,
+            &["sandbox.command"],
+        ),
+        (
+            r#"{"project":"demo","sandbox":{"image":"i","command":"true"}}"#,
+            &["sandbox.command"],
+        ),
+        (
+            r#"{"project":"demo","sandbox":{"image":"i","command":["true"],"imagee":"x"}}"#,
+            &["sandbox.imagee"],
+        ),
+        (
+            r#"{"project":"demo","extra":1,"sandbox":{"image":"i","command":["true"]}}"#,
+            &["extra"],
+        ),
+        (
+            r#"{"project":"nope","sandbox":{"image":"i","command":["true"]}}"#,
+            &["project"],
+        ),
+        (
+            r#"{"project":"demo","sandbox":{"image":"i","command":["true"],"timeout":"soon","mounts":[{"source":"/etc","target":"/e"}]}}"#,
+            &["sandbox.timeout", "sandbox.mounts[0].source"],
+        ),
+    ];
+    for (body, fields) in cases {
+        let (status, answer) = call(&f, "POST", "/api/v1/runs", Some(&f.admin), body).await;
+        let token = if body.contains("\"nope\"") {
+            &f.admin
+        } else {
+            &f.client
+        };
+        let (status_client, _) = call(&f, "POST", "/api/v1/runs", Some(token), body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(status_client.is_client_error());
+        let got: Vec<&str> = answer["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, *fields, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_rejected() {
+    let f = fixture().await;
+    let (status, body) = call(&f, "POST", "/api/v1/runs", Some(&f.client), "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not valid JSON"));
+    let huge = format!(
+        r#"{{"project":"demo","sandbox":{{"image":"i","command":["{}"]}}}}"#,
+        "x".repeat(200 * 1024)
+    );
+    let (status, _) = call(&f, "POST", "/api/v1/runs", Some(&f.client), &huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn cancel_is_idempotent() {
+    let f = fixture().await;
+    let (_, run) = call(&f, "POST", "/api/v1/runs", Some(&f.client), GOOD_RUN).await;
+    let path = format!("/api/v1/runs/{}/cancel", run["id"].as_str().unwrap());
+    let (status, first) = call(&f, "POST", &path, Some(&f.client), "").await;
+    assert_eq!(
+        (status, first["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (status, second) = call(&f, "POST", &path, Some(&f.client), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first, second, "repeating a cancel changes nothing");
+    let (_, audit) = call(
+        &f,
+        "GET",
+        &format!("/api/v1/runs/{}/audit", run["id"].as_str().unwrap()),
+        Some(&f.client),
+        "",
+    )
+    .await;
+    let transitions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(transitions, ["queued", "cancelled"]);
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let f = fixture().await;
+    let (status, doc) = call(&f, "GET", "/api/v1/openapi.json", Some(&f.client), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let on_disk: serde_json::Value = serde_json::from_str(berth_server::openapi::DOCUMENT).unwrap();
+    assert_eq!(
+        doc, on_disk,
+        "the served document is the one in the repository"
+    );
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut routed: Vec<(String, String)> = berth_server::openapi::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    routed.sort();
+    assert_eq!(
+        documented, routed,
+        "openapi.json and the router's route table differ"
+    );
+    // Every documented route is served: never the 404 fallback nor 405.
+    for (method, path) in &routed {
+        let concrete = path.replace("{id}", "x").replace("{path}", "a.txt");
+        let (status, body) =
+            call(&f, &method.to_uppercase(), &concrete, Some(&f.admin), "{}").await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let fallback = body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no such endpoint"));
+        assert!(!fallback, "{method} {path} is not routed");
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_readiness() {
+    let f = fixture().await;
+    call(&f, "POST", "/api/v1/runs", Some(&f.client), GOOD_RUN).await;
+    assert_eq!(
+        call(&f, "GET", "/readyz", Some(&f.client), "").await.0,
+        StatusCode::OK
+    );
+    let response = berth_server::router(f.app.clone())
+        .oneshot(
+            Request::get("/metrics")
+                .header("authorization", format!("Bearer {}", f.client))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        "berth_runs{state=\"queued\"} 1",
+        "berth_queue_depth 1",
+        "berth_runners_online 0",
+        "berth_http_requests_total{status=\"201\"} 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+}

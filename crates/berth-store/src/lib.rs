@@ -1,0 +1,374 @@
+//! The coordinator's durable store: tokens, projects, runs, their events and audit trail, and
+//! runners. One trait, [`Store`], with one SQL implementation for SQLite (the embedded default,
+//! WAL mode) and PostgreSQL (many nodes); the same behaviour and the same tests on both.
+//!
+//! Architecture Invariant: every change of a run's state happens here, in one transaction with its
+//! audit entry, guarded by the expected current state (and, for runner writes, the lease token).
+//! A write that loses the race changes nothing and says so.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+mod db;
+mod sql;
+
+pub use sql::{SqlStore, MAX_EVENTS_LIMIT, MAX_LIST_LIMIT};
+
+/// The life of a run on the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Claimed,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+    Error,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 9] = [
+        Self::Queued,
+        Self::Claimed,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+        Self::Lost,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Claimed => "claimed",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Claimed | Self::Running)
+    }
+}
+
+/// Who may do what with a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Client,
+    Runner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Client => "client",
+            Self::Runner => "runner",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Admin, Self::Client, Self::Runner]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// A token as stored: its secret is kept only as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: Role,
+    /// For client tokens: the only project they may touch. `None`: every project.
+    pub project: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    /// The directory on runner hosts that is mounted as the run's workspace.
+    pub workspace_root: String,
+    pub allowed_paths: Vec<String>,
+    pub created_at: i64,
+}
+
+/// A run as stored. `spec` is the validated submission as JSON (secret names only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub project: String,
+    pub state: RunState,
+    pub execution_mode: String,
+    pub spec: serde_json::Value,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub claimed_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub runner_id: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    /// Set when a cancel was requested for a claimed or running run; the runner learns it at
+    /// its next heartbeat or poll.
+    pub cancel_requested: bool,
+    /// Milliseconds since the epoch at which the current lease ends, while claimed or running.
+    pub lease_expires_at: Option<i64>,
+}
+
+/// A new run to insert in state `queued`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: String,
+    pub project: String,
+    pub execution_mode: String,
+    pub spec: serde_json::Value,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: i64,
+    /// Who submitted it (token id), for the audit trail.
+    pub actor: String,
+}
+
+/// One event of a run's stream (output or lifecycle), numbered per run from 1 so that SSE
+/// clients can resume with `Last-Event-ID`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunEvent {
+    pub run_id: String,
+    pub seq: i64,
+    pub ts: i64,
+    /// `stdout`, `stderr`, or a lifecycle kind such as `state`.
+    pub kind: String,
+    /// The text (or JSON text) of the event.
+    pub data: String,
+}
+
+/// An event to append; the store assigns `seq`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct NewEvent {
+    pub ts: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// One state transition of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub run_id: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub from_state: Option<RunState>,
+    pub to_state: RunState,
+    /// `token:<id>`, `runner:<id>` or `server`.
+    pub actor: String,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunnerRecord {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub require_matching_tags: bool,
+    pub capacity: i64,
+    pub registered_at: i64,
+    pub last_heartbeat: i64,
+    pub online: bool,
+}
+
+/// How a runner asks for work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRequest {
+    pub runner_id: String,
+    pub runner_tags: Vec<String>,
+    pub require_matching_tags: bool,
+    pub lease_token: String,
+    pub now: i64,
+    pub lease_ms: i64,
+}
+
+/// Filters for listing runs. Pages go by `id` (ids sort by creation time): `after` is the
+/// last id of the previous page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub project: Option<String>,
+    /// Only these projects (a client token's scope); `None`: all.
+    pub projects_in: Option<Vec<String>>,
+    pub tag: Option<String>,
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// How a runner ends a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub state: RunState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub now: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unreachable or failed: {0}")]
+    Backend(String),
+    #[error("{what} `{id}` does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} `{id}` already exists")]
+    Conflict { what: &'static str, id: String },
+    /// The run is not in a state that allows this, or the lease is not (or no longer) the
+    /// caller's. Nothing was changed.
+    #[error("run `{run_id}`: {why}")]
+    Rejected { run_id: String, why: String },
+    #[error("the database URL `{0}` is not supported: expected sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The durable state of the coordinator. Times are milliseconds since the Unix epoch, passed in
+/// by the caller (the store never reads the clock, so tests control time).
+pub trait Store: Send + Sync + 'static {
+    /// Whether the database answers (for `/readyz`).
+    fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // Tokens.
+    fn create_token(
+        &self,
+        token: &TokenRecord,
+        secret_hash: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The live (not revoked) token whose secret hashes to `secret_hash`.
+    fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send;
+    fn list_tokens(&self) -> impl Future<Output = StoreResult<Vec<TokenRecord>>> + Send;
+    fn revoke_token(&self, id: &str, now: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether any admin token exists (the server creates one at first start).
+    fn has_admin_token(&self) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    // Projects.
+    fn create_project(&self, project: &Project) -> impl Future<Output = StoreResult<()>> + Send;
+    fn project(&self, name: &str) -> impl Future<Output = StoreResult<Option<Project>>> + Send;
+    fn list_projects(&self) -> impl Future<Output = StoreResult<Vec<Project>>> + Send;
+
+    // Runs.
+    /// Inserts a queued run and its first audit entry (`None → queued`).
+    fn insert_run(&self, run: &NewRun) -> impl Future<Output = StoreResult<RunRow>> + Send;
+    fn run(&self, id: &str) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    fn list_runs(
+        &self,
+        filter: &RunFilter,
+    ) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+    /// Atomically hands the oldest queued run whose tags are all among the runner's tags (and,
+    /// with `require_matching_tags`, that has at least one tag) to this runner: state `claimed`,
+    /// the lease token and expiry set, audit entry written. Exactly one claimer wins a run.
+    fn claim(
+        &self,
+        request: &ClaimRequest,
+    ) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    /// `claimed → running` with the container id; needs the current lease.
+    fn mark_started(
+        &self,
+        run_id: &str,
+        lease_token: &str,
+        container_id: Option<&str>,
+        now: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = StoreResult<RunRow>> + Send;
+    /// Extends the lease of a claimed or running run; needs the current, unexpired lease.
+    /// Returns the run (the caller reads `cancel_requested`).
+    fn renew_lease(
+        &self,
+        run_id: &str,
+        lease_token: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = StoreResult<RunRow>> + Send;
+    /// Appends events; needs the current, unexpired lease. Returns the seq of the last one.
+    fn append_events(
+        &self,
+        run_id: &str,
+        lease_token: &str,
+        now: i64,
+        events: &[NewEvent],
+    ) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// Appends an event written by the server itself (no lease), e.g. a state change.
+    fn append_server_event(
+        &self,
+        run_id: &str,
+        event: &NewEvent,
+    ) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// Events with `seq > after`, at most `limit`.
+    fn events_after(
+        &self,
+        run_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<RunEvent>>> + Send;
+    /// Ends a claimed or running run as the runner reports; needs the current, unexpired lease.
+    fn finish_run(
+        &self,
+        run_id: &str,
+        lease_token: &str,
+        finish: &Finish,
+        actor: &str,
+    ) -> impl Future<Output = StoreResult<RunRow>> + Send;
+    /// Cancel: a queued run ends `cancelled` at once; a claimed or running run gets
+    /// `cancel_requested`; a finished run is left as it is. Idempotent.
+    fn request_cancel(
+        &self,
+        run_id: &str,
+        actor: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<RunRow>> + Send;
+    /// Leases that ended before `now`: running runs become `lost` (with `reason`), claimed
+    /// runs go back to `queued`. Returns the runs changed.
+    fn expire_leases(&self, now: i64) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+    fn audit(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;
+    /// Number of runs per state (for metrics).
+    fn count_by_state(&self) -> impl Future<Output = StoreResult<Vec<(RunState, i64)>>> + Send;
+
+    // Runners.
+    fn register_runner(
+        &self,
+        runner: &RunnerRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn runner(&self, id: &str) -> impl Future<Output = StoreResult<Option<RunnerRecord>>> + Send;
+    fn runner_heartbeat(&self, id: &str, now: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Marks runners whose last heartbeat is older than `before` offline; returns their ids.
+    fn mark_stale_runners_offline(
+        &self,
+        before: i64,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    fn list_runners(&self) -> impl Future<Output = StoreResult<Vec<RunnerRecord>>> + Send;
+    /// Runs currently claimed or running on this runner.
+    fn runs_of_runner(
+        &self,
+        runner_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+}

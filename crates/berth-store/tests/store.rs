@@ -1,0 +1,1126 @@
+//! The same behaviour on SQLite and PostgreSQL: each test runs against both stores.
+#![allow(clippy::unwrap_used)] // helpers too: a panic is the failure report
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use berth_store::{
+    ClaimRequest, Finish, NewEvent, NewRun, Project, Role, RunFilter, RunState, RunnerRecord,
+    SqlStore, Store, StoreError, TokenRecord,
+};
+use support::{with_stores, TestDb};
+
+const T0: i64 = 1_700_000_000_000;
+const LEASE: i64 = 30_000;
+
+fn new_run(id: &str, project: &str, tags: &[&str]) -> NewRun {
+    NewRun {
+        id: id.to_owned(),
+        project: project.to_owned(),
+        execution_mode: "sandbox".to_owned(),
+        spec: serde_json::json!({ "command": ["echo", id], "secrets": ["API_KEY"] }),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        labels: BTreeMap::from([("team".to_owned(), "infra".to_owned())]),
+        created_at: T0,
+        actor: "token:tok1".to_owned(),
+    }
+}
+
+fn claim_req(runner: &str, tags: &[&str], require_matching_tags: bool, now: i64) -> ClaimRequest {
+    ClaimRequest {
+        runner_id: runner.to_owned(),
+        runner_tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        require_matching_tags,
+        lease_token: format!("lease-{runner}-{now}"),
+        now,
+        lease_ms: LEASE,
+    }
+}
+
+fn event(ts: i64, kind: &str, data: &str) -> NewEvent {
+    NewEvent {
+        ts,
+        kind: kind.to_owned(),
+        data: data.to_owned(),
+    }
+}
+
+fn finish(state: RunState, exit_code: Option<i64>, now: i64) -> Finish {
+    Finish {
+        state,
+        exit_code,
+        reason: None,
+        now,
+    }
+}
+
+fn assert_rejected<T: std::fmt::Debug>(result: Result<T, StoreError>, kind: &str) {
+    match result {
+        Err(StoreError::Rejected { .. }) => {}
+        other => panic!("{kind}: expected Rejected, got {other:?}"),
+    }
+}
+
+async fn claim_id(store: &SqlStore, request: &ClaimRequest) -> Option<String> {
+    store.claim(request).await.unwrap().map(|run| run.id)
+}
+
+#[tokio::test]
+async fn connect_rejects_unknown_urls_without_leaking_passwords() {
+    match SqlStore::connect("mysql://user:hunter2@db.example/berth").await {
+        Err(StoreError::UnsupportedUrl(url)) => assert!(!url.contains("hunter2"), "{url}"),
+        Err(other) => panic!("expected UnsupportedUrl, got {other:?}"),
+        Ok(_) => panic!("expected UnsupportedUrl, got a store"),
+    }
+}
+
+#[tokio::test]
+async fn connect_is_idempotent_and_sqlite_uses_wal() {
+    with_stores(|db: TestDb| async move {
+        db.store.ping().await.unwrap();
+        // A second connect runs the migrations again: nothing to do, nothing breaks.
+        let again = db.another().await;
+        again.ping().await.unwrap();
+        assert_eq!(again.backend_name(), db.kind);
+        if db.kind == "sqlite" {
+            let path = db.url.trim_start_matches("sqlite://");
+            assert!(
+                std::path::Path::new(&format!("{path}-wal")).exists(),
+                "no WAL file beside {path}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn insert_get_and_list_with_filters_and_pages() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let inserted = s
+            .insert_run(&new_run("r01", "alpha", &["gpu"]))
+            .await
+            .unwrap();
+        assert_eq!(inserted.state, RunState::Queued);
+        assert_eq!(inserted.tags, vec!["gpu".to_owned()]);
+        assert_eq!(inserted.spec["secrets"][0], "API_KEY");
+        assert_eq!(inserted.labels["team"], "infra");
+        assert!(!inserted.cancel_requested);
+        assert_eq!(inserted.lease_expires_at, None);
+        assert_eq!(s.run("r01").await.unwrap(), Some(inserted.clone()));
+        assert_eq!(s.run("nope").await.unwrap(), None);
+
+        match s.insert_run(&new_run("r01", "alpha", &[])).await {
+            Err(StoreError::Conflict { what: "run", id }) => assert_eq!(id, "r01"),
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+
+        for i in 2..=9 {
+            let project = if i % 2 == 0 { "beta" } else { "alpha" };
+            let tags: &[&str] = if i % 3 == 0 { &["linux", "gpu"] } else { &[] };
+            s.insert_run(&new_run(&format!("r{i:02}"), project, tags))
+                .await
+                .unwrap();
+        }
+        let ids =
+            |rows: Vec<berth_store::RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+
+        let all = ids(s.list_runs(&RunFilter::default()).await.unwrap());
+        assert_eq!(all, (1..=9).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
+
+        let alpha = RunFilter {
+            project: Some("alpha".into()),
+            ..RunFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_runs(&alpha).await.unwrap()),
+            ["r01", "r03", "r05", "r07", "r09"]
+        );
+
+        let gpu = RunFilter {
+            tag: Some("gpu".into()),
+            ..RunFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_runs(&gpu).await.unwrap()),
+            ["r01", "r03", "r06", "r09"]
+        );
+
+        let scoped = RunFilter {
+            projects_in: Some(vec!["beta".into(), "gamma".into()]),
+            ..RunFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_runs(&scoped).await.unwrap()),
+            ["r02", "r04", "r06", "r08"]
+        );
+        let nothing = RunFilter {
+            projects_in: Some(vec![]),
+            ..RunFilter::default()
+        };
+        assert!(s.list_runs(&nothing).await.unwrap().is_empty());
+
+        // Pages of 4.
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = ids(s
+                .list_runs(&RunFilter {
+                    after: after.clone(),
+                    limit: 4,
+                    ..RunFilter::default()
+                })
+                .await
+                .unwrap());
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            pages.push(page);
+        }
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 1]);
+        assert_eq!(pages.concat(), all);
+
+        // State filter, combined with others.
+        s.claim(&claim_req("w1", &[], false, T0 + 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let queued_beta = RunFilter {
+            state: Some(RunState::Queued),
+            project: Some("beta".into()),
+            ..RunFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_runs(&queued_beta).await.unwrap()),
+            ["r04", "r06", "r08"],
+            "r02 was claimed (the first untagged run)"
+        );
+        let claimed = RunFilter {
+            state: Some(RunState::Claimed),
+            ..RunFilter::default()
+        };
+        assert_eq!(ids(s.list_runs(&claimed).await.unwrap()), ["r02"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claims_are_first_in_first_out_with_lease_and_audit() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        // Ids that do not sort in insertion order: the queue follows insertion.
+        for id in ["c", "a", "b"] {
+            s.insert_run(&new_run(id, "p", &[])).await.unwrap();
+        }
+        let request = claim_req("w1", &[], false, T0 + 10);
+        let first = s.claim(&request).await.unwrap().unwrap();
+        assert_eq!(first.id, "c");
+        assert_eq!(first.state, RunState::Claimed);
+        assert_eq!(first.runner_id.as_deref(), Some("w1"));
+        assert_eq!(first.claimed_at, Some(T0 + 10));
+        assert_eq!(first.lease_expires_at, Some(T0 + 10 + LEASE));
+        assert_eq!(
+            claim_id(s, &claim_req("w2", &[], false, T0 + 11))
+                .await
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            claim_id(s, &claim_req("w1", &[], false, T0 + 12))
+                .await
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            claim_id(s, &claim_req("w1", &[], false, T0 + 13)).await,
+            None
+        );
+
+        let audit = s.audit("c").await.unwrap();
+        assert_eq!(audit.len(), 2);
+        assert_eq!(
+            (audit[0].seq, audit[0].from_state, audit[0].to_state),
+            (1, None, RunState::Queued)
+        );
+        assert_eq!(audit[0].actor, "token:tok1");
+        assert_eq!(
+            (audit[1].seq, audit[1].from_state, audit[1].to_state),
+            (2, Some(RunState::Queued), RunState::Claimed)
+        );
+        assert_eq!(audit[1].actor, "runner:w1");
+        assert_eq!(audit[1].ts, T0 + 10);
+
+        let mine: Vec<String> = s
+            .runs_of_runner("w1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(mine, ["c", "b"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_run_is_claimed_exactly_once_under_concurrency() {
+    with_stores(|db: TestDb| async move {
+        const RUNS: usize = 50;
+        const CLAIMERS: usize = 8;
+        for i in 0..RUNS {
+            db.store
+                .insert_run(&new_run(&format!("run{i:03}"), "p", &[]))
+                .await
+                .unwrap();
+        }
+        // Two independent stores (pools), like two coordinator processes.
+        let stores = [db.store.clone(), db.another().await];
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for worker in 0..CLAIMERS {
+            let store = stores[worker % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut won = Vec::new();
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut request = claim_req(&format!("w{worker}"), &[], false, T0 + 1);
+                    request.lease_token = format!("lease-{worker}-{attempt}");
+                    match store.claim(&request).await.unwrap() {
+                        Some(run) => {
+                            assert_eq!(run.runner_id, Some(format!("w{worker}")));
+                            won.push(run.id);
+                        }
+                        None => {
+                            let counts = store.count_by_state().await.unwrap();
+                            if counts
+                                .iter()
+                                .any(|&(state, n)| state == RunState::Queued && n > 0)
+                            {
+                                continue; // rows held by other claimers at that instant
+                            }
+                            break won;
+                        }
+                    }
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        let unique: BTreeSet<&String> = all.iter().collect();
+        assert_eq!(all.len(), RUNS, "{} claims for {RUNS} runs", all.len());
+        assert_eq!(unique.len(), RUNS, "a run was claimed twice");
+        println!(
+            "{}: {RUNS} runs claimed by {CLAIMERS} concurrent claimers in {:.1} ms: {:.0} claims/s",
+            db.kind,
+            elapsed.as_secs_f64() * 1000.0,
+            RUNS as f64 / elapsed.as_secs_f64()
+        );
+        for id in &all {
+            let audit = db.store.audit(id).await.unwrap();
+            assert_eq!(
+                audit
+                    .iter()
+                    .filter(|e| e.to_state == RunState::Claimed)
+                    .count(),
+                1,
+                "{id}"
+            );
+        }
+        let counts: HashMap<RunState, i64> = db
+            .store
+            .count_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(counts[&RunState::Claimed], RUNS as i64);
+        assert_eq!(counts[&RunState::Queued], 0);
+        stores[1].close().await;
+    })
+    .await;
+}
+
+/// A longer run of the same race, for a throughput figure: `cargo test -p berth-store -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark"]
+async fn claim_throughput() {
+    with_stores(|db: TestDb| async move {
+        const RUNS: usize = 2000;
+        for i in 0..RUNS {
+            db.store
+                .insert_run(&new_run(&format!("run{i:05}"), "p", &[]))
+                .await
+                .unwrap();
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let store = db.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0usize;
+                while store
+                    .claim(&claim_req(&format!("w{worker}"), &[], false, T0))
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {total} claims in {elapsed:.2} s: {:.0} claims/s",
+            db.kind,
+            total as f64 / elapsed
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claims_follow_tags() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        s.insert_run(&new_run("gpu-linux", "p", &["gpu", "linux"]))
+            .await
+            .unwrap();
+        s.insert_run(&new_run("untagged", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("linux", "p", &["linux"]))
+            .await
+            .unwrap();
+        s.insert_run(&new_run("arm", "p", &["arm"])).await.unwrap();
+
+        // A runner without tags only gets untagged runs.
+        assert_eq!(
+            claim_id(s, &claim_req("plain", &[], false, T0))
+                .await
+                .as_deref(),
+            Some("untagged")
+        );
+        assert_eq!(claim_id(s, &claim_req("plain", &[], false, T0)).await, None);
+        // A `linux` runner cannot take a run that also needs `gpu`.
+        assert_eq!(
+            claim_id(s, &claim_req("lin", &["linux"], false, T0))
+                .await
+                .as_deref(),
+            Some("linux")
+        );
+        assert_eq!(
+            claim_id(s, &claim_req("lin", &["linux"], false, T0)).await,
+            None
+        );
+        // Run tags must be a subset of the runner's.
+        assert_eq!(
+            claim_id(s, &claim_req("big", &["linux", "gpu", "x86"], false, T0))
+                .await
+                .as_deref(),
+            Some("gpu-linux")
+        );
+        assert_eq!(
+            claim_id(s, &claim_req("big", &["linux", "gpu", "x86"], false, T0)).await,
+            None
+        );
+
+        // Untagged runs go to tagged runners too, unless they require matching tags.
+        s.insert_run(&new_run("untagged2", "p", &[])).await.unwrap();
+        assert_eq!(
+            claim_id(s, &claim_req("strict", &["arm"], true, T0))
+                .await
+                .as_deref(),
+            Some("arm")
+        );
+        assert_eq!(
+            claim_id(s, &claim_req("strict", &["arm"], true, T0)).await,
+            None
+        );
+        assert_eq!(claim_id(s, &claim_req("strict", &[], true, T0)).await, None);
+        assert_eq!(
+            claim_id(s, &claim_req("loose", &["arm"], false, T0))
+                .await
+                .as_deref(),
+            Some("untagged2")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runner_lifecycle_with_events_and_audit() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        s.insert_run(&new_run("r1", "p", &[])).await.unwrap();
+        let req = claim_req("w1", &[], false, T0 + 100);
+        let token = req.lease_token.clone();
+        s.claim(&req).await.unwrap().unwrap();
+
+        assert_rejected(
+            s.mark_started("r1", "wrong", Some("ctr"), T0 + 200, LEASE)
+                .await,
+            "wrong token start",
+        );
+        let started = s
+            .mark_started("r1", &token, Some("ctr-1"), T0 + 200, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(started.state, RunState::Running);
+        assert_eq!(started.started_at, Some(T0 + 200));
+        assert_eq!(started.container_id.as_deref(), Some("ctr-1"));
+        assert_eq!(started.lease_expires_at, Some(T0 + 200 + LEASE));
+        assert_rejected(
+            s.mark_started("r1", &token, Some("ctr-1"), T0 + 250, LEASE)
+                .await,
+            "second start",
+        );
+
+        let renewed = s
+            .renew_lease("r1", &token, T0 + 10_000, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(renewed.lease_expires_at, Some(T0 + 10_000 + LEASE));
+        assert_rejected(
+            s.renew_lease("r1", "wrong", T0 + 10_000, LEASE).await,
+            "wrong token renew",
+        );
+        assert!(matches!(
+            s.renew_lease("nope", &token, T0, LEASE).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // Events: numbered per run from 1, batches included.
+        let last = s
+            .append_events(
+                "r1",
+                &token,
+                T0 + 300,
+                &[
+                    event(T0 + 300, "stdout", "hello\n"),
+                    event(T0 + 301, "stderr", "oops\n"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(last, 2);
+        let batch: Vec<NewEvent> = (0..2500)
+            .map(|i| event(T0 + 400 + i, "stdout", &format!("line {i}\n")))
+            .collect();
+        assert_eq!(
+            s.append_events("r1", &token, T0 + 400, &batch)
+                .await
+                .unwrap(),
+            2502
+        );
+        assert_eq!(
+            s.append_events("r1", &token, T0 + 400, &[]).await.unwrap(),
+            2502
+        );
+        assert_eq!(
+            s.append_server_event("r1", &event(T0 + 500, "state", "{\"state\":\"running\"}"))
+                .await
+                .unwrap(),
+            2503
+        );
+        assert_rejected(
+            s.append_events("r1", "wrong", T0 + 500, &[event(T0, "stdout", "x")])
+                .await,
+            "wrong token events",
+        );
+
+        let first = s.events_after("r1", 0, 2).await.unwrap();
+        assert_eq!(
+            first
+                .iter()
+                .map(|e| (e.seq, e.kind.as_str(), e.data.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "stdout", "hello\n"), (2, "stderr", "oops\n")]
+        );
+        assert_eq!(first[0].run_id, "r1");
+        assert_eq!(first[0].ts, T0 + 300);
+        let tail = s.events_after("r1", 2500, 100).await.unwrap();
+        assert_eq!(
+            tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2501, 2502, 2503]
+        );
+        assert_eq!(tail[2].kind, "state");
+        assert!(s.events_after("r1", 2503, 100).await.unwrap().is_empty());
+
+        // Another run numbers its own events from 1.
+        s.insert_run(&new_run("r2", "p", &[])).await.unwrap();
+        assert_eq!(
+            s.append_server_event("r2", &event(T0, "state", "queued"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            s.append_server_event("nope", &event(T0, "state", "x"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // Finish: final states only, the right token only.
+        assert_rejected(
+            s.finish_run(
+                "r1",
+                &token,
+                &finish(RunState::Running, None, T0 + 600),
+                "runner:w1",
+            )
+            .await,
+            "non-final",
+        );
+        assert_rejected(
+            s.finish_run(
+                "r1",
+                "wrong",
+                &finish(RunState::Succeeded, Some(0), T0 + 600),
+                "runner:w1",
+            )
+            .await,
+            "wrong token",
+        );
+        assert_eq!(
+            s.run("r1").await.unwrap().unwrap().state,
+            RunState::Running,
+            "a rejected finish changes nothing"
+        );
+        let mut done = finish(RunState::Failed, Some(3), T0 + 600);
+        done.reason = Some("exit code 3".into());
+        let finished = s
+            .finish_run("r1", &token, &done, "runner:w1")
+            .await
+            .unwrap();
+        assert_eq!(finished.state, RunState::Failed);
+        assert_eq!(finished.exit_code, Some(3));
+        assert_eq!(finished.finished_at, Some(T0 + 600));
+        assert_eq!(finished.lease_expires_at, None);
+        assert_eq!(finished.runner_id.as_deref(), Some("w1"));
+        // The lease is gone: no more runner writes.
+        assert_rejected(
+            s.renew_lease("r1", &token, T0 + 700, LEASE).await,
+            "renew after finish",
+        );
+        assert_rejected(
+            s.append_events("r1", &token, T0 + 700, &[event(T0, "stdout", "x")])
+                .await,
+            "events after finish",
+        );
+        assert_rejected(
+            s.finish_run(
+                "r1",
+                &token,
+                &finish(RunState::Succeeded, Some(0), T0 + 700),
+                "runner:w1",
+            )
+            .await,
+            "finish twice",
+        );
+        assert!(s.runs_of_runner("w1").await.unwrap().is_empty());
+
+        let audit = s.audit("r1").await.unwrap();
+        let steps: Vec<_> = audit
+            .iter()
+            .map(|e| (e.seq, e.from_state, e.to_state, e.actor.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (1, None, RunState::Queued, "token:tok1"),
+                (2, Some(RunState::Queued), RunState::Claimed, "runner:w1"),
+                (3, Some(RunState::Claimed), RunState::Running, "runner:w1"),
+                (4, Some(RunState::Running), RunState::Failed, "runner:w1"),
+            ]
+        );
+        assert_eq!(audit[2].container_id.as_deref(), Some("ctr-1"));
+        assert_eq!(audit[3].container_id.as_deref(), Some("ctr-1"));
+        assert_eq!(audit[3].exit_code, Some(3));
+        assert_eq!(audit[3].reason.as_deref(), Some("exit code 3"));
+        assert_eq!(audit[3].ts, T0 + 600);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_leases_lose_running_runs_and_requeue_claimed_ones() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        s.insert_run(&new_run("running", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("claimed", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("fresh", "p", &[])).await.unwrap();
+        let a = claim_req("wa", &[], false, T0);
+        s.claim(&a).await.unwrap().unwrap();
+        s.mark_started("running", &a.lease_token, Some("ctr"), T0, LEASE)
+            .await
+            .unwrap();
+        let b = claim_req("wb", &[], false, T0);
+        s.claim(&b).await.unwrap().unwrap();
+        let c = claim_req("wc", &[], false, T0 + 20_000);
+        s.claim(&c).await.unwrap().unwrap();
+
+        // At the expiry instant the lease still holds; nothing expires.
+        assert!(s.expire_leases(T0 + LEASE).await.unwrap().is_empty());
+        s.renew_lease("running", &a.lease_token, T0 + LEASE, 0)
+            .await
+            .unwrap();
+
+        // A write exactly at expiry is accepted, one after it is not (and changes nothing).
+        let later = T0 + LEASE + 1;
+        assert_rejected(
+            s.append_events(
+                "claimed",
+                &b.lease_token,
+                later,
+                &[event(later, "stdout", "x")],
+            )
+            .await,
+            "expired",
+        );
+        assert!(s.events_after("claimed", 0, 10).await.unwrap().is_empty());
+
+        let changed = s.expire_leases(later).await.unwrap();
+        let by_id: BTreeMap<&str, &berth_store::RunRow> =
+            changed.iter().map(|r| (r.id.as_str(), r)).collect();
+        assert_eq!(
+            by_id.keys().copied().collect::<Vec<_>>(),
+            ["claimed", "running"]
+        );
+
+        let lost = by_id["running"];
+        assert_eq!(lost.state, RunState::Lost);
+        assert_eq!(lost.finished_at, Some(later));
+        assert_eq!(lost.lease_expires_at, None);
+        let reason = lost.reason.as_deref().unwrap();
+        assert!(
+            reason.contains("runner wa stopped renewing its lease"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("expired at 2023-11-14T22:13:50"),
+            "{reason}"
+        );
+
+        let requeued = by_id["claimed"];
+        assert_eq!(requeued.state, RunState::Queued);
+        assert_eq!(
+            (
+                requeued.runner_id.as_deref(),
+                requeued.lease_expires_at,
+                requeued.claimed_at
+            ),
+            (None, None, None)
+        );
+
+        // The old tokens write nothing any more.
+        assert_rejected(
+            s.renew_lease("running", &a.lease_token, later, LEASE).await,
+            "lost renew",
+        );
+        assert_rejected(
+            s.append_events(
+                "running",
+                &a.lease_token,
+                T0 + 1,
+                &[event(T0, "stdout", "x")],
+            )
+            .await,
+            "lost events",
+        );
+        assert_rejected(
+            s.finish_run(
+                "running",
+                &a.lease_token,
+                &finish(RunState::Succeeded, Some(0), T0 + 1),
+                "runner:wa",
+            )
+            .await,
+            "lost finish",
+        );
+        assert_rejected(
+            s.mark_started("claimed", &b.lease_token, None, T0 + 1, LEASE)
+                .await,
+            "requeued start",
+        );
+        assert_rejected(
+            s.renew_lease("claimed", &b.lease_token, T0 + 1, LEASE)
+                .await,
+            "requeued renew",
+        );
+        assert_eq!(
+            s.run("running").await.unwrap().unwrap().state,
+            RunState::Lost
+        );
+        assert!(s.events_after("running", 0, 10).await.unwrap().is_empty());
+
+        // The re-queued run is claimable again, and keeps its place at the head of the queue.
+        let d = claim_req("wd", &[], false, later + 1);
+        assert_eq!(claim_id(s, &d).await.as_deref(), Some("claimed"));
+        assert_rejected(
+            s.mark_started("claimed", &b.lease_token, None, later + 2, LEASE)
+                .await,
+            "old token after re-claim",
+        );
+        s.mark_started("claimed", &d.lease_token, None, later + 2, LEASE)
+            .await
+            .unwrap();
+
+        // The fresh claim was untouched.
+        assert_eq!(
+            s.run("fresh").await.unwrap().unwrap().state,
+            RunState::Claimed
+        );
+        assert!(
+            s.expire_leases(later).await.unwrap().is_empty(),
+            "idempotent"
+        );
+
+        let audit = s.audit("running").await.unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(
+            (last.from_state, last.to_state, last.actor.as_str()),
+            (Some(RunState::Running), RunState::Lost, "server")
+        );
+        assert_eq!(last.container_id.as_deref(), Some("ctr"));
+        assert_eq!(last.reason.as_deref(), Some(reason));
+        let steps: Vec<_> = s
+            .audit("claimed")
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.to_state, e.actor.clone()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (RunState::Queued, "token:tok1".to_owned()),
+                (RunState::Claimed, "runner:wb".to_owned()),
+                (RunState::Queued, "server".to_owned()),
+                (RunState::Claimed, "runner:wd".to_owned()),
+                (RunState::Running, "runner:wd".to_owned()),
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_queued_running_and_finished_runs() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        s.insert_run(&new_run("q", "p", &["never"])).await.unwrap();
+        s.insert_run(&new_run("r", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("c", "p", &[])).await.unwrap();
+
+        // Queued: cancelled at once, and never claimed afterwards.
+        let cancelled = s.request_cancel("q", "token:tok2", T0 + 5).await.unwrap();
+        assert_eq!(cancelled.state, RunState::Cancelled);
+        assert_eq!(cancelled.finished_at, Some(T0 + 5));
+        assert_eq!(
+            cancelled.reason.as_deref(),
+            Some("cancelled before it started")
+        );
+        assert_eq!(
+            s.request_cancel("q", "token:tok2", T0 + 6).await.unwrap(),
+            cancelled,
+            "idempotent"
+        );
+        let audit = s.audit("q").await.unwrap();
+        assert_eq!(audit.len(), 2);
+        assert_eq!(
+            (
+                audit[1].from_state,
+                audit[1].to_state,
+                audit[1].actor.as_str()
+            ),
+            (Some(RunState::Queued), RunState::Cancelled, "token:tok2")
+        );
+        assert_eq!(
+            audit[1].reason.as_deref(),
+            Some("cancelled before it started")
+        );
+
+        // Running: only flagged; the runner learns it when it renews.
+        let req = claim_req("w", &[], false, T0);
+        assert_eq!(claim_id(s, &req).await.as_deref(), Some("r"));
+        s.mark_started("r", &req.lease_token, None, T0 + 1, LEASE)
+            .await
+            .unwrap();
+        let flagged = s.request_cancel("r", "token:tok2", T0 + 7).await.unwrap();
+        assert_eq!(flagged.state, RunState::Running);
+        assert!(flagged.cancel_requested);
+        assert!(
+            s.request_cancel("r", "token:tok2", T0 + 8)
+                .await
+                .unwrap()
+                .cancel_requested,
+            "idempotent"
+        );
+        assert!(
+            s.renew_lease("r", &req.lease_token, T0 + 9, LEASE)
+                .await
+                .unwrap()
+                .cancel_requested
+        );
+        assert_eq!(
+            s.audit("r").await.unwrap().len(),
+            3,
+            "a cancel request is not a state change"
+        );
+        let events = s.events_after("r", 0, 10).await.unwrap();
+        assert_eq!(events.len(), 1, "one event, not one per request");
+        assert_eq!(
+            (events[0].kind.as_str(), events[0].ts),
+            ("cancel_requested", T0 + 7)
+        );
+        let done = s
+            .finish_run(
+                "r",
+                &req.lease_token,
+                &finish(RunState::Cancelled, Some(137), T0 + 10),
+                "runner:w",
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.state, RunState::Cancelled);
+
+        // Finished: left as it is.
+        assert_eq!(
+            s.request_cancel("r", "token:tok2", T0 + 11).await.unwrap(),
+            done
+        );
+        assert_eq!(s.audit("r").await.unwrap().len(), 4);
+
+        // Claimed with a cancel pending and a dead runner: cancelled, not handed on.
+        let req = claim_req("w2", &[], false, T0);
+        assert_eq!(claim_id(s, &req).await.as_deref(), Some("c"));
+        assert!(
+            s.request_cancel("c", "token:tok2", T0 + 1)
+                .await
+                .unwrap()
+                .cancel_requested
+        );
+        let expired = s.expire_leases(T0 + LEASE + 1).await.unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].state, RunState::Cancelled);
+
+        assert!(matches!(
+            s.request_cancel("nope", "token:tok2", T0).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_by_hash_and_revocation() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        assert!(!s.has_admin_token().await.unwrap());
+        let admin = TokenRecord {
+            id: "t-admin".into(),
+            role: Role::Admin,
+            project: None,
+            created_at: T0,
+            revoked_at: None,
+        };
+        let client = TokenRecord {
+            id: "t-client".into(),
+            role: Role::Client,
+            project: Some("alpha".into()),
+            created_at: T0 + 1,
+            revoked_at: None,
+        };
+        s.create_token(&admin, "hash-admin").await.unwrap();
+        s.create_token(&client, "hash-client").await.unwrap();
+        assert!(s.has_admin_token().await.unwrap());
+        assert!(matches!(
+            s.create_token(&admin, "other-hash").await,
+            Err(StoreError::Conflict { what: "token", .. })
+        ));
+        let dup_hash = TokenRecord {
+            id: "t-other".into(),
+            ..client.clone()
+        };
+        assert!(matches!(
+            s.create_token(&dup_hash, "hash-client").await,
+            Err(StoreError::Conflict { .. })
+        ));
+
+        assert_eq!(
+            s.token_by_hash("hash-client").await.unwrap(),
+            Some(client.clone())
+        );
+        assert_eq!(
+            s.token_by_hash("hash-admin").await.unwrap(),
+            Some(admin.clone())
+        );
+        assert_eq!(s.token_by_hash("nope").await.unwrap(), None);
+
+        s.revoke_token("t-client", T0 + 50).await.unwrap();
+        s.revoke_token("t-client", T0 + 60).await.unwrap(); // keeps the first revocation time
+        assert_eq!(s.token_by_hash("hash-client").await.unwrap(), None);
+        assert!(matches!(
+            s.revoke_token("nope", T0).await,
+            Err(StoreError::NotFound { what: "token", .. })
+        ));
+        let listed = s.list_tokens().await.unwrap();
+        assert_eq!(
+            listed,
+            [
+                admin,
+                TokenRecord {
+                    revoked_at: Some(T0 + 50),
+                    ..client
+                }
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn projects_create_get_list_and_conflict() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let beta = Project {
+            name: "beta".into(),
+            workspace_root: "/srv/beta".into(),
+            allowed_paths: vec![],
+            created_at: T0,
+        };
+        let alpha = Project {
+            name: "alpha".into(),
+            workspace_root: "/srv/alpha".into(),
+            allowed_paths: vec!["/data/in".into(), "/data/out".into()],
+            created_at: T0 + 1,
+        };
+        s.create_project(&beta).await.unwrap();
+        s.create_project(&alpha).await.unwrap();
+        match s
+            .create_project(&Project {
+                workspace_root: "/elsewhere".into(),
+                ..alpha.clone()
+            })
+            .await
+        {
+            Err(StoreError::Conflict {
+                what: "project",
+                id,
+            }) => assert_eq!(id, "alpha"),
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+        assert_eq!(s.project("alpha").await.unwrap(), Some(alpha.clone()));
+        assert_eq!(s.project("gamma").await.unwrap(), None);
+        assert_eq!(s.list_projects().await.unwrap(), [alpha, beta]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runners_register_heartbeat_and_go_offline() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let runner = |id: &str, at: i64| RunnerRecord {
+            id: id.into(),
+            name: format!("host-{id}"),
+            tags: vec!["linux".into()],
+            require_matching_tags: false,
+            capacity: 2,
+            registered_at: at,
+            last_heartbeat: at,
+            online: true,
+        };
+        s.register_runner(&runner("b", T0)).await.unwrap();
+        s.register_runner(&runner("a", T0)).await.unwrap();
+        // Registering again updates in place.
+        let mut again = runner("a", T0 + 10);
+        again.tags = vec!["gpu".into()];
+        again.require_matching_tags = true;
+        again.capacity = 4;
+        s.register_runner(&again).await.unwrap();
+        let a = s.runner("a").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                a.tags.clone(),
+                a.require_matching_tags,
+                a.capacity,
+                a.last_heartbeat
+            ),
+            (vec!["gpu".to_owned()], true, 4, T0 + 10)
+        );
+        assert_eq!(s.runner("zz").await.unwrap(), None);
+
+        s.runner_heartbeat("a", T0 + 1000).await.unwrap();
+        assert!(matches!(
+            s.runner_heartbeat("zz", T0).await,
+            Err(StoreError::NotFound { what: "runner", .. })
+        ));
+        assert_eq!(s.mark_stale_runners_offline(T0 + 500).await.unwrap(), ["b"]);
+        assert!(
+            s.mark_stale_runners_offline(T0 + 500)
+                .await
+                .unwrap()
+                .is_empty(),
+            "already offline"
+        );
+        let listed = s.list_runners().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|r| (r.id.as_str(), r.online))
+                .collect::<Vec<_>>(),
+            [("a", true), ("b", false)]
+        );
+        // A heartbeat brings it back.
+        s.runner_heartbeat("b", T0 + 2000).await.unwrap();
+        assert!(s.runner("b").await.unwrap().unwrap().online);
+        assert_eq!(
+            s.mark_stale_runners_offline(T0 + 1500).await.unwrap(),
+            ["a"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn counts_by_state_cover_every_state() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        assert_eq!(
+            s.count_by_state().await.unwrap(),
+            RunState::ALL.map(|st| (st, 0)).to_vec()
+        );
+        for i in 0..4 {
+            s.insert_run(&new_run(&format!("r{i}"), "p", &[]))
+                .await
+                .unwrap();
+        }
+        let req = claim_req("w", &[], false, T0);
+        s.claim(&req).await.unwrap().unwrap();
+        s.request_cancel("r3", "token:t", T0).await.unwrap();
+        let counts: HashMap<RunState, i64> =
+            s.count_by_state().await.unwrap().into_iter().collect();
+        assert_eq!(counts.len(), RunState::ALL.len());
+        assert_eq!(
+            (
+                counts[&RunState::Queued],
+                counts[&RunState::Claimed],
+                counts[&RunState::Cancelled]
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(counts[&RunState::Succeeded], 0);
+    })
+    .await;
+}

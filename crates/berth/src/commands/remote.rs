@@ -1,0 +1,603 @@
+//! The client side of the coordinator: tokens, projects, submit, logs, cancel, runners, and
+//! `ls`/`show` against a server.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use berth_api::*;
+use berth_core::ExitStatus;
+use berth_runner::{ApiError, Client};
+
+use crate::args::*;
+use crate::printer::{data_line, print_json, Printer};
+
+/// A client for `--server`/`BERTH_SERVER` with `--token`/`BERTH_TOKEN`, falling back to the
+/// admin token in `state_dir` for admin commands.
+fn client(
+    remote: &RemoteArgs,
+    admin_state_dir: Option<&Option<PathBuf>>,
+) -> Result<Client, (String, String)> {
+    let server = remote.server.clone().ok_or_else(|| {
+        (
+            "no server given".to_string(),
+            "pass --server URL (or set BERTH_SERVER), e.g. http://127.0.0.1:8765".to_string(),
+        )
+    })?;
+    let given = remote.token.clone().filter(|t| !t.trim().is_empty());
+    let token = match (&given, admin_state_dir) {
+        (Some(t), _) => t.clone(),
+        (None, Some(dir)) => {
+            let path = super::server::server_state_dir(dir.clone()).join("admin-token");
+            std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    format!("no token given and {} cannot be read: {e}", path.display()),
+                    "pass --token TOKEN (or set BERTH_TOKEN)".to_string(),
+                )
+            })?
+        }
+        (None, None) => {
+            return Err((
+                "no token given".into(),
+                "pass --token TOKEN (or set BERTH_TOKEN)".into(),
+            ))
+        }
+    };
+    Client::new(&server, &token).map_err(|e| (e.to_string(), "check the server URL".to_string()))
+}
+
+fn fail(printer: Printer, e: &ApiError) -> ExitStatus {
+    let hint = match e {
+        ApiError::Unreachable { .. } => {
+            Some("is `berth server` running there? check --server / BERTH_SERVER".to_string())
+        }
+        ApiError::Status { status: 401, .. } => Some("check --token / BERTH_TOKEN".to_string()),
+        ApiError::Status { status: 403, .. } => {
+            Some("this token's role or project does not allow it".to_string())
+        }
+        _ => None,
+    };
+    printer.error(&e.to_string(), hint.as_deref());
+    if let ApiError::Status { fields, .. } = e {
+        for f in fields {
+            let _ = writeln!(
+                std::io::stderr(),
+                "  {}: {}",
+                if f.field.is_empty() {
+                    "(body)"
+                } else {
+                    &f.field
+                },
+                f.message
+            );
+        }
+    }
+    ExitStatus::Error
+}
+
+macro_rules! client_or_fail {
+    ($printer:expr, $remote:expr, $admin:expr) => {
+        match client($remote, $admin) {
+            Ok(c) => c,
+            Err((message, hint)) => {
+                $printer.error(&message, Some(&hint));
+                return ExitStatus::Error;
+            }
+        }
+    };
+}
+
+pub async fn token(args: TokenArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, Some(&args.state_dir));
+    match args.command {
+        TokenCommand::Create { role, project } => match client
+            .post::<_, TokenCreated>("/api/v1/tokens", &CreateToken { role, project })
+            .await
+        {
+            Ok(created) if args.json => print_json(&created),
+            Ok(created) => {
+                printer.info(&format!(
+                    "created {} token {} (shown once; keep it secret)",
+                    created.role, created.id
+                ));
+                data_line(&created.token);
+            }
+            Err(e) => return fail(printer, &e),
+        },
+        TokenCommand::Ls => match client.get::<Vec<TokenView>>("/api/v1/tokens").await {
+            Ok(list) if args.json => print_json(&list),
+            Ok(list) => {
+                data_line(&format!(
+                    "{:<12}  {:<7}  {:<16}  {:<25}  REVOKED",
+                    "ID", "ROLE", "PROJECT", "CREATED"
+                ));
+                for t in list {
+                    data_line(&format!(
+                        "{:<12}  {:<7}  {:<16}  {:<25}  {}",
+                        t.id,
+                        t.role,
+                        t.project.unwrap_or_else(|| "-".into()),
+                        t.created_at,
+                        t.revoked_at.unwrap_or_else(|| "-".into())
+                    ));
+                }
+            }
+            Err(e) => return fail(printer, &e),
+        },
+        TokenCommand::Revoke { id } => match client.delete(&format!("/api/v1/tokens/{id}")).await {
+            Ok(()) => printer.info(&format!("revoked token {id}")),
+            Err(e) => return fail(printer, &e),
+        },
+    }
+    ExitStatus::Success
+}
+
+pub async fn project(args: ProjectArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, Some(&args.state_dir));
+    match args.command {
+        ProjectCommand::Create {
+            name,
+            workspace_root,
+            allowed_paths,
+        } => {
+            match client
+                .post::<_, ProjectView>(
+                    "/api/v1/projects",
+                    &CreateProject {
+                        name,
+                        workspace_root,
+                        allowed_paths,
+                    },
+                )
+                .await
+            {
+                Ok(p) if args.json => print_json(&p),
+                Ok(p) => printer.info(&format!(
+                    "created project {} (workspace root {})",
+                    p.name, p.workspace_root
+                )),
+                Err(e) => return fail(printer, &e),
+            }
+        }
+        ProjectCommand::Ls => match client.get::<Vec<ProjectView>>("/api/v1/projects").await {
+            Ok(list) if args.json => print_json(&list),
+            Ok(list) => {
+                data_line(&format!(
+                    "{:<20}  {:<40}  ALLOWED",
+                    "NAME", "WORKSPACE ROOT"
+                ));
+                for p in list {
+                    data_line(&format!(
+                        "{:<20}  {:<40}  {}",
+                        p.name,
+                        p.workspace_root,
+                        p.allowed_paths.join(",")
+                    ));
+                }
+            }
+            Err(e) => return fail(printer, &e),
+        },
+    }
+    ExitStatus::Success
+}
+
+fn key_values(flag: &str, entries: &[String]) -> Result<BTreeMap<String, String>, String> {
+    entries
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("{flag}: `{e}` is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, None);
+    let parsed =
+        (|| -> Result<SubmitRun, String> {
+            let mounts = if args.mounts.is_empty() {
+                None
+            } else {
+                Some(
+                    args.mounts
+                        .iter()
+                        .map(|m| {
+                            let r = berth_core::spec::MountRequest::parse(m)
+                                .map_err(|e| format!("--mount: {e}"))?;
+                            Ok(MountSpec {
+                                source: r.source.display().to_string(),
+                                target: r.target,
+                                read_only: r.read_only,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, String>>()?,
+                )
+            };
+            let execution_mode = match args.execution_mode.as_str() {
+                "docker-sandbox" => ExecutionMode::DockerSandbox,
+                "local" => ExecutionMode::Local,
+                other => {
+                    return Err(format!(
+                        "--execution-mode: `{other}` is neither docker-sandbox nor local"
+                    ))
+                }
+            };
+            let resources = (args.memory.is_some() || args.cpus.is_some() || args.pids.is_some())
+                .then(|| ResourcesSpec {
+                    memory: args.memory.clone(),
+                    cpus: args.cpus,
+                    pids: args.pids,
+                });
+            Ok(SubmitRun {
+                project: args.project.clone(),
+                execution_mode,
+                sandbox: SandboxRequest {
+                    image: args.image.clone(),
+                    workdir: args.workdir.clone(),
+                    command: args.command.clone(),
+                    env: key_values("--env", &args.env)?,
+                    secrets: args.secrets.clone(),
+                    mounts,
+                    resources,
+                    network: args.network.clone(),
+                    timeout: args.timeout.clone(),
+                    grace: args.grace.clone(),
+                    read_only: args.read_only,
+                    user: args.user.clone(),
+                    artifacts: args.artifacts.clone(),
+                },
+                tags: args.tags.clone(),
+                labels: key_values("--label", &args.labels)?,
+            })
+        })();
+    let request = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            printer.error(&e, None);
+            return ExitStatus::Error;
+        }
+    };
+    let run = match client.post::<_, RunView>("/api/v1/runs", &request).await {
+        Ok(run) => run,
+        Err(e) => return fail(printer, &e),
+    };
+    if !args.follow {
+        if args.json {
+            print_json(&run);
+        } else {
+            data_line(&run.id);
+        }
+        return ExitStatus::Success;
+    }
+    printer.info(&format!("submitted run {}", run.id));
+    follow_logs(&client, &run.id, true, args.json, printer).await
+}
+
+pub async fn logs(args: LogsArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, None);
+    follow_logs(&client, &args.run, args.follow, args.json, printer).await
+}
+
+/// Streams a run's events (SSE), reconnecting with Last-Event-ID if the connection drops; when
+/// following, exits with the run's status as `berth run` would.
+async fn follow_logs(
+    client: &Client,
+    run_id: &str,
+    follow: bool,
+    json: bool,
+    printer: Printer,
+) -> ExitStatus {
+    let path = format!("/api/v1/runs/{run_id}/events?follow={follow}");
+    let mut last: Option<i64> = None;
+    let mut failures = 0;
+    loop {
+        let mut response = match client.get_stream(&path, last).await {
+            Ok(r) => r,
+            Err(e) if e.status().is_none() && follow && failures < 30 => {
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return fail(printer, &e),
+        };
+        let mut parser = SseParser::default();
+        let mut ended = false;
+        loop {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    for event in parser.push(&bytes) {
+                        if let Some(id) = event.id {
+                            last = Some(id);
+                        }
+                        if event.kind == "end" {
+                            ended = true;
+                            continue;
+                        }
+                        show_event(&event, json);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        if ended || !follow {
+            break;
+        }
+        failures += 1;
+        if failures > 30 {
+            printer.error(
+                "lost the connection to the server while following the run",
+                Some("run `berth logs -f RUN` again; it resumes where it stopped"),
+            );
+            return ExitStatus::Error;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    if !follow {
+        return ExitStatus::Success;
+    }
+    match client
+        .get::<RunView>(&format!("/api/v1/runs/{run_id}"))
+        .await
+    {
+        Ok(run) => {
+            if run.state != "succeeded" {
+                printer.info(&format!(
+                    "run {} {}: {}",
+                    run.id,
+                    run.state,
+                    run.reason.clone().unwrap_or_default()
+                ));
+            }
+            status_of(&run)
+        }
+        Err(e) => fail(printer, &e),
+    }
+}
+
+/// The exit status `berth run` would have given.
+fn status_of(run: &RunView) -> ExitStatus {
+    use berth_core::RunState as S;
+    let state = match run.state.as_str() {
+        "succeeded" => S::Succeeded,
+        "failed" => S::Failed,
+        "timed_out" => S::TimedOut,
+        "cancelled" => S::Cancelled,
+        _ => S::Error,
+    };
+    ExitStatus::for_run(state, run.exit_code)
+}
+
+struct SseEvent {
+    id: Option<i64>,
+    kind: String,
+    data: String,
+}
+
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = find_blank_line(&self.buffer) {
+            let block: Vec<u8> = self.buffer.drain(..end.1).collect();
+            let text = String::from_utf8_lossy(&block[..end.0]);
+            let mut event = SseEvent {
+                id: None,
+                kind: "message".into(),
+                data: String::new(),
+            };
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    event.id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    if !event.data.is_empty() {
+                        event.data.push('\n');
+                    }
+                    event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if !event.data.is_empty() || event.kind != "message" {
+                events.push(event);
+            }
+        }
+        events
+    }
+}
+
+/// The end of the first event block: (end of its text, end including the blank line).
+fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
+    buffer
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| (p, p + 2))
+}
+
+fn show_event(event: &SseEvent, json: bool) {
+    if json {
+        data_line(&event.data);
+        return;
+    }
+    let Ok(view) = serde_json::from_str::<EventView>(&event.data) else {
+        return;
+    };
+    match view.kind.as_str() {
+        "stdout" => {
+            let mut out = std::io::stdout().lock();
+            let _ = out
+                .write_all(view.data.as_bytes())
+                .and_then(|()| out.flush());
+        }
+        "stderr" => {
+            let _ = std::io::stderr().lock().write_all(view.data.as_bytes());
+        }
+        _ => {}
+    }
+}
+
+pub async fn cancel(args: CancelArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, None);
+    match client
+        .post::<_, RunView>(
+            &format!("/api/v1/runs/{}/cancel", args.run),
+            &serde_json::json!({}),
+        )
+        .await
+    {
+        Ok(run) if args.json => print_json(&run),
+        Ok(run) => printer.info(&format!(
+            "run {}: {}{}",
+            run.id,
+            run.state,
+            if run.cancel_requested && run.state != "cancelled" {
+                " (cancel requested)"
+            } else {
+                ""
+            }
+        )),
+        Err(e) => return fail(printer, &e),
+    }
+    ExitStatus::Success
+}
+
+pub async fn runners(args: RunnersArgs, printer: Printer) -> ExitStatus {
+    let client = client_or_fail!(printer, &args.remote, None);
+    match client.get::<Vec<RunnerView>>("/api/v1/runners").await {
+        Ok(list) if args.json => print_json(&list),
+        Ok(list) => {
+            data_line(&format!(
+                "{:<20}  {:<7}  {:<20}  {:>8}  RUNNING",
+                "RUNNER", "ONLINE", "TAGS", "CAPACITY"
+            ));
+            for r in list {
+                data_line(&format!(
+                    "{:<20}  {:<7}  {:<20}  {:>8}  {}",
+                    r.id,
+                    r.online,
+                    r.tags.join(","),
+                    r.capacity,
+                    r.running.join(",")
+                ));
+            }
+        }
+        Err(e) => return fail(printer, &e),
+    }
+    ExitStatus::Success
+}
+
+pub async fn remote_ls(
+    server: String,
+    token: Option<String>,
+    state: Option<String>,
+    json: bool,
+    printer: Printer,
+) -> ExitStatus {
+    let client = client_or_fail!(
+        printer,
+        &RemoteArgs {
+            server: Some(server),
+            token
+        },
+        None
+    );
+    let path = match state {
+        Some(s) => format!("/api/v1/runs?state={s}"),
+        None => "/api/v1/runs".to_string(),
+    };
+    match client.get::<RunList>(&path).await {
+        Ok(list) if json => print_json(&list),
+        Ok(list) => {
+            data_line(&format!(
+                "{:<16}  {:<10}  {:>4}  {:<12}  {:<25}  COMMAND",
+                "RUN", "STATE", "EXIT", "PROJECT", "CREATED"
+            ));
+            for r in list.runs {
+                let exit = r
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into());
+                data_line(&format!(
+                    "{:<16}  {:<10}  {:>4}  {:<12}  {:<25}  {}",
+                    r.id,
+                    r.state,
+                    exit,
+                    r.project,
+                    r.created_at,
+                    r.sandbox.command.join(" ")
+                ));
+            }
+        }
+        Err(e) => return fail(printer, &e),
+    }
+    ExitStatus::Success
+}
+
+pub async fn remote_show(
+    server: String,
+    token: Option<String>,
+    run: String,
+    json: bool,
+    printer: Printer,
+) -> ExitStatus {
+    let client = client_or_fail!(
+        printer,
+        &RemoteArgs {
+            server: Some(server),
+            token
+        },
+        None
+    );
+    let view = match client.get::<RunView>(&format!("/api/v1/runs/{run}")).await {
+        Ok(v) => v,
+        Err(e) => return fail(printer, &e),
+    };
+    let audit = client
+        .get::<Vec<AuditView>>(&format!("/api/v1/runs/{run}/audit"))
+        .await
+        .unwrap_or_default();
+    if json {
+        print_json(&serde_json::json!({ "run": view, "audit": audit }));
+        return ExitStatus::Success;
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    for (k, v) in [
+        ("run", view.id.clone()),
+        ("project", view.project.clone()),
+        ("state", view.state.clone()),
+        ("reason", opt(&view.reason)),
+        (
+            "exit code",
+            view.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("runner", opt(&view.runner_id)),
+        ("container", opt(&view.container_id)),
+        ("image", view.sandbox.image.clone().unwrap_or_default()),
+        ("command", format!("{:?}", view.sandbox.command)),
+        ("tags", view.tags.join(",")),
+        ("created", view.created_at.clone()),
+        ("finished", opt(&view.finished_at)),
+    ] {
+        data_line(&format!("{k:>10}: {v}"));
+    }
+    data_line("     audit:");
+    for a in audit {
+        data_line(&format!(
+            "            {}  {} -> {}  by {}{}",
+            a.ts,
+            a.from_state.unwrap_or_else(|| "-".into()),
+            a.to_state,
+            a.actor,
+            a.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+    }
+    ExitStatus::Success
+}

@@ -1,0 +1,38 @@
+//! `berth runner`: claims runs from a server and executes them here.
+
+use berth_core::ExitStatus;
+use berth_runner::RunnerConfig;
+
+use crate::args::RunnerArgs;
+use crate::printer::Printer;
+
+pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
+    let (Some(server), Some(token)) = (args.remote.server.clone(), args.remote.token.clone())
+    else {
+        printer.error(
+            "berth runner needs a server and a runner token",
+            Some("pass --server URL --token TOKEN (or set BERTH_SERVER and BERTH_TOKEN)"),
+        );
+        return ExitStatus::Error;
+    };
+    let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
+    let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
+    let config = RunnerConfig {
+        server,
+        token,
+        name,
+        tags: args.tags,
+        require_matching_tags: args.require_matching_tags,
+        capacity: args.capacity,
+        state_dir,
+        cache_dir: crate::env::cache_dir(),
+        probe_env: super::probe_env(),
+    };
+    match berth_runner::run(config, super::shutdown_signal()).await {
+        Ok(()) => ExitStatus::Success,
+        Err(e) => {
+            printer.error(&e, None);
+            ExitStatus::Error
+        }
+    }
+}
