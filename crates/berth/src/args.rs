@@ -205,6 +205,12 @@ pub struct ServerArgs {
     /// Log format on stderr: text or json.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     pub log_format: String,
+    /// How long a runner's claim lasts without a heartbeat; then running runs become `lost`.
+    #[arg(long, default_value = "15s", value_name = "DURATION")]
+    pub lease: String,
+    /// How often runners heartbeat; three missed heartbeats mark a runner offline.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub heartbeat: String,
 }
 
 #[derive(Debug, Args)]

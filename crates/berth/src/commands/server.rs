@@ -31,7 +31,28 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
             return ExitStatus::Error;
         }
     };
-    let app = App::new(store, ServerConfig::new(state_dir.clone()));
+    let mut config = ServerConfig::new(state_dir.clone());
+    for (flag, value, slot) in [
+        ("--lease", &args.lease, &mut config.lease),
+        ("--heartbeat", &args.heartbeat, &mut config.heartbeat),
+    ] {
+        match berth_core::units::parse_duration(value) {
+            Ok(d) if !d.is_zero() => *slot = d,
+            Ok(_) => {
+                printer.error(&format!("{flag}: must be longer than zero"), None);
+                return ExitStatus::Error;
+            }
+            Err(e) => {
+                printer.error(&format!("{flag}: {e}"), None);
+                return ExitStatus::Error;
+            }
+        }
+    }
+    if config.lease < config.heartbeat * 2 {
+        printer.error("--lease must be at least twice --heartbeat, or healthy runners would lose their leases", None);
+        return ExitStatus::Error;
+    }
+    let app = App::new(store, config);
     match berth_server::ensure_admin_token(&app).await {
         Ok(Some(path)) => printer.info(&format!(
             "created the admin token in {} (mode 0600)",
