@@ -108,6 +108,12 @@ async fn run_claimed(
     interrupts: &mut berth_sandbox::Interrupts,
 ) -> Outcome {
     let run = &claimed.run;
+    if run.execution_mode == ExecutionMode::Local && !shared.config.allow_local {
+        return Outcome::error(format!(
+            "runner `{}` does not run commands outside a sandbox; start it with --allow-local to accept execution_mode local",
+            shared.runner_id
+        ));
+    }
     let spec = match spec_for(claimed) {
         Ok(spec) => spec,
         Err(e) => return Outcome::error(e),

@@ -39,6 +39,8 @@ pub struct RunnerConfig {
     /// Where the shim is installed.
     pub cache_dir: PathBuf,
     pub probe_env: ProbeEnv,
+    /// Whether runs with `execution_mode: local` may run on this host without a sandbox.
+    pub allow_local: bool,
 }
 
 /// A run this runner holds a lease for.

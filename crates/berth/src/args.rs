@@ -226,6 +226,9 @@ pub struct RunnerArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
+    /// Accept runs with execution_mode local: they run on this host WITHOUT a sandbox.
+    #[arg(long)]
+    pub allow_local: bool,
     /// The runner's name and id [default: the host name].
     #[arg(long)]
     pub name: Option<String>,

@@ -27,6 +27,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         state_dir,
         cache_dir: crate::env::cache_dir(),
         probe_env: super::probe_env(),
+        allow_local: args.allow_local,
     };
     match berth_runner::run(config, super::shutdown_signal()).await {
         Ok(()) => ExitStatus::Success,
