@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 use crate::Shared;
 
 const BATCH_EVENTS: usize = 500;
+/// Bytes of event data per batch: output lines are at most 64 KiB, so batches stay far below the
+/// server's body limit for events even when JSON escaping inflates them.
+const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(100);
 
 pub enum Message {
@@ -137,7 +140,9 @@ pub async fn batcher(
                         &mut lease_lost,
                     )
                     .await;
-                } else if buffer.len() >= BATCH_EVENTS {
+                } else if buffer.len() >= BATCH_EVENTS
+                    || buffer.iter().map(|e| e.data.len()).sum::<usize>() >= BATCH_BYTES
+                {
                     send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
                 }
             }

@@ -34,6 +34,8 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     let body_limit = app.config.max_body_bytes;
     let artifact_limit = app.config.max_artifact_bytes;
+    // Event batches from runners carry output lines; they get more room than other bodies.
+    let runner_events = Router::new().layer(DefaultBodyLimit::max(body_limit.max(16 << 20)));
     let artifacts = Router::new()
         .route(
             "/api/v1/runs/{id}/artifacts/{*path}",
@@ -74,6 +76,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/api/v1/runners/{id}/heartbeat", post(heartbeat::<S>))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(artifacts)
+        .merge(runner_events)
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; GET /api/v1/openapi.json lists them".into())
         })
