@@ -262,6 +262,7 @@ def main() -> int:
     if "d" in only:
         only.add("c")  # (d) is measured during (c)
     berth_version = subprocess.run([str(args.berth), "--version"], capture_output=True, text=True).stdout.strip()
+    berth_commit = git_describe()
 
     load_before = os.getloadavg()
     if load_before[0] > (os.cpu_count() or 1) * 0.5:
@@ -342,7 +343,7 @@ def main() -> int:
 
     meta = dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        runs=args.runs, warmup=args.warmup, image=image, berth=berth_version,
+        runs=args.runs, warmup=args.warmup, image=image, berth=berth_version, berth_commit=berth_commit,
         docker_server=docker_version, host=platform.node(), cpus=os.cpu_count(),
         kernel=platform.release(),
         loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
@@ -355,6 +356,20 @@ def main() -> int:
     return 0
 
 
+def git_describe() -> str | None:
+    """The repository's commit, with -dirty when the work tree has changes (the binary may be newer)."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def fmt(value, unit: str) -> str:
     if value is None:
         return "-"
@@ -364,7 +379,8 @@ def fmt(value, unit: str) -> str:
 
 
 def print_table(meta: dict, results: list[dict]) -> None:
-    print(f"berth vs docker CLI - {meta['date']} - {meta['berth']}, Docker {meta['docker_server']}, "
+    commit = f" ({meta['berth_commit']})" if meta.get("berth_commit") else ""
+    print(f"berth vs docker CLI - {meta['date']} - {meta['berth']}{commit}, Docker {meta['docker_server']}, "
           f"{meta['cpus']} CPUs, kernel {meta['kernel']}")
     print(f"image {meta['image']}; medians of {meta['runs']} runs each, interleaved, after {meta['warmup']} warm-up round(s); "
           f"1-min load average {meta['loadavg_before']:.1f} before, {meta['loadavg_after']:.1f} after")

@@ -406,6 +406,9 @@ pub struct EventIn {
 #[serde(deny_unknown_fields)]
 pub struct EventsBody {
     pub lease_token: String,
+    /// The runner's number for the first event of this batch; runners number a run's events
+    /// from 1, so a batch resent after a lost reply is not stored twice.
+    pub first_seq: i64,
     pub events: Vec<EventIn>,
 }
 

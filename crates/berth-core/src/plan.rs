@@ -15,6 +15,9 @@ pub const WORKSPACE_TARGET: &str = "/workspace";
 pub const OUT_TARGET: &str = "/berth/out";
 /// berth's entry shim inside the sandbox.
 pub const SHIM_TARGET: &str = "/berth/shim";
+/// FIFOs for the command's stdout and stderr, read by berth directly on the host so bulk output
+/// does not go through the engine's attach stream.
+pub const IO_TARGET: &str = "/berth/io";
 /// Secret files, on a tmpfs owned by the sandbox user.
 pub const SECRETS_TARGET: &str = "/run/secrets";
 /// Home directory given to images that declare none.
@@ -99,6 +102,8 @@ pub struct PlanContext {
     pub mounts: Vec<BindMount>,
     pub shim_host_path: PathBuf,
     pub out_host_path: PathBuf,
+    /// The host directory holding the `stdout` and `stderr` FIFOs, when the engine is local.
+    pub io_host_path: Option<PathBuf>,
     /// The state directory's path relative to the workspace, when it lies inside it: masked so
     /// the sandbox cannot read or rewrite earlier runs' records.
     pub state_dir_in_workspace: Option<String>,
@@ -191,6 +196,16 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     labels.extend(ctx.owner_labels.clone());
 
     let mut entrypoint = vec![SHIM_TARGET.to_string()];
+    if let Some(io) = &ctx.io_host_path {
+        binds.push(BindMount {
+            source: io.clone(),
+            target: IO_TARGET.to_string(),
+            read_only: false,
+        });
+        entrypoint.push(format!("--stdout={IO_TARGET}/stdout"));
+        entrypoint.push(format!("--stderr={IO_TARGET}/stderr"));
+        entrypoint.push("--".to_string());
+    }
     entrypoint.extend(ctx.image_entrypoint.iter().cloned());
 
     let working_dir = match (&spec.workdir, spec.workspace_mode) {
@@ -276,6 +291,7 @@ mod tests {
             mounts: vec![],
             shim_host_path: "/cache/shim".into(),
             out_host_path: "/w/.berth/runs/01abc/out".into(),
+            io_host_path: None,
             state_dir_in_workspace: Some(".berth".into()),
             owner_labels: BTreeMap::new(),
         }
@@ -301,6 +317,30 @@ mod tests {
         let plan = plan_container(&spec(), &ctx());
         assert_eq!(plan.entrypoint, ["/berth/shim"]);
         assert_eq!(plan.cmd, ["echo", "$HOME; rm -rf /"]);
+    }
+
+    #[test]
+    fn output_fifos_are_mounted_and_given_to_the_shim() {
+        let c = PlanContext {
+            io_host_path: Some("/r/io".into()),
+            image_entrypoint: vec!["/entry".into()],
+            ..ctx()
+        };
+        let plan = plan_container(&spec(), &c);
+        assert_eq!(
+            plan.entrypoint,
+            [
+                "/berth/shim",
+                "--stdout=/berth/io/stdout",
+                "--stderr=/berth/io/stderr",
+                "--",
+                "/entry"
+            ]
+        );
+        assert!(plan
+            .binds
+            .iter()
+            .any(|b| b.target == IO_TARGET && !b.read_only));
     }
 
     #[test]

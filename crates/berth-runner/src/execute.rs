@@ -202,6 +202,13 @@ async fn run_claimed(
         };
         let mut owner_labels = berth_sandbox::owner::owner_labels(ctx.run_dir.path());
         owner_labels.insert(RUNNER_LABEL.to_string(), shared.runner_id.clone());
+        let io_host_path = match engine.endpoint().socket_path() {
+            Some(_) => match ctx.run_dir.create_io_fifos(uid, gid) {
+                Ok(dir) => Some(dir),
+                Err(e) => return Outcome::error(e.to_string()),
+            },
+            None => None,
+        };
         let plan_context = PlanContext {
             run_id: run.id.clone(),
             invoking_uid,
@@ -212,6 +219,7 @@ async fn run_claimed(
             mounts: checked.mounts,
             shim_host_path: shim,
             out_host_path: out_dir,
+            io_host_path,
             state_dir_in_workspace: prepare::state_dir_in_workspace(
                 state_dir.root(),
                 &checked.workspace,

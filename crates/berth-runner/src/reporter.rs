@@ -94,33 +94,40 @@ pub async fn batcher(
     lease_token: String,
     mut rx: UnboundedReceiver<Message>,
 ) {
-    let mut buffer: Vec<EventIn> = Vec::new();
-    let mut container_id: Option<String> = None;
-    let mut lease_lost = false;
+    let mut batch = Batcher {
+        shared,
+        run_id,
+        lease_token,
+        buffer: Vec::new(),
+        next_seq: 1,
+        lease_lost: false,
+        container_id: None,
+        last_send: tokio::time::Instant::now() - BATCH_DELAY,
+    };
     loop {
-        let message = if buffer.is_empty() {
+        let message = if batch.buffer.is_empty() {
             rx.recv().await
         } else {
             match tokio::time::timeout(BATCH_DELAY, rx.recv()).await {
                 Ok(m) => m,
                 Err(_) => {
-                    send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
+                    batch.send().await;
                     continue;
                 }
             }
         };
         match message {
             None => {
-                send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
+                batch.send().await;
                 return;
             }
             Some(Message::Flush(done)) => {
-                send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
+                batch.send().await;
                 let _ = done.send(());
             }
             Some(Message::Event(event)) => {
                 if event.kind == "container_created" {
-                    container_id = serde_json::from_str::<serde_json::Value>(&event.data)
+                    batch.container_id = serde_json::from_str::<serde_json::Value>(&event.data)
                         .ok()
                         .and_then(|v| {
                             v.get("container_id")
@@ -129,118 +136,137 @@ pub async fn batcher(
                         });
                 }
                 let started = event.kind == "started";
-                buffer.push(event);
+                batch.buffer.push(event);
                 if started {
-                    send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
-                    acknowledge_start(
-                        &shared,
-                        &run_id,
-                        &lease_token,
-                        container_id.clone(),
-                        &mut lease_lost,
-                    )
-                    .await;
-                } else if buffer.len() >= BATCH_EVENTS
-                    || buffer.iter().map(|e| e.data.len()).sum::<usize>() >= BATCH_BYTES
+                    batch.send().await;
+                    batch.acknowledge_start().await;
+                } else if batch.buffer.len() >= BATCH_EVENTS
+                    || batch.buffered_bytes() >= BATCH_BYTES
+                    // Sparse output goes out at once; only output that keeps coming is batched.
+                    || batch.last_send.elapsed() >= BATCH_DELAY
                 {
-                    send(&shared, &run_id, &lease_token, &mut buffer, &mut lease_lost).await;
+                    batch.send().await;
                 }
             }
         }
     }
 }
 
-async fn acknowledge_start(
-    shared: &Shared,
-    run_id: &str,
-    lease_token: &str,
+/// One run's event stream to the server.
+struct Batcher {
+    shared: Arc<Shared>,
+    run_id: String,
+    lease_token: String,
+    buffer: Vec<EventIn>,
+    /// The number the next batch's first event gets (events are numbered from 1 per run).
+    next_seq: i64,
+    lease_lost: bool,
     container_id: Option<String>,
-    lease_lost: &mut bool,
-) {
-    if *lease_lost {
-        return;
+    last_send: tokio::time::Instant,
+}
+
+impl Batcher {
+    fn buffered_bytes(&self) -> usize {
+        self.buffer.iter().map(|e| e.data.len()).sum()
     }
-    let body = StartBody {
-        lease_token: lease_token.to_string(),
-        container_id,
-    };
-    let path = format!("/api/v1/runs/{run_id}/start");
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match shared
-            .client
-            .post::<_, serde_json::Value>(&path, &body)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.status().is_some() => {
-                tracing::warn!(run = %run_id, error = %e, "the server refused the start");
-                if e.is_conflict() {
-                    lose_lease(shared, run_id, lease_lost);
+
+    /// Sends the buffer, retrying while the server is unreachable (events are kept, not
+    /// dropped; a resend after a lost reply is recognised by its numbers and stored once).
+    async fn send(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        if self.lease_lost {
+            self.buffer.clear();
+            return;
+        }
+        self.last_send = tokio::time::Instant::now();
+        let path = format!("/api/v1/runs/{}/events", self.run_id);
+        let events = std::mem::take(&mut self.buffer);
+        let count = events.len() as i64;
+        let body = EventsBody {
+            lease_token: self.lease_token.clone(),
+            first_seq: self.next_seq,
+            events,
+        };
+        self.next_seq += count;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .shared
+                .client
+                .post::<_, serde_json::Value>(&path, &body)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(run = %self.run_id, error = %e, "the server refused events");
+                    if e.is_conflict() {
+                        self.lose_lease();
+                    }
+                    return;
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(run = %run_id, error = %e, "acknowledging the start failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                Err(e) => {
+                    tracing::warn!(run = %self.run_id, error = %e, "sending events failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
-}
 
-/// Sends the buffer, retrying while the server is unreachable (events are kept, not dropped).
-async fn send(
-    shared: &Shared,
-    run_id: &str,
-    lease_token: &str,
-    buffer: &mut Vec<EventIn>,
-    lease_lost: &mut bool,
-) {
-    if buffer.is_empty() {
-        return;
-    }
-    if *lease_lost {
-        buffer.clear();
-        return;
-    }
-    let path = format!("/api/v1/runs/{run_id}/events");
-    let body = EventsBody {
-        lease_token: lease_token.to_string(),
-        events: std::mem::take(buffer),
-    };
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match shared
-            .client
-            .post::<_, serde_json::Value>(&path, &body)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.status().is_some() => {
-                tracing::warn!(run = %run_id, error = %e, "the server refused events");
-                if e.is_conflict() {
-                    lose_lease(shared, run_id, lease_lost);
+    async fn acknowledge_start(&mut self) {
+        if self.lease_lost {
+            return;
+        }
+        let body = StartBody {
+            lease_token: self.lease_token.clone(),
+            container_id: self.container_id.clone(),
+        };
+        let path = format!("/api/v1/runs/{}/start", self.run_id);
+        let mut delay = Duration::from_millis(100);
+        // Set once an attempt failed without an answer: it may have reached the server, which then
+        // refuses the retry (the run is already running). That refusal is not a lost lease; a lease
+        // that really is gone shows in the heartbeat's reply and in the refusal of events.
+        let mut maybe_applied = false;
+        loop {
+            match self
+                .shared
+                .client
+                .post::<_, serde_json::Value>(&path, &body)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.is_conflict() && maybe_applied => {
+                    tracing::info!(run = %self.run_id, error = %e, "the start was recorded by an attempt whose answer was lost");
+                    return;
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(run = %run_id, error = %e, "sending events failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(run = %self.run_id, error = %e, "the server refused the start");
+                    if e.is_conflict() {
+                        self.lose_lease();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    maybe_applied = true;
+                    tracing::warn!(run = %self.run_id, error = %e, "acknowledging the start failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
-}
 
-/// The server no longer accepts this runner's writes for the run: stop it.
-fn lose_lease(shared: &Shared, run_id: &str, lease_lost: &mut bool) {
-    *lease_lost = true;
-    if let Ok(mut map) = shared.leases.lock() {
-        if let Some(lease) = map.get_mut(run_id) {
-            if !lease.interrupted {
-                lease.interrupted = true;
-                let _ = lease.interrupt.send("the server (lease revoked)");
+    /// The server no longer accepts this runner's writes for the run: stop it.
+    fn lose_lease(&mut self) {
+        self.lease_lost = true;
+        if let Ok(mut map) = self.shared.leases.lock() {
+            if let Some(lease) = map.get_mut(&self.run_id) {
+                if !lease.interrupted {
+                    lease.interrupted = true;
+                    let _ = lease.interrupt.send("the server (lease revoked)");
+                }
             }
         }
     }

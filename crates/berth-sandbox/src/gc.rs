@@ -72,6 +72,8 @@ pub async fn collect_garbage<E: Engine>(engine: &E) -> Result<Vec<GcAction>, San
 /// Marks the run `error` with `reason` unless it already ended; says what happened.
 fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
     let run_dir = RunDir::open(dir);
+    // The container is gone: its output FIFOs and raw output directory serve nothing now.
+    let _ = std::fs::remove_dir_all(run_dir.io_dir());
     match run_dir.read_record() {
         Ok(mut record) if !record.state.is_final() => {
             record.finish(RunState::Error, Some(reason.to_string()), now_rfc3339());

@@ -15,6 +15,7 @@ pub mod local;
 pub mod output;
 pub mod owner;
 pub mod prepare;
+mod pump;
 pub mod run;
 pub mod rundir;
 pub mod settings;

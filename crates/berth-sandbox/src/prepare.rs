@@ -3,7 +3,9 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use berth_core::plan::{BindMount, OUT_TARGET, SECRETS_TARGET, SHIM_TARGET, WORKSPACE_TARGET};
+use berth_core::plan::{
+    BindMount, IO_TARGET, OUT_TARGET, SECRETS_TARGET, SHIM_TARGET, WORKSPACE_TARGET,
+};
 use berth_core::policy::{self, PolicyContext, ResolvedSource};
 use berth_core::spec::{RunSpec, WorkspaceMode};
 
@@ -107,6 +109,7 @@ pub fn check_mounts(
     let mut targets: Vec<(&str, &str)> = vec![
         (OUT_TARGET, "berth's output directory"),
         (SHIM_TARGET, "berth's entry shim"),
+        (IO_TARGET, "berth's output pipes"),
         (SECRETS_TARGET, "berth's secrets directory"),
     ];
     if spec.workspace_mode != WorkspaceMode::None {

@@ -16,7 +16,6 @@ use berth_core::record::RunRecord;
 use berth_core::spec::PullPolicy;
 use berth_core::units::{format_bytes, format_duration};
 use berth_engine::{Engine, EngineError, ImageInfo, PullProgress};
-use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -301,33 +300,25 @@ async fn drive<E: Engine>(
         Ok(p) => p,
         Err(e) => return (RunState::Error, Some(e.to_string())),
     };
-    let mut output = attached.output;
+    let io_dir = container_plan
+        .binds
+        .iter()
+        .find(|b| b.target == berth_core::plan::IO_TARGET)
+        .map(|b| b.source.clone());
+    let fifos = match io_dir.as_deref().map(crate::pump::Fifos::open).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                RunState::Error,
+                Some(format!("opening the output pipes failed: {e}")),
+            )
+        }
+    };
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
+    let output = attached.output;
     // Output is pumped on its own task so that a slow terminal never delays signal handling.
     let pump = tokio::spawn(async move {
-        let mut failure: Option<String> = None;
-        while let Some(chunk) = output.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    failure = Some(format!("the output stream broke: {e}"));
-                    break;
-                }
-            };
-            let pipe = match chunk.stream {
-                Stream::Stdout => &mut stdout_pipe,
-                Stream::Stderr => &mut stderr_pipe,
-            };
-            if let Err(e) = pipe.push(&chunk.data) {
-                failure = Some(format!("keeping the output failed: {e}"));
-                break;
-            }
-        }
-        for pipe in [&mut stdout_pipe, &mut stderr_pipe] {
-            if let Err(e) = pipe.finish() {
-                failure.get_or_insert(format!("keeping the output failed: {e}"));
-            }
-        }
-        failure
+        crate::pump::pump(output, fifos, exited_rx, &mut stdout_pipe, &mut stderr_pipe).await
     });
 
     // A cancel that arrived while the image was pulled or the container created must stop the
@@ -408,6 +399,7 @@ async fn drive<E: Engine>(
         }
     };
 
+    let _ = exited_tx.send(());
     let output_failure = match tokio::time::timeout(OUTPUT_DRAIN_LIMIT, pump).await {
         Ok(Ok(failure)) => failure,
         Ok(Err(e)) => Some(format!("the output task failed: {e}")),
@@ -417,6 +409,13 @@ async fn drive<E: Engine>(
         )),
     };
     ctx.record.finished_at = Some(now_rfc3339());
+    // The FIFOs have served; left in place they would block anyone who reads the run directory.
+    // The directory itself stays while the container exists (the engine needs bind sources).
+    if let Some(dir) = &io_dir {
+        for name in ["stdout", "stderr"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
 
     if let Err(e) = waited {
         return (
@@ -539,6 +538,7 @@ async fn release_container<E: Engine>(
             ctx.emit(Event::ContainerRemoved {
                 container_name: name.to_string(),
             });
+            let _ = std::fs::remove_dir_all(ctx.run_dir.io_dir());
             if let Err(e) = artifacts::remove_out_dir(&ctx.run_dir.out_dir()) {
                 ctx.emit(Event::Warning {
                     message: format!("removing the raw output directory failed: {e}"),
@@ -659,6 +659,7 @@ mod tests {
                     mounts: vec![],
                     shim_host_path: "/cache/berth-shim".into(),
                     out_host_path: self.ctx.run_dir.out_dir(),
+                    io_host_path: None,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
                 },

@@ -171,6 +171,34 @@ impl RunDir {
         Ok(out)
     }
 
+    /// The host side of `/berth/io`: the command's stdout and stderr FIFOs.
+    pub fn io_dir(&self) -> PathBuf {
+        self.path.join("io")
+    }
+
+    /// Creates `io/stdout` and `io/stderr` as FIFOs the sandbox user `uid:gid` can write.
+    pub fn create_io_fifos(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
+        let io = self.io_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&io)
+            .map_err(|e| SandboxError::io(&io, e))?;
+        for name in ["stdout", "stderr"] {
+            let path = io.join(name);
+            make_fifo(&path).map_err(|e| SandboxError::io(&path, e))?;
+            #[allow(unsafe_code)]
+            let euid = unsafe { libc::geteuid() };
+            if euid == 0 {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| SandboxError::io(&path, e))?;
+            } else if euid != uid {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622))
+                    .map_err(|e| SandboxError::io(&path, e))?;
+            }
+        }
+        Ok(io)
+    }
+
     pub fn read_record(&self) -> Result<RunRecord, SandboxError> {
         let path = self.record_path();
         let text = fs_err::read_to_string(&path).map_err(|e| SandboxError::io(&path, e))?;
@@ -239,5 +267,19 @@ impl EventLog {
             .write_all(&json)
             .map_err(|e| SandboxError::io(&self.path, e))?;
         Ok(line)
+    }
+}
+
+/// mkfifo(3) with mode 0600; std has no wrapper.
+#[allow(unsafe_code)] // a plain syscall on a NUL-terminated path we own.
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

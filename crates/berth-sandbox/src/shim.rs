@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::Digest;
 
@@ -22,7 +23,14 @@ pub fn install(cache_dir: &Path) -> Result<PathBuf, SandboxError> {
         return Ok(path);
     }
     fs_err::create_dir_all(cache_dir).map_err(|e| SandboxError::io(cache_dir, e))?;
-    let tmp = cache_dir.join(format!(".berth-shim-{digest}.{}", std::process::id()));
+    // Unique per call, not only per process: a runner's workers install concurrently, and a
+    // shared temporary file would be truncated under one writer and renamed away from another.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = cache_dir.join(format!(
+        ".berth-shim-{digest}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(SHIM)?;
@@ -48,4 +56,37 @@ pub fn setup_frame(secrets: &[(String, String)]) -> Vec<u8> {
     }
     frame.extend_from_slice(b"end\n");
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A runner's workers install the shim at the same time on a cold cache.
+    #[test]
+    fn concurrent_installs_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(8);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            install(dir.path())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in results {
+                let path = r.unwrap();
+                assert_eq!(std::fs::read(&path).unwrap(), SHIM);
+            }
+            // No temporary file is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
 }

@@ -687,7 +687,11 @@ async fn claim<S: Store>(
     };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(request.wait_ms).min(MAX_WAIT);
-    app.store.runner_heartbeat(&runner_id, now_ms()).await?;
+    // A claim is a sign of life too; writing it once per half heartbeat is plenty.
+    let now = now_ms();
+    if now - runner.last_heartbeat > app.config.heartbeat.as_millis() as i64 / 2 {
+        app.store.runner_heartbeat(&runner_id, now).await?;
+    }
     loop {
         let notified = app.queued.notified();
         tokio::pin!(notified);
@@ -814,7 +818,13 @@ async fn append_events<S: Store>(
         .collect();
     let last = app
         .store
-        .append_events(&id, &request.lease_token, now_ms(), &events)
+        .append_events(
+            &id,
+            &request.lease_token,
+            now_ms(),
+            request.first_seq,
+            &events,
+        )
         .await?;
     app.events.notify_waiters();
     Ok(Json(HashMap::from([("last_seq", last)])))
@@ -853,18 +863,6 @@ async fn finish_run<S: Store>(
             &format!("runner:{runner}"),
         )
         .await?;
-    let data = serde_json::json!({ "state": state.as_str(), "exit_code": request.exit_code, "reason": request.reason }).to_string();
-    let _ = app
-        .store
-        .append_server_event(
-            &id,
-            &NewEvent {
-                ts: now,
-                kind: "state".into(),
-                data,
-            },
-        )
-        .await;
     app.events.notify_waiters();
     Ok(Json(views::run(row)))
 }

@@ -7,7 +7,7 @@
 //!
 //! Standard library only: berth compiles this file with plain `rustc` into a static executable.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{exit, Command};
+use std::process::{exit, Command, Stdio};
 
 const MAGIC: &str = "berth-shim-v1";
 const MAX_LINE: usize = 4096;
@@ -160,8 +160,45 @@ fn fail(code: i32, msg: &str) -> ! {
     exit(code)
 }
 
+/// Leading `--stdout=PATH` / `--stderr=PATH` options (up to `--`) and the command after them.
+/// berth passes FIFOs on a bind mount there, so bulk output bypasses the engine's attach stream.
+fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, Vec<OsString>) {
+    let (mut stdout, mut stderr) = (None, None);
+    let mut rest = args.into_iter().peekable();
+    while let Some(arg) = rest.peek() {
+        let bytes = arg.as_bytes();
+        if let Some(path) = bytes.strip_prefix(b"--stdout=") {
+            stdout = Some(OsStr::from_bytes(path).to_os_string());
+        } else if let Some(path) = bytes.strip_prefix(b"--stderr=") {
+            stderr = Some(OsStr::from_bytes(path).to_os_string());
+        } else if bytes == b"--" {
+            rest.next();
+            break;
+        } else {
+            break;
+        }
+        rest.next();
+    }
+    (stdout, stderr, rest.collect())
+}
+
+/// Opens an output FIFO (or file) for the command's stdout or stderr.
+fn open_output(path: &OsStr) -> Stdio {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => Stdio::from(file),
+        Err(e) => fail(
+            EXIT_SHIM,
+            &format!(
+                "berth-shim: cannot open output {}: {e}",
+                Path::new(path).display()
+            ),
+        ),
+    }
+}
+
 fn main() {
-    let mut args = std::env::args_os().skip(1);
+    let (stdout, stderr, command) = split_options(std::env::args_os().skip(1).collect());
+    let mut args = command.into_iter();
     let Some(program) = args.next() else {
         fail(EXIT_SHIM, "berth-shim: no command given")
     };
@@ -204,6 +241,12 @@ fn main() {
             }
         }
         cmd.env(&var.name, OsStr::from_bytes(&var.value));
+    }
+    if let Some(path) = &stdout {
+        cmd.stdout(open_output(path));
+    }
+    if let Some(path) = &stderr {
+        cmd.stderr(open_output(path));
     }
     let path_set = std::env::var_os("PATH").is_some() || vars.iter().any(|v| v.name == "PATH");
     if !path_set {
@@ -329,5 +372,39 @@ mod tests {
     fn names() {
         assert!(valid_name("_") && valid_name("a1_B") && valid_name("PATH"));
         assert!(!valid_name("") && !valid_name("9") && !valid_name("a.b") && !valid_name("a="));
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    fn split(args: &[&str]) -> (Option<String>, Option<String>, Vec<String>) {
+        let (o, e, rest) = split_options(args.iter().map(OsString::from).collect());
+        let s = |v: Option<OsString>| v.map(|v| v.to_string_lossy().into_owned());
+        (
+            s(o),
+            s(e),
+            rest.into_iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn output_options_come_before_the_command() {
+        assert_eq!(
+            split(&["echo", "hi"]),
+            (None, None, vec!["echo".into(), "hi".into()])
+        );
+        assert_eq!(
+            split(&["--stdout=/o", "--stderr=/e", "--", "--stdout=x"]),
+            (
+                Some("/o".into()),
+                Some("/e".into()),
+                vec!["--stdout=x".into()]
+            )
+        );
+        assert_eq!(split(&["--", "ls"]), (None, None, vec!["ls".into()]));
     }
 }

@@ -309,12 +309,16 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         lease_ms: i64,
     ) -> impl Future<Output = StoreResult<RunRow>> + Send;
-    /// Appends events; needs the current, unexpired lease. Returns the seq of the last one.
+    /// Appends events; needs the current, unexpired lease. The runner numbers its events from 1
+    /// and `first_runner_seq` is the number of `events[0]`: events already stored under those
+    /// numbers (a batch resent after a lost reply) are skipped, so nothing is stored twice.
+    /// Returns the seq of the last stored event.
     fn append_events(
         &self,
         run_id: &str,
         lease_token: &str,
         now: i64,
+        first_runner_seq: i64,
         events: &[NewEvent],
     ) -> impl Future<Output = StoreResult<i64>> + Send;
     /// Appends an event written by the server itself (no lease), e.g. a state change.
@@ -331,6 +335,7 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = StoreResult<Vec<RunEvent>>> + Send;
     /// Ends a claimed or running run as the runner reports; needs the current, unexpired lease.
+    /// A `state` event with the final state, exit code and reason is appended to its events.
     fn finish_run(
         &self,
         run_id: &str,

@@ -26,8 +26,14 @@ pub const MAX_LIST_LIMIT: i64 = 500;
 /// The largest page [`Store::events_after`] returns.
 pub const MAX_EVENTS_LIMIT: i64 = 10_000;
 
-const SQLITE_MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
-const PG_MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const SQLITE_MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_runner_event_seq.sql"),
+];
+const PG_MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_runner_event_seq.sql"),
+];
 
 /// The columns of [`RunRow`], in `SELECT` and `RETURNING` lists.
 const RUN_COLS: &str = "id, project, state, execution_mode, spec, tags, labels, created_at, claimed_at, \
@@ -846,12 +852,40 @@ impl Store for SqlStore {
         run_id: &str,
         lease_token: &str,
         now: i64,
+        first_runner_seq: i64,
         events: &[NewEvent],
     ) -> StoreResult<i64> {
         let mut tx = self.begin().await?;
         let locked = lock_run(&mut tx, run_id).await?;
         check_lease(&locked, lease_token, now)?;
-        let last = write_events(&mut tx, run_id, events).await?;
+        let acked = tx
+            .fetch_one(
+                "SELECT runner_events_acked FROM runs WHERE id = $1",
+                args![run_id],
+            )
+            .await?
+            .int("runner_events_acked")?;
+        // A resent batch: skip what an earlier attempt already stored.
+        let skip = usize::try_from((acked - first_runner_seq + 1).max(0)).unwrap_or(usize::MAX);
+        let fresh = events.get(skip..).unwrap_or(&[]);
+        let last = if fresh.is_empty() {
+            tx.fetch_one(
+                "SELECT COALESCE(MAX(seq), 0) AS last FROM run_events WHERE run_id = $1",
+                args![run_id],
+            )
+            .await?
+            .int("last")?
+        } else {
+            write_events(&mut tx, run_id, fresh).await?
+        };
+        let newest = first_runner_seq + events.len() as i64 - 1;
+        if newest > acked {
+            tx.execute(
+                "UPDATE runs SET runner_events_acked = $1 WHERE id = $2",
+                args![newest, run_id],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(last)
     }
@@ -921,6 +955,19 @@ impl Store for SqlStore {
                 exit_code: finish.exit_code,
                 reason: finish.reason.as_deref(),
             },
+        )
+        .await?;
+        // The final state joins the run's event stream in the same transaction, so followers
+        // see it right after the last output and no extra write is needed.
+        let data = serde_json::json!({ "state": finish.state.as_str(), "exit_code": finish.exit_code, "reason": finish.reason });
+        write_events(
+            &mut tx,
+            run_id,
+            &[NewEvent {
+                ts: finish.now,
+                kind: "state".into(),
+                data: data.to_string(),
+            }],
         )
         .await?;
         tx.commit().await?;

@@ -505,6 +505,7 @@ async fn runner_lifecycle_with_events_and_audit() {
                 "r1",
                 &token,
                 T0 + 300,
+                1,
                 &[
                     event(T0 + 300, "stdout", "hello\n"),
                     event(T0 + 301, "stderr", "oops\n"),
@@ -517,23 +518,41 @@ async fn runner_lifecycle_with_events_and_audit() {
             .map(|i| event(T0 + 400 + i, "stdout", &format!("line {i}\n")))
             .collect();
         assert_eq!(
-            s.append_events("r1", &token, T0 + 400, &batch)
+            s.append_events("r1", &token, T0 + 400, 3, &batch)
                 .await
                 .unwrap(),
             2502
         );
         assert_eq!(
-            s.append_events("r1", &token, T0 + 400, &[]).await.unwrap(),
+            s.append_events("r1", &token, T0 + 400, 2503, &[])
+                .await
+                .unwrap(),
             2502
+        );
+        // A batch resent after a lost reply is not stored again; only its new tail is.
+        let resent: Vec<NewEvent> = (2500..2503)
+            .map(|i| event(T0 + 400 + i, "stdout", &format!("line {i}\n")))
+            .collect();
+        assert_eq!(
+            s.append_events("r1", &token, T0 + 400, 2501, &resent)
+                .await
+                .unwrap(),
+            2503,
+            "2501 and 2502 were stored already; only 2503 is new"
+        );
+        let tail = s.events_after("r1", 2502, 10).await.unwrap();
+        assert_eq!(
+            tail.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["line 2502\n"]
         );
         assert_eq!(
             s.append_server_event("r1", &event(T0 + 500, "state", "{\"state\":\"running\"}"))
                 .await
                 .unwrap(),
-            2503
+            2504
         );
         assert_rejected(
-            s.append_events("r1", "wrong", T0 + 500, &[event(T0, "stdout", "x")])
+            s.append_events("r1", "wrong", T0 + 500, 2504, &[event(T0, "stdout", "x")])
                 .await,
             "wrong token events",
         );
@@ -551,10 +570,10 @@ async fn runner_lifecycle_with_events_and_audit() {
         let tail = s.events_after("r1", 2500, 100).await.unwrap();
         assert_eq!(
             tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            [2501, 2502, 2503]
+            [2501, 2502, 2503, 2504]
         );
-        assert_eq!(tail[2].kind, "state");
-        assert!(s.events_after("r1", 2503, 100).await.unwrap().is_empty());
+        assert_eq!(tail[3].kind, "state");
+        assert!(s.events_after("r1", 2504, 100).await.unwrap().is_empty());
 
         // Another run numbers its own events from 1.
         s.insert_run(&new_run("r2", "p", &[])).await.unwrap();
@@ -613,7 +632,7 @@ async fn runner_lifecycle_with_events_and_audit() {
             "renew after finish",
         );
         assert_rejected(
-            s.append_events("r1", &token, T0 + 700, &[event(T0, "stdout", "x")])
+            s.append_events("r1", &token, T0 + 700, 9999, &[event(T0, "stdout", "x")])
                 .await,
             "events after finish",
         );
@@ -682,6 +701,7 @@ async fn expired_leases_lose_running_runs_and_requeue_claimed_ones() {
                 "claimed",
                 &b.lease_token,
                 later,
+                1,
                 &[event(later, "stdout", "x")],
             )
             .await,
@@ -732,6 +752,7 @@ async fn expired_leases_lose_running_runs_and_requeue_claimed_ones() {
                 "running",
                 &a.lease_token,
                 T0 + 1,
+                1,
                 &[event(T0, "stdout", "x")],
             )
             .await,

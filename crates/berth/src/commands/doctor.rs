@@ -141,6 +141,10 @@ async fn time_sandbox_start(
             mounts: vec![],
             shim_host_path: shim,
             out_host_path: out,
+            io_host_path: engine
+                .endpoint()
+                .socket_path()
+                .and_then(|_| ctx.run_dir.create_io_fifos(uid, gid).ok()),
             state_dir_in_workspace: None,
             owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
         };

@@ -158,6 +158,14 @@ async fn prepare_and_run(
         Ok(dir) => dir,
         Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
     };
+    // A local engine can read the output FIFOs on this host; a remote one cannot.
+    let io_host_path = match engine.endpoint().socket_path() {
+        Some(_) => match ctx.run_dir.create_io_fifos(uid, gid) {
+            Ok(dir) => Some(dir),
+            Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
+        },
+        None => None,
+    };
     let plan_context = PlanContext {
         run_id,
         invoking_uid,
@@ -168,6 +176,7 @@ async fn prepare_and_run(
         mounts: checked.mounts,
         shim_host_path: shim,
         out_host_path: out_dir,
+        io_host_path,
         state_dir_in_workspace: prepare::state_dir_in_workspace(
             state_dir.root(),
             &checked.workspace,

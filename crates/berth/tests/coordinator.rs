@@ -1,0 +1,1588 @@
+//! The coordinator end to end: a real `berth server`, real `berth runner` processes and the real
+//! Docker engine, on SQLite and on PostgreSQL. Every process a test starts is killed when its
+//! `Cluster` is dropped, and every container its runners labelled is removed.
+//!
+//! Scenarios: submit/follow/logs/SSE resume/artifacts/audit; 50 runs on two runners, each once;
+//! tag routing; cancel while queued and while running; `kill -9` of a runner (lost, then
+//! reconciled); `kill -9` of the server (no event lost or repeated); the engine going away;
+//! authentication; answers lost on the way back to the runner. Leases are short (3 s).
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{berth_bin, containers_of_run, force_remove, image};
+
+const LEASE: &str = "3s";
+const HEARTBEAT: &str = "500ms";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per store from `fn NAME(db: Db)`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Db::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Db::Postgres) })*
+        }
+    };
+}
+
+on_both_stores!(
+    submit_logs_events_artifacts_and_audit,
+    fifty_runs_on_two_runners_each_run_exactly_once,
+    tags_route_runs,
+    cancel_while_queued_and_while_running,
+    runner_killed_mid_run_is_lost_and_reconciled,
+    server_killed_mid_run_loses_no_event,
+    engine_going_away_mid_run_is_an_error,
+    auth_is_enforced_end_to_end,
+    lost_answers_do_not_change_outcomes,
+);
+
+fn unique(base: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{base}-{}-{}-{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        nanos & 0xffff
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command, killing it (and failing the test) if it takes longer than `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `probe` every 50 ms until it returns Some, or panics with `what` after `limit`.
+fn poll<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Container ids labelled with a runner id (all states).
+fn containers_of_runner(name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.runner-id={name}"),
+        ])
+        .output()
+        .unwrap();
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// One event of a server-sent event stream.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<i64>,
+    kind: String,
+    data: String,
+}
+
+impl Sse {
+    /// The event's own `data` field (the EventView's payload), for `stdout` and the like.
+    fn payload(&self) -> String {
+        serde_json::from_str::<Value>(&self.data)
+            .ok()
+            .and_then(|v| v["data"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+fn parse_sse(body: &str) -> Vec<Sse> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = Sse {
+                id: None,
+                kind: "message".into(),
+                data: String::new(),
+            };
+            let mut any = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    event.id = v.trim().parse().ok();
+                    any = true;
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.kind = v.trim().to_string();
+                    any = true;
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    if !event.data.is_empty() {
+                        event.data.push('\n');
+                    }
+                    event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    any = true;
+                }
+            }
+            any.then_some(event)
+        })
+        .collect()
+}
+
+/// A throwaway PostgreSQL cluster for this test binary (initdb/pg_ctl, as the `postgres` user
+/// when we are root), stopped at exit; or the server of `BERTH_TEST_PG_URL` when set. Each test
+/// gets a fresh database.
+mod pg {
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    struct Cluster {
+        bin: PathBuf,
+        dir: PathBuf,
+    }
+
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+    fn find_pg_bin() -> Option<PathBuf> {
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin)
+    }
+
+    fn is_root() -> bool {
+        #[allow(unsafe_code)]
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe {
+            libc::geteuid() == 0
+        }
+    }
+
+    fn pg_command(bin: &Path, tool: &str) -> Command {
+        let program = bin.join(tool);
+        if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program);
+            cmd
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(cmd: &mut Command, what: &str) {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn admin_url() -> &'static str {
+        static URL: OnceLock<String> = OnceLock::new();
+        URL.get_or_init(|| match std::env::var("BERTH_TEST_PG_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => start_cluster(),
+        })
+    }
+
+    fn start_cluster() -> String {
+        let bin = find_pg_bin().unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL server binaries (initdb, pg_ctl) are not installed under /usr/lib/postgresql/*/bin: \
+                 install them (Debian: `apt-get install postgresql`) or set BERTH_TEST_PG_URL"
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        if is_root() {
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                "chown of the cluster directory",
+            );
+        }
+        let data = dir.join("data");
+        run(
+            pg_command(&bin, "initdb")
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+            "initdb",
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.display()
+        );
+        run(
+            pg_command(&bin, "pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .args(["-o", &options, "start"]),
+            "pg_ctl start",
+        );
+        if CLUSTER.set(Cluster { bin, dir }).is_ok() {
+            #[allow(unsafe_code)]
+            // SAFETY: registers a plain `extern "C" fn` with no arguments, as atexit expects.
+            unsafe {
+                libc::atexit(stop_cluster);
+            }
+        }
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    }
+
+    extern "C" fn stop_cluster() {
+        if let Some(cluster) = CLUSTER.get() {
+            let _ = pg_command(&cluster.bin, "pg_ctl")
+                .args(["-m", "immediate", "-D"])
+                .arg(cluster.dir.join("data"))
+                .arg("stop")
+                .output();
+            let _ = std::fs::remove_dir_all(&cluster.dir);
+        }
+    }
+
+    /// The URL of a new, empty database.
+    pub fn fresh_database() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let admin = admin_url();
+        let name = format!(
+            "berth_e2e_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let createdb = find_pg_bin()
+            .map(|b| b.join("createdb"))
+            .unwrap_or_else(|| "createdb".into());
+        run(
+            Command::new(createdb)
+                .arg(format!("--maintenance-db={admin}"))
+                .arg(&name),
+            "createdb",
+        );
+        let (path, query) = admin
+            .split_once('?')
+            .map_or((admin, None), |(p, q)| (p, Some(q)));
+        let base = path.rsplit_once('/').map_or(path, |(base, _)| base);
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        format!("{base}/{name}{query}")
+    }
+}
+
+/// A Unix-socket proxy to the Docker engine that can be shut down with every connection cut,
+/// as if the engine went away.
+struct DockerProxy {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DockerProxy {
+    fn start(path: &Path) -> Self {
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::<UnixStream>::new()));
+        let thread = {
+            let stop = stop.clone();
+            let connections = connections.clone();
+            let path = path.to_path_buf();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).unwrap();
+                            let Ok(upstream) = UnixStream::connect("/var/run/docker.sock") else {
+                                continue;
+                            };
+                            let mut all = connections.lock().unwrap();
+                            all.push(client.try_clone().unwrap());
+                            all.push(upstream.try_clone().unwrap());
+                            drop(all);
+                            for (mut from, mut to) in [
+                                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                                (upstream, client),
+                            ] {
+                                std::thread::spawn(move || {
+                                    let _ = std::io::copy(&mut from, &mut to);
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                });
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                drop(listener);
+                let _ = std::fs::remove_file(&path);
+            })
+        };
+        Self {
+            path: path.to_path_buf(),
+            stop,
+            connections,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops accepting, removes the socket and cuts every open connection.
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for c in self.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+struct RunnerProcess {
+    name: String,
+    child: Child,
+}
+
+/// A server, its runners and everything they need, in one temporary directory.
+struct Cluster {
+    db: Db,
+    dir: tempfile::TempDir,
+    db_url: Option<String>,
+    url: String,
+    listen: String,
+    admin: String,
+    client: String,
+    runner_token: String,
+    project: String,
+    server: Option<Child>,
+    runners: Vec<RunnerProcess>,
+    /// Every runner name ever started, for cleaning up their containers.
+    names: Vec<String>,
+    logs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// A server with a project, a client token and a runner token; no runners yet.
+    fn start(db: Db) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let workspace = dir.path().join("ws");
+        std::fs::create_dir_all(&workspace).unwrap();
+        // The sandbox user is 1000 when the runner runs as root.
+        std::fs::set_permissions(&workspace, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let db_url = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(pg::fresh_database()),
+        };
+        let port = free_port();
+        let mut cluster = Self {
+            db,
+            dir,
+            db_url,
+            url: format!("http://127.0.0.1:{port}"),
+            listen: format!("127.0.0.1:{port}"),
+            admin: String::new(),
+            client: String::new(),
+            runner_token: String::new(),
+            project: unique("proj"),
+            server: None,
+            runners: Vec::new(),
+            names: Vec::new(),
+            logs: Vec::new(),
+        };
+        cluster.start_server();
+        cluster.admin = std::fs::read_to_string(cluster.state_dir().join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let project = cluster.project.clone();
+        let ws = workspace.display().to_string();
+        let o = cluster.admin_cli(&["project", "create", &project, "--workspace-root", &ws]);
+        assert!(o.status.success(), "project create: {}", text(&o.stderr));
+        cluster.client = cluster.create_token("client").1;
+        cluster.runner_token = cluster.create_token("runner").1;
+        cluster
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    fn log_file(&mut self, what: &str) -> File {
+        let path = self.path().join("logs").join(format!("{what}.log"));
+        if !self.logs.contains(&path) {
+            self.logs.push(path.clone());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// `berth ARGS` with a clean environment.
+    fn berth(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("BERTH_STATE_DIR")
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("DOCKER_HOST")
+            .env("NO_COLOR", "1")
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
+            .env("XDG_CONFIG_HOME", self.path().join("config"));
+        cmd
+    }
+
+    /// `berth SUBCOMMAND --server URL --token TOKEN ARGS...`, within 60 s.
+    fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        let mut all = vec![args[0], "--server", &self.url, "--token", token];
+        all.extend_from_slice(&args[1..]);
+        let mut cmd = self.berth(&all);
+        output_within(&mut cmd, Duration::from_secs(60))
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(&self.client, args)
+    }
+
+    fn admin_cli(&self, args: &[&str]) -> Output {
+        self.cli_as(&self.admin, args)
+    }
+
+    /// Creates a token; returns (id, secret).
+    fn create_token(&self, role: &str) -> (String, String) {
+        let o = self.admin_cli(&["token", "create", "--role", role, "--json"]);
+        assert!(o.status.success(), "token create: {}", text(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn start_server(&mut self) {
+        let log = self.log_file("server");
+        let state = self.state_dir().display().to_string();
+        let mut cmd = self.berth(&[
+            "server",
+            "--listen",
+            &self.listen,
+            "--state-dir",
+            &state,
+            "--lease",
+            LEASE,
+            "--heartbeat",
+            HEARTBEAT,
+        ]);
+        if let Some(db) = &self.db_url {
+            cmd.args(["--db", db]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "berth server exited ({status}):\n{}",
+                    self.log_tail("server")
+                );
+            }
+            let (status, _) = self.http("GET", "/healthz", None, None, &[]);
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth server did not answer /healthz within 20s:\n{}",
+                self.log_tail("server")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `berth runner NAME EXTRA` with extra environment; returns immediately.
+    fn spawn_runner(&mut self, name: &str, extra: &[&str], env: &[(&str, String)]) {
+        let log = self.log_file(&format!("runner-{name}"));
+        let state = self.path().join("runners").join(name);
+        let state = state.display().to_string();
+        let mut cmd = self.berth(&[
+            "runner",
+            "--server",
+            &self.url,
+            "--token",
+            &self.runner_token,
+            "--name",
+            name,
+            "--state-dir",
+            &state,
+        ]);
+        cmd.args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        if !self.names.iter().any(|n| n == name) {
+            self.names.push(name.to_string());
+        }
+        self.runners.push(RunnerProcess {
+            name: name.to_string(),
+            child,
+        });
+    }
+
+    /// Starts a runner with a unique name made from `base`, waits until it is online; returns the
+    /// name.
+    fn runner(&mut self, base: &str, extra: &[&str]) -> String {
+        self.runner_with_env(base, extra, &[])
+    }
+
+    fn runner_with_env(&mut self, base: &str, extra: &[&str], env: &[(&str, String)]) -> String {
+        let name = unique(base);
+        self.spawn_runner(&name, extra, env);
+        self.wait_runner_online(&name);
+        name
+    }
+
+    fn wait_runner_online(&self, name: &str) {
+        poll(
+            Duration::from_secs(20),
+            &format!("runner {name} online"),
+            || {
+                let (status, body) =
+                    self.http("GET", "/api/v1/runners", Some(&self.client), None, &[]);
+                let list: Value = serde_json::from_str(&body).ok()?;
+                (status == 200
+                    && list.as_array()?.iter().any(|r| {
+                        r["id"].as_str() == Some(name) && r["online"].as_bool() == Some(true)
+                    }))
+                .then_some(())
+            },
+        );
+    }
+
+    /// SIGKILL of a runner process.
+    fn kill_runner(&mut self, name: &str) {
+        for r in self.runners.iter_mut().filter(|r| r.name == name) {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        self.runners.retain(|r| r.name != name);
+    }
+
+    /// curl: (status, body). Never hangs: 30 s at most.
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[&str],
+    ) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(format!("{}{path}", self.url));
+        let o = output_within(&mut cmd, Duration::from_secs(40));
+        let out = text(&o.stdout);
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// `berth submit --project P --image IMG EXTRA -- CMD` (without --follow): the run's id.
+    fn submit(&self, extra: &[&str], command: &[&str]) -> String {
+        let mut args = vec![
+            "submit",
+            "--project",
+            &self.project,
+            "--image",
+            image(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(command);
+        let o = self.cli(&args);
+        assert!(o.status.success(), "submit: {}", text(&o.stderr));
+        let run: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(run["state"], "queued");
+        run["id"].as_str().unwrap().to_string()
+    }
+
+    /// The run as the API shows it.
+    fn run(&self, id: &str) -> Value {
+        let (status, body) = self.http(
+            "GET",
+            &format!("/api/v1/runs/{id}"),
+            Some(&self.client),
+            None,
+            &[],
+        );
+        assert_eq!(status, 200, "GET run {id}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_state(&self, id: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let run = self.run(id);
+            if pred(run["state"].as_str().unwrap_or_default()) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} still {} after {limit:?}: {run}\n{}",
+                run["state"],
+                self.all_log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_final(&self, id: &str, limit: Duration) -> Value {
+        self.wait_state(id, limit, |s| {
+            [
+                "succeeded",
+                "failed",
+                "timed_out",
+                "cancelled",
+                "lost",
+                "error",
+            ]
+            .contains(&s)
+        })
+    }
+
+    /// The run's events over SSE (not following), optionally resuming after `last_event_id`.
+    fn events(&self, id: &str, last_event_id: Option<i64>) -> Vec<Sse> {
+        let header = last_event_id.map(|n| format!("Last-Event-ID: {n}"));
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        let (status, body) = self.http(
+            "GET",
+            &format!("/api/v1/runs/{id}/events"),
+            Some(&self.client),
+            None,
+            &headers,
+        );
+        assert_eq!(status, 200, "events of {id}: {body}");
+        parse_sse(&body)
+    }
+
+    /// `berth show RUN --json` with the server: {"run": ..., "audit": [...]}.
+    fn show(&self, id: &str) -> Value {
+        let o = self.cli(&["show", id, "--json"]);
+        assert!(o.status.success(), "show: {}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn audit_states(show: &Value) -> Vec<(Option<String>, String)> {
+        show["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["from_state"].as_str().map(str::to_string),
+                    a["to_state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn log_tail(&self, what: &str) -> String {
+        let path = self.path().join("logs").join(format!("{what}.log"));
+        let all = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn all_log_tails(&self) -> String {
+        let mut out = String::new();
+        for path in &self.logs {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            out.push_str(&format!(
+                "--- {name} ({:?})\n{}\n",
+                self.db,
+                self.log_tail(&name)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.runners {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        self.kill_server();
+        for name in &self.names {
+            for id in containers_of_runner(name) {
+                force_remove(&id);
+            }
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(std::io::stderr(), "{}", self.all_log_tails());
+        }
+    }
+}
+
+fn terminal(state: &str) -> bool {
+    [
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "lost",
+        "error",
+    ]
+    .contains(&state)
+}
+
+// 1. submit → run → logs over SSE → artifacts → audit.
+fn submit_logs_events_artifacts_and_audit(db: Db) {
+    let mut c = Cluster::start(db);
+    let runner = c.runner("one", &[]);
+
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        image(),
+        "--follow",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; echo out > $BERTH_OUT/r.txt; exit 3",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stdout: {}\nstderr: {}\n{}",
+        text(&o.stdout),
+        text(&o.stderr),
+        c.all_log_tails()
+    );
+    assert_eq!(text(&o.stdout), "hello\n");
+    let stderr = text(&o.stderr);
+    let id = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no run id in: {stderr}"))
+        .to_string();
+    assert!(stderr.contains("failed"), "{stderr}");
+
+    // `berth logs` prints it again.
+    let o = c.cli(&["logs", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello\n");
+    let o = c.cli(&["logs", &id, "-f"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello\n");
+
+    // SSE: ids are the sequence numbers; `end` closes the stream.
+    let events = c.events(&id, None);
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "end", "{events:?}");
+    let numbered: Vec<&Sse> = events.iter().filter(|e| e.kind != "end").collect();
+    assert!(numbered.iter().all(|e| e.id.is_some()), "{events:?}");
+    let ids: Vec<i64> = numbered.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let hello = numbered
+        .iter()
+        .find(|e| e.kind == "stdout")
+        .unwrap_or_else(|| panic!("no stdout event: {events:?}"));
+    assert_eq!(hello.payload(), "hello\n");
+    for kind in ["started", "exited", "state"] {
+        assert!(
+            numbered.iter().any(|e| e.kind == kind),
+            "no {kind}: {events:?}"
+        );
+    }
+    let hello_seq = hello.id.unwrap();
+    let resumed = c.events(&id, Some(hello_seq));
+    let resumed_ids: Vec<i64> = resumed.iter().filter_map(|e| e.id).collect();
+    assert_eq!(
+        resumed_ids,
+        ids.iter()
+            .copied()
+            .filter(|i| *i > hello_seq)
+            .collect::<Vec<_>>(),
+        "resuming after {hello_seq}"
+    );
+    assert!(!resumed.iter().any(|e| e.kind == "stdout"), "{resumed:?}");
+    assert_eq!(resumed.last().unwrap().kind, "end");
+
+    // Artifacts.
+    let (status, body) = c.http(
+        "GET",
+        &format!("/api/v1/runs/{id}/artifacts"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let paths: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["berth/out/r.txt"], "{body}");
+    let (status, body) = c.http(
+        "GET",
+        &format!("/api/v1/runs/{id}/artifacts/berth/out/r.txt"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!((status, body.as_str()), (200, "out\n"));
+
+    // Audit.
+    let show = c.show(&id);
+    assert_eq!(show["run"]["state"], "failed");
+    assert_eq!(show["run"]["exit_code"], 3);
+    assert_eq!(show["run"]["runner_id"].as_str(), Some(runner.as_str()));
+    let container = show["run"]["container_id"].as_str().unwrap().to_string();
+    assert!(container.len() >= 12, "{show}");
+    assert_eq!(
+        Cluster::audit_states(&show),
+        [
+            (None, "queued".to_string()),
+            (Some("queued".into()), "claimed".into()),
+            (Some("claimed".into()), "running".into()),
+            (Some("running".into()), "failed".into()),
+        ],
+        "{show}"
+    );
+    let audit = show["audit"].as_array().unwrap();
+    assert!(
+        audit[0]["actor"].as_str().unwrap().starts_with("token:"),
+        "{show}"
+    );
+    let runner_actor = format!("runner:{runner}");
+    for entry in &audit[1..] {
+        assert_eq!(
+            entry["actor"].as_str(),
+            Some(runner_actor.as_str()),
+            "{show}"
+        );
+    }
+    let last = audit.last().unwrap();
+    assert_eq!(last["exit_code"], 3, "{show}");
+    assert_eq!(last["container_id"].as_str(), Some(container.as_str()));
+    assert!(containers_of_run(&id).is_empty());
+}
+
+// 2. Two runners, 50 runs: each run executed exactly once.
+fn fifty_runs_on_two_runners_each_run_exactly_once(db: Db) {
+    let mut c = Cluster::start(db);
+    let a = c.runner("a", &["--capacity", "2"]);
+    let b = c.runner("b", &["--capacity", "2"]);
+    let started = Instant::now();
+    let ids: Vec<String> = (0..50)
+        .map(|n| c.submit(&[], &["echo", &format!("run {n}")]))
+        .collect();
+    let mut by_runner: HashMap<String, usize> = HashMap::new();
+    for (n, id) in ids.iter().enumerate() {
+        let run = c.wait_final(id, Duration::from_secs(120));
+        assert_eq!(run["state"], "succeeded", "{run}");
+        *by_runner
+            .entry(run["runner_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        let events = c.events(id, None);
+        let started_events = events.iter().filter(|e| e.kind == "started").count();
+        assert_eq!(started_events, 1, "run {id}: {events:?}");
+        let output: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == "stdout")
+            .map(Sse::payload)
+            .collect();
+        assert_eq!(output, [format!("run {n}\n")], "run {id}");
+        let show = c.show(id);
+        let states = Cluster::audit_states(&show);
+        for to in ["claimed", "running"] {
+            assert_eq!(
+                states.iter().filter(|(_, t)| t == to).count(),
+                1,
+                "run {id}: {states:?}"
+            );
+        }
+        assert_eq!(states.last().unwrap().1, "succeeded");
+    }
+    let elapsed = started.elapsed();
+    println!("{db:?}: 50 runs in {elapsed:?}, by runner {by_runner:?}");
+    assert_eq!(by_runner.values().sum::<usize>(), 50);
+    assert!(
+        by_runner.get(&a).copied().unwrap_or(0) >= 1
+            && by_runner.get(&b).copied().unwrap_or(0) >= 1,
+        "both runners should have worked: {by_runner:?}"
+    );
+    // Both runners' containers are gone.
+    assert!(containers_of_runner(&a).is_empty());
+    assert!(containers_of_runner(&b).is_empty());
+}
+
+// 3. Tag routing.
+fn tags_route_runs(db: Db) {
+    let mut c = Cluster::start(db);
+    let a = c.runner("gpu", &["--tags", "gpu,linux", "--capacity", "2"]);
+    let b = c.runner("plain", &["--capacity", "2"]);
+    let cc = c.runner(
+        "strict",
+        &[
+            "--tags",
+            "linux",
+            "--require-matching-tags",
+            "--capacity",
+            "2",
+        ],
+    );
+
+    let gpu: Vec<String> = (0..3)
+        .map(|_| c.submit(&["--tags", "gpu"], &["true"]))
+        .collect();
+    let untagged: Vec<String> = (0..6).map(|_| c.submit(&[], &["true"])).collect();
+    let linux: Vec<String> = (0..6)
+        .map(|_| c.submit(&["--tags", "linux"], &["true"]))
+        .collect();
+    let runner_of = |id: &String| {
+        let run = c.wait_final(id, Duration::from_secs(60));
+        assert_eq!(run["state"], "succeeded", "{run}");
+        run["runner_id"].as_str().unwrap().to_string()
+    };
+    for id in &gpu {
+        assert_eq!(runner_of(id), a, "a gpu run goes to the gpu runner");
+    }
+    let mut seen = BTreeMap::new();
+    for id in &untagged {
+        let r = runner_of(id);
+        assert_ne!(r, cc, "an untagged run went to the runner requiring tags");
+        *seen.entry(r).or_insert(0) += 1;
+    }
+    for id in &linux {
+        let r = runner_of(id);
+        assert_ne!(r, b, "a linux run went to the runner without tags");
+        assert!(r == a || r == cc, "{r}");
+        *seen.entry(r).or_insert(0) += 1;
+    }
+    println!("{db:?}: routing {seen:?}");
+}
+
+// 4. Cancel while queued, and while running with a command that ignores SIGTERM.
+fn cancel_while_queued_and_while_running(db: Db) {
+    let mut c = Cluster::start(db);
+    // No runner: the run stays queued, and a cancel ends it at once.
+    let queued = c.submit(&[], &["sleep", "60"]);
+    let o = c.cli(&["cancel", &queued, "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let run: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(run["state"], "cancelled", "{run}");
+    let show = c.show(&queued);
+    assert_eq!(
+        Cluster::audit_states(&show),
+        [
+            (None, "queued".to_string()),
+            (Some("queued".into()), "cancelled".into())
+        ],
+        "{show}"
+    );
+
+    // Now a runner: it must not pick up the cancelled run.
+    c.runner("canceller", &[]);
+    let id = c.submit(
+        &["--grace", "1s"],
+        &["sh", "-c", "trap '' TERM; echo ready; sleep 60"],
+    );
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    poll(Duration::from_secs(10), "the command printed ready", || {
+        c.events(&id, None)
+            .iter()
+            .any(|e| e.kind == "stdout" && e.payload() == "ready\n")
+            .then_some(())
+    });
+    assert_eq!(containers_of_run(&id).len(), 1);
+    let asked = Instant::now();
+    let (status, body) = c.http(
+        "POST",
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&c.client),
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let ended = poll(
+        Duration::from_secs(10),
+        "the cancelled run ends and its container goes",
+        || {
+            let run = c.run(&id);
+            (terminal(run["state"].as_str().unwrap()) && containers_of_run(&id).is_empty())
+                .then_some(run)
+        },
+    );
+    let took = asked.elapsed();
+    println!("{db:?}: cancel of a running run took {took:?}");
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the cancel took {took:?} (grace 1s)"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace was skipped: {took:?}"
+    );
+    let show = c.show(&id);
+    let states = Cluster::audit_states(&show);
+    assert_eq!(
+        states.last().unwrap(),
+        &(Some("running".into()), "cancelled".into())
+    );
+    let events = c.events(&id, None);
+    let signals: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == "signal")
+        .map(|e| e.payload())
+        .collect();
+    assert!(signals.len() >= 2, "SIGTERM then SIGKILL: {events:?}");
+
+    // The cancelled queued run never ran anywhere.
+    assert!(containers_of_run(&queued).is_empty());
+    let events = c.events(&queued, None);
+    assert!(
+        !events
+            .iter()
+            .any(|e| ["started", "container_created"].contains(&e.kind.as_str())),
+        "{events:?}"
+    );
+    assert_eq!(c.run(&queued)["state"], "cancelled");
+    assert!(c.run(&queued)["runner_id"].is_null());
+}
+
+// 5. kill -9 of a runner mid-run: lost after the lease; a restart reconciles its container.
+fn runner_killed_mid_run_is_lost_and_reconciled(db: Db) {
+    let mut c = Cluster::start(db);
+    let name = c.runner("doomed", &[]);
+    let id = c.submit(&[], &["sleep", "60"]);
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    assert_eq!(containers_of_runner(&name).len(), 1);
+
+    c.kill_runner(&name);
+    let killed = Instant::now();
+    let run = c.wait_state(&id, Duration::from_secs(15), terminal);
+    let took = killed.elapsed();
+    println!("{db:?}: lost {took:?} after kill -9");
+    assert_eq!(run["state"], "lost", "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.contains(&name), "{reason}");
+    assert!(
+        took >= Duration::from_millis(2000) && took < Duration::from_secs(8),
+        "lost after {took:?} with a lease of {LEASE}"
+    );
+    let show = c.show(&id);
+    let last = show["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to_state"], "lost");
+    assert_eq!(last["actor"], "server");
+    // The container is still there: nobody could stop it.
+    assert_eq!(containers_of_runner(&name).len(), 1);
+
+    // Restarted with the same name, the runner removes what its predecessor left.
+    c.spawn_runner(&name, &[], &[]);
+    poll(
+        Duration::from_secs(15),
+        "the restarted runner removes the left container",
+        || containers_of_runner(&name).is_empty().then_some(()),
+    );
+    c.wait_runner_online(&name);
+    // The record stays as the server decided.
+    let run = c.run(&id);
+    assert_eq!(run["state"], "lost");
+    // And the restarted runner works.
+    let next = c.submit(&[], &["true"]);
+    let run = c.wait_final(&next, Duration::from_secs(30));
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["runner_id"].as_str(), Some(name.as_str()));
+}
+
+// 6. kill -9 of the server mid-run: the run finishes and no output line is lost or repeated.
+fn server_killed_mid_run_loses_no_event(db: Db) {
+    let mut c = Cluster::start(db);
+    c.runner("steady", &[]);
+    let id = c.submit(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 30); do echo line $i; sleep 0.1; done",
+        ],
+    );
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    poll(Duration::from_secs(10), "some output", || {
+        c.events(&id, None)
+            .iter()
+            .any(|e| e.kind == "stdout")
+            .then_some(())
+    });
+    c.kill_server();
+    std::thread::sleep(Duration::from_millis(1000));
+    c.start_server();
+    let run = c.wait_final(&id, Duration::from_secs(30));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let events = c.events(&id, None);
+    let lines: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(Sse::payload)
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(lines, expected, "{events:?}\n{}", c.all_log_tails());
+    assert_eq!(events.iter().filter(|e| e.kind == "started").count(), 1);
+    let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+// 7. The engine goes away mid-run: the run ends `error`, saying so.
+fn engine_going_away_mid_run_is_an_error(db: Db) {
+    let mut c = Cluster::start(db);
+    let socket = c.path().join("proxy.sock");
+    let mut proxy = DockerProxy::start(&socket);
+    let name = c.runner_with_env(
+        "proxied",
+        &[],
+        &[("DOCKER_HOST", format!("unix://{}", socket.display()))],
+    );
+    let id = c.submit(&[], &["sleep", "30"]);
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    std::thread::sleep(Duration::from_millis(300));
+    let cut = Instant::now();
+    proxy.shut_down();
+    let run = c.wait_state(&id, Duration::from_secs(15), terminal);
+    let took = cut.elapsed();
+    println!(
+        "{db:?}: ended {took:?} after the engine went away: {}",
+        run["reason"]
+    );
+    assert_eq!(run["state"], "error", "{run}");
+    let reason = run["reason"].as_str().unwrap().to_lowercase();
+    assert!(
+        ["engine", "connection"].iter().any(|w| reason.contains(w)),
+        "{reason}"
+    );
+    let show = c.show(&id);
+    let last = show["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to_state"], "error");
+    assert_eq!(
+        last["actor"].as_str(),
+        Some(format!("runner:{name}").as_str())
+    );
+    // The container was out of berth's reach: it is still there, and removed here.
+    for container in containers_of_run(&id) {
+        force_remove(&container);
+    }
+}
+
+// 8. Authentication and roles through the real server.
+fn auth_is_enforced_end_to_end(db: Db) {
+    let c = Cluster::start(db);
+    let register = r#"{"name":"intruder","tags":[],"require_matching_tags":false,"capacity":1}"#;
+    let (status, body) = c.http(
+        "POST",
+        "/api/v1/runners/register",
+        Some(&c.client),
+        Some(register),
+        &[],
+    );
+    assert_eq!(status, 403, "client token registering a runner: {body}");
+    let (status, _) = c.http(
+        "POST",
+        "/api/v1/runners/register",
+        Some(&c.runner_token),
+        Some(register),
+        &[],
+    );
+    assert_eq!(status, 200, "a runner token may register");
+
+    let submit = serde_json::json!({
+        "project": c.project,
+        "sandbox": { "image": image(), "command": ["true"] },
+    })
+    .to_string();
+    let (status, body) = c.http(
+        "POST",
+        "/api/v1/runs",
+        Some(&c.runner_token),
+        Some(&submit),
+        &[],
+    );
+    assert_eq!(status, 403, "runner token submitting: {body}");
+    let (status, body) = c.http("POST", "/api/v1/runs", None, Some(&submit), &[]);
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, body) = c.http("GET", "/api/v1/runs", None, None, &[]);
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, body) = c.http("GET", "/api/v1/runs", Some("not-a-token"), None, &[]);
+    assert_eq!(status, 401, "a made-up token: {body}");
+    let (status, body) = c.http("GET", "/api/v1/tokens", Some(&c.client), None, &[]);
+    assert_eq!(status, 403, "client listing tokens: {body}");
+
+    let (id, secret) = c.create_token("client");
+    let (status, body) = c.http("POST", "/api/v1/runs", Some(&secret), Some(&submit), &[]);
+    assert_eq!(status, 201, "a fresh client token submits: {body}");
+    let o = c.admin_cli(&["token", "revoke", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (status, body) = c.http("GET", "/api/v1/runs", Some(&secret), None, &[]);
+    assert_eq!(status, 401, "a revoked token: {body}");
+    let (status, body) = c.http("POST", "/api/v1/runs", Some(&secret), Some(&submit), &[]);
+    assert_eq!(status, 401, "a revoked token: {body}");
+    // Through the CLI too: a clear error, exit 125-style failure.
+    let o = c.cli_as(&secret, &["ls", "--json"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("401") || text(&o.stderr).to_lowercase().contains("token"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Every other token still works.
+    let (status, _) = c.http("GET", "/api/v1/runs", Some(&c.client), None, &[]);
+    assert_eq!(status, 200);
+}
+
+/// A TCP proxy in front of the server that, once armed, forwards one matching request and then
+/// drops its response (closing the connection): the request took effect, the sender cannot know.
+struct LossyProxy {
+    port: u16,
+    armed: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl LossyProxy {
+    fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(Mutex::new(None::<String>));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let armed = armed.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let drop_response = Arc::new(AtomicBool::new(false));
+                    let (mut c_in, mut s_out) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (armed, flag) = (armed.clone(), drop_response.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            let n = match c_in.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let head = String::from_utf8_lossy(&buf[..n.min(512)]).into_owned();
+                            let mut armed = armed.lock().unwrap();
+                            if let Some(target) = armed.as_deref() {
+                                if head.starts_with("POST ")
+                                    && head.lines().next().is_some_and(|l| l.contains(target))
+                                {
+                                    flag.store(true, Ordering::SeqCst);
+                                    *armed = None;
+                                }
+                            }
+                            drop(armed);
+                            if s_out.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = s_out.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut s_in, mut c_out) = (server, client);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            let n = match s_in.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if drop_response.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            if c_out.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = c_out.shutdown(std::net::Shutdown::Both);
+                        let _ = s_in.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            });
+        }
+        Self { port, armed, stop }
+    }
+
+    /// The next POST whose request line contains `target` takes effect, but its answer is lost.
+    fn arm(&self, target: &str) {
+        *self.armed.lock().unwrap() = Some(target.to_string());
+    }
+
+    fn fired(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+// A request that took effect but whose answer was lost (a network blip, a server killed right
+// after committing) is retried by the runner; the retry must not change the outcome.
+fn lost_answers_do_not_change_outcomes(db: Db) {
+    for target in ["/claim", "/start", "/finish"] {
+        let mut c = Cluster::start(db);
+        let proxy = LossyProxy::start(c.listen.clone());
+        // The runner's first claim is sent as it starts: arm before.
+        if target == "/claim" {
+            proxy.arm(target);
+        }
+        let real = c.url.clone();
+        c.url = format!("http://127.0.0.1:{}", proxy.port);
+        let name = unique("lossy");
+        c.spawn_runner(&name, &[], &[]);
+        c.url = real;
+        c.wait_runner_online(&name);
+        proxy.arm(target);
+        let id = c.submit(&[], &["sh", "-c", "echo one; sleep 0.2; echo two"]);
+        let run = c.wait_final(&id, Duration::from_secs(30));
+        assert!(proxy.fired(), "{target}: the proxy never saw the request");
+        assert_eq!(
+            run["state"],
+            "succeeded",
+            "answer to {target} lost: {run}\n{}",
+            c.all_log_tails()
+        );
+        let events = c.events(&id, None);
+        let lines: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == "stdout")
+            .map(Sse::payload)
+            .collect();
+        assert_eq!(lines, ["one\n", "two\n"], "answer to {target} lost");
+        let states = Cluster::audit_states(&c.show(&id));
+        println!("{db:?}: answer to {target} lost: {states:?}");
+        assert_eq!(
+            states.iter().filter(|(_, t)| t == "running").count(),
+            1,
+            "{states:?}"
+        );
+        assert_eq!(states.last().unwrap().1, "succeeded");
+    }
+}
+
+// A batch whose answer was lost is resent; its numbers let the server store it once.
+fn lost_answer_to_events_stores_output_once(db: Db) {
+    let mut c = Cluster::start(db);
+    let proxy = LossyProxy::start(c.listen.clone());
+    let real = c.url.clone();
+    c.url = format!("http://127.0.0.1:{}", proxy.port);
+    let name = unique("lossy");
+    c.spawn_runner(&name, &[], &[]);
+    c.url = real;
+    c.wait_runner_online(&name);
+    let id = c.submit(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo one; sleep 1; echo two; sleep 1; echo three",
+        ],
+    );
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    poll(Duration::from_secs(10), "the first line", || {
+        c.events(&id, None)
+            .iter()
+            .any(|e| e.kind == "stdout")
+            .then_some(())
+    });
+    proxy.arm("/events");
+    let run = c.wait_final(&id, Duration::from_secs(30));
+    assert!(proxy.fired());
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let events = c.events(&id, None);
+    let lines: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(Sse::payload)
+        .collect();
+    assert_eq!(lines, ["one\n", "two\n", "three\n"]);
+}
+
+#[test]
+fn sqlite_lost_answer_to_events_stores_output_once() {
+    lost_answer_to_events_stores_output_once(Db::Sqlite);
+}
