@@ -31,6 +31,9 @@ pub struct ConfigFile {
     pub allowed_paths: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `[profiles.NAME]` tables: new profiles, or overrides of built-in ones.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, crate::profile::ProfileConfig>,
 }
 
 /// `cpus = 2` and `cpus = "1.5"` are both natural to write.
@@ -148,6 +151,8 @@ impl ConfigFile {
         );
         self.allowed_paths.extend(over.allowed_paths);
         self.env.extend(over.env);
+        // Profiles are layered by source in `profile::resolve_all`; here the last file wins.
+        self.profiles.extend(over.profiles);
         self
     }
 

@@ -43,6 +43,11 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         data_base64: Option<String>,
     },
+    /// An event of the agent's own output (Claude Code stream-json, Codex JSONL), parsed into
+    /// berth's agent event types; unknown kinds are kept raw.
+    Agent {
+        agent: serde_json::Value,
+    },
     /// berth sent a signal to the sandboxed process.
     Signal {
         signal: String,

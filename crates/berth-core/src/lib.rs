@@ -12,6 +12,7 @@ pub mod ids;
 pub mod mask;
 pub mod plan;
 pub mod policy;
+pub mod profile;
 pub mod record;
 pub mod spec;
 pub mod units;

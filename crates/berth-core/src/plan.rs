@@ -277,6 +277,8 @@ mod tests {
             keep: false,
             fallback: Fallback::None,
             workdir: None,
+            output_format: "text".into(),
+            profile: None,
         }
     }
 

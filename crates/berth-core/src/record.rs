@@ -46,6 +46,9 @@ pub struct RunRecord {
     pub artifacts: Vec<String>,
     /// Whether the container was left in place (`--keep`).
     pub kept: bool,
+    /// The agent's session id, when the agent reported one (for `--resume`).
+    #[serde(default)]
+    pub agent_session: Option<String>,
 }
 
 impl RunRecord {
@@ -67,6 +70,7 @@ impl RunRecord {
             reason: None,
             artifacts: Vec::new(),
             kept: false,
+            agent_session: None,
         }
     }
 

@@ -244,6 +244,16 @@ pub struct RunSpec {
     /// The working directory inside the sandbox; `None`: /workspace (or / without a workspace).
     #[serde(default)]
     pub workdir: Option<String>,
+    /// How stdout is read: `text`, or an agent's format (`claude-stream-json`, `codex-jsonl`).
+    #[serde(default = "text_output")]
+    pub output_format: String,
+    /// The profile the run was made from, if any.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+fn text_output() -> String {
+    "text".to_string()
 }
 
 /// Checks an environment variable name the way POSIX shells accept them.

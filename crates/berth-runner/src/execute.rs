@@ -232,6 +232,7 @@ async fn run_claimed(
             DockerRun {
                 plan_context,
                 secrets,
+                stdin: None,
             },
             interrupts,
         )
@@ -313,6 +314,8 @@ fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
         keep: false,
         fallback: Fallback::None,
         workdir: s.workdir.clone(),
+        output_format: "text".into(),
+        profile: None,
     })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_core::event::{Event, Stream};
+use berth_core::event::Event;
 use berth_core::exit::{state_for_exit, ExitStatus, RunState};
 use berth_core::plan::{OUT_TARGET, WORKSPACE_TARGET};
 use berth_core::units::format_duration;
@@ -63,26 +63,15 @@ pub async fn execute_local(
     ctx.save();
     ctx.emit(Event::Started);
 
-    let pumps = match (
-        spawn_pump(
-            child.stdout.take(),
-            Stream::Stdout,
-            ctx,
-            &ctx.run_dir.stdout_log(),
-        ),
-        spawn_pump(
-            child.stderr.take(),
-            Stream::Stderr,
-            ctx,
-            &ctx.run_dir.stderr_log(),
-        ),
-    ) {
-        (Ok(a), Ok(b)) => [a, b],
-        (Err(e), _) | (_, Err(e)) => {
+    let (stdout_pipe, stderr_pipe) = match ctx.output_pipes() {
+        Ok(pipes) => pipes,
+        Err(e) => {
             let _ = child.start_kill();
             return ctx.finish(RunState::Error, Some(e.to_string()));
         }
     };
+    let stdout_pump = spawn_pump(child.stdout.take(), stdout_pipe);
+    let stderr_pump = spawn_pump(child.stderr.take(), stderr_pipe);
     let pgid = child.id().map(|p| p as i32);
 
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -120,10 +109,16 @@ pub async fn execute_local(
         }
     };
     let mut output_failure = None;
-    for pump in pumps {
+    let mut agent_outcome = None;
+    for pump in [stdout_pump, stderr_pump] {
         match pump.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => output_failure = Some(e.to_string()),
+            Ok((Ok(()), outcome, session)) => {
+                agent_outcome = agent_outcome.or(outcome);
+                if session.is_some() {
+                    ctx.record.agent_session = session;
+                }
+            }
+            Ok((Err(e), _, _)) => output_failure = Some(e.to_string()),
             Err(e) => output_failure = Some(e.to_string()),
         }
     }
@@ -163,35 +158,40 @@ pub async fn execute_local(
     ctx.finish(state, reason)
 }
 
+type PumpResult = (
+    Result<(), SandboxError>,
+    Option<berth_agents::AgentOutcome>,
+    Option<String>,
+);
+
 fn spawn_pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     reader: Option<R>,
-    stream: Stream,
-    ctx: &RunContext,
-    log: &Path,
-) -> Result<tokio::task::JoinHandle<Result<(), SandboxError>>, SandboxError> {
-    let mut pipe = OutputPipe::create(
-        stream,
-        ctx.masker.clone(),
-        log,
-        ctx.reporter.clone(),
-        &ctx.record.id,
-    )?;
-    Ok(tokio::spawn(async move {
-        if let Some(mut reader) = reader {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| SandboxError::io("<command output>", e))?;
-                if n == 0 {
-                    break;
+    mut pipe: OutputPipe,
+) -> tokio::task::JoinHandle<PumpResult> {
+    tokio::spawn(async move {
+        let mut pumped = async {
+            if let Some(mut reader) = reader {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = reader
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| SandboxError::io("<command output>", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    pipe.push(&buf[..n])?;
                 }
-                pipe.push(&buf[..n])?;
             }
+            Ok(())
         }
-        pipe.finish()
-    }))
+        .await;
+        let finished = pipe.finish();
+        if pumped.is_ok() {
+            pumped = finished;
+        }
+        (pumped, pipe.agent_outcome(), pipe.agent_session())
+    })
 }
 
 #[allow(unsafe_code)] // kill(2) on our own child's process group; no memory is involved.

@@ -39,6 +39,15 @@ pub struct OutputPipe {
     line: Vec<u8>,
     masked: Vec<u8>,
     bytes: u64,
+    agent: Option<AgentStream>,
+}
+
+/// An agent's output being parsed into agent events, appended to `events.jsonl`.
+struct AgentStream {
+    parser: berth_agents::AgentParser,
+    events: std::fs::File,
+    events_path: std::path::PathBuf,
+    session: Option<String>,
 }
 
 impl OutputPipe {
@@ -60,7 +69,75 @@ impl OutputPipe {
             line: Vec::new(),
             masked: Vec::with_capacity(64 * 1024),
             bytes: 0,
+            agent: None,
         })
+    }
+
+    /// Reads this stream as an agent's output in `format`: agent events go to the reporter and
+    /// to `events_path` instead of raw output (which stays in the log file).
+    pub fn parse_agent(
+        mut self,
+        format: berth_agents::OutputFormat,
+        events_path: &Path,
+    ) -> Result<Self, SandboxError> {
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(events_path)
+            .map_err(|e| SandboxError::io(events_path, e))?;
+        self.agent = Some(AgentStream {
+            parser: berth_agents::AgentParser::new(format),
+            events,
+            events_path: events_path.to_path_buf(),
+            session: None,
+        });
+        Ok(self)
+    }
+
+    /// The agent's own verdict on the run, when this stream was an agent's and it gave one.
+    pub fn agent_outcome(&self) -> Option<berth_agents::AgentOutcome> {
+        self.agent.as_ref().and_then(|a| a.parser.outcome())
+    }
+
+    /// The agent's session id, when it reported one.
+    pub fn agent_session(&self) -> Option<String> {
+        self.agent.as_ref().and_then(|a| a.session.clone())
+    }
+
+    fn emit_agent_events(
+        &mut self,
+        events: Vec<berth_agents::AgentEvent>,
+    ) -> Result<(), SandboxError> {
+        let Some(agent) = self.agent.as_mut() else {
+            return Ok(());
+        };
+        for event in events {
+            if let berth_agents::AgentEvent::SessionStarted {
+                session_id: Some(id),
+                ..
+            } = &event
+            {
+                agent.session.get_or_insert_with(|| id.clone());
+            }
+            let line = EventLine {
+                ts: crate::clock::now_rfc3339(),
+                run_id: self.run_id.clone(),
+                event: Event::Agent {
+                    agent: serde_json::to_value(&event).unwrap_or_default(),
+                },
+            };
+            let mut json = serde_json::to_vec(&line)
+                .map_err(|e| SandboxError::io(&agent.events_path, std::io::Error::other(e)))?;
+            json.push(b'\n');
+            // One write per line on an O_APPEND file: lines never interleave with the run's
+            // lifecycle events written by the other handle.
+            agent
+                .events
+                .write_all(&json)
+                .map_err(|e| SandboxError::io(&agent.events_path, e))?;
+            self.reporter.event(&line);
+        }
+        Ok(())
     }
 
     /// Bytes received so far (before masking).
@@ -83,6 +160,10 @@ impl OutputPipe {
         let mut rest = Vec::new();
         self.masker.finish(&mut rest);
         self.pass_on(&rest)?;
+        if let Some(agent) = self.agent.as_mut() {
+            let events = agent.parser.finish();
+            self.emit_agent_events(events)?;
+        }
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.emit_line(&line);
@@ -99,6 +180,10 @@ impl OutputPipe {
         self.log
             .write_all(masked)
             .map_err(|e| SandboxError::io(&self.log_path, e))?;
+        if let Some(agent) = self.agent.as_mut() {
+            let events = agent.parser.push(masked);
+            return self.emit_agent_events(events);
+        }
         if !self.reporter.wants_lines() {
             self.reporter.output(self.stream, masked);
             return Ok(());

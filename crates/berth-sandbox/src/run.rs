@@ -99,6 +99,32 @@ impl RunContext {
         }
     }
 
+    /// The stdout and stderr pipes of this run; stdout is read as the agent's output when the
+    /// spec names an agent format.
+    pub fn output_pipes(&self) -> Result<(OutputPipe, OutputPipe), SandboxError> {
+        let mut stdout = OutputPipe::create(
+            Stream::Stdout,
+            self.masker.clone(),
+            &self.run_dir.stdout_log(),
+            self.reporter.clone(),
+            &self.record.id,
+        )?;
+        let format = &self.record.spec.output_format;
+        if format != "text" {
+            let format: berth_agents::OutputFormat =
+                format.parse().map_err(|_| SandboxError::Invalid(format!("unknown output format `{format}`: expected claude-stream-json, codex-jsonl or text")))?;
+            stdout = stdout.parse_agent(format, &self.run_dir.events_path())?;
+        }
+        let stderr = OutputPipe::create(
+            Stream::Stderr,
+            self.masker.clone(),
+            &self.run_dir.stderr_log(),
+            self.reporter.clone(),
+            &self.record.id,
+        )?;
+        Ok((stdout, stderr))
+    }
+
     /// Ends the run: final state, reason (masked), record written, `finished` event.
     pub fn finish(&mut self, state: RunState, reason: Option<String>) -> ExitStatus {
         self.finish_with_hint(state, reason, None)
@@ -141,6 +167,8 @@ pub struct DockerRun {
     pub plan_context: PlanContext,
     /// Secret names and values, for the shim's setup frame.
     pub secrets: Vec<(String, String)>,
+    /// Bytes for the command's stdin (an agent's prompt), sent after the setup frame.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// How the wait ended, before the final state is decided.
@@ -164,7 +192,7 @@ pub async fn execute_docker<E: Engine>(
     };
     ctx.record.image_id = Some(image.id.clone());
 
-    let mut plan_context = run.plan_context;
+    let mut plan_context = run.plan_context.clone();
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
     let container_plan = plan::plan_container(&spec, &plan_context);
@@ -203,7 +231,7 @@ pub async fn execute_docker<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    let outcome = drive(engine, &id, &container_plan, ctx, &run.secrets, interrupts).await;
+    let outcome = drive(engine, &id, &container_plan, ctx, &run, interrupts).await;
     collect_artifacts(engine, &id, ctx, &spec.artifacts).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     let (state, reason) = outcome;
@@ -266,7 +294,7 @@ async fn drive<E: Engine>(
     id: &str,
     container_plan: &ContainerPlan,
     ctx: &mut RunContext,
-    secrets: &[(String, String)],
+    run: &DockerRun,
     interrupts: &mut Interrupts,
 ) -> (RunState, Option<String>) {
     let spec = ctx.record.spec.clone();
@@ -279,23 +307,7 @@ async fn drive<E: Engine>(
             )
         }
     };
-    let pipes = (|| -> Result<_, SandboxError> {
-        let out = OutputPipe::create(
-            Stream::Stdout,
-            ctx.masker.clone(),
-            &ctx.run_dir.stdout_log(),
-            ctx.reporter.clone(),
-            &ctx.record.id,
-        )?;
-        let err = OutputPipe::create(
-            Stream::Stderr,
-            ctx.masker.clone(),
-            &ctx.run_dir.stderr_log(),
-            ctx.reporter.clone(),
-            &ctx.record.id,
-        )?;
-        Ok((out, err))
-    })();
+    let pipes = ctx.output_pipes();
     let (mut stdout_pipe, mut stderr_pipe) = match pipes {
         Ok(p) => p,
         Err(e) => return (RunState::Error, Some(e.to_string())),
@@ -318,7 +330,13 @@ async fn drive<E: Engine>(
     let output = attached.output;
     // Output is pumped on its own task so that a slow terminal never delays signal handling.
     let pump = tokio::spawn(async move {
-        crate::pump::pump(output, fifos, exited_rx, &mut stdout_pipe, &mut stderr_pipe).await
+        let failure =
+            crate::pump::pump(output, fifos, exited_rx, &mut stdout_pipe, &mut stderr_pipe).await;
+        (
+            failure,
+            stdout_pipe.agent_outcome(),
+            stdout_pipe.agent_session(),
+        )
     });
 
     // A cancel that arrived while the image was pulled or the container created must stop the
@@ -356,9 +374,13 @@ async fn drive<E: Engine>(
     ctx.emit(Event::Started);
 
     let mut input = attached.input;
-    let frame = crate::shim::setup_frame(secrets);
+    let frame = crate::shim::setup_frame(&run.secrets);
     // A command that exits before reading its stdin closes the pipe; that is not an error.
     let _ = input.write_all(&frame).await;
+    if let Some(stdin) = &run.stdin {
+        // The prompt of an agent that reads it on stdin: after the frame, the command's own input.
+        let _ = input.write_all(stdin).await;
+    }
     let _ = input.shutdown().await;
     drop(input);
 
@@ -400,15 +422,23 @@ async fn drive<E: Engine>(
     };
 
     let _ = exited_tx.send(());
-    let output_failure = match tokio::time::timeout(OUTPUT_DRAIN_LIMIT, pump).await {
-        Ok(Ok(failure)) => failure,
-        Ok(Err(e)) => Some(format!("the output task failed: {e}")),
-        Err(_) => Some(format!(
-            "the output did not end within {}s of the container's exit",
-            OUTPUT_DRAIN_LIMIT.as_secs()
-        )),
+    let (output_failure, agent_outcome) = match tokio::time::timeout(OUTPUT_DRAIN_LIMIT, pump).await
+    {
+        Ok(Ok((failure, outcome, session))) => {
+            ctx.record.agent_session = session;
+            (failure, outcome)
+        }
+        Ok(Err(e)) => (Some(format!("the output task failed: {e}")), None),
+        Err(_) => (
+            Some(format!(
+                "the output did not end within {}s of the container's exit",
+                OUTPUT_DRAIN_LIMIT.as_secs()
+            )),
+            None,
+        ),
     };
     ctx.record.finished_at = Some(now_rfc3339());
+    let agent_error = agent_failure(agent_outcome);
     // The FIFOs have served; left in place they would block anyone who reads the run directory.
     // The directory itself stays while the container exists (the engine needs bind sources).
     if let Some(dir) = &io_dir {
@@ -452,6 +482,9 @@ async fn drive<E: Engine>(
                 format_bytes(container_plan.memory_bytes as u64)
             )),
         ),
+        // The agent's own verdict counts: an agent that reports an error failed, whatever its
+        // exit status says.
+        None if agent_error.is_some() => (RunState::Failed, agent_error),
         None => {
             let state = state_for_exit(exit.exit_code);
             let reason = match exit.exit_code {
@@ -466,6 +499,16 @@ async fn drive<E: Engine>(
             (state, reason)
         }
     }
+}
+
+/// The reason to fail a run whose agent reported an error, if it did.
+pub(crate) fn agent_failure(outcome: Option<berth_agents::AgentOutcome>) -> Option<String> {
+    let outcome = outcome.filter(|o| o.is_error)?;
+    let what = outcome
+        .message
+        .or(outcome.reason)
+        .unwrap_or_else(|| "no details".into());
+    Some(format!("the agent reported an error: {what}"))
 }
 
 async fn signal<E: Engine>(engine: &E, id: &str, ctx: &mut RunContext, name: &str, reason: &str) {
@@ -606,6 +649,8 @@ mod tests {
             keep: false,
             fallback: Fallback::None,
             workdir: None,
+            output_format: "text".into(),
+            profile: None,
         }
     }
 
@@ -664,6 +709,7 @@ mod tests {
                     owner_labels: BTreeMap::new(),
                 },
                 secrets: self.secrets.clone(),
+                stdin: None,
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }

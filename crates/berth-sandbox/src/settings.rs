@@ -13,6 +13,11 @@ pub struct Settings {
     pub allowed_paths: Vec<PathBuf>,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
+    /// `[profiles]` of each file, in order, with the file's path.
+    pub profile_layers: Vec<(
+        String,
+        std::collections::BTreeMap<String, berth_core::profile::ProfileConfig>,
+    )>,
 }
 
 /// Reads the user's config file (if any) and the workspace's `berth.toml` (if any).
@@ -30,6 +35,11 @@ pub fn load(
             Err(e) => return Err(SandboxError::io(path, e)),
         };
         let file = config::parse(&path.display().to_string(), &text)?;
+        if !file.profiles.is_empty() {
+            settings
+                .profile_layers
+                .push((path.display().to_string(), file.profiles.clone()));
+        }
         let base = path.parent().unwrap_or(Path::new("/"));
         for allowed in &file.allowed_paths {
             settings.allowed_paths.push(absolute(allowed, base, home));

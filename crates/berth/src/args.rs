@@ -21,6 +21,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Say exactly why Docker can or cannot be used.
     Doctor(DoctorArgs),
+    /// List the profiles (agents and executors) and where each comes from.
+    Profiles(ProfilesArgs),
+    /// List agent sessions with the run that created them.
+    Sessions(SessionsArgs),
     /// List runs.
     Ls(ListArgs),
     /// Show one run.
@@ -54,6 +58,16 @@ pub struct StateArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Run with a profile (an agent such as claude-code or codex, or procedural); the arguments
+    /// are then the prompt. `berth profiles` lists them.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Resume the agent session SESSION (see `berth sessions`).
+    #[arg(long, value_name = "SESSION", conflicts_with = "continue_session")]
+    pub resume: Option<String>,
+    /// Continue the agent's most recent session.
+    #[arg(long = "continue")]
+    pub continue_session: bool,
     /// The image to run in [config: image].
     #[arg(long)]
     pub image: Option<String>,
@@ -118,7 +132,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub state: StateArgs,
-    /// The command and its arguments, run as given (never through a shell).
+    /// The command and its arguments, run as given (never through a shell); with an agent
+    /// profile, the prompt.
     #[arg(
         required = true,
         trailing_var_arg = true,
@@ -126,6 +141,25 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// The workspace whose berth.toml is read [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,12 @@ impl Printer {
         self.color
     }
 
+    /// Whether stdout (where agent conversations go) may be coloured.
+    pub fn colored_stdout(&self) -> bool {
+        std::io::stdout().is_terminal()
+            && std::env::var_os(crate::env::NO_COLOR).is_none_or(|v| v.is_empty())
+    }
+
     fn paint(&self, code: &str, text: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{text}\x1b[0m")
@@ -93,6 +99,16 @@ impl Reporter for HumanReporter {
                 p.info(&format!("pulled {image}"));
             }
             Event::Signal { signal, reason } => p.info(&format!("sending {signal}: {reason}")),
+            Event::Agent { agent } => {
+                // The agent's conversation is the run's output: rendered readably on stdout.
+                if let Ok(event) = serde_json::from_value::<berth_agents::AgentEvent>(agent.clone())
+                {
+                    if let Some(text) = berth_agents::render(&event, p.colored_stdout()) {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+                    }
+                }
+            }
             Event::Warning { message } => p.warning(message),
             Event::ArtifactsCollected { paths, skipped } => {
                 for s in skipped {

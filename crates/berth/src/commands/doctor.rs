@@ -106,6 +106,8 @@ async fn time_sandbox_start(
             keep: false,
             fallback: Fallback::None,
             workdir: None,
+            output_format: "text".into(),
+            profile: None,
         };
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();
@@ -156,6 +158,7 @@ async fn time_sandbox_start(
             berth_sandbox::run::DockerRun {
                 plan_context,
                 secrets: vec![],
+                stdin: None,
             },
             &mut interrupts,
         )

@@ -3,6 +3,7 @@
 mod doctor;
 mod gc;
 mod ls;
+mod profiles;
 mod remote;
 mod run;
 mod runner;
@@ -18,6 +19,8 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
     match command {
         Command::Run(args) => run::run(*args, printer).await,
         Command::Doctor(args) => doctor::doctor(args, printer).await,
+        Command::Profiles(args) => profiles::profiles(args, printer),
+        Command::Sessions(args) => profiles::sessions(args, printer),
         Command::Ls(args) => match args.server.clone() {
             Some(server) => {
                 remote::remote_ls(

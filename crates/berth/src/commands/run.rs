@@ -7,6 +7,7 @@ use berth_core::event::Event;
 use berth_core::exit::RunState;
 use berth_core::mask::Masker;
 use berth_core::plan::{sandbox_user, PlanContext};
+use berth_core::profile::{Profile, Resume};
 use berth_core::record::{Execution, RunRecord};
 use berth_core::spec::{
     parse_env, Fallback, MountRequest, NetworkMode, PortPublish, PullPolicy, Resources, RunSpec,
@@ -77,7 +78,20 @@ async fn prepare_and_run(
         &workspace,
         home.as_deref(),
     )?;
-    let spec = build_spec(&args, &settings, workspace.clone())?;
+    let profiles;
+    let profile = match &args.profile {
+        Some(name) => {
+            profiles = super::profiles::all_profiles(&settings)
+                .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+            Some(
+                berth_core::profile::find(&profiles, name)
+                    .map_err(|e| SandboxError::Invalid(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let BuiltSpec { spec, stdin } = build_spec(&args, &settings, workspace.clone(), profile)?;
+    let sessions = profile.and_then(|p| Some((p.agent.clone()?, p.sessions.clone()?)));
 
     let secrets = read_secrets(&spec.secrets)?;
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
@@ -154,6 +168,21 @@ async fn prepare_and_run(
     };
     let (invoking_uid, invoking_gid) = crate::invoking_user();
     let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
+    let mut mounts = checked.mounts;
+    if let Some((agent, target)) = &sessions {
+        // The agent's sessions live on the host across runs, so --resume and --continue work.
+        match sessions_dir(agent, uid, gid) {
+            Ok(source) if !mounts.iter().any(|m| m.target == *target) => {
+                mounts.push(berth_core::plan::BindMount {
+                    source,
+                    target: target.clone(),
+                    read_only: false,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(ctx.finish(RunState::Error, Some(e))),
+        }
+    }
     let out_dir = match ctx.run_dir.create_out_dir(uid, gid) {
         Ok(dir) => dir,
         Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
@@ -173,7 +202,7 @@ async fn prepare_and_run(
         image_entrypoint: Vec::new(),
         image_home: None,
         workspace: checked.workspace.clone(),
-        mounts: checked.mounts,
+        mounts,
         shim_host_path: shim,
         out_host_path: out_dir,
         io_host_path,
@@ -186,6 +215,7 @@ async fn prepare_and_run(
     let run = DockerRun {
         plan_context,
         secrets,
+        stdin,
     };
     Ok(berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await)
 }
@@ -234,22 +264,50 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> SandboxError {
 }
 
 /// Flags over config over defaults.
+/// A run spec and, when the profile feeds its prompt on stdin, those bytes.
+pub struct BuiltSpec {
+    pub spec: RunSpec,
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// Flags over the profile over config over defaults.
 pub fn build_spec(
     args: &RunArgs,
     settings: &Settings,
     workspace: PathBuf,
-) -> Result<RunSpec, SandboxError> {
+    profile: Option<&Profile>,
+) -> Result<BuiltSpec, SandboxError> {
     let config = &settings.file;
     let image = args
         .image
         .clone()
+        .or_else(|| profile.and_then(|p| p.image.clone()))
         .or_else(|| config.image.clone())
         .ok_or_else(|| {
             SandboxError::Invalid(
                 "no image given: pass --image IMAGE or set `image = \"...\"` in berth.toml".into(),
             )
         })?;
+    // A profile's setting stands between the flag and the config file.
     let pick = |flag: &Option<String>, conf: &Option<String>| flag.clone().or_else(|| conf.clone());
+    let from_profile = |get: fn(&Profile) -> Option<String>, conf: &Option<String>| {
+        profile.and_then(get).or_else(|| conf.clone())
+    };
+    let resume = match (&args.resume, args.continue_session) {
+        (Some(id), _) => Resume::Session(id.clone()),
+        (None, true) => Resume::Continue,
+        (None, false) => Resume::None,
+    };
+    let (command, stdin) = match profile {
+        Some(p) => p
+            .argv(&args.command, &resume)
+            .map_err(|e| SandboxError::Invalid(e.to_string()))?,
+        None if resume != Resume::None => return Err(SandboxError::Invalid(
+            "--resume and --continue need an agent profile: add --profile claude-code (or codex)"
+                .into(),
+        )),
+        None => (args.command.clone(), None),
+    };
     let pull = match pick(&args.pull, &config.pull) {
         Some(p) => p.parse().map_err(|e| invalid("--pull", e))?,
         None => PullPolicy::default(),
@@ -259,15 +317,27 @@ pub fn build_spec(
         None => WorkspaceMode::default(),
     };
     let defaults = Resources::default();
-    let memory_bytes = match pick(&args.memory, &config.memory) {
+    let memory_bytes = match pick(
+        &args.memory,
+        &from_profile(|p| p.memory.clone(), &config.memory),
+    ) {
         Some(m) => units::parse_memory(&m).map_err(|e| invalid("--memory", e))?,
         None => defaults.memory_bytes,
     };
     let nano_cpus = match &args.cpus {
         Some(c) => units::parse_cpus(c).map_err(|e| invalid("--cpus", e))?,
-        None => config.nano_cpus().unwrap_or(defaults.nano_cpus),
+        None => match profile.and_then(|p| p.cpus) {
+            Some(c) => {
+                units::parse_cpus(&c.to_string()).map_err(|e| invalid("cpus of the profile", e))?
+            }
+            None => config.nano_cpus().unwrap_or(defaults.nano_cpus),
+        },
     };
-    let pids = args.pids.or(config.pids).unwrap_or(defaults.pids);
+    let pids = args
+        .pids
+        .or(profile.and_then(|p| p.pids))
+        .or(config.pids)
+        .unwrap_or(defaults.pids);
     if pids < 1 {
         return Err(invalid(
             "--pids",
@@ -278,9 +348,19 @@ pub fn build_spec(
         Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
         None => Ok(std::time::Duration::from_secs(default)),
     };
-    let timeout = duration("--timeout", pick(&args.timeout, &config.timeout), 600)?;
+    let timeout = duration(
+        "--timeout",
+        pick(
+            &args.timeout,
+            &from_profile(|p| p.timeout.clone(), &config.timeout),
+        ),
+        600,
+    )?;
     let grace = duration("--grace", pick(&args.grace, &config.grace), 10)?;
-    let network = match pick(&args.network, &config.network) {
+    let network = match pick(
+        &args.network,
+        &from_profile(|p| p.network.clone(), &config.network),
+    ) {
         Some(n) => NetworkMode::parse(&n).map_err(|e| invalid("--network", e))?,
         None => NetworkMode::None,
     };
@@ -295,16 +375,33 @@ pub fn build_spec(
     if !publish.is_empty() && network == NetworkMode::None {
         return Err(invalid("--publish", "a port cannot be published with --network none; add --network bridge (or a named network)"));
     }
-    let mounts = args
-        .mounts
+    let mounts = profile
+        .map(|p| p.mounts.clone())
+        .unwrap_or_default()
         .iter()
+        .chain(&args.mounts)
         .map(|m| MountRequest::parse(m).map_err(|e| invalid("--mount", e)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut env: Vec<(String, String)> = config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+    let mut env: Vec<(String, String)> = profile
+        .map(|p| p.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(config.env.iter().map(|(k, v)| (k.clone(), v.clone())))
         .collect();
+    let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
+    if let Some(p) = profile {
+        let credentials = p
+            .credentials_to_pass(&args.secrets, |name| {
+                std::env::var_os(name).is_some_and(|v| !v.is_empty())
+            })
+            .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        secrets.extend(credentials);
+    }
+    for name in &args.secrets {
+        if !secrets.contains(name) {
+            secrets.push(name.clone());
+        }
+    }
     for entry in &args.env {
         let (k, v) = parse_env(entry).map_err(|e| invalid("--env", e))?;
         env.retain(|(existing, _)| *existing != k);
@@ -320,15 +417,20 @@ pub fn build_spec(
         None => Fallback::None,
     };
     let read_only = args.read_only || config.read_only.unwrap_or(false);
-    Ok(RunSpec {
+    if profile.is_some_and(|p| p.lifecycle == "persistent") {
+        return Err(SandboxError::Invalid(
+            "lifecycle = \"persistent\" is not supported by this berth yet; set lifecycle = \"ephemeral\" in the profile".into(),
+        ));
+    }
+    let spec = RunSpec {
         image,
-        command: args.command.clone(),
+        command,
         pull,
         workspace,
         workspace_mode,
         mounts,
         env,
-        secrets: args.secrets.clone(),
+        secrets,
         resources: Resources {
             memory_bytes,
             nano_cpus,
@@ -344,5 +446,40 @@ pub fn build_spec(
         keep: args.keep,
         fallback,
         workdir: None,
-    })
+        output_format: profile
+            .map(|p| p.output.clone())
+            .unwrap_or_else(|| "text".into()),
+        profile: profile.map(|p| p.name.clone()),
+    };
+    Ok(BuiltSpec { spec, stdin })
+}
+
+/// `<data dir>/sessions/<agent>`, created for the sandbox user `uid:gid` when missing.
+fn sessions_dir(agent: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if agent.is_empty()
+        || !agent
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || agent.starts_with('.')
+    {
+        return Err(format!("agent `{agent}` is not a usable directory name"));
+    }
+    let dir = crate::env::data_dir().join("sessions").join(agent);
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if crate::invoking_user().0 == 0 && (meta.uid(), meta.gid()) != (uid, gid) {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(dir)
 }

@@ -1,0 +1,633 @@
+//! Profiles: named executor configurations (an agent or plain commands), built in or from config.
+//!
+//! A profile says which image to use, how to turn a prompt into argv (never a shell string), which
+//! credentials it takes, where its sessions live, and how its output is to be read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A profile as written in a config file (`[profiles.NAME]`): every field optional, so a file can
+/// override single fields of a built-in profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub description: Option<String>,
+    pub image: Option<String>,
+    /// argv template: `{prompt}` is replaced by the prompt as one argument; an element `{resume}`
+    /// expands to `resume_args` / `continue_args`, or to nothing.
+    pub command: Option<Vec<String>>,
+    /// How the prompt reaches the agent: `argument` (the `{prompt}` element), `stdin`, or `none`
+    /// (no prompt: the positional arguments are the command, as with `berth run`).
+    pub prompt: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    /// Secrets the profile needs: taken from the host environment, an error when unset.
+    pub secrets: Option<Vec<String>>,
+    /// Credentials passed when set on the host (as secrets), skipped when unset.
+    pub credentials: Option<Vec<String>>,
+    /// Groups of credentials that must not be passed together.
+    pub conflicts: Option<Vec<Vec<String>>>,
+    /// Extra mounts, `SRC:DST[:ro|rw]`.
+    pub mounts: Option<Vec<String>>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+    pub network: Option<String>,
+    pub timeout: Option<String>,
+    /// `claude-stream-json`, `codex-jsonl` or `text`.
+    pub output: Option<String>,
+    /// `ephemeral` (a fresh container per run) or `persistent`.
+    pub lifecycle: Option<String>,
+    /// The agent whose sessions directory is mounted (`claude`, `codex`); also the directory's
+    /// name on the host.
+    pub agent: Option<String>,
+    /// Where the sessions directory is mounted in the sandbox.
+    pub sessions: Option<String>,
+    /// What `{resume}` becomes with `--resume SESSION` (`{session}` is replaced).
+    pub resume_args: Option<Vec<String>>,
+    /// What `{resume}` becomes with `--continue`.
+    pub continue_args: Option<Vec<String>>,
+}
+
+/// How the prompt reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptVia {
+    Argument,
+    Stdin,
+    None,
+}
+
+/// A profile with every layer applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub name: String,
+    /// Where it comes from: `built-in`, a config file, or `built-in, overridden by FILE`.
+    pub source: String,
+    pub description: String,
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub prompt: PromptVia,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub credentials: Vec<String>,
+    pub conflicts: Vec<Vec<String>>,
+    pub mounts: Vec<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+    pub network: Option<String>,
+    pub timeout: Option<String>,
+    pub output: String,
+    pub lifecycle: String,
+    pub agent: Option<String>,
+    pub sessions: Option<String>,
+    pub resume_args: Vec<String>,
+    pub continue_args: Vec<String>,
+}
+
+/// A profile cannot be used as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile `{name}`; known profiles: {known}")]
+    Unknown { name: String, known: String },
+    #[error("profile `{profile}`: {message}")]
+    Invalid { profile: String, message: String },
+    #[error("{first} and {second} are both set and conflict: {profile} would use one and silently ignore the other; unset one of them, or choose with --secret NAME")]
+    CredentialConflict {
+        profile: String,
+        first: String,
+        second: String,
+    },
+    #[error("profile `{profile}` takes a prompt: berth run --profile {profile} \"what to do\"")]
+    PromptMissing { profile: String },
+    #[error("profile `{profile}` cannot resume sessions")]
+    NoSessions { profile: String },
+}
+
+/// What the user asked to resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    None,
+    Session(String),
+    Continue,
+}
+
+/// The berth version's image tag for a built-in target.
+pub fn builtin_image(target: &str, version: &str) -> String {
+    format!("berth/{target}:{version}")
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The built-in profiles for berth `version`.
+pub fn builtins(version: &str) -> Vec<(String, ProfileConfig)> {
+    let claude = |description: &str, extra: &[&str]| {
+        let mut command = strings(&[
+            "claude",
+            "-p",
+            "{prompt}",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ]);
+        // berth is the sandbox: Claude Code's own permission prompts and sandbox would only stall
+        // a non-interactive run inside it.
+        command.push("--dangerously-skip-permissions".into());
+        command.extend(strings(extra));
+        command.push("{resume}".into());
+        ProfileConfig {
+            description: Some(description.into()),
+            image: Some(builtin_image("claude-code", version)),
+            command: Some(command),
+            prompt: Some("argument".into()),
+            credentials: Some(strings(&["CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"])),
+            conflicts: Some(vec![strings(&[
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "ANTHROPIC_API_KEY",
+            ])]),
+            network: Some("bridge".into()),
+            output: Some("claude-stream-json".into()),
+            agent: Some("claude".into()),
+            sessions: Some("/home/agent/.claude".into()),
+            resume_args: Some(strings(&["--resume", "{session}"])),
+            continue_args: Some(strings(&["--continue"])),
+            ..ProfileConfig::default()
+        }
+    };
+    let codex = |description: &str, effort: Option<&str>| {
+        let mut command = strings(&[
+            "codex",
+            "exec",
+            "{resume}",
+            "--json",
+            "--skip-git-repo-check",
+        ]);
+        // berth is the sandbox: Codex's own sandbox cannot work inside an unprivileged container.
+        command.push("--dangerously-bypass-approvals-and-sandbox".into());
+        if let Some(effort) = effort {
+            command.extend(strings(&[
+                "--config",
+                &format!("model_reasoning_effort={effort}"),
+            ]));
+        }
+        command.push("{prompt}".into());
+        ProfileConfig {
+            description: Some(description.into()),
+            image: Some(builtin_image("codex", version)),
+            command: Some(command),
+            prompt: Some("argument".into()),
+            credentials: Some(strings(&["OPENAI_API_KEY"])),
+            network: Some("bridge".into()),
+            output: Some("codex-jsonl".into()),
+            agent: Some("codex".into()),
+            sessions: Some("/home/agent/.codex".into()),
+            resume_args: Some(strings(&["resume", "{session}"])),
+            continue_args: Some(strings(&["resume", "--last"])),
+            ..ProfileConfig::default()
+        }
+    };
+    vec![
+        (
+            "claude-code".into(),
+            claude("Claude Code, the default model", &[]),
+        ),
+        (
+            "claude-code-strong".into(),
+            claude(
+                "Claude Code with the strongest model (opus)",
+                &["--model", "opus"],
+            ),
+        ),
+        (
+            "claude-code-fast".into(),
+            claude(
+                "Claude Code with a fast model (haiku)",
+                &["--model", "haiku"],
+            ),
+        ),
+        ("codex".into(), codex("Codex CLI", None)),
+        (
+            "codex-strong".into(),
+            codex("Codex CLI with high reasoning effort", Some("high")),
+        ),
+        (
+            "codex-fast".into(),
+            codex("Codex CLI with low reasoning effort", Some("low")),
+        ),
+        (
+            "procedural".into(),
+            ProfileConfig {
+                description: Some(
+                    "plain commands: the arguments are the command, as with berth run".into(),
+                ),
+                image: Some(builtin_image("procedural", version)),
+                prompt: Some("none".into()),
+                output: Some("text".into()),
+                ..ProfileConfig::default()
+            },
+        ),
+    ]
+}
+
+/// Applies `over` on top of `base`, field by field.
+fn layer(base: &mut ProfileConfig, over: &ProfileConfig) {
+    macro_rules! take {
+        ($($field:ident),*) => { $( if over.$field.is_some() { base.$field = over.$field.clone(); } )* };
+    }
+    take!(
+        description,
+        image,
+        command,
+        prompt,
+        env,
+        secrets,
+        credentials,
+        conflicts,
+        mounts,
+        memory,
+        cpus,
+        pids,
+        network,
+        timeout,
+        output,
+        lifecycle,
+        agent,
+        sessions,
+        resume_args,
+        continue_args
+    );
+}
+
+/// Every profile: the built-ins, then each config layer `(source, profiles)` in order.
+pub fn resolve_all(
+    builtins: Vec<(String, ProfileConfig)>,
+    layers: &[(String, BTreeMap<String, ProfileConfig>)],
+) -> Result<Vec<Profile>, ProfileError> {
+    let mut merged: BTreeMap<String, (String, ProfileConfig)> = builtins
+        .into_iter()
+        .map(|(name, config)| (name, ("built-in".to_string(), config)))
+        .collect();
+    for (source, profiles) in layers {
+        for (name, config) in profiles {
+            match merged.get_mut(name) {
+                Some((origin, base)) => {
+                    layer(base, config);
+                    *origin = format!("{origin}, overridden by {source}");
+                }
+                None => {
+                    merged.insert(name.clone(), (source.clone(), config.clone()));
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(name, (source, config))| finish(name, source, config))
+        .collect()
+}
+
+fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, ProfileError> {
+    let invalid = |message: String| ProfileError::Invalid {
+        profile: name.clone(),
+        message,
+    };
+    let prompt = match c.prompt.as_deref().unwrap_or("argument") {
+        "argument" => PromptVia::Argument,
+        "stdin" => PromptVia::Stdin,
+        "none" => PromptVia::None,
+        other => {
+            return Err(invalid(format!(
+                "prompt `{other}` is not argument, stdin or none"
+            )))
+        }
+    };
+    let command = c.command.unwrap_or_default();
+    if prompt == PromptVia::Argument && !command.iter().any(|a| a.contains("{prompt}")) {
+        return Err(invalid(
+            "prompt = \"argument\" needs a `{prompt}` element in command".into(),
+        ));
+    }
+    if prompt != PromptVia::None && command.is_empty() {
+        return Err(invalid("command is empty".into()));
+    }
+    let output = c.output.unwrap_or_else(|| "text".into());
+    if !["claude-stream-json", "codex-jsonl", "text"].contains(&output.as_str()) {
+        return Err(invalid(format!(
+            "output `{output}` is not claude-stream-json, codex-jsonl or text"
+        )));
+    }
+    let lifecycle = c.lifecycle.unwrap_or_else(|| "ephemeral".into());
+    if !["ephemeral", "persistent"].contains(&lifecycle.as_str()) {
+        return Err(invalid(format!(
+            "lifecycle `{lifecycle}` is not ephemeral or persistent"
+        )));
+    }
+    if c.sessions.is_some() && c.agent.is_none() {
+        return Err(invalid(
+            "sessions needs agent (the name of its directory on the host)".into(),
+        ));
+    }
+    Ok(Profile {
+        name,
+        source,
+        description: c.description.unwrap_or_default(),
+        image: c.image,
+        command,
+        prompt,
+        env: c.env.unwrap_or_default(),
+        secrets: c.secrets.unwrap_or_default(),
+        credentials: c.credentials.unwrap_or_default(),
+        conflicts: c.conflicts.unwrap_or_default(),
+        mounts: c.mounts.unwrap_or_default(),
+        memory: c.memory,
+        cpus: c.cpus,
+        pids: c.pids,
+        network: c.network,
+        timeout: c.timeout,
+        output,
+        lifecycle,
+        agent: c.agent,
+        sessions: c.sessions,
+        resume_args: c.resume_args.unwrap_or_default(),
+        continue_args: c.continue_args.unwrap_or_default(),
+    })
+}
+
+/// Finds `name` among `profiles`, or says which exist.
+pub fn find<'a>(profiles: &'a [Profile], name: &str) -> Result<&'a Profile, ProfileError> {
+    profiles
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ProfileError::Unknown {
+            name: name.to_string(),
+            known: profiles
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+impl Profile {
+    /// The argv for `words` (the prompt's words, or the command with `prompt = "none"`), and the
+    /// bytes to feed on stdin, if any. The prompt is one argument or stdin, never a shell string.
+    pub fn argv(
+        &self,
+        words: &[String],
+        resume: &Resume,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>), ProfileError> {
+        if self.prompt == PromptVia::None {
+            let mut argv = self.command.clone();
+            argv.extend(words.iter().cloned());
+            return Ok((argv, None));
+        }
+        if words.is_empty() {
+            return Err(ProfileError::PromptMissing {
+                profile: self.name.clone(),
+            });
+        }
+        let prompt = words.join(" ");
+        let resume_args: Vec<String> = match resume {
+            Resume::None => Vec::new(),
+            Resume::Session(id) => {
+                if self.resume_args.is_empty() {
+                    return Err(ProfileError::NoSessions {
+                        profile: self.name.clone(),
+                    });
+                }
+                self.resume_args
+                    .iter()
+                    .map(|a| a.replace("{session}", id))
+                    .collect()
+            }
+            Resume::Continue => {
+                if self.continue_args.is_empty() {
+                    return Err(ProfileError::NoSessions {
+                        profile: self.name.clone(),
+                    });
+                }
+                self.continue_args.clone()
+            }
+        };
+        let mut argv = Vec::new();
+        for element in &self.command {
+            if element == "{resume}" {
+                argv.extend(resume_args.iter().cloned());
+            } else if self.prompt == PromptVia::Argument {
+                argv.push(element.replace("{prompt}", &prompt));
+            } else {
+                argv.push(element.clone());
+            }
+        }
+        let stdin = (self.prompt == PromptVia::Stdin).then(|| prompt.into_bytes());
+        Ok((argv, stdin))
+    }
+
+    /// The credentials to pass: those set on the host (`is_set`), refusing conflicting pairs.
+    /// Names already chosen with `--secret` win over the profile's list.
+    pub fn credentials_to_pass(
+        &self,
+        explicit: &[String],
+        is_set: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ProfileError> {
+        let chosen: Vec<String> = if self.credentials.iter().any(|c| explicit.contains(c)) {
+            Vec::new()
+        } else {
+            self.credentials
+                .iter()
+                .filter(|c| is_set(c))
+                .cloned()
+                .collect()
+        };
+        let all: Vec<&String> = chosen.iter().chain(explicit.iter()).collect();
+        for group in &self.conflicts {
+            let present: Vec<&String> = group.iter().filter(|g| all.contains(g)).collect();
+            if let [first, second, ..] = present.as_slice() {
+                return Err(ProfileError::CredentialConflict {
+                    profile: self.name.clone(),
+                    first: first.to_string(),
+                    second: second.to_string(),
+                });
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Profile> {
+        resolve_all(builtins("0.1.0"), &[]).unwrap()
+    }
+
+    fn words(s: &[&str]) -> Vec<String> {
+        s.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn builtins_resolve_and_name_their_images() {
+        let profiles = all();
+        let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+        for expected in [
+            "claude-code",
+            "claude-code-fast",
+            "claude-code-strong",
+            "codex",
+            "procedural",
+        ] {
+            assert!(names.contains(&expected), "{names:?}");
+        }
+        assert_eq!(
+            find(&profiles, "codex").unwrap().image.as_deref(),
+            Some("berth/codex:0.1.0")
+        );
+        let e = find(&profiles, "claud").unwrap_err().to_string();
+        assert!(e.contains("`claud`") && e.contains("claude-code"), "{e}");
+    }
+
+    #[test]
+    fn the_prompt_is_one_argument_byte_exact() {
+        let profiles = all();
+        let claude = find(&profiles, "claude-code").unwrap();
+        let prompt = "fix $HOME `id` \"quoted\" 'single'\nnext line";
+        let (argv, stdin) = claude.argv(&words(&[prompt]), &Resume::None).unwrap();
+        assert_eq!(argv[2], prompt);
+        assert!(stdin.is_none());
+        assert!(!argv.iter().any(|a| a == "{resume}"));
+        let (argv, _) = claude
+            .argv(&words(&["go"]), &Resume::Session("abc".into()))
+            .unwrap();
+        assert!(argv.ends_with(&words(&["--resume", "abc"])), "{argv:?}");
+        let codex = find(&profiles, "codex").unwrap();
+        let (argv, _) = codex.argv(&words(&["go"]), &Resume::Continue).unwrap();
+        assert_eq!(&argv[..4], &words(&["codex", "exec", "resume", "--last"]));
+        assert_eq!(argv.last().unwrap(), "go");
+        assert!(matches!(
+            claude.argv(&[], &Resume::None),
+            Err(ProfileError::PromptMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn procedural_passes_the_command_through() {
+        let profiles = all();
+        let p = find(&profiles, "procedural").unwrap();
+        let (argv, _) = p.argv(&words(&["make", "test"]), &Resume::None).unwrap();
+        assert_eq!(argv, words(&["make", "test"]));
+    }
+
+    #[test]
+    fn stdin_prompts() {
+        let layer = (
+            "berth.toml".to_string(),
+            BTreeMap::from([(
+                "mine".to_string(),
+                ProfileConfig {
+                    command: Some(words(&["agent", "--json"])),
+                    prompt: Some("stdin".into()),
+                    ..Default::default()
+                },
+            )]),
+        );
+        let profiles = resolve_all(builtins("0.1.0"), &[layer]).unwrap();
+        let mine = find(&profiles, "mine").unwrap();
+        assert_eq!(mine.source, "berth.toml");
+        let (argv, stdin) = mine.argv(&words(&["do", "it"]), &Resume::None).unwrap();
+        assert_eq!(
+            (argv, stdin.unwrap()),
+            (words(&["agent", "--json"]), b"do it".to_vec())
+        );
+    }
+
+    #[test]
+    fn config_overrides_fields_and_says_so() {
+        let layer = (
+            "/w/berth.toml".to_string(),
+            BTreeMap::from([(
+                "claude-code".to_string(),
+                ProfileConfig {
+                    image: Some("my/claude:1".into()),
+                    ..Default::default()
+                },
+            )]),
+        );
+        let profiles = resolve_all(builtins("0.1.0"), &[layer]).unwrap();
+        let claude = find(&profiles, "claude-code").unwrap();
+        assert_eq!(claude.image.as_deref(), Some("my/claude:1"));
+        assert_eq!(claude.output, "claude-stream-json", "other fields stay");
+        assert_eq!(claude.source, "built-in, overridden by /w/berth.toml");
+    }
+
+    #[test]
+    fn invalid_profiles_name_the_field() {
+        let bad = |config: ProfileConfig| {
+            resolve_all(
+                vec![],
+                &[("f".into(), BTreeMap::from([("x".to_string(), config)]))],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad(ProfileConfig {
+            command: Some(words(&["a"])),
+            prompt: Some("maybe".into()),
+            ..Default::default()
+        })
+        .contains("prompt `maybe`"));
+        assert!(bad(ProfileConfig {
+            command: Some(words(&["a"])),
+            ..Default::default()
+        })
+        .contains("{prompt}"));
+        assert!(bad(ProfileConfig {
+            command: Some(words(&["a", "{prompt}"])),
+            output: Some("xml".into()),
+            ..Default::default()
+        })
+        .contains("output `xml`"));
+    }
+
+    #[test]
+    fn conflicting_credentials_are_refused() {
+        let profiles = all();
+        let claude = find(&profiles, "claude-code").unwrap();
+        let both = |name: &str| name == "ANTHROPIC_API_KEY" || name == "CLAUDE_CODE_OAUTH_TOKEN";
+        let e = claude
+            .credentials_to_pass(&[], both)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ANTHROPIC_API_KEY")
+                && e.contains("CLAUDE_CODE_OAUTH_TOKEN")
+                && e.contains("conflict"),
+            "{e}"
+        );
+        assert_eq!(
+            claude
+                .credentials_to_pass(&[], |n| n == "ANTHROPIC_API_KEY")
+                .unwrap(),
+            ["ANTHROPIC_API_KEY"]
+        );
+        // Choosing one explicitly settles it.
+        assert_eq!(
+            claude
+                .credentials_to_pass(&["CLAUDE_CODE_OAUTH_TOKEN".into()], both)
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        let e = claude.credentials_to_pass(
+            &["CLAUDE_CODE_OAUTH_TOKEN".into(), "ANTHROPIC_API_KEY".into()],
+            both,
+        );
+        assert!(e.is_err());
+        assert!(claude
+            .credentials_to_pass(&[], |_| false)
+            .unwrap()
+            .is_empty());
+    }
+}

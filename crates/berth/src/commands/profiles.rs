@@ -1,0 +1,100 @@
+//! `berth profiles` and `berth sessions`.
+
+use berth_core::profile::{self, Profile};
+use berth_core::ExitStatus;
+
+use crate::args::{ProfilesArgs, SessionsArgs};
+use crate::printer::{data_line, print_json, Printer};
+
+/// Every profile: built-ins, then the user's config file, then the workspace's berth.toml.
+pub fn all_profiles(
+    settings: &berth_sandbox::settings::Settings,
+) -> Result<Vec<Profile>, profile::ProfileError> {
+    profile::resolve_all(
+        profile::builtins(env!("CARGO_PKG_VERSION")),
+        &settings.profile_layers,
+    )
+}
+
+pub fn profiles(args: ProfilesArgs, printer: Printer) -> ExitStatus {
+    let workspace = args
+        .workspace
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| ".".into());
+    let listed = berth_sandbox::settings::load(
+        crate::env::user_config_file().as_deref(),
+        &workspace,
+        crate::env::home().as_deref(),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|settings| all_profiles(&settings).map_err(|e| e.to_string()));
+    let profiles = match listed {
+        Ok(p) => p,
+        Err(e) => {
+            printer.error(&e, Some("fix the [profiles] table named in the message"));
+            return ExitStatus::Error;
+        }
+    };
+    if args.json {
+        print_json(&profiles);
+        return ExitStatus::Success;
+    }
+    data_line(&format!(
+        "{:<20}  {:<20}  {:<30}  SOURCE",
+        "PROFILE", "OUTPUT", "IMAGE"
+    ));
+    for p in &profiles {
+        data_line(&format!(
+            "{:<20}  {:<20}  {:<30}  {}",
+            p.name,
+            p.output,
+            p.image.clone().unwrap_or_else(|| "-".into()),
+            p.source
+        ));
+    }
+    ExitStatus::Success
+}
+
+#[derive(serde::Serialize)]
+struct SessionView {
+    session: String,
+    profile: Option<String>,
+    run: String,
+    created_at: String,
+    state: String,
+}
+
+pub fn sessions(args: SessionsArgs, _printer: Printer) -> ExitStatus {
+    let records = super::state_dir(args.state.state_dir, args.workspace).list();
+    let sessions: Vec<SessionView> = records
+        .into_iter()
+        .filter_map(|r| {
+            Some(SessionView {
+                session: r.agent_session.clone()?,
+                profile: r.spec.profile.clone(),
+                run: r.id,
+                created_at: r.created_at,
+                state: r.state.to_string(),
+            })
+        })
+        .collect();
+    if args.json {
+        print_json(&sessions);
+        return ExitStatus::Success;
+    }
+    data_line(&format!(
+        "{:<40}  {:<20}  {:<16}  {:<10}  CREATED",
+        "SESSION", "PROFILE", "RUN", "STATE"
+    ));
+    for s in sessions {
+        data_line(&format!(
+            "{:<40}  {:<20}  {:<16}  {:<10}  {}",
+            s.session,
+            s.profile.unwrap_or_default(),
+            s.run,
+            s.state,
+            s.created_at
+        ));
+    }
+    ExitStatus::Success
+}
