@@ -12,9 +12,9 @@ use bollard::models::{
     SystemVersion,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
-    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, BuildImageOptions, BuilderVersion, CreateContainerOptions,
+    CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
+    ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use bytes::Bytes;
@@ -22,8 +22,8 @@ use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::endpoint::Endpoint;
 use crate::{
-    Attached, ContainerSummary, Engine, EngineError, ExitInfo, ImageInfo, OutputChunk,
-    PullProgress, MAX_API_VERSION,
+    Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExitInfo, ImageBuild,
+    ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
 };
 
 /// Seconds bollard waits for the engine to answer a request (headers, not the whole stream).
@@ -116,6 +116,186 @@ impl DockerEngine {
     /// The raw bollard client, for the diagnosis.
     pub fn raw(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Builds an image with the engine's classic builder and returns its id. Nothing is pulled
+    /// on purpose (`FROM` images must be present, or reachable for the engine itself), and no
+    /// BuildKit session is opened. Each line the builder prints reaches `progress`; a failed step
+    /// becomes [`EngineError::BuildFailed`] naming the step. Intermediate containers are removed
+    /// whatever happens.
+    pub async fn build_image(
+        &self,
+        build: &ImageBuild,
+        progress: &mut (dyn FnMut(BuildProgress) + Send),
+    ) -> Result<String, EngineError> {
+        let options = BuildImageOptions {
+            dockerfile: build.dockerfile.clone(),
+            t: Some(build.tag.clone()),
+            target: build.target.clone(),
+            buildargs: Some(build.build_args.clone()),
+            labels: Some(build.labels.clone()),
+            nocache: build.no_cache,
+            rm: true,
+            forcerm: true,
+            pull: None,
+            version: BuilderVersion::BuilderV1,
+            ..Default::default()
+        };
+        let body = bollard::body_full(Bytes::from(build.context_tar.clone()));
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        let mut lines = BuildLines::default();
+        let mut image_id = None;
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(e) => {
+                    lines.flush(progress);
+                    return Err(build_error(e, lines.step));
+                }
+            };
+            if let Some(text) = &info.stream {
+                lines.push(text, progress);
+            }
+            if let Some(status) = info.status.filter(|s| !s.is_empty()) {
+                // The engine pulling a missing FROM image on its own.
+                let message = match info.id {
+                    Some(id) => format!("{id}: {status}"),
+                    None => status,
+                };
+                lines.line(&message, progress);
+            }
+            if let Some(id) = info.aux.and_then(|aux| aux.id) {
+                image_id = Some(id);
+            }
+            if let Some(detail) = info.error_detail {
+                lines.flush(progress);
+                return Err(EngineError::BuildFailed {
+                    step: lines.step,
+                    message: detail
+                        .message
+                        .unwrap_or_else(|| "the builder reported an error".into()),
+                });
+            }
+        }
+        lines.flush(progress);
+        match image_id {
+            Some(id) => Ok(id),
+            // Older engines say "Successfully built" without an aux id: ask for the tag.
+            None => match self.inspect_image(&build.tag).await? {
+                Some(info) => Ok(info.id),
+                None => Err(EngineError::BuildFailed {
+                    step: lines.step,
+                    message: format!("the build ended but `{}` does not exist", build.tag),
+                }),
+            },
+        }
+    }
+
+    /// Images whose name matches `reference`, a pattern as in `docker images --filter
+    /// reference=...` (`berth/*`).
+    pub async fn list_images_matching(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<LocalImage>, EngineError> {
+        let filters = HashMap::from([("reference".to_string(), vec![reference.to_string()])]);
+        let options = ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|e| classify(e, reference))?;
+        Ok(list
+            .into_iter()
+            .map(|i| LocalImage {
+                id: i.id,
+                tags: i.repo_tags,
+                size_bytes: u64::try_from(i.size).unwrap_or(0),
+                created: i.created,
+                labels: i.labels,
+            })
+            .collect())
+    }
+
+    /// The labels of `image`, or `None` when it is not present.
+    pub async fn image_labels(
+        &self,
+        image: &str,
+    ) -> Result<Option<HashMap<String, String>>, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(
+                inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+            )),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(classify(e, image)),
+        }
+    }
+
+    /// Removes the tag `image` (and the image, when no other tag holds it). Absent is fine.
+    pub async fn remove_image(&self, image: &str) -> Result<(), EngineError> {
+        let options = RemoveImageOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_image(image, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(classify(e, image)),
+        }
+    }
+}
+
+/// Splits the builder's output into lines and remembers the step being built.
+#[derive(Default)]
+struct BuildLines {
+    partial: String,
+    step: Option<String>,
+}
+
+impl BuildLines {
+    fn push(&mut self, text: &str, progress: &mut (dyn FnMut(BuildProgress) + Send)) {
+        self.partial.push_str(text);
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            self.line(&line, progress);
+        }
+    }
+
+    fn flush(&mut self, progress: &mut (dyn FnMut(BuildProgress) + Send)) {
+        let rest = std::mem::take(&mut self.partial);
+        self.line(&rest, progress);
+    }
+
+    fn line(&mut self, line: &str, progress: &mut (dyn FnMut(BuildProgress) + Send)) {
+        let line = line.trim_end();
+        if line.trim().is_empty() {
+            return;
+        }
+        if line.starts_with("Step ") {
+            self.step = Some(line.to_string());
+        }
+        progress(BuildProgress {
+            step: self.step.clone(),
+            message: line.to_string(),
+        });
+    }
+}
+
+/// A build request the engine refused outright (a Dockerfile it cannot parse, a target it
+/// lacks) is a failed build too; connection trouble stays what it is.
+fn build_error(error: BollardError, step: Option<String>) -> EngineError {
+    match error {
+        BollardError::DockerResponseServerError { message, .. }
+        | BollardError::DockerStreamError { error: message } => {
+            EngineError::BuildFailed { step, message }
+        }
+        other => classify(other, ""),
     }
 }
 

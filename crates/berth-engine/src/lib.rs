@@ -14,10 +14,12 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use tokio::io::AsyncWrite;
 
+pub mod build_context;
 pub mod diagnose;
 pub mod docker;
 pub mod endpoint;
 
+pub use build_context::BuildContext;
 pub use diagnose::{Diagnosis, DiagnosisReport};
 pub use docker::DockerEngine;
 pub use endpoint::Endpoint;
@@ -80,6 +82,43 @@ pub struct PullProgress {
     pub total: Option<u64>,
 }
 
+/// Progress of an image build: one line of the builder's output at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildProgress {
+    /// The step being built, as the builder names it (`Step 3/17 : RUN ...`), once known.
+    pub step: Option<String>,
+    /// The line itself: the step's header or a line the step printed.
+    pub message: String,
+}
+
+/// One image to build with the engine's classic builder (never BuildKit: no session, no pull).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageBuild {
+    /// An uncompressed tar of the build context (see [`BuildContext`]).
+    pub context_tar: Vec<u8>,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    /// The stage to build; empty builds the last one.
+    pub target: String,
+    /// The tag the image gets, `repository:tag`.
+    pub tag: String,
+    pub build_args: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
+    /// Ignore the engine's layer cache.
+    pub no_cache: bool,
+}
+
+/// An image present on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
+    pub labels: HashMap<String, String>,
+}
+
 /// The streams of an attached container. Attach before start so no byte is lost.
 pub struct Attached {
     pub output: BoxStream<'static, Result<OutputChunk, EngineError>>,
@@ -110,6 +149,19 @@ pub enum EngineError {
     Connection(String),
     #[error("the engine did not answer within {0} seconds")]
     Timeout(u64),
+    /// An image build stopped; `step` is the builder's step that failed, when it got that far.
+    #[error("{}", build_failed(step.as_deref(), message))]
+    BuildFailed {
+        step: Option<String>,
+        message: String,
+    },
+}
+
+fn build_failed(step: Option<&str>, message: &str) -> String {
+    match step {
+        Some(step) => format!("the image build failed at `{step}`: {message}"),
+        None => format!("the image build failed: {message}"),
+    }
 }
 
 type EngineResult<T> = Result<T, EngineError>;
