@@ -6,30 +6,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
-use support::{stderr, stdout, Workspace};
-
-fn agents_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        support::image();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
-        let out = Command::new("flock")
-            .arg("/tmp/berth-test-image.lock")
-            .arg(&script)
-            .arg("build-agents")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the agents test image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
-}
+use support::{agents_image, stderr, stdout, Workspace};
 
 fn workspace() -> Workspace {
     let ws = Workspace::new();

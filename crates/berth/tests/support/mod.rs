@@ -9,22 +9,31 @@ use std::sync::OnceLock;
 /// The test image, built once from Debian's static busybox (scripts/test-image.sh).
 pub fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
-        // flock serialises builds of test binaries that start at the same time.
-        let out = Command::new("flock")
-            .arg("/tmp/berth-test-image.lock")
-            .arg(&script)
-            .arg("build")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the test image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
+    IMAGE.get_or_init(|| build_test_image("build"))
+}
+
+/// The test image plus fake `claude` and `codex` that replay recorded transcripts.
+pub fn agents_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| build_test_image("build-agents"))
+}
+
+/// Runs `scripts/test-image.sh MODE` and returns the tag it prints.
+fn build_test_image(mode: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
+    // flock serialises builds of test binaries that start at the same time.
+    let out = Command::new("flock")
+        .arg("/tmp/berth-test-image.lock")
+        .arg(&script)
+        .arg(mode)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/test-image.sh {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 pub fn berth_bin() -> PathBuf {
