@@ -39,6 +39,9 @@ DOCKERFILE
     DOCKER_BUILDKIT=0 docker build -q --label berth.test=true -t "$tag" "$ctx" >/dev/null 2>&1 \
       || { echo "building $tag failed" >&2; DOCKER_BUILDKIT=0 docker build -t "$tag" "$ctx" >&2; exit 1; }
     echo "$tag" ;;
-  remove) docker image rm -f "$(agents_tag)" "$tag" >/dev/null 2>&1 || true ;;
+  remove)
+    docker image rm -f "$(agents_tag)" "$tag" >/dev/null 2>&1 || true
+    # Stages of multi-stage test builds stay behind untagged; they carry the test label.
+    docker image prune -f --filter label=berth.test=true >/dev/null 2>&1 || true ;;
   *) echo "usage: $0 build|build-agents|remove|name|name-agents" >&2; exit 2 ;;
 esac

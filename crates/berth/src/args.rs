@@ -31,6 +31,8 @@ pub enum Command {
     Show(ShowArgs),
     /// Remove containers whose berth process is gone, and record what happened to their runs.
     Gc(GcArgs),
+    /// Build and list berth's sandbox images (berth/<target>:<berth version>).
+    Image(crate::commands::image::ImageArgs),
     /// Run the coordinator: HTTP API, store, audit trail, live logs.
     Server(ServerArgs),
     /// Claim runs from a server and execute them on this host's Docker engine.

@@ -2,6 +2,7 @@
 
 mod doctor;
 mod gc;
+pub mod image;
 mod ls;
 mod profiles;
 mod remote;
@@ -48,6 +49,7 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             None => show::show(args, printer),
         },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Image(args) => image::image(args, printer).await,
         Command::Server(args) => server::server(args, printer).await,
         Command::Runner(args) => runner::runner(args, printer).await,
         Command::Token(args) => remote::token(args, printer).await,
