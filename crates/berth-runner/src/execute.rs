@@ -42,7 +42,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
             },
         );
     }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::reporter::QUEUE_EVENTS);
     let batch_task = tokio::spawn(batcher(
         shared.clone(),
         run_id.clone(),
@@ -61,7 +61,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
     .await;
 
     let (done_tx, done_rx) = oneshot::channel();
-    let _ = tx.send(Message::Flush(done_tx));
+    let _ = tx.send(Message::Flush(done_tx)).await;
     let _ = done_rx.await;
     drop(tx);
     let _ = batch_task.await;

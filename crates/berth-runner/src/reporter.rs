@@ -7,12 +7,16 @@ use std::time::Duration;
 use berth_api::{EventIn, EventsBody, StartBody};
 use berth_core::event::{Event, EventLine, Stream};
 use berth_sandbox::Reporter;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::Shared;
 
 const BATCH_EVENTS: usize = 500;
+/// Events waiting for the batcher. When the server is slow or away the queue fills and the
+/// command's output waits (the pipes apply back-pressure), so the runner's memory stays bounded.
+pub const QUEUE_EVENTS: usize = 4096;
 /// Bytes of event data per batch: output lines are at most 64 KiB, so batches stay far below the
 /// server's body limit for events even when JSON escaping inflates them.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -26,7 +30,7 @@ pub enum Message {
 
 /// The run's reporter: forwards events to the batcher task.
 pub struct ServerReporter {
-    tx: UnboundedSender<Message>,
+    tx: Sender<Message>,
 }
 
 pub fn now_ms() -> i64 {
@@ -34,7 +38,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl ServerReporter {
-    pub fn new(tx: UnboundedSender<Message>) -> Self {
+    pub fn new(tx: Sender<Message>) -> Self {
         Self { tx }
     }
 }
@@ -76,7 +80,26 @@ impl Reporter for ServerReporter {
                 }
             }
         };
-        let _ = self.tx.send(Message::Event(event));
+        match self.tx.try_send(Message::Event(event)) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(message)) => {
+                // Called from the output pump, a task on the runner's multi-threaded runtime:
+                // block this worker until the batcher makes room, letting other tasks move on.
+                let send = || {
+                    let _ = self.tx.blocking_send(message);
+                };
+                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(send)
+                    }
+                    // Outside a runtime, blocking is plain; a single-threaded runtime must not block.
+                    Err(_) => send(),
+                    Ok(_) => tracing::warn!(
+                        "event queue full on a single-threaded runtime; event dropped"
+                    ),
+                }
+            }
+        }
     }
 
     fn output(&self, _stream: Stream, _data: &[u8]) {}
@@ -92,7 +115,7 @@ pub async fn batcher(
     shared: Arc<Shared>,
     run_id: String,
     lease_token: String,
-    mut rx: UnboundedReceiver<Message>,
+    mut rx: Receiver<Message>,
 ) {
     let mut batch = Batcher {
         shared,
