@@ -104,6 +104,9 @@ pub struct PlanContext {
     pub out_host_path: PathBuf,
     /// The host directory holding the `stdout` and `stderr` FIFOs, when the engine is local.
     pub io_host_path: Option<PathBuf>,
+    /// Whether the shim reads a setup frame (secrets, input) from stdin before starting the
+    /// command; without one the command starts at once.
+    pub setup_frame: bool,
     /// The state directory's path relative to the workspace, when it lies inside it: masked so
     /// the sandbox cannot read or rewrite earlier runs' records.
     pub state_dir_in_workspace: Option<String>,
@@ -196,6 +199,9 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     labels.extend(ctx.owner_labels.clone());
 
     let mut entrypoint = vec![SHIM_TARGET.to_string()];
+    if !ctx.setup_frame {
+        entrypoint.push("--no-setup".to_string());
+    }
     if let Some(io) = &ctx.io_host_path {
         binds.push(BindMount {
             source: io.clone(),
@@ -204,8 +210,9 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         });
         entrypoint.push(format!("--stdout={IO_TARGET}/stdout"));
         entrypoint.push(format!("--stderr={IO_TARGET}/stderr"));
-        entrypoint.push("--".to_string());
     }
+    // The end of the shim's options: a command that starts with `--` stays the command.
+    entrypoint.push("--".to_string());
     entrypoint.extend(ctx.image_entrypoint.iter().cloned());
 
     let working_dir = match (&spec.workdir, spec.workspace_mode) {
@@ -294,6 +301,7 @@ mod tests {
             shim_host_path: "/cache/shim".into(),
             out_host_path: "/w/.berth/runs/01abc/out".into(),
             io_host_path: None,
+            setup_frame: true,
             state_dir_in_workspace: Some(".berth".into()),
             owner_labels: BTreeMap::new(),
         }
@@ -317,7 +325,15 @@ mod tests {
     #[test]
     fn command_stays_argv() {
         let plan = plan_container(&spec(), &ctx());
-        assert_eq!(plan.entrypoint, ["/berth/shim"]);
+        assert_eq!(plan.entrypoint, ["/berth/shim", "--"]);
+        let quick = plan_container(
+            &spec(),
+            &PlanContext {
+                setup_frame: false,
+                ..ctx()
+            },
+        );
+        assert_eq!(quick.entrypoint, ["/berth/shim", "--no-setup", "--"]);
         assert_eq!(plan.cmd, ["echo", "$HOME; rm -rf /"]);
     }
 

@@ -220,6 +220,7 @@ async fn run_claimed(
             shim_host_path: shim,
             out_host_path: out_dir,
             io_host_path,
+            setup_frame: true,
             state_dir_in_workspace: prepare::state_dir_in_workspace(
                 state_dir.root(),
                 &checked.workspace,

@@ -195,6 +195,7 @@ pub async fn execute_docker<E: Engine>(
     let mut plan_context = run.plan_context.clone();
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
+    plan_context.setup_frame = !run.secrets.is_empty() || run.stdin.is_some();
     let container_plan = plan::plan_container(&spec, &plan_context);
 
     // A missing network would only surface at start; say so before anything is created.
@@ -374,9 +375,12 @@ async fn drive<E: Engine>(
     ctx.emit(Event::Started);
 
     let mut input = attached.input;
-    let frame = crate::shim::setup_frame(&run.secrets);
     // A command that exits before reading its stdin closes the pipe; that is not an error.
-    let _ = input.write_all(&frame).await;
+    if !run.secrets.is_empty() || run.stdin.is_some() {
+        let _ = input
+            .write_all(&crate::shim::setup_frame(&run.secrets))
+            .await;
+    }
     if let Some(stdin) = &run.stdin {
         // The prompt of an agent that reads it on stdin: after the frame, the command's own input.
         let _ = input.write_all(stdin).await;
@@ -705,6 +709,7 @@ mod tests {
                     shim_host_path: "/cache/berth-shim".into(),
                     out_host_path: self.ctx.run_dir.out_dir(),
                     io_host_path: None,
+                    setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
                 },
@@ -837,9 +842,13 @@ mod tests {
             !out.exists(),
             "the raw output directory goes with the container"
         );
+        // Nothing to hand over: no frame, the shim is told so and the command starts at once.
         let stdin = fake.stdin();
-        assert_eq!(stdin.data, b"berth-shim-v1\nend\n");
-        assert!(stdin.closed, "stdin is closed after the setup frame");
+        assert_eq!(stdin.data, b"");
+        assert!(stdin.closed, "stdin is closed");
+        let plan = fake.plan().unwrap();
+        assert_eq!(&plan.entrypoint[..2], ["/berth/shim", "--no-setup"]);
+        assert_eq!(plan.entrypoint.last().map(String::as_str), Some("--"));
     }
 
     #[tokio::test]

@@ -162,8 +162,8 @@ fn fail(code: i32, msg: &str) -> ! {
 
 /// Leading `--stdout=PATH` / `--stderr=PATH` options (up to `--`) and the command after them.
 /// berth passes FIFOs on a bind mount there, so bulk output bypasses the engine's attach stream.
-fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, Vec<OsString>) {
-    let (mut stdout, mut stderr) = (None, None);
+fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, bool, Vec<OsString>) {
+    let (mut stdout, mut stderr, mut setup) = (None, None, true);
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
         let bytes = arg.as_bytes();
@@ -171,6 +171,9 @@ fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, Ve
             stdout = Some(OsStr::from_bytes(path).to_os_string());
         } else if let Some(path) = bytes.strip_prefix(b"--stderr=") {
             stderr = Some(OsStr::from_bytes(path).to_os_string());
+        } else if bytes == b"--no-setup" {
+            // Nothing to receive (no secrets, no input): start the command at once.
+            setup = false;
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -179,7 +182,7 @@ fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, Ve
         }
         rest.next();
     }
-    (stdout, stderr, rest.collect())
+    (stdout, stderr, setup, rest.collect())
 }
 
 /// Opens an output FIFO (or file) for the command's stdout or stderr.
@@ -196,15 +199,8 @@ fn open_output(path: &OsStr) -> Stdio {
     }
 }
 
-fn main() {
-    let (stdout, stderr, command) = split_options(std::env::args_os().skip(1).collect());
-    let mut args = command.into_iter();
-    let Some(program) = args.next() else {
-        fail(EXIT_SHIM, "berth-shim: no command given")
-    };
-
-    // A duplicate of fd 0 read as a plain File: unlike `io::stdin()` it has no buffer that could
-    // swallow the command's input. It is close-on-exec, and the command inherits fd 0 itself.
+/// Reads the setup frame from fd 0, or fails the way berth reports shim failures.
+fn read_setup() -> Vec<Var> {
     let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(e) => fail(EXIT_SHIM, &format!("berth-shim: cannot read stdin: {e}")),
@@ -217,6 +213,19 @@ fn main() {
         ),
     };
     drop(stdin);
+    vars
+}
+
+fn main() {
+    let (stdout, stderr, setup, command) = split_options(std::env::args_os().skip(1).collect());
+    let mut args = command.into_iter();
+    let Some(program) = args.next() else {
+        fail(EXIT_SHIM, "berth-shim: no command given")
+    };
+
+    // A duplicate of fd 0 read as a plain File: unlike `io::stdin()` it has no buffer that could
+    // swallow the command's input. It is close-on-exec, and the command inherits fd 0 itself.
+    let vars = if setup { read_setup() } else { Vec::new() };
 
     let secrets_dir = std::env::var_os(SECRETS_DIR_VAR).unwrap_or_else(|| SECRETS_DIR.into());
     let secrets_dir = Path::new(&secrets_dir);
@@ -380,7 +389,7 @@ mod option_tests {
     use super::*;
 
     fn split(args: &[&str]) -> (Option<String>, Option<String>, Vec<String>) {
-        let (o, e, rest) = split_options(args.iter().map(OsString::from).collect());
+        let (o, e, _, rest) = split_options(args.iter().map(OsString::from).collect());
         let s = |v: Option<OsString>| v.map(|v| v.to_string_lossy().into_owned());
         (
             s(o),
@@ -406,5 +415,21 @@ mod option_tests {
             )
         );
         assert_eq!(split(&["--", "ls"]), (None, None, vec!["ls".into()]));
+    }
+}
+
+#[cfg(test)]
+mod setup_option_tests {
+    use super::*;
+
+    #[test]
+    fn no_setup_is_an_option_before_the_command() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let (_, _, setup, rest) = split_options(args(&["--no-setup", "--", "true"]));
+        assert!(!setup);
+        assert_eq!(rest, args(&["true"]));
+        let (_, _, setup, rest) = split_options(args(&["--", "--no-setup"]));
+        assert!(setup, "after `--` it is the command");
+        assert_eq!(rest, args(&["--no-setup"]));
     }
 }

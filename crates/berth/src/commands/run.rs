@@ -206,6 +206,7 @@ async fn prepare_and_run(
         shim_host_path: shim,
         out_host_path: out_dir,
         io_host_path,
+        setup_frame: true,
         state_dir_in_workspace: prepare::state_dir_in_workspace(
             state_dir.root(),
             &checked.workspace,
