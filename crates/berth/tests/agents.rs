@@ -296,3 +296,17 @@ fn profiles_are_listed_and_unknown_ones_named() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_prompt_on_stdin_arrives_byte_exact() {
+    let ws = workspace();
+    std::fs::write(
+        ws.path().join("berth.toml"),
+        "[profiles.reader]\ncommand = [\"sh\", \"-c\", \"cat > \\\"$BERTH_OUT/stdin.txt\\\"\"]\nprompt = \"stdin\"\n",
+    )
+    .unwrap();
+    let prompt = "line one with $HOME and `id`\n\"quoted\" 'single' \\ end";
+    let o = agent(&ws, "reader", &[], prompt, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(out_file(&ws, "stdin.txt"), prompt);
+}
