@@ -8,6 +8,7 @@
 pub mod config;
 pub mod event;
 pub mod exit;
+pub mod held;
 pub mod ids;
 pub mod mask;
 pub mod plan;
