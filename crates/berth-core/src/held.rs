@@ -175,6 +175,9 @@ pub fn held_key(spec: &RunSpec, ctx: &PlanContext, image_id: &str) -> String {
     // The holder's own directories differ per container; the key is about everything else.
     plan.binds
         .retain(|b| b.target != OUT_TARGET && b.target != IO_TARGET);
+    // Mount order is not configuration: a run with secrets adds the secrets tmpfs earlier.
+    plan.tmpfs.sort_by(|a, b| a.target.cmp(&b.target));
+    plan.binds.sort_by(|a, b| a.target.cmp(&b.target));
     fnv1a_hex(format!("{image_id}\n{plan:?}").as_bytes())
 }
 
@@ -443,6 +446,10 @@ mod tests {
         let mut elsewhere = ctx("r1");
         elsewhere.workspace = "/home/u/other".into();
         assert_ne!(held_key(&spec(), &elsewhere, "sha256:a"), base);
+        // Secrets travel per run: a run with secrets fits a container made without.
+        let mut secret = spec();
+        secret.secrets = vec!["TOKEN".into()];
+        assert_eq!(held_key(&secret, &ctx("r3"), "sha256:a"), base);
         let mut net = spec();
         net.network = NetworkMode::Bridge;
         assert_ne!(held_key(&net, &ctx("r1"), "sha256:a"), base);
