@@ -411,6 +411,16 @@ pub struct SubmitArgs {
     pub user: Option<String>,
     #[arg(long = "artifact", value_name = "PATH")]
     pub artifacts: Vec<String>,
+    /// A profile the runner resolves; the arguments are then its prompt (or, for profiles
+    /// without a prompt, the command).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// ephemeral or persistent (the runner's long-lived container for the profile and --name).
+    #[arg(long, value_name = "LIFECYCLE")]
+    pub lifecycle: Option<String>,
+    /// The persistent container to run in on the runner (implies --lifecycle persistent).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Tags the runner must have.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,

@@ -94,7 +94,16 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     let name = unique("keep");
     let run = |secret: &str, script: &str| {
         ws.berth(&[
-            "run", "--image", image(), "--name", &name, "--secret", "TOK", "--", "sh", "-c",
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--secret",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
             script,
         ])
         .env("TOK", secret)
@@ -108,7 +117,9 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     );
     assert_eq!(code(&first), 0, "{}", stderr(&first));
     assert!(
-        stderr(&first).contains(&format!("created persistent container berth-default--{name}")),
+        stderr(&first).contains(&format!(
+            "created persistent container berth-default--{name}"
+        )),
         "{}",
         stderr(&first)
     );
@@ -193,11 +204,21 @@ fn two_runs_for_one_persistent_container_queue_and_never_interleave() {
     let _cleanup = Cleanup(&ws);
     let name = unique("queue");
     let spawn = |script: &str| {
-        ws.berth(&["run", "--image", image(), "--name", &name, "--", "sh", "-c", script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        ws.berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
     };
     let first = spawn("echo first-start; sleep 2; echo first-end");
     // Let the first one take the container.
@@ -322,7 +343,10 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         let record = ws.last_record();
         let name = record["container_name"].as_str().unwrap().to_string();
-        assert!(before.contains(&name), "{name} came from the pool {before:?}");
+        assert!(
+            before.contains(&name),
+            "{name} came from the pool {before:?}"
+        );
         assert_eq!(held_event(&ws)["kind"], "pool");
         let after = pool(&ws);
         assert!(!after.contains(&name), "a used container is never kept");
@@ -367,7 +391,16 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
     let _cleanup = Cleanup(&ws);
     let name = unique("crash");
     let mut child = ws
-        .berth(&["run", "--image", image(), "--name", &name, "--", "sleep", "60"])
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sleep",
+            "60",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

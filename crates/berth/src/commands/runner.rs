@@ -15,6 +15,32 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         );
         return ExitStatus::Error;
     };
+    // Profiles and pools come from this host's config (the user's file, and berth.toml in the
+    // directory the runner starts in).
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let loaded = berth_sandbox::settings::load(
+        crate::env::user_config_file().as_deref(),
+        &cwd,
+        crate::env::home().as_deref(),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|settings| {
+        let profiles = super::profiles::all_profiles(&settings).map_err(|e| e.to_string())?;
+        let pools = settings
+            .file
+            .pool
+            .iter()
+            .map(|(name, pool)| Ok((name.clone(), pool.to_spec(name)?)))
+            .collect::<Result<_, String>>()?;
+        Ok((profiles, pools))
+    });
+    let (profiles, pools) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            printer.error(&e, Some("fix the configuration file named in the message"));
+            return ExitStatus::Error;
+        }
+    };
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
     let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
     let config = RunnerConfig {
@@ -28,6 +54,8 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         cache_dir: crate::env::cache_dir(),
         probe_env: super::probe_env(),
         allow_local: args.allow_local,
+        profiles,
+        pools,
     };
     match berth_runner::run(config, super::shutdown_signal()).await {
         Ok(()) => ExitStatus::Success,
