@@ -1,13 +1,15 @@
-//! Held containers: started once, kept running, and given runs through `exec`.
+//! Held containers: started once, kept running, and given runs by their supervisor.
 //!
 //! Two kinds. A **persistent** container belongs to an agent name and serves that agent's runs
 //! one after another (`lifecycle = "persistent"`), so the second run skips the cold start and
 //! finds the files the first one left. A **pool** container is pre-created and started before
 //! any run asks for it, and serves exactly one run: it is never handed to another.
 //!
-//! Both carry the same hardening as a cold container: their plan is the cold plan with a holding
-//! entrypoint (`/berth/shim --hold`) instead of the command. Everything that belongs to one run
-//! (the command, its environment, `$BERTH_OUT`, the output FIFOs) travels with the exec instead.
+//! Both carry the same hardening as a cold container: their plan is the cold plan with berth's
+//! shim as a supervisor (`/berth/shim --serve`) instead of the command. Everything that belongs to
+//! one run (the command, its environment and secrets, `$BERTH_OUT`, the output FIFOs, its input)
+//! travels in a run frame written to the supervisor's stdin: no engine exec, no configuration
+//! change, and a start that costs one write.
 
 use std::time::Duration;
 
@@ -19,8 +21,8 @@ use crate::plan::{
 };
 use crate::spec::RunSpec;
 
-/// The shim option that makes it wait for a signal instead of running a command.
-pub const HOLD_OPTION: &str = "--hold";
+/// The shim option that makes it a supervisor of runs sent as frames on its stdin.
+pub const SERVE_OPTION: &str = "--serve";
 
 /// Which kind of held container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,8 +131,9 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     ctx.setup_frame = false;
     let mut plan = plan::plan_container(&spec, &ctx);
     plan.name = holder.name.clone();
-    plan.entrypoint = vec![SHIM_TARGET.to_string(), HOLD_OPTION.to_string()];
+    plan.entrypoint = vec![SHIM_TARGET.to_string(), SERVE_OPTION.to_string()];
     plan.cmd = Vec::new();
+    plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
     // A later run may bring secrets the first did not: the tmpfs is always there.
     if !plan.tmpfs.iter().any(|t| t.target == SECRETS_TARGET) {
@@ -190,15 +193,17 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
-/// One run's exec into a held container.
+/// One run as the supervisor receives it (with the secrets and input added by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecPlan {
-    /// The shim, its options, and the command.
-    pub cmd: Vec<String>,
-    /// `KEY=VALUE`; never a secret (secrets travel in the setup frame on stdin).
-    pub env: Vec<String>,
-    pub user: String,
-    pub working_dir: String,
+pub struct RunRequest {
+    /// The image's entrypoint, then the command.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE`; never a secret (secrets are added to the frame separately).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// The FIFOs inside the container for the command's stdout and stderr.
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Where one run's FIFOs live inside a held container.
@@ -214,55 +219,32 @@ pub fn run_out_target(run_id: &str) -> String {
     format!("{OUT_TARGET}/{run_id}")
 }
 
-/// The exec for one run: the shim with the run's options, the command, and the run's
-/// environment. `fifos` says whether the output goes through the holder's FIFOs. (The engine
-/// starts every exec as the leader of a session and process group of its own, which is what
-/// lets `plan_signal` reach the run as a whole.)
-pub fn plan_exec(spec: &RunSpec, ctx: &PlanContext, fifos: bool) -> ExecPlan {
+/// The run request for `spec` in a held container: the same argv, environment and working
+/// directory a cold container would have had, with the run's own `$BERTH_OUT` and FIFOs.
+pub fn run_request(spec: &RunSpec, ctx: &PlanContext) -> RunRequest {
     let cold = plan::plan_container(spec, ctx);
-    let mut cmd = vec![SHIM_TARGET.to_string()];
-    if !ctx.setup_frame {
-        cmd.push("--no-setup".to_string());
-    }
-    if fifos {
-        let (stdout, stderr) = run_io_paths(&ctx.run_id);
-        cmd.push(format!("--stdout={stdout}"));
-        cmd.push(format!("--stderr={stderr}"));
-    }
-    cmd.push("--".to_string());
-    cmd.extend(ctx.image_entrypoint.iter().cloned());
-    cmd.extend(spec.command.iter().cloned());
+    let mut argv = ctx.image_entrypoint.clone();
+    argv.extend(spec.command.iter().cloned());
     let env = cold
         .env
-        .into_iter()
-        .map(|e| {
-            if e.starts_with("BERTH_OUT=") {
-                format!("BERTH_OUT={}", run_out_target(&ctx.run_id))
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| {
+            let v = if k == "BERTH_OUT" {
+                run_out_target(&ctx.run_id)
             } else {
-                e
-            }
+                v.to_string()
+            };
+            (k.to_string(), v)
         })
         .collect();
-    ExecPlan {
-        cmd,
+    let (stdout, stderr) = run_io_paths(&ctx.run_id);
+    RunRequest {
+        argv,
         env,
-        user: cold.user,
-        working_dir: cold.working_dir,
-    }
-}
-
-/// The exec that delivers `signal` (`SIGTERM`, `SIGKILL`, …) to every process of run `run_id`
-/// inside a held container.
-pub fn plan_signal(run_id: &str, signal: &str, user: &str) -> ExecPlan {
-    ExecPlan {
-        cmd: vec![
-            SHIM_TARGET.to_string(),
-            format!("--signal={signal}"),
-            format!("--run={run_id}"),
-        ],
-        env: Vec::new(),
-        user: user.to_string(),
-        working_dir: "/".to_string(),
+        cwd: cold.working_dir,
+        stdout,
+        stderr,
     }
 }
 
@@ -378,7 +360,8 @@ mod tests {
     fn holder_keeps_the_hardening_and_holds() {
         let cold = plan::plan_container(&spec(), &ctx("r1"));
         let held = plan_holder(&spec(), &ctx("r1"), &holder());
-        assert_eq!(held.entrypoint, ["/berth/shim", "--hold"]);
+        assert_eq!(held.entrypoint, ["/berth/shim", "--serve"]);
+        assert!(!held.stdin_once && cold.stdin_once);
         assert!(held.cmd.is_empty());
         assert_eq!(held.name, "berth-claude--fixer");
         assert_eq!(held.cap_drop, cold.cap_drop);
@@ -405,29 +388,19 @@ mod tests {
     }
 
     #[test]
-    fn exec_carries_the_run() {
-        let exec = plan_exec(&spec(), &ctx("r7"), true);
+    fn the_run_request_carries_the_run() {
+        let run = run_request(&spec(), &ctx("r7"));
+        assert_eq!(run.argv, ["/entry", "echo", "$HOME `x` \"q\"\n"]);
+        assert!(run.env.contains(&("A".into(), "1".into())));
+        assert!(run.env.contains(&("BERTH_RUN_ID".into(), "r7".into())));
+        assert!(run
+            .env
+            .contains(&("BERTH_OUT".into(), "/berth/out/r7".into())));
+        assert_eq!(run.cwd, "/workspace");
         assert_eq!(
-            exec.cmd,
-            [
-                "/berth/shim",
-                "--stdout=/berth/io/r7.stdout",
-                "--stderr=/berth/io/r7.stderr",
-                "--",
-                "/entry",
-                "echo",
-                "$HOME `x` \"q\"\n"
-            ]
+            (run.stdout.as_str(), run.stderr.as_str()),
+            ("/berth/io/r7.stdout", "/berth/io/r7.stderr")
         );
-        assert!(exec.env.contains(&"A=1".to_string()));
-        assert!(exec.env.contains(&"BERTH_RUN_ID=r7".to_string()));
-        assert!(exec.env.contains(&"BERTH_OUT=/berth/out/r7".to_string()));
-        assert_eq!(exec.user, "1000:1000");
-        assert_eq!(exec.working_dir, "/workspace");
-        let mut c = ctx("r8");
-        c.setup_frame = false;
-        let exec = plan_exec(&spec(), &c, false);
-        assert_eq!(&exec.cmd[..3], ["/berth/shim", "--no-setup", "--"]);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct ContainerPlan {
     /// A cgroup namespace of its own (engines on cgroup v1 default to the host's).
     pub private_cgroup_namespace: bool,
     pub sysctls: BTreeMap<String, String>,
+    /// Close the container's stdin when the first attached client closes it (a cold container
+    /// reads one setup frame); a held container's supervisor keeps reading frames.
+    pub stdin_once: bool,
 }
 
 /// What the caller learned about the image and the host before planning.
@@ -257,6 +260,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             "net.ipv4.ip_unprivileged_port_start".to_string(),
             "0".to_string(),
         )]),
+        stdin_once: true,
     }
 }
 

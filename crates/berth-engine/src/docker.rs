@@ -3,11 +3,9 @@
 use std::collections::HashMap;
 
 use berth_core::event::Stream;
-use berth_core::held::ExecPlan;
 use berth_core::plan::ContainerPlan;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
     MountBindOptions, MountBindOptionsPropagationEnum, MountType, PortBinding, SystemInfo,
@@ -24,8 +22,8 @@ use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::endpoint::Endpoint;
 use crate::{
-    Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExecStatus, ExitInfo,
-    ImageBuild, ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
+    Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExitInfo, ImageBuild,
+    ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
 };
 
 /// Seconds bollard waits for the engine to answer a request (headers, not the whole stream).
@@ -413,7 +411,7 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        stdin_once: Some(plan.stdin_once),
         tty: Some(false),
         host_config: Some(host_config),
         ..Default::default()
@@ -507,59 +505,6 @@ impl Engine for DockerEngine {
         Ok(Attached {
             output: output_chunks(attached.output),
             input: attached.input,
-        })
-    }
-
-    async fn exec(&self, id: &str, exec: &ExecPlan) -> Result<(String, Attached), EngineError> {
-        let config = bollard::models::ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            cmd: Some(exec.cmd.clone()),
-            env: Some(exec.env.clone()),
-            user: Some(exec.user.clone()),
-            working_dir: Some(exec.working_dir.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_exec(id, config)
-            .await
-            .map_err(|e| classify(e, id))?;
-        let options = StartExecOptions {
-            detach: false,
-            tty: false,
-            output_capacity: None,
-        };
-        match self
-            .docker
-            .start_exec(&created.id, Some(options))
-            .await
-            .map_err(|e| classify(e, id))?
-        {
-            StartExecResults::Attached { output, input } => Ok((
-                created.id,
-                Attached {
-                    output: output_chunks(output),
-                    input,
-                },
-            )),
-            StartExecResults::Detached => Err(EngineError::Connection(
-                "the engine started the exec detached".into(),
-            )),
-        }
-    }
-
-    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, EngineError> {
-        let inspect = self
-            .docker
-            .inspect_exec(exec_id)
-            .await
-            .map_err(|e| classify(e, exec_id))?;
-        Ok(ExecStatus {
-            running: inspect.running.unwrap_or(false),
-            exit_code: inspect.exit_code,
         })
     }
 

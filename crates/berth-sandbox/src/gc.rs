@@ -117,7 +117,7 @@ async fn collect_held<E: Engine>(engine: &E, listed: &Listed) -> GcAction {
 }
 
 /// Marks the run `error` with `reason` unless it already ended; says what happened.
-fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
+pub(crate) fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
     let run_dir = RunDir::open(dir);
     // The container is gone: its output FIFOs and raw output directory serve nothing now.
     let _ = std::fs::remove_dir_all(run_dir.io_dir());

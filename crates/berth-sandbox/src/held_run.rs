@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_core::event::Event;
 use berth_core::exit::RunState;
 use berth_core::held::{
-    self, persistent_container_name, plan_exec, plan_holder, pool_container_name, HeldKind,
+    self, persistent_container_name, plan_holder, pool_container_name, run_request, HeldKind,
     HolderContext, PersistentSpec, PoolSpec,
 };
 use berth_core::plan::{sandbox_user, PlanContext};
@@ -62,6 +62,24 @@ pub(crate) async fn execute_persistent<E: Engine>(
         Err(e) => return ctx.fail("listing containers failed: ", &e),
     };
     let existing = listed.iter().find(|l| l.container.name == name);
+    // A run still recorded while nobody holds the lock: its berth died, and its command may still
+    // be running in there. That run is lost; the container is replaced.
+    let abandoned = dir.read_info().current_run;
+    if let Some((run_id, run_dir)) = &abandoned {
+        let why = format!("the berth running {run_id} in it exited without cleaning up");
+        crate::gc::mark_run_lost(
+            run_dir.into(),
+            &format!("{why}; its container was replaced"),
+        );
+        if let Some(old) = existing {
+            let _ = engine.remove(&old.container.id).await;
+            ctx.emit(Event::ContainerEvicted {
+                container_name: name.clone(),
+                reason: why,
+            });
+        }
+    }
+    let existing = existing.filter(|_| abandoned.is_none());
     let (container_id, reused) = match existing {
         Some(l) if l.key() == key && l.container.state == "running" => {
             (l.container.id.clone(), true)
@@ -465,24 +483,20 @@ async fn run_in_held<E: Engine>(
     if let Err(e) = prepared {
         return (RunState::Error, Some(e.to_string()));
     }
-    let fifos = match plan_context.io_host_path {
-        Some(_) => {
-            let paths = [
-                dir.io_dir().join(format!("{run_id}.stdout")),
-                dir.io_dir().join(format!("{run_id}.stderr")),
-            ];
-            if let Err(e) = crate::rundir::create_fifos(&paths, uid, gid) {
-                return (RunState::Error, Some(e.to_string()));
-            }
-            let [out, err] = paths;
-            Some((out, err))
-        }
-        None => None,
-    };
-    let target = Target::Exec {
+    // The supervisor writes the run's output to FIFOs berth reads on this host.
+    let paths = [
+        dir.io_dir().join(format!("{run_id}.stdout")),
+        dir.io_dir().join(format!("{run_id}.stderr")),
+    ];
+    if let Err(e) = crate::rundir::create_fifos(&paths, uid, gid) {
+        return (RunState::Error, Some(e.to_string()));
+    }
+    let [out, err] = paths;
+    let fifos = Some((out, err));
+    let request = run_request(&spec, plan_context);
+    let target = Target::Held {
         container: container_id,
-        plan: plan_exec(&spec, plan_context, fifos.is_some()),
-        run_id: &run_id,
+        frame: crate::shim::run_frame(&request, &run.secrets, run.stdin.as_deref()),
     };
     let outcome = drive(
         engine,

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use berth_core::event::{Event, Stream};
 use berth_core::exit::{state_for_exit, ExitStatus, RunState};
-use berth_core::held::{held_key, ExecPlan, PoolSpec};
+use berth_core::held::{held_key, PoolSpec};
 use berth_core::mask::Masker;
 use berth_core::plan::{self, PlanContext};
 use berth_core::record::RunRecord;
 use berth_core::spec::PullPolicy;
 use berth_core::units::{format_bytes, format_duration};
 use berth_engine::{Engine, EngineError, ImageInfo, PullProgress};
+use futures_util::stream::{BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -176,14 +177,11 @@ pub struct DockerRun {
     pub pool: Option<PoolSpec>,
 }
 
-/// What a run's command runs in: a container of its own, or an exec in a held container.
+/// What a run's command runs in: a container of its own, or a held container whose supervisor
+/// receives the run as `frame` on its stdin.
 pub(crate) enum Target<'a> {
     Container(&'a str),
-    Exec {
-        container: &'a str,
-        plan: ExecPlan,
-        run_id: &'a str,
-    },
+    Held { container: &'a str, frame: Vec<u8> },
 }
 
 /// How the wait ended, before the final state is decided.
@@ -397,9 +395,9 @@ pub(crate) async fn drive<E: Engine>(
             Some(format!("cancelled by {signal} before the command started")),
         )
     };
-    let (attached, exec_id) = match target {
+    let attached = match target {
         Target::Container(id) => match engine.attach(id).await {
-            Ok(a) => (a, None),
+            Ok(a) => a,
             Err(e) => {
                 return (
                     RunState::Error,
@@ -407,25 +405,28 @@ pub(crate) async fn drive<E: Engine>(
                 )
             }
         },
-        Target::Exec {
-            container, plan, ..
-        } => {
+        Target::Held { container, .. } => {
             if let Ok(signal) = interrupts.try_recv() {
                 return cancelled_early(signal);
             }
-            match engine.exec(container, plan).await {
-                Ok((exec_id, a)) => (a, Some(exec_id)),
+            match engine.attach(container).await {
+                Ok(a) => a,
                 Err(e) => {
                     return (
                         RunState::Error,
-                        Some(format!("starting the command in the container failed: {e}")),
+                        Some(format!("attaching to the held container failed: {e}")),
                     )
                 }
             }
         }
     };
+    // A held container's attach stream carries its supervisor's reports, not the command's
+    // output (which comes through the FIFOs).
+    let (output, status) = match target {
+        Target::Container(_) => (attached.output, None),
+        Target::Held { .. } => (futures_util::stream::empty().boxed(), Some(attached.output)),
+    };
     let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
-    let output = attached.output;
     // Output is pumped on its own task so that a slow terminal never delays signal handling.
     let pump = tokio::spawn(async move {
         let failure = crate::pump::pump(
@@ -475,20 +476,38 @@ pub(crate) async fn drive<E: Engine>(
     ctx.emit(Event::Started);
 
     let mut input = attached.input;
-    // A command that exits before reading its stdin closes the pipe; that is not an error.
-    if !run.secrets.is_empty() || run.stdin.is_some() {
-        let _ = input
-            .write_all(&crate::shim::setup_frame(&run.secrets))
-            .await;
+    // The supervisor of a held container gets the whole run in one frame; its stdin stays open
+    // for signals until the run ends.
+    let mut control = None;
+    match target {
+        Target::Held { frame, .. } => {
+            if let Err(e) = input.write_all(frame).await {
+                let _ = exited_tx.send(());
+                // The run is over: the supervisor keeps its stdin, berth lets go of it.
+                drop(control);
+                return (
+                    RunState::Error,
+                    Some(format!("handing the run to the held container failed: {e}")),
+                );
+            }
+            control = Some(input);
+        }
+        Target::Container(_) => {
+            // A command that exits before reading its stdin closes the pipe; not an error.
+            if !run.secrets.is_empty() || run.stdin.is_some() {
+                let _ = input
+                    .write_all(&crate::shim::setup_frame(&run.secrets))
+                    .await;
+            }
+            if let Some(stdin) = &run.stdin {
+                // An agent's prompt read on stdin: after the frame, the command's own input.
+                let _ = input.write_all(stdin).await;
+            }
+            let _ = input.shutdown().await;
+        }
     }
-    if let Some(stdin) = &run.stdin {
-        // The prompt of an agent that reads it on stdin: after the frame, the command's own input.
-        let _ = input.write_all(stdin).await;
-    }
-    let _ = input.shutdown().await;
-    drop(input);
 
-    let wait = wait_for(engine, target, exec_id.as_deref());
+    let wait = wait_for(engine, target, status);
     tokio::pin!(wait);
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = if spec.timeout.is_zero() {
@@ -503,22 +522,22 @@ pub(crate) async fn drive<E: Engine>(
             result = &mut wait => break result,
             () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
-                signal(engine, target, ctx, "SIGTERM", &reason).await;
+                signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                 stop = Some(Stop::TimedOut(reason));
                 kill_at = Some(Instant::now() + spec.grace);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
-                signal(engine, target, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
+                signal(engine, target, &mut control, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
                 kill_at = None;
             }
             Some(name) = interrupts.recv() => {
                 if stop.is_none() {
                     let reason = format!("cancelled by {name}");
-                    signal(engine, target, ctx, "SIGTERM", &reason).await;
+                    signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                     stop = Some(Stop::Cancelled(reason));
                     kill_at = Some(Instant::now() + spec.grace);
                 } else {
-                    signal(engine, target, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
+                    signal(engine, target, &mut control, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
                     kill_at = None;
                 }
             }
@@ -550,13 +569,16 @@ pub(crate) async fn drive<E: Engine>(
         let _ = std::fs::remove_file(err);
     }
 
-    if let Err(e) = waited {
-        return (
-            RunState::Error,
-            Some(format!("lost track of the container: {e}")),
-        );
-    }
-    let exit = match exit_of(engine, target, exec_id.as_deref()).await {
+    let reported = match waited {
+        Ok(reported) => reported,
+        Err(e) => {
+            return (
+                RunState::Error,
+                Some(format!("lost track of the container: {e}")),
+            )
+        }
+    };
+    let exit = match exit_of(engine, target, reported).await {
         Ok(exit) => exit,
         Err(e) => {
             return (
@@ -617,6 +639,7 @@ pub(crate) fn agent_failure(outcome: Option<berth_agents::AgentOutcome>) -> Opti
 async fn signal<E: Engine>(
     engine: &E,
     target: &Target<'_>,
+    control: &mut Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     ctx: &mut RunContext,
     name: &str,
     reason: &str,
@@ -625,13 +648,17 @@ async fn signal<E: Engine>(
         signal: name.to_string(),
         reason: reason.to_string(),
     });
-    let sent = match target {
-        Target::Container(id) => engine.kill(id, name).await,
-        Target::Exec {
-            container,
-            plan,
-            run_id,
-        } => signal_exec(engine, container, run_id, name, &plan.user).await,
+    let sent = match (target, control.as_mut()) {
+        (Target::Container(id), _) => engine.kill(id, name).await,
+        // The container's init would signal the supervisor, not the run: the supervisor passes
+        // it on to the run's process group.
+        (Target::Held { .. }, Some(control)) => control
+            .write_all(format!("signal {name}\n").as_bytes())
+            .await
+            .map_err(|e| EngineError::Connection(e.to_string())),
+        (Target::Held { .. }, None) => Err(EngineError::Connection(
+            "the held container's stdin is closed".into(),
+        )),
     };
     if let Err(e) = sent {
         ctx.emit(Event::Warning {
@@ -640,47 +667,45 @@ async fn signal<E: Engine>(
     }
 }
 
-/// Delivers a signal to a run inside a held container: the container's init would pass it to
-/// the holder, not to the run, so the shim signals the run's processes from inside.
-async fn signal_exec<E: Engine>(
-    engine: &E,
-    container: &str,
-    run_id: &str,
-    name: &str,
-    user: &str,
-) -> Result<(), EngineError> {
-    let plan = berth_core::held::plan_signal(run_id, name, user);
-    let (exec_id, attached) = engine.exec(container, &plan).await?;
-    drop(attached);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !engine.inspect_exec(&exec_id).await?.running {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(EngineError::Timeout(5))
-}
-
-/// Waits until the command ended: the container exits, or the exec is no longer running.
+/// Waits until the command ended: the container exits, or the held container's supervisor
+/// reports the run's exit status (returned).
 async fn wait_for<E: Engine>(
     engine: &E,
     target: &Target<'_>,
-    exec_id: Option<&str>,
-) -> Result<(), EngineError> {
-    match (target, exec_id) {
-        (Target::Container(id), _) => engine.wait(id).await.map(|_| ()),
-        (Target::Exec { .. }, Some(exec_id)) => {
-            // The engine has no wait for execs; poll, quickly at first (short commands), then
-            // more slowly.
-            let mut pause = Duration::from_millis(2);
-            while engine.inspect_exec(exec_id).await?.running {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+    status: Option<BoxStream<'static, Result<berth_engine::OutputChunk, EngineError>>>,
+) -> Result<Option<i64>, EngineError> {
+    match (target, status) {
+        (Target::Container(id), _) => engine.wait(id).await.map(|_| None),
+        (Target::Held { .. }, Some(mut status)) => {
+            let mut line = Vec::new();
+            while let Some(chunk) = status.next().await {
+                for byte in chunk?.data.iter() {
+                    if *byte != b'\n' {
+                        line.push(*byte);
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    line.clear();
+                    if let Some(code) = text
+                        .strip_prefix("berth-shim exit ")
+                        .and_then(|c| c.trim().parse().ok())
+                    {
+                        return Ok(Some(code));
+                    }
+                    if let Some(why) = text.strip_prefix("berth-shim refused: ") {
+                        return Err(EngineError::Connection(format!(
+                            "the held container refused the run: {why}"
+                        )));
+                    }
+                }
             }
-            Ok(())
+            Err(EngineError::Connection(
+                "the held container stopped before the run ended".into(),
+            ))
         }
-        (Target::Exec { .. }, None) => Err(EngineError::Connection("the exec has no id".into())),
+        (Target::Held { .. }, None) => Err(EngineError::Connection(
+            "no report stream from the held container".into(),
+        )),
     }
 }
 
@@ -688,19 +713,17 @@ async fn wait_for<E: Engine>(
 async fn exit_of<E: Engine>(
     engine: &E,
     target: &Target<'_>,
-    exec_id: Option<&str>,
+    reported: Option<i64>,
 ) -> Result<berth_engine::ExitInfo, EngineError> {
-    match (target, exec_id) {
-        (Target::Container(id), _) => engine.inspect_exit(id).await,
-        (Target::Exec { .. }, Some(exec_id)) => {
-            let status = engine.inspect_exec(exec_id).await?;
-            Ok(berth_engine::ExitInfo {
-                exit_code: status.exit_code.unwrap_or(-1),
-                oom_killed: false,
-                error: None,
-            })
+    match (target, reported) {
+        (_, Some(exit_code)) => Ok(berth_engine::ExitInfo {
+            exit_code,
+            oom_killed: false,
+            error: None,
+        }),
+        (Target::Container(id), None) | (Target::Held { container: id, .. }, None) => {
+            engine.inspect_exit(id).await
         }
-        (Target::Exec { .. }, None) => Err(EngineError::Connection("the exec has no id".into())),
     }
 }
 

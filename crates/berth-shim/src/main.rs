@@ -5,6 +5,12 @@
 //! `/run/secrets/NAME`, then replaces itself with the command. Everything on stdin after the
 //! frame belongs to the command, so the frame is read without any buffering.
 //!
+//! With `--serve` it is the supervisor of a held container (persistent, or from the warm pool):
+//! instead of one command it runs one command per *run frame* berth writes on its stdin (the
+//! setup frame plus the command's argv, working directory, output FIFOs and input), answers on
+//! its stdout (`berth-shim exit CODE`), and passes `signal NAME` lines on to the running command's
+//! process group. A run in a held container then costs one write, not an engine exec.
+//!
 //! Standard library only: berth compiles this file with plain `rustc` into a static executable.
 
 use std::ffi::{OsStr, OsString};
@@ -50,20 +56,45 @@ struct Var {
     value: Vec<u8>,
 }
 
+/// A parsed frame: the setup (secrets, environment) and, in a run frame for `--serve`, the
+/// command and where its input and output go.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Frame {
+    vars: Vec<Var>,
+    args: Vec<Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+    stdout: Option<Vec<u8>>,
+    stderr: Option<Vec<u8>>,
+    input: Option<Vec<u8>>,
+}
+
+/// The largest input (an agent's prompt) a run frame carries.
+const MAX_INPUT: usize = 64 << 20;
+
 /// Parses a whole setup frame from `r`, reading not one byte past its `end` line (provided `r`
 /// itself does not buffer). Error messages never contain a value.
 fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
     if read_line(r)? != MAGIC {
         return Err(format!("first line is not `{MAGIC}`"));
     }
-    let mut vars: Vec<Var> = Vec::new();
+    let frame = parse_frame_body(r)?;
+    if !frame.args.is_empty() || frame.cwd.is_some() || frame.input.is_some() {
+        return Err("a run frame is only for --serve".into());
+    }
+    Ok(frame.vars)
+}
+
+/// Parses the lines after the magic line up to `end`.
+fn parse_frame_body(r: &mut impl Read) -> Result<Frame, String> {
+    let mut frame = Frame::default();
     loop {
         let line = read_line(r)?;
         let fields: Vec<&str> = line.split(' ').collect();
-        let kind = match fields[..] {
-            ["end"] => return Ok(vars),
-            ["secret", _, _] => Kind::Secret,
-            ["env", _, _] => Kind::Env,
+        let (kind, name, len) = match fields[..] {
+            ["end"] => return Ok(frame),
+            ["secret", name, len] => (Some(Kind::Secret), name, len),
+            ["env", name, len] => (Some(Kind::Env), name, len),
+            [part @ ("arg" | "cwd" | "stdout" | "stderr" | "input"), len] => (None, part, len),
             // Not echoed: after a framing mistake this "line" may be part of a secret.
             _ => {
                 return Err(
@@ -71,19 +102,25 @@ fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
                 )
             }
         };
-        let (name, len) = (fields[1], fields[2]);
-        if !valid_name(name) {
-            return Err("invalid variable name".into());
-        }
-        if vars.iter().any(|v| v.name == name) {
-            return Err(format!("{name} given twice"));
+        if kind.is_some() {
+            if !valid_name(name) {
+                return Err("invalid variable name".into());
+            }
+            if frame.vars.iter().any(|v| v.name == name) {
+                return Err(format!("{name} given twice"));
+            }
         }
         let len: usize = match len.parse() {
             Ok(n) if len.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("invalid length for {name}")),
         };
-        if len > MAX_VALUE {
-            return Err(format!("value of {name} is longer than {MAX_VALUE} bytes"));
+        let max = if name == "input" {
+            MAX_INPUT
+        } else {
+            MAX_VALUE
+        };
+        if len > max {
+            return Err(format!("value of {name} is longer than {max} bytes"));
         }
         let mut value = vec![0; len];
         r.read_exact(&mut value)
@@ -96,15 +133,22 @@ fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
                 "value of {name} is not followed by a newline (wrong length?)"
             ));
         }
-        // An environment variable cannot hold a NUL byte.
-        if value.contains(&0) {
+        // An environment variable, an argument or a path cannot hold a NUL byte.
+        if name != "input" && value.contains(&0) {
             return Err(format!("value of {name} contains a NUL byte"));
         }
-        vars.push(Var {
-            kind,
-            name: name.to_string(),
-            value,
-        });
+        match (kind, name) {
+            (Some(kind), _) => frame.vars.push(Var {
+                kind,
+                name: name.to_string(),
+                value,
+            }),
+            (None, "arg") => frame.args.push(value),
+            (None, "cwd") => frame.cwd = Some(value),
+            (None, "stdout") => frame.stdout = Some(value),
+            (None, "stderr") => frame.stderr = Some(value),
+            (None, _) => frame.input = Some(value),
+        }
     }
 }
 
@@ -169,11 +213,8 @@ struct Options {
     stderr: Option<OsString>,
     /// Read a setup frame from stdin first; `--no-setup` says there is nothing to receive.
     setup: bool,
-    /// `--hold`: wait until signalled. The command of a held container, whose runs come by exec.
-    hold: bool,
-    /// `--signal=NAME --run=ID`: deliver NAME to every process of run ID, then exit.
-    signal: Option<String>,
-    run: Option<String>,
+    /// `--serve`: supervise runs sent as frames on stdin (a held container).
+    serve: bool,
 }
 
 fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
@@ -181,26 +222,19 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
         stdout: None,
         stderr: None,
         setup: true,
-        hold: false,
-        signal: None,
-        run: None,
+        serve: false,
     };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
         let bytes = arg.as_bytes();
-        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         if let Some(path) = bytes.strip_prefix(b"--stdout=") {
             options.stdout = Some(OsStr::from_bytes(path).to_os_string());
         } else if let Some(path) = bytes.strip_prefix(b"--stderr=") {
             options.stderr = Some(OsStr::from_bytes(path).to_os_string());
         } else if bytes == b"--no-setup" {
             options.setup = false;
-        } else if bytes == b"--hold" {
-            options.hold = true;
-        } else if let Some(name) = bytes.strip_prefix(b"--signal=") {
-            options.signal = Some(text(name));
-        } else if let Some(id) = bytes.strip_prefix(b"--run=") {
-            options.run = Some(text(id));
+        } else if bytes == b"--serve" {
+            options.serve = true;
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -212,61 +246,204 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
     (options, rest.collect())
 }
 
-/// Waits for the signal that ends the container (SIGTERM's default action ends the process).
-fn hold() -> ! {
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+/// What the supervisor's threads hand to its main loop.
+enum Message {
+    Run(Box<Frame>),
+    Signal(i32),
+    /// A malformed frame or line: reported, and the supervisor stops.
+    Bad(String),
+    /// The command started by the last run frame ended with this status.
+    Exited(i32),
+    Eof,
 }
 
-/// Sends `signal` to every process whose environment has `BERTH_RUN_ID=run` and to the process
-/// groups they lead. Returns the exit code: 0 when something was signalled, 1 when nothing was.
-fn signal_run(signal: &str, run: &str) -> i32 {
-    let number = match signal.trim_start_matches("SIG") {
+fn signal_number(name: &str) -> Option<i32> {
+    Some(match name.trim_start_matches("SIG") {
         "HUP" => 1,
         "INT" => 2,
         "QUIT" => 3,
         "KILL" => 9,
         "TERM" => 15,
-        other => fail(EXIT_SHIM, &format!("berth-shim: unknown signal `{other}`")),
-    };
-    let needle = format!("BERTH_RUN_ID={run}");
-    let me = std::process::id();
-    let mut signalled = 0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        fail(EXIT_SHIM, "berth-shim: cannot read /proc");
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || pid == 1 {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !environ.split(|b| *b == 0).any(|e| e == needle.as_bytes()) {
-            continue;
-        }
-        if process_group(pid) == Some(pid) {
-            sys::kill(-(pid as i32), number);
-        }
-        sys::kill(pid as i32, number);
-        signalled += 1;
-    }
-    i32::from(signalled == 0)
+        _ => return None,
+    })
 }
 
-/// The process group of `pid`, from field 5 of `/proc/PID/stat`.
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(2)?.parse().ok()
+/// Reads frames and `signal NAME` lines from stdin until it ends.
+fn read_messages(tx: std::sync::mpsc::Sender<Message>) {
+    let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            let _ = tx.send(Message::Bad(format!("cannot read stdin: {e}")));
+            return;
+        }
+    };
+    loop {
+        let line = match read_line(&mut stdin) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = tx.send(Message::Eof);
+                return;
+            }
+        };
+        let message = if line == MAGIC {
+            match parse_frame_body(&mut stdin) {
+                Ok(frame) => Message::Run(Box::new(frame)),
+                Err(e) => Message::Bad(format!("bad run frame: {e}")),
+            }
+        } else if let Some(number) = line.strip_prefix("signal ").and_then(signal_number) {
+            Message::Signal(number)
+        } else {
+            Message::Bad("expected a run frame or `signal NAME`".into())
+        };
+        let stop = matches!(message, Message::Bad(_));
+        if tx.send(message).is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Tells berth what happened (`berth-shim started`, `berth-shim exit CODE`), on the attach stream.
+fn report(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "berth-shim {line}");
+    let _ = out.flush();
+}
+
+/// The supervisor of a held container: one command per run frame, one at a time.
+fn serve() -> ! {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = tx.clone();
+    std::thread::spawn(move || read_messages(reader));
+    let secrets_dir = std::env::var_os(SECRETS_DIR_VAR).unwrap_or_else(|| SECRETS_DIR.into());
+    let secrets_dir = Path::new(&secrets_dir).to_path_buf();
+    // The process group of the running command, if any.
+    let mut running: Option<i32> = None;
+    loop {
+        let Ok(message) = rx.recv() else { exit(0) };
+        match message {
+            Message::Run(frame) if running.is_none() => match start(&frame, &secrets_dir, &tx) {
+                Ok(pid) => {
+                    running = Some(pid);
+                    report("started");
+                }
+                Err((code, why)) => {
+                    write_to_stderr_of(&frame, &why);
+                    report(&format!("exit {code}"));
+                }
+            },
+            Message::Run(_) => report("refused: a command is already running"),
+            Message::Signal(number) => {
+                if let Some(pid) = running {
+                    sys::kill(-pid, number);
+                }
+            }
+            Message::Exited(code) => {
+                running = None;
+                report(&format!("exit {code}"));
+            }
+            Message::Bad(why) => {
+                eprintln!("berth-shim: {why}");
+                exit(EXIT_SHIM);
+            }
+            // berth keeps the container's stdin open; its end means the container is going away.
+            Message::Eof => {
+                if let Some(pid) = running {
+                    sys::kill(-pid, 9);
+                }
+                exit(0);
+            }
+        }
+    }
+}
+
+/// Starts the command of `frame` in a process group of its own; a thread reports its exit.
+/// Fails with the exit status and message `docker run` would give.
+fn start(
+    frame: &Frame,
+    secrets_dir: &Path,
+    tx: &std::sync::mpsc::Sender<Message>,
+) -> Result<i32, (i32, String)> {
+    let Some((program, args)) = frame.args.split_first() else {
+        return Err((EXIT_SHIM, "berth-shim: no command given".into()));
+    };
+    let program = OsStr::from_bytes(program);
+    let mut cmd = Command::new(program);
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .env_remove(SECRETS_DIR_VAR)
+        .process_group(0);
+    clear_secrets(secrets_dir);
+    for var in &frame.vars {
+        if var.kind == Kind::Secret {
+            write_secret(secrets_dir, &var.name, &var.value).map_err(|e| {
+                (
+                    EXIT_SHIM,
+                    format!("berth-shim: cannot write secret {}: {e}", var.name),
+                )
+            })?;
+        }
+        cmd.env(&var.name, OsStr::from_bytes(&var.value));
+    }
+    if std::env::var_os("PATH").is_none() && !frame.vars.iter().any(|v| v.name == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if let Some(dir) = &frame.cwd {
+        cmd.current_dir(OsStr::from_bytes(dir));
+    }
+    let output = |path: &Option<Vec<u8>>| -> Result<Stdio, (i32, String)> {
+        match path {
+            None => Ok(Stdio::null()),
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(OsStr::from_bytes(path))
+                .map(Stdio::from)
+                .map_err(|e| (EXIT_SHIM, format!("berth-shim: cannot open output: {e}"))),
+        }
+    };
+    cmd.stdout(output(&frame.stdout)?);
+    cmd.stderr(output(&frame.stderr)?);
+    cmd.stdin(if frame.input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let argv0 = program.to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        ErrorKind::NotFound => (127, format!("berth: command not found: {argv0}")),
+        _ => (126, format!("berth: cannot run {argv0}: {e}")),
+    })?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), frame.input.clone()) {
+        // A command that exits without reading its input closes the pipe; that is not an error.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let pid = child.id() as i32;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        use std::os::unix::process::ExitStatusExt;
+        let code = match child.wait() {
+            Ok(status) => status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            Err(_) => EXIT_SHIM,
+        };
+        let _ = tx.send(Message::Exited(code));
+    });
+    Ok(pid)
+}
+
+/// Writes a start failure where the run's stderr goes, so it shows like the command's own.
+fn write_to_stderr_of(frame: &Frame, why: &str) {
+    let written = frame.stderr.as_ref().is_some_and(|path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(OsStr::from_bytes(path))
+            .and_then(|mut f| writeln!(f, "{why}"))
+            .is_ok()
+    });
+    if !written {
+        eprintln!("{why}");
+    }
 }
 
 mod sys {
@@ -327,14 +504,8 @@ fn read_setup() -> Vec<Var> {
 
 fn main() {
     let (options, command) = split_options(std::env::args_os().skip(1).collect());
-    if options.hold {
-        hold();
-    }
-    if let Some(signal) = &options.signal {
-        let Some(run) = &options.run else {
-            fail(EXIT_SHIM, "berth-shim: --signal needs --run=ID")
-        };
-        exit(signal_run(signal, run));
+    if options.serve {
+        serve();
     }
     let Options {
         stdout,
@@ -559,18 +730,12 @@ mod setup_option_tests {
     }
 
     #[test]
-    fn held_container_options() {
+    fn serve_is_an_option() {
         let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        let (o, rest) = split_options(args(&["--hold"]));
-        assert!(o.hold && rest.is_empty());
-        let (o, rest) = split_options(args(&["--signal=SIGTERM", "--run=r1"]));
-        assert_eq!(
-            (o.signal.as_deref(), o.run.as_deref()),
-            (Some("SIGTERM"), Some("r1"))
-        );
-        assert!(!o.hold && rest.is_empty());
-        let (o, rest) = split_options(args(&["--no-setup", "--", "--hold"]));
-        assert!(!o.hold && !o.setup);
-        assert_eq!(rest, args(&["--hold"]));
+        let (o, rest) = split_options(args(&["--serve"]));
+        assert!(o.serve && rest.is_empty());
+        let (o, rest) = split_options(args(&["--no-setup", "--", "--serve"]));
+        assert!(!o.serve && !o.setup);
+        assert_eq!(rest, args(&["--serve"]));
     }
 }

@@ -167,7 +167,11 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     assert_eq!(inspect["Config"]["User"], "1000:1000");
     assert_eq!(
         inspect["Config"]["Entrypoint"],
-        serde_json::json!(["/berth/shim", "--hold"])
+        serde_json::json!(["/berth/shim", "--serve"])
+    );
+    assert_eq!(
+        inspect["Config"]["StdinOnce"], false,
+        "the supervisor keeps its stdin"
     );
     let text = inspect.to_string();
     for value in ["first-token-value", "second-token-value"] {
@@ -433,6 +437,66 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
             .contains("exited without cleaning up"),
         "{record}"
     );
+}
+
+#[test]
+fn the_next_run_replaces_a_persistent_container_whose_berth_was_killed() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("orphan");
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ws.runs_dir().exists()
+        && std::fs::read_to_string(ws.last_run().join("run.json"))
+            .unwrap_or_default()
+            .contains("\"state\": \"running\""))
+    {
+        assert!(Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let orphan_dir = ws.last_run();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The orphaned `sleep 60` must not share the container with the next run.
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "ps | grep -c '[s]leep 60' || true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exited without cleaning up"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o).trim(), "0", "a fresh container: {}", stdout(&o));
+    let old = record_of(&ws, &orphan_dir);
+    assert_eq!(old["state"], "error", "{old}");
+    assert_eq!(held_containers(&ws).len(), 1);
 }
 
 #[test]
