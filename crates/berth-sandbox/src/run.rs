@@ -232,8 +232,13 @@ pub async fn execute_docker<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    let outcome = drive(engine, &id, &container_plan, ctx, &run, interrupts).await;
-    collect_artifacts(engine, &id, ctx, &spec.artifacts).await;
+    // A remote engine gets berth's files through the archive API (see `remote`).
+    let outcome = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
+        Ok(()) => drive(engine, &id, &container_plan, ctx, &run, interrupts).await,
+        Err(reason) => (RunState::Error, Some(reason)),
+    };
+    let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
+    collect_artifacts(engine, &id, ctx, &artifacts).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     let (state, reason) = outcome;
     ctx.finish(state, reason)
@@ -712,6 +717,7 @@ mod tests {
                     setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
+                    remote_engine: false,
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,

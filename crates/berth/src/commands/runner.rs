@@ -15,6 +15,15 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         );
         return ExitStatus::Error;
     };
+    let probe_env = match super::settings_here()
+        .and_then(|settings| super::engine_probe_env(&args.engine, &settings, printer))
+    {
+        Ok(env) => env,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            return ExitStatus::Error;
+        }
+    };
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
     let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
     let config = RunnerConfig {
@@ -26,7 +35,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         capacity: args.capacity,
         state_dir,
         cache_dir: crate::env::cache_dir(),
-        probe_env: super::probe_env(),
+        probe_env,
         allow_local: args.allow_local,
     };
     match berth_runner::run(config, super::shutdown_signal()).await {
