@@ -1,6 +1,6 @@
 //! Remote engines for real: an sshd on loopback as the remote host (Debian's openssh-server,
 //! started unprivileged by the test with its own host key and authorized_keys), and a
-//! TLS-terminating socat in front of this machine's Docker socket with certificates made by
+//! TLS-terminating stunnel in front of this machine's Docker socket with certificates made by
 //! openssl here. Runs go end to end through the real binary; every diagnosis is provoked.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -395,22 +395,28 @@ impl Pki {
     }
 }
 
-/// socat terminating TLS (client certificates required) in front of the local Docker socket.
+/// stunnel terminating TLS (client certificates required, signed by the CA) in front of the
+/// local Docker socket. (socat cannot serve resumed sessions with client verification.)
 fn start_tls_proxy(pki: &Pki, dir: &Path) -> (Daemon, u16) {
     let port = free_port();
-    let child = Command::new("socat")
-        .arg(format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+    let config = dir.join("stunnel.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "foreground = yes\npid =\n[docker]\naccept = 127.0.0.1:{port}\nconnect = /var/run/docker.sock\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
             pki.file("server.pem"),
             pki.file("server-key.pem"),
             pki.file("ca.pem")
-        ))
-        .arg("UNIX-CONNECT:/var/run/docker.sock")
+        ),
+    )
+    .unwrap();
+    let child = Command::new("stunnel")
+        .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("socat.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stunnel.log")).unwrap())
         .spawn()
-        .expect("socat is needed for these tests");
+        .expect("stunnel (Debian's stunnel4) is needed for these tests");
     let daemon = Daemon(child);
     wait_for_port(port);
     (daemon, port)
