@@ -239,7 +239,7 @@ impl Endpoint {
         matches!(
             self,
             Self::Tcp {
-                security: TcpSecurity::Plain { .. },
+                security: TcpSecurity::Plain { allowed: true },
                 ..
             }
         )
