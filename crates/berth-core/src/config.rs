@@ -37,6 +37,44 @@ pub struct ConfigFile {
     /// `[engines.NAME]` tables: engines chosen with `--engine NAME`.
     #[serde(default)]
     pub engines: BTreeMap<String, crate::engine::EngineConfig>,
+    /// `[pool.NAME]` tables: a warm pool for the profile (or, if no profile has that name, the
+    /// image) NAME.
+    #[serde(default)]
+    pub pool: BTreeMap<String, PoolConfig>,
+}
+
+/// A warm pool as written: `[pool.claude-code] size = 2`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Started containers kept ready.
+    pub size: u32,
+    /// A ready container older than this is replaced (`30m`).
+    pub idle_ttl: Option<String>,
+}
+
+/// The most containers one pool keeps ready.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+impl PoolConfig {
+    /// The pool for `name`, checked.
+    pub fn to_spec(&self, name: &str) -> Result<crate::held::PoolSpec, String> {
+        if self.size > MAX_POOL_SIZE {
+            return Err(format!(
+                "size {} is more than {MAX_POOL_SIZE} containers",
+                self.size
+            ));
+        }
+        let idle_ttl = match &self.idle_ttl {
+            Some(t) => units::parse_duration(t).map_err(|e| format!("idle_ttl: {e}"))?,
+            None => crate::held::DEFAULT_POOL_TTL,
+        };
+        Ok(crate::held::PoolSpec {
+            name: name.to_string(),
+            size: self.size,
+            idle_ttl,
+        })
+    }
 }
 
 /// `cpus = 2` and `cpus = "1.5"` are both natural to write.
@@ -118,6 +156,10 @@ impl ConfigFile {
         if let Some(v) = &self.fallback {
             v.parse::<Fallback>().map_err(|e| bad("fallback", e))?;
         }
+        for (name, pool) in &self.pool {
+            pool.to_spec(name)
+                .map_err(|e| bad(&format!("pool.{name}"), e))?;
+        }
         for name in self.env.keys() {
             crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
         }
@@ -162,6 +204,7 @@ impl ConfigFile {
         // Profiles are layered by source in `profile::resolve_all`; here the last file wins.
         self.profiles.extend(over.profiles);
         self.engines.extend(over.engines);
+        self.pool.extend(over.pool);
         self
     }
 
@@ -254,6 +297,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(user.redefined_engines(&ws), ["a"]);
+    }
+
+    #[test]
+    fn pools() {
+        let c = parse(
+            "b.toml",
+            "[pool.claude-code]\nsize = 2\n[pool.\"img:1\"]\nsize = 1\nidle_ttl = \"5m\"\n",
+        )
+        .unwrap();
+        let spec = c.pool["img:1"].to_spec("img:1").unwrap();
+        assert_eq!((spec.size, spec.idle_ttl.as_secs()), (1, 300));
+        assert_eq!(
+            c.pool["claude-code"]
+                .to_spec("claude-code")
+                .unwrap()
+                .idle_ttl,
+            crate::held::DEFAULT_POOL_TTL
+        );
+        let e = parse("b.toml", "[pool.x]\nsize = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.x") && e.contains("64"), "{e}");
+        let e = parse("b.toml", "[pool.x]\nsize = 1\nidle_ttl = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.x") && e.contains("idle_ttl"), "{e}");
+        let e = parse("b.toml", "[pool.x]\nsise = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sise"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod exit;
+pub mod held;
 pub mod ids;
 pub mod mask;
 pub mod plan;

@@ -37,6 +37,14 @@ pub mod labels {
     pub const OWNER_HOST: &str = "berth.owner-host";
     /// The run directory, so `berth gc` can record what happened to the run.
     pub const RUN_DIR: &str = "berth.run-dir";
+    /// `pool` or `persistent`: a held container (see `held`).
+    pub const HELD: &str = "berth.held";
+    /// The held container's configuration key: runs with the same key can use it.
+    pub const HELD_KEY: &str = "berth.held-key";
+    /// The host directory with the held container's io, out and lock.
+    pub const HELD_DIR: &str = "berth.held-dir";
+    /// The agent a persistent container belongs to.
+    pub const HELD_AGENT: &str = "berth.held-agent";
 }
 
 /// A bind mount of a host path.
@@ -336,6 +344,7 @@ mod tests {
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         }
     }
 

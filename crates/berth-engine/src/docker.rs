@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_core::event::Stream;
+use berth_core::held::ExecPlan;
 use berth_core::plan::ContainerPlan;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
     MountBindOptions, MountBindOptionsPropagationEnum, MountType, PortBinding, SystemInfo,
@@ -25,8 +27,8 @@ use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use crate::endpoint::{Endpoint, TcpSecurity};
 use crate::ssh::SshTunnel;
 use crate::{
-    Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExitInfo, ImageBuild,
-    ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
+    Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExecStatus, ExitInfo,
+    ImageBuild, ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
 };
 
 /// Seconds bollard waits for the engine to answer a request (headers, not the whole stream).
@@ -577,28 +579,62 @@ impl Engine for DockerEngine {
             .attach_container(id, Some(options))
             .await
             .map_err(|e| classify(e, id))?;
-        let output = attached
-            .output
-            .map_err(|e| classify(e, ""))
-            .try_filter_map(|item| async move {
-                Ok(match item {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        Some(OutputChunk {
-                            stream: Stream::Stdout,
-                            data: message,
-                        })
-                    }
-                    LogOutput::StdErr { message } => Some(OutputChunk {
-                        stream: Stream::Stderr,
-                        data: message,
-                    }),
-                    LogOutput::StdIn { .. } => None,
-                })
-            })
-            .boxed();
         Ok(Attached {
-            output,
+            output: output_chunks(attached.output),
             input: attached.input,
+        })
+    }
+
+    async fn exec(&self, id: &str, exec: &ExecPlan) -> Result<(String, Attached), EngineError> {
+        let config = bollard::models::ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(exec.cmd.clone()),
+            env: Some(exec.env.clone()),
+            user: Some(exec.user.clone()),
+            working_dir: Some(exec.working_dir.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(id, config)
+            .await
+            .map_err(|e| classify(e, id))?;
+        let options = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: None,
+        };
+        match self
+            .docker
+            .start_exec(&created.id, Some(options))
+            .await
+            .map_err(|e| classify(e, id))?
+        {
+            StartExecResults::Attached { output, input } => Ok((
+                created.id,
+                Attached {
+                    output: output_chunks(output),
+                    input,
+                },
+            )),
+            StartExecResults::Detached => Err(EngineError::Connection(
+                "the engine started the exec detached".into(),
+            )),
+        }
+    }
+
+    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| classify(e, exec_id))?;
+        Ok(ExecStatus {
+            running: inspect.running.unwrap_or(false),
+            exit_code: inspect.exit_code,
         })
     }
 
@@ -747,9 +783,34 @@ impl Engine for DockerEngine {
                     .unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                created: c.created.unwrap_or_default(),
             })
             .collect())
     }
+}
+
+/// The engine's multiplexed stream as berth's output chunks (stdin echoes dropped).
+fn output_chunks(
+    stream: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+) -> BoxStream<'static, Result<OutputChunk, EngineError>> {
+    stream
+        .map_err(|e| classify(e, ""))
+        .try_filter_map(|item| async move {
+            Ok(match item {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    Some(OutputChunk {
+                        stream: Stream::Stdout,
+                        data: message,
+                    })
+                }
+                LogOutput::StdErr { message } => Some(OutputChunk {
+                    stream: Stream::Stderr,
+                    data: message,
+                }),
+                LogOutput::StdIn { .. } => None,
+            })
+        })
+        .boxed()
 }
 
 fn pull_error(e: BollardError) -> String {

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use berth_core::event::Stream;
+use berth_core::held::ExecPlan;
 use berth_core::plan::ContainerPlan;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -65,6 +66,16 @@ pub struct ContainerSummary {
     pub labels: HashMap<String, String>,
     /// `created`, `running`, `exited`, ...
     pub state: String,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// An exec's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecStatus {
+    pub running: bool,
+    /// Known once the exec ended.
+    pub exit_code: Option<i64>,
 }
 
 /// A chunk of a container's output.
@@ -206,6 +217,14 @@ pub trait Engine: Send + Sync {
     ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
+    /// Starts `exec` in the running container `id` with its streams attached (stdin included);
+    /// returns the exec's id and the streams.
+    fn exec(
+        &self,
+        id: &str,
+        exec: &ExecPlan,
+    ) -> impl Future<Output = EngineResult<(String, Attached)>> + Send;
+    fn inspect_exec(&self, exec_id: &str) -> impl Future<Output = EngineResult<ExecStatus>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.
     fn list_managed(&self) -> impl Future<Output = EngineResult<Vec<ContainerSummary>>> + Send;
 }

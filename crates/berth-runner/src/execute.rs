@@ -243,6 +243,8 @@ async fn run_claimed(
                 plan_context,
                 secrets,
                 stdin: None,
+                held_root: state_dir.root().join("held"),
+                pool: None,
             },
             interrupts,
         )
@@ -326,6 +328,7 @@ fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
         workdir: s.workdir.clone(),
         output_format: "text".into(),
         profile: None,
+        persistent: None,
     })
 }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use berth_core::event::Stream;
 use berth_core::plan::ContainerPlan;
 use berth_engine::{
-    Attached, ContainerSummary, Engine, EngineError, ExitInfo, ImageInfo, OutputChunk, PullProgress,
+    Attached, ContainerSummary, Engine, EngineError, ExecStatus, ExitInfo, ImageInfo, OutputChunk,
+    PullProgress,
 };
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -134,6 +135,15 @@ impl FakeEngine {
     /// The plan berth asked to create.
     pub fn plan(&self) -> Option<ContainerPlan> {
         self.plan.lock().unwrap().clone()
+    }
+
+    /// Whether the scripted command has ended by now.
+    fn has_exited(&self) -> bool {
+        let sent = self.signals.borrow();
+        match self.script.exit_when {
+            ExitWhen::AtOnce => true,
+            ExitWhen::OnSignal(target) => sent.iter().any(|s| s == target || s == "SIGKILL"),
+        }
     }
 
     fn log(&self, call: impl Into<String>) {
@@ -279,6 +289,42 @@ impl Engine for FakeEngine {
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
         self.log("network_exists");
         Ok(self.script.networks.contains(&name))
+    }
+
+    /// A run's exec behaves like the container's command (attached output, the scripted exit);
+    /// a signalling exec (`/berth/shim --signal=NAME`) behaves like `kill`.
+    async fn exec(
+        &self,
+        id: &str,
+        exec: &berth_core::held::ExecPlan,
+    ) -> Result<(String, Attached), EngineError> {
+        if let Some(signal) = exec.cmd.iter().find_map(|a| a.strip_prefix("--signal=")) {
+            self.kill(id, signal).await?;
+            let empty = Attached {
+                output: stream::empty().boxed(),
+                input: Box::pin(StdinWriter(Arc::default())),
+            };
+            return Ok(("signal-exec".into(), empty));
+        }
+        self.log("exec");
+        *self.started_at.lock().unwrap() = Some(Instant::now());
+        self.started.notify_one();
+        let attached = self.attach(id).await?;
+        Ok(("run-exec".into(), attached))
+    }
+
+    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, EngineError> {
+        if exec_id == "signal-exec" {
+            return Ok(ExecStatus {
+                running: false,
+                exit_code: Some(0),
+            });
+        }
+        let running = !self.has_exited();
+        Ok(ExecStatus {
+            running,
+            exit_code: (!running).then_some(self.script.exit_code),
+        })
     }
 
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, EngineError> {

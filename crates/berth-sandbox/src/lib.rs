@@ -11,6 +11,8 @@ pub mod error;
 #[cfg(test)]
 mod fake_engine;
 pub mod gc;
+pub mod held;
+mod held_run;
 pub mod local;
 pub mod output;
 pub mod owner;

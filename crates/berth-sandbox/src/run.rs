@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use berth_core::event::{Event, Stream};
 use berth_core::exit::{state_for_exit, ExitStatus, RunState};
+use berth_core::held::{held_key, ExecPlan, PoolSpec};
 use berth_core::mask::Masker;
-use berth_core::plan::{self, ContainerPlan, PlanContext};
+use berth_core::plan::{self, PlanContext};
 use berth_core::record::RunRecord;
 use berth_core::spec::PullPolicy;
 use berth_core::units::{format_bytes, format_duration};
@@ -169,6 +170,20 @@ pub struct DockerRun {
     pub secrets: Vec<(String, String)>,
     /// Bytes for the command's stdin (an agent's prompt), sent after the setup frame.
     pub stdin: Option<Vec<u8>>,
+    /// Where held containers keep their directories (`<state dir>/held`).
+    pub held_root: PathBuf,
+    /// The warm pool configured for this run's profile or image, if any.
+    pub pool: Option<PoolSpec>,
+}
+
+/// What a run's command runs in: a container of its own, or an exec in a held container.
+pub(crate) enum Target<'a> {
+    Container(&'a str),
+    Exec {
+        container: &'a str,
+        plan: ExecPlan,
+        run_id: &'a str,
+    },
 }
 
 /// How the wait ended, before the final state is decided.
@@ -196,7 +211,6 @@ pub async fn execute_docker<E: Engine>(
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
     plan_context.setup_frame = !run.secrets.is_empty() || run.stdin.is_some();
-    let container_plan = plan::plan_container(&spec, &plan_context);
 
     // A missing network would only surface at start; say so before anything is created.
     if let berth_core::spec::NetworkMode::Named(network) = &spec.network {
@@ -220,9 +234,66 @@ pub async fn execute_docker<E: Engine>(
             )),
         );
     }
+    // Held containers keep each run's FIFOs and `$BERTH_OUT` in directories of this host,
+    // which an engine elsewhere cannot mount: refused here (the CLI refuses earlier).
+    if spec.persistent.is_some() && plan_context.remote_engine {
+        return ctx.fail("", &remote_persistent_refused());
+    }
+    if let Some(persistent) = spec.persistent.clone() {
+        let key = held_key(&spec, &plan_context, &image.id);
+        return crate::held_run::execute_persistent(
+            engine,
+            ctx,
+            &run,
+            plan_context,
+            key,
+            persistent,
+            interrupts,
+        )
+        .await;
+    }
+    match &run.pool {
+        // A kept container is for inspection afterwards: it gets one of its own. On a remote
+        // engine a run never takes from the pool (see `remote_persistent_refused`).
+        Some(pool) if !spec.keep && !plan_context.remote_engine => {
+            let key = held_key(&spec, &plan_context, &image.id);
+            crate::held_run::execute_pooled(engine, ctx, &run, plan_context, key, pool, interrupts)
+                .await
+        }
+        _ => match execute_cold(engine, ctx, &run, plan_context, interrupts).await {
+            Ok((state, reason)) => ctx.finish(state, reason),
+            Err((context, e)) => ctx.fail(&context, &e),
+        },
+    }
+}
+
+/// Why a persistent container cannot be used on a remote engine, with what to do instead.
+pub fn remote_persistent_refused() -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
+        hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
+    }
+}
+
+/// A run in a container of its own: create, drive, collect, remove. Returns the final state
+/// and reason, or why the container could not be created (to end the run with its hint).
+pub(crate) async fn execute_cold<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    run: &DockerRun,
+    plan_context: PlanContext,
+    interrupts: &mut Interrupts,
+) -> Result<(RunState, Option<String>), (String, SandboxError)> {
+    let spec = ctx.record.spec.clone();
+    let container_plan = plan::plan_container(&spec, &plan_context);
     let id = match engine.create_container(&container_plan).await {
         Ok(id) => id,
-        Err(e) => return ctx.fail("creating the container failed: ", &SandboxError::Engine(e)),
+        Err(e) => {
+            return Err((
+                "creating the container failed: ".to_string(),
+                SandboxError::Engine(e),
+            ))
+        }
     };
     ctx.record.container_id = Some(id.clone());
     ctx.record.container_name = Some(container_plan.name.clone());
@@ -232,16 +303,34 @@ pub async fn execute_docker<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    // A remote engine gets berth's files through the archive API (see `remote`).
+    let fifos = plan_context
+        .io_host_path
+        .as_ref()
+        .map(|dir| (dir.join("stdout"), dir.join("stderr")));
+    // A remote engine gets berth's files through the archive API (see `remote`), after create
+    // and before the command starts.
     let outcome = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
-        Ok(()) => drive(engine, &id, &container_plan, ctx, &run, interrupts).await,
+        Ok(()) => {
+            drive(
+                engine,
+                &Target::Container(&id),
+                container_plan.memory_bytes,
+                fifos,
+                ctx,
+                run,
+                interrupts,
+            )
+            .await
+        }
         Err(reason) => (RunState::Error, Some(reason)),
     };
+    // On a remote engine `/berth/out` is in the container's volume and comes back as an
+    // artifact; locally it is the run's out directory on this host.
     let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
-    collect_artifacts(engine, &id, ctx, &artifacts).await;
+    let out_dir = ctx.run_dir.out_dir();
+    collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
-    let (state, reason) = outcome;
-    ctx.finish(state, reason)
+    Ok(outcome)
 }
 
 /// Makes sure the image is present, pulling it as the policy says.
@@ -294,36 +383,28 @@ async fn ensure_image<E: Engine>(
 }
 
 /// Attaches, starts, feeds the setup frame, streams output and waits, honouring the timeout and
-/// interrupts. Returns the final state and its reason.
-async fn drive<E: Engine>(
+/// interrupts. `fifos` are the host paths of the command's stdout and stderr FIFOs, when the
+/// engine is local. Returns the final state and its reason.
+pub(crate) async fn drive<E: Engine>(
     engine: &E,
-    id: &str,
-    container_plan: &ContainerPlan,
+    target: &Target<'_>,
+    memory_bytes: i64,
+    fifos: Option<(PathBuf, PathBuf)>,
     ctx: &mut RunContext,
     run: &DockerRun,
     interrupts: &mut Interrupts,
 ) -> (RunState, Option<String>) {
     let spec = ctx.record.spec.clone();
-    let attached = match engine.attach(id).await {
-        Ok(a) => a,
-        Err(e) => {
-            return (
-                RunState::Error,
-                Some(format!("attaching to the container failed: {e}")),
-            )
-        }
-    };
     let pipes = ctx.output_pipes();
     let (mut stdout_pipe, mut stderr_pipe) = match pipes {
         Ok(p) => p,
         Err(e) => return (RunState::Error, Some(e.to_string())),
     };
-    let io_dir = container_plan
-        .binds
-        .iter()
-        .find(|b| b.target == berth_core::plan::IO_TARGET)
-        .map(|b| b.source.clone());
-    let fifos = match io_dir.as_deref().map(crate::pump::Fifos::open).transpose() {
+    let opened = fifos
+        .as_ref()
+        .map(|(out, err)| crate::pump::Fifos::open(out, err))
+        .transpose();
+    let opened = match opened {
         Ok(f) => f,
         Err(e) => {
             return (
@@ -332,12 +413,53 @@ async fn drive<E: Engine>(
             )
         }
     };
+    // A cancel that arrived while the image was pulled or the container created must stop the
+    // command before it ever runs.
+    let cancelled_early = |signal: &str| {
+        (
+            RunState::Cancelled,
+            Some(format!("cancelled by {signal} before the command started")),
+        )
+    };
+    let (attached, exec_id) = match target {
+        Target::Container(id) => match engine.attach(id).await {
+            Ok(a) => (a, None),
+            Err(e) => {
+                return (
+                    RunState::Error,
+                    Some(format!("attaching to the container failed: {e}")),
+                )
+            }
+        },
+        Target::Exec {
+            container, plan, ..
+        } => {
+            if let Ok(signal) = interrupts.try_recv() {
+                return cancelled_early(signal);
+            }
+            match engine.exec(container, plan).await {
+                Ok((exec_id, a)) => (a, Some(exec_id)),
+                Err(e) => {
+                    return (
+                        RunState::Error,
+                        Some(format!("starting the command in the container failed: {e}")),
+                    )
+                }
+            }
+        }
+    };
     let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
     let output = attached.output;
     // Output is pumped on its own task so that a slow terminal never delays signal handling.
     let pump = tokio::spawn(async move {
-        let failure =
-            crate::pump::pump(output, fifos, exited_rx, &mut stdout_pipe, &mut stderr_pipe).await;
+        let failure = crate::pump::pump(
+            output,
+            opened,
+            exited_rx,
+            &mut stdout_pipe,
+            &mut stderr_pipe,
+        )
+        .await;
         (
             failure,
             stdout_pipe.agent_outcome(),
@@ -345,34 +467,31 @@ async fn drive<E: Engine>(
         )
     });
 
-    // A cancel that arrived while the image was pulled or the container created must stop the
-    // command before it ever runs.
-    if let Ok(signal) = interrupts.try_recv() {
-        pump.abort();
-        return (
-            RunState::Cancelled,
-            Some(format!("cancelled by {signal} before the command started")),
-        );
-    }
-    if let Err(e) = engine.start(id).await {
-        pump.abort();
-        return match e {
-            EngineError::CommandNotFound(m) => {
-                ctx.record.exit_code = Some(127);
-                (RunState::Failed, Some(format!("command not found: {m}")))
-            }
-            EngineError::CannotInvoke(m) => {
-                ctx.record.exit_code = Some(126);
-                (
-                    RunState::Failed,
-                    Some(format!("command cannot be invoked: {m}")),
-                )
-            }
-            other => (
-                RunState::Error,
-                Some(format!("starting the container failed: {other}")),
-            ),
-        };
+    if let Target::Container(id) = target {
+        if let Ok(signal) = interrupts.try_recv() {
+            pump.abort();
+            return cancelled_early(signal);
+        }
+        if let Err(e) = engine.start(id).await {
+            pump.abort();
+            return match e {
+                EngineError::CommandNotFound(m) => {
+                    ctx.record.exit_code = Some(127);
+                    (RunState::Failed, Some(format!("command not found: {m}")))
+                }
+                EngineError::CannotInvoke(m) => {
+                    ctx.record.exit_code = Some(126);
+                    (
+                        RunState::Failed,
+                        Some(format!("command cannot be invoked: {m}")),
+                    )
+                }
+                other => (
+                    RunState::Error,
+                    Some(format!("starting the container failed: {other}")),
+                ),
+            };
+        }
     }
     ctx.record.started_at = Some(now_rfc3339());
     ctx.record.state = RunState::Running;
@@ -393,7 +512,7 @@ async fn drive<E: Engine>(
     let _ = input.shutdown().await;
     drop(input);
 
-    let wait = engine.wait(id);
+    let wait = wait_for(engine, target, exec_id.as_deref());
     tokio::pin!(wait);
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = if spec.timeout.is_zero() {
@@ -408,22 +527,22 @@ async fn drive<E: Engine>(
             result = &mut wait => break result,
             () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
-                signal(engine, id, ctx, "SIGTERM", &reason).await;
+                signal(engine, target, ctx, "SIGTERM", &reason).await;
                 stop = Some(Stop::TimedOut(reason));
                 kill_at = Some(Instant::now() + spec.grace);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
-                signal(engine, id, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
+                signal(engine, target, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
                 kill_at = None;
             }
             Some(name) = interrupts.recv() => {
                 if stop.is_none() {
                     let reason = format!("cancelled by {name}");
-                    signal(engine, id, ctx, "SIGTERM", &reason).await;
+                    signal(engine, target, ctx, "SIGTERM", &reason).await;
                     stop = Some(Stop::Cancelled(reason));
                     kill_at = Some(Instant::now() + spec.grace);
                 } else {
-                    signal(engine, id, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
+                    signal(engine, target, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
                     kill_at = None;
                 }
             }
@@ -450,10 +569,9 @@ async fn drive<E: Engine>(
     let agent_error = agent_failure(agent_outcome);
     // The FIFOs have served; left in place they would block anyone who reads the run directory.
     // The directory itself stays while the container exists (the engine needs bind sources).
-    if let Some(dir) = &io_dir {
-        for name in ["stdout", "stderr"] {
-            let _ = std::fs::remove_file(dir.join(name));
-        }
+    if let Some((out, err)) = &fifos {
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
     }
 
     if let Err(e) = waited {
@@ -462,12 +580,12 @@ async fn drive<E: Engine>(
             Some(format!("lost track of the container: {e}")),
         );
     }
-    let exit = match engine.inspect_exit(id).await {
+    let exit = match exit_of(engine, target, exec_id.as_deref()).await {
         Ok(exit) => exit,
         Err(e) => {
             return (
                 RunState::Error,
-                Some(format!("reading the container's exit failed: {e}")),
+                Some(format!("reading the command's exit failed: {e}")),
             )
         }
     };
@@ -488,7 +606,7 @@ async fn drive<E: Engine>(
             RunState::Failed,
             Some(format!(
                 "killed by the kernel's OOM killer: the sandbox exceeded its memory limit of {}",
-                format_bytes(container_plan.memory_bytes as u64)
+                format_bytes(memory_bytes as u64)
             )),
         ),
         // The agent's own verdict counts: an agent that reports an error failed, whatever its
@@ -520,23 +638,102 @@ pub(crate) fn agent_failure(outcome: Option<berth_agents::AgentOutcome>) -> Opti
     Some(format!("the agent reported an error: {what}"))
 }
 
-async fn signal<E: Engine>(engine: &E, id: &str, ctx: &mut RunContext, name: &str, reason: &str) {
+async fn signal<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    ctx: &mut RunContext,
+    name: &str,
+    reason: &str,
+) {
     ctx.emit(Event::Signal {
         signal: name.to_string(),
         reason: reason.to_string(),
     });
-    if let Err(e) = engine.kill(id, name).await {
+    let sent = match target {
+        Target::Container(id) => engine.kill(id, name).await,
+        Target::Exec {
+            container,
+            plan,
+            run_id,
+        } => signal_exec(engine, container, run_id, name, &plan.user).await,
+    };
+    if let Err(e) = sent {
         ctx.emit(Event::Warning {
             message: format!("sending {name} failed: {e}"),
         });
     }
 }
 
-async fn collect_artifacts<E: Engine>(
+/// Delivers a signal to a run inside a held container: the container's init would pass it to
+/// the holder, not to the run, so the shim signals the run's processes from inside.
+async fn signal_exec<E: Engine>(
+    engine: &E,
+    container: &str,
+    run_id: &str,
+    name: &str,
+    user: &str,
+) -> Result<(), EngineError> {
+    let plan = berth_core::held::plan_signal(run_id, name, user);
+    let (exec_id, attached) = engine.exec(container, &plan).await?;
+    drop(attached);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !engine.inspect_exec(&exec_id).await?.running {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(EngineError::Timeout(5))
+}
+
+/// Waits until the command ended: the container exits, or the exec is no longer running.
+async fn wait_for<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    exec_id: Option<&str>,
+) -> Result<(), EngineError> {
+    match (target, exec_id) {
+        (Target::Container(id), _) => engine.wait(id).await.map(|_| ()),
+        (Target::Exec { .. }, Some(exec_id)) => {
+            // The engine has no wait for execs; poll, quickly at first (short commands), then
+            // more slowly.
+            let mut pause = Duration::from_millis(2);
+            while engine.inspect_exec(exec_id).await?.running {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Ok(())
+        }
+        (Target::Exec { .. }, None) => Err(EngineError::Connection("the exec has no id".into())),
+    }
+}
+
+/// How the command ended.
+async fn exit_of<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    exec_id: Option<&str>,
+) -> Result<berth_engine::ExitInfo, EngineError> {
+    match (target, exec_id) {
+        (Target::Container(id), _) => engine.inspect_exit(id).await,
+        (Target::Exec { .. }, Some(exec_id)) => {
+            let status = engine.inspect_exec(exec_id).await?;
+            Ok(berth_engine::ExitInfo {
+                exit_code: status.exit_code.unwrap_or(-1),
+                oom_killed: false,
+                error: None,
+            })
+        }
+        (Target::Exec { .. }, None) => Err(EngineError::Connection("the exec has no id".into())),
+    }
+}
+
+pub(crate) async fn collect_artifacts<E: Engine>(
     engine: &E,
     id: &str,
     ctx: &mut RunContext,
     paths: &[String],
+    out_dir: &std::path::Path,
 ) {
     let artifacts_dir = ctx.run_dir.artifacts_dir();
     let mut collected = Collected::default();
@@ -550,9 +747,8 @@ async fn collect_artifacts<E: Engine>(
             });
         }
     }
-    let out_dir: PathBuf = ctx.run_dir.out_dir();
     if out_dir.exists() {
-        if let Err(e) = artifacts::collect_out_dir(&out_dir, &artifacts_dir, &mut collected) {
+        if let Err(e) = artifacts::collect_out_dir(out_dir, &artifacts_dir, &mut collected) {
             ctx.emit(Event::Warning {
                 message: format!("collecting $BERTH_OUT failed: {e}"),
             });
@@ -565,7 +761,7 @@ async fn collect_artifacts<E: Engine>(
     });
 }
 
-async fn release_container<E: Engine>(
+pub(crate) async fn release_container<E: Engine>(
     engine: &E,
     id: &str,
     name: &str,
@@ -612,6 +808,7 @@ mod tests {
     use std::sync::Mutex;
 
     use berth_core::event::EventLine;
+    use berth_core::held::PersistentSpec;
     use berth_core::record::Execution;
     use berth_core::spec::{Fallback, NetworkMode, Resources, RunSpec, WorkspaceMode};
     use tokio::sync::mpsc::UnboundedSender;
@@ -660,6 +857,7 @@ mod tests {
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         }
     }
 
@@ -702,6 +900,16 @@ mod tests {
 
     impl Harness {
         async fn run(&mut self, engine: &FakeEngine) -> ExitStatus {
+            self.run_on(engine, false, None).await
+        }
+
+        /// A run on a local or remote engine, with the warm pool `pool` configured.
+        async fn run_on(
+            &mut self,
+            engine: &FakeEngine,
+            remote_engine: bool,
+            pool: Option<PoolSpec>,
+        ) -> ExitStatus {
             let run = DockerRun {
                 plan_context: PlanContext {
                     run_id: self.ctx.record.id.clone(),
@@ -717,10 +925,12 @@ mod tests {
                     setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
-                    remote_engine: false,
+                    remote_engine,
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,
+                held_root: self.tmp.path().join("state/held"),
+                pool,
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }
@@ -855,6 +1065,59 @@ mod tests {
         let plan = fake.plan().unwrap();
         assert_eq!(&plan.entrypoint[..2], ["/berth/shim", "--no-setup"]);
         assert_eq!(plan.entrypoint.last().map(String::as_str), Some("--"));
+    }
+
+    #[tokio::test]
+    async fn remote_engine_fills_the_berth_volume_before_start_and_collects_berth_out() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        let pool = PoolSpec {
+            name: "busybox".into(),
+            size: 2,
+            idle_ttl: secs(60),
+        };
+
+        // The configured pool is not used there: the run gets a container of its own.
+        h.run_on(&fake, true, Some(pool)).await;
+
+        let calls = fake.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c);
+        assert!(
+            at("create") < at("upload /berth") && at("upload /berth") < at("start"),
+            "{calls:?}"
+        );
+        assert!(at("download /berth/out").is_some(), "{calls:?}");
+        assert!(
+            at("list_managed").is_none() && at("exec").is_none(),
+            "{calls:?}"
+        );
+        assert_eq!(fake.plan().unwrap().berth_volume.unwrap().target, "/berth");
+    }
+
+    #[tokio::test]
+    async fn remote_engine_refuses_a_persistent_container_before_create() {
+        let mut s = spec();
+        s.persistent = Some(PersistentSpec {
+            agent: "default".into(),
+            name: "default".into(),
+            max_containers: 3,
+            idle_ttl: secs(60),
+        });
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        let status = h.run_on(&fake, true, None).await;
+
+        assert_ne!(status, ExitStatus::Success);
+        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(h.record().state, RunState::Error);
+        assert!(
+            h.reason()
+                .contains("persistent containers are not supported on a remote engine"),
+            "{}",
+            h.reason()
+        );
+        assert!(h.finished_hint().unwrap().contains("drop --engine"));
     }
 
     #[tokio::test]

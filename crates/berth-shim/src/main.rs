@@ -160,20 +160,47 @@ fn fail(code: i32, msg: &str) -> ! {
     exit(code)
 }
 
-/// Leading `--stdout=PATH` / `--stderr=PATH` options (up to `--`) and the command after them.
-/// berth passes FIFOs on a bind mount there, so bulk output bypasses the engine's attach stream.
-fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, bool, Vec<OsString>) {
-    let (mut stdout, mut stderr, mut setup) = (None, None, true);
+/// The shim's options, which come before `--` and the command.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    /// `--stdout=PATH` / `--stderr=PATH`: FIFOs on a bind mount that berth reads on the host, so
+    /// bulk output bypasses the engine's attach stream.
+    stdout: Option<OsString>,
+    stderr: Option<OsString>,
+    /// Read a setup frame from stdin first; `--no-setup` says there is nothing to receive.
+    setup: bool,
+    /// `--hold`: wait until signalled. The command of a held container, whose runs come by exec.
+    hold: bool,
+    /// `--signal=NAME --run=ID`: deliver NAME to every process of run ID, then exit.
+    signal: Option<String>,
+    run: Option<String>,
+}
+
+fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
+    let mut options = Options {
+        stdout: None,
+        stderr: None,
+        setup: true,
+        hold: false,
+        signal: None,
+        run: None,
+    };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
         let bytes = arg.as_bytes();
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         if let Some(path) = bytes.strip_prefix(b"--stdout=") {
-            stdout = Some(OsStr::from_bytes(path).to_os_string());
+            options.stdout = Some(OsStr::from_bytes(path).to_os_string());
         } else if let Some(path) = bytes.strip_prefix(b"--stderr=") {
-            stderr = Some(OsStr::from_bytes(path).to_os_string());
+            options.stderr = Some(OsStr::from_bytes(path).to_os_string());
         } else if bytes == b"--no-setup" {
-            // Nothing to receive (no secrets, no input): start the command at once.
-            setup = false;
+            options.setup = false;
+        } else if bytes == b"--hold" {
+            options.hold = true;
+        } else if let Some(name) = bytes.strip_prefix(b"--signal=") {
+            options.signal = Some(text(name));
+        } else if let Some(id) = bytes.strip_prefix(b"--run=") {
+            options.run = Some(text(id));
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -182,7 +209,89 @@ fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, bo
         }
         rest.next();
     }
-    (stdout, stderr, setup, rest.collect())
+    (options, rest.collect())
+}
+
+/// Waits for the signal that ends the container (SIGTERM's default action ends the process).
+fn hold() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Sends `signal` to every process whose environment has `BERTH_RUN_ID=run` and to the process
+/// groups they lead. Returns the exit code: 0 when something was signalled, 1 when nothing was.
+fn signal_run(signal: &str, run: &str) -> i32 {
+    let number = match signal.trim_start_matches("SIG") {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "TERM" => 15,
+        other => fail(EXIT_SHIM, &format!("berth-shim: unknown signal `{other}`")),
+    };
+    let needle = format!("BERTH_RUN_ID={run}");
+    let me = std::process::id();
+    let mut signalled = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        fail(EXIT_SHIM, "berth-shim: cannot read /proc");
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || pid == 1 {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|e| e == needle.as_bytes()) {
+            continue;
+        }
+        if process_group(pid) == Some(pid) {
+            sys::kill(-(pid as i32), number);
+        }
+        sys::kill(pid as i32, number);
+        signalled += 1;
+    }
+    i32::from(signalled == 0)
+}
+
+/// The process group of `pid`, from field 5 of `/proc/PID/stat`.
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
+mod sys {
+    extern "C" {
+        #[link_name = "kill"]
+        fn libc_kill(pid: i32, signal: i32) -> i32;
+    }
+
+    /// kill(2); std has no wrapper for arbitrary processes and the shim takes no libc crate.
+    #[allow(unsafe_code)] // a plain syscall with integer arguments.
+    pub fn kill(pid: i32, signal: i32) {
+        // SAFETY: kill takes two integers and touches no memory of ours.
+        unsafe {
+            libc_kill(pid, signal);
+        }
+    }
+}
+
+/// Removes the secret files an earlier run left in a reused container.
+fn clear_secrets(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Opens an output FIFO (or file) for the command's stdout or stderr.
@@ -217,7 +326,22 @@ fn read_setup() -> Vec<Var> {
 }
 
 fn main() {
-    let (stdout, stderr, setup, command) = split_options(std::env::args_os().skip(1).collect());
+    let (options, command) = split_options(std::env::args_os().skip(1).collect());
+    if options.hold {
+        hold();
+    }
+    if let Some(signal) = &options.signal {
+        let Some(run) = &options.run else {
+            fail(EXIT_SHIM, "berth-shim: --signal needs --run=ID")
+        };
+        exit(signal_run(signal, run));
+    }
+    let Options {
+        stdout,
+        stderr,
+        setup,
+        ..
+    } = options;
     let mut args = command.into_iter();
     let Some(program) = args.next() else {
         fail(EXIT_SHIM, "berth-shim: no command given")
@@ -231,6 +355,7 @@ fn main() {
     let secrets_dir = Path::new(&secrets_dir);
     let mut cmd = Command::new(&program);
     cmd.args(args).env_remove(SECRETS_DIR_VAR);
+    clear_secrets(secrets_dir);
     if vars.iter().any(|v| v.kind == Kind::Secret) && !secrets_dir.is_dir() {
         fail(
             EXIT_SHIM,
@@ -389,11 +514,11 @@ mod option_tests {
     use super::*;
 
     fn split(args: &[&str]) -> (Option<String>, Option<String>, Vec<String>) {
-        let (o, e, _, rest) = split_options(args.iter().map(OsString::from).collect());
+        let (o, rest) = split_options(args.iter().map(OsString::from).collect());
         let s = |v: Option<OsString>| v.map(|v| v.to_string_lossy().into_owned());
         (
-            s(o),
-            s(e),
+            s(o.stdout),
+            s(o.stderr),
             rest.into_iter()
                 .map(|v| v.to_string_lossy().into_owned())
                 .collect(),
@@ -425,11 +550,27 @@ mod setup_option_tests {
     #[test]
     fn no_setup_is_an_option_before_the_command() {
         let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        let (_, _, setup, rest) = split_options(args(&["--no-setup", "--", "true"]));
-        assert!(!setup);
+        let (o, rest) = split_options(args(&["--no-setup", "--", "true"]));
+        assert!(!o.setup);
         assert_eq!(rest, args(&["true"]));
-        let (_, _, setup, rest) = split_options(args(&["--", "--no-setup"]));
-        assert!(setup, "after `--` it is the command");
+        let (o, rest) = split_options(args(&["--", "--no-setup"]));
+        assert!(o.setup, "after `--` it is the command");
         assert_eq!(rest, args(&["--no-setup"]));
+    }
+
+    #[test]
+    fn held_container_options() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let (o, rest) = split_options(args(&["--hold"]));
+        assert!(o.hold && rest.is_empty());
+        let (o, rest) = split_options(args(&["--signal=SIGTERM", "--run=r1"]));
+        assert_eq!(
+            (o.signal.as_deref(), o.run.as_deref()),
+            (Some("SIGTERM"), Some("r1"))
+        );
+        assert!(!o.hold && rest.is_empty());
+        let (o, rest) = split_options(args(&["--no-setup", "--", "--hold"]));
+        assert!(!o.hold && !o.setup);
+        assert_eq!(rest, args(&["--hold"]));
     }
 }

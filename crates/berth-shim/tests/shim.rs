@@ -86,7 +86,9 @@ fn missing_command_exits_127() {
 #[test]
 fn non_executable_file_exits_126() {
     let dir = TempDir::new("noexec");
-    let file = dir.0.join("script");
+    // Not in the secrets directory itself: the shim clears that of earlier runs' files.
+    std::fs::create_dir(dir.0.join("bin")).unwrap();
+    let file = dir.0.join("bin/script");
     std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let file = file.to_str().unwrap();
@@ -116,17 +118,27 @@ fn bad_frame_and_no_command_exit_125() {
 }
 
 #[test]
-fn existing_secret_file_is_not_replaced() {
+fn earlier_runs_secret_files_are_replaced_or_removed() {
+    // A reused (persistent) container still has the files of the run before: a refreshed token
+    // replaces its old value, and a secret this run does not get is gone.
     let dir = TempDir::new("exists");
     std::fs::write(dir.0.join("TOKEN"), "old").unwrap();
+    std::fs::write(dir.0.join("STALE"), "old").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.0.join("LINK")).unwrap();
     let out = shim(
         &["true"],
-        b"berth-shim-v1\nsecret TOKEN 6\nhunter\nend\n",
+        b"berth-shim-v1\nsecret TOKEN 6\nhunter\nsecret LINK 3\nabc\nend\n",
         &dir,
     );
-    assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("cannot write secret TOKEN") && !stderr(&out).contains("hunter"));
-    assert_eq!(std::fs::read_to_string(dir.0.join("TOKEN")).unwrap(), "old");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("TOKEN")).unwrap(),
+        "hunter"
+    );
+    assert!(!dir.0.join("STALE").exists());
+    let link = std::fs::symlink_metadata(dir.0.join("LINK")).unwrap();
+    assert!(link.is_file(), "the link was replaced, not followed");
+    assert_eq!(std::fs::read_to_string(dir.0.join("LINK")).unwrap(), "abc");
 }
 
 #[test]

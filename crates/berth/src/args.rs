@@ -31,6 +31,10 @@ pub enum Command {
     Show(ShowArgs),
     /// Remove containers whose berth process is gone, and record what happened to their runs.
     Gc(GcArgs),
+    /// List held containers: persistent ones and the warm pool, with age and last use.
+    Ps(PsArgs),
+    /// Remove persistent containers by name (or all of them), or drain the warm pool.
+    Rm(RmArgs),
     /// Build and list berth's sandbox images (berth/<target>:<berth version>).
     Image(crate::commands::image::ImageArgs),
     /// Run the coordinator: HTTP API, store, audit trail, live logs.
@@ -139,6 +143,17 @@ pub struct RunArgs {
     /// Leave the stopped container in place for debugging and print its name.
     #[arg(long)]
     pub keep: bool,
+    /// ephemeral (a fresh container per run) or persistent (one long-lived container per agent
+    /// and --name, reused by exec) [default: the profile's, else ephemeral].
+    #[arg(long, value_name = "LIFECYCLE")]
+    pub lifecycle: Option<String>,
+    /// The persistent container to run in (implies --lifecycle persistent) [default: the
+    /// profile's name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Do not take a container from the warm pool configured for this profile or image.
+    #[arg(long)]
+    pub no_pool: bool,
     /// Where to run when Docker is not installed: none or local [default: none].
     #[arg(long, value_name = "WHERE")]
     pub fallback: Option<String>,
@@ -229,6 +244,30 @@ pub struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Persistent containers: NAME (as given to --name), AGENT/NAME, or the container's name.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Every persistent container.
+    #[arg(long)]
+    pub all: bool,
+    /// Drain the warm pool: remove every ready pool container.
+    #[arg(long)]
+    pub pool: bool,
+    /// Remove even while a run is inside (the run fails).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -259,6 +259,26 @@ fn ssh_engine_runs_end_to_end_and_names_each_failure() {
         "{err}"
     );
 
+    // Held containers are local only: a persistent one is refused before anything starts.
+    let out = ws.run(
+        &[
+            "--engine",
+            "box",
+            "--workspace-mode",
+            "none",
+            "--name",
+            "keeper",
+        ],
+        &["true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("persistent containers are not supported on a remote engine")
+            && err.contains("hint:"),
+        "{err}"
+    );
+
     // Every failure is one named diagnosis.
     let d = doctor(&ws, "wrongport");
     assert_eq!(d["diagnosis"], "engine_unreachable", "{d}");

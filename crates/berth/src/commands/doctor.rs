@@ -117,6 +117,7 @@ async fn time_sandbox_start(
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         };
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();
@@ -170,6 +171,8 @@ async fn time_sandbox_start(
                 plan_context,
                 secrets: vec![],
                 stdin: None,
+                held_root: scratch.join("held"),
+                pool: None,
             },
             &mut interrupts,
         )

@@ -2,6 +2,7 @@
 
 mod doctor;
 mod gc;
+mod held;
 pub mod image;
 mod ls;
 mod profiles;
@@ -49,6 +50,8 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             None => show::show(args, printer),
         },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Ps(args) => held::ps(args, printer).await,
+        Command::Rm(args) => held::rm(args, printer).await,
         Command::Image(args) => image::image(args, printer).await,
         Command::Server(args) => server::server(args, printer).await,
         Command::Runner(args) => runner::runner(args, printer).await,

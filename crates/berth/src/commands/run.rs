@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use berth_core::event::Event;
 use berth_core::exit::RunState;
+use berth_core::held::PersistentSpec;
 use berth_core::mask::Masker;
 use berth_core::plan::{sandbox_user, PlanContext};
 use berth_core::profile::{Profile, Resume};
@@ -105,6 +106,9 @@ async fn prepare_and_run(
                 hint: "a remote engine sees only the image: pass --workspace-mode none, and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
             }
         })?;
+        if spec.persistent.is_some() {
+            return Err(berth_sandbox::run::remote_persistent_refused());
+        }
         if sessions.is_some() {
             return Err(SandboxError::InvalidWithHint {
                 message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
@@ -227,10 +231,36 @@ async fn prepare_and_run(
         owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
         remote_engine: !engine.endpoint().is_local(),
     };
+    // A warm pool for the profile, else for the image.
+    let pool = if args.no_pool {
+        None
+    } else {
+        spec.profile
+            .iter()
+            .chain(std::iter::once(&spec.image))
+            .find_map(|name| {
+                let config = settings.file.pool.get(name)?;
+                config.to_spec(name).ok()
+            })
+            .filter(|p| p.size > 0)
+    };
+    // The pool's containers are held containers, which a remote engine cannot serve.
+    let pool = match pool {
+        Some(p) if plan_context.remote_engine => {
+            printer.info(&format!(
+                "the warm pool for {} is not used on a remote engine; this run gets a container of its own",
+                p.name
+            ));
+            None
+        }
+        other => other,
+    };
     let run = DockerRun {
         plan_context,
         secrets,
         stdin,
+        held_root: state_dir.root().join("held"),
+        pool,
     };
     Ok(berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await)
 }
@@ -432,11 +462,7 @@ pub fn build_spec(
         None => Fallback::None,
     };
     let read_only = args.read_only || config.read_only.unwrap_or(false);
-    if profile.is_some_and(|p| p.lifecycle == "persistent") {
-        return Err(SandboxError::Invalid(
-            "lifecycle = \"persistent\" is not supported by this berth yet; set lifecycle = \"ephemeral\" in the profile".into(),
-        ));
-    }
+    let persistent = persistent_spec(args, profile)?;
     let spec = RunSpec {
         image,
         command,
@@ -465,8 +491,52 @@ pub fn build_spec(
             .map(|p| p.output.clone())
             .unwrap_or_else(|| "text".into()),
         profile: profile.map(|p| p.name.clone()),
+        persistent,
     };
     Ok(BuiltSpec { spec, stdin })
+}
+
+/// The persistent container the run asks for, from `--lifecycle`, `--name` and the profile.
+fn persistent_spec(
+    args: &RunArgs,
+    profile: Option<&Profile>,
+) -> Result<Option<PersistentSpec>, SandboxError> {
+    let lifecycle = match (&args.lifecycle, &args.name) {
+        (Some(l), _) => l.clone(),
+        (None, Some(_)) => "persistent".to_string(),
+        (None, None) => profile.map_or("ephemeral".into(), |p| p.lifecycle.clone()),
+    };
+    match lifecycle.as_str() {
+        "ephemeral" if args.name.is_some() => Err(invalid(
+            "--name",
+            "names a persistent container; it cannot be combined with --lifecycle ephemeral",
+        )),
+        "ephemeral" => Ok(None),
+        "persistent" => {
+            let agent = profile.map_or("default".to_string(), |p| p.name.clone());
+            berth_core::held::check_name("profile", &agent).map_err(|e| invalid("--profile", e))?;
+            let name = args.name.clone().unwrap_or_else(|| agent.clone());
+            berth_core::held::check_name("--name", &name).map_err(|e| invalid("--name", e))?;
+            if args.keep {
+                return Err(invalid(
+                    "--keep",
+                    "a persistent container is kept anyway; remove it with `berth rm NAME`",
+                ));
+            }
+            Ok(Some(PersistentSpec {
+                agent,
+                name,
+                max_containers: profile.map_or(berth_core::held::DEFAULT_MAX_CONTAINERS, |p| {
+                    p.max_containers
+                }),
+                idle_ttl: profile.map_or(berth_core::held::DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
+            }))
+        }
+        other => Err(invalid(
+            "--lifecycle",
+            format!("`{other}` is not ephemeral or persistent"),
+        )),
+    }
 }
 
 /// `<data dir>/sessions/<agent>`, created for the sandbox user `uid:gid` when missing.
