@@ -34,6 +34,9 @@ pub struct ConfigFile {
     /// `[profiles.NAME]` tables: new profiles, or overrides of built-in ones.
     #[serde(default)]
     pub profiles: BTreeMap<String, crate::profile::ProfileConfig>,
+    /// `[engines.NAME]` tables: engines chosen with `--engine NAME`.
+    #[serde(default)]
+    pub engines: BTreeMap<String, crate::engine::EngineConfig>,
     /// `[pool.NAME]` tables: a warm pool for the profile (or, if no profile has that name, the
     /// image) NAME.
     #[serde(default)]
@@ -160,6 +163,11 @@ impl ConfigFile {
         for name in self.env.keys() {
             crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
         }
+        for (name, engine) in &self.engines {
+            engine
+                .validate()
+                .map_err(|(field, message)| bad(&format!("engines.{name}.{field}"), message))?;
+        }
         Ok(())
     }
 
@@ -195,8 +203,20 @@ impl ConfigFile {
         self.env.extend(over.env);
         // Profiles are layered by source in `profile::resolve_all`; here the last file wins.
         self.profiles.extend(over.profiles);
+        self.engines.extend(over.engines);
         self.pool.extend(over.pool);
         self
+    }
+
+    /// The engine names `over` would redefine: an engine in the workspace's `berth.toml` must not
+    /// silently replace one of the user's (a cloned repository could send runs and their secrets
+    /// elsewhere).
+    pub fn redefined_engines(&self, over: &ConfigFile) -> Vec<String> {
+        over.engines
+            .keys()
+            .filter(|name| self.engines.contains_key(*name))
+            .cloned()
+            .collect()
     }
 
     /// The CPU setting in nano-CPUs, if set (already validated).
@@ -246,6 +266,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("env.A B"), "{e}");
+    }
+
+    #[test]
+    fn engine_tables_are_checked_with_their_key() {
+        let c = parse(
+            "c.toml",
+            "[engines.box]\nhost = \"ssh://ann@box:2222\"\nidentity = \"~/.ssh/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.engines["box"].identity.as_deref(), Some("~/.ssh/k"));
+        let e = parse("c.toml", "[engines.box]\nhost = \"tcp://box:2376\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("`engines.box.ca`"),
+            "{e}"
+        );
+        let e = parse("c.toml", "[engines.box]\nhost = \"ssh://b\"\nport = 22\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("port") && e.contains("line"),
+            "{e}"
+        );
+        let user = parse("u", "[engines.a]\nhost = \"ssh://a\"\n").unwrap();
+        let ws = parse(
+            "w",
+            "[engines.a]\nhost = \"ssh://evil\"\n[engines.b]\nhost = \"ssh://b\"",
+        )
+        .unwrap();
+        assert_eq!(user.redefined_engines(&ws), ["a"]);
     }
 
     #[test]

@@ -343,6 +343,7 @@ mod tests {
             setup_frame: true,
             state_dir_in_workspace: None,
             owner_labels: Default::default(),
+            remote_engine: false,
         }
     }
 

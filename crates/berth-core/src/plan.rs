@@ -94,7 +94,24 @@ pub struct ContainerPlan {
     /// Close the container's stdin when the first attached client closes it (a cold container
     /// reads one setup frame); a held container's supervisor keeps reading frames.
     pub stdin_once: bool,
+    /// On a remote engine: an anonymous volume at `/berth` that berth fills through the archive
+    /// API after create (the shim, an empty `out/` owned by the sandbox user) and reads
+    /// `/berth/out` back from after exit. The archive API can write to a volume even when the
+    /// root file system is read-only.
+    pub berth_volume: Option<BerthVolume>,
 }
+
+/// See [`ContainerPlan::berth_volume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BerthVolume {
+    pub target: String,
+    /// The sandbox user, owner of `out/`.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Where berth's own files live on a remote engine.
+pub const BERTH_VOLUME_TARGET: &str = "/berth";
 
 /// What the caller learned about the image and the host before planning.
 #[derive(Debug, Clone)]
@@ -123,6 +140,31 @@ pub struct PlanContext {
     pub state_dir_in_workspace: Option<String>,
     /// Owner labels (pid, start time, host, run dir) added to the managed labels.
     pub owner_labels: BTreeMap<String, String>,
+    /// The engine runs on another host and cannot see this one's files: `shim_host_path`,
+    /// `out_host_path` and `io_host_path` are not mounted; see [`ContainerPlan::berth_volume`].
+    pub remote_engine: bool,
+}
+
+/// What a run may not ask of an engine on another host: nothing of this host can be mounted
+/// there. The error names the option and what to use instead.
+pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
+    if spec.workspace_mode != WorkspaceMode::None {
+        let mode = if spec.workspace_mode == WorkspaceMode::Ro {
+            "ro"
+        } else {
+            "rw"
+        };
+        return Err(format!(
+            "--workspace-mode {mode}: a remote engine cannot mount this host's workspace; use --workspace-mode none"
+        ));
+    }
+    if let Some(m) = spec.mounts.first() {
+        return Err(format!(
+            "--mount {}: a remote engine cannot mount this host's paths; copy what the command needs into the image",
+            m.source.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The user the sandbox runs as: `--user` when given, else the invoking user, else 1000:1000
@@ -160,16 +202,23 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         }
     }
     binds.extend(ctx.mounts.iter().cloned());
-    binds.push(BindMount {
-        source: ctx.out_host_path.clone(),
-        target: OUT_TARGET.to_string(),
-        read_only: false,
+    let berth_volume = ctx.remote_engine.then(|| BerthVolume {
+        target: BERTH_VOLUME_TARGET.to_string(),
+        uid,
+        gid,
     });
-    binds.push(BindMount {
-        source: ctx.shim_host_path.clone(),
-        target: SHIM_TARGET.to_string(),
-        read_only: true,
-    });
+    if !ctx.remote_engine {
+        binds.push(BindMount {
+            source: ctx.out_host_path.clone(),
+            target: OUT_TARGET.to_string(),
+            read_only: false,
+        });
+        binds.push(BindMount {
+            source: ctx.shim_host_path.clone(),
+            target: SHIM_TARGET.to_string(),
+            read_only: true,
+        });
+    }
 
     if !spec.secrets.is_empty() {
         tmpfs.push(TmpfsMount {
@@ -213,7 +262,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     if !ctx.setup_frame {
         entrypoint.push("--no-setup".to_string());
     }
-    if let Some(io) = &ctx.io_host_path {
+    if let Some(io) = ctx.io_host_path.as_ref().filter(|_| !ctx.remote_engine) {
         binds.push(BindMount {
             source: io.clone(),
             target: IO_TARGET.to_string(),
@@ -261,6 +310,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             "0".to_string(),
         )]),
         stdin_once: true,
+        berth_volume,
     }
 }
 
@@ -317,7 +367,51 @@ mod tests {
             setup_frame: true,
             state_dir_in_workspace: Some(".berth".into()),
             owner_labels: BTreeMap::new(),
+            remote_engine: false,
         }
+    }
+
+    #[test]
+    fn remote_engine_gets_a_volume_instead_of_host_paths() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::None;
+        s.user = Some(UserSpec {
+            uid: 7,
+            gid: Some(8),
+        });
+        let c = PlanContext {
+            remote_engine: true,
+            io_host_path: Some("/r/io".into()),
+            ..ctx()
+        };
+        let plan = plan_container(&s, &c);
+        assert!(plan.binds.is_empty(), "{:?}", plan.binds);
+        assert_eq!(
+            plan.berth_volume,
+            Some(BerthVolume {
+                target: "/berth".into(),
+                uid: 7,
+                gid: 8
+            })
+        );
+        assert_eq!(plan.entrypoint, ["/berth/shim", "--"]);
+        assert_eq!(plan_container(&spec(), &ctx()).berth_volume, None);
+    }
+
+    #[test]
+    fn remote_engine_refuses_host_mounts() {
+        let mut s = spec();
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode none"));
+        s.workspace_mode = WorkspaceMode::None;
+        assert_eq!(check_remote(&s), Ok(()));
+        s.mounts.push(MountRequest {
+            source: "/data".into(),
+            target: "/data".into(),
+            read_only: true,
+        });
+        assert!(check_remote(&s).unwrap_err().starts_with("--mount /data:"));
     }
 
     #[test]

@@ -18,11 +18,12 @@ pub mod build_context;
 pub mod diagnose;
 pub mod docker;
 pub mod endpoint;
+pub mod ssh;
 
 pub use build_context::BuildContext;
 pub use diagnose::{Diagnosis, DiagnosisReport};
 pub use docker::DockerEngine;
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, EngineChoice};
 
 /// The oldest Engine API berth speaks; older engines are diagnosed as too old.
 pub const MIN_API_VERSION: (u32, u32) = (1, 41);
@@ -197,6 +198,14 @@ pub trait Engine: Send + Sync {
     fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Downloads `path` from the container as a tar stream.
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
+    /// Unpacks the tar archive `tar` into the directory `dir` of a created container (on a
+    /// volume when the root file system is read-only). Entries keep their owners and modes.
+    fn upload(
+        &self,
+        id: &str,
+        dir: &str,
+        tar: Bytes,
+    ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.

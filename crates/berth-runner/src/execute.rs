@@ -145,6 +145,14 @@ async fn run_claimed(
     };
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
+    if !engine.endpoint().is_local() && run.execution_mode != ExecutionMode::Local {
+        if let Err(e) = berth_core::plan::check_remote(&spec) {
+            return Outcome::error(format!(
+                "runner `{}` uses a remote engine: {e}",
+                shared.runner_id
+            ));
+        }
+    }
     let sockets = prepare::engine_sockets(engine.endpoint().socket_path());
     // The server judged the mounts by their names; here they are judged with symlinks resolved.
     let checked = match prepare::check_mounts(&spec, &workspace_root, &allowed, None, sockets) {
@@ -235,6 +243,7 @@ async fn run_claimed(
                 &checked.workspace,
             ),
             owner_labels,
+            remote_engine: !engine.endpoint().is_local(),
         };
         berth_sandbox::execute_docker(
             engine,

@@ -271,6 +271,11 @@ impl Engine for FakeEngine {
         stream::iter([Err(error)]).boxed()
     }
 
+    async fn upload(&self, _id: &str, dir: &str, _tar: Bytes) -> Result<(), EngineError> {
+        self.log(format!("upload {dir}"));
+        Ok(())
+    }
+
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
         self.log("network_exists");
         Ok(self.script.networks.contains(&name))

@@ -430,6 +430,14 @@ pub(crate) async fn create_holder<E: Engine>(
             return Err(e.into());
         }
     };
+    // A remote engine gets the shim through the archive API before the holder starts (see
+    // `remote`; berth refuses held runs on remote engines for now, as `$BERTH_OUT` and the
+    // output pipes are per-run host directories).
+    if let Err(reason) = crate::remote::fill_berth_volume(engine, &id, &plan).await {
+        let _ = engine.remove(&id).await;
+        dir.remove();
+        return Err(SandboxError::Invalid(reason));
+    }
     if let Err(e) = engine.start(&id).await {
         let _ = engine.remove(&id).await;
         dir.remove();
@@ -438,7 +446,7 @@ pub(crate) async fn create_holder<E: Engine>(
     Ok(id)
 }
 
-/// Runs the command by exec in a held container whose lock the caller holds; collects its
+/// Hands the run to the supervisor of a held container whose lock the caller holds; collects its
 /// artifacts and `$BERTH_OUT`. Returns the final state and reason.
 #[allow(clippy::too_many_arguments)]
 async fn run_in_held<E: Engine>(

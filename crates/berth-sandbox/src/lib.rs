@@ -18,6 +18,7 @@ pub mod output;
 pub mod owner;
 pub mod prepare;
 mod pump;
+pub mod remote;
 pub mod run;
 pub mod rundir;
 pub mod settings;

@@ -232,6 +232,11 @@ pub async fn execute_docker<E: Engine>(
             )),
         );
     }
+    // Held containers keep each run's FIFOs and `$BERTH_OUT` in directories of this host,
+    // which an engine elsewhere cannot mount: refused here (the CLI refuses earlier).
+    if spec.persistent.is_some() && plan_context.remote_engine {
+        return ctx.fail("", &remote_persistent_refused());
+    }
     if let Some(persistent) = spec.persistent.clone() {
         let key = held_key(&spec, &plan_context, &image.id);
         return crate::held_run::execute_persistent(
@@ -246,8 +251,9 @@ pub async fn execute_docker<E: Engine>(
         .await;
     }
     match &run.pool {
-        // A kept container is for inspection afterwards: it gets one of its own.
-        Some(pool) if !spec.keep => {
+        // A kept container is for inspection afterwards: it gets one of its own. On a remote
+        // engine a run never takes from the pool (see `remote_persistent_refused`).
+        Some(pool) if !spec.keep && !plan_context.remote_engine => {
             let key = held_key(&spec, &plan_context, &image.id);
             crate::held_run::execute_pooled(engine, ctx, &run, plan_context, key, pool, interrupts)
                 .await
@@ -256,6 +262,14 @@ pub async fn execute_docker<E: Engine>(
             Ok((state, reason)) => ctx.finish(state, reason),
             Err((context, e)) => ctx.fail(&context, &e),
         },
+    }
+}
+
+/// Why a persistent container cannot be used on a remote engine, with what to do instead.
+pub fn remote_persistent_refused() -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
+        hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
     }
 }
 
@@ -291,18 +305,28 @@ pub(crate) async fn execute_cold<E: Engine>(
         .io_host_path
         .as_ref()
         .map(|dir| (dir.join("stdout"), dir.join("stderr")));
-    let outcome = drive(
-        engine,
-        &Target::Container(&id),
-        container_plan.memory_bytes,
-        fifos,
-        ctx,
-        run,
-        interrupts,
-    )
-    .await;
+    // A remote engine gets berth's files through the archive API (see `remote`), after create
+    // and before the command starts.
+    let outcome = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
+        Ok(()) => {
+            drive(
+                engine,
+                &Target::Container(&id),
+                container_plan.memory_bytes,
+                fifos,
+                ctx,
+                run,
+                interrupts,
+            )
+            .await
+        }
+        Err(reason) => (RunState::Error, Some(reason)),
+    };
+    // On a remote engine `/berth/out` is in the container's volume and comes back as an
+    // artifact; locally it is the run's out directory on this host.
+    let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
     let out_dir = ctx.run_dir.out_dir();
-    collect_artifacts(engine, &id, ctx, &spec.artifacts, &out_dir).await;
+    collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     Ok(outcome)
 }
@@ -807,6 +831,7 @@ mod tests {
     use std::sync::Mutex;
 
     use berth_core::event::EventLine;
+    use berth_core::held::PersistentSpec;
     use berth_core::record::Execution;
     use berth_core::spec::{Fallback, NetworkMode, Resources, RunSpec, WorkspaceMode};
     use tokio::sync::mpsc::UnboundedSender;
@@ -898,6 +923,16 @@ mod tests {
 
     impl Harness {
         async fn run(&mut self, engine: &FakeEngine) -> ExitStatus {
+            self.run_on(engine, false, None).await
+        }
+
+        /// A run on a local or remote engine, with the warm pool `pool` configured.
+        async fn run_on(
+            &mut self,
+            engine: &FakeEngine,
+            remote_engine: bool,
+            pool: Option<PoolSpec>,
+        ) -> ExitStatus {
             let run = DockerRun {
                 plan_context: PlanContext {
                     run_id: self.ctx.record.id.clone(),
@@ -913,11 +948,12 @@ mod tests {
                     setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
+                    remote_engine,
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,
                 held_root: self.tmp.path().join("state/held"),
-                pool: None,
+                pool,
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }
@@ -1052,6 +1088,59 @@ mod tests {
         let plan = fake.plan().unwrap();
         assert_eq!(&plan.entrypoint[..2], ["/berth/shim", "--no-setup"]);
         assert_eq!(plan.entrypoint.last().map(String::as_str), Some("--"));
+    }
+
+    #[tokio::test]
+    async fn remote_engine_fills_the_berth_volume_before_start_and_collects_berth_out() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        let pool = PoolSpec {
+            name: "busybox".into(),
+            size: 2,
+            idle_ttl: secs(60),
+        };
+
+        // The configured pool is not used there: the run gets a container of its own.
+        h.run_on(&fake, true, Some(pool)).await;
+
+        let calls = fake.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c);
+        assert!(
+            at("create") < at("upload /berth") && at("upload /berth") < at("start"),
+            "{calls:?}"
+        );
+        assert!(at("download /berth/out").is_some(), "{calls:?}");
+        assert!(
+            at("list_managed").is_none() && at("exec").is_none(),
+            "{calls:?}"
+        );
+        assert_eq!(fake.plan().unwrap().berth_volume.unwrap().target, "/berth");
+    }
+
+    #[tokio::test]
+    async fn remote_engine_refuses_a_persistent_container_before_create() {
+        let mut s = spec();
+        s.persistent = Some(PersistentSpec {
+            agent: "default".into(),
+            name: "default".into(),
+            max_containers: 3,
+            idle_ttl: secs(60),
+        });
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        let status = h.run_on(&fake, true, None).await;
+
+        assert_ne!(status, ExitStatus::Success);
+        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(h.record().state, RunState::Error);
+        assert!(
+            h.reason()
+                .contains("persistent containers are not supported on a remote engine"),
+            "{}",
+            h.reason()
+        );
+        assert!(h.finished_hint().unwrap().contains("drop --engine"));
     }
 
     #[tokio::test]

@@ -62,6 +62,19 @@ pub struct StateArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+/// Which engine to use.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineArgs {
+    /// The engine: a name from `[engines.NAME]` in berth.toml or the user config, or
+    /// unix:///PATH, tcp://HOST:PORT, ssh://[USER@]HOST[:PORT] [default: DOCKER_HOST, else the
+    /// local socket].
+    #[arg(long, value_name = "NAME|URL")]
+    pub engine: Option<String>,
+    /// Accept a tcp:// engine without TLS: unencrypted and unauthenticated.
+    #[arg(long)]
+    pub engine_insecure: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Run with a profile (an agent such as claude-code or codex, or procedural); the arguments
@@ -149,6 +162,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub state: StateArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The command and its arguments, run as given (never through a shell); with an agent
     /// profile, the prompt.
     #[arg(
@@ -187,6 +202,8 @@ pub struct DoctorArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +309,8 @@ pub struct ServerArgs {
 pub struct RunnerArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Tags this runner offers; a run goes only to runners that have all of its tags.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,

@@ -96,10 +96,26 @@ async fn prepare_and_run(
 
     let secrets = read_secrets(&spec.secrets)?;
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
-    let endpoint = berth_engine::Endpoint::from_docker_host(
-        crate::env::var(crate::env::DOCKER_HOST).as_deref(),
-    )
-    .ok();
+    let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
+    let endpoint = probe_env.resolve().ok();
+    // Nothing of this host can be mounted on an engine elsewhere: say so before anything starts.
+    if endpoint.as_ref().is_some_and(|e| !e.is_local()) {
+        berth_core::plan::check_remote(&spec).map_err(|message| {
+            SandboxError::InvalidWithHint {
+                message,
+                hint: "a remote engine sees only the image: pass --workspace-mode none, and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
+            }
+        })?;
+        if spec.persistent.is_some() {
+            return Err(berth_sandbox::run::remote_persistent_refused());
+        }
+        if sessions.is_some() {
+            return Err(SandboxError::InvalidWithHint {
+                message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
+                hint: "run agent profiles on the local engine (drop --engine)".into(),
+            });
+        }
+    }
     let sockets = prepare::engine_sockets(endpoint.as_ref().and_then(|e| e.socket_path()));
     let checked = prepare::check_mounts(
         &spec,
@@ -138,7 +154,7 @@ async fn prepare_and_run(
         run_dir: run_dir_text,
     });
 
-    let (engine, warning) = match berth_engine::diagnose::check_engine(&super::probe_env()).await {
+    let (engine, warning) = match berth_engine::diagnose::check_engine(&probe_env).await {
         Ok((engine, _facts, warning)) => (engine, warning),
         Err((diagnosis, _)) => {
             return Ok(without_docker(
@@ -213,6 +229,7 @@ async fn prepare_and_run(
             &checked.workspace,
         ),
         owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
+        remote_engine: !engine.endpoint().is_local(),
     };
     // A warm pool for the profile, else for the image.
     let pool = if args.no_pool {
@@ -226,6 +243,17 @@ async fn prepare_and_run(
                 config.to_spec(name).ok()
             })
             .filter(|p| p.size > 0)
+    };
+    // The pool's containers are held containers, which a remote engine cannot serve.
+    let pool = match pool {
+        Some(p) if plan_context.remote_engine => {
+            printer.info(&format!(
+                "the warm pool for {} is not used on a remote engine; this run gets a container of its own",
+                p.name
+            ));
+            None
+        }
+        other => other,
     };
     let run = DockerRun {
         plan_context,

@@ -15,29 +15,28 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         );
         return ExitStatus::Error;
     };
-    // Profiles and pools come from this host's config (the user's file, and berth.toml in the
-    // directory the runner starts in).
-    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let loaded = berth_sandbox::settings::load(
-        crate::env::user_config_file().as_deref(),
-        &cwd,
-        crate::env::home().as_deref(),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|settings| {
-        let profiles = super::profiles::all_profiles(&settings).map_err(|e| e.to_string())?;
+    // The engine, the profiles and the pools come from this host's config (the user's file, and
+    // berth.toml in the directory the runner starts in).
+    let loaded = super::settings_here().and_then(|settings| {
+        let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
+        let profiles = super::profiles::all_profiles(&settings)
+            .map_err(|e| berth_sandbox::SandboxError::Invalid(e.to_string()))?;
         let pools = settings
             .file
             .pool
             .iter()
-            .map(|(name, pool)| Ok((name.clone(), pool.to_spec(name)?)))
-            .collect::<Result<_, String>>()?;
-        Ok((profiles, pools))
+            .map(|(name, pool)| {
+                pool.to_spec(name)
+                    .map(|spec| (name.clone(), spec))
+                    .map_err(berth_sandbox::SandboxError::Invalid)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((probe_env, profiles, pools))
     });
-    let (profiles, pools) = match loaded {
+    let (probe_env, profiles, pools) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
-            printer.error(&e, Some("fix the configuration file named in the message"));
+            printer.error(&e.to_string(), e.hint().as_deref());
             return ExitStatus::Error;
         }
     };
@@ -52,7 +51,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         capacity: args.capacity,
         state_dir,
         cache_dir: crate::env::cache_dir(),
-        probe_env: super::probe_env(),
+        probe_env,
         allow_local: args.allow_local,
         profiles,
         pools,
