@@ -302,30 +302,7 @@ mod tests {
     use crate::spec::*;
 
     fn spec() -> RunSpec {
-        RunSpec {
-            image: "img".into(),
-            command: vec!["echo".into(), "$HOME `x` \"q\"\n".into()],
-            pull: PullPolicy::Missing,
-            workspace: "/w".into(),
-            workspace_mode: WorkspaceMode::Rw,
-            mounts: vec![],
-            env: vec![("A".into(), "1".into())],
-            secrets: vec![],
-            resources: Resources::default(),
-            timeout: Duration::from_secs(600),
-            grace: Duration::from_secs(10),
-            network: NetworkMode::None,
-            read_only: false,
-            user: None,
-            publish: vec![],
-            artifacts: vec![],
-            keep: false,
-            fallback: Fallback::None,
-            workdir: None,
-            output_format: "text".into(),
-            profile: None,
-            persistent: None,
-        }
+        crate::plan::tests::spec()
     }
 
     fn ctx(run_id: &str) -> PlanContext {
@@ -391,7 +368,7 @@ mod tests {
     #[test]
     fn the_run_request_carries_the_run() {
         let run = run_request(&spec(), &ctx("r7"));
-        assert_eq!(run.argv, ["/entry", "echo", "$HOME `x` \"q\"\n"]);
+        assert_eq!(run.argv, ["/entry", "echo", "$HOME; rm -rf /"]);
         assert!(run.env.contains(&("A".into(), "1".into())));
         assert!(run.env.contains(&("BERTH_RUN_ID".into(), "r7".into())));
         assert!(run

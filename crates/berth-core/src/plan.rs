@@ -320,12 +320,13 @@ pub fn container_name(run_id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::*;
     use std::time::Duration;
 
-    fn spec() -> RunSpec {
+    /// A run spec for tests: a command that must stay argv, one env var, a workspace.
+    pub(crate) fn spec() -> RunSpec {
         RunSpec {
             image: "img".into(),
             command: vec!["echo".into(), "$HOME; rm -rf /".into()],

@@ -14,6 +14,14 @@ fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// Held by the tests that leave an orphaned container behind (a killed berth) and by those that
+/// run `berth gc`, which removes every orphan on the engine: one must not reap the other's.
+static GC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn gc_guard() -> std::sync::MutexGuard<'static, ()> {
+    GC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A name no other test (or test process) uses.
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -257,6 +265,7 @@ fn two_runs_for_one_persistent_container_queue_and_never_interleave() {
 
 #[test]
 fn least_recently_used_is_evicted_and_idle_ones_expire() {
+    let _gc = gc_guard();
     let ws = Workspace::new();
     let _cleanup = Cleanup(&ws);
     let agent = unique("lru");
@@ -389,18 +398,19 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
     assert!(pool(&ws).is_empty());
 }
 
-#[test]
-fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
-    let ws = Workspace::new();
-    let _cleanup = Cleanup(&ws);
-    let name = unique("crash");
-    let mut child = ws
+/// Starts `berth run --name NAME -- sleep 60` and waits until it runs; returns the process and
+/// the run's directory.
+fn sleeping_persistent_run(
+    ws: &Workspace,
+    name: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let child = ws
         .berth(&[
             "run",
             "--image",
             image(),
             "--name",
-            &name,
+            name,
             "--",
             "sleep",
             "60",
@@ -410,17 +420,24 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    while !(ws.runs_dir().exists()
+        && std::fs::read_to_string(ws.last_run().join("run.json"))
+            .unwrap_or_default()
+            .contains("\"state\": \"running\""))
+    {
         assert!(Instant::now() < deadline, "the run did not start");
-        if ws.runs_dir().exists()
-            && std::fs::read_to_string(ws.last_run().join("run.json"))
-                .unwrap_or_default()
-                .contains("\"state\": \"running\"")
-        {
-            break;
-        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, ws.last_run())
+}
+
+#[test]
+fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
+    let _gc = gc_guard();
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("crash");
+    let (mut child, _) = sleeping_persistent_run(&ws, &name);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(held_containers(&ws).len(), 1);
@@ -441,34 +458,11 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
 
 #[test]
 fn the_next_run_replaces_a_persistent_container_whose_berth_was_killed() {
+    let _gc = gc_guard();
     let ws = Workspace::new();
     let _cleanup = Cleanup(&ws);
     let name = unique("orphan");
-    let mut child = ws
-        .berth(&[
-            "run",
-            "--image",
-            image(),
-            "--name",
-            &name,
-            "--",
-            "sleep",
-            "60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(ws.runs_dir().exists()
-        && std::fs::read_to_string(ws.last_run().join("run.json"))
-            .unwrap_or_default()
-            .contains("\"state\": \"running\""))
-    {
-        assert!(Instant::now() < deadline, "the run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let orphan_dir = ws.last_run();
+    let (mut child, orphan_dir) = sleeping_persistent_run(&ws, &name);
     child.kill().unwrap();
     child.wait().unwrap();
 
