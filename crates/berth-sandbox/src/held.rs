@@ -109,9 +109,17 @@ impl HeldDir {
             .map_err(|e| SandboxError::io(&path, e))
     }
 
-    /// Takes the lock if nobody holds it.
+    /// Takes the lock if nobody holds it. The directory is made again if it went away (a
+    /// `berth gc` removing the container it belonged to, a moment before).
     pub fn try_lock(&self) -> Result<Option<HeldLock>, SandboxError> {
-        HeldLock::try_acquire(&self.path.join("lock"))
+        let lock = self.path.join("lock");
+        match HeldLock::try_acquire(&lock) {
+            Err(_) if !self.path.exists() => {
+                fs_err::create_dir_all(&self.path).map_err(|e| SandboxError::io(&self.path, e))?;
+                HeldLock::try_acquire(&lock)
+            }
+            result => result,
+        }
     }
 
     /// Removes the directory (after its container is gone).

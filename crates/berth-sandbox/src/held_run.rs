@@ -56,6 +56,11 @@ pub(crate) async fn execute_persistent<E: Engine>(
         }
         Err(e) => return ctx.fail("", &e),
     };
+    // Again under the lock: what another berth's gc removed meanwhile is back.
+    let dir = match HeldDir::create(dir.path().to_path_buf(), uid, gid) {
+        Ok(dir) => dir,
+        Err(e) => return ctx.fail("preparing the persistent container failed: ", &e),
+    };
 
     let listed = match crate::held::list(engine).await {
         Ok(listed) => listed,
