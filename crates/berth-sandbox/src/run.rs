@@ -32,6 +32,9 @@ use crate::SandboxError;
 /// gracefully; the second kills it at once.
 pub type Interrupts = UnboundedReceiver<&'static str>;
 
+/// How long a run in a held container may outlive SIGKILL before its container is killed.
+const HELD_KILL_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long the output may trail behind the container's exit before berth stops waiting.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -541,6 +544,14 @@ pub(crate) async fn drive<E: Engine>(
     };
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
+    // A held container's supervisor passes SIGKILL on; should the run still not end, the
+    // container itself is killed (it is not reused after that).
+    let mut container_kill_at: Option<Instant> = None;
+    let mut container_killed = false;
+    let killed = |target: &Target<'_>| match target {
+        Target::Held { .. } => Some(Instant::now() + HELD_KILL_LIMIT),
+        Target::Container(_) => None,
+    };
     let waited = loop {
         tokio::select! {
             result = &mut wait => break result,
@@ -553,6 +564,16 @@ pub(crate) async fn drive<E: Engine>(
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
                 signal(engine, target, &mut control, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
                 kill_at = None;
+                container_kill_at = killed(target);
+            }
+            () = tokio::time::sleep_until(container_kill_at.unwrap_or(far_future)), if container_kill_at.is_some() => {
+                container_kill_at = None;
+                if let Target::Held { container, .. } = target {
+                    ctx.emit(Event::Warning {
+                        message: format!("the run did not end {}s after SIGKILL; killing its container", HELD_KILL_LIMIT.as_secs()),
+                    });
+                    container_killed = engine.kill(container, "SIGKILL").await.is_ok();
+                }
             }
             Some(name) = interrupts.recv() => {
                 if stop.is_none() {
@@ -563,6 +584,7 @@ pub(crate) async fn drive<E: Engine>(
                 } else {
                     signal(engine, target, &mut control, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
                     kill_at = None;
+                    container_kill_at = killed(target);
                 }
             }
         }
@@ -595,6 +617,8 @@ pub(crate) async fn drive<E: Engine>(
 
     let reported = match waited {
         Ok(reported) => reported,
+        // berth killed the container itself: the run ended by SIGKILL.
+        Err(_) if container_killed => Some(137),
         Err(e) => {
             return (
                 RunState::Error,
