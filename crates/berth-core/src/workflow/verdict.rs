@@ -411,7 +411,13 @@ mod tests {
     #[test]
     fn the_file_comes_first_then_the_rule() {
         // (file, final message, with a rule, approved? or the error's text)
-        let cases: &[(Option<&[u8]>, Option<&str>, bool, Result<bool, &str>)] = &[
+        type Case<'a> = (
+            Option<&'a [u8]>,
+            Option<&'a str>,
+            bool,
+            Result<bool, &'a str>,
+        );
+        let cases: &[Case] = &[
             (
                 Some(br#"{"approved": true}"#),
                 Some("CHANGES REQUESTED"),
