@@ -341,20 +341,21 @@ impl WorkflowRun {
         }
     }
 
-    fn step_at(&self, c: Cursor) -> &Step {
-        if c.iteration == 0 {
-            &self.workflow.baseline[c.index]
+    /// The cursor and its step, if the cursor points at one. (A stored run edited by hand could
+    /// point past the end; it is then treated as having no next step, never indexed blindly.)
+    fn current(&self) -> Option<(Cursor, &Step, Position)> {
+        let c = self.cursor?;
+        let step = if c.iteration == 0 {
+            self.workflow.baseline.get(c.index)?
         } else {
-            &self.workflow.steps[c.index]
-        }
-    }
-
-    fn position(&self, c: Cursor) -> Position {
-        Position {
+            self.workflow.steps.get(c.index)?
+        };
+        let position = Position {
             iteration: c.iteration,
             index: c.index,
-            step: self.step_at(c).name.clone(),
-        }
+            step: step.name.clone(),
+        };
+        Some((c, step, position))
     }
 
     /// What to do now.
@@ -362,10 +363,10 @@ impl WorkflowRun {
         if let Some(finish) = &self.finish {
             return Next::Finished(finish.clone());
         }
-        match self.cursor {
-            Some(c) => Next::Run(StepRequest {
-                position: self.position(c),
-                step: self.step_at(c).clone(),
+        match self.current() {
+            Some((c, step, position)) => Next::Run(StepRequest {
+                position,
+                step: step.clone(),
                 context: self.context(c),
             }),
             // Only a stored run edited by hand gets here: the cursor goes when the run ends.
@@ -415,10 +416,9 @@ impl WorkflowRun {
         if self.finish.is_some() {
             return false;
         }
-        let Some(c) = self.cursor else {
+        let Some((c, _, at)) = self.current() else {
             return false;
         };
-        let at = self.position(c);
         self.finish_with(RunState::Cancelled, FinishReason::Cancelled { at }, Some(c));
         true
     }
@@ -428,11 +428,10 @@ impl WorkflowRun {
         if !outcome.state.is_final() {
             return Err(RecordError::NotFinal(outcome.state));
         }
-        let Some(c) = self.cursor else {
+        let Some((c, step, at)) = self.current() else {
             return Err(RecordError::Finished);
         };
-        let step = self.step_at(c).clone();
-        let at = self.position(c);
+        let step = step.clone();
         let mut record = StepRecord {
             position: at.clone(),
             state: outcome.state,
@@ -611,7 +610,8 @@ impl WorkflowRun {
             state,
             reason,
             baseline_red: self.baseline_red.clone(),
-            iterations: self.iterations.len() as u32,
+            // A cancel may come before the iteration's first step is recorded.
+            iterations: (self.iterations.len() as u32).max(keep.map_or(0, |c| c.iteration)),
         });
         self.cursor = keep;
     }

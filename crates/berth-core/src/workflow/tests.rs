@@ -667,6 +667,7 @@ fn cancel_mid_iteration_records_where_it_stopped() {
     assert_eq!(f.state, RunState::Cancelled);
     assert_eq!(f.reason, FinishReason::Cancelled { at: at.clone() });
     assert_eq!(f.message(), "cancelled during iteration 1, step `tests`");
+    assert_eq!(f.iterations, 1);
     // The cancelled step's outcome is still kept, once; the end does not change.
     run.record(StepOutcome::ended(
         RunState::Cancelled,
@@ -677,6 +678,24 @@ fn cancel_mid_iteration_records_where_it_stopped() {
     assert_eq!(finish(&run), f);
     assert!(run.record(StepOutcome::exited(0, "")).is_err());
     assert!(!run.cancel(), "already ended");
+
+    // Cancelled before iteration 2's first step was recorded: iteration 2 had started.
+    let mut run = run_of(EXAMPLE);
+    for outcome in [
+        StepOutcome::exited(0, ""),
+        StepOutcome::exited(0, ""),
+        StepOutcome::exited(0, ""),
+        reject("x"),
+    ] {
+        run.record(outcome).unwrap();
+    }
+    expect_step(&run, 2, "build");
+    run.cancel();
+    assert_eq!(finish(&run).iterations, 2);
+    assert_eq!(
+        finish(&run).message(),
+        "cancelled during iteration 2, step `build`"
+    );
 
     // A step's run cancelled from elsewhere cancels the workflow there.
     let mut run = run_of(EXAMPLE);
@@ -808,4 +827,15 @@ fn outcomes_must_be_final() {
         .record(StepOutcome::ended(RunState::Running, ""))
         .unwrap_err();
     assert!(e.to_string().contains("not running"), "{e}");
+}
+
+#[test]
+fn a_stored_run_pointing_past_its_steps_does_not_panic() {
+    let run = run_of(EXAMPLE);
+    let mut json: serde_json::Value = serde_json::to_value(&run).unwrap();
+    json["cursor"]["index"] = 99.into();
+    let mut run: WorkflowRun = serde_json::from_value(json).unwrap();
+    assert_eq!(finish(&run).state, RunState::Error);
+    assert!(!run.cancel());
+    assert!(run.record(StepOutcome::exited(0, "")).is_err());
 }
