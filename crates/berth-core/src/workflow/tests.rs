@@ -839,3 +839,22 @@ fn a_stored_run_pointing_past_its_steps_does_not_panic() {
     assert!(!run.cancel());
     assert!(run.record(StepOutcome::exited(0, "")).is_err());
 }
+
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../../README.md");
+    let section = readme
+        .split("## Workflows (format; not yet runnable)")
+        .nth(1)
+        .expect("the README has the workflows section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the section has a toml example");
+    let w = parse("README.md", example).unwrap();
+    assert_eq!(
+        (w.baseline.len(), w.steps.len(), w.until.as_str()),
+        (1, 3, "review")
+    );
+}
