@@ -18,6 +18,7 @@ pub mod profile;
 pub mod record;
 pub mod spec;
 pub mod units;
+pub mod workflow;
 
 pub use exit::{ExitStatus, RunState};
 pub use spec::RunSpec;
