@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a fresh sandbox.
     Run(Box<RunArgs>),
+    /// Workflows: builder → tests → reviewer loops.
+    Workflow(WorkflowArgs),
     /// Say exactly why Docker can or cannot be used.
     Doctor(DoctorArgs),
     /// List the profiles (agents and executors) and where each comes from.
@@ -246,6 +248,59 @@ pub struct ShowArgs {
 pub struct GcArgs {
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowArgs {
+    #[command(subcommand)]
+    pub command: WorkflowCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Run a workflow on the git repository here, in a worktree of its own; prints the diff's
+    /// path.
+    Run(Box<WorkflowRunArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowRunArgs {
+    /// A workflow file (TOML), or a built-in workflow: builder-reviewer.
+    pub workflow: String,
+    /// The task, `{{ task }}` in the prompts.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TASK"
+    )]
+    pub task: Vec<String>,
+    /// The test command of the `tests` and `baseline` steps, e.g. "make test" (split on spaces).
+    #[arg(long, value_name = "CMD")]
+    pub test_command: Option<String>,
+    /// The image for command steps in the sandbox [default: config image].
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The image for agent steps, instead of each profile's.
+    #[arg(long, value_name = "IMAGE")]
+    pub agent_image: Option<String>,
+    /// The network of every sandboxed step: none, bridge or a network's name [default: each
+    /// profile's, else none].
+    #[arg(long)]
+    pub network: Option<String>,
+    /// An environment variable for every sandboxed step, KEY=VALUE; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Let `where = "host"` steps run on this host without a sandbox.
+    #[arg(long)]
+    pub allow_host: bool,
+    /// Keep the worktree after the workflow.
+    #[arg(long)]
+    pub keep: bool,
+    /// Events as JSON lines, and the result as JSON, on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod run;
 mod runner;
 mod server;
 mod show;
+mod workflow;
 
 use berth_core::ExitStatus;
 
@@ -20,6 +21,7 @@ use crate::printer::Printer;
 pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
     match command {
         Command::Run(args) => run::run(*args, printer).await,
+        Command::Workflow(args) => workflow::workflow(args, printer).await,
         Command::Doctor(args) => doctor::doctor(args, printer).await,
         Command::Profiles(args) => profiles::profiles(args, printer),
         Command::Sessions(args) => profiles::sessions(args, printer),

@@ -40,7 +40,7 @@ pub async fn run(args: RunArgs, printer: Printer) -> ExitStatus {
 }
 
 /// SIGINT and SIGTERM become interrupts of the run, so the sandbox is always cleaned up.
-fn forward_interrupts() -> Interrupts {
+pub(crate) fn forward_interrupts() -> Interrupts {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     for (kind, name) in [
@@ -61,7 +61,7 @@ fn forward_interrupts() -> Interrupts {
     rx
 }
 
-async fn prepare_and_run(
+pub(crate) async fn prepare_and_run(
     args: RunArgs,
     reporter: Arc<dyn Reporter>,
     mut interrupts: Interrupts,

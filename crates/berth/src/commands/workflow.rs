@@ -1,0 +1,621 @@
+//! `berth workflow run FILE|BUILT-IN [TASK]`: a builder → tests → reviewer loop on the git
+//! repository in the current directory, each step a `berth run` (or a host command) in one
+//! worktree shared by all steps, driven by the pure state machine in `berth_core::workflow`.
+//!
+//! Layout: `<state dir>/workflows/<id>/` holds `workflow.json` (the state, after every step),
+//! `worktree/` (removed at the end unless `--keep`), `baseline/<step>/` and `iter-N/<step>/`
+//! (each step's own state directory with its run: record, logs, events, artifacts, verdict),
+//! and `diff.patch`, the workflow's output.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use berth_core::exit::RunState;
+use berth_core::workflow::state::{Finish, Next, StepOutcome, StepRequest, WorkflowRun};
+use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
+use berth_core::ExitStatus;
+use berth_sandbox::{Interrupts, Reporter};
+use clap::Parser;
+
+use crate::args::{Cli, Command, WorkflowArgs, WorkflowCommand, WorkflowRunArgs};
+use crate::printer::{data_line, HumanReporter, JsonReporter, Printer};
+
+/// The most of a step's output read back for `{{ STEP.output }}` (the template cuts further).
+const OUTPUT_TAIL: u64 = 256 * 1024;
+
+pub async fn workflow(args: WorkflowArgs, printer: Printer) -> ExitStatus {
+    match args.command {
+        WorkflowCommand::Run(args) => match run(*args, printer).await {
+            Ok(status) => status,
+            Err(Failure { message, hint }) => {
+                printer.error(&message, hint.as_deref());
+                ExitStatus::Error
+            }
+        },
+    }
+}
+
+/// A workflow that could not start or go on, with what to do about it.
+struct Failure {
+    message: String,
+    hint: Option<String>,
+}
+
+fn fail(message: impl Into<String>, hint: &str) -> Failure {
+    Failure {
+        message: message.into(),
+        hint: (!hint.is_empty()).then(|| hint.to_string()),
+    }
+}
+
+/// The workflow to run: a file, or a built-in by name.
+fn load(args: &WorkflowRunArgs) -> Result<Workflow, Failure> {
+    let test_command = args
+        .test_command
+        .as_deref()
+        .map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>());
+    if let Some(builtin) = workflow::builtin(&args.workflow, test_command.clone()) {
+        return builtin.map_err(|e| fail(e.to_string(), ""));
+    }
+    let path = Path::new(&args.workflow);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            format!("cannot read workflow {}: {e}", path.display()),
+            &format!(
+                "give a workflow file (TOML) or a built-in workflow: {}",
+                workflow::BUILTINS.join(", ")
+            ),
+        )
+    })?;
+    let mut parsed = workflow::parse(&path.display().to_string(), &text).map_err(|e| {
+        fail(
+            e.to_string(),
+            "the README's Workflows section describes the format",
+        )
+    })?;
+    if let Some(argv) = test_command {
+        for step in ["tests", "baseline"] {
+            if parsed.step(step).is_some() {
+                parsed
+                    .set_command(step, argv.clone())
+                    .map_err(|e| fail(format!("--test-command: {e}"), ""))?;
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Failure> {
+    let workflow = load(&args)?;
+    let task = args.task.join(" ");
+    if workflow.needs_task() && task.trim().is_empty() {
+        return Err(fail(
+            format!("workflow {} needs a task", workflow.name),
+            &format!("berth workflow run {} \"what to do\"", args.workflow),
+        ));
+    }
+    let host_steps = workflow.host_steps();
+    if !host_steps.is_empty() && !args.allow_host {
+        return Err(fail(
+            format!(
+                "workflow {} runs {} on this host without a sandbox",
+                workflow.name,
+                host_steps.join(", ")
+            ),
+            "read the file, then pass --allow-host if that is what you want",
+        ));
+    }
+    if workflow.workspace == WorkspaceKind::Copy {
+        return Err(fail(
+            "workspace = \"copy\" is not supported by berth workflow run yet",
+            "use workspace = \"worktree\" (the default) in the workflow file",
+        ));
+    }
+    let settings = super::settings_here().map_err(|e| fail(e.to_string(), ""))?;
+    let profiles = super::profiles::all_profiles(&settings).map_err(|e| fail(e.to_string(), ""))?;
+    for name in workflow.profiles() {
+        berth_core::profile::find(&profiles, name)
+            .map_err(|e| fail(e.to_string(), "berth profiles lists them"))?;
+    }
+
+    let cwd = std::env::current_dir().map_err(|e| fail(e.to_string(), ""))?;
+    let repo = PathBuf::from(
+        git(&cwd, &["rev-parse", "--show-toplevel"])
+            .map_err(|e| fail(e, "run berth workflow run inside a git repository"))?
+            .trim(),
+    );
+    let base = git(&repo, &["rev-parse", "HEAD"])
+        .map_err(|e| fail(e, "the repository needs at least one commit"))?
+        .trim()
+        .to_string();
+    let state_root = args
+        .state
+        .state_dir
+        .clone()
+        .map(|d| if d.is_absolute() { d } else { cwd.join(d) })
+        .or_else(|| crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into))
+        .unwrap_or_else(|| repo.join(".berth"));
+    let id = berth_sandbox::clock::new_run_id();
+    let dir = state_root.join("workflows").join(&id);
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), ""))?;
+    let worktree = dir.join("worktree");
+    git(
+        &repo,
+        &[
+            "worktree",
+            "add",
+            "--detach",
+            &worktree.display().to_string(),
+            &base,
+        ],
+    )
+    .map_err(|e| fail(format!("creating the workflow's worktree failed: {e}"), ""))?;
+    hand_worktree_over(&worktree);
+    printer.info(&format!(
+        "workflow {} ({id}) on {} at {}; worktree {}",
+        workflow.name,
+        repo.display(),
+        &base[..base.len().min(12)],
+        worktree.display()
+    ));
+
+    let mut interrupts = super::run::forward_interrupts();
+    let mut state = WorkflowRun::new(workflow, &task);
+    let finish = loop {
+        save(&dir, &state);
+        let request = match state.next() {
+            Next::Finished(finish) => break finish,
+            Next::Run(request) => request,
+        };
+        let outcome = run_step(
+            &args,
+            &request,
+            &state,
+            &dir,
+            &worktree,
+            &base,
+            &mut interrupts,
+            printer,
+        )
+        .await;
+        let cancelled = outcome.state == RunState::Cancelled;
+        if cancelled {
+            state.cancel();
+        }
+        if let Err(e) = state.record(outcome) {
+            return Err(fail(format!("recording the step failed: {e}"), ""));
+        }
+    };
+    save(&dir, &state);
+
+    let diff = diff_of(&worktree, &base).unwrap_or_else(|e| {
+        printer.warning(&format!("computing the final diff failed: {e}"));
+        String::new()
+    });
+    let patch = dir.join("diff.patch");
+    if let Err(e) = std::fs::write(&patch, &diff) {
+        printer.warning(&format!("{}: {e}", patch.display()));
+    }
+    if args.keep {
+        printer.info(&format!("worktree kept at {}", worktree.display()));
+    } else if let Err(e) = git(
+        &repo,
+        &[
+            "worktree",
+            "remove",
+            "--force",
+            &worktree.display().to_string(),
+        ],
+    ) {
+        printer.warning(&format!("removing the worktree failed: {e}"));
+    }
+    report(&args, &finish, &id, &dir, &patch, &diff, printer);
+    Ok(ExitStatus::for_run(finish.state, None))
+}
+
+/// Prints how the workflow ended: the summary on stderr, the data (JSON, or the diff's path)
+/// on stdout.
+fn report(
+    args: &WorkflowRunArgs,
+    finish: &Finish,
+    id: &str,
+    dir: &Path,
+    patch: &Path,
+    diff: &str,
+    printer: Printer,
+) {
+    if args.json {
+        crate::printer::print_json(&serde_json::json!({
+            "id": id,
+            "state": finish.state,
+            "reason": finish.message(),
+            "baseline_red": finish.baseline_red,
+            "iterations": finish.iterations,
+            "dir": dir,
+            "diff": patch,
+        }));
+        return;
+    }
+    let line = format!("workflow {id} {}: {}", finish.state, finish.message());
+    if finish.state == RunState::Succeeded {
+        printer.info(&line);
+    } else {
+        printer.error(
+            &line,
+            Some(&format!("each step's records are in {}", dir.display())),
+        );
+    }
+    if diff.is_empty() {
+        printer.info("no change");
+    } else {
+        data_line(&patch.display().to_string());
+    }
+}
+
+/// Runs one step and says how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    args: &WorkflowRunArgs,
+    request: &StepRequest,
+    state: &WorkflowRun,
+    dir: &Path,
+    worktree: &Path,
+    base: &str,
+    interrupts: &mut Interrupts,
+    printer: Printer,
+) -> StepOutcome {
+    let position = &request.position;
+    let step_dir = dir.join(position.dir());
+    if let Err(e) = std::fs::create_dir_all(&step_dir) {
+        return StepOutcome::ended(RunState::Error, &format!("{}: {e}", step_dir.display()));
+    }
+    let round = if position.is_baseline() {
+        "baseline".to_string()
+    } else {
+        format!(
+            "iteration {}/{}",
+            position.iteration, state.workflow.max_iterations
+        )
+    };
+    let what = match &request.step.action {
+        Action::Agent { profile, .. } => profile.clone(),
+        Action::Command { argv, location } => format!(
+            "{}{}",
+            argv.join(" "),
+            if *location == Location::Host {
+                " (on the host)"
+            } else {
+                ""
+            }
+        ),
+    };
+    printer.info(&format!("── {round} · {} · {what}", request.step.name));
+    match &request.step.action {
+        Action::Command {
+            argv,
+            location: Location::Host,
+        } => {
+            run_on_host(
+                argv,
+                worktree,
+                &step_dir,
+                request.step.timeout_secs,
+                interrupts,
+            )
+            .await
+        }
+        Action::Command { argv, .. } => {
+            let mut run_args = sandbox_args(args, &request.step, worktree, &step_dir, None);
+            run_args.push("--".into());
+            run_args.extend(argv.iter().cloned());
+            run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await
+        }
+        Action::Agent { profile, .. } => {
+            let diff = if request.needs_diff() {
+                diff_of(worktree, base).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let prompt = match request.prompt(&diff) {
+                Ok(Some(prompt)) => prompt,
+                Ok(None) => String::new(),
+                Err(e) => {
+                    return StepOutcome::ended(
+                        RunState::Error,
+                        &format!("rendering the prompt failed: {e}"),
+                    )
+                }
+            };
+            let mut run_args =
+                sandbox_args(args, &request.step, worktree, &step_dir, Some(profile));
+            run_args.push("--".into());
+            run_args.push(prompt);
+            run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await
+        }
+    }
+}
+
+/// `berth run` arguments for a step in the sandbox (before `--` and the command or prompt).
+fn sandbox_args(
+    args: &WorkflowRunArgs,
+    step: &workflow::Step,
+    worktree: &Path,
+    step_dir: &Path,
+    profile: Option<&str>,
+) -> Vec<String> {
+    let mut run = vec![
+        "berth".to_string(),
+        "run".into(),
+        "--workspace".into(),
+        worktree.display().to_string(),
+        "--state-dir".into(),
+        step_dir.display().to_string(),
+        "--no-pool".into(),
+    ];
+    if let Some(profile) = profile {
+        run.extend(["--profile".into(), profile.to_string()]);
+        if let Some(image) = &args.agent_image {
+            run.extend(["--image".into(), image.clone()]);
+        }
+    } else if let Some(image) = &args.image {
+        run.extend(["--image".into(), image.clone()]);
+    }
+    if let Some(secs) = step.timeout_secs {
+        run.extend(["--timeout".into(), format!("{secs}s")]);
+    }
+    for env in &args.env {
+        run.extend(["--env".into(), env.clone()]);
+    }
+    if let Some(network) = &args.network {
+        run.extend(["--network".into(), network.clone()]);
+    }
+    if args.json {
+        run.push("--json".into());
+    }
+    run
+}
+
+/// Runs `berth run ARGS` in this process, passing interrupts on; reads the run back.
+async fn run_in_sandbox(
+    args: &WorkflowRunArgs,
+    run_args: Vec<String>,
+    request: &StepRequest,
+    step_dir: &Path,
+    interrupts: &mut Interrupts,
+    printer: Printer,
+) -> StepOutcome {
+    let parsed = match Cli::try_parse_from(&run_args) {
+        Ok(Cli {
+            command: Command::Run(run),
+        }) => run,
+        Ok(_) => return StepOutcome::ended(RunState::Error, "internal: not a run"),
+        Err(e) => {
+            return StepOutcome::ended(
+                RunState::Error,
+                &format!("the step's berth run arguments are invalid: {e}"),
+            )
+        }
+    };
+    let reporter: Arc<dyn Reporter> = if args.json {
+        Arc::new(JsonReporter)
+    } else {
+        Arc::new(HumanReporter::new(printer))
+    };
+    let (tx, step_interrupts) = tokio::sync::mpsc::unbounded_channel();
+    let step = super::run::prepare_and_run(*parsed, reporter, step_interrupts, printer);
+    tokio::pin!(step);
+    let result = loop {
+        tokio::select! {
+            result = &mut step => break result,
+            Some(signal) = interrupts.recv() => { let _ = tx.send(signal); }
+        }
+    };
+    if let Err(e) = result {
+        return StepOutcome::ended(RunState::Error, &e.to_string());
+    }
+    read_run(step_dir, request)
+}
+
+/// The step's run as its records say: state, exit code, reason, output and verdict file.
+fn read_run(step_dir: &Path, request: &StepRequest) -> StepOutcome {
+    let runs = step_dir.join("runs");
+    let run_dir = std::fs::read_dir(&runs)
+        .ok()
+        .and_then(|entries| entries.flatten().map(|e| e.path()).max());
+    let Some(run_dir) = run_dir else {
+        return StepOutcome::ended(RunState::Error, "the step left no run record");
+    };
+    let record: serde_json::Value = match std::fs::read(run_dir.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(r) => r,
+        None => return StepOutcome::ended(RunState::Error, "the step's run record is unreadable"),
+    };
+    let state =
+        serde_json::from_value::<RunState>(record["state"].clone()).unwrap_or(RunState::Error);
+    let output = match &request.step.action {
+        Action::Agent { .. } => final_message(&run_dir.join("events.jsonl")),
+        Action::Command { .. } => {
+            tail(&run_dir.join("stdout.log")) + &tail(&run_dir.join("stderr.log"))
+        }
+    };
+    let mut outcome = StepOutcome {
+        state,
+        exit_code: record["exit_code"].as_i64(),
+        reason: record["reason"].as_str().map(str::to_string),
+        output,
+        verdict_file: None,
+        run_id: record["id"].as_str().map(str::to_string),
+    };
+    if let Some(rule) = &request.step.verdict {
+        let file = run_dir.join("artifacts/berth/out").join(&rule.file);
+        if let Ok(bytes) = read_limited(&file, workflow::verdict::MAX_VERDICT_BYTES as u64 + 1) {
+            outcome.verdict_file = Some(bytes);
+        }
+    }
+    outcome
+}
+
+/// The agent's final message, from the run's parsed agent events.
+fn final_message(events: &Path) -> String {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "agent" && e["agent"]["type"] == "final_result")
+        .filter_map(|e| {
+            e["agent"]["text"]
+                .as_str()
+                .or(e["agent"]["error"].as_str())
+                .map(str::to_string)
+        })
+        .last()
+        .unwrap_or_default()
+}
+
+/// The last `OUTPUT_TAIL` bytes of a log.
+fn tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A host step: the command in the worktree, without a sandbox, its output kept in the step's
+/// directory.
+async fn run_on_host(
+    argv: &[String],
+    worktree: &Path,
+    step_dir: &Path,
+    timeout_secs: Option<u64>,
+    interrupts: &mut Interrupts,
+) -> StepOutcome {
+    let log = step_dir.join("output.log");
+    let file = match std::fs::File::create(&log) {
+        Ok(f) => f,
+        Err(e) => return StepOutcome::ended(RunState::Error, &format!("{}: {e}", log.display())),
+    };
+    let err = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return StepOutcome::ended(RunState::Error, &e.to_string()),
+    };
+    let Some((program, rest)) = argv.split_first() else {
+        return StepOutcome::ended(RunState::Error, "the command is empty");
+    };
+    let mut child = match tokio::process::Command::new(program)
+        .args(rest)
+        .current_dir(worktree)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return StepOutcome {
+                exit_code: Some(127),
+                ..StepOutcome::ended(
+                    RunState::Failed,
+                    &format!("cannot run {program} on the host: {e}"),
+                )
+            }
+        }
+    };
+    let limit = std::time::Duration::from_secs(timeout_secs.unwrap_or(3600));
+    let ended = tokio::select! {
+        status = child.wait() => status.map_err(|e| e.to_string()),
+        () = tokio::time::sleep(limit) => {
+            let _ = child.kill().await;
+            return StepOutcome::ended(RunState::TimedOut, &format!("timed out after {}s", limit.as_secs()));
+        }
+        Some(signal) = interrupts.recv() => {
+            let _ = child.kill().await;
+            return StepOutcome::ended(RunState::Cancelled, &format!("cancelled by {signal}"));
+        }
+    };
+    match ended {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status
+                .code()
+                .map(i64::from)
+                .unwrap_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)));
+            StepOutcome::exited(code, &tail(&log))
+        }
+        Err(e) => StepOutcome::ended(RunState::Error, &e),
+    }
+}
+
+/// The worktree's change against `base`: new, modified and deleted files, binaries included.
+fn diff_of(worktree: &Path, base: &str) -> Result<String, String> {
+    git(worktree, &["add", "--all"])?;
+    git(worktree, &["diff", "--cached", "--binary", base])
+}
+
+/// Saves the workflow's state; failing to is a warning's worth, not the workflow's end.
+fn save(dir: &Path, state: &WorkflowRun) {
+    if let Ok(json) = serde_json::to_vec_pretty(state) {
+        let tmp = dir.join(".workflow.json.tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join("workflow.json"));
+        }
+    }
+}
+
+/// `git -C DIR ARGS`; stdout, or stderr as the error. The worktree may belong to the sandbox
+/// user while berth runs as root, hence `safe.directory`.
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("git")
+        .arg("-c")
+        .arg("safe.directory=*")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running git failed: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// When berth runs as root the sandbox user is someone else (1000:1000): it gets the worktree
+/// (berth's own copy; the user's checkout is never touched).
+fn hand_worktree_over(worktree: &Path) {
+    let (uid, gid) = crate::invoking_user();
+    if uid != 0 {
+        return;
+    }
+    let (sandbox_uid, sandbox_gid) = berth_core::plan::sandbox_user(None, uid, gid);
+    let mut stack = vec![worktree.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let _ = std::os::unix::fs::lchown(&path, Some(sandbox_uid), Some(sandbox_gid));
+        if path.is_dir() && !path.is_symlink() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! `berth workflow run` end to end: a git repository, fake agents (scripted by files in the
+//! repository) that edit code and write verdicts, tests in the sandbox, the real engine.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{agents_image, stderr, stdout, Workspace};
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The builder fixes `calc.txt` only once the reviewer asked for "the missing line".
+const BUILDER: &str = r#"echo "round" >> notes.txt
+case "$1" in *"the missing line"*) echo fixed >> calc.txt ;; esac
+"#;
+
+/// The reviewer approves when the tests pass, else asks for the missing line.
+const REVIEWER: &str = r#"if grep -q fixed calc.txt; then
+  printf '{"approved": true, "summary": "good"}' > "$BERTH_OUT/result.json"
+else
+  printf '{"approved": false, "summary": "not yet", "requested_changes": ["add the missing line"]}' > "$BERTH_OUT/result.json"
+fi
+"#;
+
+const WORKFLOW: &str = r#"name = "fix-calc"
+
+[[baseline]]
+name = "before"
+command = ["sh", "test.sh"]
+continue_on_failure = true
+
+[loop]
+max_iterations = MAX
+until = "review.approved"
+
+[[loop.steps]]
+name = "build"
+agent = "claude-code"
+prompt = "{{ task }} Reviewer said: {{ review.feedback }}"
+
+[[loop.steps]]
+name = "tests"
+command = ["sh", "test.sh"]
+continue_on_failure = true
+
+[[loop.steps]]
+name = "review"
+agent = "codex"
+prompt = "Review: {{ diff }} Tests: {{ tests.status }}"
+verdict = { file = "result.json" }
+"#;
+
+/// A repository with a failing test, the fake agents' scripts and the workflow file.
+fn repo(reviewer: &str, max_iterations: u32) -> Workspace {
+    let ws = Workspace::new();
+    let dir = ws.path();
+    std::fs::create_dir(dir.join(".fake")).unwrap();
+    std::fs::write(dir.join(".fake/claude.sh"), BUILDER).unwrap();
+    std::fs::write(dir.join(".fake/codex.sh"), reviewer).unwrap();
+    std::fs::write(dir.join("calc.txt"), "one\n").unwrap();
+    std::fs::write(dir.join("test.sh"), "grep -q fixed calc.txt\n").unwrap();
+    std::fs::write(
+        dir.join(".gitignore"),
+        ".berth/\n.cache/\n.config/\n.data/\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("workflow.toml"),
+        WORKFLOW.replace("MAX", &max_iterations.to_string()),
+    )
+    .unwrap();
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "."]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "start",
+        ],
+    );
+    ws
+}
+
+fn workflow(ws: &Workspace, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "workflow",
+        "run",
+        "workflow.toml",
+        "--agent-image",
+        agents_image(),
+        "--image",
+        agents_image(),
+        "--network",
+        "none",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "Fix calc."]);
+    let mut cmd = ws.berth(&args);
+    cmd.env("XDG_DATA_HOME", ws.path().join(".data"))
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY");
+    cmd
+}
+
+/// The JSON result line on stdout (after the steps' event lines).
+fn result(o: &Output) -> serde_json::Value {
+    let out = stdout(o);
+    let last = out.lines().last().unwrap_or_default().to_string();
+    let mut lines: Vec<&str> = out.lines().collect();
+    // The result is pretty-printed: take the trailing JSON object.
+    let start = lines.iter().rposition(|l| *l == "{").unwrap_or(0);
+    lines.drain(..start);
+    serde_json::from_str(&lines.join("\n"))
+        .unwrap_or_else(|e| panic!("no result JSON ({e}): last line {last}\n{out}"))
+}
+
+fn step_run(dir: &Path, step: &str) -> std::path::PathBuf {
+    let runs = dir.join(step).join("runs");
+    std::fs::read_dir(&runs)
+        .unwrap_or_else(|e| panic!("{}: {e}", runs.display()))
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap()
+}
+
+fn no_containers_of(ws: &Workspace) {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}} {{.Label \"berth.run-dir\"}}",
+        ])
+        .output()
+        .unwrap();
+    let root = ws.path().display().to_string();
+    let left: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "containers left: {left:?}");
+}
+
+#[test]
+fn rejected_then_approved_with_the_feedback_in_the_next_prompt() {
+    let ws = repo(REVIEWER, 3);
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    let o = workflow(&ws, &[]).output().unwrap();
+    assert_eq!(code(&o), 0, "{}\n{}", stderr(&o), stdout(&o));
+    let r = result(&o);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["iterations"], 2, "{r}");
+    // The red baseline is reported as such.
+    assert_eq!(r["baseline_red"], serde_json::json!(["before"]), "{r}");
+
+    // Iteration 1 was rejected; iteration 2's builder got the feedback.
+    let dir = Path::new(r["dir"].as_str().unwrap());
+    let verdict1: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(step_run(dir, "iter-1/review").join("artifacts/berth/out/result.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verdict1["approved"], false);
+    let prompt2 = std::fs::read_to_string(
+        step_run(dir, "iter-2/build").join("artifacts/berth/out/prompt.txt"),
+    )
+    .unwrap();
+    assert!(prompt2.contains("add the missing line"), "{prompt2}");
+    let prompt1 = std::fs::read_to_string(
+        step_run(dir, "iter-1/build").join("artifacts/berth/out/prompt.txt"),
+    )
+    .unwrap();
+    assert!(!prompt1.contains("missing line"), "{prompt1}");
+    // The reviewer saw the diff.
+    let review2 = std::fs::read_to_string(
+        step_run(dir, "iter-2/review").join("artifacts/berth/out/prompt.txt"),
+    )
+    .unwrap();
+    assert!(review2.contains("+fixed"), "{review2}");
+
+    // The output is one diff; the user's checkout is untouched.
+    let patch = std::fs::read_to_string(r["diff"].as_str().unwrap()).unwrap();
+    assert!(
+        patch.contains("+fixed") && patch.contains("notes.txt"),
+        "{patch}"
+    );
+    assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), head);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("calc.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!ws.path().join("notes.txt").exists());
+    assert!(!dir.join("worktree").exists(), "the worktree is removed");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("workflow.json")).unwrap()).unwrap();
+    assert_eq!(state["finish"]["state"], "succeeded", "{state}");
+    no_containers_of(&ws);
+}
+
+#[test]
+fn max_iterations_reached_and_a_malformed_verdict_fail_with_their_reason() {
+    let never = r#"printf '{"approved": false, "summary": "no", "requested_changes": ["something else"]}' > "$BERTH_OUT/result.json""#;
+    let ws = repo(never, 2);
+    let o = workflow(&ws, &[]).output().unwrap();
+    assert_ne!(code(&o), 0);
+    let r = result(&o);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["iterations"], 2);
+    assert!(
+        r["reason"].as_str().unwrap().contains("2"),
+        "names the limit: {r}"
+    );
+
+    let malformed = r#"printf 'looks good to me' > "$BERTH_OUT/result.json""#;
+    let ws = repo(malformed, 3);
+    let o = workflow(&ws, &[]).output().unwrap();
+    assert_ne!(code(&o), 0);
+    let r = result(&o);
+    assert_eq!(
+        r["state"], "failed",
+        "a malformed verdict is no approval: {r}"
+    );
+    assert!(r["reason"].as_str().unwrap().contains("result.json"), "{r}");
+    no_containers_of(&ws);
+}
+
+#[test]
+fn cancel_mid_iteration_stops_the_step_and_records_where() {
+    let slow_builder = "echo started > started.txt; sleep 60\n";
+    let ws = repo(REVIEWER, 3);
+    std::fs::write(ws.path().join(".fake/claude.sh"), slow_builder).unwrap();
+    git(ws.path(), &["add", "."]);
+    git(
+        ws.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "slow",
+        ],
+    );
+    let child = workflow(&ws, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the builder's container runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the builder did not start");
+        let out = Command::new("docker")
+            .args(["ps", "--format", "{{.Label \"berth.run-dir\"}}"])
+            .output()
+            .unwrap();
+        if stdout(&out).contains(&format!("{}", ws.path().display()))
+            && stdout(&out).contains("iter-1/build")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 130, "{}", stderr(&o));
+    let r = result(&o);
+    assert_eq!(r["state"], "cancelled", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("build"),
+        "says where: {r}"
+    );
+    no_containers_of(&ws);
+}
+
+#[test]
+fn bad_workflows_are_refused_before_anything_runs() {
+    let ws = repo(REVIEWER, 3);
+    std::fs::write(
+        ws.path().join("bad.toml"),
+        "name = \"x\"\n[loop]\nmax_iterations = 99\n",
+    )
+    .unwrap();
+    let o = ws
+        .berth(&["workflow", "run", "bad.toml", "--", "task"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("bad.toml"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hint:"), "{}", stderr(&o));
+    assert!(!ws.path().join(".berth/workflows").exists());
+
+    let host = "name = \"h\"\n[loop]\nmax_iterations = 1\nuntil = \"r.approved\"\n[[loop.steps]]\nname = \"t\"\ncommand = [\"true\"]\nwhere = \"host\"\n[[loop.steps]]\nname = \"r\"\nagent = \"codex\"\nprompt = \"x\"\nverdict = { file = \"result.json\" }\n";
+    std::fs::write(ws.path().join("host.toml"), host).unwrap();
+    let o = ws
+        .berth(&["workflow", "run", "host.toml", "--", "task"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("--allow-host"), "{}", stderr(&o));
+
+    let not_git = Workspace::new();
+    std::fs::write(not_git.path().join("w.toml"), WORKFLOW.replace("MAX", "1")).unwrap();
+    let o = not_git
+        .berth(&["workflow", "run", "w.toml", "--", "task"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("git"), "{}", stderr(&o));
+}
