@@ -462,6 +462,7 @@ fn read_run(step_dir: &Path, request: &StepRequest) -> StepOutcome {
 fn final_message(events: &Path) -> String {
     let text = std::fs::read_to_string(events).unwrap_or_default();
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["event"] == "agent" && e["agent"]["type"] == "final_result")
         .filter_map(|e| {
@@ -470,7 +471,7 @@ fn final_message(events: &Path) -> String {
                 .or(e["agent"]["error"].as_str())
                 .map(str::to_string)
         })
-        .last()
+        .next()
         .unwrap_or_default()
 }
 
