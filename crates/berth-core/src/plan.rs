@@ -68,6 +68,8 @@ pub struct ContainerPlan {
     pub labels: BTreeMap<String, String>,
     pub binds: Vec<BindMount>,
     pub tmpfs: Vec<TmpfsMount>,
+    /// Targets of anonymous volumes, created empty and removed with the container.
+    pub volumes: Vec<String>,
     pub memory_bytes: i64,
     /// Equal to `memory_bytes`: memory plus swap equal to memory means no swap at all.
     pub memory_swap_bytes: i64,
@@ -96,7 +98,8 @@ pub struct PlanContext {
     pub image_entrypoint: Vec<String>,
     /// The image's `HOME`, when it sets one.
     pub image_home: Option<String>,
-    /// Canonical workspace path on the host (already checked by the policy).
+    /// The host directory bind-mounted at /workspace: the canonical workspace (already checked
+    /// by the policy), or in worktree mode the run's worktree. Unused in copy and none modes.
     pub workspace: PathBuf,
     /// Checked extra mounts: canonical source, normalised target, read-only.
     pub mounts: Vec<BindMount>,
@@ -135,12 +138,22 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
 
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
-    if spec.workspace_mode != WorkspaceMode::None {
-        binds.push(BindMount {
-            source: ctx.workspace.clone(),
-            target: WORKSPACE_TARGET.to_string(),
-            read_only: spec.workspace_mode == WorkspaceMode::Ro,
-        });
+    let mut volumes = Vec::new();
+    match spec.workspace_mode {
+        WorkspaceMode::Rw | WorkspaceMode::Ro | WorkspaceMode::Worktree => {
+            binds.push(BindMount {
+                source: ctx.workspace.clone(),
+                target: WORKSPACE_TARGET.to_string(),
+                read_only: spec.workspace_mode == WorkspaceMode::Ro,
+            });
+        }
+        // Copy mode never binds a host directory. With a writable root the tree is uploaded
+        // into the container's own layer; a read-only root leaves only a volume writable by the
+        // archive API before start (a tmpfs does not exist until the container runs).
+        WorkspaceMode::Copy if spec.read_only => volumes.push(WORKSPACE_TARGET.to_string()),
+        WorkspaceMode::Copy | WorkspaceMode::None => {}
+    }
+    if spec.workspace_mode.mounts_user_directory() {
         if let Some(state) = &ctx.state_dir_in_workspace {
             tmpfs.push(TmpfsMount {
                 target: format!("{WORKSPACE_TARGET}/{state}"),
@@ -232,6 +245,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         labels,
         binds,
         tmpfs,
+        volumes,
         memory_bytes: spec.resources.memory_bytes as i64,
         memory_swap_bytes: spec.resources.memory_bytes as i64,
         nano_cpus: spec.resources.nano_cpus,
@@ -270,6 +284,8 @@ mod tests {
             pull: PullPolicy::Missing,
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
+            include_dirty: false,
+            copy_limit_bytes: DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![("A".into(), "1".into())],
             secrets: vec![],
@@ -432,6 +448,47 @@ mod tests {
             .unwrap();
         assert!(secrets.options.contains("uid=1000") && secrets.options.contains("mode=0700"));
         assert!(!plan.env.iter().any(|e| e.starts_with("TOKEN")));
+    }
+
+    #[test]
+    fn copy_mode_binds_nothing_of_the_user_and_uses_a_volume_on_a_read_only_root() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Copy;
+        let plan = plan_container(&s, &ctx());
+        assert!(!plan.binds.iter().any(|b| b.source == ctx().workspace));
+        assert!(plan.volumes.is_empty(), "the writable layer holds the copy");
+        assert!(!plan
+            .tmpfs
+            .iter()
+            .any(|t| t.target.starts_with(WORKSPACE_TARGET)));
+        assert_eq!(plan.working_dir, WORKSPACE_TARGET);
+
+        s.read_only = true;
+        let plan = plan_container(&s, &ctx());
+        assert_eq!(plan.volumes, [WORKSPACE_TARGET]);
+        assert!(!plan.binds.iter().any(|b| b.target == WORKSPACE_TARGET));
+    }
+
+    #[test]
+    fn worktree_mode_binds_the_worktree_read_write_without_a_state_mask() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Worktree;
+        let c = PlanContext {
+            workspace: "/w/.berth/runs/01abc/workspace".into(),
+            ..ctx()
+        };
+        let plan = plan_container(&s, &c);
+        let bind = plan
+            .binds
+            .iter()
+            .find(|b| b.target == WORKSPACE_TARGET)
+            .unwrap();
+        assert_eq!(bind.source, c.workspace);
+        assert!(!bind.read_only);
+        assert!(!plan
+            .tmpfs
+            .iter()
+            .any(|t| t.target.starts_with(WORKSPACE_TARGET)));
     }
 
     #[test]

@@ -8,13 +8,14 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
-    MountBindOptions, MountBindOptionsPropagationEnum, MountType, PortBinding, SystemInfo,
-    SystemVersion,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountType, MountVolumeOptions, PortBinding,
+    SystemInfo, SystemVersion,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, BuilderVersion, CreateContainerOptions,
     CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
-    ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
+    ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use bytes::Bytes;
@@ -349,6 +350,15 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
             }),
             ..Default::default()
         })
+        .chain(plan.volumes.iter().map(|target| Mount {
+            target: Some(target.clone()),
+            typ: Some(MountType::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
         .collect();
     let tmpfs: HashMap<String, String> = plan
         .tmpfs
@@ -616,6 +626,23 @@ impl Engine for DockerEngine {
                 other => classify(other, &subject),
             })
             .boxed()
+    }
+
+    async fn upload(
+        &self,
+        id: &str,
+        path: &str,
+        tar: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), EngineError> {
+        let options = UploadToContainerOptions {
+            path: path.to_string(),
+            no_overwrite_dir_non_dir: Some("true".to_string()),
+            copy_uidgid: None,
+        };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(|e| classify(e, path))
     }
 
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {

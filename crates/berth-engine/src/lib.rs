@@ -195,6 +195,14 @@ pub trait Engine: Send + Sync {
     fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Downloads `path` from the container as a tar stream.
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
+    /// Extracts the tar stream `tar` into the directory `path` of the container (which may be
+    /// created but not started). Entries keep the owner and mode their headers carry.
+    fn upload(
+        &self,
+        id: &str,
+        path: &str,
+        tar: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.

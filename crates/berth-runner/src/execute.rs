@@ -234,6 +234,9 @@ async fn run_claimed(
                 plan_context,
                 secrets,
                 stdin: None,
+                // Submissions choose between the project's workspace and explicit mounts; the
+                // API has no copy or worktree mode yet.
+                workspace: Default::default(),
             },
             interrupts,
         )
@@ -292,6 +295,8 @@ fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
         pull: PullPolicy::Missing,
         workspace: claimed.workspace_root.clone().into(),
         workspace_mode,
+        include_dirty: false,
+        copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
         mounts,
         env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         secrets: s.secrets.clone(),

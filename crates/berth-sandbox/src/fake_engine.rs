@@ -271,6 +271,20 @@ impl Engine for FakeEngine {
         stream::iter([Err(error)]).boxed()
     }
 
+    async fn upload(
+        &self,
+        _id: &str,
+        path: &str,
+        mut tar: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), EngineError> {
+        self.log(format!("upload {path}"));
+        // Read the whole body, as the engine does, so a producer's error surfaces here.
+        while let Some(chunk) = tar.next().await {
+            chunk.map_err(|e| EngineError::Connection(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
         self.log("network_exists");
         Ok(self.script.networks.contains(&name))

@@ -169,6 +169,8 @@ pub struct DockerRun {
     pub secrets: Vec<(String, String)>,
     /// Bytes for the command's stdin (an agent's prompt), sent after the setup frame.
     pub stdin: Option<Vec<u8>>,
+    /// Copy mode's upload (see `workspace`); `Mounted` for the other modes.
+    pub workspace: crate::workspace::WorkspaceSetup,
 }
 
 /// How the wait ended, before the final state is decided.
@@ -232,7 +234,16 @@ pub async fn execute_docker<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    let outcome = drive(engine, &id, &container_plan, ctx, &run, interrupts).await;
+    // Isolated workspaces (`workspace.rs`): copy mode uploads before the start and downloads
+    // the changed tree after the exit, while the container still exists.
+    let outcome = match crate::workspace::before_start(engine, &id, ctx, &run.workspace).await {
+        Ok(()) => {
+            let outcome = drive(engine, &id, &container_plan, ctx, &run, interrupts).await;
+            crate::workspace::after_exit(engine, &id, ctx, &run.workspace).await;
+            outcome
+        }
+        Err(reason) => (RunState::Error, Some(reason)),
+    };
     collect_artifacts(engine, &id, ctx, &spec.artifacts).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     let (state, reason) = outcome;
@@ -639,6 +650,8 @@ mod tests {
             pull: PullPolicy::Missing,
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
+            include_dirty: false,
+            copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![],
             secrets: vec![],
@@ -715,6 +728,7 @@ mod tests {
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,
+                workspace: Default::default(),
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }

@@ -92,6 +92,8 @@ async fn time_sandbox_start(
             pull: PullPolicy::Never,
             workspace: scratch.clone(),
             workspace_mode: WorkspaceMode::None,
+            include_dirty: false,
+            copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![],
             secrets: vec![],
@@ -160,6 +162,7 @@ async fn time_sandbox_start(
                 plan_context,
                 secrets: vec![],
                 stdin: None,
+                workspace: Default::default(),
             },
             &mut interrupts,
         )

@@ -1,5 +1,6 @@
 //! One thin file per command.
 
+mod diff;
 mod doctor;
 mod gc;
 pub mod image;
@@ -49,6 +50,9 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             None => show::show(args, printer),
         },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Diff(args) => diff::diff(args, printer),
+        Command::Apply(args) => diff::apply(args, printer),
+        Command::Branch(args) => diff::branch(args, printer),
         Command::Image(args) => image::image(args, printer).await,
         Command::Server(args) => server::server(args, printer).await,
         Command::Runner(args) => runner::runner(args, printer).await,
