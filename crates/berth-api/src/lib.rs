@@ -66,6 +66,21 @@ pub struct SandboxRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub artifacts: Vec<String>,
+    /// A profile the runner resolves (`claude-code`, `codex`, `procedural`, or one from the
+    /// runner's config): its image, command template, output format, credentials and resources
+    /// apply where the request does not set them.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The prompt for an agent profile: one argument or stdin, never a shell string.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// `ephemeral` (default: the profile's) or `persistent`: run inside the runner's long-lived
+    /// container for the profile and `name`.
+    #[serde(default)]
+    pub lifecycle: Option<String>,
+    /// The persistent container's name (implies `lifecycle: persistent`).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,11 +174,56 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         err("project", "must name an existing project".into());
     }
     let sandbox = &run.sandbox;
-    if run.execution_mode == ExecutionMode::DockerSandbox {
+    let profiled = sandbox.profile.is_some();
+    if let Some(profile) = &sandbox.profile {
+        if let Err(e) = berth_core::held::check_name("profile", profile) {
+            err("sandbox.profile", e);
+        }
+        if run.execution_mode != ExecutionMode::DockerSandbox {
+            err(
+                "sandbox.profile",
+                "profiles run in a sandbox: use execution_mode docker-sandbox".into(),
+            );
+        }
+    }
+    if sandbox.prompt.is_some() && !profiled {
+        err(
+            "sandbox.prompt",
+            "a prompt needs an agent profile: add \"profile\": \"claude-code\" (or codex)".into(),
+        );
+    }
+    if sandbox.prompt.is_some() && !sandbox.command.is_empty() {
+        err(
+            "sandbox.command",
+            "give either a prompt (for an agent profile) or a command, not both".into(),
+        );
+    }
+    match sandbox.lifecycle.as_deref() {
+        None | Some("ephemeral" | "persistent") => {}
+        Some(other) => err(
+            "sandbox.lifecycle",
+            format!("`{other}` is not ephemeral or persistent"),
+        ),
+    }
+    if let Some(name) = &sandbox.name {
+        if let Err(e) = berth_core::held::check_name("name", name) {
+            err("sandbox.name", e);
+        }
+        if sandbox.lifecycle.as_deref() == Some("ephemeral") {
+            err(
+                "sandbox.name",
+                "names a persistent container; it cannot be combined with lifecycle ephemeral"
+                    .into(),
+            );
+        }
+    }
+    if profiled {
+        // The profile gives the image and the command template; the runner checks the rest.
+    } else if run.execution_mode == ExecutionMode::DockerSandbox {
         if sandbox.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
             err(
                 "sandbox.image",
-                "required for execution_mode docker-sandbox".into(),
+                "required for execution_mode docker-sandbox (or name a profile)".into(),
             );
         }
         if sandbox.command.is_empty() {
@@ -606,5 +666,46 @@ mod tests {
         assert_eq!(validate_submission(&run, &scope), []);
         assert_eq!(run.execution_mode, ExecutionMode::DockerSandbox);
         assert!(run.sandbox.mounts.unwrap()[0].read_only);
+    }
+
+    #[test]
+    fn profiles_prompts_and_persistent_names() {
+        let scope = ProjectScope {
+            workspace_root: "/srv/p".into(),
+            allowed_paths: vec![],
+        };
+        let check = |json: &str| {
+            let run = submit(json).unwrap();
+            validate_submission(&run, &scope)
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        // A profile brings the image and the command template: a prompt is enough.
+        assert!(check(
+            r#"{"project":"p","sandbox":{"profile":"claude-code","prompt":"fix it","name":"builder"}}"#
+        )
+        .is_empty());
+        assert_eq!(
+            check(r#"{"project":"p","sandbox":{"image":"i","prompt":"fix it"}}"#),
+            ["sandbox.prompt", "sandbox.command"]
+        );
+        assert_eq!(
+            check(
+                r#"{"project":"p","sandbox":{"profile":"a b","prompt":"x","command":["y"],"lifecycle":"forever","name":"x--y"}}"#
+            ),
+            [
+                "sandbox.profile",
+                "sandbox.command",
+                "sandbox.lifecycle",
+                "sandbox.name"
+            ]
+        );
+        assert_eq!(
+            check(
+                r#"{"project":"p","sandbox":{"image":"i","command":["true"],"lifecycle":"ephemeral","name":"n"}}"#
+            ),
+            ["sandbox.name"]
+        );
     }
 }

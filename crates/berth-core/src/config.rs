@@ -36,6 +36,47 @@ pub struct ConfigFile {
     /// `[profiles.NAME]` tables: new profiles, or overrides of built-in ones.
     #[serde(default)]
     pub profiles: BTreeMap<String, crate::profile::ProfileConfig>,
+    /// `[engines.NAME]` tables: engines chosen with `--engine NAME`.
+    #[serde(default)]
+    pub engines: BTreeMap<String, crate::engine::EngineConfig>,
+    /// `[pool.NAME]` tables: a warm pool for the profile (or, if no profile has that name, the
+    /// image) NAME.
+    #[serde(default)]
+    pub pool: BTreeMap<String, PoolConfig>,
+}
+
+/// A warm pool as written: `[pool.claude-code] size = 2`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Started containers kept ready.
+    pub size: u32,
+    /// A ready container older than this is replaced (`30m`).
+    pub idle_ttl: Option<String>,
+}
+
+/// The most containers one pool keeps ready.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+impl PoolConfig {
+    /// The pool for `name`, checked.
+    pub fn to_spec(&self, name: &str) -> Result<crate::held::PoolSpec, String> {
+        if self.size > MAX_POOL_SIZE {
+            return Err(format!(
+                "size {} is more than {MAX_POOL_SIZE} containers",
+                self.size
+            ));
+        }
+        let idle_ttl = match &self.idle_ttl {
+            Some(t) => units::parse_duration(t).map_err(|e| format!("idle_ttl: {e}"))?,
+            None => crate::held::DEFAULT_POOL_TTL,
+        };
+        Ok(crate::held::PoolSpec {
+            name: name.to_string(),
+            size: self.size,
+            idle_ttl,
+        })
+    }
 }
 
 /// `cpus = 2` and `cpus = "1.5"` are both natural to write.
@@ -120,8 +161,17 @@ impl ConfigFile {
         if let Some(v) = &self.fallback {
             v.parse::<Fallback>().map_err(|e| bad("fallback", e))?;
         }
+        for (name, pool) in &self.pool {
+            pool.to_spec(name)
+                .map_err(|e| bad(&format!("pool.{name}"), e))?;
+        }
         for name in self.env.keys() {
             crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
+        }
+        for (name, engine) in &self.engines {
+            engine
+                .validate()
+                .map_err(|(field, message)| bad(&format!("engines.{name}.{field}"), message))?;
         }
         Ok(())
     }
@@ -159,7 +209,20 @@ impl ConfigFile {
         self.env.extend(over.env);
         // Profiles are layered by source in `profile::resolve_all`; here the last file wins.
         self.profiles.extend(over.profiles);
+        self.engines.extend(over.engines);
+        self.pool.extend(over.pool);
         self
+    }
+
+    /// The engine names `over` would redefine: an engine in the workspace's `berth.toml` must not
+    /// silently replace one of the user's (a cloned repository could send runs and their secrets
+    /// elsewhere).
+    pub fn redefined_engines(&self, over: &ConfigFile) -> Vec<String> {
+        over.engines
+            .keys()
+            .filter(|name| self.engines.contains_key(*name))
+            .cloned()
+            .collect()
     }
 
     /// The CPU setting in nano-CPUs, if set (already validated).
@@ -209,6 +272,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("env.A B"), "{e}");
+    }
+
+    #[test]
+    fn engine_tables_are_checked_with_their_key() {
+        let c = parse(
+            "c.toml",
+            "[engines.box]\nhost = \"ssh://ann@box:2222\"\nidentity = \"~/.ssh/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.engines["box"].identity.as_deref(), Some("~/.ssh/k"));
+        let e = parse("c.toml", "[engines.box]\nhost = \"tcp://box:2376\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("`engines.box.ca`"),
+            "{e}"
+        );
+        let e = parse("c.toml", "[engines.box]\nhost = \"ssh://b\"\nport = 22\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("port") && e.contains("line"),
+            "{e}"
+        );
+        let user = parse("u", "[engines.a]\nhost = \"ssh://a\"\n").unwrap();
+        let ws = parse(
+            "w",
+            "[engines.a]\nhost = \"ssh://evil\"\n[engines.b]\nhost = \"ssh://b\"",
+        )
+        .unwrap();
+        assert_eq!(user.redefined_engines(&ws), ["a"]);
+    }
+
+    #[test]
+    fn pools() {
+        let c = parse(
+            "b.toml",
+            "[pool.claude-code]\nsize = 2\n[pool.\"img:1\"]\nsize = 1\nidle_ttl = \"5m\"\n",
+        )
+        .unwrap();
+        let spec = c.pool["img:1"].to_spec("img:1").unwrap();
+        assert_eq!((spec.size, spec.idle_ttl.as_secs()), (1, 300));
+        assert_eq!(
+            c.pool["claude-code"]
+                .to_spec("claude-code")
+                .unwrap()
+                .idle_ttl,
+            crate::held::DEFAULT_POOL_TTL
+        );
+        let e = parse("b.toml", "[pool.x]\nsize = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.x") && e.contains("64"), "{e}");
+        let e = parse("b.toml", "[pool.x]\nsize = 1\nidle_ttl = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.x") && e.contains("idle_ttl"), "{e}");
+        let e = parse("b.toml", "[pool.x]\nsise = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sise"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,24 @@ pub enum Event {
         container_id: String,
         container_name: String,
     },
+    /// The run goes into a held container (see `held`): taken from the warm pool, or a
+    /// persistent container, reused or newly created.
+    HeldContainer {
+        container_id: String,
+        container_name: String,
+        /// `pool` or `persistent`.
+        kind: String,
+        reused: bool,
+    },
+    /// The run waits for its persistent container, which another run is using.
+    Queued {
+        reason: String,
+    },
+    /// berth removed a held container: evicted to make room, expired, or replaced.
+    ContainerEvicted {
+        container_name: String,
+        reason: String,
+    },
     Started,
     /// One line (or a chunk of a very long line) of output, already masked. Output that is not
     /// UTF-8 is carried in `data_base64` instead of `text`.

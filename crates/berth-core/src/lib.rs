@@ -6,8 +6,10 @@
 //! time), so every rule here is testable with one-line cases.
 
 pub mod config;
+pub mod engine;
 pub mod event;
 pub mod exit;
+pub mod held;
 pub mod ids;
 pub mod mask;
 pub mod plan;

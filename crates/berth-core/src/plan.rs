@@ -37,6 +37,14 @@ pub mod labels {
     pub const OWNER_HOST: &str = "berth.owner-host";
     /// The run directory, so `berth gc` can record what happened to the run.
     pub const RUN_DIR: &str = "berth.run-dir";
+    /// `pool` or `persistent`: a held container (see `held`).
+    pub const HELD: &str = "berth.held";
+    /// The held container's configuration key: runs with the same key can use it.
+    pub const HELD_KEY: &str = "berth.held-key";
+    /// The host directory with the held container's io, out and lock.
+    pub const HELD_DIR: &str = "berth.held-dir";
+    /// The agent a persistent container belongs to.
+    pub const HELD_AGENT: &str = "berth.held-agent";
 }
 
 /// A bind mount of a host path.
@@ -68,8 +76,6 @@ pub struct ContainerPlan {
     pub labels: BTreeMap<String, String>,
     pub binds: Vec<BindMount>,
     pub tmpfs: Vec<TmpfsMount>,
-    /// Targets of anonymous volumes, created empty and removed with the container.
-    pub volumes: Vec<String>,
     pub memory_bytes: i64,
     /// Equal to `memory_bytes`: memory plus swap equal to memory means no swap at all.
     pub memory_swap_bytes: i64,
@@ -85,7 +91,27 @@ pub struct ContainerPlan {
     /// A cgroup namespace of its own (engines on cgroup v1 default to the host's).
     pub private_cgroup_namespace: bool,
     pub sysctls: BTreeMap<String, String>,
+    /// Close the container's stdin when the first attached client closes it (a cold container
+    /// reads one setup frame); a held container's supervisor keeps reading frames.
+    pub stdin_once: bool,
+    /// On a remote engine: an anonymous volume at `/berth` that berth fills through the archive
+    /// API after create (the shim, an empty `out/` owned by the sandbox user) and reads
+    /// `/berth/out` back from after exit. The archive API can write to a volume even when the
+    /// root file system is read-only.
+    pub berth_volume: Option<BerthVolume>,
 }
+
+/// See [`ContainerPlan::berth_volume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BerthVolume {
+    pub target: String,
+    /// The sandbox user, owner of `out/`.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Where berth's own files live on a remote engine.
+pub const BERTH_VOLUME_TARGET: &str = "/berth";
 
 /// What the caller learned about the image and the host before planning.
 #[derive(Debug, Clone)]
@@ -115,6 +141,47 @@ pub struct PlanContext {
     pub state_dir_in_workspace: Option<String>,
     /// Owner labels (pid, start time, host, run dir) added to the managed labels.
     pub owner_labels: BTreeMap<String, String>,
+    /// The engine runs on another host and cannot see this one's files: `shim_host_path`,
+    /// `out_host_path` and `io_host_path` are not mounted; see [`ContainerPlan::berth_volume`].
+    pub remote_engine: bool,
+}
+
+/// What a run may not ask of an engine on another host: nothing of this host can be mounted
+/// there. The error names the option and what to use instead.
+pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
+    // Copy mode uploads the workspace through the archive API, which reaches any engine.
+    if !matches!(
+        spec.workspace_mode,
+        WorkspaceMode::None | WorkspaceMode::Copy
+    ) {
+        return Err(format!(
+            "--workspace-mode {}: a remote engine cannot mount this host's workspace; use --workspace-mode copy (uploaded, the changes come back) or none",
+            spec.workspace_mode
+        ));
+    }
+    if let Some(m) = spec.mounts.first() {
+        return Err(format!(
+            "--mount {}: a remote engine cannot mount this host's paths; copy what the command needs into the image",
+            m.source.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Copy mode puts the workspace into the container's own layer, which `--read-only` forbids.
+///
+/// Why not a volume: the archive API writes into a volume of a created container even with a
+/// read-only root, but the engine never applies an archive's root entry (`./`) to the directory
+/// it extracts into, so an anonymous volume's top directory stays owned by root and the
+/// unprivileged command could not create or delete anything at the top of `/workspace`. A tmpfs
+/// owned by the sandbox user exists only while the container runs (the archive API cannot reach
+/// it), and a tmpfs-backed volume is unmounted, its content gone, whenever no container uses it:
+/// after the upload to a created container, and again after the exit, before the download.
+pub fn check_copy(spec: &RunSpec) -> Result<(), String> {
+    if spec.workspace_mode == WorkspaceMode::Copy && spec.read_only {
+        return Err("--read-only cannot be combined with --workspace-mode copy: the copy lives in the container's own layer, which a read-only root file system forbids".into());
+    }
+    Ok(())
 }
 
 /// The user the sandbox runs as: `--user` when given, else the invoking user, else 1000:1000
@@ -138,7 +205,6 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
 
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
-    let mut volumes = Vec::new();
     match spec.workspace_mode {
         WorkspaceMode::Rw | WorkspaceMode::Ro | WorkspaceMode::Worktree => {
             binds.push(BindMount {
@@ -147,10 +213,8 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
                 read_only: spec.workspace_mode == WorkspaceMode::Ro,
             });
         }
-        // Copy mode never binds a host directory. With a writable root the tree is uploaded
-        // into the container's own layer; a read-only root leaves only a volume writable by the
-        // archive API before start (a tmpfs does not exist until the container runs).
-        WorkspaceMode::Copy if spec.read_only => volumes.push(WORKSPACE_TARGET.to_string()),
+        // Copy mode never binds a host directory: the tree is uploaded into the container's own
+        // layer (so copy mode needs a writable root; see `check_copy`).
         WorkspaceMode::Copy | WorkspaceMode::None => {}
     }
     if spec.workspace_mode.mounts_user_directory() {
@@ -162,16 +226,23 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         }
     }
     binds.extend(ctx.mounts.iter().cloned());
-    binds.push(BindMount {
-        source: ctx.out_host_path.clone(),
-        target: OUT_TARGET.to_string(),
-        read_only: false,
+    let berth_volume = ctx.remote_engine.then(|| BerthVolume {
+        target: BERTH_VOLUME_TARGET.to_string(),
+        uid,
+        gid,
     });
-    binds.push(BindMount {
-        source: ctx.shim_host_path.clone(),
-        target: SHIM_TARGET.to_string(),
-        read_only: true,
-    });
+    if !ctx.remote_engine {
+        binds.push(BindMount {
+            source: ctx.out_host_path.clone(),
+            target: OUT_TARGET.to_string(),
+            read_only: false,
+        });
+        binds.push(BindMount {
+            source: ctx.shim_host_path.clone(),
+            target: SHIM_TARGET.to_string(),
+            read_only: true,
+        });
+    }
 
     if !spec.secrets.is_empty() {
         tmpfs.push(TmpfsMount {
@@ -215,7 +286,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     if !ctx.setup_frame {
         entrypoint.push("--no-setup".to_string());
     }
-    if let Some(io) = &ctx.io_host_path {
+    if let Some(io) = ctx.io_host_path.as_ref().filter(|_| !ctx.remote_engine) {
         binds.push(BindMount {
             source: io.clone(),
             target: IO_TARGET.to_string(),
@@ -245,7 +316,6 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         labels,
         binds,
         tmpfs,
-        volumes,
         memory_bytes: spec.resources.memory_bytes as i64,
         memory_swap_bytes: spec.resources.memory_bytes as i64,
         nano_cpus: spec.resources.nano_cpus,
@@ -263,6 +333,8 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             "net.ipv4.ip_unprivileged_port_start".to_string(),
             "0".to_string(),
         )]),
+        stdin_once: true,
+        berth_volume,
     }
 }
 
@@ -302,6 +374,7 @@ mod tests {
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         }
     }
 
@@ -320,7 +393,57 @@ mod tests {
             setup_frame: true,
             state_dir_in_workspace: Some(".berth".into()),
             owner_labels: BTreeMap::new(),
+            remote_engine: false,
         }
+    }
+
+    #[test]
+    fn remote_engine_gets_a_volume_instead_of_host_paths() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::None;
+        s.user = Some(UserSpec {
+            uid: 7,
+            gid: Some(8),
+        });
+        let c = PlanContext {
+            remote_engine: true,
+            io_host_path: Some("/r/io".into()),
+            ..ctx()
+        };
+        let plan = plan_container(&s, &c);
+        assert!(plan.binds.is_empty(), "{:?}", plan.binds);
+        assert_eq!(
+            plan.berth_volume,
+            Some(BerthVolume {
+                target: "/berth".into(),
+                uid: 7,
+                gid: 8
+            })
+        );
+        assert_eq!(plan.entrypoint, ["/berth/shim", "--"]);
+        assert_eq!(plan_container(&spec(), &ctx()).berth_volume, None);
+    }
+
+    #[test]
+    fn remote_engine_refuses_host_mounts() {
+        let mut s = spec();
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode copy"));
+        s.workspace_mode = WorkspaceMode::Worktree;
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .starts_with("--workspace-mode worktree: a remote engine cannot mount"));
+        s.workspace_mode = WorkspaceMode::Copy;
+        assert_eq!(check_remote(&s), Ok(()));
+        s.workspace_mode = WorkspaceMode::None;
+        assert_eq!(check_remote(&s), Ok(()));
+        s.mounts.push(MountRequest {
+            source: "/data".into(),
+            target: "/data".into(),
+            read_only: true,
+        });
+        assert!(check_remote(&s).unwrap_err().starts_with("--mount /data:"));
     }
 
     #[test]
@@ -451,22 +574,29 @@ mod tests {
     }
 
     #[test]
-    fn copy_mode_binds_nothing_of_the_user_and_uses_a_volume_on_a_read_only_root() {
+    fn copy_mode_binds_nothing_of_the_user() {
         let mut s = spec();
         s.workspace_mode = WorkspaceMode::Copy;
         let plan = plan_container(&s, &ctx());
         assert!(!plan.binds.iter().any(|b| b.source == ctx().workspace));
-        assert!(plan.volumes.is_empty(), "the writable layer holds the copy");
         assert!(!plan
             .tmpfs
             .iter()
             .any(|t| t.target.starts_with(WORKSPACE_TARGET)));
         assert_eq!(plan.working_dir, WORKSPACE_TARGET);
+    }
 
+    #[test]
+    fn copy_mode_needs_a_writable_root() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Copy;
+        assert_eq!(check_copy(&s), Ok(()));
         s.read_only = true;
-        let plan = plan_container(&s, &ctx());
-        assert_eq!(plan.volumes, [WORKSPACE_TARGET]);
-        assert!(!plan.binds.iter().any(|b| b.target == WORKSPACE_TARGET));
+        assert!(check_copy(&s)
+            .unwrap_err()
+            .starts_with("--read-only cannot be combined with --workspace-mode copy"));
+        s.workspace_mode = WorkspaceMode::Rw;
+        assert_eq!(check_copy(&s), Ok(()));
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct ProfileConfig {
     pub output: Option<String>,
     /// `ephemeral` (a fresh container per run) or `persistent`.
     pub lifecycle: Option<String>,
+    /// Persistent profiles: at most this many containers (one per `--name`); the least recently
+    /// used idle one makes room.
+    pub max_containers: Option<u32>,
+    /// Persistent profiles: a container idle this long is removed (`2h`).
+    pub idle_ttl: Option<String>,
     /// The agent whose sessions directory is mounted (`claude`, `codex`); also the directory's
     /// name on the host.
     pub agent: Option<String>,
@@ -80,6 +85,9 @@ pub struct Profile {
     pub timeout: Option<String>,
     pub output: String,
     pub lifecycle: String,
+    pub max_containers: u32,
+    #[serde(with = "crate::spec::duration_secs")]
+    pub idle_ttl: std::time::Duration,
     pub agent: Option<String>,
     pub sessions: Option<String>,
     pub resume_args: Vec<String>,
@@ -254,6 +262,8 @@ fn layer(base: &mut ProfileConfig, over: &ProfileConfig) {
         timeout,
         output,
         lifecycle,
+        max_containers,
+        idle_ttl,
         agent,
         sessions,
         resume_args,
@@ -325,6 +335,18 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
             "lifecycle `{lifecycle}` is not ephemeral or persistent"
         )));
     }
+    let max_containers = c
+        .max_containers
+        .unwrap_or(crate::held::DEFAULT_MAX_CONTAINERS);
+    if max_containers == 0 {
+        return Err(invalid("max_containers must be at least 1".into()));
+    }
+    let idle_ttl = match &c.idle_ttl {
+        Some(t) => {
+            crate::units::parse_duration(t).map_err(|e| invalid(format!("idle_ttl: {e}")))?
+        }
+        None => crate::held::DEFAULT_PERSISTENT_TTL,
+    };
     if c.sessions.is_some() && c.agent.is_none() {
         return Err(invalid(
             "sessions needs agent (the name of its directory on the host)".into(),
@@ -349,6 +371,8 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         timeout: c.timeout,
         output,
         lifecycle,
+        max_containers,
+        idle_ttl,
         agent: c.agent,
         sessions: c.sessions,
         resume_args: c.resume_args.unwrap_or_default(),

@@ -300,6 +300,9 @@ pub struct RunSpec {
     /// The profile the run was made from, if any.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Run inside a persistent container instead of a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<crate::held::PersistentSpec>,
 }
 
 fn text_output() -> String {
@@ -327,7 +330,7 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-mod duration_secs {
+pub(crate) mod duration_secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

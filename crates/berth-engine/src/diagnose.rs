@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::docker::{parse_api_version, DockerEngine};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointEnv, EngineChoice, TcpSecurity};
+use crate::ssh::{SshTunnel, TunnelError};
 use crate::{Engine, EngineError, MAX_API_VERSION, MIN_API_VERSION};
 
 /// How long the engine gets to answer a diagnostic request.
@@ -29,6 +32,21 @@ pub struct ProbeEnv {
     pub path: Option<OsString>,
     /// The uid berth runs as, for permission hints.
     pub uid: u32,
+    /// `--engine NAME|URL`, when given.
+    pub engine: EngineChoice,
+    /// `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`, the home directory and `--engine-insecure`.
+    pub endpoint: EndpointEnv,
+}
+
+impl ProbeEnv {
+    /// The endpoint chosen by `--engine`, `DOCKER_HOST` or the default.
+    pub fn resolve(&self) -> Result<Endpoint, crate::endpoint::MalformedHost> {
+        let env = EndpointEnv {
+            docker_host: self.docker_host.clone(),
+            ..self.endpoint.clone()
+        };
+        Endpoint::resolve(&self.engine, &env)
+    }
 }
 
 /// Exactly one reason why Docker cannot (or should not) be used.
@@ -72,6 +90,52 @@ pub enum Diagnosis {
         missing: Vec<&'static str>,
     },
     Rootless,
+    /// `--engine URL` or an engine table that cannot be used.
+    EngineMalformed {
+        source: String,
+        value: String,
+        why: String,
+    },
+    /// A remote engine (`--engine`, or ssh) cannot be reached: refused, no route, unresolved.
+    EngineUnreachable {
+        endpoint: String,
+        detail: String,
+    },
+    SshAuthRefused {
+        endpoint: String,
+        detail: String,
+    },
+    SshHostKeyRejected {
+        endpoint: String,
+        detail: String,
+    },
+    /// ssh works, but nothing answers on the remote engine socket.
+    RemoteNoDocker {
+        endpoint: String,
+        socket: String,
+        detail: String,
+    },
+    /// The engine's certificate is not signed by the configured CA (or names another host).
+    TlsServerRejected {
+        endpoint: String,
+        ca: PathBuf,
+        detail: String,
+    },
+    /// The engine refused berth's client certificate, or wanted one and got none.
+    TlsClientRefused {
+        endpoint: String,
+        detail: String,
+    },
+    /// A TLS file (CA, certificate, key) or the ssh key cannot be read.
+    EngineFileUnusable {
+        endpoint: String,
+        path: PathBuf,
+        detail: String,
+    },
+    /// tcp:// without TLS and without the user's consent.
+    PlainTcpRefused {
+        endpoint: String,
+    },
 }
 
 impl Diagnosis {
@@ -89,6 +153,15 @@ impl Diagnosis {
             Self::LowDisk { .. } => "low_disk",
             Self::LimitsUnsupported { .. } => "limits_unsupported",
             Self::Rootless => "rootless",
+            Self::EngineMalformed { .. } => "engine_malformed",
+            Self::EngineUnreachable { .. } => "engine_unreachable",
+            Self::SshAuthRefused { .. } => "ssh_auth_refused",
+            Self::SshHostKeyRejected { .. } => "ssh_host_key_rejected",
+            Self::RemoteNoDocker { .. } => "remote_no_docker",
+            Self::TlsServerRejected { .. } => "tls_certificate_rejected",
+            Self::TlsClientRefused { .. } => "tls_client_certificate_refused",
+            Self::EngineFileUnusable { .. } => "engine_file_unusable",
+            Self::PlainTcpRefused { .. } => "plain_tcp_refused",
         }
     }
 
@@ -126,6 +199,26 @@ impl Diagnosis {
                 missing.join(" and ")
             ),
             Self::Rootless => "the Docker engine runs rootless: resource limits need cgroup v2 delegation and bind mounts map to other uids".to_string(),
+            Self::EngineMalformed { source, value, why } => format!("{source} `{value}` is malformed: {why}"),
+            Self::EngineUnreachable { endpoint, detail } => format!("the engine host {endpoint} is unreachable: {detail}"),
+            Self::SshAuthRefused { endpoint, detail } => format!("ssh authentication to {endpoint} was refused: {detail}"),
+            Self::SshHostKeyRejected { endpoint, detail } => format!("ssh rejected the host key of {endpoint}: {detail}"),
+            Self::RemoteNoDocker { endpoint, socket, detail } => format!(
+                "{endpoint} has no Docker engine answering on {socket} (no such socket, or its daemon is down): {detail}"
+            ),
+            Self::TlsServerRejected { endpoint, ca, detail } => format!(
+                "TLS certificate rejected: the certificate of {endpoint} is not trusted by the CA {} ({detail})",
+                ca.display()
+            ),
+            Self::TlsClientRefused { endpoint, detail } => format!(
+                "TLS client certificate refused: {endpoint} did not accept berth's client certificate, or wanted one and got none ({detail})"
+            ),
+            Self::EngineFileUnusable { endpoint, path, detail } => format!(
+                "{} for {endpoint} cannot be used: {detail}", path.display()
+            ),
+            Self::PlainTcpRefused { endpoint } => format!(
+                "{endpoint} is plain TCP without TLS: anyone on the network could read the run's secrets and drive the engine"
+            ),
         }
     }
 
@@ -145,6 +238,15 @@ impl Diagnosis {
             Self::LowDisk { .. } => "free space with `docker system prune` or move the engine's data root".into(),
             Self::LimitsUnsupported { .. } => "enable the memory and pids cgroup controllers (cgroup v2, or `cgroup_enable=memory swapaccount=1` on the kernel command line)".into(),
             Self::Rootless => "use a rootful engine for full isolation, or accept weaker limits knowingly".into(),
+            Self::EngineMalformed { .. } => "pass --engine NAME (an [engines.NAME] table) or --engine unix:///PATH, tcp://HOST:PORT, ssh://[USER@]HOST[:PORT]".into(),
+            Self::EngineUnreachable { .. } => "check the host name and port, that the host is up, and that a firewall lets you through".into(),
+            Self::SshAuthRefused { .. } => "check `identity` (the key file) and that its public key is in the remote user's authorized_keys; berth runs ssh without prompts (BatchMode)".into(),
+            Self::SshHostKeyRejected { .. } => "add the host's key to known_hosts (connect once with `ssh`), or point `ssh_options` at a known_hosts file (UserKnownHostsFile=...)".into(),
+            Self::RemoteNoDocker { .. } => "start Docker on the remote host, check that the remote user may use its socket, or set `remote_socket` in [engines.NAME]".into(),
+            Self::TlsServerRejected { .. } => "set `ca` (or DOCKER_CERT_PATH/ca.pem) to the CA that signed the engine's certificate, and check that the certificate names the host you connect to".into(),
+            Self::TlsClientRefused { .. } => "set `cert` and `key` (or DOCKER_CERT_PATH/cert.pem and key.pem) to a client certificate signed by the CA the engine trusts".into(),
+            Self::EngineFileUnusable { .. } => "fix the path in [engines.NAME] (or DOCKER_CERT_PATH), or the file's permissions".into(),
+            Self::PlainTcpRefused { .. } => "use TLS (ca, cert, key in [engines.NAME], or DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH) or ssh://; to accept the risk, set `insecure_plain_tcp = true` or pass --engine-insecure".into(),
         }
     }
 
@@ -203,19 +305,27 @@ impl DiagnosisReport {
 pub async fn check_engine(
     env: &ProbeEnv,
 ) -> Result<(DockerEngine, EngineFacts, Option<Diagnosis>), (Diagnosis, Option<EngineFacts>)> {
-    let endpoint = Endpoint::from_docker_host(env.docker_host.as_deref()).map_err(|e| {
-        (
+    let endpoint = env.resolve().map_err(|e| {
+        let d = if e.origin == "DOCKER_HOST" {
             Diagnosis::DockerHostMalformed {
                 value: e.value,
                 why: e.why,
-            },
-            None,
-        )
+            }
+        } else {
+            Diagnosis::EngineMalformed {
+                source: e.origin,
+                value: e.value,
+                why: e.why,
+            }
+        };
+        (d, None)
     })?;
-    let from_env = env.docker_host.as_deref().is_some_and(|v| !v.is_empty());
+    let chosen = env.engine != EngineChoice::Default;
+    let from_env = env.docker_host.as_deref().is_some_and(|v| !v.is_empty()) || chosen;
     check_reachable(&endpoint, from_env, env).map_err(|d| (d, None))?;
+    let tunnel = open_tunnel(&endpoint).await.map_err(|d| (d, None))?;
 
-    let probe = DockerEngine::client(&endpoint, MAX_API_VERSION)
+    let probe = DockerEngine::client(&endpoint, tunnel.as_deref(), MAX_API_VERSION)
         .map_err(|e| (unreachable(&endpoint, &e), None))?;
     // Version and info are independent; asking both at once saves a round trip on every run.
     let answers = tokio::time::timeout(ANSWER_TIMEOUT, async {
@@ -225,10 +335,11 @@ pub async fn check_engine(
     let (version, info) = match answers {
         Ok((Ok(version), info)) => (version, info),
         Ok((Err(e), _)) => {
+            let error = crate::docker::classify(e, "");
             return Err((
-                answered_badly(&endpoint, &crate::docker::classify(e, "")),
+                failed_request(&endpoint, tunnel.as_deref(), &error).await,
                 None,
-            ))
+            ));
         }
         Err(_) => return Err((silent(&endpoint), None)),
     };
@@ -272,9 +383,9 @@ pub async fn check_engine(
         }
     }
     let negotiated = server_api.min(MAX_API_VERSION);
-    let client = DockerEngine::client(&endpoint, negotiated)
+    let client = DockerEngine::client(&endpoint, tunnel.as_deref(), negotiated)
         .map_err(|e| (unreachable(&endpoint, &e), None))?;
-    let engine = DockerEngine::from_parts(client, endpoint.clone(), negotiated);
+    let engine = DockerEngine::from_parts(client, endpoint.clone(), negotiated, tunnel);
 
     let info = info.map_err(|e| {
         (
@@ -406,29 +517,171 @@ fn check_reachable(endpoint: &Endpoint, from_env: bool, env: &ProbeEnv) -> Resul
                 }),
             }
         }
-        Endpoint::Tcp { host, port } => {
+        Endpoint::Tcp {
+            host,
+            port,
+            security,
+        } => {
             use std::net::ToSocketAddrs;
-            let addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
-                Diagnosis::DockerHostUnreachable {
-                    endpoint: endpoint.to_string(),
-                    detail: format!("cannot resolve `{host}`: {e}"),
+            let unreachable = |detail: String| {
+                if env.engine == EngineChoice::Default {
+                    Diagnosis::DockerHostUnreachable {
+                        endpoint: endpoint.to_string(),
+                        detail,
+                    }
+                } else {
+                    Diagnosis::EngineUnreachable {
+                        endpoint: endpoint.to_string(),
+                        detail,
+                    }
                 }
-            })?;
+            };
+            let addrs = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| unreachable(format!("cannot resolve `{host}`: {e}")))?;
             let mut last = None;
+            let mut connected = false;
             for addr in addrs {
                 match std::net::TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT) {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => {
+                        connected = true;
+                        break;
+                    }
                     Err(e) => last = Some(e),
                 }
             }
-            Err(Diagnosis::DockerHostUnreachable {
-                endpoint: endpoint.to_string(),
-                detail: last.map_or_else(
+            if !connected {
+                return Err(unreachable(last.map_or_else(
                     || format!("`{host}` resolves to no address"),
                     |e| e.to_string(),
-                ),
+                )));
+            }
+            match security {
+                // Refused only now, so "is it there at all" is answered first; nothing has
+                // been sent yet.
+                TcpSecurity::Plain { allowed: false } => Err(Diagnosis::PlainTcpRefused {
+                    endpoint: endpoint.to_string(),
+                }),
+                TcpSecurity::Plain { allowed: true } => Ok(()),
+                TcpSecurity::Tls(tls) => {
+                    let files =
+                        std::iter::once(&tls.ca).chain(tls.client.iter().flat_map(|(c, k)| [c, k]));
+                    for path in files {
+                        if let Err(e) = std::fs::File::open(path) {
+                            return Err(Diagnosis::EngineFileUnusable {
+                                endpoint: endpoint.to_string(),
+                                path: path.clone(),
+                                detail: e.to_string(),
+                            });
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        }
+        // ssh itself says what is wrong; see `open_tunnel`.
+        Endpoint::Ssh(_) => Ok(()),
+    }
+}
+
+/// Forwards a remote engine's socket through ssh; other endpoints need no tunnel.
+async fn open_tunnel(endpoint: &Endpoint) -> Result<Option<Arc<SshTunnel>>, Diagnosis> {
+    let Endpoint::Ssh(target) = endpoint else {
+        return Ok(None);
+    };
+    let name = endpoint.to_string();
+    match SshTunnel::open(target).await {
+        Ok(tunnel) => Ok(Some(Arc::new(tunnel))),
+        Err(TunnelError::AuthRefused(detail)) => Err(Diagnosis::SshAuthRefused {
+            endpoint: name,
+            detail,
+        }),
+        Err(TunnelError::HostKeyRejected(detail)) => Err(Diagnosis::SshHostKeyRejected {
+            endpoint: name,
+            detail,
+        }),
+        Err(TunnelError::Unreachable(detail)) => Err(Diagnosis::EngineUnreachable {
+            endpoint: name,
+            detail,
+        }),
+        Err(e @ (TunnelError::NoSsh(_) | TunnelError::Failed(_))) => {
+            Err(Diagnosis::EngineUnreachable {
+                endpoint: name,
+                detail: format!("ssh failed: {e}"),
             })
         }
+    }
+}
+
+/// The first request failed: name the reason a remote engine gives (TLS, the remote socket)
+/// before falling back to "answered badly".
+async fn failed_request(
+    endpoint: &Endpoint,
+    tunnel: Option<&SshTunnel>,
+    error: &EngineError,
+) -> Diagnosis {
+    let text = error.to_string();
+    match endpoint {
+        Endpoint::Ssh(target) => {
+            // ssh reports the failed channel on its stderr a moment after closing it.
+            for _ in 0..20 {
+                if let Some(line) = tunnel.and_then(SshTunnel::remote_socket_failed) {
+                    return Diagnosis::RemoteNoDocker {
+                        endpoint: endpoint.to_string(),
+                        socket: target.remote_socket.clone(),
+                        detail: line,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answered_badly(endpoint, error)
+        }
+        Endpoint::Tcp {
+            security: TcpSecurity::Tls(tls),
+            ..
+        } => match classify_tls(&text) {
+            Some(TlsFailure::Server) => Diagnosis::TlsServerRejected {
+                endpoint: endpoint.to_string(),
+                ca: tls.ca.clone(),
+                detail: text,
+            },
+            Some(TlsFailure::Client) => Diagnosis::TlsClientRefused {
+                endpoint: endpoint.to_string(),
+                detail: text,
+            },
+            None => answered_badly(endpoint, error),
+        },
+        _ => answered_badly(endpoint, error),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum TlsFailure {
+    /// berth did not trust the engine's certificate.
+    Server,
+    /// The engine did not accept berth's (missing) client certificate.
+    Client,
+}
+
+/// Which side of a TLS handshake said no, from rustls's messages.
+fn classify_tls(text: &str) -> Option<TlsFailure> {
+    if text.contains("invalid peer certificate") {
+        Some(TlsFailure::Server)
+    } else if [
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+        "DecryptError",
+        "HandshakeFailure",
+        "AccessDenied",
+    ]
+    .iter()
+    .any(|alert| text.contains(&format!("received fatal alert: {alert}")))
+    {
+        Some(TlsFailure::Client)
+    } else {
+        None
     }
 }
 
@@ -465,7 +718,7 @@ fn silent(endpoint: &Endpoint) -> Diagnosis {
             socket: socket.clone(),
             detail,
         },
-        Endpoint::Tcp { .. } => Diagnosis::DockerHostUnreachable {
+        Endpoint::Tcp { .. } | Endpoint::Ssh(_) => Diagnosis::DockerHostUnreachable {
             endpoint: endpoint.to_string(),
             detail,
         },
@@ -548,8 +801,48 @@ mod tests {
                 missing: vec!["memory"],
             },
             Diagnosis::Rootless,
+            Diagnosis::EngineMalformed {
+                source: "--engine".into(),
+                value: "v".into(),
+                why: "w".into(),
+            },
+            Diagnosis::EngineUnreachable {
+                endpoint: "e".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::SshAuthRefused {
+                endpoint: "e".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::SshHostKeyRejected {
+                endpoint: "e".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::RemoteNoDocker {
+                endpoint: "e".into(),
+                socket: "/s".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::TlsServerRejected {
+                endpoint: "e".into(),
+                ca: "/ca".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::TlsClientRefused {
+                endpoint: "e".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::EngineFileUnusable {
+                endpoint: "e".into(),
+                path: "/p".into(),
+                detail: "d".into(),
+            },
+            Diagnosis::PlainTcpRefused {
+                endpoint: "e".into(),
+            },
         ];
         let mut codes: Vec<_> = all.iter().map(Diagnosis::code).collect();
+        codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
         for d in &all {
@@ -562,6 +855,19 @@ mod tests {
         }
         .hint()
         .contains("usermod -aG docker"));
+    }
+
+    #[test]
+    fn tls_failures_name_the_side_that_refused() {
+        let cases = [
+            ("lost the connection to the engine: error trying to connect: invalid peer certificate: UnknownIssuer", Some(TlsFailure::Server)),
+            ("client error (SendRequest): connection error: received fatal alert: CertificateRequired", Some(TlsFailure::Client)),
+            ("received fatal alert: UnknownCA", Some(TlsFailure::Client)),
+            ("connection closed before message completed", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(classify_tls(text), expected, "{text}");
+        }
     }
 
     #[test]

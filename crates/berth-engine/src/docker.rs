@@ -1,6 +1,7 @@
 //! The Docker adapter: [`Engine`] over the Docker Engine API, through bollard.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use berth_core::event::Stream;
 use berth_core::plan::ContainerPlan;
@@ -8,8 +9,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
-    MountBindOptions, MountBindOptionsPropagationEnum, MountType, MountVolumeOptions, PortBinding,
-    SystemInfo, SystemVersion,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountType, PortBinding, SystemInfo,
+    SystemVersion,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, BuilderVersion, CreateContainerOptions,
@@ -21,7 +22,8 @@ use bollard::{ClientVersion, Docker};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, TcpSecurity};
+use crate::ssh::SshTunnel;
 use crate::{
     Attached, BuildProgress, ContainerSummary, Engine, EngineError, ExitInfo, ImageBuild,
     ImageInfo, LocalImage, OutputChunk, PullProgress, MAX_API_VERSION,
@@ -36,6 +38,9 @@ pub struct DockerEngine {
     docker: Docker,
     endpoint: Endpoint,
     api_version: (u32, u32),
+    /// The ssh forward of a remote engine's socket; it ends when the last clone is dropped.
+    #[allow(dead_code)] // held for its Drop
+    tunnel: Option<Arc<SshTunnel>>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -54,19 +59,52 @@ pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
 }
 
 impl DockerEngine {
-    /// A client for `endpoint` at `version`, without talking to the engine yet.
-    pub fn client(endpoint: &Endpoint, version: (u32, u32)) -> Result<Docker, EngineError> {
+    /// A client for `endpoint` at `version`, without talking to the engine yet. An ssh endpoint
+    /// is reached through `tunnel`'s local socket.
+    pub fn client(
+        endpoint: &Endpoint,
+        tunnel: Option<&SshTunnel>,
+        version: (u32, u32),
+    ) -> Result<Docker, EngineError> {
         let client_version = ClientVersion {
             major_version: version.0 as usize,
             minor_version: version.1 as usize,
         };
-        let docker = match endpoint {
-            Endpoint::Unix(path) => Docker::connect_with_unix(
+        let unix = |path: &std::path::Path| {
+            Docker::connect_with_unix(
                 &path.to_string_lossy(),
                 REQUEST_TIMEOUT_SECS,
                 &client_version,
-            ),
-            Endpoint::Tcp { host, port } => Docker::connect_with_http(
+            )
+        };
+        let docker = match endpoint {
+            Endpoint::Unix(path) => unix(path),
+            Endpoint::Ssh(_) => match tunnel {
+                Some(tunnel) => unix(tunnel.socket()),
+                None => {
+                    return Err(EngineError::Connection(
+                        "an ssh engine needs its tunnel".into(),
+                    ))
+                }
+            },
+            Endpoint::Tcp {
+                host,
+                port,
+                security: TcpSecurity::Tls(tls),
+            } => {
+                // Without a client certificate, paths that hold none make bollard present none.
+                let none = std::path::PathBuf::from("/dev/null");
+                let (cert, key) = tls.client.clone().unwrap_or((none.clone(), none));
+                Docker::connect_with_ssl(
+                    &format!("tcp://{host}:{port}"),
+                    &key,
+                    &cert,
+                    &tls.ca,
+                    REQUEST_TIMEOUT_SECS,
+                    &client_version,
+                )
+            }
+            Endpoint::Tcp { host, port, .. } => Docker::connect_with_http(
                 &format!("tcp://{host}:{port}"),
                 REQUEST_TIMEOUT_SECS,
                 &client_version,
@@ -77,17 +115,31 @@ impl DockerEngine {
 
     /// Wraps a client that already speaks `api_version` (see [`crate::diagnose`], which
     /// negotiates the version while it checks the engine).
-    pub fn from_parts(docker: Docker, endpoint: Endpoint, api_version: (u32, u32)) -> Self {
+    pub fn from_parts(
+        docker: Docker,
+        endpoint: Endpoint,
+        api_version: (u32, u32),
+        tunnel: Option<Arc<SshTunnel>>,
+    ) -> Self {
         Self {
             docker,
             endpoint,
             api_version,
+            tunnel,
         }
     }
 
     /// Connects and negotiates: the lower of the engine's API version and berth's.
     pub async fn connect(endpoint: &Endpoint) -> Result<(Self, SystemVersion), EngineError> {
-        let probe = Self::client(endpoint, MAX_API_VERSION)?;
+        let tunnel = match endpoint {
+            Endpoint::Ssh(target) => Some(Arc::new(
+                SshTunnel::open(target)
+                    .await
+                    .map_err(|e| EngineError::Connection(e.to_string()))?,
+            )),
+            _ => None,
+        };
+        let probe = Self::client(endpoint, tunnel.as_deref(), MAX_API_VERSION)?;
         let version = probe.version().await.map_err(|e| classify(e, ""))?;
         let server = version
             .api_version
@@ -95,9 +147,9 @@ impl DockerEngine {
             .and_then(parse_api_version)
             .unwrap_or(MAX_API_VERSION);
         let negotiated = server.min(MAX_API_VERSION);
-        let docker = Self::client(endpoint, negotiated)?;
+        let docker = Self::client(endpoint, tunnel.as_deref(), negotiated)?;
         Ok((
-            Self::from_parts(docker, endpoint.clone(), negotiated),
+            Self::from_parts(docker, endpoint.clone(), negotiated, tunnel),
             version,
         ))
     }
@@ -331,11 +383,32 @@ pub fn classify(error: BollardError, subject: &str) -> EngineError {
         BollardError::SocketNotFoundError(path) => {
             EngineError::Connection(format!("socket {path} does not exist"))
         }
-        other => EngineError::Connection(other.to_string()),
+        other => EngineError::Connection(error_chain(&other)),
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`: the useful part of a TLS or connect
+/// failure sits at the bottom of hyper's chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
+    let volume = plan.berth_volume.as_ref().map(|v| Mount {
+        target: Some(v.target.clone()),
+        typ: Some(MountType::VOLUME),
+        ..Default::default()
+    });
     let mounts = plan
         .binds
         .iter()
@@ -350,15 +423,7 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
             }),
             ..Default::default()
         })
-        .chain(plan.volumes.iter().map(|target| Mount {
-            target: Some(target.clone()),
-            typ: Some(MountType::VOLUME),
-            volume_options: Some(MountVolumeOptions {
-                no_copy: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        .chain(volume)
         .collect();
     let tmpfs: HashMap<String, String> = plan
         .tmpfs
@@ -421,7 +486,7 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        stdin_once: Some(plan.stdin_once),
         tty: Some(false),
         host_config: Some(host_config),
         ..Default::default()
@@ -512,27 +577,8 @@ impl Engine for DockerEngine {
             .attach_container(id, Some(options))
             .await
             .map_err(|e| classify(e, id))?;
-        let output = attached
-            .output
-            .map_err(|e| classify(e, ""))
-            .try_filter_map(|item| async move {
-                Ok(match item {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        Some(OutputChunk {
-                            stream: Stream::Stdout,
-                            data: message,
-                        })
-                    }
-                    LogOutput::StdErr { message } => Some(OutputChunk {
-                        stream: Stream::Stderr,
-                        data: message,
-                    }),
-                    LogOutput::StdIn { .. } => None,
-                })
-            })
-            .boxed();
         Ok(Attached {
-            output,
+            output: output_chunks(attached.output),
             input: attached.input,
         })
     }
@@ -688,9 +734,34 @@ impl Engine for DockerEngine {
                     .unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                created: c.created.unwrap_or_default(),
             })
             .collect())
     }
+}
+
+/// The engine's multiplexed stream as berth's output chunks (stdin echoes dropped).
+fn output_chunks(
+    stream: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+) -> BoxStream<'static, Result<OutputChunk, EngineError>> {
+    stream
+        .map_err(|e| classify(e, ""))
+        .try_filter_map(|item| async move {
+            Ok(match item {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    Some(OutputChunk {
+                        stream: Stream::Stdout,
+                        data: message,
+                    })
+                }
+                LogOutput::StdErr { message } => Some(OutputChunk {
+                    stream: Stream::Stderr,
+                    data: message,
+                }),
+                LogOutput::StdIn { .. } => None,
+            })
+        })
+        .boxed()
 }
 
 fn pull_error(e: BollardError) -> String {

@@ -18,11 +18,12 @@ pub mod build_context;
 pub mod diagnose;
 pub mod docker;
 pub mod endpoint;
+pub mod ssh;
 
 pub use build_context::BuildContext;
 pub use diagnose::{Diagnosis, DiagnosisReport};
 pub use docker::DockerEngine;
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, EngineChoice};
 
 /// The oldest Engine API berth speaks; older engines are diagnosed as too old.
 pub const MIN_API_VERSION: (u32, u32) = (1, 41);
@@ -64,6 +65,8 @@ pub struct ContainerSummary {
     pub labels: HashMap<String, String>,
     /// `created`, `running`, `exited`, ...
     pub state: String,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
 }
 
 /// A chunk of a container's output.
@@ -195,12 +198,14 @@ pub trait Engine: Send + Sync {
     fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Downloads `path` from the container as a tar stream.
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
-    /// Extracts the tar stream `tar` into the directory `path` of the container (which may be
-    /// created but not started). Entries keep the owner and mode their headers carry.
+    /// Unpacks the tar stream `tar` into the directory `dir` of a created container (on a
+    /// volume when the root file system is read-only). Entries keep the owners and modes their
+    /// headers carry, except the entry for `dir` itself (the engine leaves an existing directory
+    /// as it is).
     fn upload(
         &self,
         id: &str,
-        path: &str,
+        dir: &str,
         tar: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Whether a network of this name (or id) exists.

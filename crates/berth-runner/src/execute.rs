@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
+use berth_core::held::PersistentSpec;
 use berth_core::mask::Masker;
 use berth_core::plan::{labels, sandbox_user, PlanContext};
+use berth_core::profile::{Profile, Resume};
 use berth_core::record::{Execution, RunRecord};
 use berth_core::spec::{
     Fallback, MountRequest, NetworkMode, PullPolicy, Resources, RunSpec, UserSpec, WorkspaceMode,
@@ -114,10 +116,17 @@ async fn run_claimed(
             shared.runner_id
         ));
     }
-    let spec = match spec_for(claimed) {
-        Ok(spec) => spec,
+    let (spec, stdin) = match spec_for(claimed, &shared.config.profiles) {
+        Ok(built) => built,
         Err(e) => return Outcome::error(e),
     };
+    // A warm pool configured on this host for the run's profile, else its image.
+    let pool = spec
+        .profile
+        .iter()
+        .chain(std::iter::once(&spec.image))
+        .find_map(|name| shared.config.pools.get(name).cloned())
+        .filter(|p| p.size > 0);
     let secrets: Result<Vec<(String, String)>, String> = spec
         .secrets
         .iter()
@@ -136,6 +145,14 @@ async fn run_claimed(
     };
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
+    if !engine.endpoint().is_local() && run.execution_mode != ExecutionMode::Local {
+        if let Err(e) = berth_core::plan::check_remote(&spec) {
+            return Outcome::error(format!(
+                "runner `{}` uses a remote engine: {e}",
+                shared.runner_id
+            ));
+        }
+    }
     let sockets = prepare::engine_sockets(engine.endpoint().socket_path());
     // The server judged the mounts by their names; here they are judged with symlinks resolved.
     let checked = match prepare::check_mounts(&spec, &workspace_root, &allowed, None, sockets) {
@@ -226,6 +243,7 @@ async fn run_claimed(
                 &checked.workspace,
             ),
             owner_labels,
+            remote_engine: !engine.endpoint().is_local(),
         };
         berth_sandbox::execute_docker(
             engine,
@@ -233,7 +251,9 @@ async fn run_claimed(
             DockerRun {
                 plan_context,
                 secrets,
-                stdin: None,
+                stdin,
+                held_root: state_dir.root().join("held"),
+                pool,
                 // Submissions choose between the project's workspace and explicit mounts; the
                 // API has no copy or worktree mode yet.
                 workspace: Default::default(),
@@ -251,10 +271,58 @@ async fn run_claimed(
     }
 }
 
-/// The sandbox spec of a claimed run, as `berth run` would build it.
-fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
+/// The sandbox spec of a claimed run, as `berth run` would build it, and the bytes for the
+/// command's stdin (a prompt the profile reads there).
+fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<Vec<u8>>), String> {
     let s = &claimed.run.sandbox;
-    let resources = s.resources.clone().unwrap_or_default();
+    let profile = s
+        .profile
+        .as_deref()
+        .map(|name| berth_core::profile::find(profiles, name).map_err(|e| e.to_string()))
+        .transpose()?;
+    let (command, stdin) = match profile {
+        Some(p) => {
+            let words = match &s.prompt {
+                Some(prompt) => vec![prompt.clone()],
+                None => s.command.clone(),
+            };
+            p.argv(&words, &Resume::None).map_err(|e| e.to_string())?
+        }
+        None => (s.command.clone(), None),
+    };
+    let image = s
+        .image
+        .clone()
+        .or_else(|| profile.and_then(|p| p.image.clone()))
+        .unwrap_or_default();
+    let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
+    if let Some(p) = profile {
+        let credentials = p
+            .credentials_to_pass(&s.secrets, |name| {
+                std::env::var_os(name).is_some_and(|v| !v.is_empty())
+            })
+            .map_err(|e| e.to_string())?;
+        secrets.extend(credentials);
+    }
+    for name in &s.secrets {
+        if !secrets.contains(name) {
+            secrets.push(name.clone());
+        }
+    }
+    let mut env: Vec<(String, String)> = profile
+        .map(|p| p.env.clone().into_iter().collect())
+        .unwrap_or_default();
+    for (k, v) in &s.env {
+        env.retain(|(existing, _)| existing != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let persistent = persistent_spec(s, profile)?;
+    let mut resources = s.resources.clone().unwrap_or_default();
+    if let Some(p) = profile {
+        resources.memory = resources.memory.or_else(|| p.memory.clone());
+        resources.cpus = resources.cpus.or(p.cpus);
+        resources.pids = resources.pids.or(p.pids);
+    }
     let defaults = Resources::default();
     let memory_bytes = resources
         .memory
@@ -289,26 +357,33 @@ fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
                 .collect(),
         ),
     };
-    Ok(RunSpec {
-        image: s.image.clone().unwrap_or_default(),
-        command: s.command.clone(),
+    let timeout = s
+        .timeout
+        .clone()
+        .or_else(|| profile.and_then(|p| p.timeout.clone()));
+    let network = s
+        .network
+        .clone()
+        .or_else(|| profile.and_then(|p| p.network.clone()));
+    let spec = RunSpec {
+        image,
+        command,
         pull: PullPolicy::Missing,
         workspace: claimed.workspace_root.clone().into(),
         workspace_mode,
         include_dirty: false,
         copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
         mounts,
-        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        secrets: s.secrets.clone(),
+        env,
+        secrets,
         resources: Resources {
             memory_bytes,
             nano_cpus,
             pids: resources.pids.unwrap_or(defaults.pids),
         },
-        timeout: duration(&s.timeout, 600)?,
+        timeout: duration(&timeout, 600)?,
         grace: duration(&s.grace, 10)?,
-        network: s
-            .network
+        network: network
             .as_deref()
             .map(NetworkMode::parse)
             .transpose()?
@@ -320,9 +395,51 @@ fn spec_for(claimed: &Claimed) -> Result<RunSpec, String> {
         keep: false,
         fallback: Fallback::None,
         workdir: s.workdir.clone(),
-        output_format: "text".into(),
-        profile: None,
-    })
+        output_format: profile.map_or("text".into(), |p| p.output.clone()),
+        profile: profile.map(|p| p.name.clone()),
+        persistent,
+    };
+    Ok((spec, stdin))
+}
+
+/// The persistent container a submitted run asks for, from `lifecycle`, `name` and the profile.
+fn persistent_spec(
+    s: &berth_api::SandboxRequest,
+    profile: Option<&Profile>,
+) -> Result<Option<PersistentSpec>, String> {
+    let lifecycle = match (&s.lifecycle, &s.name) {
+        (Some(l), _) => l.clone(),
+        (None, Some(_)) => "persistent".into(),
+        (None, None) => profile.map_or("ephemeral".into(), |p| p.lifecycle.clone()),
+    };
+    if lifecycle != "persistent" {
+        return Ok(None);
+    }
+    let agent = profile.map_or("default".to_string(), |p| p.name.clone());
+    let name = s.name.clone().unwrap_or_else(|| agent.clone());
+    berth_core::held::check_name("name", &name)?;
+    Ok(Some(PersistentSpec {
+        agent,
+        name,
+        max_containers: profile.map_or(berth_core::held::DEFAULT_MAX_CONTAINERS, |p| {
+            p.max_containers
+        }),
+        idle_ttl: profile.map_or(berth_core::held::DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
+    }))
+}
+
+/// Removes this runner's ready pool containers: the pool is drained when the runner stops.
+pub async fn drain_pool(engine: &DockerEngine, shared: &Shared) {
+    let Ok(held) = berth_sandbox::held::list(engine).await else {
+        return;
+    };
+    for listed in held.iter().filter(|l| {
+        l.kind == berth_core::held::HeldKind::Pool
+            && l.container.labels.get(RUNNER_LABEL) == Some(&shared.runner_id)
+    }) {
+        let removed = berth_sandbox::held::remove(engine, listed).await;
+        tracing::info!(container = %listed.container.name, removed = removed.is_ok(), "drained from the warm pool");
+    }
 }
 
 #[allow(unsafe_code)] // getuid/getgid cannot fail and touch no memory.
@@ -411,10 +528,17 @@ pub async fn reconcile(engine: &DockerEngine, shared: &Shared) {
             .get(labels::RUN_ID)
             .cloned()
             .unwrap_or_default();
-        let lease = container
-            .labels
-            .get(labels::RUN_DIR)
-            .and_then(|dir| std::fs::read(Path::new(dir).join("lease.json")).ok())
+        // A held (pool or persistent) container names its current run in its own record.
+        let run_dir = container.labels.get(labels::RUN_DIR).cloned().or_else(|| {
+            let dir = container.labels.get(labels::HELD_DIR)?;
+            let info = berth_sandbox::held::HeldDir::open(dir.into()).read_info();
+            info.current_run.map(|(_, run_dir)| run_dir)
+        });
+        if let Some(dir) = container.labels.get(labels::HELD_DIR) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let lease = run_dir
+            .and_then(|dir| std::fs::read(Path::new(&dir).join("lease.json")).ok())
             .and_then(|bytes| serde_json::from_slice::<LeaseFile>(&bytes).ok());
         let removed = engine.remove(&container.id).await;
         tracing::warn!(container = %container.name, run = %run_id, removed = removed.is_ok(), "found a container left by an earlier run of this runner");

@@ -41,6 +41,10 @@ pub struct RunnerConfig {
     pub probe_env: ProbeEnv,
     /// Whether runs with `execution_mode: local` may run on this host without a sandbox.
     pub allow_local: bool,
+    /// The profiles runs may name (built in, and from this host's config).
+    pub profiles: Vec<berth_core::profile::Profile>,
+    /// Warm pools by profile or image name, from this host's config.
+    pub pools: std::collections::BTreeMap<String, berth_core::held::PoolSpec>,
 }
 
 /// A run this runner holds a lease for.
@@ -95,6 +99,7 @@ pub async fn run(
         let _ = w.await;
     }
     heartbeat.abort();
+    execute::drain_pool(&engine, &shared).await;
     Ok(())
 }
 

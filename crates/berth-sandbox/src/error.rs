@@ -26,6 +26,9 @@ pub enum SandboxError {
     ImageUnavailable { image: String, why: String },
     #[error("{0}")]
     Invalid(String),
+    /// Bad input with an obvious fix.
+    #[error("{message}")]
+    InvalidWithHint { message: String, hint: String },
     #[error("no run matches `{0}`")]
     NoSuchRun(String),
     #[error("`{prefix}` matches several runs: {candidates}")]
@@ -64,6 +67,7 @@ impl SandboxError {
             )),
             Self::WithHint { hint, .. } => Some(hint.clone()),
             Self::NoSuchRun(_) => Some("`berth ls` lists the runs of this state directory".into()),
+            Self::InvalidWithHint { hint, .. } => Some(hint.clone()),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@ use berth_core::plan::labels;
 use berth_engine::Engine;
 
 use crate::clock::now_rfc3339;
+use crate::held::{judge, now_epoch, HeldVerdict, Listed};
 use crate::owner::{owner_liveness, Liveness};
 use crate::rundir::RunDir;
 use crate::SandboxError;
@@ -25,7 +26,13 @@ pub struct GcAction {
 /// Removes every berth-managed container whose owning berth process has died.
 pub async fn collect_garbage<E: Engine>(engine: &E) -> Result<Vec<GcAction>, SandboxError> {
     let mut actions = Vec::new();
+    for listed in crate::held::list(engine).await? {
+        actions.push(collect_held(engine, &listed).await);
+    }
     for container in engine.list_managed().await? {
+        if container.labels.contains_key(labels::HELD) {
+            continue;
+        }
         let run_id = container.labels.get(labels::RUN_ID).cloned();
         let owner_pid = container
             .labels
@@ -69,8 +76,48 @@ pub async fn collect_garbage<E: Engine>(engine: &E) -> Result<Vec<GcAction>, San
     Ok(actions)
 }
 
+/// Held containers (persistent, pool) outlive the berth that created them: they are judged by
+/// their lock and their record, not by their creator's pid.
+async fn collect_held<E: Engine>(engine: &E, listed: &Listed) -> GcAction {
+    let mut action = GcAction {
+        container: listed.container.name.clone(),
+        run_id: None,
+        action: "kept",
+        detail: String::new(),
+    };
+    if !listed.on_this_host() {
+        action.action = "skipped";
+        action.detail = "owned by berth on another host".into();
+        return action;
+    }
+    let lock = listed.dir.try_lock().ok().flatten();
+    let info = listed.dir.read_info();
+    match judge(listed, &info, lock.is_none(), now_epoch()) {
+        HeldVerdict::Keep(why) => action.detail = why,
+        HeldVerdict::Remove { why, lost_run } => match crate::held::remove(engine, listed).await {
+            Ok(()) => {
+                action.action = "removed";
+                action.detail = why.clone();
+                if let Some((run_id, run_dir)) = lost_run {
+                    let reason = format!(
+                        "{why}; container {} removed by berth gc",
+                        listed.container.name
+                    );
+                    action.detail = mark_run_lost(PathBuf::from(run_dir), &reason);
+                    action.run_id = Some(run_id);
+                }
+            }
+            Err(e) => {
+                action.action = "failed";
+                action.detail = e.to_string();
+            }
+        },
+    }
+    action
+}
+
 /// Marks the run `error` with `reason` unless it already ended; says what happened.
-fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
+pub(crate) fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
     let run_dir = RunDir::open(dir);
     // The container is gone: its output FIFOs and raw output directory serve nothing now.
     let _ = std::fs::remove_dir_all(run_dir.io_dir());

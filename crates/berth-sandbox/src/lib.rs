@@ -11,11 +11,14 @@ pub mod error;
 #[cfg(test)]
 mod fake_engine;
 pub mod gc;
+pub mod held;
+mod held_run;
 pub mod local;
 pub mod output;
 pub mod owner;
 pub mod prepare;
 mod pump;
+pub mod remote;
 pub mod run;
 pub mod rundir;
 pub mod settings;

@@ -27,18 +27,18 @@ pub struct Fifos {
 }
 
 impl Fifos {
-    /// Opens both FIFOs of `io_dir` for reading. They are opened read-write so that they never
-    /// report end-of-file while no writer is attached: the end is known from the container's
+    /// Opens the stdout and stderr FIFOs for reading. They are opened read-write so that they
+    /// never report end-of-file while no writer is attached: the end is known from the command's
     /// exit instead, after which whatever is left in them is drained.
-    pub fn open(io_dir: &Path) -> std::io::Result<Self> {
-        let open = |name: &str| {
+    pub fn open(stdout: &Path, stderr: &Path) -> std::io::Result<Self> {
+        let open = |path: &Path| {
             pipe::OpenOptions::new()
                 .read_write(true)
-                .open_receiver(io_dir.join(name))
+                .open_receiver(path)
         };
         Ok(Self {
-            stdout: open("stdout")?,
-            stderr: open("stderr")?,
+            stdout: open(stdout)?,
+            stderr: open(stderr)?,
         })
     }
 }

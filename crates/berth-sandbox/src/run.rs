@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use berth_core::event::{Event, Stream};
 use berth_core::exit::{state_for_exit, ExitStatus, RunState};
+use berth_core::held::{held_key, PoolSpec};
 use berth_core::mask::Masker;
-use berth_core::plan::{self, ContainerPlan, PlanContext};
+use berth_core::plan::{self, PlanContext};
 use berth_core::record::RunRecord;
 use berth_core::spec::PullPolicy;
 use berth_core::units::{format_bytes, format_duration};
 use berth_engine::{Engine, EngineError, ImageInfo, PullProgress};
+use futures_util::stream::{BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -171,6 +173,17 @@ pub struct DockerRun {
     pub stdin: Option<Vec<u8>>,
     /// Copy mode's upload (see `workspace`); `Mounted` for the other modes.
     pub workspace: crate::workspace::WorkspaceSetup,
+    /// Where held containers keep their directories (`<state dir>/held`).
+    pub held_root: PathBuf,
+    /// The warm pool configured for this run's profile or image, if any.
+    pub pool: Option<PoolSpec>,
+}
+
+/// What a run's command runs in: a container of its own, or a held container whose supervisor
+/// receives the run as `frame` on its stdin.
+pub(crate) enum Target<'a> {
+    Container(&'a str),
+    Held { container: &'a str, frame: Vec<u8> },
 }
 
 /// How the wait ended, before the final state is decided.
@@ -198,7 +211,6 @@ pub async fn execute_docker<E: Engine>(
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
     plan_context.setup_frame = !run.secrets.is_empty() || run.stdin.is_some();
-    let container_plan = plan::plan_container(&spec, &plan_context);
 
     // A missing network would only surface at start; say so before anything is created.
     if let berth_core::spec::NetworkMode::Named(network) = &spec.network {
@@ -222,9 +234,79 @@ pub async fn execute_docker<E: Engine>(
             )),
         );
     }
+    // Held containers keep each run's FIFOs and `$BERTH_OUT` in directories of this host,
+    // which an engine elsewhere cannot mount: refused here (the CLI refuses earlier).
+    if spec.persistent.is_some() && plan_context.remote_engine {
+        return ctx.fail("", &remote_persistent_refused());
+    }
+    if spec.persistent.is_some() && spec.workspace_mode.is_isolated() {
+        return ctx.fail("", &isolated_persistent_refused(spec.workspace_mode));
+    }
+    if let Some(persistent) = spec.persistent.clone() {
+        let key = held_key(&spec, &plan_context, &image.id);
+        return crate::held_run::execute_persistent(
+            engine,
+            ctx,
+            &run,
+            plan_context,
+            key,
+            persistent,
+            interrupts,
+        )
+        .await;
+    }
+    match &run.pool {
+        // A kept container is for inspection afterwards: it gets one of its own. On a remote
+        // engine a run never takes from the pool (see `remote_persistent_refused`).
+        Some(pool)
+            if !spec.keep && !plan_context.remote_engine && !spec.workspace_mode.is_isolated() =>
+        {
+            let key = held_key(&spec, &plan_context, &image.id);
+            crate::held_run::execute_pooled(engine, ctx, &run, plan_context, key, pool, interrupts)
+                .await
+        }
+        _ => match execute_cold(engine, ctx, &run, plan_context, interrupts).await {
+            Ok((state, reason)) => ctx.finish(state, reason),
+            Err((context, e)) => ctx.fail(&context, &e),
+        },
+    }
+}
+
+/// Why a persistent container cannot be used on a remote engine, with what to do instead.
+pub fn remote_persistent_refused() -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
+        hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
+    }
+}
+
+/// Why copy and worktree modes cannot use a persistent container, with what to do instead.
+pub fn isolated_persistent_refused(mode: berth_core::spec::WorkspaceMode) -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: format!("--workspace-mode {mode} cannot be combined with a persistent container: each run gets its own copy or worktree of the workspace, while a persistent container keeps the one it was made with"),
+        hint: format!("drop --lifecycle persistent and --name to run in a container of its own with --workspace-mode {mode}, or use --workspace-mode rw with the persistent container"),
+    }
+}
+
+/// A run in a container of its own: create, drive, collect, remove. Returns the final state
+/// and reason, or why the container could not be created (to end the run with its hint).
+pub(crate) async fn execute_cold<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    run: &DockerRun,
+    plan_context: PlanContext,
+    interrupts: &mut Interrupts,
+) -> Result<(RunState, Option<String>), (String, SandboxError)> {
+    let spec = ctx.record.spec.clone();
+    let container_plan = plan::plan_container(&spec, &plan_context);
     let id = match engine.create_container(&container_plan).await {
         Ok(id) => id,
-        Err(e) => return ctx.fail("creating the container failed: ", &SandboxError::Engine(e)),
+        Err(e) => {
+            return Err((
+                "creating the container failed: ".to_string(),
+                SandboxError::Engine(e),
+            ))
+        }
     };
     ctx.record.container_id = Some(id.clone());
     ctx.record.container_name = Some(container_plan.name.clone());
@@ -234,20 +316,41 @@ pub async fn execute_docker<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    // Isolated workspaces (`workspace.rs`): copy mode uploads before the start and downloads
-    // the changed tree after the exit, while the container still exists.
-    let outcome = match crate::workspace::before_start(engine, &id, ctx, &run.workspace).await {
+    let fifos = plan_context
+        .io_host_path
+        .as_ref()
+        .map(|dir| (dir.join("stdout"), dir.join("stderr")));
+    // Before the command starts: a remote engine gets berth's files through the archive API
+    // (see `remote`), and copy mode uploads the workspace (see `workspace`). After the exit,
+    // while the container still exists, copy mode downloads the changed tree.
+    let prepared = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
+        Ok(()) => crate::workspace::before_start(engine, &id, ctx, &run.workspace).await,
+        Err(reason) => Err(reason),
+    };
+    let outcome = match prepared {
         Ok(()) => {
-            let outcome = drive(engine, &id, &container_plan, ctx, &run, interrupts).await;
+            let outcome = drive(
+                engine,
+                &Target::Container(&id),
+                container_plan.memory_bytes,
+                fifos,
+                ctx,
+                run,
+                interrupts,
+            )
+            .await;
             crate::workspace::after_exit(engine, &id, ctx, &run.workspace).await;
             outcome
         }
         Err(reason) => (RunState::Error, Some(reason)),
     };
-    collect_artifacts(engine, &id, ctx, &spec.artifacts).await;
+    // On a remote engine `/berth/out` is in the container's volume and comes back as an
+    // artifact; locally it is the run's out directory on this host.
+    let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
+    let out_dir = ctx.run_dir.out_dir();
+    collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
-    let (state, reason) = outcome;
-    ctx.finish(state, reason)
+    Ok(outcome)
 }
 
 /// Makes sure the image is present, pulling it as the policy says.
@@ -300,36 +403,28 @@ async fn ensure_image<E: Engine>(
 }
 
 /// Attaches, starts, feeds the setup frame, streams output and waits, honouring the timeout and
-/// interrupts. Returns the final state and its reason.
-async fn drive<E: Engine>(
+/// interrupts. `fifos` are the host paths of the command's stdout and stderr FIFOs, when the
+/// engine is local. Returns the final state and its reason.
+pub(crate) async fn drive<E: Engine>(
     engine: &E,
-    id: &str,
-    container_plan: &ContainerPlan,
+    target: &Target<'_>,
+    memory_bytes: i64,
+    fifos: Option<(PathBuf, PathBuf)>,
     ctx: &mut RunContext,
     run: &DockerRun,
     interrupts: &mut Interrupts,
 ) -> (RunState, Option<String>) {
     let spec = ctx.record.spec.clone();
-    let attached = match engine.attach(id).await {
-        Ok(a) => a,
-        Err(e) => {
-            return (
-                RunState::Error,
-                Some(format!("attaching to the container failed: {e}")),
-            )
-        }
-    };
     let pipes = ctx.output_pipes();
     let (mut stdout_pipe, mut stderr_pipe) = match pipes {
         Ok(p) => p,
         Err(e) => return (RunState::Error, Some(e.to_string())),
     };
-    let io_dir = container_plan
-        .binds
-        .iter()
-        .find(|b| b.target == berth_core::plan::IO_TARGET)
-        .map(|b| b.source.clone());
-    let fifos = match io_dir.as_deref().map(crate::pump::Fifos::open).transpose() {
+    let opened = fifos
+        .as_ref()
+        .map(|(out, err)| crate::pump::Fifos::open(out, err))
+        .transpose();
+    let opened = match opened {
         Ok(f) => f,
         Err(e) => {
             return (
@@ -338,12 +433,56 @@ async fn drive<E: Engine>(
             )
         }
     };
+    // A cancel that arrived while the image was pulled or the container created must stop the
+    // command before it ever runs.
+    let cancelled_early = |signal: &str| {
+        (
+            RunState::Cancelled,
+            Some(format!("cancelled by {signal} before the command started")),
+        )
+    };
+    let attached = match target {
+        Target::Container(id) => match engine.attach(id).await {
+            Ok(a) => a,
+            Err(e) => {
+                return (
+                    RunState::Error,
+                    Some(format!("attaching to the container failed: {e}")),
+                )
+            }
+        },
+        Target::Held { container, .. } => {
+            if let Ok(signal) = interrupts.try_recv() {
+                return cancelled_early(signal);
+            }
+            match engine.attach(container).await {
+                Ok(a) => a,
+                Err(e) => {
+                    return (
+                        RunState::Error,
+                        Some(format!("attaching to the held container failed: {e}")),
+                    )
+                }
+            }
+        }
+    };
+    // A held container's attach stream carries its supervisor's reports, not the command's
+    // output (which comes through the FIFOs).
+    let (output, status) = match target {
+        Target::Container(_) => (attached.output, None),
+        Target::Held { .. } => (futures_util::stream::empty().boxed(), Some(attached.output)),
+    };
     let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
-    let output = attached.output;
     // Output is pumped on its own task so that a slow terminal never delays signal handling.
     let pump = tokio::spawn(async move {
-        let failure =
-            crate::pump::pump(output, fifos, exited_rx, &mut stdout_pipe, &mut stderr_pipe).await;
+        let failure = crate::pump::pump(
+            output,
+            opened,
+            exited_rx,
+            &mut stdout_pipe,
+            &mut stderr_pipe,
+        )
+        .await;
         (
             failure,
             stdout_pipe.agent_outcome(),
@@ -351,34 +490,31 @@ async fn drive<E: Engine>(
         )
     });
 
-    // A cancel that arrived while the image was pulled or the container created must stop the
-    // command before it ever runs.
-    if let Ok(signal) = interrupts.try_recv() {
-        pump.abort();
-        return (
-            RunState::Cancelled,
-            Some(format!("cancelled by {signal} before the command started")),
-        );
-    }
-    if let Err(e) = engine.start(id).await {
-        pump.abort();
-        return match e {
-            EngineError::CommandNotFound(m) => {
-                ctx.record.exit_code = Some(127);
-                (RunState::Failed, Some(format!("command not found: {m}")))
-            }
-            EngineError::CannotInvoke(m) => {
-                ctx.record.exit_code = Some(126);
-                (
-                    RunState::Failed,
-                    Some(format!("command cannot be invoked: {m}")),
-                )
-            }
-            other => (
-                RunState::Error,
-                Some(format!("starting the container failed: {other}")),
-            ),
-        };
+    if let Target::Container(id) = target {
+        if let Ok(signal) = interrupts.try_recv() {
+            pump.abort();
+            return cancelled_early(signal);
+        }
+        if let Err(e) = engine.start(id).await {
+            pump.abort();
+            return match e {
+                EngineError::CommandNotFound(m) => {
+                    ctx.record.exit_code = Some(127);
+                    (RunState::Failed, Some(format!("command not found: {m}")))
+                }
+                EngineError::CannotInvoke(m) => {
+                    ctx.record.exit_code = Some(126);
+                    (
+                        RunState::Failed,
+                        Some(format!("command cannot be invoked: {m}")),
+                    )
+                }
+                other => (
+                    RunState::Error,
+                    Some(format!("starting the container failed: {other}")),
+                ),
+            };
+        }
     }
     ctx.record.started_at = Some(now_rfc3339());
     ctx.record.state = RunState::Running;
@@ -386,20 +522,38 @@ async fn drive<E: Engine>(
     ctx.emit(Event::Started);
 
     let mut input = attached.input;
-    // A command that exits before reading its stdin closes the pipe; that is not an error.
-    if !run.secrets.is_empty() || run.stdin.is_some() {
-        let _ = input
-            .write_all(&crate::shim::setup_frame(&run.secrets))
-            .await;
+    // The supervisor of a held container gets the whole run in one frame; its stdin stays open
+    // for signals until the run ends.
+    let mut control = None;
+    match target {
+        Target::Held { frame, .. } => {
+            if let Err(e) = input.write_all(frame).await {
+                let _ = exited_tx.send(());
+                // The run is over: the supervisor keeps its stdin, berth lets go of it.
+                drop(control);
+                return (
+                    RunState::Error,
+                    Some(format!("handing the run to the held container failed: {e}")),
+                );
+            }
+            control = Some(input);
+        }
+        Target::Container(_) => {
+            // A command that exits before reading its stdin closes the pipe; not an error.
+            if !run.secrets.is_empty() || run.stdin.is_some() {
+                let _ = input
+                    .write_all(&crate::shim::setup_frame(&run.secrets))
+                    .await;
+            }
+            if let Some(stdin) = &run.stdin {
+                // An agent's prompt read on stdin: after the frame, the command's own input.
+                let _ = input.write_all(stdin).await;
+            }
+            let _ = input.shutdown().await;
+        }
     }
-    if let Some(stdin) = &run.stdin {
-        // The prompt of an agent that reads it on stdin: after the frame, the command's own input.
-        let _ = input.write_all(stdin).await;
-    }
-    let _ = input.shutdown().await;
-    drop(input);
 
-    let wait = engine.wait(id);
+    let wait = wait_for(engine, target, status);
     tokio::pin!(wait);
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = if spec.timeout.is_zero() {
@@ -414,22 +568,22 @@ async fn drive<E: Engine>(
             result = &mut wait => break result,
             () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
-                signal(engine, id, ctx, "SIGTERM", &reason).await;
+                signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                 stop = Some(Stop::TimedOut(reason));
                 kill_at = Some(Instant::now() + spec.grace);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
-                signal(engine, id, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
+                signal(engine, target, &mut control, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
                 kill_at = None;
             }
             Some(name) = interrupts.recv() => {
                 if stop.is_none() {
                     let reason = format!("cancelled by {name}");
-                    signal(engine, id, ctx, "SIGTERM", &reason).await;
+                    signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                     stop = Some(Stop::Cancelled(reason));
                     kill_at = Some(Instant::now() + spec.grace);
                 } else {
-                    signal(engine, id, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
+                    signal(engine, target, &mut control, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
                     kill_at = None;
                 }
             }
@@ -456,24 +610,26 @@ async fn drive<E: Engine>(
     let agent_error = agent_failure(agent_outcome);
     // The FIFOs have served; left in place they would block anyone who reads the run directory.
     // The directory itself stays while the container exists (the engine needs bind sources).
-    if let Some(dir) = &io_dir {
-        for name in ["stdout", "stderr"] {
-            let _ = std::fs::remove_file(dir.join(name));
-        }
+    if let Some((out, err)) = &fifos {
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
     }
 
-    if let Err(e) = waited {
-        return (
-            RunState::Error,
-            Some(format!("lost track of the container: {e}")),
-        );
-    }
-    let exit = match engine.inspect_exit(id).await {
+    let reported = match waited {
+        Ok(reported) => reported,
+        Err(e) => {
+            return (
+                RunState::Error,
+                Some(format!("lost track of the container: {e}")),
+            )
+        }
+    };
+    let exit = match exit_of(engine, target, reported).await {
         Ok(exit) => exit,
         Err(e) => {
             return (
                 RunState::Error,
-                Some(format!("reading the container's exit failed: {e}")),
+                Some(format!("reading the command's exit failed: {e}")),
             )
         }
     };
@@ -494,7 +650,7 @@ async fn drive<E: Engine>(
             RunState::Failed,
             Some(format!(
                 "killed by the kernel's OOM killer: the sandbox exceeded its memory limit of {}",
-                format_bytes(container_plan.memory_bytes as u64)
+                format_bytes(memory_bytes as u64)
             )),
         ),
         // The agent's own verdict counts: an agent that reports an error failed, whatever its
@@ -526,23 +682,103 @@ pub(crate) fn agent_failure(outcome: Option<berth_agents::AgentOutcome>) -> Opti
     Some(format!("the agent reported an error: {what}"))
 }
 
-async fn signal<E: Engine>(engine: &E, id: &str, ctx: &mut RunContext, name: &str, reason: &str) {
+async fn signal<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    control: &mut Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    ctx: &mut RunContext,
+    name: &str,
+    reason: &str,
+) {
     ctx.emit(Event::Signal {
         signal: name.to_string(),
         reason: reason.to_string(),
     });
-    if let Err(e) = engine.kill(id, name).await {
+    let sent = match (target, control.as_mut()) {
+        (Target::Container(id), _) => engine.kill(id, name).await,
+        // The container's init would signal the supervisor, not the run: the supervisor passes
+        // it on to the run's process group.
+        (Target::Held { .. }, Some(control)) => control
+            .write_all(format!("signal {name}\n").as_bytes())
+            .await
+            .map_err(|e| EngineError::Connection(e.to_string())),
+        (Target::Held { .. }, None) => Err(EngineError::Connection(
+            "the held container's stdin is closed".into(),
+        )),
+    };
+    if let Err(e) = sent {
         ctx.emit(Event::Warning {
             message: format!("sending {name} failed: {e}"),
         });
     }
 }
 
-async fn collect_artifacts<E: Engine>(
+/// Waits until the command ended: the container exits, or the held container's supervisor
+/// reports the run's exit status (returned).
+async fn wait_for<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    status: Option<BoxStream<'static, Result<berth_engine::OutputChunk, EngineError>>>,
+) -> Result<Option<i64>, EngineError> {
+    match (target, status) {
+        (Target::Container(id), _) => engine.wait(id).await.map(|_| None),
+        (Target::Held { .. }, Some(mut status)) => {
+            let mut line = Vec::new();
+            while let Some(chunk) = status.next().await {
+                for byte in chunk?.data.iter() {
+                    if *byte != b'\n' {
+                        line.push(*byte);
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    line.clear();
+                    if let Some(code) = text
+                        .strip_prefix("berth-shim exit ")
+                        .and_then(|c| c.trim().parse().ok())
+                    {
+                        return Ok(Some(code));
+                    }
+                    if let Some(why) = text.strip_prefix("berth-shim refused: ") {
+                        return Err(EngineError::Connection(format!(
+                            "the held container refused the run: {why}"
+                        )));
+                    }
+                }
+            }
+            Err(EngineError::Connection(
+                "the held container stopped before the run ended".into(),
+            ))
+        }
+        (Target::Held { .. }, None) => Err(EngineError::Connection(
+            "no report stream from the held container".into(),
+        )),
+    }
+}
+
+/// How the command ended.
+async fn exit_of<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    reported: Option<i64>,
+) -> Result<berth_engine::ExitInfo, EngineError> {
+    match (target, reported) {
+        (_, Some(exit_code)) => Ok(berth_engine::ExitInfo {
+            exit_code,
+            oom_killed: false,
+            error: None,
+        }),
+        (Target::Container(id), None) | (Target::Held { container: id, .. }, None) => {
+            engine.inspect_exit(id).await
+        }
+    }
+}
+
+pub(crate) async fn collect_artifacts<E: Engine>(
     engine: &E,
     id: &str,
     ctx: &mut RunContext,
     paths: &[String],
+    out_dir: &std::path::Path,
 ) {
     let artifacts_dir = ctx.run_dir.artifacts_dir();
     let mut collected = Collected::default();
@@ -556,9 +792,8 @@ async fn collect_artifacts<E: Engine>(
             });
         }
     }
-    let out_dir: PathBuf = ctx.run_dir.out_dir();
     if out_dir.exists() {
-        if let Err(e) = artifacts::collect_out_dir(&out_dir, &artifacts_dir, &mut collected) {
+        if let Err(e) = artifacts::collect_out_dir(out_dir, &artifacts_dir, &mut collected) {
             ctx.emit(Event::Warning {
                 message: format!("collecting $BERTH_OUT failed: {e}"),
             });
@@ -571,7 +806,7 @@ async fn collect_artifacts<E: Engine>(
     });
 }
 
-async fn release_container<E: Engine>(
+pub(crate) async fn release_container<E: Engine>(
     engine: &E,
     id: &str,
     name: &str,
@@ -618,6 +853,7 @@ mod tests {
     use std::sync::Mutex;
 
     use berth_core::event::EventLine;
+    use berth_core::held::PersistentSpec;
     use berth_core::record::Execution;
     use berth_core::spec::{Fallback, NetworkMode, Resources, RunSpec, WorkspaceMode};
     use tokio::sync::mpsc::UnboundedSender;
@@ -668,6 +904,7 @@ mod tests {
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         }
     }
 
@@ -710,6 +947,16 @@ mod tests {
 
     impl Harness {
         async fn run(&mut self, engine: &FakeEngine) -> ExitStatus {
+            self.run_on(engine, false, None).await
+        }
+
+        /// A run on a local or remote engine, with the warm pool `pool` configured.
+        async fn run_on(
+            &mut self,
+            engine: &FakeEngine,
+            remote_engine: bool,
+            pool: Option<PoolSpec>,
+        ) -> ExitStatus {
             let run = DockerRun {
                 plan_context: PlanContext {
                     run_id: self.ctx.record.id.clone(),
@@ -725,10 +972,13 @@ mod tests {
                     setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
+                    remote_engine,
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,
                 workspace: Default::default(),
+                held_root: self.tmp.path().join("state/held"),
+                pool,
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }
@@ -863,6 +1113,59 @@ mod tests {
         let plan = fake.plan().unwrap();
         assert_eq!(&plan.entrypoint[..2], ["/berth/shim", "--no-setup"]);
         assert_eq!(plan.entrypoint.last().map(String::as_str), Some("--"));
+    }
+
+    #[tokio::test]
+    async fn remote_engine_fills_the_berth_volume_before_start_and_collects_berth_out() {
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        let pool = PoolSpec {
+            name: "busybox".into(),
+            size: 2,
+            idle_ttl: secs(60),
+        };
+
+        // The configured pool is not used there: the run gets a container of its own.
+        h.run_on(&fake, true, Some(pool)).await;
+
+        let calls = fake.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c);
+        assert!(
+            at("create") < at("upload /berth") && at("upload /berth") < at("start"),
+            "{calls:?}"
+        );
+        assert!(at("download /berth/out").is_some(), "{calls:?}");
+        assert!(
+            at("list_managed").is_none() && at("exec").is_none(),
+            "{calls:?}"
+        );
+        assert_eq!(fake.plan().unwrap().berth_volume.unwrap().target, "/berth");
+    }
+
+    #[tokio::test]
+    async fn remote_engine_refuses_a_persistent_container_before_create() {
+        let mut s = spec();
+        s.persistent = Some(PersistentSpec {
+            agent: "default".into(),
+            name: "default".into(),
+            max_containers: 3,
+            idle_ttl: secs(60),
+        });
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script::default());
+
+        let status = h.run_on(&fake, true, None).await;
+
+        assert_ne!(status, ExitStatus::Success);
+        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(h.record().state, RunState::Error);
+        assert!(
+            h.reason()
+                .contains("persistent containers are not supported on a remote engine"),
+            "{}",
+            h.reason()
+        );
+        assert!(h.finished_hint().unwrap().contains("drop --engine"));
     }
 
     #[tokio::test]

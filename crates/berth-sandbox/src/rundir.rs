@@ -172,19 +172,7 @@ impl RunDir {
     pub fn create_out_dir(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
         let out = self.out_dir();
         fs_err::create_dir_all(&out).map_err(|e| SandboxError::io(&out, e))?;
-        // When berth runs as root the sandbox user differs from the owner; hand the directory
-        // over. Otherwise (unprivileged berth, other --user) it must be writable by anyone.
-        #[allow(unsafe_code)]
-        let euid = unsafe { libc::geteuid() };
-        if euid == 0 {
-            std::os::unix::fs::chown(&out, Some(uid), Some(gid))
-                .map_err(|e| SandboxError::io(&out, e))?;
-            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| SandboxError::io(&out, e))?;
-        } else if euid != uid {
-            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| SandboxError::io(&out, e))?;
-        }
+        hand_over(&out, uid, gid, 0o700, 0o777)?;
         Ok(out)
     }
 
@@ -200,19 +188,7 @@ impl RunDir {
             .mode(0o755)
             .create(&io)
             .map_err(|e| SandboxError::io(&io, e))?;
-        for name in ["stdout", "stderr"] {
-            let path = io.join(name);
-            make_fifo(&path).map_err(|e| SandboxError::io(&path, e))?;
-            #[allow(unsafe_code)]
-            let euid = unsafe { libc::geteuid() };
-            if euid == 0 {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .map_err(|e| SandboxError::io(&path, e))?;
-            } else if euid != uid {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622))
-                    .map_err(|e| SandboxError::io(&path, e))?;
-            }
-        }
+        create_fifos(&[io.join("stdout"), io.join("stderr")], uid, gid)?;
         Ok(io)
     }
 
@@ -285,6 +261,39 @@ impl EventLog {
             .map_err(|e| SandboxError::io(&self.path, e))?;
         Ok(line)
     }
+}
+
+/// Makes `path` usable by the sandbox user `uid:gid`: handed over with `owned_mode` when berth
+/// runs as root, opened with `open_mode` when the sandbox user is someone else.
+pub(crate) fn hand_over(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    owned_mode: u32,
+    open_mode: u32,
+) -> Result<(), SandboxError> {
+    #[allow(unsafe_code)] // geteuid cannot fail and touches no memory.
+    // SAFETY: a plain syscall without arguments.
+    let euid = unsafe { libc::geteuid() };
+    let result = if euid == 0 {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).and_then(|()| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(owned_mode))
+        })
+    } else if euid != uid {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(open_mode))
+    } else {
+        Ok(())
+    };
+    result.map_err(|e| SandboxError::io(path, e))
+}
+
+/// Creates FIFOs at `paths` that the sandbox user `uid:gid` can write.
+pub(crate) fn create_fifos(paths: &[PathBuf], uid: u32, gid: u32) -> Result<(), SandboxError> {
+    for path in paths {
+        make_fifo(path).map_err(|e| SandboxError::io(path, e))?;
+        hand_over(path, uid, gid, 0o600, 0o622)?;
+    }
+    Ok(())
 }
 
 /// mkfifo(3) with mode 0600; std has no wrapper.

@@ -34,7 +34,14 @@ pub fn load(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(SandboxError::io(path, e)),
         };
-        let file = config::parse(&path.display().to_string(), &text)?;
+        let mut file = config::parse(&path.display().to_string(), &text)?;
+        if let Some(name) = settings.file.redefined_engines(&file).first() {
+            return Err(SandboxError::Invalid(format!(
+                "{}: `[engines.{name}]` is already defined in {}; a workspace may not replace a user's engine, rename one of them",
+                path.display(),
+                settings.sources.first().map_or_else(String::new, |p| p.display().to_string())
+            )));
+        }
         if !file.profiles.is_empty() {
             settings
                 .profile_layers
@@ -43,6 +50,20 @@ pub fn load(
         let base = path.parent().unwrap_or(Path::new("/"));
         for allowed in &file.allowed_paths {
             settings.allowed_paths.push(absolute(allowed, base, home));
+        }
+        // An engine's files are relative to the file that names them.
+        for engine in file.engines.values_mut() {
+            for value in [
+                &mut engine.identity,
+                &mut engine.ca,
+                &mut engine.cert,
+                &mut engine.key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *value = absolute(value, base, home).display().to_string();
+            }
         }
         settings.file = std::mem::take(&mut settings.file).merged(file);
         settings.sources.push(path.to_path_buf());
@@ -81,6 +102,38 @@ mod tests {
             [PathBuf::from("/home/ann/data"), ws.join("../shared")]
         );
         assert_eq!(s.sources.len(), 2);
+    }
+
+    #[test]
+    fn engine_paths_are_absolute_and_a_workspace_cannot_replace_a_users_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.toml");
+        std::fs::write(
+            &user,
+            "[engines.box]\nhost = \"tcp://box:2376\"\nca = \"certs/ca.pem\"\ncert = \"~/c.pem\"\nkey = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let s = load(Some(&user), &ws, Some(Path::new("/home/ann"))).unwrap();
+        let engine = &s.file.engines["box"];
+        assert_eq!(
+            engine.ca.as_deref(),
+            Some(dir.path().join("certs/ca.pem").to_str().unwrap())
+        );
+        assert_eq!(engine.cert.as_deref(), Some("/home/ann/c.pem"));
+        assert_eq!(engine.key.as_deref(), Some("/k.pem"));
+
+        std::fs::write(
+            ws.join("berth.toml"),
+            "[engines.box]\nhost = \"ssh://elsewhere\"\n",
+        )
+        .unwrap();
+        let e = load(Some(&user), &ws, None).unwrap_err().to_string();
+        assert!(
+            e.contains("`[engines.box]` is already defined in") && e.contains("user.toml"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -58,6 +58,44 @@ pub fn setup_frame(secrets: &[(String, String)]) -> Vec<u8> {
     frame
 }
 
+/// The run frame a held container's supervisor (`/berth/shim --serve`) reads: the setup frame's
+/// secrets, then the run's environment, argv, working directory, output FIFOs and input.
+pub fn run_frame(
+    run: &berth_core::held::RunRequest,
+    secrets: &[(String, String)],
+    input: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut frame = b"berth-shim-v1\n".to_vec();
+    let mut part = |header: String, value: &[u8]| {
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(value);
+        frame.push(b'\n');
+    };
+    for (name, value) in secrets {
+        part(format!("secret {name} {}\n", value.len()), value.as_bytes());
+    }
+    for (name, value) in &run.env {
+        part(format!("env {name} {}\n", value.len()), value.as_bytes());
+    }
+    for arg in &run.argv {
+        part(format!("arg {}\n", arg.len()), arg.as_bytes());
+    }
+    part(format!("cwd {}\n", run.cwd.len()), run.cwd.as_bytes());
+    part(
+        format!("stdout {}\n", run.stdout.len()),
+        run.stdout.as_bytes(),
+    );
+    part(
+        format!("stderr {}\n", run.stderr.len()),
+        run.stderr.as_bytes(),
+    );
+    if let Some(input) = input {
+        part(format!("input {}\n", input.len()), input);
+    }
+    frame.extend_from_slice(b"end\n");
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -4,16 +4,13 @@
 //! (honouring `.gitignore`, `.berthignore` and git's excludes, leaving out `.git` and berth's
 //! state directory) and its size checked against the copy limit. After the container is
 //! created and before it starts, the tree is streamed as a tar through the archive API, every
-//! entry owned by the sandbox user so the unprivileged command can change it. With a writable
-//! root file system the tree lands in the container's own layer (uploaded to `/` with a
-//! `workspace/` top entry, which sets the directory's owner too). With `--read-only` the plan
-//! puts an anonymous volume on `/workspace` (removed with the container), because the archive
-//! API refuses a read-only root and a tmpfs only exists once the container runs. Docker never
-//! applies an archive's root entry to an existing directory, so that volume's top directory
-//! stays owned by root: files and directories inside it belong to the sandbox user, but the
-//! command cannot create or delete entries at the top level. After the command exits (before
-//! the container is removed), `/workspace` is downloaded through berth-archive's safe extraction
-//! into `<run dir>/workspace/` and compared with the uploaded files into `diff.patch`.
+//! entry owned by the sandbox user so the unprivileged command can change it. The tree lands in
+//! the container's own layer (uploaded to `/` with a `workspace/` top entry, which sets the
+//! directory's owner too), which works the same on a remote engine. A read-only root is refused
+//! (`berth_core::plan::check_copy` says why no volume or tmpfs can stand in). After the command
+//! exits (before the container is removed), `/workspace` is downloaded through berth-archive's
+//! safe extraction into `<run dir>/workspace/` and compared with the uploaded files into
+//! `diff.patch`.
 //!
 //! **Worktree mode** makes a `git worktree` of HEAD on the branch `berth/<run-id>` in
 //! `<run dir>/workspace/`, bind-mounted at `/workspace`. Afterwards everything the run changed
@@ -74,8 +71,6 @@ pub struct CopySource {
     /// The sandbox user, owner of every uploaded entry.
     uid: u32,
     gid: u32,
-    /// Whether `/workspace` is a volume (read-only root) rather than the container's layer.
-    into_volume: bool,
     /// The user's git checkout, when the workspace lies in one: root, prefix, HEAD.
     repo: Option<RepoInfo>,
     limit: u64,
@@ -114,7 +109,6 @@ pub fn scan_copy(
     exclude: Option<&Path>,
     limit: u64,
     owner: (u32, u32),
-    read_only_root: bool,
 ) -> Result<CopySource, SandboxError> {
     let root_meta = std::fs::metadata(root).map_err(|e| SandboxError::io(root, e))?;
     let exclude = exclude.map(Path::to_path_buf);
@@ -173,7 +167,6 @@ pub fn scan_copy(
         total_bytes,
         uid: owner.0,
         gid: owner.1,
-        into_volume: read_only_root,
         repo: repo_info(root),
         limit,
     })
@@ -203,14 +196,11 @@ impl CopySource {
     fn write_tar<W: Write>(&self, out: W, progress: &mut dyn FnMut(u64)) -> std::io::Result<()> {
         let mut tar = tar::Builder::new(out);
         tar.mode(tar::HeaderMode::Deterministic);
-        let prefix = if self.into_volume {
-            PathBuf::new()
-        } else {
-            // Into the container's layer from `/`: the top entry sets /workspace's owner.
-            let mut header = self.header(tar::EntryType::Directory, self.root_mode, 0);
-            tar.append_data(&mut header, "workspace/", std::io::empty())?;
-            PathBuf::from("workspace")
-        };
+        // Into the container's layer from `/`: the top entry sets /workspace's owner and mode
+        // (the engine would leave the directory it extracts into as it is).
+        let mut header = self.header(tar::EntryType::Directory, self.root_mode, 0);
+        tar.append_data(&mut header, "workspace/", std::io::empty())?;
+        let prefix = PathBuf::from("workspace");
         let mut done = 0u64;
         for (rel, kind) in &self.entries {
             let name = prefix.join(rel);
@@ -355,12 +345,7 @@ pub async fn before_start<E: Engine>(
     };
     drop(tx);
     let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-    let path = if source.into_volume {
-        WORKSPACE_TARGET
-    } else {
-        "/"
-    };
-    let uploaded = engine.upload(container_id, path, body).await;
+    let uploaded = engine.upload(container_id, "/", body).await;
     let written = writer.await;
     reporter.transfer_progress(WHAT, total, total);
     match (written, uploaded) {
@@ -395,7 +380,6 @@ impl CopySourceView {
             total_bytes: source.total_bytes,
             uid: source.uid,
             gid: source.gid,
-            into_volume: source.into_volume,
             repo: source.repo.clone(),
             limit: source.limit,
         }))
@@ -1207,20 +1191,20 @@ mod tests {
         write(root, ".berth/runs/x/run.json", "{}");
         let state = root.join(".berth");
 
-        let source = scan_copy(root, Some(&state), 1 << 20, (1000, 1000), false).unwrap();
+        let source = scan_copy(root, Some(&state), 1 << 20, (1000, 1000)).unwrap();
 
         assert_eq!(
             names(&source),
             [".berthignore", ".gitignore", "src", "src/main.rs"]
         );
-        assert_eq!(source.total_bytes(), 13 + 13 + 12);
+        assert_eq!(source.total_bytes(), 13 + 11 + 13);
     }
 
     #[test]
     fn the_scan_refuses_a_workspace_over_the_limit_naming_it_and_the_option() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "big", &"x".repeat(2048));
-        let err = scan_copy(dir.path(), None, 1024, (1, 1), false).unwrap_err();
+        let err = scan_copy(dir.path(), None, 1024, (1, 1)).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("1.0 KiB") || message.contains("1 KiB") || message.contains("1024"),
@@ -1240,33 +1224,26 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink("run.sh", dir.path().join("link")).unwrap();
-        for into_volume in [false, true] {
-            let source = scan_copy(dir.path(), None, 1 << 20, (1234, 5678), into_volume).unwrap();
-            let mut tar_bytes = Vec::new();
-            source.write_tar(&mut tar_bytes, &mut |_| {}).unwrap();
-            let mut archive = tar::Archive::new(tar_bytes.as_slice());
-            let mut seen = Vec::new();
-            for entry in archive.entries().unwrap() {
-                let entry = entry.unwrap();
-                let h = entry.header();
-                assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (1234, 5678));
-                seen.push((
-                    entry.path().unwrap().display().to_string(),
-                    h.mode().unwrap() & 0o777,
-                ));
-            }
-            let top = if into_volume { "" } else { "workspace/" };
-            assert!(seen.contains(&(format!("{top}run.sh"), 0o755)), "{seen:?}");
-            assert!(
-                seen.iter().any(|(p, _)| *p == format!("{top}link")),
-                "{seen:?}"
-            );
-            assert_eq!(
-                seen.iter().any(|(p, _)| p == "workspace"),
-                !into_volume,
-                "{seen:?}"
-            );
+        let source = scan_copy(dir.path(), None, 1 << 20, (1234, 5678)).unwrap();
+        let mut tar_bytes = Vec::new();
+        source.write_tar(&mut tar_bytes, &mut |_| {}).unwrap();
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (1234, 5678));
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                h.mode().unwrap() & 0o777,
+            ));
         }
+        assert!(
+            seen.contains(&("workspace/run.sh".into(), 0o755)),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|(p, _)| p == "workspace/link"), "{seen:?}");
+        assert_eq!(seen[0], ("workspace/".into(), 0o755), "{seen:?}");
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! `/run/secrets/NAME`, then replaces itself with the command. Everything on stdin after the
 //! frame belongs to the command, so the frame is read without any buffering.
 //!
+//! With `--serve` it is the supervisor of a held container (persistent, or from the warm pool):
+//! instead of one command it runs one command per *run frame* berth writes on its stdin (the
+//! setup frame plus the command's argv, working directory, output FIFOs and input), answers on
+//! its stdout (`berth-shim exit CODE`), and passes `signal NAME` lines on to the running command's
+//! process group. A run in a held container then costs one write, not an engine exec.
+//!
 //! Standard library only: berth compiles this file with plain `rustc` into a static executable.
 
 use std::ffi::{OsStr, OsString};
@@ -50,20 +56,45 @@ struct Var {
     value: Vec<u8>,
 }
 
+/// A parsed frame: the setup (secrets, environment) and, in a run frame for `--serve`, the
+/// command and where its input and output go.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Frame {
+    vars: Vec<Var>,
+    args: Vec<Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+    stdout: Option<Vec<u8>>,
+    stderr: Option<Vec<u8>>,
+    input: Option<Vec<u8>>,
+}
+
+/// The largest input (an agent's prompt) a run frame carries.
+const MAX_INPUT: usize = 64 << 20;
+
 /// Parses a whole setup frame from `r`, reading not one byte past its `end` line (provided `r`
 /// itself does not buffer). Error messages never contain a value.
 fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
     if read_line(r)? != MAGIC {
         return Err(format!("first line is not `{MAGIC}`"));
     }
-    let mut vars: Vec<Var> = Vec::new();
+    let frame = parse_frame_body(r)?;
+    if !frame.args.is_empty() || frame.cwd.is_some() || frame.input.is_some() {
+        return Err("a run frame is only for --serve".into());
+    }
+    Ok(frame.vars)
+}
+
+/// Parses the lines after the magic line up to `end`.
+fn parse_frame_body(r: &mut impl Read) -> Result<Frame, String> {
+    let mut frame = Frame::default();
     loop {
         let line = read_line(r)?;
         let fields: Vec<&str> = line.split(' ').collect();
-        let kind = match fields[..] {
-            ["end"] => return Ok(vars),
-            ["secret", _, _] => Kind::Secret,
-            ["env", _, _] => Kind::Env,
+        let (kind, name, len) = match fields[..] {
+            ["end"] => return Ok(frame),
+            ["secret", name, len] => (Some(Kind::Secret), name, len),
+            ["env", name, len] => (Some(Kind::Env), name, len),
+            [part @ ("arg" | "cwd" | "stdout" | "stderr" | "input"), len] => (None, part, len),
             // Not echoed: after a framing mistake this "line" may be part of a secret.
             _ => {
                 return Err(
@@ -71,19 +102,25 @@ fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
                 )
             }
         };
-        let (name, len) = (fields[1], fields[2]);
-        if !valid_name(name) {
-            return Err("invalid variable name".into());
-        }
-        if vars.iter().any(|v| v.name == name) {
-            return Err(format!("{name} given twice"));
+        if kind.is_some() {
+            if !valid_name(name) {
+                return Err("invalid variable name".into());
+            }
+            if frame.vars.iter().any(|v| v.name == name) {
+                return Err(format!("{name} given twice"));
+            }
         }
         let len: usize = match len.parse() {
             Ok(n) if len.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("invalid length for {name}")),
         };
-        if len > MAX_VALUE {
-            return Err(format!("value of {name} is longer than {MAX_VALUE} bytes"));
+        let max = if name == "input" {
+            MAX_INPUT
+        } else {
+            MAX_VALUE
+        };
+        if len > max {
+            return Err(format!("value of {name} is longer than {max} bytes"));
         }
         let mut value = vec![0; len];
         r.read_exact(&mut value)
@@ -96,15 +133,22 @@ fn parse_frame(r: &mut impl Read) -> Result<Vec<Var>, String> {
                 "value of {name} is not followed by a newline (wrong length?)"
             ));
         }
-        // An environment variable cannot hold a NUL byte.
-        if value.contains(&0) {
+        // An environment variable, an argument or a path cannot hold a NUL byte.
+        if name != "input" && value.contains(&0) {
             return Err(format!("value of {name} contains a NUL byte"));
         }
-        vars.push(Var {
-            kind,
-            name: name.to_string(),
-            value,
-        });
+        match (kind, name) {
+            (Some(kind), _) => frame.vars.push(Var {
+                kind,
+                name: name.to_string(),
+                value,
+            }),
+            (None, "arg") => frame.args.push(value),
+            (None, "cwd") => frame.cwd = Some(value),
+            (None, "stdout") => frame.stdout = Some(value),
+            (None, "stderr") => frame.stderr = Some(value),
+            (None, _) => frame.input = Some(value),
+        }
     }
 }
 
@@ -160,20 +204,37 @@ fn fail(code: i32, msg: &str) -> ! {
     exit(code)
 }
 
-/// Leading `--stdout=PATH` / `--stderr=PATH` options (up to `--`) and the command after them.
-/// berth passes FIFOs on a bind mount there, so bulk output bypasses the engine's attach stream.
-fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, bool, Vec<OsString>) {
-    let (mut stdout, mut stderr, mut setup) = (None, None, true);
+/// The shim's options, which come before `--` and the command.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    /// `--stdout=PATH` / `--stderr=PATH`: FIFOs on a bind mount that berth reads on the host, so
+    /// bulk output bypasses the engine's attach stream.
+    stdout: Option<OsString>,
+    stderr: Option<OsString>,
+    /// Read a setup frame from stdin first; `--no-setup` says there is nothing to receive.
+    setup: bool,
+    /// `--serve`: supervise runs sent as frames on stdin (a held container).
+    serve: bool,
+}
+
+fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
+    let mut options = Options {
+        stdout: None,
+        stderr: None,
+        setup: true,
+        serve: false,
+    };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
         let bytes = arg.as_bytes();
         if let Some(path) = bytes.strip_prefix(b"--stdout=") {
-            stdout = Some(OsStr::from_bytes(path).to_os_string());
+            options.stdout = Some(OsStr::from_bytes(path).to_os_string());
         } else if let Some(path) = bytes.strip_prefix(b"--stderr=") {
-            stderr = Some(OsStr::from_bytes(path).to_os_string());
+            options.stderr = Some(OsStr::from_bytes(path).to_os_string());
         } else if bytes == b"--no-setup" {
-            // Nothing to receive (no secrets, no input): start the command at once.
-            setup = false;
+            options.setup = false;
+        } else if bytes == b"--serve" {
+            options.serve = true;
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -182,7 +243,232 @@ fn split_options(args: Vec<OsString>) -> (Option<OsString>, Option<OsString>, bo
         }
         rest.next();
     }
-    (stdout, stderr, setup, rest.collect())
+    (options, rest.collect())
+}
+
+/// What the supervisor's threads hand to its main loop.
+enum Message {
+    Run(Box<Frame>),
+    Signal(i32),
+    /// A malformed frame or line: reported, and the supervisor stops.
+    Bad(String),
+    /// The command started by the last run frame ended with this status.
+    Exited(i32),
+    Eof,
+}
+
+fn signal_number(name: &str) -> Option<i32> {
+    Some(match name.trim_start_matches("SIG") {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
+/// Reads frames and `signal NAME` lines from stdin until it ends.
+fn read_messages(tx: std::sync::mpsc::Sender<Message>) {
+    let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            let _ = tx.send(Message::Bad(format!("cannot read stdin: {e}")));
+            return;
+        }
+    };
+    loop {
+        let line = match read_line(&mut stdin) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = tx.send(Message::Eof);
+                return;
+            }
+        };
+        let message = if line == MAGIC {
+            match parse_frame_body(&mut stdin) {
+                Ok(frame) => Message::Run(Box::new(frame)),
+                Err(e) => Message::Bad(format!("bad run frame: {e}")),
+            }
+        } else if let Some(number) = line.strip_prefix("signal ").and_then(signal_number) {
+            Message::Signal(number)
+        } else {
+            Message::Bad("expected a run frame or `signal NAME`".into())
+        };
+        let stop = matches!(message, Message::Bad(_));
+        if tx.send(message).is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Tells berth what happened (`berth-shim started`, `berth-shim exit CODE`), on the attach stream.
+fn report(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "berth-shim {line}");
+    let _ = out.flush();
+}
+
+/// The supervisor of a held container: one command per run frame, one at a time.
+fn serve() -> ! {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = tx.clone();
+    std::thread::spawn(move || read_messages(reader));
+    let secrets_dir = std::env::var_os(SECRETS_DIR_VAR).unwrap_or_else(|| SECRETS_DIR.into());
+    let secrets_dir = Path::new(&secrets_dir).to_path_buf();
+    // The process group of the running command, if any.
+    let mut running: Option<i32> = None;
+    loop {
+        let Ok(message) = rx.recv() else { exit(0) };
+        match message {
+            Message::Run(frame) if running.is_none() => match start(&frame, &secrets_dir, &tx) {
+                Ok(pid) => {
+                    running = Some(pid);
+                    report("started");
+                }
+                Err((code, why)) => {
+                    write_to_stderr_of(&frame, &why);
+                    report(&format!("exit {code}"));
+                }
+            },
+            Message::Run(_) => report("refused: a command is already running"),
+            Message::Signal(number) => {
+                if let Some(pid) = running {
+                    sys::kill(-pid, number);
+                }
+            }
+            Message::Exited(code) => {
+                running = None;
+                report(&format!("exit {code}"));
+            }
+            Message::Bad(why) => {
+                eprintln!("berth-shim: {why}");
+                exit(EXIT_SHIM);
+            }
+            // berth keeps the container's stdin open; its end means the container is going away.
+            Message::Eof => {
+                if let Some(pid) = running {
+                    sys::kill(-pid, 9);
+                }
+                exit(0);
+            }
+        }
+    }
+}
+
+/// Starts the command of `frame` in a process group of its own; a thread reports its exit.
+/// Fails with the exit status and message `docker run` would give.
+fn start(
+    frame: &Frame,
+    secrets_dir: &Path,
+    tx: &std::sync::mpsc::Sender<Message>,
+) -> Result<i32, (i32, String)> {
+    let Some((program, args)) = frame.args.split_first() else {
+        return Err((EXIT_SHIM, "berth-shim: no command given".into()));
+    };
+    let program = OsStr::from_bytes(program);
+    let mut cmd = Command::new(program);
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .env_remove(SECRETS_DIR_VAR)
+        .process_group(0);
+    clear_secrets(secrets_dir);
+    for var in &frame.vars {
+        if var.kind == Kind::Secret {
+            write_secret(secrets_dir, &var.name, &var.value).map_err(|e| {
+                (
+                    EXIT_SHIM,
+                    format!("berth-shim: cannot write secret {}: {e}", var.name),
+                )
+            })?;
+        }
+        cmd.env(&var.name, OsStr::from_bytes(&var.value));
+    }
+    if std::env::var_os("PATH").is_none() && !frame.vars.iter().any(|v| v.name == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if let Some(dir) = &frame.cwd {
+        cmd.current_dir(OsStr::from_bytes(dir));
+    }
+    let output = |path: &Option<Vec<u8>>| -> Result<Stdio, (i32, String)> {
+        match path {
+            None => Ok(Stdio::null()),
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(OsStr::from_bytes(path))
+                .map(Stdio::from)
+                .map_err(|e| (EXIT_SHIM, format!("berth-shim: cannot open output: {e}"))),
+        }
+    };
+    cmd.stdout(output(&frame.stdout)?);
+    cmd.stderr(output(&frame.stderr)?);
+    cmd.stdin(if frame.input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let argv0 = program.to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        ErrorKind::NotFound => (127, format!("berth: command not found: {argv0}")),
+        _ => (126, format!("berth: cannot run {argv0}: {e}")),
+    })?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), frame.input.clone()) {
+        // A command that exits without reading its input closes the pipe; that is not an error.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let pid = child.id() as i32;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        use std::os::unix::process::ExitStatusExt;
+        let code = match child.wait() {
+            Ok(status) => status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            Err(_) => EXIT_SHIM,
+        };
+        let _ = tx.send(Message::Exited(code));
+    });
+    Ok(pid)
+}
+
+/// Writes a start failure where the run's stderr goes, so it shows like the command's own.
+fn write_to_stderr_of(frame: &Frame, why: &str) {
+    let written = frame.stderr.as_ref().is_some_and(|path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(OsStr::from_bytes(path))
+            .and_then(|mut f| writeln!(f, "{why}"))
+            .is_ok()
+    });
+    if !written {
+        eprintln!("{why}");
+    }
+}
+
+mod sys {
+    extern "C" {
+        #[link_name = "kill"]
+        fn libc_kill(pid: i32, signal: i32) -> i32;
+    }
+
+    /// kill(2); std has no wrapper for arbitrary processes and the shim takes no libc crate.
+    #[allow(unsafe_code)] // a plain syscall with integer arguments.
+    pub fn kill(pid: i32, signal: i32) {
+        // SAFETY: kill takes two integers and touches no memory of ours.
+        unsafe {
+            libc_kill(pid, signal);
+        }
+    }
+}
+
+/// Removes the secret files an earlier run left in a reused container.
+fn clear_secrets(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Opens an output FIFO (or file) for the command's stdout or stderr.
@@ -217,7 +503,16 @@ fn read_setup() -> Vec<Var> {
 }
 
 fn main() {
-    let (stdout, stderr, setup, command) = split_options(std::env::args_os().skip(1).collect());
+    let (options, command) = split_options(std::env::args_os().skip(1).collect());
+    if options.serve {
+        serve();
+    }
+    let Options {
+        stdout,
+        stderr,
+        setup,
+        ..
+    } = options;
     let mut args = command.into_iter();
     let Some(program) = args.next() else {
         fail(EXIT_SHIM, "berth-shim: no command given")
@@ -231,6 +526,7 @@ fn main() {
     let secrets_dir = Path::new(&secrets_dir);
     let mut cmd = Command::new(&program);
     cmd.args(args).env_remove(SECRETS_DIR_VAR);
+    clear_secrets(secrets_dir);
     if vars.iter().any(|v| v.kind == Kind::Secret) && !secrets_dir.is_dir() {
         fail(
             EXIT_SHIM,
@@ -389,11 +685,11 @@ mod option_tests {
     use super::*;
 
     fn split(args: &[&str]) -> (Option<String>, Option<String>, Vec<String>) {
-        let (o, e, _, rest) = split_options(args.iter().map(OsString::from).collect());
+        let (o, rest) = split_options(args.iter().map(OsString::from).collect());
         let s = |v: Option<OsString>| v.map(|v| v.to_string_lossy().into_owned());
         (
-            s(o),
-            s(e),
+            s(o.stdout),
+            s(o.stderr),
             rest.into_iter()
                 .map(|v| v.to_string_lossy().into_owned())
                 .collect(),
@@ -425,11 +721,21 @@ mod setup_option_tests {
     #[test]
     fn no_setup_is_an_option_before_the_command() {
         let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        let (_, _, setup, rest) = split_options(args(&["--no-setup", "--", "true"]));
-        assert!(!setup);
+        let (o, rest) = split_options(args(&["--no-setup", "--", "true"]));
+        assert!(!o.setup);
         assert_eq!(rest, args(&["true"]));
-        let (_, _, setup, rest) = split_options(args(&["--", "--no-setup"]));
-        assert!(setup, "after `--` it is the command");
+        let (o, rest) = split_options(args(&["--", "--no-setup"]));
+        assert!(o.setup, "after `--` it is the command");
         assert_eq!(rest, args(&["--no-setup"]));
+    }
+
+    #[test]
+    fn serve_is_an_option() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let (o, rest) = split_options(args(&["--serve"]));
+        assert!(o.serve && rest.is_empty());
+        let (o, rest) = split_options(args(&["--no-setup", "--", "--serve"]));
+        assert!(!o.serve && !o.setup);
+        assert_eq!(rest, args(&["--serve"]));
     }
 }

@@ -86,7 +86,9 @@ fn missing_command_exits_127() {
 #[test]
 fn non_executable_file_exits_126() {
     let dir = TempDir::new("noexec");
-    let file = dir.0.join("script");
+    // Not in the secrets directory itself: the shim clears that of earlier runs' files.
+    std::fs::create_dir(dir.0.join("bin")).unwrap();
+    let file = dir.0.join("bin/script");
     std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let file = file.to_str().unwrap();
@@ -116,17 +118,27 @@ fn bad_frame_and_no_command_exit_125() {
 }
 
 #[test]
-fn existing_secret_file_is_not_replaced() {
+fn earlier_runs_secret_files_are_replaced_or_removed() {
+    // A reused (persistent) container still has the files of the run before: a refreshed token
+    // replaces its old value, and a secret this run does not get is gone.
     let dir = TempDir::new("exists");
     std::fs::write(dir.0.join("TOKEN"), "old").unwrap();
+    std::fs::write(dir.0.join("STALE"), "old").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.0.join("LINK")).unwrap();
     let out = shim(
         &["true"],
-        b"berth-shim-v1\nsecret TOKEN 6\nhunter\nend\n",
+        b"berth-shim-v1\nsecret TOKEN 6\nhunter\nsecret LINK 3\nabc\nend\n",
         &dir,
     );
-    assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("cannot write secret TOKEN") && !stderr(&out).contains("hunter"));
-    assert_eq!(std::fs::read_to_string(dir.0.join("TOKEN")).unwrap(), "old");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("TOKEN")).unwrap(),
+        "hunter"
+    );
+    assert!(!dir.0.join("STALE").exists());
+    let link = std::fs::symlink_metadata(dir.0.join("LINK")).unwrap();
+    assert!(link.is_file(), "the link was replaced, not followed");
+    assert_eq!(std::fs::read_to_string(dir.0.join("LINK")).unwrap(), "abc");
 }
 
 #[test]
@@ -143,4 +155,117 @@ fn missing_secrets_dir_exits_125() {
     // Without secrets the directory is not needed.
     let out = shim(&["true"], b"berth-shim-v1\nenv A 1\nx\nend\n", &dir);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// One run frame for `--serve`: argv, environment, secrets, working directory, output files.
+fn run_frame(
+    args: &[&str],
+    env: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+    dir: &TempDir,
+    input: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut f = b"berth-shim-v1\n".to_vec();
+    let mut part = |header: String, value: &[u8]| {
+        f.extend_from_slice(header.as_bytes());
+        f.extend_from_slice(value);
+        f.push(b'\n');
+    };
+    for (k, v) in secrets {
+        part(format!("secret {k} {}\n", v.len()), v.as_bytes());
+    }
+    for (k, v) in env {
+        part(format!("env {k} {}\n", v.len()), v.as_bytes());
+    }
+    for a in args {
+        part(format!("arg {}\n", a.len()), a.as_bytes());
+    }
+    let cwd = dir.0.display().to_string();
+    part(format!("cwd {}\n", cwd.len()), cwd.as_bytes());
+    for stream in ["stdout", "stderr"] {
+        let path = dir.0.join(format!("{stream}.log")).display().to_string();
+        part(format!("{stream} {}\n", path.len()), path.as_bytes());
+    }
+    if let Some(input) = input {
+        part(format!("input {}\n", input.len()), input);
+    }
+    f.extend_from_slice(b"end\n");
+    f
+}
+
+/// The supervisor runs one command per frame, reports each exit, forwards signals to the running
+/// command's process group, and replaces an earlier run's secrets.
+#[test]
+fn serve_runs_frames_one_after_another() {
+    use std::io::BufRead;
+    let dir = TempDir::new("serve");
+    let secrets = dir.0.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    for stream in ["stdout", "stderr"] {
+        std::fs::write(dir.0.join(format!("{stream}.log")), "").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+        .arg("--serve")
+        .env("BERTH_SHIM_SECRETS_DIR", &secrets)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut status = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        status.read_line(&mut line).unwrap();
+        line
+    };
+
+    // 1: environment, secret file, working directory, input, exit status.
+    let script = "printf '%s %s ' \"$MODE\" \"$(cat $BERTH_SHIM_SECRETS_DIR/TOKEN 2>/dev/null || cat secrets/TOKEN)\"; pwd; cat; exit 3";
+    stdin
+        .write_all(&run_frame(
+            &["sh", "-c", script],
+            &[("MODE", "fast")],
+            &[("TOKEN", "one")],
+            &dir,
+            Some(b"the $prompt"),
+        ))
+        .unwrap();
+    assert_eq!(next(), "berth-shim started\n");
+    assert_eq!(next(), "berth-shim exit 3\n");
+    let out = std::fs::read_to_string(dir.0.join("stdout.log")).unwrap();
+    assert_eq!(out, format!("fast one {}\nthe $prompt", dir.0.display()));
+
+    // 2: the next run's secret replaces the first one's; a signal reaches the whole group.
+    std::fs::write(dir.0.join("stdout.log"), "").unwrap();
+    stdin
+        .write_all(&run_frame(
+            &["sh", "-c", "cat secrets/TOKEN; echo; sleep 30 & wait"],
+            &[],
+            &[("TOKEN", "two")],
+            &dir,
+            None,
+        ))
+        .unwrap();
+    assert_eq!(next(), "berth-shim started\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stdin.write_all(b"signal SIGTERM\n").unwrap();
+    assert_eq!(next(), "berth-shim exit 143\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("stdout.log")).unwrap(),
+        "two\n"
+    );
+
+    // 3: a missing command is 127, with the message where the run's stderr goes.
+    stdin
+        .write_all(&run_frame(&["berth-no-such-command"], &[], &[], &dir, None))
+        .unwrap();
+    assert_eq!(next(), "berth-shim exit 127\n");
+    assert!(std::fs::read_to_string(dir.0.join("stderr.log"))
+        .unwrap()
+        .contains("berth: command not found: berth-no-such-command"));
+
+    // The end of stdin ends the supervisor.
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }

@@ -37,6 +37,10 @@ pub enum Command {
     Apply(RunRefArgs),
     /// Keep the changes of a worktree run as the branch berth/<run-id>, with one commit.
     Branch(RunRefArgs),
+    /// List held containers: persistent ones and the warm pool, with age and last use.
+    Ps(PsArgs),
+    /// Remove persistent containers by name (or all of them), or drain the warm pool.
+    Rm(RmArgs),
     /// Build and list berth's sandbox images (berth/<target>:<berth version>).
     Image(crate::commands::image::ImageArgs),
     /// Run the coordinator: HTTP API, store, audit trail, live logs.
@@ -62,6 +66,19 @@ pub struct StateArgs {
     /// Where runs are kept [default: $BERTH_STATE_DIR, else <workspace>/.berth].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+/// Which engine to use.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineArgs {
+    /// The engine: a name from `[engines.NAME]` in berth.toml or the user config, or
+    /// unix:///PATH, tcp://HOST:PORT, ssh://[USER@]HOST[:PORT] [default: DOCKER_HOST, else the
+    /// local socket].
+    #[arg(long, value_name = "NAME|URL")]
+    pub engine: Option<String>,
+    /// Accept a tcp:// engine without TLS: unencrypted and unauthenticated.
+    #[arg(long)]
+    pub engine_insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +158,17 @@ pub struct RunArgs {
     /// Leave the stopped container in place for debugging and print its name.
     #[arg(long)]
     pub keep: bool,
+    /// ephemeral (a fresh container per run) or persistent (one long-lived container per agent
+    /// and --name, reused by exec) [default: the profile's, else ephemeral].
+    #[arg(long, value_name = "LIFECYCLE")]
+    pub lifecycle: Option<String>,
+    /// The persistent container to run in (implies --lifecycle persistent) [default: the
+    /// profile's name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Do not take a container from the warm pool configured for this profile or image.
+    #[arg(long)]
+    pub no_pool: bool,
     /// Where to run when Docker is not installed: none or local [default: none].
     #[arg(long, value_name = "WHERE")]
     pub fallback: Option<String>,
@@ -149,6 +177,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub state: StateArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The command and its arguments, run as given (never through a shell); with an agent
     /// profile, the prompt.
     #[arg(
@@ -187,6 +217,8 @@ pub struct DoctorArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +274,30 @@ pub struct GcArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Persistent containers: NAME (as given to --name), AGENT/NAME, or the container's name.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Every persistent container.
+    #[arg(long)]
+    pub all: bool,
+    /// Drain the warm pool: remove every ready pool container.
+    #[arg(long)]
+    pub pool: bool,
+    /// Remove even while a run is inside (the run fails).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// How to reach a berth server.
 #[derive(Debug, Args, Clone)]
 pub struct RemoteArgs {
@@ -279,6 +335,8 @@ pub struct ServerArgs {
 pub struct RunnerArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Tags this runner offers; a run goes only to runners that have all of its tags.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,
@@ -398,6 +456,16 @@ pub struct SubmitArgs {
     pub user: Option<String>,
     #[arg(long = "artifact", value_name = "PATH")]
     pub artifacts: Vec<String>,
+    /// A profile the runner resolves; the arguments are then its prompt (or, for profiles
+    /// without a prompt, the command).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// ephemeral or persistent (the runner's long-lived container for the profile and --name).
+    #[arg(long, value_name = "LIFECYCLE")]
+    pub lifecycle: Option<String>,
+    /// The persistent container to run in on the runner (implies --lifecycle persistent).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Tags the runner must have.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,

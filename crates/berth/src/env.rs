@@ -2,6 +2,11 @@
 
 /// The Docker engine address (`unix:///path` or `tcp://host:port`), as the docker CLI reads it.
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
+/// Any non-empty value: a tcp:// DOCKER_HOST (or --engine URL) uses TLS with the files of
+/// DOCKER_CERT_PATH, as the docker CLI does.
+pub const DOCKER_TLS_VERIFY: &str = "DOCKER_TLS_VERIFY";
+/// The directory holding `ca.pem`, `cert.pem` and `key.pem` [default: ~/.docker].
+pub const DOCKER_CERT_PATH: &str = "DOCKER_CERT_PATH";
 /// Where runs are kept, unless `--state-dir` is given.
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
 /// The user configuration file, instead of `$XDG_CONFIG_HOME/berth/config.toml`.

@@ -101,6 +101,21 @@ impl Reporter for HumanReporter {
                 p.info(&format!("pulled {image}"));
             }
             Event::Signal { signal, reason } => p.info(&format!("sending {signal}: {reason}")),
+            Event::Queued { reason } => p.info(reason),
+            Event::HeldContainer {
+                container_name,
+                kind,
+                reused,
+                ..
+            } => p.info(&match (kind.as_str(), reused) {
+                ("pool", _) => format!("warm container {container_name} from the pool"),
+                (_, true) => format!("reusing persistent container {container_name}"),
+                _ => format!("created persistent container {container_name}"),
+            }),
+            Event::ContainerEvicted {
+                container_name,
+                reason,
+            } => p.info(&format!("removed {container_name}: {reason}")),
             Event::Agent { agent } => {
                 // The agent's conversation is the run's output: rendered readably on stdout.
                 if let Ok(event) = serde_json::from_value::<berth_agents::AgentEvent>(agent.clone())

@@ -1417,3 +1417,147 @@ fn lost_answer_to_events_stores_output_once(db: Db) {
 fn sqlite_lost_answer_to_events_stores_output_once() {
     lost_answer_to_events_stores_output_once(Db::Sqlite);
 }
+
+/// Pool and persistent containers of one runner, by kind.
+fn held_of_runner(name: &str, kind: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=berth.runner-id={name}"),
+            "--filter",
+            &format!("label=berth.held={kind}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+// Agent profiles, persistent containers and the warm pool work for submitted runs too: the
+// runner resolves the profile, execs into its held containers, and drains its pool on shutdown.
+#[test]
+fn sqlite_profiles_persistent_containers_and_pool_through_a_runner() {
+    let mut c = Cluster::start(Db::Sqlite);
+    // The runner reads berth.toml in the directory it starts in.
+    std::fs::write(
+        c.path().join("berth.toml"),
+        format!("[pool.\"{}\"]\nsize = 1\n", image()),
+    )
+    .unwrap();
+    let runner = c.runner("held", &[]);
+    let project = c.project.clone();
+
+    // An agent profile with a prompt: parsed agent events, the agent's verdict as the state.
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        support::agents_image(),
+        "--profile",
+        "claude-code",
+        "--network",
+        "none",
+        "--env",
+        "FAKE_TRANSCRIPT=foksa__open-claude-agent-sdk__plan-mode-ls.jsonl",
+        "--json",
+        "--",
+        "list the files",
+    ]);
+    assert!(o.status.success(), "submit: {}", text(&o.stderr));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let events = c.events(&id, None);
+    assert!(
+        events.iter().any(|e| e.kind == "agent"),
+        "agent events reach the server: {:?}",
+        events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>()
+    );
+
+    // A persistent container: the second run finds what the first left.
+    let first = c.submit(
+        &["--name", "keeper"],
+        &["sh", "-c", "echo kept > /tmp/mark"],
+    );
+    assert_eq!(
+        c.wait_final(&first, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let second = c.submit(&["--name", "keeper"], &["cat", "/tmp/mark"]);
+    assert_eq!(
+        c.wait_final(&second, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let out: Vec<String> = c
+        .events(&second, None)
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(Sse::payload)
+        .collect();
+    assert_eq!(out, ["kept\n"]);
+    assert_eq!(
+        held_of_runner(&runner, "persistent"),
+        ["berth-default--keeper"]
+    );
+
+    // The pool: filled by the first plain run, then a run takes the ready container.
+    let cold = c.submit(&[], &["true"]);
+    assert_eq!(
+        c.wait_final(&cold, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let ready = held_of_runner(&runner, "pool");
+    assert_eq!(ready.len(), 1, "{}", c.all_log_tails());
+    let ready_id = docker_id(&ready[0]);
+    let warm = c.submit(&[], &["hostname"]);
+    assert_eq!(
+        c.wait_final(&warm, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let host: String = c
+        .events(&warm, None)
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(Sse::payload)
+        .collect();
+    assert!(
+        ready_id.starts_with(host.trim()),
+        "the run went into the ready container {ready_id}: {host}"
+    );
+    let refilled = held_of_runner(&runner, "pool");
+    assert_eq!(refilled.len(), 1);
+    assert_ne!(
+        refilled, ready,
+        "the used container is gone, a new one is ready"
+    );
+
+    // Stopping the runner drains its pool.
+    for r in c.runners.iter_mut().filter(|r| r.name == runner) {
+        sigterm(r.child.id());
+        let _ = r.child.wait();
+    }
+    assert!(held_of_runner(&runner, "pool").is_empty());
+}
+
+fn docker_id(name: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.Id}}", name])
+        .output()
+        .unwrap();
+    text(&out.stdout).trim().to_string()
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}

@@ -3,13 +3,22 @@
 use std::time::Instant;
 
 use berth_core::ExitStatus;
-use berth_engine::diagnose::{check_engine, check_image, DiagnosisReport};
+use berth_engine::diagnose::{check_engine, check_image, DiagnosisReport, ProbeEnv};
 
 use crate::args::DoctorArgs;
 use crate::printer::{data_line, print_json, Printer};
 
 pub async fn doctor(args: DoctorArgs, printer: Printer) -> ExitStatus {
-    let report = diagnose(&args).await;
+    let env = match super::settings_here()
+        .and_then(|settings| super::engine_probe_env(&args.engine, &settings, printer))
+    {
+        Ok(env) => env,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            return ExitStatus::Error;
+        }
+    };
+    let report = diagnose(&args, &env).await;
     if args.json {
         print_json(&report);
     } else if report.ok {
@@ -24,8 +33,8 @@ pub async fn doctor(args: DoctorArgs, printer: Printer) -> ExitStatus {
     }
 }
 
-async fn diagnose(args: &DoctorArgs) -> DiagnosisReport {
-    let (engine, facts, warning) = match check_engine(&super::probe_env()).await {
+async fn diagnose(args: &DoctorArgs, env: &ProbeEnv) -> DiagnosisReport {
+    let (engine, facts, warning) = match check_engine(env).await {
         Ok(found) => found,
         Err((diagnosis, facts)) => return DiagnosisReport::problem(&diagnosis, facts),
     };
@@ -110,6 +119,7 @@ async fn time_sandbox_start(
             workdir: None,
             output_format: "text".into(),
             profile: None,
+            persistent: None,
         };
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();
@@ -152,6 +162,7 @@ async fn time_sandbox_start(
             setup_frame: true,
             state_dir_in_workspace: None,
             owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
+            remote_engine: !engine.endpoint().is_local(),
         };
         let (_tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
         let started = Instant::now();
@@ -163,6 +174,8 @@ async fn time_sandbox_start(
                 secrets: vec![],
                 stdin: None,
                 workspace: Default::default(),
+                held_root: scratch.join("held"),
+                pool: None,
             },
             &mut interrupts,
         )

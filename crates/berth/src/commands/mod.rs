@@ -3,6 +3,7 @@
 mod diff;
 mod doctor;
 mod gc;
+mod held;
 pub mod image;
 mod ls;
 mod profiles;
@@ -53,6 +54,8 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Diff(args) => diff::diff(args, printer),
         Command::Apply(args) => diff::apply(args, printer),
         Command::Branch(args) => diff::branch(args, printer),
+        Command::Ps(args) => held::ps(args, printer).await,
+        Command::Rm(args) => held::rm(args, printer).await,
         Command::Image(args) => image::image(args, printer).await,
         Command::Server(args) => server::server(args, printer).await,
         Command::Runner(args) => runner::runner(args, printer).await,
@@ -65,13 +68,66 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
     }
 }
 
-/// The environment the engine diagnosis reads.
+/// The environment the engine diagnosis reads, for the default engine.
 pub fn probe_env() -> berth_engine::diagnose::ProbeEnv {
     berth_engine::diagnose::ProbeEnv {
         docker_host: std::env::var(crate::env::DOCKER_HOST).ok(),
         path: std::env::var_os(crate::env::PATH),
         uid: crate::invoking_user().0,
+        engine: berth_engine::EngineChoice::Default,
+        endpoint: berth_engine::endpoint::EndpointEnv {
+            docker_host: None,
+            docker_tls_verify: crate::env::var(crate::env::DOCKER_TLS_VERIFY),
+            docker_cert_path: crate::env::var(crate::env::DOCKER_CERT_PATH).map(Into::into),
+            home: crate::env::home(),
+            allow_plain_tcp: false,
+        },
     }
+}
+
+/// The environment the engine diagnosis reads, for the engine chosen with `--engine` (a name
+/// from the configuration files or a URL). An unknown name is an error listing the known ones.
+pub fn engine_probe_env(
+    args: &crate::args::EngineArgs,
+    settings: &berth_sandbox::settings::Settings,
+    printer: Printer,
+) -> Result<berth_engine::diagnose::ProbeEnv, berth_sandbox::SandboxError> {
+    let mut env = probe_env();
+    env.endpoint.allow_plain_tcp = args.engine_insecure;
+    env.engine = match args.engine.as_deref() {
+        None => berth_engine::EngineChoice::Default,
+        Some(url) if url.contains("://") => berth_engine::EngineChoice::Url(url.to_string()),
+        Some(name) => {
+            let config = berth_core::engine::lookup(&settings.file.engines, name).map_err(|message| {
+                berth_sandbox::SandboxError::InvalidWithHint {
+                    message: format!("--engine: {message}"),
+                    hint: "define it as an [engines.NAME] table in berth.toml or ~/.config/berth/config.toml, or pass an address such as ssh://USER@HOST".into(),
+                }
+            })?;
+            berth_engine::EngineChoice::Named {
+                name: name.to_string(),
+                config: config.clone(),
+            }
+        }
+    };
+    if let Ok(endpoint) = env.resolve() {
+        if endpoint.is_insecure() {
+            printer.warning(&format!(
+                "{endpoint} is plain TCP without TLS: anyone on the network can read this run's traffic, secrets included, and drive the engine"
+            ));
+        }
+    }
+    Ok(env)
+}
+
+/// The configuration files of the current directory, for commands that only need engines.
+pub fn settings_here() -> Result<berth_sandbox::settings::Settings, berth_sandbox::SandboxError> {
+    let cwd = std::env::current_dir().map_err(|e| berth_sandbox::SandboxError::io(".", e))?;
+    berth_sandbox::settings::load(
+        crate::env::user_config_file().as_deref(),
+        &cwd,
+        crate::env::home().as_deref(),
+    )
 }
 
 /// Prints a diagnosis as an error with its hint.

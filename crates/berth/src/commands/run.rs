@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use berth_core::event::Event;
 use berth_core::exit::RunState;
+use berth_core::held::PersistentSpec;
 use berth_core::mask::Masker;
 use berth_core::plan::{sandbox_user, PlanContext};
 use berth_core::profile::{Profile, Resume};
@@ -96,10 +97,26 @@ async fn prepare_and_run(
 
     let secrets = read_secrets(&spec.secrets)?;
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
-    let endpoint = berth_engine::Endpoint::from_docker_host(
-        crate::env::var(crate::env::DOCKER_HOST).as_deref(),
-    )
-    .ok();
+    let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
+    let endpoint = probe_env.resolve().ok();
+    // Nothing of this host can be mounted on an engine elsewhere: say so before anything starts.
+    if endpoint.as_ref().is_some_and(|e| !e.is_local()) {
+        berth_core::plan::check_remote(&spec).map_err(|message| {
+            SandboxError::InvalidWithHint {
+                message,
+                hint: "a remote engine sees only the image and what berth uploads: pass --workspace-mode copy to upload the workspace (its changes come back into the run directory), or --workspace-mode none and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
+            }
+        })?;
+        if spec.persistent.is_some() {
+            return Err(berth_sandbox::run::remote_persistent_refused());
+        }
+        if sessions.is_some() {
+            return Err(SandboxError::InvalidWithHint {
+                message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
+                hint: "run agent profiles on the local engine (drop --engine)".into(),
+            });
+        }
+    }
     let sockets = prepare::engine_sockets(endpoint.as_ref().and_then(|e| e.socket_path()));
     let checked = prepare::check_mounts(
         &spec,
@@ -138,7 +155,7 @@ async fn prepare_and_run(
         run_dir: run_dir_text,
     });
 
-    let (engine, warning) = match berth_engine::diagnose::check_engine(&super::probe_env()).await {
+    let (engine, warning) = match berth_engine::diagnose::check_engine(&probe_env).await {
         Ok((engine, _facts, warning)) => (engine, warning),
         Err((diagnosis, _)) => {
             return Ok(without_docker(
@@ -213,6 +230,39 @@ async fn prepare_and_run(
             &checked.workspace,
         ),
         owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
+        remote_engine: !engine.endpoint().is_local(),
+    };
+    // A warm pool for the profile, else for the image.
+    let pool = if args.no_pool {
+        None
+    } else {
+        spec.profile
+            .iter()
+            .chain(std::iter::once(&spec.image))
+            .find_map(|name| {
+                let config = settings.file.pool.get(name)?;
+                config.to_spec(name).ok()
+            })
+            .filter(|p| p.size > 0)
+    };
+    // The pool's containers are held containers, which a remote engine cannot serve; a pooled
+    // container was made before the run's own copy or worktree existed.
+    let pool = match pool {
+        Some(p) if spec.workspace_mode.is_isolated() => {
+            printer.info(&format!(
+                "the warm pool for {} is not used with --workspace-mode {}; this run gets a container of its own",
+                p.name, spec.workspace_mode
+            ));
+            None
+        }
+        Some(p) if plan_context.remote_engine => {
+            printer.info(&format!(
+                "the warm pool for {} is not used on a remote engine; this run gets a container of its own",
+                p.name
+            ));
+            None
+        }
+        other => other,
     };
     let mut plan_context = plan_context;
     // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
@@ -227,7 +277,6 @@ async fn prepare_and_run(
                 exclude.as_deref(),
                 spec.copy_limit_bytes,
                 (uid, gid),
-                spec.read_only,
             ) {
                 Ok(source) => upload = WorkspaceSetup::Copy(source),
                 Err(e) => return Ok(ctx.fail("", &e)),
@@ -256,6 +305,8 @@ async fn prepare_and_run(
         secrets,
         stdin,
         workspace: upload,
+        held_root: state_dir.root().join("held"),
+        pool,
     };
     let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
     workspace::conclude(&mut ctx, &worktree);
@@ -479,9 +530,10 @@ pub fn build_spec(
         None => Fallback::None,
     };
     let read_only = args.read_only || config.read_only.unwrap_or(false);
-    if profile.is_some_and(|p| p.lifecycle == "persistent") {
-        return Err(SandboxError::Invalid(
-            "lifecycle = \"persistent\" is not supported by this berth yet; set lifecycle = \"ephemeral\" in the profile".into(),
+    let persistent = persistent_spec(args, profile)?;
+    if persistent.is_some() && workspace_mode.is_isolated() {
+        return Err(berth_sandbox::run::isolated_persistent_refused(
+            workspace_mode,
         ));
     }
     let spec = RunSpec {
@@ -514,8 +566,56 @@ pub fn build_spec(
             .map(|p| p.output.clone())
             .unwrap_or_else(|| "text".into()),
         profile: profile.map(|p| p.name.clone()),
+        persistent,
     };
+    berth_core::plan::check_copy(&spec).map_err(|message| SandboxError::InvalidWithHint {
+        message,
+        hint: "drop --read-only: copy mode's container, its layer and the copy in it are removed after the run anyway (or use --workspace-mode worktree, whose worktree is bind-mounted and works with --read-only)".into(),
+    })?;
     Ok(BuiltSpec { spec, stdin })
+}
+
+/// The persistent container the run asks for, from `--lifecycle`, `--name` and the profile.
+fn persistent_spec(
+    args: &RunArgs,
+    profile: Option<&Profile>,
+) -> Result<Option<PersistentSpec>, SandboxError> {
+    let lifecycle = match (&args.lifecycle, &args.name) {
+        (Some(l), _) => l.clone(),
+        (None, Some(_)) => "persistent".to_string(),
+        (None, None) => profile.map_or("ephemeral".into(), |p| p.lifecycle.clone()),
+    };
+    match lifecycle.as_str() {
+        "ephemeral" if args.name.is_some() => Err(invalid(
+            "--name",
+            "names a persistent container; it cannot be combined with --lifecycle ephemeral",
+        )),
+        "ephemeral" => Ok(None),
+        "persistent" => {
+            let agent = profile.map_or("default".to_string(), |p| p.name.clone());
+            berth_core::held::check_name("profile", &agent).map_err(|e| invalid("--profile", e))?;
+            let name = args.name.clone().unwrap_or_else(|| agent.clone());
+            berth_core::held::check_name("--name", &name).map_err(|e| invalid("--name", e))?;
+            if args.keep {
+                return Err(invalid(
+                    "--keep",
+                    "a persistent container is kept anyway; remove it with `berth rm NAME`",
+                ));
+            }
+            Ok(Some(PersistentSpec {
+                agent,
+                name,
+                max_containers: profile.map_or(berth_core::held::DEFAULT_MAX_CONTAINERS, |p| {
+                    p.max_containers
+                }),
+                idle_ttl: profile.map_or(berth_core::held::DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
+            }))
+        }
+        other => Err(invalid(
+            "--lifecycle",
+            format!("`{other}` is not ephemeral or persistent"),
+        )),
+    }
 }
 
 /// `<data dir>/sessions/<agent>`, created for the sandbox user `uid:gid` when missing.

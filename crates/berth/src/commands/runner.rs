@@ -15,6 +15,31 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         );
         return ExitStatus::Error;
     };
+    // The engine, the profiles and the pools come from this host's config (the user's file, and
+    // berth.toml in the directory the runner starts in).
+    let loaded = super::settings_here().and_then(|settings| {
+        let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
+        let profiles = super::profiles::all_profiles(&settings)
+            .map_err(|e| berth_sandbox::SandboxError::Invalid(e.to_string()))?;
+        let pools = settings
+            .file
+            .pool
+            .iter()
+            .map(|(name, pool)| {
+                pool.to_spec(name)
+                    .map(|spec| (name.clone(), spec))
+                    .map_err(berth_sandbox::SandboxError::Invalid)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((probe_env, profiles, pools))
+    });
+    let (probe_env, profiles, pools) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            return ExitStatus::Error;
+        }
+    };
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
     let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
     let config = RunnerConfig {
@@ -26,8 +51,10 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         capacity: args.capacity,
         state_dir,
         cache_dir: crate::env::cache_dir(),
-        probe_env: super::probe_env(),
+        probe_env,
         allow_local: args.allow_local,
+        profiles,
+        pools,
     };
     match berth_runner::run(config, super::shutdown_signal()).await {
         Ok(()) => ExitStatus::Success,

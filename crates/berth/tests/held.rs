@@ -1,0 +1,518 @@
+//! Persistent containers and the warm pool against the real engine: reuse, queueing, LRU eviction,
+//! idle TTL, pool refill, no reuse of a pool container, hardening, secrets per exec, crash reaping.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{docker_inspect, image, stderr, stdout, Workspace};
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// A name no other test (or test process) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Held containers whose directory lies in this workspace: (name, kind).
+fn held_containers(ws: &Workspace) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=berth.held",
+            "--format",
+            "{{.Names}}\t{{.Label \"berth.held\"}}\t{{.Label \"berth.held-dir\"}}",
+        ])
+        .output()
+        .unwrap();
+    let root = ws.path().display().to_string();
+    let mut list: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let (name, kind, dir) = (parts.next()?, parts.next()?, parts.next()?);
+            dir.starts_with(&root)
+                .then(|| (name.to_string(), kind.to_string()))
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// Removes the workspace's held containers when the test ends, passed or not.
+struct Cleanup<'a>(&'a Workspace);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for (name, _) in held_containers(self.0) {
+            support::force_remove(&name);
+        }
+    }
+}
+
+fn record_of(ws: &Workspace, run_dir: &std::path::Path) -> serde_json::Value {
+    let _ = ws;
+    serde_json::from_slice(&std::fs::read(run_dir.join("run.json")).unwrap()).unwrap()
+}
+
+/// The `held_container` event of the newest run.
+fn held_event(ws: &Workspace) -> serde_json::Value {
+    let events = std::fs::read_to_string(ws.last_run().join("events.jsonl")).unwrap();
+    events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "held_container")
+        .unwrap_or_else(|| panic!("no held_container event in {events}"))
+}
+
+fn md5(text: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("printf %s \"$V\" | md5sum")
+        .env("V", text)
+        .output()
+        .unwrap();
+    stdout(&out).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("keep");
+    let run = |secret: &str, script: &str| {
+        ws.berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--secret",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("TOK", secret)
+        .output()
+        .unwrap()
+    };
+
+    let first = run(
+        "first-token-value",
+        "echo made > /tmp/marker; md5sum /run/secrets/TOK; echo $TOK",
+    );
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains(&format!(
+            "created persistent container berth-default--{name}"
+        )),
+        "{}",
+        stderr(&first)
+    );
+    assert!(stdout(&first).contains(&md5("first-token-value")));
+    assert!(
+        !stdout(&first).contains("first-token-value") && stdout(&first).contains("***"),
+        "the secret is masked: {}",
+        stdout(&first)
+    );
+    let first_record = ws.last_record();
+    assert_eq!(held_event(&ws)["reused"], false);
+
+    // The second run finds the first one's files and gets the refreshed token.
+    let second = run(
+        "second-token-value",
+        "cat /tmp/marker; md5sum /run/secrets/TOK; ls /run/secrets",
+    );
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let out = stdout(&second);
+    assert!(out.starts_with("made\n"), "{out}");
+    assert!(out.contains(&md5("second-token-value")), "{out}");
+    assert!(!out.contains(&md5("first-token-value")), "{out}");
+    let second_record = ws.last_record();
+    assert_eq!(
+        first_record["container_id"], second_record["container_id"],
+        "one container for both runs"
+    );
+    assert_eq!(held_event(&ws)["reused"], true);
+    assert_eq!(second_record["state"], "succeeded");
+
+    // Hardened like a cold container; no run and no secret in its configuration.
+    let container = format!("berth-default--{name}");
+    let inspect = docker_inspect(&container);
+    let host = &inspect["HostConfig"];
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["Privileged"], false);
+    assert_eq!(host["MemorySwap"], host["Memory"]);
+    assert_eq!(host["PidsLimit"], 512);
+    assert_eq!(host["NetworkMode"], "none");
+    assert_eq!(inspect["Config"]["User"], "1000:1000");
+    assert_eq!(
+        inspect["Config"]["Entrypoint"],
+        serde_json::json!(["/berth/shim", "--serve"])
+    );
+    assert_eq!(
+        inspect["Config"]["StdinOnce"], false,
+        "the supervisor keeps its stdin"
+    );
+    let text = inspect.to_string();
+    for value in ["first-token-value", "second-token-value"] {
+        assert!(!text.contains(value), "secret in docker inspect");
+    }
+    for dir in [ws.last_run(), ws.path().join(".berth/held")] {
+        let grep = Command::new("grep")
+            .args(["-r", "-e", "token-value", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(grep.stdout.is_empty(), "secret on disk: {}", stdout(&grep));
+    }
+
+    // `berth ps` shows it with its uses; `berth rm` removes it.
+    let ps = ws.berth(&["ps", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == container.as_str())
+        .unwrap();
+    assert_eq!(row["kind"], "persistent");
+    assert_eq!(row["state"], "idle");
+    assert_eq!(row["uses"], 2);
+    let rm = ws.berth(&["rm", &name]).output().unwrap();
+    assert_eq!(code(&rm), 0, "{}", stderr(&rm));
+    assert!(held_containers(&ws).is_empty());
+}
+
+#[test]
+fn two_runs_for_one_persistent_container_queue_and_never_interleave() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("queue");
+    let spawn = |script: &str| {
+        ws.berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = spawn("echo first-start; sleep 2; echo first-end");
+    // Let the first one take the container.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held_containers(&ws).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn("echo second");
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("waiting for persistent container"),
+        "{}",
+        stderr(&second)
+    );
+    // The second run started only after the first had finished.
+    let mut records: Vec<serde_json::Value> = std::fs::read_dir(ws.runs_dir())
+        .unwrap()
+        .map(|e| record_of(&ws, &e.unwrap().path()))
+        .collect();
+    records.sort_by_key(|r| r["started_at"].as_str().unwrap().to_string());
+    assert_eq!(records.len(), 2);
+    assert!(
+        records[1]["started_at"].as_str().unwrap() >= records[0]["finished_at"].as_str().unwrap(),
+        "{records:?}"
+    );
+    assert_eq!(records[0]["container_id"], records[1]["container_id"]);
+}
+
+#[test]
+fn least_recently_used_is_evicted_and_idle_ones_expire() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let agent = unique("lru");
+    std::fs::write(
+        ws.path().join("berth.toml"),
+        format!(
+            "[profiles.{agent}]\nimage = \"{}\"\nprompt = \"none\"\nlifecycle = \"persistent\"\nmax_containers = 2\nidle_ttl = \"4s\"\n",
+            image()
+        ),
+    )
+    .unwrap();
+    let run = |name: &str| {
+        let o = ws
+            .berth(&["run", "--profile", &agent, "--name", name, "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        o
+    };
+    let names = |ws: &Workspace| -> Vec<String> {
+        held_containers(ws).into_iter().map(|(n, _)| n).collect()
+    };
+    let container = |n: &str| format!("berth-{agent}--{n}");
+
+    run("a");
+    std::thread::sleep(Duration::from_millis(1100));
+    run("b");
+    std::thread::sleep(Duration::from_millis(1100));
+    // `a` is used again: now `b` is the least recently used.
+    run("a");
+    std::thread::sleep(Duration::from_millis(1100));
+    let third = run("c");
+    assert_eq!(names(&ws), [container("a"), container("c")]);
+    assert!(
+        stderr(&third).contains(&format!("removed {}: least recently used", container("b"))),
+        "{}",
+        stderr(&third)
+    );
+
+    // Past the idle TTL, `berth gc` removes them and says why.
+    std::thread::sleep(Duration::from_secs(6));
+    let gc = ws.berth(&["gc", "--json"]).output().unwrap();
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+    let actions: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    for n in ["a", "c"] {
+        let action = actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["container"] == container(n).as_str())
+            .unwrap_or_else(|| panic!("{actions}"));
+        assert_eq!(action["action"], "removed", "{action}");
+        assert!(
+            action["detail"].as_str().unwrap().contains("idle_ttl"),
+            "{action}"
+        );
+    }
+    assert!(names(&ws).is_empty());
+}
+
+#[test]
+fn warm_pool_refills_and_never_hands_a_container_out_twice() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    std::fs::write(
+        ws.path().join("berth.toml"),
+        format!("[pool.\"{}\"]\nsize = 2\n", image()),
+    )
+    .unwrap();
+    let pool = |ws: &Workspace| -> Vec<String> {
+        held_containers(ws)
+            .into_iter()
+            .filter(|(_, kind)| kind == "pool")
+            .map(|(n, _)| n)
+            .collect()
+    };
+
+    // Empty pool: the run goes cold and the pool fills meanwhile.
+    let o = ws.run(&[], &["hostname"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(pool(&ws).len(), 2, "{}", stderr(&o));
+
+    let mut served = Vec::new();
+    let mut hostnames = Vec::new();
+    for _ in 0..3 {
+        let before = pool(&ws);
+        let o = ws.run(&[], &["sh", "-c", "hostname; touch /tmp/used-before"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let record = ws.last_record();
+        let name = record["container_name"].as_str().unwrap().to_string();
+        assert!(
+            before.contains(&name),
+            "{name} came from the pool {before:?}"
+        );
+        assert_eq!(held_event(&ws)["kind"], "pool");
+        let after = pool(&ws);
+        assert!(!after.contains(&name), "a used container is never kept");
+        assert_eq!(after.len(), 2, "refilled to its size: {after:?}");
+        served.push(name);
+        hostnames.push(stdout(&o));
+    }
+    served.sort();
+    served.dedup();
+    assert_eq!(served.len(), 3, "three runs, three containers");
+    hostnames.dedup();
+    assert_eq!(hostnames.len(), 3);
+
+    // A ready pool container carries the same hardening as a cold one.
+    let inspect = docker_inspect(&pool(&ws)[0]);
+    let host = &inspect["HostConfig"];
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(host["MemorySwap"], host["Memory"]);
+    assert_eq!(host["NetworkMode"], "none");
+    assert_eq!(inspect["Config"]["User"], "1000:1000");
+    assert_eq!(inspect["State"]["Running"], true);
+
+    // --no-pool runs cold; `berth rm --pool` drains the pool.
+    let o = ws.run(&["--no-pool"], &["true"]);
+    assert_eq!(code(&o), 0);
+    assert!(ws.last_record()["container_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("berth-01"));
+    let drained = ws.berth(&["rm", "--pool"]).output().unwrap();
+    assert_eq!(code(&drained), 0, "{}", stderr(&drained));
+    assert!(pool(&ws).is_empty());
+}
+
+#[test]
+fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("crash");
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the run did not start");
+        if ws.runs_dir().exists()
+            && std::fs::read_to_string(ws.last_run().join("run.json"))
+                .unwrap_or_default()
+                .contains("\"state\": \"running\"")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(held_containers(&ws).len(), 1);
+
+    let gc = ws.berth(&["gc", "--json"]).output().unwrap();
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+    assert!(held_containers(&ws).is_empty(), "{}", stdout(&gc));
+    let record = ws.last_record();
+    assert_eq!(record["state"], "error");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited without cleaning up"),
+        "{record}"
+    );
+}
+
+#[test]
+fn the_next_run_replaces_a_persistent_container_whose_berth_was_killed() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("orphan");
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ws.runs_dir().exists()
+        && std::fs::read_to_string(ws.last_run().join("run.json"))
+            .unwrap_or_default()
+            .contains("\"state\": \"running\""))
+    {
+        assert!(Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let orphan_dir = ws.last_run();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The orphaned `sleep 60` must not share the container with the next run.
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "ps | grep -c '[s]leep 60' || true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exited without cleaning up"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o).trim(), "0", "a fresh container: {}", stdout(&o));
+    let old = record_of(&ws, &orphan_dir);
+    assert_eq!(old["state"], "error", "{old}");
+    assert_eq!(held_containers(&ws).len(), 1);
+}
+
+#[test]
+fn bad_lifecycle_flags_are_refused_with_the_field_named() {
+    let ws = Workspace::new();
+    for (args, expected) in [
+        (vec!["--name", "a b"], "--name"),
+        (vec!["--lifecycle", "forever"], "--lifecycle"),
+        (vec!["--name", "x", "--lifecycle", "ephemeral"], "--name"),
+        (vec!["--name", "x", "--keep"], "--keep"),
+    ] {
+        let o = ws.run(&args, &["true"]);
+        assert_eq!(code(&o), 125, "{args:?}");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+    let o = ws.berth(&["rm"]).output().unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("hint:"), "{}", stderr(&o));
+}

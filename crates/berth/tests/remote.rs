@@ -1,0 +1,571 @@
+//! Remote engines for real: an sshd on loopback as the remote host (Debian's openssh-server,
+//! started unprivileged by the test with its own host key and authorized_keys), and a
+//! TLS-terminating stunnel in front of this machine's Docker socket with certificates made by
+//! openssl here. Runs go end to end through the real binary; every diagnosis is provoked.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An sshd on 127.0.0.1 that accepts `key` for the current user.
+struct Sshd {
+    _daemon: Daemon,
+    port: u16,
+}
+
+fn start_sshd(dir: &Path, client_key: &Path) -> Sshd {
+    let host_key = dir.join("host_key");
+    sh(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            host_key.to_str().unwrap(),
+        ],
+    );
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowStreamLocalForwarding yes\nPidFile none\n",
+            host_key.display(),
+            authorized.display()
+        ),
+    )
+    .unwrap();
+    // sshd started by root wants its privilege-separation directory, as the service creates it.
+    if unsafe_is_root() {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+    }
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .expect("/usr/sbin/sshd (Debian's openssh-server) is needed for these tests");
+    let daemon = Daemon(child);
+    wait_for_port(port);
+    Sshd {
+        _daemon: daemon,
+        port,
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    current_user() == "root"
+}
+
+fn keygen(path: &Path) {
+    sh(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            path.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A workspace whose berth.toml names engines, with ssh's known hosts kept in the test's dir.
+fn workspace_with(engines: &str) -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("berth.toml"), engines).unwrap();
+    ws
+}
+
+fn ssh_engine(name: &str, port: u16, key: &Path, known_hosts: &Path, extra: &str) -> String {
+    format!(
+        "[engines.{name}]\nhost = \"ssh://{}@127.0.0.1:{port}\"\nidentity = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"StrictHostKeyChecking=accept-new\"]\n{extra}\n",
+        current_user(),
+        key.display(),
+        known_hosts.display()
+    )
+}
+
+fn doctor(ws: &Workspace, engine: &str) -> serde_json::Value {
+    let out = ws
+        .berth(&["doctor", "--json", "--engine", engine])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("doctor --json: {} {}", stdout(&out), stderr(&out)));
+    println!("doctor --engine {engine}: {report}");
+    report
+}
+
+/// No ssh process of this test's forwards is left: their sockets live in berth-ssh-* dirs.
+fn assert_no_tunnel_left(port: u16) {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("-p {port} ")])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // sshd itself is started with -f, not -p; only ssh clients carry `-p PORT`.
+    assert!(
+        pids.is_empty(),
+        "ssh processes left for port {port}: {pids}"
+    );
+}
+
+fn run_id_of(ws: &Workspace) -> String {
+    ws.last_record()["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn ssh_engine_runs_end_to_end_and_names_each_failure() {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-sshd-")
+        .tempdir()
+        .unwrap();
+    let key = dir.path().join("id_client");
+    keygen(&key);
+    let sshd = start_sshd(dir.path(), &key);
+    let known_hosts = dir.path().join("known_hosts");
+    let wrong_key = dir.path().join("id_other");
+    keygen(&wrong_key);
+    let unused_port = free_port();
+    let config = [
+        ssh_engine("box", sshd.port, &key, &known_hosts, ""),
+        ssh_engine("wrongkey", sshd.port, &wrong_key, &known_hosts, ""),
+        ssh_engine("wrongport", unused_port, &key, &known_hosts, ""),
+        ssh_engine(
+            "nodocker",
+            sshd.port,
+            &key,
+            &known_hosts,
+            "remote_socket = \"/nonexistent/docker.sock\"",
+        ),
+    ]
+    .concat();
+    let ws = workspace_with(&config);
+
+    // Doctor: ok through the tunnel, with the remote engine's facts.
+    let ok = doctor(&ws, "box");
+    assert_eq!(ok["diagnosis"], "ok", "{ok}");
+    assert_eq!(
+        ok["engine"]["endpoint"],
+        format!("ssh://{}@127.0.0.1:{}", current_user(), sshd.port)
+    );
+
+    // A run: output, exit status, $BERTH_OUT and an artifact come back; the container is gone.
+    let out = ws.run(
+        &["--engine", "box", "--workspace-mode", "none", "--artifact", "/tmp/made.txt"],
+        &[
+            "sh",
+            "-c",
+            "echo out-line; echo err-line >&2; echo result > $BERTH_OUT/r.txt; echo made > /tmp/made.txt; exit 7",
+        ],
+    );
+    println!("stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stdout(&out).contains("out-line"));
+    assert!(stderr(&out).contains("err-line"));
+    let run = ws.last_run();
+    assert_eq!(
+        std::fs::read_to_string(run.join("stdout.log")).unwrap(),
+        "out-line\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("artifacts/berth/out/r.txt")).unwrap(),
+        "result\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("artifacts/tmp/made.txt")).unwrap(),
+        "made\n"
+    );
+    let record = ws.last_record();
+    assert_eq!(record["state"], "failed");
+    assert_eq!(record["exit_code"], 7);
+    assert!(containers_of_run(&run_id_of(&ws)).is_empty());
+
+    // A read-only root works too: the shim arrives on the volume, not the root file system.
+    let out = ws.run(
+        &["--engine", "box", "--workspace-mode", "none", "--read-only"],
+        &["sh", "-c", "echo ro-ok > $BERTH_OUT/ro.txt; echo ro-ok"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ro-ok"));
+    assert!(ws.last_run().join("artifacts/berth/out/ro.txt").exists());
+    assert!(containers_of_run(&run_id_of(&ws)).is_empty());
+
+    // The workspace cannot be mounted on a remote engine: refused before anything starts.
+    let out = ws.run(&["--engine", "box"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode copy")
+            && err.contains("hint:"),
+        "{err}"
+    );
+
+    // Held containers are local only: a persistent one is refused before anything starts.
+    let out = ws.run(
+        &[
+            "--engine",
+            "box",
+            "--workspace-mode",
+            "none",
+            "--name",
+            "keeper",
+        ],
+        &["true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("persistent containers are not supported on a remote engine")
+            && err.contains("hint:"),
+        "{err}"
+    );
+
+    // Every failure is one named diagnosis.
+    let d = doctor(&ws, "wrongport");
+    assert_eq!(d["diagnosis"], "engine_unreachable", "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{d}"
+    );
+    let d = doctor(&ws, "wrongkey");
+    assert_eq!(d["diagnosis"], "ssh_auth_refused", "{d}");
+    assert!(
+        d["message"].as_str().unwrap().contains("Permission denied"),
+        "{d}"
+    );
+    let d = doctor(&ws, "nodocker");
+    assert_eq!(d["diagnosis"], "remote_no_docker", "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/docker.sock"),
+        "{d}"
+    );
+    assert!(d["hint"].as_str().unwrap().contains("remote_socket"), "{d}");
+
+    // `berth run` on an unusable remote engine ends in `error` with the same diagnosis.
+    let out = ws.run(
+        &["--engine", "wrongkey", "--workspace-mode", "none"],
+        &["true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("ssh authentication"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An unknown name lists the known ones, with a hint.
+    let out = ws.berth(&["doctor", "--engine", "nope"]).output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "no engine named `nope`; configured engines: box, nodocker, wrongkey, wrongport"
+        ) && err.contains("hint:"),
+        "{err}"
+    );
+
+    // No ssh is left behind, and no private socket directory either.
+    std::thread::sleep(Duration::from_millis(200));
+    for port in [sshd.port, unused_port] {
+        assert_no_tunnel_left(port);
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Self {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = |f: &str| d.join(f).display().to_string();
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name} CA"),
+                "-keyout",
+                &p("ca-key.pem"),
+                "-out",
+                &p("ca.pem"),
+            ],
+        );
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(d.join(format!("{who}.ext")), ext).unwrap();
+            sh(
+                "openssl",
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={who}"),
+                    "-keyout",
+                    &p(&format!("{who}-key.pem")),
+                    "-out",
+                    &p(&format!("{who}.csr")),
+                ],
+            );
+            sh(
+                "openssl",
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &p(&format!("{who}.csr")),
+                    "-CA",
+                    &p("ca.pem"),
+                    "-CAkey",
+                    &p("ca-key.pem"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &p(&format!("{who}.ext")),
+                    "-out",
+                    &p(&format!("{who}.pem")),
+                ],
+            );
+        }
+        Self { dir: d }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// stunnel terminating TLS (client certificates required, signed by the CA) in front of the
+/// local Docker socket. (socat cannot serve resumed sessions with client verification.)
+fn start_tls_proxy(pki: &Pki, dir: &Path) -> (Daemon, u16) {
+    let port = free_port();
+    let config = dir.join("stunnel.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "foreground = yes\npid =\n[docker]\naccept = 127.0.0.1:{port}\nconnect = /var/run/docker.sock\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+            pki.file("server.pem"),
+            pki.file("server-key.pem"),
+            pki.file("ca.pem")
+        ),
+    )
+    .unwrap();
+    let child = Command::new("stunnel")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stunnel.log")).unwrap())
+        .spawn()
+        .expect("stunnel (Debian's stunnel4) is needed for these tests");
+    let daemon = Daemon(child);
+    wait_for_port(port);
+    (daemon, port)
+}
+
+#[test]
+fn tls_engine_runs_end_to_end_and_names_each_failure() {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-tls-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::new(dir.path(), "good");
+    let other = Pki::new(dir.path(), "other");
+    let (_proxy, port) = start_tls_proxy(&pki, dir.path());
+    let unused = free_port();
+    let engine = |name: &str, port: u16, ca: &str, client: Option<(&str, &str)>| {
+        let mut t = format!("[engines.{name}]\nhost = \"tcp://127.0.0.1:{port}\"\nca = \"{ca}\"\n");
+        if let Some((c, k)) = client {
+            t.push_str(&format!("cert = \"{c}\"\nkey = \"{k}\"\n"));
+        }
+        t
+    };
+    let good_client = Some((pki.file("client.pem"), pki.file("client-key.pem")));
+    let good_client = good_client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+    let config = [
+        engine("tls", port, &pki.file("ca.pem"), good_client),
+        engine("wrongca", port, &other.file("ca.pem"), good_client),
+        engine("nocert", port, &pki.file("ca.pem"), None),
+        engine(
+            "foreigncert",
+            port,
+            &pki.file("ca.pem"),
+            Some((&other.file("client.pem"), &other.file("client-key.pem"))),
+        ),
+        engine("wrongport", unused, &pki.file("ca.pem"), good_client),
+        "[engines.plain]\nhost = \"tcp://127.0.0.1:1\"\ninsecure_plain_tcp = true\n".to_string(),
+    ]
+    .concat();
+    let ws = workspace_with(&config);
+
+    let ok = doctor(&ws, "tls");
+    assert_eq!(ok["diagnosis"], "ok", "{ok}");
+    let out = ws.run(
+        &["--engine", "tls", "--workspace-mode", "none"],
+        &[
+            "sh",
+            "-c",
+            "echo over-tls; echo t > $BERTH_OUT/t.txt; exit 3",
+        ],
+    );
+    println!("stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("over-tls"));
+    assert!(ws.last_run().join("artifacts/berth/out/t.txt").exists());
+    assert!(containers_of_run(&run_id_of(&ws)).is_empty());
+
+    let d = doctor(&ws, "wrongca");
+    assert_eq!(d["diagnosis"], "tls_certificate_rejected", "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS certificate rejected"),
+        "{d}"
+    );
+    for name in ["nocert", "foreigncert"] {
+        let d = doctor(&ws, name);
+        assert_eq!(
+            d["diagnosis"], "tls_client_certificate_refused",
+            "{name}: {d}"
+        );
+    }
+    let d = doctor(&ws, "wrongport");
+    assert_eq!(d["diagnosis"], "engine_unreachable", "{d}");
+
+    // Plain TCP is refused unless asked for, and then warned about.
+    let out = ws
+        .berth(&["doctor", "--engine", &format!("tcp://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("plain TCP without TLS"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("--engine-insecure"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ws.berth(&["doctor", "--engine", "plain"]).output().unwrap();
+    assert!(stderr(&out).contains("warning"), "{}", stderr(&out));
+
+    // A missing CA file is named.
+    let out = ws
+        .berth(&[
+            "doctor",
+            "--json",
+            "--engine",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", dir.path().join("absent"))
+        .output()
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["diagnosis"], "engine_file_unusable", "{d}");
+    assert!(
+        d["message"].as_str().unwrap().contains("absent/ca.pem"),
+        "{d}"
+    );
+
+    // DOCKER_TLS_VERIFY with DOCKER_CERT_PATH, as the docker CLI reads them.
+    let certs = dir.path().join("docker-certs");
+    std::fs::create_dir(&certs).unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(pki.dir.join(from), certs.join(to)).unwrap();
+    }
+    let out = ws
+        .berth(&["doctor", "--json"])
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", &certs)
+        .output()
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["diagnosis"], "ok", "{d}");
+}
