@@ -131,7 +131,7 @@ impl ConfigFile {
                 .map_err(|e| bad("workspace_mode", e))?;
         }
         if let Some(v) = &self.copy_limit {
-            units::parse_memory(v).map_err(|e| bad("copy_limit", e.to_string()))?;
+            units::parse_size(v).map_err(|e| bad("copy_limit", e.to_string()))?;
         }
         if let Some(v) = &self.memory {
             units::parse_memory(v).map_err(|e| bad("memory", e.to_string()))?;

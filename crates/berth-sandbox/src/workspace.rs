@@ -1042,9 +1042,12 @@ pub fn apply(
 fn conflicting_files(stderr: &str) -> Vec<String> {
     let mut files: Vec<String> = Vec::new();
     for line in stderr.lines() {
-        let line = line.trim_start_matches("error: ");
+        // The first line carries the failed command before git's own `error: `.
+        let line = line.rsplit("error: ").next().unwrap_or(line);
         let file = if let Some(rest) = line.strip_prefix("patch failed: ") {
             rest.rsplit_once(':').map(|(f, _)| f)
+        } else if let Some((file, _)) = line.split_once(": patch does not apply") {
+            Some(file)
         } else if let Some((file, _)) = line.split_once(": already exists in working directory") {
             Some(file)
         } else if let Some((file, _)) = line.split_once(": does not exist in index") {
@@ -1251,5 +1254,8 @@ mod tests {
         let stderr = "error: patch failed: src/a.rs:3\nerror: src/a.rs: patch does not apply\nerror: new.txt: already exists in working directory\n";
         assert_eq!(conflicting_files(stderr), ["src/a.rs", "new.txt"]);
         assert!(conflicting_files("fatal: something else").is_empty());
+        // As run_git reports it: the command first, then git's stderr.
+        let reported = "`git apply --binary --check /r/diff.patch` failed: error: patch failed: mod.txt:1\nerror: mod.txt: patch does not apply";
+        assert_eq!(conflicting_files(reported), ["mod.txt"]);
     }
 }

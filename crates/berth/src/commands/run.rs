@@ -426,7 +426,7 @@ pub fn build_spec(
         ));
     }
     let copy_limit_bytes = match pick(&args.copy_limit, &config.copy_limit) {
-        Some(limit) => units::parse_memory(&limit).map_err(|e| invalid("--copy-limit", e))?,
+        Some(limit) => units::parse_size(&limit).map_err(|e| invalid("--copy-limit", e))?,
         None => berth_core::spec::DEFAULT_COPY_LIMIT,
     };
     let defaults = Resources::default();
