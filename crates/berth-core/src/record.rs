@@ -29,6 +29,20 @@ pub struct WorkspaceResult {
     pub worktree: Option<String>,
     #[serde(default)]
     pub branch: Option<String>,
+    /// Copy mode: the upload of the workspace into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Transfer>,
+    /// Copy mode: the download of the changed tree (its safe extraction included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<Transfer>,
+}
+
+/// How much a workspace transfer moved and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Bytes of file content.
+    pub bytes: u64,
+    pub millis: u64,
 }
 
 /// Where the command ran.

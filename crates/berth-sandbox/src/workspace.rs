@@ -32,7 +32,7 @@ use std::sync::Arc;
 use berth_archive::Limits;
 use berth_core::event::Event;
 use berth_core::plan::WORKSPACE_TARGET;
-use berth_core::record::WorkspaceResult;
+use berth_core::record::{Transfer, WorkspaceResult};
 use berth_core::spec::WorkspaceMode;
 use berth_core::units::format_bytes;
 use berth_engine::Engine;
@@ -315,6 +315,7 @@ pub async fn before_start<E: Engine>(
     let WorkspaceSetup::Copy(source) = setup else {
         return Ok(());
     };
+    let started = std::time::Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let total = source.total_bytes;
     let reporter: Arc<dyn Reporter> = ctx.reporter.clone();
@@ -361,6 +362,11 @@ pub async fn before_start<E: Engine>(
                 tree: None,
                 worktree: None,
                 branch: None,
+                upload: Some(Transfer {
+                    bytes: total,
+                    millis: started.elapsed().as_millis() as u64,
+                }),
+                download: None,
             });
             ctx.save();
             Ok(())
@@ -405,6 +411,7 @@ pub async fn after_exit<E: Engine>(
         });
         return;
     }
+    let started = std::time::Instant::now();
     let limits = Limits {
         max_total_bytes: Limits::default()
             .max_total_bytes
@@ -447,8 +454,14 @@ pub async fn after_exit<E: Engine>(
         tree: None,
         worktree: None,
         branch: None,
+        upload: None,
+        download: None,
     });
     result.tree = Some("workspace".into());
+    result.download = Some(Transfer {
+        bytes: extracted.bytes,
+        millis: started.elapsed().as_millis() as u64,
+    });
     let refused: Vec<PathBuf> = extracted
         .skipped
         .iter()
@@ -917,6 +930,8 @@ pub fn conclude(ctx: &mut RunContext, setup: &WorkspaceSetup) {
         tree: None,
         worktree: None,
         branch: None,
+        upload: None,
+        download: None,
     };
     if ctx.record.started_at.is_some() {
         match worktree.diff() {

@@ -242,6 +242,14 @@ fn copy_mode_uploads_the_unignored_tree_and_brings_the_changes_back() {
     assert_eq!(stdout(&shown), patch);
     let record = ws.last_record();
     assert_eq!(record["workspace"]["mode"], "copy", "{record}");
+    assert!(
+        record["workspace"]["upload"]["bytes"].as_u64().unwrap() > 0,
+        "{record}"
+    );
+    assert!(
+        record["workspace"]["download"]["millis"].is_u64(),
+        "{record}"
+    );
     assert!(containers_of_run(&id).is_empty());
 
     // `berth apply` takes the changes over into the checkout.
