@@ -53,7 +53,8 @@ def sh(argv: list[str], env: dict | None = None, timeout: int = 600) -> str:
 def generate(root: Path, files: int, mib: int) -> int:
     """Writes the workspace; returns its bytes of file content."""
     dirs = 100
-    big = 1_000_000
+    # Half the bytes in one bigger file per directory (1 MB at the default size).
+    big = min(1_000_000, mib * 1024 * 1024 // (2 * dirs))
     small_count = files - dirs
     small = max(1, (mib * 1024 * 1024 - dirs * big) // max(1, small_count))
     total = 0
@@ -79,6 +80,7 @@ class Sshd:
 
     def __init__(self, dir: Path):
         self.dir = dir
+        dir.mkdir(mode=0o700)
         self.key = dir / "id_client"
         self.known_hosts = dir / "known_hosts"
         for key in (dir / "host_key", self.key):
