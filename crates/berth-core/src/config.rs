@@ -17,6 +17,8 @@ pub struct ConfigFile {
     pub image: Option<String>,
     pub pull: Option<String>,
     pub workspace_mode: Option<String>,
+    /// Copy mode's upload limit, e.g. `"2g"`.
+    pub copy_limit: Option<String>,
     pub memory: Option<String>,
     pub cpus: Option<CpuValue>,
     pub pids: Option<i64>,
@@ -128,6 +130,9 @@ impl ConfigFile {
             v.parse::<WorkspaceMode>()
                 .map_err(|e| bad("workspace_mode", e))?;
         }
+        if let Some(v) = &self.copy_limit {
+            units::parse_size(v).map_err(|e| bad("copy_limit", e.to_string()))?;
+        }
         if let Some(v) = &self.memory {
             units::parse_memory(v).map_err(|e| bad("memory", e.to_string()))?;
         }
@@ -188,6 +193,7 @@ impl ConfigFile {
             image,
             pull,
             workspace_mode,
+            copy_limit,
             memory,
             cpus,
             pids,

@@ -124,7 +124,8 @@ pub struct PlanContext {
     pub image_entrypoint: Vec<String>,
     /// The image's `HOME`, when it sets one.
     pub image_home: Option<String>,
-    /// Canonical workspace path on the host (already checked by the policy).
+    /// The host directory bind-mounted at /workspace: the canonical workspace (already checked
+    /// by the policy), or in worktree mode the run's worktree. Unused in copy and none modes.
     pub workspace: PathBuf,
     /// Checked extra mounts: canonical source, normalised target, read-only.
     pub mounts: Vec<BindMount>,
@@ -148,14 +149,14 @@ pub struct PlanContext {
 /// What a run may not ask of an engine on another host: nothing of this host can be mounted
 /// there. The error names the option and what to use instead.
 pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
-    if spec.workspace_mode != WorkspaceMode::None {
-        let mode = if spec.workspace_mode == WorkspaceMode::Ro {
-            "ro"
-        } else {
-            "rw"
-        };
+    // Copy mode uploads the workspace through the archive API, which reaches any engine.
+    if !matches!(
+        spec.workspace_mode,
+        WorkspaceMode::None | WorkspaceMode::Copy
+    ) {
         return Err(format!(
-            "--workspace-mode {mode}: a remote engine cannot mount this host's workspace; use --workspace-mode none"
+            "--workspace-mode {}: a remote engine cannot mount this host's workspace; use --workspace-mode copy (uploaded, the changes come back) or none",
+            spec.workspace_mode
         ));
     }
     if let Some(m) = spec.mounts.first() {
@@ -163,6 +164,22 @@ pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
             "--mount {}: a remote engine cannot mount this host's paths; copy what the command needs into the image",
             m.source.display()
         ));
+    }
+    Ok(())
+}
+
+/// Copy mode puts the workspace into the container's own layer, which `--read-only` forbids.
+///
+/// Why not a volume: the archive API writes into a volume of a created container even with a
+/// read-only root, but the engine never applies an archive's root entry (`./`) to the directory
+/// it extracts into, so an anonymous volume's top directory stays owned by root and the
+/// unprivileged command could not create or delete anything at the top of `/workspace`. A tmpfs
+/// owned by the sandbox user exists only while the container runs (the archive API cannot reach
+/// it), and a tmpfs-backed volume is unmounted, its content gone, whenever no container uses it:
+/// after the upload to a created container, and again after the exit, before the download.
+pub fn check_copy(spec: &RunSpec) -> Result<(), String> {
+    if spec.workspace_mode == WorkspaceMode::Copy && spec.read_only {
+        return Err("--read-only cannot be combined with --workspace-mode copy: the copy lives in the container's own layer, which a read-only root file system forbids".into());
     }
     Ok(())
 }
@@ -188,12 +205,19 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
 
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
-    if spec.workspace_mode != WorkspaceMode::None {
-        binds.push(BindMount {
-            source: ctx.workspace.clone(),
-            target: WORKSPACE_TARGET.to_string(),
-            read_only: spec.workspace_mode == WorkspaceMode::Ro,
-        });
+    match spec.workspace_mode {
+        WorkspaceMode::Rw | WorkspaceMode::Ro | WorkspaceMode::Worktree => {
+            binds.push(BindMount {
+                source: ctx.workspace.clone(),
+                target: WORKSPACE_TARGET.to_string(),
+                read_only: spec.workspace_mode == WorkspaceMode::Ro,
+            });
+        }
+        // Copy mode never binds a host directory: the tree is uploaded into the container's own
+        // layer (so copy mode needs a writable root; see `check_copy`).
+        WorkspaceMode::Copy | WorkspaceMode::None => {}
+    }
+    if spec.workspace_mode.mounts_user_directory() {
         if let Some(state) = &ctx.state_dir_in_workspace {
             tmpfs.push(TmpfsMount {
                 target: format!("{WORKSPACE_TARGET}/{state}"),
@@ -333,6 +357,8 @@ pub(crate) mod tests {
             pull: PullPolicy::Missing,
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
+            include_dirty: false,
+            copy_limit_bytes: DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![("A".into(), "1".into())],
             secrets: vec![],
@@ -404,7 +430,13 @@ pub(crate) mod tests {
         let mut s = spec();
         assert!(check_remote(&s)
             .unwrap_err()
-            .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode none"));
+            .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode copy"));
+        s.workspace_mode = WorkspaceMode::Worktree;
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .starts_with("--workspace-mode worktree: a remote engine cannot mount"));
+        s.workspace_mode = WorkspaceMode::Copy;
+        assert_eq!(check_remote(&s), Ok(()));
         s.workspace_mode = WorkspaceMode::None;
         assert_eq!(check_remote(&s), Ok(()));
         s.mounts.push(MountRequest {
@@ -540,6 +572,54 @@ pub(crate) mod tests {
             .unwrap();
         assert!(secrets.options.contains("uid=1000") && secrets.options.contains("mode=0700"));
         assert!(!plan.env.iter().any(|e| e.starts_with("TOKEN")));
+    }
+
+    #[test]
+    fn copy_mode_binds_nothing_of_the_user() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Copy;
+        let plan = plan_container(&s, &ctx());
+        assert!(!plan.binds.iter().any(|b| b.source == ctx().workspace));
+        assert!(!plan
+            .tmpfs
+            .iter()
+            .any(|t| t.target.starts_with(WORKSPACE_TARGET)));
+        assert_eq!(plan.working_dir, WORKSPACE_TARGET);
+    }
+
+    #[test]
+    fn copy_mode_needs_a_writable_root() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Copy;
+        assert_eq!(check_copy(&s), Ok(()));
+        s.read_only = true;
+        assert!(check_copy(&s)
+            .unwrap_err()
+            .starts_with("--read-only cannot be combined with --workspace-mode copy"));
+        s.workspace_mode = WorkspaceMode::Rw;
+        assert_eq!(check_copy(&s), Ok(()));
+    }
+
+    #[test]
+    fn worktree_mode_binds_the_worktree_read_write_without_a_state_mask() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::Worktree;
+        let c = PlanContext {
+            workspace: "/w/.berth/runs/01abc/workspace".into(),
+            ..ctx()
+        };
+        let plan = plan_container(&s, &c);
+        let bind = plan
+            .binds
+            .iter()
+            .find(|b| b.target == WORKSPACE_TARGET)
+            .unwrap();
+        assert_eq!(bind.source, c.workspace);
+        assert!(!bind.read_only);
+        assert!(!plan
+            .tmpfs
+            .iter()
+            .any(|t| t.target.starts_with(WORKSPACE_TARGET)));
     }
 
     #[test]

@@ -3,7 +3,47 @@
 use serde::{Deserialize, Serialize};
 
 use crate::exit::RunState;
-use crate::spec::RunSpec;
+use crate::spec::{RunSpec, WorkspaceMode};
+
+/// What a run in an isolated workspace (copy or worktree mode) left behind. Paths are relative
+/// to the run directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceResult {
+    pub mode: WorkspaceMode,
+    /// The root of the user's git checkout, when the workspace is in one.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// The commit the run started from: HEAD, or with `--include-dirty` a commit of the
+    /// uncommitted changes on top of it (reachable from `berth/<run-id>` while the worktree
+    /// exists).
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    /// The run's changes as a patch (`diff.patch`), once written.
+    #[serde(default)]
+    pub diff: Option<String>,
+    /// Copy mode: the downloaded tree (`workspace/`).
+    #[serde(default)]
+    pub tree: Option<String>,
+    /// Worktree mode with `--keep`: the worktree left in place, and its branch.
+    #[serde(default)]
+    pub worktree: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Copy mode: the upload of the workspace into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Transfer>,
+    /// Copy mode: the download of the changed tree (its safe extraction included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<Transfer>,
+}
+
+/// How much a workspace transfer moved and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Bytes of file content.
+    pub bytes: u64,
+    pub millis: u64,
+}
 
 /// Where the command ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +89,9 @@ pub struct RunRecord {
     /// The agent's session id, when the agent reported one (for `--resume`).
     #[serde(default)]
     pub agent_session: Option<String>,
+    /// Copy and worktree modes: the changed tree and the patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceResult>,
 }
 
 impl RunRecord {
@@ -71,6 +114,7 @@ impl RunRecord {
             artifacts: Vec::new(),
             kept: false,
             agent_session: None,
+            workspace: None,
         }
     }
 

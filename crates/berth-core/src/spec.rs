@@ -9,10 +9,51 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceMode {
+    /// The workspace is bind-mounted read-write: the command changes the user's files.
     #[default]
     Rw,
+    /// Bind-mounted read-only.
     Ro,
+    /// No workspace at all.
     None,
+    /// Uploaded into the container through the archive API (no bind mount, so it works with
+    /// remote engines); the changed tree is downloaded into the run directory afterwards.
+    Copy,
+    /// A fresh `git worktree` of HEAD on a branch `berth/<run-id>`, bind-mounted; the user's
+    /// checkout is not touched and the changes come back as a patch.
+    Worktree,
+}
+
+impl WorkspaceMode {
+    /// Whether the user's own directory is bind-mounted (so the state directory in it must be
+    /// masked).
+    pub fn mounts_user_directory(self) -> bool {
+        matches!(self, Self::Rw | Self::Ro)
+    }
+
+    /// Whether the run works on its own copy of the workspace and hands back a diff.
+    pub fn is_isolated(self) -> bool {
+        matches!(self, Self::Copy | Self::Worktree)
+    }
+}
+
+impl std::fmt::Display for WorkspaceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Rw => "rw",
+            Self::Ro => "ro",
+            Self::None => "none",
+            Self::Copy => "copy",
+            Self::Worktree => "worktree",
+        })
+    }
+}
+
+/// The largest workspace copy mode uploads unless told otherwise.
+pub const DEFAULT_COPY_LIMIT: u64 = 1 << 30;
+
+fn default_copy_limit() -> u64 {
+    DEFAULT_COPY_LIMIT
 }
 
 impl std::str::FromStr for WorkspaceMode {
@@ -22,8 +63,10 @@ impl std::str::FromStr for WorkspaceMode {
             "rw" => Ok(Self::Rw),
             "ro" => Ok(Self::Ro),
             "none" => Ok(Self::None),
+            "copy" => Ok(Self::Copy),
+            "worktree" => Ok(Self::Worktree),
             other => Err(format!(
-                "unknown workspace mode `{other}`: expected rw, ro or none"
+                "unknown workspace mode `{other}`: expected rw, ro, none, copy or worktree"
             )),
         }
     }
@@ -226,6 +269,13 @@ pub struct RunSpec {
     pub pull: PullPolicy,
     pub workspace: PathBuf,
     pub workspace_mode: WorkspaceMode,
+    /// Worktree mode: carry the checkout's uncommitted changes (tracked and untracked, not
+    /// ignored) into the worktree.
+    #[serde(default)]
+    pub include_dirty: bool,
+    /// Copy mode: the most bytes of file content uploaded.
+    #[serde(default = "default_copy_limit")]
+    pub copy_limit_bytes: u64,
     pub mounts: Vec<MountRequest>,
     pub env: Vec<(String, String)>,
     pub secrets: Vec<String>,
@@ -353,6 +403,22 @@ mod tests {
         );
         assert!(NetworkMode::parse("host").unwrap_err().contains("refused"));
         assert!(NetworkMode::parse("container:abc").is_err());
+    }
+
+    #[test]
+    fn workspace_modes_parse_and_print() {
+        for text in ["rw", "ro", "none", "copy", "worktree"] {
+            let mode: WorkspaceMode = text.parse().unwrap();
+            assert_eq!(mode.to_string(), text);
+        }
+        let err = "cp".parse::<WorkspaceMode>().unwrap_err();
+        assert!(
+            err.contains("`cp`") && err.contains("copy or worktree"),
+            "{err}"
+        );
+        assert!(WorkspaceMode::Rw.mounts_user_directory());
+        assert!(!WorkspaceMode::Copy.mounts_user_directory());
+        assert!(WorkspaceMode::Worktree.is_isolated() && !WorkspaceMode::Ro.is_isolated());
     }
 
     #[test]

@@ -19,8 +19,26 @@ const CPUS_EXPECTED: &str = "expected a positive number of CPUs (e.g. 0.5, 2)";
 
 /// Parses a memory size such as `512m` or `2g` (binary units, like `docker run --memory`).
 pub fn parse_memory(input: &str) -> Result<u64, UnitError> {
+    let bytes = parse_bytes(input, "memory size")?;
+    if bytes < 6 * 1024 * 1024 {
+        // Docker refuses limits below 6 MiB; saying so here names the flag instead of the engine.
+        return Err(UnitError {
+            what: "memory size",
+            input: input.to_string(),
+            expected: "the smallest memory limit the engine accepts is 6m",
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parses a size such as `64k`, `500m` or `4g` (binary units), with no minimum.
+pub fn parse_size(input: &str) -> Result<u64, UnitError> {
+    parse_bytes(input, "size")
+}
+
+fn parse_bytes(input: &str, what: &'static str) -> Result<u64, UnitError> {
     let err = || UnitError {
-        what: "memory size",
+        what,
         input: input.to_string(),
         expected: MEMORY_EXPECTED,
     };
@@ -42,16 +60,7 @@ pub fn parse_memory(input: &str) -> Result<u64, UnitError> {
     if !(value.is_finite() && value > 0.0) {
         return Err(err());
     }
-    let bytes = (value * factor as f64).round();
-    if bytes < 6.0 * 1024.0 * 1024.0 {
-        // Docker refuses limits below 6 MiB; saying so here names the flag instead of the engine.
-        return Err(UnitError {
-            what: "memory size",
-            input: input.to_string(),
-            expected: "the smallest memory limit the engine accepts is 6m",
-        });
-    }
-    Ok(bytes as u64)
+    Ok((value * factor as f64).round() as u64)
 }
 
 /// Parses a duration such as `90s`, `10m`, `1h30m` or `250ms`; a bare number is seconds.
@@ -169,6 +178,19 @@ mod tests {
         assert_eq!(mem("-1g"), None);
         assert_eq!(mem(""), None);
         assert_eq!(mem("5x"), None);
+    }
+
+    #[test]
+    fn sizes_have_no_minimum() {
+        let size = |input| parse_size(input).ok();
+        assert_eq!(size("64k"), Some(64 << 10));
+        assert_eq!(size("1"), Some(1));
+        assert_eq!(size("4g"), Some(4 << 30));
+        assert_eq!(size("0"), None);
+        assert!(parse_size("lots")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid size `lots`"));
     }
 
     #[test]

@@ -674,15 +674,21 @@ impl Engine for DockerEngine {
             .boxed()
     }
 
-    async fn upload(&self, id: &str, dir: &str, tar: Bytes) -> Result<(), EngineError> {
+    async fn upload(
+        &self,
+        id: &str,
+        path: &str,
+        tar: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), EngineError> {
         let options = UploadToContainerOptions {
-            path: dir.to_string(),
-            ..Default::default()
+            path: path.to_string(),
+            no_overwrite_dir_non_dir: Some("true".to_string()),
+            copy_uidgid: None,
         };
         self.docker
-            .upload_to_container(id, Some(options), bollard::body_full(tar))
+            .upload_to_container(id, Some(options), bollard::body_try_stream(tar))
             .await
-            .map_err(|e| classify(e, dir))
+            .map_err(|e| classify(e, path))
     }
 
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {

@@ -198,13 +198,15 @@ pub trait Engine: Send + Sync {
     fn remove(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
     /// Downloads `path` from the container as a tar stream.
     fn download(&self, id: &str, path: &str) -> BoxStream<'static, EngineResult<Bytes>>;
-    /// Unpacks the tar archive `tar` into the directory `dir` of a created container (on a
-    /// volume when the root file system is read-only). Entries keep their owners and modes.
+    /// Unpacks the tar stream `tar` into the directory `dir` of a created container (on a
+    /// volume when the root file system is read-only). Entries keep the owners and modes their
+    /// headers carry, except the entry for `dir` itself (the engine leaves an existing directory
+    /// as it is).
     fn upload(
         &self,
         id: &str,
         dir: &str,
-        tar: Bytes,
+        tar: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> impl Future<Output = EngineResult<()>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;

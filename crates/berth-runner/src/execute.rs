@@ -254,6 +254,9 @@ async fn run_claimed(
                 stdin,
                 held_root: state_dir.root().join("held"),
                 pool,
+                // Submissions choose between the project's workspace and explicit mounts; the
+                // API has no copy or worktree mode yet.
+                workspace: Default::default(),
             },
             interrupts,
         )
@@ -368,6 +371,8 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         pull: PullPolicy::Missing,
         workspace: claimed.workspace_root.clone().into(),
         workspace_mode,
+        include_dirty: false,
+        copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
         mounts,
         env,
         secrets,

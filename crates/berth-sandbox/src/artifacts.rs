@@ -72,8 +72,31 @@ pub async fn collect_from_container<E: Engine>(
     let dest = artifacts.join(&relative_parent);
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
 
+    let extracted = download_tree(
+        engine,
+        container_id,
+        container_path,
+        dest,
+        0,
+        Limits::default(),
+    )
+    .await?;
+    collected.add(&relative_parent, extracted);
+    Ok(())
+}
+
+/// Downloads `container_path` through the archive API and extracts it safely under `dest`,
+/// dropping `strip_components` leading names from every entry.
+pub(crate) async fn download_tree<E: Engine>(
+    engine: &E,
+    container_id: &str,
+    container_path: &str,
+    dest: PathBuf,
+    strip_components: usize,
+    limits: Limits,
+) -> Result<berth_archive::Extracted, String> {
     // The tar stream is async; extraction is blocking file work. A small bounded channel
-    // between them keeps memory flat however large the artifact is.
+    // between them keeps memory flat however large the tree is.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
     let extraction = tokio::task::spawn_blocking(move || {
         extract_safely(
@@ -82,8 +105,8 @@ pub async fn collect_from_container<E: Engine>(
                 current: Bytes::new(),
             },
             &dest,
-            0,
-            &Limits::default(),
+            strip_components,
+            &limits,
         )
     });
     let mut stream = engine.download(container_id, container_path);
@@ -106,8 +129,7 @@ pub async fn collect_from_container<E: Engine>(
     if let Some(e) = download_error {
         return Err(e);
     }
-    collected.add(&relative_parent, extracted.map_err(|e| e.to_string())?);
-    Ok(())
+    extracted.map_err(|e| e.to_string())
 }
 
 struct ChannelReader {

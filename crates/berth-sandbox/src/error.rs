@@ -33,6 +33,9 @@ pub enum SandboxError {
     NoSuchRun(String),
     #[error("`{prefix}` matches several runs: {candidates}")]
     AmbiguousRun { prefix: String, candidates: String },
+    /// A problem with an obvious remedy, carried along.
+    #[error("{message}")]
+    WithHint { message: String, hint: String },
 }
 
 impl SandboxError {
@@ -62,6 +65,7 @@ impl SandboxError {
             Self::Engine(EngineError::NoSuchNetwork(name)) => Some(format!(
                 "create it first (`docker network create {name}`) or use --network none|bridge"
             )),
+            Self::WithHint { hint, .. } => Some(hint.clone()),
             Self::NoSuchRun(_) => Some("`berth ls` lists the runs of this state directory".into()),
             Self::InvalidWithHint { hint, .. } => Some(hint.clone()),
             _ => None,

@@ -271,8 +271,17 @@ impl Engine for FakeEngine {
         stream::iter([Err(error)]).boxed()
     }
 
-    async fn upload(&self, _id: &str, dir: &str, _tar: Bytes) -> Result<(), EngineError> {
-        self.log(format!("upload {dir}"));
+    async fn upload(
+        &self,
+        _id: &str,
+        path: &str,
+        mut tar: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<(), EngineError> {
+        self.log(format!("upload {path}"));
+        // Read the whole body, as the engine does, so a producer's error surfaces here.
+        while let Some(chunk) = tar.next().await {
+            chunk.map_err(|e| EngineError::Connection(e.to_string()))?;
+        }
         Ok(())
     }
 

@@ -23,6 +23,7 @@ pub mod run;
 pub mod rundir;
 pub mod settings;
 pub mod shim;
+pub mod workspace;
 
 pub use error::SandboxError;
 pub use output::Reporter;

@@ -26,6 +26,9 @@ pub trait Reporter: Send + Sync {
     }
     /// Progress of an image pull; shown as a progress bar on a terminal, else ignored.
     fn pull_progress(&self, _progress: &berth_engine::PullProgress) {}
+    /// Progress of a workspace transfer (`what`: "uploading the workspace"); `done == total`
+    /// ends it. Shown as a progress bar on a terminal, else ignored.
+    fn transfer_progress(&self, _what: &str, _done: u64, _total: u64) {}
 }
 
 /// One output stream's path: masker, log file, live view.

@@ -10,6 +10,7 @@
 use berth_core::plan::{BerthVolume, ContainerPlan, OUT_TARGET};
 use berth_engine::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 /// Fills the plan's berth volume, if it has one. The error is the run's reason.
 pub async fn fill_berth_volume<E: Engine>(
@@ -23,7 +24,11 @@ pub async fn fill_berth_volume<E: Engine>(
     let tar = volume_tar(volume, crate::shim::SHIM)
         .map_err(|e| format!("packing berth's shim failed: {e}"))?;
     engine
-        .upload(id, &volume.target, Bytes::from(tar))
+        .upload(
+            id,
+            &volume.target,
+            futures_util::stream::once(async move { Ok(Bytes::from(tar)) }).boxed(),
+        )
         .await
         .map_err(|e| format!("copying berth's shim into the container failed: {e}"))
 }

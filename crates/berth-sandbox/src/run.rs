@@ -174,6 +174,8 @@ pub struct DockerRun {
     pub secrets: Vec<(String, String)>,
     /// Bytes for the command's stdin (an agent's prompt), sent after the setup frame.
     pub stdin: Option<Vec<u8>>,
+    /// Copy mode's upload (see `workspace`); `Mounted` for the other modes.
+    pub workspace: crate::workspace::WorkspaceSetup,
     /// Where held containers keep their directories (`<state dir>/held`).
     pub held_root: PathBuf,
     /// The warm pool configured for this run's profile or image, if any.
@@ -240,6 +242,9 @@ pub async fn execute_docker<E: Engine>(
     if spec.persistent.is_some() && plan_context.remote_engine {
         return ctx.fail("", &remote_persistent_refused());
     }
+    if spec.persistent.is_some() && spec.workspace_mode.is_isolated() {
+        return ctx.fail("", &isolated_persistent_refused(spec.workspace_mode));
+    }
     if let Some(persistent) = spec.persistent.clone() {
         let key = held_key(&spec, &plan_context, &image.id);
         return crate::held_run::execute_persistent(
@@ -256,7 +261,9 @@ pub async fn execute_docker<E: Engine>(
     match &run.pool {
         // A kept container is for inspection afterwards: it gets one of its own. On a remote
         // engine a run never takes from the pool (see `remote_persistent_refused`).
-        Some(pool) if !spec.keep && !plan_context.remote_engine => {
+        Some(pool)
+            if !spec.keep && !plan_context.remote_engine && !spec.workspace_mode.is_isolated() =>
+        {
             let key = held_key(&spec, &plan_context, &image.id);
             crate::held_run::execute_pooled(engine, ctx, &run, plan_context, key, pool, interrupts)
                 .await
@@ -273,6 +280,14 @@ pub fn remote_persistent_refused() -> SandboxError {
     SandboxError::InvalidWithHint {
         message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
         hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
+    }
+}
+
+/// Why copy and worktree modes cannot use a persistent container, with what to do instead.
+pub fn isolated_persistent_refused(mode: berth_core::spec::WorkspaceMode) -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: format!("--workspace-mode {mode} cannot be combined with a persistent container: each run gets its own copy or worktree of the workspace, while a persistent container keeps the one it was made with"),
+        hint: format!("drop --lifecycle persistent and --name to run in a container of its own with --workspace-mode {mode}, or use --workspace-mode rw with the persistent container"),
     }
 }
 
@@ -308,11 +323,16 @@ pub(crate) async fn execute_cold<E: Engine>(
         .io_host_path
         .as_ref()
         .map(|dir| (dir.join("stdout"), dir.join("stderr")));
-    // A remote engine gets berth's files through the archive API (see `remote`), after create
-    // and before the command starts.
-    let outcome = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
+    // Before the command starts: a remote engine gets berth's files through the archive API
+    // (see `remote`), and copy mode uploads the workspace (see `workspace`). After the exit,
+    // while the container still exists, copy mode downloads the changed tree.
+    let prepared = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
+        Ok(()) => crate::workspace::before_start(engine, &id, ctx, &run.workspace).await,
+        Err(reason) => Err(reason),
+    };
+    let outcome = match prepared {
         Ok(()) => {
-            drive(
+            let outcome = drive(
                 engine,
                 &Target::Container(&id),
                 container_plan.memory_bytes,
@@ -321,7 +341,9 @@ pub(crate) async fn execute_cold<E: Engine>(
                 run,
                 interrupts,
             )
-            .await
+            .await;
+            crate::workspace::after_exit(engine, &id, ctx, &run.workspace).await;
+            outcome
         }
         Err(reason) => (RunState::Error, Some(reason)),
     };
@@ -888,6 +910,8 @@ mod tests {
             pull: PullPolicy::Missing,
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
+            include_dirty: false,
+            copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![],
             secrets: vec![],
@@ -976,6 +1000,7 @@ mod tests {
                 },
                 secrets: self.secrets.clone(),
                 stdin: None,
+                workspace: Default::default(),
                 held_root: self.tmp.path().join("state/held"),
                 pool,
             };

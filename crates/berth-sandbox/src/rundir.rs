@@ -62,6 +62,13 @@ impl StateDir {
             .mode(0o700)
             .create(&runs)
             .map_err(|e| SandboxError::io(&runs, e))?;
+        // The state directory usually lies in the user's checkout: keep it out of `git status`
+        // and of every git operation (worktree mode's --include-dirty, copy mode's uploads).
+        let ignore = self.root.join(".gitignore");
+        if !ignore.exists() {
+            std::fs::write(&ignore, "# berth's run records\n*\n")
+                .map_err(|e| SandboxError::io(&ignore, e))?;
+        }
         let path = runs.join(id);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -144,6 +151,16 @@ impl RunDir {
 
     pub fn artifacts_dir(&self) -> PathBuf {
         self.path.join("artifacts")
+    }
+
+    /// Copy mode's downloaded tree, or worktree mode's worktree.
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+
+    /// The run's changes to its isolated workspace.
+    pub fn diff_path(&self) -> PathBuf {
+        self.path.join("diff.patch")
     }
 
     /// The host side of `/berth/out`.

@@ -33,6 +33,12 @@ pub enum Command {
     Show(ShowArgs),
     /// Remove containers whose berth process is gone, and record what happened to their runs.
     Gc(GcArgs),
+    /// Print the changes a copy or worktree run made (its diff.patch).
+    Diff(RunRefArgs),
+    /// Apply the changes of a copy or worktree run to your checkout.
+    Apply(RunRefArgs),
+    /// Keep the changes of a worktree run as the branch berth/<run-id>, with one commit.
+    Branch(RunRefArgs),
     /// List held containers: persistent ones and the warm pool, with age and last use.
     Ps(PsArgs),
     /// Remove persistent containers by name (or all of them), or drain the warm pool.
@@ -98,9 +104,18 @@ pub struct RunArgs {
     /// The directory mounted at /workspace [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// How the workspace is mounted: rw, ro or none [default: rw].
+    /// How the workspace reaches the sandbox: rw, ro, none, copy (uploaded, changes come back
+    /// into the run directory) or worktree (a fresh git worktree, changes come back as a patch)
+    /// [default: rw].
     #[arg(long, value_name = "MODE")]
     pub workspace_mode: Option<String>,
+    /// Worktree mode: carry the checkout's uncommitted changes (tracked and untracked, not
+    /// ignored) into the worktree.
+    #[arg(long)]
+    pub include_dirty: bool,
+    /// Copy mode: the most file content uploaded, e.g. 500m or 4g [default: 1g].
+    #[arg(long, value_name = "SIZE")]
+    pub copy_limit: Option<String>,
     /// An extra mount, SRC:DST[:ro|rw] (read-only unless :rw); repeatable.
     #[arg(long = "mount", value_name = "SRC:DST[:MODE]")]
     pub mounts: Vec<String>,
@@ -240,6 +255,17 @@ pub struct ShowArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunRefArgs {
+    /// A run id, or a unique prefix of one.
+    pub run: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The workspace whose .berth directory holds the runs [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
 }

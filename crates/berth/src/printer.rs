@@ -72,6 +72,7 @@ impl Printer {
 pub struct HumanReporter {
     printer: Printer,
     pull_bar: Mutex<Option<indicatif::ProgressBar>>,
+    transfer_bar: Mutex<Option<indicatif::ProgressBar>>,
 }
 
 impl HumanReporter {
@@ -79,6 +80,7 @@ impl HumanReporter {
         Self {
             printer,
             pull_bar: Mutex::new(None),
+            transfer_bar: Mutex::new(None),
         }
     }
 }
@@ -172,6 +174,10 @@ impl Reporter for HumanReporter {
         };
     }
 
+    fn transfer_progress(&self, what: &str, done: u64, total: u64) {
+        self.transfer(what, done, total);
+    }
+
     fn pull_progress(&self, progress: &berth_engine::PullProgress) {
         if !std::io::stderr().is_terminal() {
             return;
@@ -199,6 +205,35 @@ impl Reporter for HumanReporter {
             progress.status
         ));
         bar.tick();
+    }
+}
+
+impl HumanReporter {
+    fn transfer(&self, what: &str, done: u64, total: u64) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let Ok(mut slot) = self.transfer_bar.lock() else {
+            return;
+        };
+        if done >= total {
+            if let Some(bar) = slot.take() {
+                bar.finish_and_clear();
+            }
+            return;
+        }
+        let bar = slot.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(what.to_string());
+            bar
+        });
+        bar.set_position(done);
     }
 }
 

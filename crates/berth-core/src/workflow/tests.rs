@@ -844,7 +844,7 @@ fn a_stored_run_pointing_past_its_steps_does_not_panic() {
 fn the_readme_example_parses() {
     let readme = include_str!("../../../../README.md");
     let section = readme
-        .split("## Workflows (format; not yet runnable)")
+        .split("## Workflows\n")
         .nth(1)
         .expect("the README has the workflows section");
     let example = section

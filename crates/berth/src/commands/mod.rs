@@ -1,5 +1,6 @@
 //! One thin file per command.
 
+mod diff;
 mod doctor;
 mod gc;
 mod held;
@@ -52,6 +53,9 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             None => show::show(args, printer),
         },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Diff(args) => diff::diff(args, printer),
+        Command::Apply(args) => diff::apply(args, printer),
+        Command::Branch(args) => diff::branch(args, printer),
         Command::Ps(args) => held::ps(args, printer).await,
         Command::Rm(args) => held::rm(args, printer).await,
         Command::Image(args) => image::image(args, printer).await,

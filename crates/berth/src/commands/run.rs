@@ -18,6 +18,7 @@ use berth_core::{units, ExitStatus};
 use berth_engine::Diagnosis;
 use berth_sandbox::run::DockerRun;
 use berth_sandbox::settings::Settings;
+use berth_sandbox::workspace::{self, WorkspaceSetup};
 use berth_sandbox::{prepare, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
 
 use crate::args::RunArgs;
@@ -103,7 +104,7 @@ pub(crate) async fn prepare_and_run(
         berth_core::plan::check_remote(&spec).map_err(|message| {
             SandboxError::InvalidWithHint {
                 message,
-                hint: "a remote engine sees only the image: pass --workspace-mode none, and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
+                hint: "a remote engine sees only the image and what berth uploads: pass --workspace-mode copy to upload the workspace (its changes come back into the run directory), or --workspace-mode none and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
             }
         })?;
         if spec.persistent.is_some() {
@@ -244,8 +245,16 @@ pub(crate) async fn prepare_and_run(
             })
             .filter(|p| p.size > 0)
     };
-    // The pool's containers are held containers, which a remote engine cannot serve.
+    // The pool's containers are held containers, which a remote engine cannot serve; a pooled
+    // container was made before the run's own copy or worktree existed.
     let pool = match pool {
+        Some(p) if spec.workspace_mode.is_isolated() => {
+            printer.info(&format!(
+                "the warm pool for {} is not used with --workspace-mode {}; this run gets a container of its own",
+                p.name, spec.workspace_mode
+            ));
+            None
+        }
         Some(p) if plan_context.remote_engine => {
             printer.info(&format!(
                 "the warm pool for {} is not used on a remote engine; this run gets a container of its own",
@@ -255,14 +264,60 @@ pub(crate) async fn prepare_and_run(
         }
         other => other,
     };
+    let mut plan_context = plan_context;
+    // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
+    // (diff written, worktree removed) after the run whatever happened to it.
+    let mut worktree = WorkspaceSetup::Mounted;
+    let mut upload = WorkspaceSetup::Mounted;
+    match spec.workspace_mode {
+        WorkspaceMode::Copy => {
+            let exclude = std::fs::canonicalize(state_dir.root()).ok();
+            match workspace::scan_copy(
+                &checked.workspace,
+                exclude.as_deref(),
+                spec.copy_limit_bytes,
+                (uid, gid),
+            ) {
+                Ok(source) => upload = WorkspaceSetup::Copy(source),
+                Err(e) => return Ok(ctx.fail("", &e)),
+            }
+        }
+        WorkspaceMode::Worktree => {
+            let owner = (invoking_uid == 0 && (uid, gid) != (0, 0)).then_some((uid, gid));
+            match workspace::create_worktree(
+                &checked.workspace,
+                &ctx.run_dir.workspace_dir(),
+                &ctx.record.id,
+                spec.include_dirty,
+                owner,
+            ) {
+                Ok(tree) => {
+                    plan_context.workspace = tree.mount.clone();
+                    worktree = WorkspaceSetup::Worktree(tree);
+                }
+                Err(e) => return Ok(ctx.fail("", &e)),
+            }
+        }
+        _ => {}
+    }
     let run = DockerRun {
         plan_context,
         secrets,
         stdin,
+        workspace: upload,
         held_root: state_dir.root().join("held"),
         pool,
     };
-    Ok(berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await)
+    let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
+    workspace::conclude(&mut ctx, &worktree);
+    if let Some(diff) = ctx.record.workspace.as_ref().and_then(|w| w.diff.as_ref()) {
+        printer.info(&format!(
+            "changes kept in {} (`berth diff {id}`, `berth apply {id}`)",
+            ctx.run_dir.path().join(diff).display(),
+            id = ctx.record.id
+        ));
+    }
+    Ok(status)
 }
 
 /// Docker cannot be used: fall back to the host only when it is not installed and the user
@@ -276,7 +331,10 @@ async fn without_docker(
     printer: Printer,
 ) -> ExitStatus {
     let fallback_allowed = ctx.record.spec.fallback == Fallback::Local;
-    if fallback_allowed && matches!(diagnosis, Diagnosis::NotInstalled { .. }) {
+    let isolated = ctx.record.spec.workspace_mode.is_isolated();
+    if fallback_allowed && isolated {
+        printer.info("--fallback local does not apply to copy and worktree modes: the host has no isolated workspace to offer");
+    } else if fallback_allowed && matches!(diagnosis, Diagnosis::NotInstalled { .. }) {
         let reason = diagnosis.message();
         ctx.record.execution = Execution::Local;
         ctx.record.fallback_reason = Some(reason.clone());
@@ -284,7 +342,7 @@ async fn without_docker(
         ctx.emit(Event::Fallback { reason });
         return berth_sandbox::local::execute_local(ctx, workspace, secrets, interrupts).await;
     }
-    if fallback_allowed {
+    if fallback_allowed && !isolated {
         printer.info("--fallback local applies only when Docker is not installed; it is installed here but cannot be used");
     }
     let reason = format!("Docker cannot be used: {}", diagnosis.message());
@@ -360,6 +418,16 @@ pub fn build_spec(
     let workspace_mode = match pick(&args.workspace_mode, &config.workspace_mode) {
         Some(m) => m.parse().map_err(|e| invalid("--workspace-mode", e))?,
         None => WorkspaceMode::default(),
+    };
+    if args.include_dirty && workspace_mode != WorkspaceMode::Worktree {
+        return Err(invalid(
+            "--include-dirty",
+            format!("only worktree mode carries uncommitted changes, and this run uses workspace mode {workspace_mode}; add --workspace-mode worktree"),
+        ));
+    }
+    let copy_limit_bytes = match pick(&args.copy_limit, &config.copy_limit) {
+        Some(limit) => units::parse_size(&limit).map_err(|e| invalid("--copy-limit", e))?,
+        None => berth_core::spec::DEFAULT_COPY_LIMIT,
     };
     let defaults = Resources::default();
     let memory_bytes = match pick(
@@ -463,12 +531,19 @@ pub fn build_spec(
     };
     let read_only = args.read_only || config.read_only.unwrap_or(false);
     let persistent = persistent_spec(args, profile)?;
+    if persistent.is_some() && workspace_mode.is_isolated() {
+        return Err(berth_sandbox::run::isolated_persistent_refused(
+            workspace_mode,
+        ));
+    }
     let spec = RunSpec {
         image,
         command,
         pull,
         workspace,
         workspace_mode,
+        include_dirty: args.include_dirty,
+        copy_limit_bytes,
         mounts,
         env,
         secrets,
@@ -493,6 +568,10 @@ pub fn build_spec(
         profile: profile.map(|p| p.name.clone()),
         persistent,
     };
+    berth_core::plan::check_copy(&spec).map_err(|message| SandboxError::InvalidWithHint {
+        message,
+        hint: "drop --read-only: copy mode's container, its layer and the copy in it are removed after the run anyway (or use --workspace-mode worktree, whose worktree is bind-mounted and works with --read-only)".into(),
+    })?;
     Ok(BuiltSpec { spec, stdin })
 }
 

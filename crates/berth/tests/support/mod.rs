@@ -2,6 +2,8 @@
 //! built image, and unique names so tests never collide.
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod ssh;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
