@@ -81,6 +81,14 @@ pub struct SandboxRequest {
     /// The persistent container's name (implies `lifecycle: persistent`).
     #[serde(default)]
     pub name: Option<String>,
+    /// How the project's workspace reaches the sandbox: `rw` (default), `ro`, `copy` (uploaded,
+    /// changes downloaded), `worktree` (a git worktree of HEAD) or `none`. Copy and worktree runs
+    /// hand back `berth/diff.patch` as an artifact.
+    #[serde(default)]
+    pub workspace_mode: Option<String>,
+    /// Worktree mode: carry the checkout's uncommitted changes over.
+    #[serde(default)]
+    pub include_dirty: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +204,22 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         err(
             "sandbox.command",
             "give either a prompt (for an agent profile) or a command, not both".into(),
+        );
+    }
+    if let Some(mode) = &sandbox.workspace_mode {
+        match mode.parse::<berth_core::spec::WorkspaceMode>() {
+            Err(e) => err("sandbox.workspace_mode", e),
+            Ok(_) if sandbox.mounts.is_some() => err(
+                "sandbox.workspace_mode",
+                "mounts replace the project's workspace; drop one of them".into(),
+            ),
+            Ok(_) => {}
+        }
+    }
+    if sandbox.include_dirty && sandbox.workspace_mode.as_deref() != Some("worktree") {
+        err(
+            "sandbox.include_dirty",
+            "only for workspace_mode worktree".into(),
         );
     }
     match sandbox.lifecycle.as_deref() {
@@ -707,5 +731,15 @@ mod tests {
             ),
             ["sandbox.name"]
         );
+        assert_eq!(
+            check(
+                r#"{"project":"p","sandbox":{"image":"i","command":["true"],"workspace_mode":"sideways","include_dirty":true}}"#
+            ),
+            ["sandbox.workspace_mode", "sandbox.include_dirty"]
+        );
+        assert!(check(
+            r#"{"project":"p","sandbox":{"image":"i","command":["true"],"workspace_mode":"worktree","include_dirty":true}}"#
+        )
+        .is_empty());
     }
 }

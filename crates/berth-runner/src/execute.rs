@@ -245,6 +245,25 @@ async fn run_claimed(
             owner_labels,
             remote_engine: !engine.endpoint().is_local(),
         };
+        // Copy and worktree modes isolate the project's checkout; their diff goes to the server
+        // as the artifact `berth/diff.patch`.
+        let prepared = match berth_sandbox::workspace::prepare(
+            &ctx,
+            &checked.workspace,
+            state_dir.root(),
+            (uid, gid),
+            invoking_uid,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.fail("", &e);
+                return outcome_of(&ctx, run_dir);
+            }
+        };
+        let mut plan_context = plan_context;
+        if let Some(mount) = &prepared.mount {
+            plan_context.workspace = mount.clone();
+        }
         berth_sandbox::execute_docker(
             engine,
             &mut ctx,
@@ -254,14 +273,27 @@ async fn run_claimed(
                 stdin,
                 held_root: state_dir.root().join("held"),
                 pool,
-                // Submissions choose between the project's workspace and explicit mounts; the
-                // API has no copy or worktree mode yet.
-                workspace: Default::default(),
+                workspace: prepared.upload,
             },
             interrupts,
         )
         .await;
+        berth_sandbox::workspace::conclude(&mut ctx, &prepared.worktree);
+        let diff = ctx.run_dir.diff_path();
+        if diff.is_file() {
+            let target = ctx.run_dir.artifacts_dir().join("berth/diff.patch");
+            let copied = std::fs::create_dir_all(ctx.run_dir.artifacts_dir().join("berth"))
+                .and_then(|()| std::fs::copy(&diff, &target));
+            if let Err(e) = copied {
+                tracing::warn!(error = %e, "keeping diff.patch as an artifact failed");
+            }
+        }
     }
+    outcome_of(&ctx, run_dir)
+}
+
+/// The run's end as the server is told.
+fn outcome_of(ctx: &RunContext, run_dir: RunDir) -> Outcome {
     let record = &ctx.record;
     Outcome {
         state: record.state.as_str().to_string(),
@@ -345,7 +377,14 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
             .map_err(|e| e.to_string())
     };
     let (workspace_mode, mounts) = match &s.mounts {
-        None => (WorkspaceMode::Rw, Vec::new()),
+        None => (
+            s.workspace_mode
+                .as_deref()
+                .map(str::parse::<WorkspaceMode>)
+                .transpose()?
+                .unwrap_or(WorkspaceMode::Rw),
+            Vec::new(),
+        ),
         Some(list) => (
             WorkspaceMode::None,
             list.iter()
@@ -371,7 +410,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         pull: PullPolicy::Missing,
         workspace: claimed.workspace_root.clone().into(),
         workspace_mode,
-        include_dirty: false,
+        include_dirty: s.include_dirty,
         copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
         mounts,
         env,

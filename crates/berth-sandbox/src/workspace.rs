@@ -915,6 +915,57 @@ impl Worktree {
     }
 }
 
+/// What an isolated workspace needs before the run: copy mode's scanned tree (the upload), or
+/// worktree mode's worktree (mounted instead of the workspace; concluded after the run).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Copy mode's upload; `Mounted` otherwise.
+    pub upload: WorkspaceSetup,
+    /// Worktree mode's worktree, for [`conclude`]; `Mounted` otherwise.
+    pub worktree: WorkspaceSetup,
+    /// What to mount at `/workspace` instead of the workspace (worktree mode).
+    pub mount: Option<std::path::PathBuf>,
+}
+
+/// Makes the isolated workspace of a run in copy or worktree mode, now that it can go ahead.
+/// `state_root` is left out of a copy; `sandbox_owner` and `berth_uid` decide who owns a
+/// worktree (the sandbox user, when berth runs as root).
+pub fn prepare(
+    ctx: &RunContext,
+    workspace: &Path,
+    state_root: &Path,
+    sandbox_owner: (u32, u32),
+    berth_uid: u32,
+) -> Result<Prepared, SandboxError> {
+    let spec = &ctx.record.spec;
+    let mut prepared = Prepared::default();
+    match spec.workspace_mode {
+        WorkspaceMode::Copy => {
+            let exclude = std::fs::canonicalize(state_root).ok();
+            prepared.upload = WorkspaceSetup::Copy(scan_copy(
+                workspace,
+                exclude.as_deref(),
+                spec.copy_limit_bytes,
+                sandbox_owner,
+            )?);
+        }
+        WorkspaceMode::Worktree => {
+            let owner = (berth_uid == 0 && sandbox_owner != (0, 0)).then_some(sandbox_owner);
+            let tree = create_worktree(
+                workspace,
+                &ctx.run_dir.workspace_dir(),
+                &ctx.record.id,
+                spec.include_dirty,
+                owner,
+            )?;
+            prepared.mount = Some(tree.mount.clone());
+            prepared.worktree = WorkspaceSetup::Worktree(tree);
+        }
+        _ => {}
+    }
+    Ok(prepared)
+}
+
 /// After the run: worktree mode writes `diff.patch` and removes the worktree and its branch
 /// (unless `--keep`). Needs no container (the worktree was bind-mounted), so it runs after
 /// `execute_docker` and after runs that never started.

@@ -521,6 +521,13 @@ pub struct SubmitArgs {
     /// The persistent container to run in on the runner (implies --lifecycle persistent).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// How the project's workspace reaches the sandbox: rw, ro, copy, worktree or none; copy
+    /// and worktree hand back berth/diff.patch as an artifact.
+    #[arg(long, value_name = "MODE")]
+    pub workspace_mode: Option<String>,
+    /// Worktree mode: carry the checkout's uncommitted changes over.
+    #[arg(long)]
+    pub include_dirty: bool,
     /// Tags the runner must have.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,

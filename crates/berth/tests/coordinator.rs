@@ -1561,3 +1561,83 @@ fn sigterm(pid: u32) {
         .args(["-TERM", &pid.to_string()])
         .status();
 }
+
+// A submitted run in worktree mode works on a worktree of the project's checkout on the runner
+// and hands its diff back to the server as an artifact; the checkout is untouched.
+#[test]
+fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "safe.directory=*",
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-C",
+            ])
+            .arg(&ws)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    std::fs::write(ws.join("file.txt"), "one\n").unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "file.txt"]);
+    git(&["commit", "-qm", "start"]);
+    let _runner = c.runner("worktree", &[]);
+
+    let id = c.submit(
+        &["--workspace-mode", "worktree"],
+        &["sh", "-c", "echo two >> file.txt && echo new > added.txt"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let (status, patch) = c.http(
+        "GET",
+        &format!("/api/v1/runs/{id}/artifacts/berth/diff.patch"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{patch}");
+    assert!(
+        patch.contains("+two") && patch.contains("added.txt"),
+        "{patch}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("file.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!ws.join("added.txt").exists());
+    assert_eq!(
+        git(&["status", "--porcelain"]).trim(),
+        "",
+        "the checkout is clean"
+    );
+
+    // A bad mode is refused by the server with its JSON path.
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        image(),
+        "--workspace-mode",
+        "sideways",
+        "--",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("sandbox.workspace_mode"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -250,6 +250,8 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                     prompt: None,
                     lifecycle: args.lifecycle.clone(),
                     name: args.name.clone(),
+                    workspace_mode: args.workspace_mode.clone(),
+                    include_dirty: args.include_dirty,
                 },
                 tags: args.tags.clone(),
                 labels: key_values("--label", &args.labels)?,

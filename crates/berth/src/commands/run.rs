@@ -18,7 +18,7 @@ use berth_core::{units, ExitStatus};
 use berth_engine::Diagnosis;
 use berth_sandbox::run::DockerRun;
 use berth_sandbox::settings::Settings;
-use berth_sandbox::workspace::{self, WorkspaceSetup};
+use berth_sandbox::workspace;
 use berth_sandbox::{prepare, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
 
 use crate::args::RunArgs;
@@ -267,39 +267,20 @@ pub(crate) async fn prepare_and_run(
     let mut plan_context = plan_context;
     // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
     // (diff written, worktree removed) after the run whatever happened to it.
-    let mut worktree = WorkspaceSetup::Mounted;
-    let mut upload = WorkspaceSetup::Mounted;
-    match spec.workspace_mode {
-        WorkspaceMode::Copy => {
-            let exclude = std::fs::canonicalize(state_dir.root()).ok();
-            match workspace::scan_copy(
-                &checked.workspace,
-                exclude.as_deref(),
-                spec.copy_limit_bytes,
-                (uid, gid),
-            ) {
-                Ok(source) => upload = WorkspaceSetup::Copy(source),
-                Err(e) => return Ok(ctx.fail("", &e)),
-            }
-        }
-        WorkspaceMode::Worktree => {
-            let owner = (invoking_uid == 0 && (uid, gid) != (0, 0)).then_some((uid, gid));
-            match workspace::create_worktree(
-                &checked.workspace,
-                &ctx.run_dir.workspace_dir(),
-                &ctx.record.id,
-                spec.include_dirty,
-                owner,
-            ) {
-                Ok(tree) => {
-                    plan_context.workspace = tree.mount.clone();
-                    worktree = WorkspaceSetup::Worktree(tree);
-                }
-                Err(e) => return Ok(ctx.fail("", &e)),
-            }
-        }
-        _ => {}
+    let prepared = match workspace::prepare(
+        &ctx,
+        &checked.workspace,
+        state_dir.root(),
+        (uid, gid),
+        invoking_uid,
+    ) {
+        Ok(p) => p,
+        Err(e) => return Ok(ctx.fail("", &e)),
+    };
+    if let Some(mount) = &prepared.mount {
+        plan_context.workspace = mount.clone();
     }
+    let (upload, worktree) = (prepared.upload, prepared.worktree);
     let run = DockerRun {
         plan_context,
         secrets,
