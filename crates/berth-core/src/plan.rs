@@ -149,15 +149,19 @@ pub struct PlanContext {
 /// What a run may not ask of an engine on another host: nothing of this host can be mounted
 /// there. The error names the option and what to use instead.
 pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
-    // Copy mode uploads the workspace through the archive API, which reaches any engine.
+    // Copy mode uploads the workspace through the archive API, which reaches any engine; so does
+    // worktree mode there (its worktree is uploaded, its changes downloaded).
     if !matches!(
         spec.workspace_mode,
-        WorkspaceMode::None | WorkspaceMode::Copy
+        WorkspaceMode::None | WorkspaceMode::Copy | WorkspaceMode::Worktree
     ) {
         return Err(format!(
-            "--workspace-mode {}: a remote engine cannot mount this host's workspace; use --workspace-mode copy (uploaded, the changes come back) or none",
+            "--workspace-mode {}: a remote engine cannot mount this host's workspace; use --workspace-mode copy or worktree (uploaded, the changes come back) or none",
             spec.workspace_mode
         ));
+    }
+    if spec.workspace_mode == WorkspaceMode::Worktree && spec.read_only {
+        return Err("--workspace-mode worktree with --read-only: on a remote engine the worktree is uploaded into the container's own layer, which --read-only forbids".into());
     }
     if let Some(m) = spec.mounts.first() {
         return Err(format!(
@@ -206,6 +210,9 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
     match spec.workspace_mode {
+        // On a remote engine the worktree travels like a copy: uploaded, and its changes
+        // downloaded (the engine cannot see this host's directories).
+        WorkspaceMode::Worktree if ctx.remote_engine => {}
         WorkspaceMode::Rw | WorkspaceMode::Ro | WorkspaceMode::Worktree => {
             binds.push(BindMount {
                 source: ctx.workspace.clone(),
@@ -431,10 +438,18 @@ pub(crate) mod tests {
         assert!(check_remote(&s)
             .unwrap_err()
             .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode copy"));
+        // A worktree travels like a copy there: uploaded, so not with a read-only root.
         s.workspace_mode = WorkspaceMode::Worktree;
-        assert!(check_remote(&s)
-            .unwrap_err()
-            .starts_with("--workspace-mode worktree: a remote engine cannot mount"));
+        assert_eq!(check_remote(&s), Ok(()));
+        s.read_only = true;
+        assert!(check_remote(&s).unwrap_err().contains("--read-only"));
+        s.read_only = false;
+        let mut remote = ctx();
+        remote.remote_engine = true;
+        assert!(!plan_container(&s, &remote)
+            .binds
+            .iter()
+            .any(|b| b.target == WORKSPACE_TARGET));
         s.workspace_mode = WorkspaceMode::Copy;
         assert_eq!(check_remote(&s), Ok(()));
         s.workspace_mode = WorkspaceMode::None;

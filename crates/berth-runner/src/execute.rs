@@ -253,6 +253,7 @@ async fn run_claimed(
             state_dir.root(),
             (uid, gid),
             invoking_uid,
+            plan_context.remote_engine,
         ) {
             Ok(p) => p,
             Err(e) => {

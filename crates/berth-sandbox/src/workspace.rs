@@ -104,16 +104,21 @@ pub struct Worktree {
 
 /// Walks `root` for copy mode and checks its size against `limit`. `exclude` (berth's state
 /// directory) is left out, as are `.git` and whatever `.gitignore`/`.berthignore` ignore.
+/// `parent_ignores`: whether ignore files of `root`'s parent directories count (they do for a
+/// workspace inside a repository; not for berth's own worktree, which lives in the state
+/// directory, whose `.gitignore` ignores everything).
 pub fn scan_copy(
     root: &Path,
     exclude: Option<&Path>,
     limit: u64,
     owner: (u32, u32),
+    parent_ignores: bool,
 ) -> Result<CopySource, SandboxError> {
     let root_meta = std::fs::metadata(root).map_err(|e| SandboxError::io(root, e))?;
     let exclude = exclude.map(Path::to_path_buf);
     let mut walk = ignore::WalkBuilder::new(root);
     walk.hidden(false)
+        .parents(parent_ignores)
         .git_ignore(true)
         .git_exclude(true)
         .require_git(false)
@@ -404,7 +409,12 @@ pub async fn after_exit<E: Engine>(
     let WorkspaceSetup::Copy(source) = setup else {
         return;
     };
-    let dest = ctx.run_dir.workspace_dir();
+    // A worktree uploaded to a remote engine lives in `workspace/` already.
+    let dest = if ctx.record.spec.workspace_mode == WorkspaceMode::Worktree {
+        ctx.run_dir.path().join("remote-workspace")
+    } else {
+        ctx.run_dir.workspace_dir()
+    };
     if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dest) {
         ctx.emit(Event::Warning {
             message: format!("collecting the workspace failed: {}: {e}", dest.display()),
@@ -457,7 +467,11 @@ pub async fn after_exit<E: Engine>(
         upload: None,
         download: None,
     });
-    result.tree = Some("workspace".into());
+    result.tree = Some(
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     result.download = Some(Transfer {
         bytes: extracted.bytes,
         millis: started.elapsed().as_millis() as u64,
@@ -936,6 +950,7 @@ pub fn prepare(
     state_root: &Path,
     sandbox_owner: (u32, u32),
     berth_uid: u32,
+    remote_engine: bool,
 ) -> Result<Prepared, SandboxError> {
     let spec = &ctx.record.spec;
     let mut prepared = Prepared::default();
@@ -947,6 +962,7 @@ pub fn prepare(
                 exclude.as_deref(),
                 spec.copy_limit_bytes,
                 sandbox_owner,
+                true,
             )?);
         }
         WorkspaceMode::Worktree => {
@@ -958,7 +974,19 @@ pub fn prepare(
                 spec.include_dirty,
                 owner,
             )?;
-            prepared.mount = Some(tree.mount.clone());
+            if remote_engine {
+                // The engine cannot mount the worktree: it is uploaded like a copy, and the diff
+                // comes from the downloaded tree (`after_exit`).
+                prepared.upload = WorkspaceSetup::Copy(scan_copy(
+                    &tree.mount,
+                    None,
+                    spec.copy_limit_bytes,
+                    sandbox_owner,
+                    false,
+                )?);
+            } else {
+                prepared.mount = Some(tree.mount.clone());
+            }
             prepared.worktree = WorkspaceSetup::Worktree(tree);
         }
         _ => {}
@@ -973,18 +1001,20 @@ pub fn conclude(ctx: &mut RunContext, setup: &WorkspaceSetup) {
     let WorkspaceSetup::Worktree(worktree) = setup else {
         return;
     };
+    // On a remote engine the worktree was uploaded and its diff taken from the download.
+    let uploaded = ctx.record.workspace.take().filter(|w| w.download.is_some());
     let mut result = WorkspaceResult {
         mode: WorkspaceMode::Worktree,
         repo: Some(worktree.repo.display().to_string()),
         base_commit: Some(worktree.base.clone()),
-        diff: None,
-        tree: None,
+        diff: uploaded.as_ref().and_then(|w| w.diff.clone()),
+        tree: uploaded.as_ref().and_then(|w| w.tree.clone()),
         worktree: None,
         branch: None,
-        upload: None,
-        download: None,
+        upload: uploaded.as_ref().and_then(|w| w.upload),
+        download: uploaded.as_ref().and_then(|w| w.download),
     };
-    if ctx.record.started_at.is_some() {
+    if ctx.record.started_at.is_some() && uploaded.is_none() {
         match worktree.diff() {
             Ok(patch) => match std::fs::write(ctx.run_dir.diff_path(), patch) {
                 Ok(()) => result.diff = Some("diff.patch".into()),
@@ -1021,7 +1051,11 @@ fn patch_target(record: &berth_core::record::RunRecord) -> (PathBuf, String) {
         result.and_then(|r| r.repo.clone()),
         record.spec.workspace_mode,
     ) {
-        (Some(repo), WorkspaceMode::Copy) => {
+        // A copy's paths are relative to the workspace, which may lie below the repository's top;
+        // so are those of a worktree uploaded to a remote engine.
+        (Some(repo), mode)
+            if mode == WorkspaceMode::Copy || result.is_some_and(|r| r.download.is_some()) =>
+        {
             let prefix = repo_info(&record.spec.workspace)
                 .map(|i| i.prefix)
                 .unwrap_or_default();
@@ -1260,7 +1294,7 @@ mod tests {
         write(root, ".berth/runs/x/run.json", "{}");
         let state = root.join(".berth");
 
-        let source = scan_copy(root, Some(&state), 1 << 20, (1000, 1000)).unwrap();
+        let source = scan_copy(root, Some(&state), 1 << 20, (1000, 1000), true).unwrap();
 
         assert_eq!(
             names(&source),
@@ -1273,7 +1307,7 @@ mod tests {
     fn the_scan_refuses_a_workspace_over_the_limit_naming_it_and_the_option() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "big", &"x".repeat(2048));
-        let err = scan_copy(dir.path(), None, 1024, (1, 1)).unwrap_err();
+        let err = scan_copy(dir.path(), None, 1024, (1, 1), true).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("1.0 KiB") || message.contains("1 KiB") || message.contains("1024"),
@@ -1293,7 +1327,7 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink("run.sh", dir.path().join("link")).unwrap();
-        let source = scan_copy(dir.path(), None, 1 << 20, (1234, 5678)).unwrap();
+        let source = scan_copy(dir.path(), None, 1 << 20, (1234, 5678), true).unwrap();
         let mut tar_bytes = Vec::new();
         source.write_tar(&mut tar_bytes, &mut |_| {}).unwrap();
         let mut archive = tar::Archive::new(tar_bytes.as_slice());

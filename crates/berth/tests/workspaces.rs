@@ -366,7 +366,7 @@ fn copy_mode_brings_no_link_back_that_points_outside() {
 }
 
 #[test]
-fn copy_mode_works_on_an_engine_reached_over_ssh() {
+fn copy_and_worktree_modes_work_on_an_engine_reached_over_ssh() {
     let dir = tempfile::Builder::new()
         .prefix("berth-sshd-")
         .tempdir()
@@ -427,17 +427,33 @@ fn copy_mode_works_on_an_engine_reached_over_ssh() {
     let shown = ws.berth(&["diff", &id]).output().unwrap();
     assert_eq!(stdout(&shown), patch);
 
-    // Worktree mode binds a directory of this host: refused on a remote engine, naming copy.
+    // Worktree mode on a remote engine: the worktree is uploaded, its changes come back as a
+    // patch against the commit, and the checkout is untouched.
     let out = ws.run(
         &["--engine", "box", "--workspace-mode", "worktree"],
-        &["true"],
+        &["sh", "-c", CHANGE],
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(state_of(ws.path()), before);
+    let run = ws.last_run();
+    let patch = std::fs::read_to_string(run.join("diff.patch")).unwrap();
     assert!(
-        err.contains("--workspace-mode worktree: a remote engine cannot mount")
-            && err.contains("--workspace-mode copy"),
-        "{err}"
+        patch.contains("+four") && patch.contains("new file mode"),
+        "{patch}"
+    );
+    assert!(patch.contains("deleted file mode"), "{patch}");
+    assert!(!run.join("workspace").exists(), "the worktree is removed");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["workspace"]["mode"], "worktree", "{record}");
+    let id = run_id(&ws);
+    assert!(containers_of_run(&id).is_empty());
+    // The patch applies to the checkout it came from.
+    let applied = ws.berth(&["apply", &id]).output().unwrap();
+    assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("mod.txt")).unwrap(),
+        "one\ntwo\nthree\nfour\n"
     );
 }
 

@@ -273,6 +273,7 @@ pub(crate) async fn prepare_and_run(
         state_dir.root(),
         (uid, gid),
         invoking_uid,
+        plan_context.remote_engine,
     ) {
         Ok(p) => p,
         Err(e) => return Ok(ctx.fail("", &e)),
