@@ -80,6 +80,51 @@ pub struct PoolSpec {
     pub idle_ttl: Duration,
 }
 
+/// Which field of a run request a lifecycle problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleField {
+    Lifecycle,
+    Name,
+    Profile,
+}
+
+/// The persistent container a run asks for, from its explicit `lifecycle` and `name` (flags or
+/// API fields) and its profile; `None` for an ephemeral run. A name implies `persistent`.
+pub fn persistent_for(
+    lifecycle: Option<&str>,
+    name: Option<&str>,
+    profile: Option<&crate::profile::Profile>,
+) -> Result<Option<PersistentSpec>, (LifecycleField, String)> {
+    let lifecycle = match (lifecycle, name) {
+        (Some(l), _) => l,
+        (None, Some(_)) => "persistent",
+        (None, None) => profile.map_or("ephemeral", |p| p.lifecycle.as_str()),
+    };
+    match lifecycle {
+        "ephemeral" if name.is_some() => Err((
+            LifecycleField::Name,
+            "names a persistent container; it cannot be combined with lifecycle ephemeral".into(),
+        )),
+        "ephemeral" => Ok(None),
+        "persistent" => {
+            let agent = profile.map_or("default", |p| p.name.as_str()).to_string();
+            check_name("profile", &agent).map_err(|e| (LifecycleField::Profile, e))?;
+            let name = name.unwrap_or(&agent).to_string();
+            check_name("name", &name).map_err(|e| (LifecycleField::Name, e))?;
+            Ok(Some(PersistentSpec {
+                agent,
+                name,
+                max_containers: profile.map_or(DEFAULT_MAX_CONTAINERS, |p| p.max_containers),
+                idle_ttl: profile.map_or(DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
+            }))
+        }
+        other => Err((
+            LifecycleField::Lifecycle,
+            format!("`{other}` is not ephemeral or persistent"),
+        )),
+    }
+}
+
 /// The engine name of a persistent container: one per agent and name.
 pub fn persistent_container_name(agent: &str, name: &str) -> String {
     format!("berth-{agent}--{name}")
@@ -432,6 +477,39 @@ mod tests {
         // Expired idle ones go whatever the limit.
         assert_eq!(persistent_evictions(&list, 9, ttl, 140, false), ["a"]);
         assert_eq!(persistent_evictions(&list, 9, ttl, 1000, false), ["a", "b"]);
+    }
+
+    #[test]
+    fn lifecycle_from_flags_and_profile() {
+        let profiles = crate::profile::resolve_all(crate::profile::builtins("0.1.0"), &[]).unwrap();
+        let claude = crate::profile::find(&profiles, "claude-code").unwrap();
+        assert_eq!(persistent_for(None, None, Some(claude)), Ok(None));
+        let p = persistent_for(None, Some("builder"), Some(claude))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.agent.as_str(), p.name.as_str()),
+            ("claude-code", "builder")
+        );
+        assert_eq!(p.max_containers, claude.max_containers);
+        let p = persistent_for(Some("persistent"), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.agent.as_str(), p.name.as_str()), ("default", "default"));
+        assert_eq!(p.idle_ttl, DEFAULT_PERSISTENT_TTL);
+        let field = |r: Result<Option<PersistentSpec>, (LifecycleField, String)>| r.unwrap_err().0;
+        assert_eq!(
+            field(persistent_for(Some("forever"), None, None)),
+            LifecycleField::Lifecycle
+        );
+        assert_eq!(
+            field(persistent_for(Some("ephemeral"), Some("x"), None)),
+            LifecycleField::Name
+        );
+        assert_eq!(
+            field(persistent_for(None, Some("a b"), None)),
+            LifecycleField::Name
+        );
     }
 
     #[test]

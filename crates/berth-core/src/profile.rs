@@ -380,6 +380,26 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
     })
 }
 
+/// Every secret a run takes: the profile's required secrets, its credentials that are set on
+/// the host (`is_set`; see [`Profile::credentials_to_pass`]), then the `explicit` ones, each
+/// once. The same for `berth run` and for a runner.
+pub fn secrets_for(
+    profile: Option<&Profile>,
+    explicit: &[String],
+    is_set: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, ProfileError> {
+    let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
+    if let Some(p) = profile {
+        secrets.extend(p.credentials_to_pass(explicit, is_set)?);
+    }
+    for name in explicit {
+        if !secrets.contains(name) {
+            secrets.push(name.clone());
+        }
+    }
+    Ok(secrets)
+}
+
 /// Finds `name` among `profiles`, or says which exist.
 pub fn find<'a>(profiles: &'a [Profile], name: &str) -> Result<&'a Profile, ProfileError> {
     profiles
@@ -614,6 +634,24 @@ mod tests {
             ..Default::default()
         })
         .contains("output `xml`"));
+    }
+
+    #[test]
+    fn secrets_are_the_profiles_the_credentials_set_and_the_explicit_ones_once() {
+        let profiles = all();
+        let claude = find(&profiles, "claude-code").unwrap();
+        let set = |n: &str| n == "ANTHROPIC_API_KEY";
+        assert_eq!(
+            secrets_for(Some(claude), &["TOKEN".into(), "TOKEN".into()], set).unwrap(),
+            ["ANTHROPIC_API_KEY", "TOKEN"]
+        );
+        assert_eq!(
+            secrets_for(Some(claude), &["ANTHROPIC_API_KEY".into()], set).unwrap(),
+            ["ANTHROPIC_API_KEY"]
+        );
+        assert_eq!(secrets_for(None, &["A".into()], set).unwrap(), ["A"]);
+        let both = |n: &str| n == "ANTHROPIC_API_KEY" || n == "CLAUDE_CODE_OAUTH_TOKEN";
+        assert!(secrets_for(Some(claude), &[], both).is_err());
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
-use berth_core::held::PersistentSpec;
 use berth_core::mask::Masker;
 use berth_core::plan::{labels, sandbox_user, PlanContext};
 use berth_core::profile::{Profile, Resume};
@@ -328,20 +327,10 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         .clone()
         .or_else(|| profile.and_then(|p| p.image.clone()))
         .unwrap_or_default();
-    let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
-    if let Some(p) = profile {
-        let credentials = p
-            .credentials_to_pass(&s.secrets, |name| {
-                std::env::var_os(name).is_some_and(|v| !v.is_empty())
-            })
-            .map_err(|e| e.to_string())?;
-        secrets.extend(credentials);
-    }
-    for name in &s.secrets {
-        if !secrets.contains(name) {
-            secrets.push(name.clone());
-        }
-    }
+    let secrets = berth_core::profile::secrets_for(profile, &s.secrets, |name| {
+        std::env::var_os(name).is_some_and(|v| !v.is_empty())
+    })
+    .map_err(|e| e.to_string())?;
     let mut env: Vec<(String, String)> = profile
         .map(|p| p.env.clone().into_iter().collect())
         .unwrap_or_default();
@@ -349,7 +338,9 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         env.retain(|(existing, _)| existing != k);
         env.push((k.clone(), v.clone()));
     }
-    let persistent = persistent_spec(s, profile)?;
+    let persistent =
+        berth_core::held::persistent_for(s.lifecycle.as_deref(), s.name.as_deref(), profile)
+            .map_err(|(_, message)| message)?;
     let mut resources = s.resources.clone().unwrap_or_default();
     if let Some(p) = profile {
         resources.memory = resources.memory.or_else(|| p.memory.clone());
@@ -440,32 +431,6 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         persistent,
     };
     Ok((spec, stdin))
-}
-
-/// The persistent container a submitted run asks for, from `lifecycle`, `name` and the profile.
-fn persistent_spec(
-    s: &berth_api::SandboxRequest,
-    profile: Option<&Profile>,
-) -> Result<Option<PersistentSpec>, String> {
-    let lifecycle = match (&s.lifecycle, &s.name) {
-        (Some(l), _) => l.clone(),
-        (None, Some(_)) => "persistent".into(),
-        (None, None) => profile.map_or("ephemeral".into(), |p| p.lifecycle.clone()),
-    };
-    if lifecycle != "persistent" {
-        return Ok(None);
-    }
-    let agent = profile.map_or("default".to_string(), |p| p.name.clone());
-    let name = s.name.clone().unwrap_or_else(|| agent.clone());
-    berth_core::held::check_name("name", &name)?;
-    Ok(Some(PersistentSpec {
-        agent,
-        name,
-        max_containers: profile.map_or(berth_core::held::DEFAULT_MAX_CONTAINERS, |p| {
-            p.max_containers
-        }),
-        idle_ttl: profile.map_or(berth_core::held::DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
-    }))
 }
 
 /// Removes this runner's ready pool containers: the pool is drained when the runner stops.

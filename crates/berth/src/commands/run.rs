@@ -483,20 +483,10 @@ pub fn build_spec(
         .into_iter()
         .chain(config.env.iter().map(|(k, v)| (k.clone(), v.clone())))
         .collect();
-    let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
-    if let Some(p) = profile {
-        let credentials = p
-            .credentials_to_pass(&args.secrets, |name| {
-                std::env::var_os(name).is_some_and(|v| !v.is_empty())
-            })
-            .map_err(|e| SandboxError::Invalid(e.to_string()))?;
-        secrets.extend(credentials);
-    }
-    for name in &args.secrets {
-        if !secrets.contains(name) {
-            secrets.push(name.clone());
-        }
-    }
+    let secrets = berth_core::profile::secrets_for(profile, &args.secrets, |name| {
+        std::env::var_os(name).is_some_and(|v| !v.is_empty())
+    })
+    .map_err(|e| SandboxError::Invalid(e.to_string()))?;
     for entry in &args.env {
         let (k, v) = parse_env(entry).map_err(|e| invalid("--env", e))?;
         env.retain(|(existing, _)| *existing != k);
@@ -562,42 +552,24 @@ fn persistent_spec(
     args: &RunArgs,
     profile: Option<&Profile>,
 ) -> Result<Option<PersistentSpec>, SandboxError> {
-    let lifecycle = match (&args.lifecycle, &args.name) {
-        (Some(l), _) => l.clone(),
-        (None, Some(_)) => "persistent".to_string(),
-        (None, None) => profile.map_or("ephemeral".into(), |p| p.lifecycle.clone()),
-    };
-    match lifecycle.as_str() {
-        "ephemeral" if args.name.is_some() => Err(invalid(
-            "--name",
-            "names a persistent container; it cannot be combined with --lifecycle ephemeral",
-        )),
-        "ephemeral" => Ok(None),
-        "persistent" => {
-            let agent = profile.map_or("default".to_string(), |p| p.name.clone());
-            berth_core::held::check_name("profile", &agent).map_err(|e| invalid("--profile", e))?;
-            let name = args.name.clone().unwrap_or_else(|| agent.clone());
-            berth_core::held::check_name("--name", &name).map_err(|e| invalid("--name", e))?;
-            if args.keep {
-                return Err(invalid(
-                    "--keep",
-                    "a persistent container is kept anyway; remove it with `berth rm NAME`",
-                ));
-            }
-            Ok(Some(PersistentSpec {
-                agent,
-                name,
-                max_containers: profile.map_or(berth_core::held::DEFAULT_MAX_CONTAINERS, |p| {
-                    p.max_containers
-                }),
-                idle_ttl: profile.map_or(berth_core::held::DEFAULT_PERSISTENT_TTL, |p| p.idle_ttl),
-            }))
-        }
-        other => Err(invalid(
-            "--lifecycle",
-            format!("`{other}` is not ephemeral or persistent"),
-        )),
+    use berth_core::held::LifecycleField;
+    let persistent =
+        berth_core::held::persistent_for(args.lifecycle.as_deref(), args.name.as_deref(), profile)
+            .map_err(|(field, message)| {
+                let flag = match field {
+                    LifecycleField::Lifecycle => "--lifecycle",
+                    LifecycleField::Name => "--name",
+                    LifecycleField::Profile => "--profile",
+                };
+                invalid(flag, message)
+            })?;
+    if persistent.is_some() && args.keep {
+        return Err(invalid(
+            "--keep",
+            "a persistent container is kept anyway; remove it with `berth rm NAME`",
+        ));
     }
+    Ok(persistent)
 }
 
 /// `<data dir>/sessions/<agent>`, created for the sandbox user `uid:gid` when missing.
