@@ -892,7 +892,7 @@ impl Worktree {
 
     /// Everything the run changed relative to its base, commits included, as a binary-safe
     /// patch. Files the repository ignores are not part of it.
-    fn diff(&self) -> Result<Vec<u8>, String> {
+    pub fn diff(&self) -> Result<Vec<u8>, String> {
         self.git(&["add", "--all"])?;
         self.git(&[
             "diff",
@@ -905,7 +905,7 @@ impl Worktree {
     }
 
     /// Removes the worktree, its metadata and its branch. Best effort: what is left is named.
-    fn remove(&self) -> Vec<String> {
+    pub fn remove(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let path = self.path.display().to_string();
         if let Err(e) = run_git(

@@ -215,6 +215,12 @@ fn rejected_then_approved_with_the_feedback_in_the_next_prompt() {
     );
     assert!(!ws.path().join("notes.txt").exists());
     assert!(!dir.join("worktree").exists(), "the worktree is removed");
+    assert_eq!(
+        git(ws.path(), &["branch", "--list", "berth/*"]),
+        "",
+        "and its branch"
+    );
+    assert_eq!(git(ws.path(), &["worktree", "list"]).lines().count(), 1);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("workflow.json")).unwrap()).unwrap();
     assert_eq!(state["finish"]["state"], "succeeded", "{state}");

@@ -7,7 +7,7 @@
 //! (each step's own state directory with its run: record, logs, events, artifacts, verdict),
 //! and `diff.patch`, the workflow's output.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use berth_core::exit::RunState;
 use berth_core::workflow::state::{Finish, Next, StepOutcome, StepRequest, WorkflowRun};
 use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
 use berth_core::ExitStatus;
+use berth_sandbox::workspace::{self, Worktree};
 use berth_sandbox::{Interrupts, Reporter};
 use clap::Parser;
 
@@ -120,44 +121,39 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     }
 
     let cwd = std::env::current_dir().map_err(|e| fail(e.to_string(), ""))?;
-    let repo = PathBuf::from(
-        git(&cwd, &["rev-parse", "--show-toplevel"])
-            .map_err(|e| fail(e, "run berth workflow run inside a git repository"))?
-            .trim(),
+    // The same state directory `berth run` here would use.
+    let state_root = berth_sandbox::rundir::StateDir::resolve(
+        args.state
+            .state_dir
+            .clone()
+            .map(|d| if d.is_absolute() { d } else { cwd.join(d) }),
+        crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
+        settings.file.state_dir.clone().map(|d| cwd.join(d)),
+        &cwd,
     );
-    let base = git(&repo, &["rev-parse", "HEAD"])
-        .map_err(|e| fail(e, "the repository needs at least one commit"))?
-        .trim()
-        .to_string();
-    let state_root = args
-        .state
-        .state_dir
-        .clone()
-        .map(|d| if d.is_absolute() { d } else { cwd.join(d) })
-        .or_else(|| crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into))
-        .unwrap_or_else(|| repo.join(".berth"));
     let id = berth_sandbox::clock::new_run_id();
-    let dir = state_root.join("workflows").join(&id);
+    let dir = state_root.root().join("workflows").join(&id);
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), ""))?;
-    let worktree = dir.join("worktree");
-    git(
-        &repo,
-        &[
-            "worktree",
-            "add",
-            "--detach",
-            &worktree.display().to_string(),
-            &base,
-        ],
-    )
-    .map_err(|e| fail(format!("creating the workflow's worktree failed: {e}"), ""))?;
-    hand_worktree_over(&worktree);
+    // berth run's worktree: the sandbox user owns it when berth runs as root, and git reads
+    // only its recorded git directory, never a `.git` a step might plant in the tree.
+    let (uid, gid) = crate::invoking_user();
+    let sandbox = berth_core::plan::sandbox_user(None, uid, gid);
+    let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
+    let tree = workspace::create_worktree(&cwd, &dir.join("worktree"), &id, false, owner).map_err(
+        |e| match e {
+            berth_sandbox::SandboxError::WithHint { message, .. } => fail(
+                message,
+                "run berth workflow run inside a git checkout with at least one commit",
+            ),
+            other => fail(other.to_string(), ""),
+        },
+    )?;
     printer.info(&format!(
         "workflow {} ({id}) on {} at {}; worktree {}",
         workflow.name,
-        repo.display(),
-        &base[..base.len().min(12)],
-        worktree.display()
+        tree.repo.display(),
+        &tree.base[..tree.base.len().min(12)],
+        tree.path.display()
     ));
 
     let mut interrupts = super::run::forward_interrupts();
@@ -173,8 +169,7 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
             &request,
             &state,
             &dir,
-            &worktree,
-            &base,
+            &tree,
             &mut interrupts,
             printer,
         )
@@ -189,7 +184,7 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     };
     save(&dir, &state);
 
-    let diff = diff_of(&worktree, &base).unwrap_or_else(|e| {
+    let diff = diff_text(&tree).unwrap_or_else(|e| {
         printer.warning(&format!("computing the final diff failed: {e}"));
         String::new()
     });
@@ -198,17 +193,15 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
         printer.warning(&format!("{}: {e}", patch.display()));
     }
     if args.keep {
-        printer.info(&format!("worktree kept at {}", worktree.display()));
-    } else if let Err(e) = git(
-        &repo,
-        &[
-            "worktree",
-            "remove",
-            "--force",
-            &worktree.display().to_string(),
-        ],
-    ) {
-        printer.warning(&format!("removing the worktree failed: {e}"));
+        printer.info(&format!(
+            "worktree kept at {} (branch {})",
+            tree.path.display(),
+            tree.branch
+        ));
+    } else {
+        for problem in tree.remove() {
+            printer.warning(&format!("removing the worktree failed: {problem}"));
+        }
     }
     report(&args, &finish, &id, &dir, &patch, &diff, printer);
     Ok(ExitStatus::for_run(finish.state, None))
@@ -260,11 +253,11 @@ async fn run_step(
     request: &StepRequest,
     state: &WorkflowRun,
     dir: &Path,
-    worktree: &Path,
-    base: &str,
+    tree: &Worktree,
     interrupts: &mut Interrupts,
     printer: Printer,
 ) -> StepOutcome {
+    let worktree = tree.mount.as_path();
     let position = &request.position;
     let step_dir = dir.join(position.dir());
     if let Err(e) = std::fs::create_dir_all(&step_dir) {
@@ -313,7 +306,7 @@ async fn run_step(
         }
         Action::Agent { profile, .. } => {
             let diff = if request.needs_diff() {
-                diff_of(worktree, base).unwrap_or_default()
+                diff_text(tree).unwrap_or_default()
             } else {
                 String::new()
             };
@@ -563,10 +556,10 @@ async fn run_on_host(
     }
 }
 
-/// The worktree's change against `base`: new, modified and deleted files, binaries included.
-fn diff_of(worktree: &Path, base: &str) -> Result<String, String> {
-    git(worktree, &["add", "--all"])?;
-    git(worktree, &["diff", "--cached", "--binary", base])
+/// The worktree's change against its base: new, modified and deleted files, binaries included.
+fn diff_text(tree: &Worktree) -> Result<String, String> {
+    tree.diff()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Saves the workflow's state; failing to is a warning's worth, not the workflow's end.
@@ -575,48 +568,6 @@ fn save(dir: &Path, state: &WorkflowRun) {
         let tmp = dir.join(".workflow.json.tmp");
         if std::fs::write(&tmp, json).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("workflow.json"));
-        }
-    }
-}
-
-/// `git -C DIR ARGS`; stdout, or stderr as the error. The worktree may belong to the sandbox
-/// user while berth runs as root, hence `safe.directory`.
-fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("git")
-        .arg("-c")
-        .arg("safe.directory=*")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running git failed: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// When berth runs as root the sandbox user is someone else (1000:1000): it gets the worktree
-/// (berth's own copy; the user's checkout is never touched).
-fn hand_worktree_over(worktree: &Path) {
-    let (uid, gid) = crate::invoking_user();
-    if uid != 0 {
-        return;
-    }
-    let (sandbox_uid, sandbox_gid) = berth_core::plan::sandbox_user(None, uid, gid);
-    let mut stack = vec![worktree.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let _ = std::os::unix::fs::lchown(&path, Some(sandbox_uid), Some(sandbox_gid));
-        if path.is_dir() && !path.is_symlink() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
         }
     }
 }
