@@ -40,10 +40,8 @@ pub(crate) async fn execute_persistent<E: Engine>(
         plan_context.invoking_uid,
         plan_context.invoking_gid,
     );
-    let dir = match HeldDir::create(run.held_root.join(&name), uid, gid) {
-        Ok(dir) => dir,
-        Err(e) => return ctx.fail("preparing the persistent container failed: ", &e),
-    };
+    // The lock comes first (taking it makes the directory if needed); the rest under it.
+    let dir = HeldDir::open(run.held_root.join(&name));
     let _lock = match wait_for_lock(&dir, &name, ctx, interrupts).await {
         Ok(Some(lock)) => lock,
         Ok(None) => {
@@ -56,7 +54,8 @@ pub(crate) async fn execute_persistent<E: Engine>(
         }
         Err(e) => return ctx.fail("", &e),
     };
-    // Again under the lock: what another berth's gc removed meanwhile is back.
+    // io/ and out/ for the sandbox user: made now, or again if another berth's gc removed the
+    // directory with the container it belonged to.
     let dir = match HeldDir::create(dir.path().to_path_buf(), uid, gid) {
         Ok(dir) => dir,
         Err(e) => return ctx.fail("preparing the persistent container failed: ", &e),
