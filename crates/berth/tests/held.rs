@@ -398,23 +398,14 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
     assert!(pool(&ws).is_empty());
 }
 
-/// Starts `berth run --name NAME -- sleep 60` and waits until it runs; returns the process and
-/// the run's directory.
-fn sleeping_persistent_run(
-    ws: &Workspace,
-    name: &str,
-) -> (std::process::Child, std::path::PathBuf) {
+/// Starts `berth run EXTRA -- sleep 60` and waits until it runs; returns the process and the
+/// run's directory.
+fn sleeping_run(ws: &Workspace, extra: &[&str]) -> (std::process::Child, std::path::PathBuf) {
+    let mut args = vec!["run", "--image", image()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sleep", "60"]);
     let child = ws
-        .berth(&[
-            "run",
-            "--image",
-            image(),
-            "--name",
-            name,
-            "--",
-            "sleep",
-            "60",
-        ])
+        .berth(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -437,7 +428,7 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
     let ws = Workspace::new();
     let _cleanup = Cleanup(&ws);
     let name = unique("crash");
-    let (mut child, _) = sleeping_persistent_run(&ws, &name);
+    let (mut child, _) = sleeping_run(&ws, &["--name", &name]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(held_containers(&ws).len(), 1);
@@ -457,12 +448,48 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
 }
 
 #[test]
+fn a_killed_berth_leaves_its_used_pool_container_to_gc_and_the_run_recorded() {
+    let _gc = gc_guard();
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    std::fs::write(
+        ws.path().join("berth.toml"),
+        format!("[pool.\"{}\"]\nsize = 1\n", image()),
+    )
+    .unwrap();
+    let fill = ws.run(&[], &["true"]);
+    assert_eq!(code(&fill), 0, "{}", stderr(&fill));
+    let (mut child, run_dir) = sleeping_run(&ws, &[]);
+    let taken = record_of(&ws, &run_dir)["container_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(taken.starts_with("berth-pool-"), "{taken}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let gc = ws.berth(&["gc", "--json"]).output().unwrap();
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+    let left: Vec<String> = held_containers(&ws).into_iter().map(|(n, _)| n).collect();
+    assert!(!left.contains(&taken), "{left:?}\n{}", stdout(&gc));
+    let record = record_of(&ws, &run_dir);
+    assert_eq!(record["state"], "error", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited without cleaning up"),
+        "{record}"
+    );
+}
+
+#[test]
 fn the_next_run_replaces_a_persistent_container_whose_berth_was_killed() {
     let _gc = gc_guard();
     let ws = Workspace::new();
     let _cleanup = Cleanup(&ws);
     let name = unique("orphan");
-    let (mut child, orphan_dir) = sleeping_persistent_run(&ws, &name);
+    let (mut child, orphan_dir) = sleeping_run(&ws, &["--name", &name]);
     child.kill().unwrap();
     child.wait().unwrap();
 
