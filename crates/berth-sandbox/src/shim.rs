@@ -48,13 +48,11 @@ pub fn install(cache_dir: &Path) -> Result<PathBuf, SandboxError> {
 /// The setup frame the shim reads on stdin: secrets, delivered outside the container's
 /// configuration so they never show in `docker inspect` or in process arguments.
 pub fn setup_frame(secrets: &[(String, String)]) -> Vec<u8> {
-    let mut frame = b"berth-shim-v1\n".to_vec();
+    let mut frame = FRAME_START.to_vec();
     for (name, value) in secrets {
-        frame.extend_from_slice(format!("secret {name} {}\n", value.len()).as_bytes());
-        frame.extend_from_slice(value.as_bytes());
-        frame.push(b'\n');
+        part(&mut frame, &format!("secret {name}"), value.as_bytes());
     }
-    frame.extend_from_slice(b"end\n");
+    frame.extend_from_slice(FRAME_END);
     frame
 }
 
@@ -65,35 +63,34 @@ pub fn run_frame(
     secrets: &[(String, String)],
     input: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut frame = b"berth-shim-v1\n".to_vec();
-    let mut part = |header: String, value: &[u8]| {
-        frame.extend_from_slice(header.as_bytes());
-        frame.extend_from_slice(value);
-        frame.push(b'\n');
-    };
+    let mut frame = FRAME_START.to_vec();
     for (name, value) in secrets {
-        part(format!("secret {name} {}\n", value.len()), value.as_bytes());
+        part(&mut frame, &format!("secret {name}"), value.as_bytes());
     }
     for (name, value) in &run.env {
-        part(format!("env {name} {}\n", value.len()), value.as_bytes());
+        part(&mut frame, &format!("env {name}"), value.as_bytes());
     }
     for arg in &run.argv {
-        part(format!("arg {}\n", arg.len()), arg.as_bytes());
+        part(&mut frame, "arg", arg.as_bytes());
     }
-    part(format!("cwd {}\n", run.cwd.len()), run.cwd.as_bytes());
-    part(
-        format!("stdout {}\n", run.stdout.len()),
-        run.stdout.as_bytes(),
-    );
-    part(
-        format!("stderr {}\n", run.stderr.len()),
-        run.stderr.as_bytes(),
-    );
+    part(&mut frame, "cwd", run.cwd.as_bytes());
+    part(&mut frame, "stdout", run.stdout.as_bytes());
+    part(&mut frame, "stderr", run.stderr.as_bytes());
     if let Some(input) = input {
-        part(format!("input {}\n", input.len()), input);
+        part(&mut frame, "input", input);
     }
-    frame.extend_from_slice(b"end\n");
+    frame.extend_from_slice(FRAME_END);
     frame
+}
+
+const FRAME_START: &[u8] = b"berth-shim-v1\n";
+const FRAME_END: &[u8] = b"end\n";
+
+/// One part of a frame: `KIND LEN`, the value's bytes, a newline.
+fn part(frame: &mut Vec<u8>, kind: &str, value: &[u8]) {
+    frame.extend_from_slice(format!("{kind} {}\n", value.len()).as_bytes());
+    frame.extend_from_slice(value);
+    frame.push(b'\n');
 }
 
 #[cfg(test)]
