@@ -330,6 +330,7 @@ async fn submit_run<S: Store>(
         labels: request.labels.clone(),
         created_at: now,
         actor: caller.actor(),
+        pinned_runner: None,
     };
     let row = app.store.insert_run(&run).await?;
     app.queued.notify_waiters();

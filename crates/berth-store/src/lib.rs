@@ -148,6 +148,8 @@ pub struct NewRun {
     pub created_at: i64,
     /// Who submitted it (token id), for the audit trail.
     pub actor: String,
+    /// Only this runner may claim it (a workflow's later steps go where its worktree is).
+    pub pinned_runner: Option<String>,
 }
 
 /// One event of a run's stream (output or lifecycle), numbered per run from 1 so that SSE
@@ -229,6 +231,77 @@ pub struct Finish {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub now: i64,
+}
+
+/// A workflow as stored: its submission, the state machine's progress (JSON), and where it is.
+/// `state` is `running` until it ends `succeeded`, `failed`, `cancelled` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowRow {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    pub state: RunState,
+    pub spec: serde_json::Value,
+    pub progress: serde_json::Value,
+    /// Bumped by every change; a change names the version it read.
+    pub version: i64,
+    /// The step run in progress (or the last one, until the next is queued).
+    pub current_run: Option<String>,
+    /// The runner holding the workflow's worktree, once its first step was claimed.
+    pub runner_id: Option<String>,
+    pub cancel_requested: bool,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A new workflow, in state `running` with no step queued yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWorkflow {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    pub spec: serde_json::Value,
+    pub progress: serde_json::Value,
+    pub created_at: i64,
+    pub actor: String,
+}
+
+/// One entry of a workflow's audit trail: submitted, a step queued or ended, a cancel asked
+/// for, the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowNote {
+    pub event: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowAuditEntry {
+    pub workflow_id: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub actor: String,
+    pub event: String,
+    pub detail: String,
+}
+
+/// A step of a workflow taken: the new progress and position, the notes for the audit trail,
+/// and the next step's run to queue, all in one transaction that applies only if the workflow
+/// is still at `expected_version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowChange {
+    pub id: String,
+    pub expected_version: i64,
+    pub state: RunState,
+    pub progress: serde_json::Value,
+    pub current_run: Option<String>,
+    pub runner_id: Option<String>,
+    pub reason: Option<String>,
+    pub finished_at: Option<i64>,
+    pub now: i64,
+    pub actor: String,
+    pub notes: Vec<WorkflowNote>,
+    pub new_run: Option<NewRun>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -376,4 +449,44 @@ pub trait Store: Send + Sync + 'static {
         &self,
         runner_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+
+    // Workflows.
+    /// Inserts a running workflow and its first audit entry (`submitted`).
+    fn insert_workflow(
+        &self,
+        workflow: &NewWorkflow,
+    ) -> impl Future<Output = StoreResult<WorkflowRow>> + Send;
+    fn workflow(&self, id: &str) -> impl Future<Output = StoreResult<Option<WorkflowRow>>> + Send;
+    /// Newest first; `projects_in` limits to a client token's project.
+    fn list_workflows(
+        &self,
+        project: Option<&str>,
+        projects_in: Option<&[String]>,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<WorkflowRow>>> + Send;
+    /// Ids of the workflows still running.
+    fn active_workflows(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// Applies the change if the workflow is still at its expected version (and running):
+    /// `Some(new row)`; else nothing changes and `None` says another writer came first.
+    fn update_workflow(
+        &self,
+        change: &WorkflowChange,
+    ) -> impl Future<Output = StoreResult<Option<WorkflowRow>>> + Send;
+    /// Marks a running workflow for cancel (once, with an audit entry); a finished one is left
+    /// as it is.
+    fn request_workflow_cancel(
+        &self,
+        id: &str,
+        actor: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<WorkflowRow>> + Send;
+    fn workflow_audit(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<WorkflowAuditEntry>>> + Send;
+    /// Of `ids`, those that are no longer running (ended, or unknown).
+    fn ended_workflows(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use berth_store::{
-    ClaimRequest, Finish, NewEvent, NewRun, Project, Role, RunFilter, RunState, RunnerRecord,
-    SqlStore, Store, StoreError, TokenRecord,
+    ClaimRequest, Finish, NewEvent, NewRun, NewWorkflow, Project, Role, RunFilter, RunState,
+    RunnerRecord, SqlStore, Store, StoreError, TokenRecord, WorkflowChange, WorkflowNote,
 };
 use support::{with_stores, TestDb};
 
@@ -25,6 +25,7 @@ fn new_run(id: &str, project: &str, tags: &[&str]) -> NewRun {
         labels: BTreeMap::from([("team".to_owned(), "infra".to_owned())]),
         created_at: T0,
         actor: "token:tok1".to_owned(),
+        pinned_runner: None,
     }
 }
 
@@ -1142,6 +1143,127 @@ async fn counts_by_state_cover_every_state() {
             (2, 1, 1)
         );
         assert_eq!(counts[&RunState::Succeeded], 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pinned_runs_go_only_to_their_runner() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let mut pinned = new_run("pinned", "p", &[]);
+        pinned.pinned_runner = Some("home".into());
+        s.insert_run(&pinned).await.unwrap();
+        s.insert_run(&new_run("free", "p", &[])).await.unwrap();
+        // The other runner skips the pinned run (older in the queue) and takes the free one.
+        assert_eq!(
+            claim_id(s, &claim_req("other", &[], false, T0)).await.as_deref(),
+            Some("free")
+        );
+        assert_eq!(claim_id(s, &claim_req("other", &[], false, T0)).await, None);
+        assert_eq!(
+            claim_id(s, &claim_req("home", &[], false, T0)).await.as_deref(),
+            Some("pinned")
+        );
+    })
+    .await;
+}
+
+fn change(id: &str, version: i64, step: u32) -> WorkflowChange {
+    WorkflowChange {
+        id: id.to_owned(),
+        expected_version: version,
+        state: RunState::Running,
+        progress: serde_json::json!({ "step": step }),
+        current_run: Some(format!("{id}-step{step}")),
+        runner_id: None,
+        reason: None,
+        finished_at: None,
+        now: T0 + i64::from(step),
+        actor: "server".to_owned(),
+        notes: vec![WorkflowNote {
+            event: "step_queued".into(),
+            detail: format!("step {step}"),
+        }],
+        new_run: Some(new_run(&format!("{id}-step{step}"), "p", &[])),
+    }
+}
+
+#[tokio::test]
+async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let wf = s
+            .insert_workflow(&NewWorkflow {
+                id: "wf-1".into(),
+                project: "p".into(),
+                name: "loop".into(),
+                spec: serde_json::json!({ "task": "fix it" }),
+                progress: serde_json::json!({ "step": 0 }),
+                created_at: T0,
+                actor: "tok1".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!((wf.state, wf.version), (RunState::Running, 1));
+        assert_eq!(s.active_workflows().await.unwrap(), ["wf-1"]);
+
+        // The first change wins; a second writer that read the same version changes nothing,
+        // and its step run is not inserted.
+        let first = s.update_workflow(&change("wf-1", 1, 1)).await.unwrap().unwrap();
+        assert_eq!(first.version, 2);
+        assert_eq!(first.current_run.as_deref(), Some("wf-1-step1"));
+        assert!(s.run("wf-1-step1").await.unwrap().is_some());
+        let mut racer = change("wf-1", 1, 9);
+        racer.new_run = Some(new_run("racer-run", "p", &[]));
+        assert_eq!(s.update_workflow(&racer).await.unwrap(), None);
+        assert!(s.run("racer-run").await.unwrap().is_none());
+
+        // Cancel is recorded once and bumps the version.
+        let cancelled = s.request_workflow_cancel("wf-1", "tok2", T0 + 5).await.unwrap();
+        assert!(cancelled.cancel_requested);
+        assert_eq!(cancelled.version, 3);
+        let again = s.request_workflow_cancel("wf-1", "tok2", T0 + 6).await.unwrap();
+        assert_eq!(again.version, 3);
+
+        // The end: no longer active, and no change applies after it.
+        let mut end = change("wf-1", 3, 2);
+        end.state = RunState::Cancelled;
+        end.reason = Some("cancelled while step 1 ran".into());
+        end.finished_at = Some(T0 + 7);
+        end.new_run = None;
+        let ended = s.update_workflow(&end).await.unwrap().unwrap();
+        assert_eq!(ended.state, RunState::Cancelled);
+        assert!(s.active_workflows().await.unwrap().is_empty());
+        assert_eq!(s.update_workflow(&change("wf-1", 4, 3)).await.unwrap(), None);
+        assert_eq!(
+            s.ended_workflows(&["wf-1".into(), "unknown".into()]).await.unwrap(),
+            ["wf-1", "unknown"]
+        );
+
+        let audit: Vec<(String, String)> = s
+            .workflow_audit("wf-1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.event, a.actor))
+            .collect();
+        assert_eq!(
+            audit,
+            [
+                ("submitted".to_string(), "token:tok1".to_string()),
+                ("step_queued".into(), "server".into()),
+                ("cancel_requested".into(), "token:tok2".into()),
+                ("step_queued".into(), "server".into()),
+            ]
+        );
+        let listed = s.list_workflows(Some("p"), None, 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(s
+            .list_workflows(None, Some(&["q".to_string()]), 10)
+            .await
+            .unwrap()
+            .is_empty());
     })
     .await;
 }
