@@ -89,6 +89,10 @@ pub struct SandboxRequest {
     /// Worktree mode: carry the checkout's uncommitted changes over.
     #[serde(default)]
     pub include_dirty: bool,
+    /// Set by the server on a workflow's step runs (never by clients): the workflow whose one
+    /// worktree, kept by the runner between steps, is the step's workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +208,13 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         err(
             "sandbox.command",
             "give either a prompt (for an agent profile) or a command, not both".into(),
+        );
+    }
+    if sandbox.workflow.is_some() {
+        err(
+            "sandbox.workflow",
+            "is set by the server for a workflow's steps; submit workflows to /api/v1/workflows"
+                .into(),
         );
     }
     if let Some(mode) = &sandbox.workspace_mode {
@@ -502,6 +513,9 @@ pub struct EventsBody {
 pub struct HeartbeatBody {
     #[serde(default)]
     pub leases: Vec<LeaseRef>,
+    /// Workflows whose worktrees the runner keeps.
+    #[serde(default)]
+    pub workflows: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -517,6 +531,9 @@ pub struct HeartbeatReply {
     pub cancel: Vec<String>,
     /// Runs whose lease is no longer valid: stop them, their results will be refused.
     pub revoked: Vec<String>,
+    /// Of the workflows whose worktrees the runner keeps, those that ended: remove them.
+    #[serde(default)]
+    pub ended_workflows: Vec<String>,
 }
 
 /// `POST /api/v1/runs/{id}/finish`.
@@ -742,4 +759,102 @@ mod tests {
         )
         .is_empty());
     }
+}
+
+/// `POST /api/v1/workflows`: a workflow file (or a built-in) to run on the project's runners,
+/// each step a run, all steps on one runner in one worktree of the project's checkout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitWorkflow {
+    pub project: String,
+    /// The workflow file's text (TOML); or `builtin`.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// A built-in workflow's name, e.g. `builder-reviewer`.
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// The file's name, for messages.
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// What `{{ task }}` says.
+    #[serde(default)]
+    pub task: String,
+    /// The image of command steps in the sandbox.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The image of agent steps (default: the profile's).
+    #[serde(default)]
+    pub agent_image: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Replaces the argv of the steps named `tests` and `baseline`.
+    #[serde(default)]
+    pub test_command: Option<Vec<String>>,
+    /// Every step run carries these tags (to route them to runners).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A workflow as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    /// `running`, then `succeeded`, `failed`, `cancelled` or `error`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub task: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// The runner holding its worktree (where every step runs).
+    pub runner_id: Option<String>,
+    /// The step run in progress, or the last one.
+    pub current_run: Option<String>,
+    pub cancel_requested: bool,
+    /// Iterations started.
+    pub iterations: u32,
+    /// Baseline steps that failed before any change.
+    pub baseline_red: Vec<String>,
+    /// Every step so far: where (`baseline` or the iteration), its run, state, exit code,
+    /// reason and verdict.
+    pub steps: Vec<WorkflowStepView>,
+    /// The run whose artifact `berth/diff.patch` is the workflow's diff so far
+    /// (`GET /api/v1/workflows/{id}/diff`).
+    pub diff_run: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowStepView {
+    /// 0 for the baseline.
+    pub iteration: u32,
+    pub step: String,
+    pub run_id: Option<String>,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    /// The reviewer's verdict: approved, summary, requested changes, and where it came from.
+    pub verdict: Option<serde_json::Value>,
+    pub verdict_error: Option<String>,
+}
+
+/// `GET /api/v1/workflows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+}
+
+/// One entry of a workflow's audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowAuditView {
+    pub seq: i64,
+    pub ts: String,
+    pub actor: String,
+    /// `submitted`, `step_queued`, `step_finished`, `cancel_requested`, `finished`.
+    pub event: String,
+    pub detail: String,
 }

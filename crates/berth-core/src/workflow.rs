@@ -169,6 +169,17 @@ impl Workflow {
         })
     }
 
+    /// `--test-command`: replaces the argv of the steps named `tests` and `baseline`, where
+    /// the workflow has them.
+    pub fn set_test_command(&mut self, argv: &[String]) -> Result<(), String> {
+        for step in ["tests", "baseline"] {
+            if self.step(step).is_some() {
+                self.set_command(step, argv.to_vec())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the argv of command step `step` (e.g. the built-in workflow's test command).
     pub fn set_command(&mut self, step: &str, argv: Vec<String>) -> Result<(), String> {
         if argv.is_empty() || argv[0].is_empty() {

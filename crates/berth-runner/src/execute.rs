@@ -164,6 +164,39 @@ async fn run_claimed(
         }
     };
 
+    // A workflow's step works in the workflow's worktree, kept on this runner between steps.
+    let workflow_tree = match &run.sandbox.workflow {
+        None => None,
+        Some(id) => {
+            if !engine.endpoint().is_local() && !local_mode(run) {
+                return Outcome::error(format!(
+                    "runner `{}` uses a remote engine; workflow steps need a local one (their worktree stays on the runner between steps)",
+                    shared.runner_id
+                ));
+            }
+            let (uid, gid) = invoking_user();
+            let sandbox = sandbox_user(spec.user, uid, gid);
+            let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
+            match crate::workflows::worktree_for(
+                &shared.config.state_dir,
+                id,
+                &checked.workspace,
+                owner,
+            ) {
+                Ok(tree) => Some(tree),
+                Err(e) => {
+                    return Outcome::error(format!(
+                        "the workflow's worktree on runner `{}`: {e}",
+                        shared.runner_id
+                    ))
+                }
+            }
+        }
+    };
+    let workspace = workflow_tree
+        .as_ref()
+        .map_or_else(|| checked.workspace.clone(), |tree| tree.mount.clone());
+
     let state_dir = StateDir::new(shared.config.state_dir.clone());
     let stale = shared.config.state_dir.join("runs").join(&run.id);
     if stale.exists() {
@@ -203,8 +236,7 @@ async fn run_claimed(
     };
 
     if local {
-        berth_sandbox::local::execute_local(&mut ctx, &checked.workspace, &secrets, interrupts)
-            .await;
+        berth_sandbox::local::execute_local(&mut ctx, &workspace, &secrets, interrupts).await;
     } else {
         let shim = match berth_sandbox::shim::install(&shared.config.cache_dir) {
             Ok(p) => p,
@@ -231,16 +263,13 @@ async fn run_claimed(
             invoking_gid,
             image_entrypoint: Vec::new(),
             image_home: None,
-            workspace: checked.workspace.clone(),
+            workspace: workspace.clone(),
             mounts: checked.mounts,
             shim_host_path: shim,
             out_host_path: out_dir,
             io_host_path,
             setup_frame: true,
-            state_dir_in_workspace: prepare::state_dir_in_workspace(
-                state_dir.root(),
-                &checked.workspace,
-            ),
+            state_dir_in_workspace: prepare::state_dir_in_workspace(state_dir.root(), &workspace),
             owner_labels,
             remote_engine: !engine.endpoint().is_local(),
         };
@@ -248,7 +277,7 @@ async fn run_claimed(
         // as the artifact `berth/diff.patch`.
         let prepared = match berth_sandbox::workspace::prepare(
             &ctx,
-            &checked.workspace,
+            &workspace,
             state_dir.root(),
             (uid, gid),
             invoking_uid,
@@ -289,7 +318,23 @@ async fn run_claimed(
             }
         }
     }
+    if let Some(tree) = &workflow_tree {
+        // The workflow's diff so far, for the server's prompts and its final diff.
+        let target = ctx.run_dir.artifacts_dir().join("berth/diff.patch");
+        let written = tree.diff().and_then(|diff| {
+            std::fs::create_dir_all(ctx.run_dir.artifacts_dir().join("berth"))
+                .and_then(|()| std::fs::write(&target, diff))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "the workflow's diff could not be taken");
+        }
+    }
     outcome_of(&ctx, run_dir)
+}
+
+fn local_mode(run: &berth_api::RunView) -> bool {
+    run.execution_mode == ExecutionMode::Local
 }
 
 /// The run's end as the server is told.

@@ -9,6 +9,7 @@
 pub mod client;
 mod execute;
 mod reporter;
+mod workflows;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -195,7 +196,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             Err(_) => Vec::new(),
         };
         let idle = leases.is_empty();
-        let body = HeartbeatBody { leases };
+        let body = HeartbeatBody {
+            leases,
+            workflows: workflows::held(&shared.config.state_dir),
+        };
         match shared
             .client
             .post_with_timeout::<_, HeartbeatReply>(
@@ -222,6 +226,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                             }
                         }
                     }
+                }
+                for id in &reply.ended_workflows {
+                    workflows::remove(&shared.config.state_dir, id);
                 }
                 if idle {
                     tokio::time::sleep(shared.heartbeat).await;

@@ -83,8 +83,9 @@ struct RepoInfo {
     head: Option<String>,
 }
 
-/// A run's git worktree.
-#[derive(Debug)]
+/// A run's git worktree. It serialises so that a runner can keep a workflow's worktree between
+/// steps (the file lives in the runner's state directory, out of every sandbox's reach).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Worktree {
     /// The user's checkout (its top level).
     pub repo: PathBuf,

@@ -13,6 +13,7 @@ pub mod openapi;
 mod routes;
 mod sweeper;
 mod views;
+pub mod workflows;
 
 use std::path::PathBuf;
 use std::sync::Arc;

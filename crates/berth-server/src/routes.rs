@@ -24,7 +24,7 @@ use rand::Rng;
 use crate::auth::{hash_secret, new_secret, Caller};
 use crate::clock::now_ms;
 use crate::error::{ApiError, ApiResult};
-use crate::{views, App};
+use crate::{views, workflows, App};
 
 type AppState<S> = State<Arc<App<S>>>;
 
@@ -70,6 +70,14 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/api/v1/runs/{id}/artifacts", get(list_artifacts::<S>))
         .route("/api/v1/runs/{id}/start", post(start_run::<S>))
         .route("/api/v1/runs/{id}/finish", post(finish_run::<S>))
+        .route(
+            "/api/v1/workflows",
+            post(submit_workflow::<S>).get(list_workflows::<S>),
+        )
+        .route("/api/v1/workflows/{id}", get(get_workflow::<S>))
+        .route("/api/v1/workflows/{id}/audit", get(workflow_audit::<S>))
+        .route("/api/v1/workflows/{id}/cancel", post(cancel_workflow::<S>))
+        .route("/api/v1/workflows/{id}/diff", get(workflow_diff::<S>))
         .route("/api/v1/runners", get(list_runners::<S>))
         .route("/api/v1/runners/register", post(register_runner::<S>))
         .route("/api/v1/runners/{id}/claim", post(claim::<S>))
@@ -420,6 +428,7 @@ async fn cancel_run<S: Store>(
         .await?;
     app.cancels.notify_waiters();
     app.events.notify_waiters();
+    spawn_advance(&app, &row);
     Ok(Json(views::run(row)))
 }
 
@@ -533,7 +542,7 @@ async fn run_audit<S: Store>(
 }
 
 fn artifacts_dir<S: Store>(app: &App<S>, run_id: &str) -> PathBuf {
-    app.config.state_dir.join("artifacts").join(run_id)
+    workflows::artifacts_dir(&app.config.state_dir, run_id)
 }
 
 /// A relative artifact path that stays inside its directory, or a 422 naming it.
@@ -743,6 +752,7 @@ async fn heartbeat<S: Store>(
     let mut reply = HeartbeatReply {
         cancel: Vec::new(),
         revoked: Vec::new(),
+        ended_workflows: app.store.ended_workflows(&request.workflows).await?,
     };
     for lease in &request.leases {
         match app
@@ -758,7 +768,11 @@ async fn heartbeat<S: Store>(
             Err(e) => return Err(e.into()),
         }
     }
-    if !reply.cancel.is_empty() || !reply.revoked.is_empty() || request.leases.is_empty() {
+    if !reply.cancel.is_empty()
+        || !reply.revoked.is_empty()
+        || !reply.ended_workflows.is_empty()
+        || request.leases.is_empty()
+    {
         return Ok(Json(reply));
     }
     // Hold the heartbeat open until a cancel is requested (then answer at once) or the interval
@@ -865,6 +879,7 @@ async fn finish_run<S: Store>(
         )
         .await?;
     app.events.notify_waiters();
+    spawn_advance(&app, &row);
     Ok(Json(views::run(row)))
 }
 
@@ -914,4 +929,155 @@ async fn list_runners<S: Store>(
         views.push(views::runner(runner, running));
     }
     Ok(Json(views))
+}
+
+// Workflows (clients).
+
+/// Moves the workflow of a step run that may have ended, off the request's path.
+fn spawn_advance<S: Store>(app: &Arc<App<S>>, row: &RunRow) {
+    if let (Some(id), true) = (workflows::workflow_of(row), row.state.is_final()) {
+        let (app, id) = (app.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = workflows::advance(&app, &id).await {
+                tracing::error!(workflow = %id, error = %e, "advancing a workflow failed");
+            }
+        });
+    }
+}
+
+async fn submit_workflow<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<WorkflowView>)> {
+    caller.require_client()?;
+    let request: SubmitWorkflow = parse(&body)?;
+    caller.require_project(&request.project)?;
+    if app.store.project(&request.project).await?.is_none() {
+        return Err(ApiError::Invalid(vec![FieldError {
+            field: "project".into(),
+            message: format!("no project named `{}`", request.project),
+        }]));
+    }
+    let accepted = workflows::check(&request, &caller.actor(), now_ms(), rand::rng().random())
+        .map_err(ApiError::Invalid)?;
+    let row = app.store.insert_workflow(&accepted.workflow).await?;
+    // The first step is queued now; the sweeper would do it otherwise.
+    workflows::advance(&app, &row.id).await?;
+    let row = app.store.workflow(&row.id).await?.unwrap_or(row);
+    tracing::info!(workflow = %row.id, name = %row.name, "workflow submitted");
+    Ok((StatusCode::CREATED, Json(workflows::view(row))))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowListQuery {
+    project: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_workflows<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    query: Result<Query<WorkflowListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<WorkflowList>> {
+    caller.require_client()?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::Invalid(vec![FieldError {
+            field: "query".into(),
+            message: e.body_text(),
+        }])
+    })?;
+    if let Some(project) = &query.project {
+        caller.require_project(project)?;
+    }
+    let scope = caller.token.project.clone().map(|p| vec![p]);
+    let rows = app
+        .store
+        .list_workflows(
+            query.project.as_deref(),
+            scope.as_deref(),
+            query.limit.unwrap_or(100),
+        )
+        .await?;
+    Ok(Json(WorkflowList {
+        workflows: rows.into_iter().map(workflows::view).collect(),
+    }))
+}
+
+/// The workflow, if the caller may see it.
+async fn visible_workflow<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<berth_store::WorkflowRow> {
+    caller.require_client()?;
+    let row = app
+        .store
+        .workflow(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("workflow `{id}` does not exist")))?;
+    caller.require_project(&row.project)?;
+    Ok(row)
+}
+
+async fn get_workflow<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    Ok(Json(workflows::view(
+        visible_workflow(&app, &caller, &id).await?,
+    )))
+}
+
+async fn workflow_audit<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Vec<WorkflowAuditView>>> {
+    visible_workflow(&app, &caller, &id).await?;
+    Ok(Json(
+        app.store
+            .workflow_audit(&id)
+            .await?
+            .into_iter()
+            .map(workflows::audit_view)
+            .collect(),
+    ))
+}
+
+async fn cancel_workflow<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    visible_workflow(&app, &caller, &id).await?;
+    app.store
+        .request_workflow_cancel(&id, &caller.actor(), now_ms())
+        .await?;
+    workflows::advance(&app, &id).await?;
+    let row = visible_workflow(&app, &caller, &id).await?;
+    Ok(Json(workflows::view(row)))
+}
+
+/// The workflow's diff so far (the final diff once it ended), as a patch.
+async fn workflow_diff<S: Store>(
+    State(app): AppState<S>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Response> {
+    let row = visible_workflow(&app, &caller, &id).await?;
+    let progress = workflows::progress_of(&row).map_err(ApiError::Unavailable)?;
+    let Some(path) = workflows::diff_path(&app.config.state_dir, &progress) else {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/x-diff")],
+            String::new(),
+        )
+            .into_response());
+    };
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the diff {}: {e}", path.display())))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/x-diff")], bytes).into_response())
 }

@@ -33,6 +33,13 @@ pub async fn run<S: Store>(app: Arc<App<S>>) {
                         .await;
                     tracing::warn!(run = %row.id, state = row.state.as_str(), reason = ?row.reason, "lease expired");
                 }
+                for row in changed.iter().filter(|r| r.state.is_final()) {
+                    if let Some(id) = crate::workflows::workflow_of(row) {
+                        if let Err(e) = crate::workflows::advance(&app, id).await {
+                            tracing::error!(workflow = %id, error = %e, "advancing a workflow failed");
+                        }
+                    }
+                }
                 if changed.iter().any(|r| r.state == RunState::Queued) {
                     app.queued.notify_waiters();
                 }
@@ -42,6 +49,9 @@ pub async fn run<S: Store>(app: Arc<App<S>>) {
             }
             Err(e) => tracing::error!(error = %e, "expiring leases failed"),
         }
+        // Catches up on anything a crash or a lost race left: a step run that ended unrecorded,
+        // a workflow with no step queued, a cancel not yet carried out.
+        crate::workflows::advance_all(&app).await;
         let silent_since = now - 3 * app.config.heartbeat.as_millis() as i64;
         match app.store.mark_stale_runners_offline(silent_since).await {
             Ok(ids) => {

@@ -544,7 +544,8 @@ async fn insert_run_tx(tx: &mut Db, run: &NewRun) -> StoreResult<RunRow> {
 }
 
 /// The columns of [`WorkflowRow`].
-const WORKFLOW_COLS: &str = "id, project, name, state, spec, progress, version, current_run, runner_id, \
+const WORKFLOW_COLS: &str =
+    "id, project, name, state, spec, progress, version, current_run, runner_id, \
      cancel_requested, reason, created_at, finished_at";
 
 fn workflow_from_row(row: &Row) -> StoreResult<WorkflowRow> {
@@ -1413,7 +1414,10 @@ impl Store for SqlStore {
         );
         let Some(row) = tx.fetch_optional(&sql, args![id]).await? else {
             drop(tx);
-            return self.workflow(id).await?.ok_or_else(|| not_found("workflow", id));
+            return self
+                .workflow(id)
+                .await?
+                .ok_or_else(|| not_found("workflow", id));
         };
         let updated = workflow_from_row(&row)?;
         let note = WorkflowNote {
@@ -1464,6 +1468,10 @@ impl Store for SqlStore {
             .iter()
             .map(|r| r.text("id"))
             .collect::<StoreResult<_>>()?;
-        Ok(ids.iter().filter(|id| !running.contains(*id)).cloned().collect())
+        Ok(ids
+            .iter()
+            .filter(|id| !running.contains(*id))
+            .cloned()
+            .collect())
     }
 }

@@ -1157,12 +1157,16 @@ async fn pinned_runs_go_only_to_their_runner() {
         s.insert_run(&new_run("free", "p", &[])).await.unwrap();
         // The other runner skips the pinned run (older in the queue) and takes the free one.
         assert_eq!(
-            claim_id(s, &claim_req("other", &[], false, T0)).await.as_deref(),
+            claim_id(s, &claim_req("other", &[], false, T0))
+                .await
+                .as_deref(),
             Some("free")
         );
         assert_eq!(claim_id(s, &claim_req("other", &[], false, T0)).await, None);
         assert_eq!(
-            claim_id(s, &claim_req("home", &[], false, T0)).await.as_deref(),
+            claim_id(s, &claim_req("home", &[], false, T0))
+                .await
+                .as_deref(),
             Some("pinned")
         );
     })
@@ -1210,7 +1214,11 @@ async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
 
         // The first change wins; a second writer that read the same version changes nothing,
         // and its step run is not inserted.
-        let first = s.update_workflow(&change("wf-1", 1, 1)).await.unwrap().unwrap();
+        let first = s
+            .update_workflow(&change("wf-1", 1, 1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(first.version, 2);
         assert_eq!(first.current_run.as_deref(), Some("wf-1-step1"));
         assert!(s.run("wf-1-step1").await.unwrap().is_some());
@@ -1220,10 +1228,16 @@ async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
         assert!(s.run("racer-run").await.unwrap().is_none());
 
         // Cancel is recorded once and bumps the version.
-        let cancelled = s.request_workflow_cancel("wf-1", "tok2", T0 + 5).await.unwrap();
+        let cancelled = s
+            .request_workflow_cancel("wf-1", "tok2", T0 + 5)
+            .await
+            .unwrap();
         assert!(cancelled.cancel_requested);
         assert_eq!(cancelled.version, 3);
-        let again = s.request_workflow_cancel("wf-1", "tok2", T0 + 6).await.unwrap();
+        let again = s
+            .request_workflow_cancel("wf-1", "tok2", T0 + 6)
+            .await
+            .unwrap();
         assert_eq!(again.version, 3);
 
         // The end: no longer active, and no change applies after it.
@@ -1235,9 +1249,14 @@ async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
         let ended = s.update_workflow(&end).await.unwrap().unwrap();
         assert_eq!(ended.state, RunState::Cancelled);
         assert!(s.active_workflows().await.unwrap().is_empty());
-        assert_eq!(s.update_workflow(&change("wf-1", 4, 3)).await.unwrap(), None);
         assert_eq!(
-            s.ended_workflows(&["wf-1".into(), "unknown".into()]).await.unwrap(),
+            s.update_workflow(&change("wf-1", 4, 3)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.ended_workflows(&["wf-1".into(), "unknown".into()])
+                .await
+                .unwrap(),
             ["wf-1", "unknown"]
         );
 

@@ -533,13 +533,24 @@ pub struct SubmitArgs {
     pub tags: Vec<String>,
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Stream the run's output until it ends and exit with its status.
+    /// Submit a workflow instead of one run: a workflow file (TOML) or a built-in
+    /// (builder-reviewer); the arguments are then its task. Every step runs on one runner, in
+    /// one worktree of the project's checkout.
+    #[arg(long, value_name = "FILE|BUILT-IN")]
+    pub workflow: Option<String>,
+    /// With --workflow: the image of agent steps (default: the profile's).
+    #[arg(long, value_name = "IMAGE", requires = "workflow")]
+    pub agent_image: Option<String>,
+    /// With --workflow: the command of the steps named `tests` and `baseline`.
+    #[arg(long, value_name = "COMMAND", requires = "workflow")]
+    pub test_command: Option<String>,
+    /// Stream the run's output (a workflow's steps) until it ends and exit with its status.
     #[arg(long, short = 'f')]
     pub follow: bool,
     #[arg(long)]
     pub json: bool,
     #[arg(
-        required = true,
+        required_unless_present = "workflow",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"

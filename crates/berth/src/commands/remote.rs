@@ -87,6 +87,8 @@ macro_rules! client_or_fail {
     };
 }
 
+mod workflow;
+
 pub async fn token(args: TokenArgs, printer: Printer) -> ExitStatus {
     let client = client_or_fail!(printer, &args.remote, Some(&args.state_dir));
     match args.command {
@@ -194,6 +196,9 @@ fn key_values(flag: &str, entries: &[String]) -> Result<BTreeMap<String, String>
 
 pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
     let client = client_or_fail!(printer, &args.remote, None);
+    if args.workflow.is_some() {
+        return workflow::submit(&client, args, printer).await;
+    }
     let parsed =
         (|| -> Result<SubmitRun, String> {
             let mounts = if args.mounts.is_empty() {
@@ -252,6 +257,7 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                     name: args.name.clone(),
                     workspace_mode: args.workspace_mode.clone(),
                     include_dirty: args.include_dirty,
+                    workflow: None,
                 },
                 tags: args.tags.clone(),
                 labels: key_values("--label", &args.labels)?,
@@ -450,6 +456,9 @@ fn show_event(event: &SseEvent, json: bool) {
 
 pub async fn cancel(args: CancelArgs, printer: Printer) -> ExitStatus {
     let client = client_or_fail!(printer, &args.remote, None);
+    if workflow::is_workflow_id(&args.run) {
+        return workflow::cancel(&client, &args.run, args.json, printer).await;
+    }
     match client
         .post::<_, RunView>(
             &format!("/api/v1/runs/{}/cancel", args.run),
@@ -560,6 +569,9 @@ pub async fn remote_show(
         },
         None
     );
+    if workflow::is_workflow_id(&run) {
+        return workflow::show(&client, &run, json, printer).await;
+    }
     let view = match client.get::<RunView>(&format!("/api/v1/runs/{run}")).await {
         Ok(v) => v,
         Err(e) => return fail(printer, &e),

@@ -76,13 +76,9 @@ fn load(args: &WorkflowRunArgs) -> Result<Workflow, Failure> {
         )
     })?;
     if let Some(argv) = test_command {
-        for step in ["tests", "baseline"] {
-            if parsed.step(step).is_some() {
-                parsed
-                    .set_command(step, argv.clone())
-                    .map_err(|e| fail(format!("--test-command: {e}"), ""))?;
-            }
-        }
+        parsed
+            .set_test_command(&argv)
+            .map_err(|e| fail(format!("--test-command: {e}"), ""))?;
     }
     Ok(parsed)
 }

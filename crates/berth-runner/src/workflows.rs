@@ -1,0 +1,98 @@
+//! The worktrees of workflows on this runner: one per workflow, made by its first step from
+//! the project's checkout, the workspace of every later step (the server pins them here), and
+//! removed when the server says the workflow ended.
+//!
+//! Layout: `<state dir>/workflows/<id>/worktree/` (the worktree) and `worktree.json` (what
+//! berth learned about it when it made it — repository, git directory, base commit — so later
+//! steps and the removal never ask a git directory the sandbox could have planted).
+
+use std::path::{Path, PathBuf};
+
+use berth_sandbox::workspace::{self, Worktree};
+
+fn root(state_dir: &Path) -> PathBuf {
+    state_dir.join("workflows")
+}
+
+/// A workflow id as the server makes them (`wf-` and a run id): never a path of its own.
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = id.len() <= 64
+        && id.starts_with("wf-")
+        && id[3..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a workflow id (wf- and letters or digits)"
+        ))
+    }
+}
+
+/// The workflow's worktree: the one made by an earlier step, or a new one of `checkout`.
+pub fn worktree_for(
+    state_dir: &Path,
+    id: &str,
+    checkout: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Worktree, String> {
+    check_id(id)?;
+    let dir = root(state_dir).join(id);
+    let record = dir.join("worktree.json");
+    if let Ok(bytes) = std::fs::read(&record) {
+        let tree: Worktree = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: unreadable: {e}", record.display()))?;
+        if !tree.path.is_dir() {
+            return Err(format!(
+                "the workflow's worktree {} is gone",
+                tree.path.display()
+            ));
+        }
+        return Ok(tree);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tree = workspace::create_worktree(checkout, &dir.join("worktree"), id, false, owner)
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&tree).map_err(|e| e.to_string())?;
+    let tmp = dir.join(".worktree.json.tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, &record))
+        .map_err(|e| format!("{}: {e}", record.display()))?;
+    Ok(tree)
+}
+
+/// The workflows whose worktrees this runner keeps.
+pub fn held(state_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(root(state_dir))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| check_id(name).is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a workflow's worktree, its branch and its directory.
+pub fn remove(state_dir: &Path, id: &str) {
+    if check_id(id).is_err() {
+        return;
+    }
+    let dir = root(state_dir).join(id);
+    if let Ok(bytes) = std::fs::read(dir.join("worktree.json")) {
+        if let Ok(tree) = serde_json::from_slice::<Worktree>(&bytes) {
+            for problem in tree.remove() {
+                tracing::warn!(workflow = %id, %problem, "removing the workflow's worktree");
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(workflow = %id, error = %e, "removing {}", dir.display());
+        }
+    } else {
+        tracing::info!(workflow = %id, "workflow ended: its worktree is removed");
+    }
+}
