@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{berth_bin, containers_of_run, force_remove, image};
+use support::workflow::{commit, git, make_repo, REVIEWER};
+use support::{agents_image, berth_bin, containers_of_run, force_remove, image};
 
 const LEASE: &str = "3s";
 const HEARTBEAT: &str = "500ms";
@@ -57,6 +58,7 @@ on_both_stores!(
     engine_going_away_mid_run_is_an_error,
     auth_is_enforced_end_to_end,
     lost_answers_do_not_change_outcomes,
+    workflow_on_the_cli_and_through_server_and_runner_agree,
 );
 
 fn unique(base: &str) -> String {
@@ -1640,4 +1642,330 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
         "{}",
         text(&o.stderr)
     );
+}
+
+// Workflows through the server.
+
+impl Cluster {
+    /// `berth submit --workflow FILE` for the project; the workflow's id.
+    fn submit_workflow(&self, file: &Path, task: &str) -> String {
+        let project = self.project.clone();
+        let file = file.display().to_string();
+        let o = self.cli(&[
+            "submit",
+            "--project",
+            &project,
+            "--workflow",
+            &file,
+            "--image",
+            agents_image(),
+            "--agent-image",
+            agents_image(),
+            "--network",
+            "none",
+            "--json",
+            "--",
+            task,
+        ]);
+        assert!(o.status.success(), "submit --workflow: {}", text(&o.stderr));
+        let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(view["state"], "running", "{view}");
+        view["id"].as_str().unwrap().to_string()
+    }
+
+    fn workflow(&self, id: &str) -> Value {
+        let (status, body) = self.http(
+            "GET",
+            &format!("/api/v1/workflows/{id}"),
+            Some(&self.client),
+            None,
+            &[],
+        );
+        assert_eq!(status, 200, "GET workflow {id}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_workflow(&self, id: &str, limit: Duration) -> Value {
+        poll(limit, &format!("workflow {id} ends"), || {
+            let view = self.workflow(id);
+            (view["state"] != "running").then_some(view)
+        })
+    }
+
+    /// The runner's directory of the workflow's worktree.
+    fn runner_workflow_dir(&self, runner: &str, id: &str) -> PathBuf {
+        self.path()
+            .join("runners")
+            .join(runner)
+            .join("workflows")
+            .join(id)
+    }
+}
+
+/// (iteration, step, state, approved) of every step, from the API's view.
+fn server_steps(view: &Value) -> Vec<(u64, String, String, Option<bool>)> {
+    view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["iteration"].as_u64().unwrap(),
+                s["step"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+                s["verdict"]["approved"].as_bool(),
+            )
+        })
+        .collect()
+}
+
+/// The same from `berth workflow run`'s `workflow.json`.
+fn cli_steps(state: &Value) -> Vec<(u64, String, String, Option<bool>)> {
+    let iterations = state["iterations"].as_array().unwrap();
+    state["baseline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            iterations
+                .iter()
+                .flat_map(|i| i["steps"].as_array().unwrap()),
+        )
+        .map(|s| {
+            (
+                s["position"]["iteration"].as_u64().unwrap(),
+                s["position"]["step"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+                s["verdict"]["approved"].as_bool(),
+            )
+        })
+        .collect()
+}
+
+// The same workflow run by `berth workflow run` in the project's checkout and submitted to the
+// server: the same end, iterations, verdicts and diff. Every step is a run on one runner; the
+// workflow shows in `berth show`, the API and its audit trail; the runner removes its worktree
+// when the workflow ends, and the checkout is untouched.
+fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
+    let mut c = Cluster::start(db);
+    let ws = c.path().join("ws");
+    make_repo(&ws, REVIEWER, 3);
+
+    // On the CLI.
+    let cli_state = c.path().join("cli-state").display().to_string();
+    let mut cmd = c.berth(&[
+        "workflow",
+        "run",
+        "workflow.toml",
+        "--agent-image",
+        agents_image(),
+        "--image",
+        agents_image(),
+        "--network",
+        "none",
+        "--state-dir",
+        &cli_state,
+        "--json",
+        "--",
+        "Fix calc.",
+    ]);
+    cmd.current_dir(&ws)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY");
+    let o = output_within(&mut cmd, Duration::from_secs(180));
+    let out = text(&o.stdout);
+    let start = out.rfind("\n{\n").map_or(0, |i| i + 1);
+    let cli: Value = serde_json::from_str(&out[start..])
+        .unwrap_or_else(|e| panic!("{e}: {out}\n{}", text(&o.stderr)));
+    assert_eq!(cli["state"], "succeeded", "{cli}\n{}", text(&o.stderr));
+    let cli_diff = std::fs::read_to_string(cli["diff"].as_str().unwrap()).unwrap();
+    let cli_state: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(cli["dir"].as_str().unwrap()).join("workflow.json")).unwrap(),
+    )
+    .unwrap();
+
+    // Through the server and a runner.
+    let runner = c.runner("wf", &[]);
+    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    assert!(id.starts_with("wf-"), "{id}");
+    let view = c.wait_workflow(&id, Duration::from_secs(180));
+    assert_eq!(view["state"], "succeeded", "{view}\n{}", c.all_log_tails());
+    assert_eq!(view["iterations"], cli["iterations"], "{view}");
+    assert_eq!(view["baseline_red"], cli["baseline_red"], "{view}");
+    assert_eq!(view["reason"], cli["reason"], "{view}");
+    assert_eq!(server_steps(&view), cli_steps(&cli_state), "{view}");
+    assert_eq!(view["runner_id"], runner.as_str());
+    let (status, diff) = c.http(
+        "GET",
+        &format!("/api/v1/workflows/{id}/diff"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{diff}");
+    assert!(diff.contains("+fixed"), "{diff}");
+    assert_eq!(
+        diff, cli_diff,
+        "the same diff on the CLI and through the server"
+    );
+
+    // Each step is a run of this workflow on the one runner; the second build got the review.
+    for step in view["steps"].as_array().unwrap() {
+        let run = c.run(step["run_id"].as_str().unwrap());
+        assert_eq!(run["labels"]["berth.workflow"], id.as_str(), "{run}");
+        assert_eq!(run["runner_id"], runner.as_str(), "{run}");
+    }
+    let build2 = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["iteration"] == 2 && s["step"] == "build")
+        .unwrap();
+    let (status, prompt) = c.http(
+        "GET",
+        &format!(
+            "/api/v1/runs/{}/artifacts/berth/out/prompt.txt",
+            build2["run_id"].as_str().unwrap()
+        ),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(prompt.contains("add the missing line"), "{prompt}");
+
+    // berth show: the steps, the verdicts and the audit trail.
+    let o = c.cli(&["show", &id, "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["diff"], diff.as_str());
+    let events: Vec<&str> = shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events.first(), Some(&"submitted"));
+    assert_eq!(events.last(), Some(&"finished"));
+    assert_eq!(events.iter().filter(|e| **e == "step_queued").count(), 7);
+    assert_eq!(events.iter().filter(|e| **e == "step_finished").count(), 7);
+    let o = c.cli(&["show", &id]);
+    let human = text(&o.stdout);
+    assert!(
+        human.contains("iteration 2") && human.contains("approved: good"),
+        "{human}"
+    );
+
+    // The runner removes the worktree once it hears the workflow ended; the checkout is as it
+    // was, and no container is left.
+    let dir = c.runner_workflow_dir(&runner, &id);
+    poll(
+        Duration::from_secs(20),
+        "the runner removes the worktree",
+        || (!dir.exists()).then_some(()),
+    );
+    assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
+    assert_eq!(git(&ws, &["worktree", "list"]).lines().count(), 1);
+    assert_eq!(git(&ws, &["status", "--porcelain"]), "");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("calc.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(containers_of_runner(&runner).is_empty());
+}
+
+// Cancel of a submitted workflow stops its running step and records where it stopped; bad
+// submissions are refused with the field to fix.
+#[test]
+fn sqlite_workflow_cancel_and_bad_submissions() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    make_repo(&ws, REVIEWER, 3);
+    std::fs::write(
+        ws.join(".fake/claude.sh"),
+        "echo started > started.txt; sleep 60\n",
+    )
+    .unwrap();
+    commit(&ws, "slow builder");
+
+    let project = c.project.clone();
+    for (body, field) in [
+        (
+            serde_json::json!({ "project": project, "workflow": "name = \"x\"\n[loop]\nmax_iterations = 99\n" }),
+            "workflow",
+        ),
+        (
+            serde_json::json!({ "project": project, "builtin": "nope" }),
+            "builtin",
+        ),
+        (
+            serde_json::json!({ "project": project, "workflow": std::fs::read_to_string(ws.join("workflow.toml")).unwrap(), "task": "x" }),
+            "image",
+        ),
+    ] {
+        let (status, reply) = c.http(
+            "POST",
+            "/api/v1/workflows",
+            Some(&c.client),
+            Some(&body.to_string()),
+            &[],
+        );
+        assert_eq!(status, 422, "{reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["errors"][0]["field"], field, "{reply}");
+    }
+    let (status, reply) = c.http(
+        "POST",
+        "/api/v1/runs",
+        Some(&c.client),
+        Some(
+            &serde_json::json!({ "project": project, "sandbox": { "image": image(), "command": ["true"], "workflow": "wf-x" } })
+                .to_string(),
+        ),
+        &[],
+    );
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply.contains("sandbox.workflow"), "{reply}");
+
+    let runner = c.runner("wfcancel", &[]);
+    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    // Wait until the builder runs.
+    let build = poll(Duration::from_secs(60), "the builder runs", || {
+        let view = c.workflow(&id);
+        let step = view["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["step"] == "build")?
+            .clone();
+        let run = step["run_id"].as_str()?.to_string();
+        (c.run(&run)["state"] == "running").then_some(run)
+    });
+    let o = c.cli(&["cancel", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let view = c.wait_workflow(&id, Duration::from_secs(60));
+    assert_eq!(view["state"], "cancelled", "{view}");
+    assert!(
+        view["reason"].as_str().unwrap().contains("build"),
+        "says where: {view}"
+    );
+    assert_eq!(c.run(&build)["state"], "cancelled");
+    let steps = server_steps(&view);
+    assert_eq!(steps.last().unwrap().1, "build", "{view}");
+    assert_eq!(steps.last().unwrap().2, "cancelled", "{view}");
+    let shown: Value = serde_json::from_slice(&c.cli(&["show", &id, "--json"]).stdout).unwrap();
+    let audit = shown["audit"].as_array().unwrap();
+    assert!(
+        audit.iter().any(|a| a["event"] == "cancel_requested"
+            && a["actor"].as_str().unwrap().starts_with("token:")),
+        "{shown}"
+    );
+    assert!(containers_of_runner(&runner).is_empty());
+    let dir = c.runner_workflow_dir(&runner, &id);
+    poll(
+        Duration::from_secs(20),
+        "the runner removes the worktree",
+        || (!dir.exists()).then_some(()),
+    );
+    assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
 }

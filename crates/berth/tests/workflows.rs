@@ -8,97 +8,17 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::workflow::{commit, git, make_repo, REVIEWER, WORKFLOW};
 use support::{agents_image, stderr, stdout, Workspace};
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "safe.directory=*", "-C"])
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
-    stdout(&out)
-}
-
-/// The builder fixes `calc.txt` only once the reviewer asked for "the missing line".
-const BUILDER: &str = r#"echo "round" >> notes.txt
-case "$1" in *"the missing line"*) echo fixed >> calc.txt ;; esac
-"#;
-
-/// The reviewer approves when the tests pass, else asks for the missing line.
-const REVIEWER: &str = r#"if grep -q fixed calc.txt; then
-  printf '{"approved": true, "summary": "good"}' > "$BERTH_OUT/result.json"
-else
-  printf '{"approved": false, "summary": "not yet", "requested_changes": ["add the missing line"]}' > "$BERTH_OUT/result.json"
-fi
-"#;
-
-const WORKFLOW: &str = r#"name = "fix-calc"
-
-[[baseline]]
-name = "before"
-command = ["sh", "test.sh"]
-continue_on_failure = true
-
-[loop]
-max_iterations = MAX
-until = "review.approved"
-
-[[loop.steps]]
-name = "build"
-agent = "claude-code"
-prompt = "{{ task }} Reviewer said: {{ review.feedback }}"
-
-[[loop.steps]]
-name = "tests"
-command = ["sh", "test.sh"]
-continue_on_failure = true
-
-[[loop.steps]]
-name = "review"
-agent = "codex"
-prompt = "Review: {{ diff }} Tests: {{ tests.status }}"
-verdict = { file = "result.json" }
-"#;
-
 /// A repository with a failing test, the fake agents' scripts and the workflow file.
 fn repo(reviewer: &str, max_iterations: u32) -> Workspace {
     let ws = Workspace::new();
-    let dir = ws.path();
-    std::fs::create_dir(dir.join(".fake")).unwrap();
-    std::fs::write(dir.join(".fake/claude.sh"), BUILDER).unwrap();
-    std::fs::write(dir.join(".fake/codex.sh"), reviewer).unwrap();
-    std::fs::write(dir.join("calc.txt"), "one\n").unwrap();
-    std::fs::write(dir.join("test.sh"), "grep -q fixed calc.txt\n").unwrap();
-    std::fs::write(
-        dir.join(".gitignore"),
-        ".berth/\n.cache/\n.config/\n.data/\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("workflow.toml"),
-        WORKFLOW.replace("MAX", &max_iterations.to_string()),
-    )
-    .unwrap();
-    git(dir, &["init", "-q"]);
-    git(dir, &["add", "."]);
-    git(
-        dir,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "start",
-        ],
-    );
+    make_repo(ws.path(), reviewer, max_iterations);
     ws
 }
 
@@ -259,19 +179,7 @@ fn cancel_mid_iteration_stops_the_step_and_records_where() {
     let slow_builder = "echo started > started.txt; sleep 60\n";
     let ws = repo(REVIEWER, 3);
     std::fs::write(ws.path().join(".fake/claude.sh"), slow_builder).unwrap();
-    git(ws.path(), &["add", "."]);
-    git(
-        ws.path(),
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "slow",
-        ],
-    );
+    commit(ws.path(), "slow");
     let child = workflow(&ws, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

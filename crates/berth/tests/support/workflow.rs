@@ -1,0 +1,102 @@
+//! The workflow tests' repository: a failing test, fake agents scripted by files in the
+//! repository (`.fake/claude.sh` is the builder, `.fake/codex.sh` the reviewer), and a workflow
+//! file with a baseline and a builder → tests → reviewer loop. The same fixture serves
+//! `berth workflow run` and workflows submitted to a server.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The builder fixes `calc.txt` only once the reviewer asked for "the missing line".
+pub const BUILDER: &str = r#"echo "round" >> notes.txt
+case "$1" in *"the missing line"*) echo fixed >> calc.txt ;; esac
+"#;
+
+/// The reviewer approves when the tests pass, else asks for the missing line.
+pub const REVIEWER: &str = r#"if grep -q fixed calc.txt; then
+  printf '{"approved": true, "summary": "good"}' > "$BERTH_OUT/result.json"
+else
+  printf '{"approved": false, "summary": "not yet", "requested_changes": ["add the missing line"]}' > "$BERTH_OUT/result.json"
+fi
+"#;
+
+pub const WORKFLOW: &str = r#"name = "fix-calc"
+
+[[baseline]]
+name = "before"
+command = ["sh", "test.sh"]
+continue_on_failure = true
+
+[loop]
+max_iterations = MAX
+until = "review.approved"
+
+[[loop.steps]]
+name = "build"
+agent = "claude-code"
+prompt = "{{ task }} Reviewer said: {{ review.feedback }}"
+
+[[loop.steps]]
+name = "tests"
+command = ["sh", "test.sh"]
+continue_on_failure = true
+
+[[loop.steps]]
+name = "review"
+agent = "codex"
+prompt = "Review: {{ diff }} Tests: {{ tests.status }}"
+verdict = { file = "result.json" }
+"#;
+
+/// `git ARGS` in `dir`; its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Commits everything in `dir` as a test user.
+pub fn commit(dir: &Path, message: &str) {
+    git(dir, &["add", "."]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            message,
+        ],
+    );
+}
+
+/// Makes `dir` the workflow tests' repository, with `reviewer` as the reviewer's script.
+pub fn make_repo(dir: &Path, reviewer: &str, max_iterations: u32) {
+    std::fs::create_dir(dir.join(".fake")).unwrap();
+    std::fs::write(dir.join(".fake/claude.sh"), BUILDER).unwrap();
+    std::fs::write(dir.join(".fake/codex.sh"), reviewer).unwrap();
+    std::fs::write(dir.join("calc.txt"), "one\n").unwrap();
+    std::fs::write(dir.join("test.sh"), "grep -q fixed calc.txt\n").unwrap();
+    std::fs::write(
+        dir.join(".gitignore"),
+        ".berth/\n.cache/\n.config/\n.data/\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("workflow.toml"),
+        WORKFLOW.replace("MAX", &max_iterations.to_string()),
+    )
+    .unwrap();
+    git(dir, &["init", "-q"]);
+    commit(dir, "start");
+}
