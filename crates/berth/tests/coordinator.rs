@@ -1697,7 +1697,7 @@ impl Cluster {
         self.path()
             .join("runners")
             .join(runner)
-            .join("workflows")
+            .join("runner/workflows")
             .join(id)
     }
 }
@@ -1833,7 +1833,11 @@ fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
         &[],
     );
     assert_eq!(status, 200);
-    assert!(prompt.contains("add the missing line"), "{prompt}");
+    assert!(
+        prompt.contains("add the missing line")
+            && prompt.contains("FAIL: calc.txt lacks the fixed line"),
+        "the review and the test failure reach the builder: {prompt}"
+    );
 
     // berth show: the steps, the verdicts and the audit trail.
     let o = c.cli(&["show", &id, "--json"]);
@@ -1865,7 +1869,12 @@ fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
         "the runner removes the worktree",
         || (!dir.exists()).then_some(()),
     );
-    assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
+    assert_eq!(
+        git(&ws, &["branch", "--list", "berth/*"]),
+        "",
+        "{}",
+        c.all_log_tails()
+    );
     assert_eq!(git(&ws, &["worktree", "list"]).lines().count(), 1);
     assert_eq!(git(&ws, &["status", "--porcelain"]), "");
     assert_eq!(
@@ -1941,6 +1950,11 @@ fn sqlite_workflow_cancel_and_bad_submissions() {
         let run = step["run_id"].as_str()?.to_string();
         (c.run(&run)["state"] == "running").then_some(run)
     });
+    // The builder works in the runner's worktree of the workflow.
+    let dir = c.runner_workflow_dir(&runner, &id);
+    poll(Duration::from_secs(20), "the builder starts", || {
+        dir.join("worktree/started.txt").is_file().then_some(())
+    });
     let o = c.cli(&["cancel", &id]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let view = c.wait_workflow(&id, Duration::from_secs(60));
@@ -1961,7 +1975,6 @@ fn sqlite_workflow_cancel_and_bad_submissions() {
         "{shown}"
     );
     assert!(containers_of_runner(&runner).is_empty());
-    let dir = c.runner_workflow_dir(&runner, &id);
     poll(
         Duration::from_secs(20),
         "the runner removes the worktree",

@@ -110,6 +110,11 @@ fn rejected_then_approved_with_the_feedback_in_the_next_prompt() {
     )
     .unwrap();
     assert!(prompt2.contains("add the missing line"), "{prompt2}");
+    // The test failure of iteration 1 is fed back to the builder too.
+    assert!(
+        prompt2.contains("FAIL: calc.txt lacks the fixed line"),
+        "{prompt2}"
+    );
     let prompt1 = std::fs::read_to_string(
         step_run(dir, "iter-1/build").join("artifacts/berth/out/prompt.txt"),
     )

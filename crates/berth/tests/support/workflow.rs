@@ -33,7 +33,7 @@ until = "review.approved"
 [[loop.steps]]
 name = "build"
 agent = "claude-code"
-prompt = "{{ task }} Reviewer said: {{ review.feedback }}"
+prompt = "{{ task }} Reviewer said: {{ review.feedback }} Tests said: {{ tests.output }}"
 
 [[loop.steps]]
 name = "tests"
@@ -46,6 +46,10 @@ agent = "codex"
 prompt = "Review: {{ diff }} Tests: {{ tests.status }}"
 verdict = { file = "result.json" }
 "#;
+
+/// The tests: they fail, saying why, until `calc.txt` has the fix.
+pub const TEST: &str =
+    "grep -q fixed calc.txt || { echo 'FAIL: calc.txt lacks the fixed line'; exit 1; }\n";
 
 /// `git ARGS` in `dir`; its stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -86,7 +90,7 @@ pub fn make_repo(dir: &Path, reviewer: &str, max_iterations: u32) {
     std::fs::write(dir.join(".fake/claude.sh"), BUILDER).unwrap();
     std::fs::write(dir.join(".fake/codex.sh"), reviewer).unwrap();
     std::fs::write(dir.join("calc.txt"), "one\n").unwrap();
-    std::fs::write(dir.join("test.sh"), "grep -q fixed calc.txt\n").unwrap();
+    std::fs::write(dir.join("test.sh"), TEST).unwrap();
     std::fs::write(
         dir.join(".gitignore"),
         ".berth/\n.cache/\n.config/\n.data/\n",
