@@ -177,11 +177,13 @@ async fn run_claimed(
             let (uid, gid) = invoking_user();
             let sandbox = sandbox_user(spec.user, uid, gid);
             let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
+            let copy = run.sandbox.workspace_mode.as_deref() == Some("copy");
             match crate::workflows::worktree_for(
                 &shared.config.state_dir,
                 id,
                 &checked.workspace,
                 owner,
+                copy,
             ) {
                 Ok(tree) => Some(tree),
                 Err(e) => {
@@ -414,6 +416,9 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
             .map_err(|e| e.to_string())
     };
     let (workspace_mode, mounts) = match &s.mounts {
+        // A workflow's step gets the workflow's worktree or copy read-write; its mode says how
+        // that was made.
+        None if s.workflow.is_some() => (WorkspaceMode::Rw, Vec::new()),
         None => (
             s.workspace_mode
                 .as_deref()

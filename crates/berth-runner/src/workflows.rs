@@ -2,9 +2,10 @@
 //! the project's checkout, the workspace of every later step (the server pins them here), and
 //! removed when the server says the workflow ended.
 //!
-//! Layout: `<state dir>/workflows/<id>/worktree/` (the worktree) and `worktree.json` (what
-//! berth learned about it when it made it — repository, git directory, base commit — so later
-//! steps and the removal never ask a git directory the sandbox could have planted).
+//! Layout: `<state dir>/workflows/<id>/worktree/` (the worktree; for `workspace = "copy"`,
+//! `copy/` with its private repository `copy.git/`) and `worktree.json` (what berth learned
+//! about it when it made it — repository, git directory, base commit — so later steps and the
+//! removal never ask a git directory the sandbox could have planted).
 
 use std::path::{Path, PathBuf};
 
@@ -30,12 +31,14 @@ fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The workflow's worktree: the one made by an earlier step, or a new one of `checkout`.
+/// The workflow's worktree: the one made by an earlier step, or a new one of `checkout` (with
+/// `copy`, a copy of it with a private repository for the diff).
 pub fn worktree_for(
     state_dir: &Path,
     id: &str,
     checkout: &Path,
     owner: Option<(u32, u32)>,
+    copy: bool,
 ) -> Result<Worktree, String> {
     check_id(id)?;
     let dir = root(state_dir).join(id);
@@ -52,8 +55,20 @@ pub fn worktree_for(
         return Ok(tree);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tree = workspace::create_worktree(checkout, &dir.join("worktree"), id, false, owner)
-        .map_err(|e| e.to_string())?;
+    let tree = if copy {
+        let exclude = std::fs::canonicalize(state_dir).ok();
+        workspace::create_copy_snapshot(
+            checkout,
+            &dir.join("copy"),
+            &dir.join("copy.git"),
+            exclude.as_deref(),
+            berth_core::spec::DEFAULT_COPY_LIMIT,
+            owner,
+        )
+    } else {
+        workspace::create_worktree(checkout, &dir.join("worktree"), id, false, owner)
+    }
+    .map_err(|e| e.to_string())?;
     let json = serde_json::to_vec(&tree).map_err(|e| e.to_string())?;
     let tmp = dir.join(".worktree.json.tmp");
     std::fs::write(&tmp, json)

@@ -98,6 +98,10 @@ pub struct Worktree {
     pub branch: String,
     /// The commit the run starts from.
     pub base: String,
+    /// A copy with a private repository (a workflow's `workspace = "copy"`), not a worktree of
+    /// the user's checkout: removing it touches nothing of the user's.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -804,6 +808,7 @@ pub fn create_worktree(
         git_dir: PathBuf::new(),
         branch,
         base: head,
+        snapshot: false,
     };
     let prepared = (|| {
         worktree.git_dir = PathBuf::from(text(run_git(
@@ -827,6 +832,74 @@ pub fn create_worktree(
         return Err(git_error(e));
     }
     Ok(worktree)
+}
+
+/// A workflow's copy workspace: the files copy mode would upload from `source` (the same ignore
+/// rules, `.git` left out, `exclude` and the size `limit`), copied to `path`, with a private
+/// bare repository at `git_dir` that remembers them as they were. Its diff is then taken like a
+/// worktree's, and `source` needs no repository at all.
+pub fn create_copy_snapshot(
+    source: &Path,
+    path: &Path,
+    git_dir: &Path,
+    exclude: Option<&Path>,
+    limit: u64,
+    owner: Option<(u32, u32)>,
+) -> Result<Worktree, SandboxError> {
+    let scan = scan_copy(source, exclude, limit, owner.unwrap_or((0, 0)), true)?;
+    let mut snapshot = Worktree {
+        repo: source.to_path_buf(),
+        path: path.to_path_buf(),
+        mount: path.to_path_buf(),
+        git_dir: git_dir.to_path_buf(),
+        branch: String::new(),
+        base: String::new(),
+        snapshot: true,
+    };
+    let made = (|| {
+        std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(scan.root_mode & 0o777),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        for (rel, kind) in &scan.entries {
+            let to = path.join(rel);
+            match kind {
+                EntryKind::Dir { mode } => {
+                    std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o777))
+                        .map_err(|e| format!("{}: {e}", to.display()))?;
+                }
+                EntryKind::File { .. } | EntryKind::Symlink { .. } => {
+                    place(&source.join(rel), &to)?;
+                }
+            }
+        }
+        let git_text = git_dir.display().to_string();
+        run_git(path, &["init", "--quiet", "--bare", &git_text], None)?;
+        snapshot.git(&["add", "--all"])?;
+        snapshot.git(&[
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "--allow-empty",
+            "-m",
+            "berth: the workspace as copied",
+        ])?;
+        snapshot.base = text(snapshot.git(&["rev-parse", "HEAD"])?);
+        if let Some((uid, gid)) = owner {
+            chown_tree(path, uid, gid)?;
+        }
+        Ok::<(), String>(())
+    })();
+    if let Err(e) = made {
+        snapshot.remove();
+        return Err(SandboxError::Invalid(format!(
+            "copying the workspace failed: {e}"
+        )));
+    }
+    Ok(snapshot)
 }
 
 /// Copies the checkout's uncommitted changes into the worktree; whether there were any.
@@ -908,6 +981,16 @@ impl Worktree {
     /// Removes the worktree, its metadata and its branch. Best effort: what is left is named.
     pub fn remove(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.snapshot {
+            for dir in [&self.path, &self.git_dir] {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        problems.push(format!("removing {}: {e}", dir.display()));
+                    }
+                }
+            }
+            return problems;
+        }
         let path = self.path.display().to_string();
         if let Err(e) = run_git(
             &self.repo,

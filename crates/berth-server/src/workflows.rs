@@ -147,12 +147,6 @@ pub fn check(
         }
     }
     if let Some(w) = &parsed {
-        if w.workspace == WorkspaceKind::Copy {
-            errors.push(field(
-                "workflow",
-                "workspace = \"copy\" is not supported for submitted workflows: use workspace = \"worktree\" (the default)",
-            ));
-        }
         if w.needs_task() && request.task.trim().is_empty() {
             errors.push(field(
                 "task",
@@ -733,6 +727,14 @@ fn step_run<S: Store>(
         network: submission.network.clone(),
         timeout: step.timeout_secs.map(|s| format!("{s}s")),
         workflow: Some(row.id.clone()),
+        // How the runner makes the workflow's workspace at its first step.
+        workspace_mode: Some(
+            match progress.run.workflow.workspace {
+                WorkspaceKind::Worktree => "worktree",
+                WorkspaceKind::Copy => "copy",
+            }
+            .into(),
+        ),
         ..SandboxRequest::default()
     };
     let mut execution_mode = "docker-sandbox";

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::workflow::{commit, git, make_repo, REVIEWER};
+use support::workflow::{commit, git, make_repo, write_files, REVIEWER};
 use support::{agents_image, berth_bin, containers_of_run, force_remove, image};
 
 const LEASE: &str = "3s";
@@ -1981,4 +1981,42 @@ fn sqlite_workflow_cancel_and_bad_submissions() {
         || (!dir.exists()).then_some(()),
     );
     assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
+}
+
+// A submitted workflow with `workspace = "copy"` works on the runner's copy of a project
+// directory that is no git checkout, and returns the copy's diff.
+#[test]
+fn sqlite_copy_workflow_through_a_runner() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    write_files(&ws, REVIEWER, 3, "copy");
+    let runner = c.runner("wfcopy", &[]);
+    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    let view = c.wait_workflow(&id, Duration::from_secs(180));
+    assert_eq!(view["state"], "succeeded", "{view}\n{}", c.all_log_tails());
+    assert_eq!(view["iterations"], 2, "{view}");
+    let (status, diff) = c.http(
+        "GET",
+        &format!("/api/v1/workflows/{id}/diff"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        diff.contains("+fixed") && diff.contains("notes.txt"),
+        "{diff}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("calc.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!ws.join("notes.txt").exists());
+    let dir = c.runner_workflow_dir(&runner, &id);
+    poll(
+        Duration::from_secs(20),
+        "the runner removes the copy",
+        || (!dir.exists()).then_some(()),
+    );
+    assert!(containers_of_runner(&runner).is_empty());
 }

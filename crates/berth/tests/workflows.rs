@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::workflow::{commit, git, make_repo, REVIEWER, WORKFLOW};
+use support::workflow::{commit, git, make_repo, write_files, REVIEWER, WORKFLOW};
 use support::{agents_image, stderr, stdout, Workspace};
 
 fn code(o: &Output) -> i32 {
@@ -248,11 +248,47 @@ fn bad_workflows_are_refused_before_anything_runs() {
     assert!(stderr(&o).contains("--allow-host"), "{}", stderr(&o));
 
     let not_git = Workspace::new();
-    std::fs::write(not_git.path().join("w.toml"), WORKFLOW.replace("MAX", "1")).unwrap();
+    std::fs::write(
+        not_git.path().join("w.toml"),
+        WORKFLOW
+            .replace("MAX", "1")
+            .replace("WORKSPACE", "worktree"),
+    )
+    .unwrap();
     let o = not_git
         .berth(&["workflow", "run", "w.toml", "--", "task"])
         .output()
         .unwrap();
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("git"), "{}", stderr(&o));
+}
+
+// `workspace = "copy"`: the workflow works on a copy of a directory that is no git checkout;
+// the copy's diff is the output, and the directory is untouched.
+#[test]
+fn copy_workspace_without_git() {
+    let ws = Workspace::new();
+    write_files(ws.path(), REVIEWER, 3, "copy");
+    let o = workflow(&ws, &[]).output().unwrap();
+    assert_eq!(code(&o), 0, "{}\n{}", stderr(&o), stdout(&o));
+    let r = result(&o);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["iterations"], 2, "{r}");
+    let patch = std::fs::read_to_string(r["diff"].as_str().unwrap()).unwrap();
+    assert!(
+        patch.contains("+fixed") && patch.contains("notes.txt"),
+        "{patch}"
+    );
+    assert!(
+        !patch.contains(".berth"),
+        "the state directory is not copied: {patch}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("calc.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!ws.path().join("notes.txt").exists());
+    let dir = Path::new(r["dir"].as_str().unwrap());
+    assert!(!dir.join("copy").exists() && !dir.join("copy.git").exists());
+    no_containers_of(&ws);
 }

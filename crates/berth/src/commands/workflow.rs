@@ -1,9 +1,11 @@
 //! `berth workflow run FILE|BUILT-IN [TASK]`: a builder → tests → reviewer loop on the git
-//! repository in the current directory, each step a `berth run` (or a host command) in one
-//! worktree shared by all steps, driven by the pure state machine in `berth_core::workflow`.
+//! repository (or, with `workspace = "copy"`, any directory) in the current directory, each step
+//! a `berth run` (or a host command) in one worktree or copy shared by all steps, driven by the
+//! pure state machine in `berth_core::workflow`.
 //!
 //! Layout: `<state dir>/workflows/<id>/` holds `workflow.json` (the state, after every step),
-//! `worktree/` (removed at the end unless `--keep`), `baseline/<step>/` and `iter-N/<step>/`
+//! `worktree/` (or, with `workspace = "copy"`, `copy/` and its private repository `copy.git/`;
+//! removed at the end unless `--keep`), `baseline/<step>/` and `iter-N/<step>/`
 //! (each step's own state directory with its run: record, logs, events, artifacts, verdict),
 //! and `diff.patch`, the workflow's output.
 
@@ -103,12 +105,6 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
             "read the file, then pass --allow-host if that is what you want",
         ));
     }
-    if workflow.workspace == WorkspaceKind::Copy {
-        return Err(fail(
-            "workspace = \"copy\" is not supported by berth workflow run yet",
-            "use workspace = \"worktree\" (the default) in the workflow file",
-        ));
-    }
     let settings = super::settings_here().map_err(|e| fail(e.to_string(), ""))?;
     let profiles = super::profiles::all_profiles(&settings).map_err(|e| fail(e.to_string(), ""))?;
     for name in workflow.profiles() {
@@ -135,22 +131,49 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     let (uid, gid) = crate::invoking_user();
     let sandbox = berth_core::plan::sandbox_user(None, uid, gid);
     let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
-    let tree = workspace::create_worktree(&cwd, &dir.join("worktree"), &id, false, owner).map_err(
-        |e| match e {
-            berth_sandbox::SandboxError::WithHint { message, .. } => fail(
-                message,
-                "run berth workflow run inside a git checkout with at least one commit",
-            ),
+    let tree = if workflow.workspace == WorkspaceKind::Copy {
+        // A copy of the current directory (copy mode's ignore rules and size limit), with a
+        // private repository for its diff; no git checkout needed.
+        let exclude = std::fs::canonicalize(state_root.root()).ok();
+        workspace::create_copy_snapshot(
+            &cwd,
+            &dir.join("copy"),
+            &dir.join("copy.git"),
+            exclude.as_deref(),
+            berth_core::spec::DEFAULT_COPY_LIMIT,
+            owner,
+        )
+        .map_err(|e| match e {
+            berth_sandbox::SandboxError::WithHint { message, hint } => fail(message, &hint),
             other => fail(other.to_string(), ""),
-        },
-    )?;
-    printer.info(&format!(
-        "workflow {} ({id}) on {} at {}; worktree {}",
-        workflow.name,
-        tree.repo.display(),
-        &tree.base[..tree.base.len().min(12)],
-        tree.path.display()
-    ));
+        })?
+    } else {
+        workspace::create_worktree(&cwd, &dir.join("worktree"), &id, false, owner).map_err(
+            |e| match e {
+                berth_sandbox::SandboxError::WithHint { message, .. } => fail(
+                    message,
+                    "run berth workflow run inside a git checkout with at least one commit, or use workspace = \"copy\"",
+                ),
+                other => fail(other.to_string(), ""),
+            },
+        )?
+    };
+    if tree.snapshot {
+        printer.info(&format!(
+            "workflow {} ({id}) on a copy of {} at {}",
+            workflow.name,
+            cwd.display(),
+            tree.path.display()
+        ));
+    } else {
+        printer.info(&format!(
+            "workflow {} ({id}) on {} at {}; worktree {}",
+            workflow.name,
+            tree.repo.display(),
+            &tree.base[..tree.base.len().min(12)],
+            tree.path.display()
+        ));
+    }
 
     let mut interrupts = super::run::forward_interrupts();
     let mut state = WorkflowRun::new(workflow, &task);
@@ -188,7 +211,9 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     if let Err(e) = std::fs::write(&patch, &diff) {
         printer.warning(&format!("{}: {e}", patch.display()));
     }
-    if args.keep {
+    if args.keep && tree.snapshot {
+        printer.info(&format!("copy kept at {}", tree.path.display()));
+    } else if args.keep {
         printer.info(&format!(
             "worktree kept at {} (branch {})",
             tree.path.display(),

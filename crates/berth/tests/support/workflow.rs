@@ -20,6 +20,7 @@ fi
 "#;
 
 pub const WORKFLOW: &str = r#"name = "fix-calc"
+workspace = "WORKSPACE"
 
 [[baseline]]
 name = "before"
@@ -84,8 +85,9 @@ pub fn commit(dir: &Path, message: &str) {
     );
 }
 
-/// Makes `dir` the workflow tests' repository, with `reviewer` as the reviewer's script.
-pub fn make_repo(dir: &Path, reviewer: &str, max_iterations: u32) {
+/// Writes the workflow tests' files into `dir`, with `reviewer` as the reviewer's script and
+/// `workspace` (`worktree` or `copy`) as the workflow's workspace.
+pub fn write_files(dir: &Path, reviewer: &str, max_iterations: u32, workspace: &str) {
     std::fs::create_dir(dir.join(".fake")).unwrap();
     std::fs::write(dir.join(".fake/claude.sh"), BUILDER).unwrap();
     std::fs::write(dir.join(".fake/codex.sh"), reviewer).unwrap();
@@ -98,9 +100,16 @@ pub fn make_repo(dir: &Path, reviewer: &str, max_iterations: u32) {
     .unwrap();
     std::fs::write(
         dir.join("workflow.toml"),
-        WORKFLOW.replace("MAX", &max_iterations.to_string()),
+        WORKFLOW
+            .replace("MAX", &max_iterations.to_string())
+            .replace("WORKSPACE", workspace),
     )
     .unwrap();
+}
+
+/// Makes `dir` the workflow tests' repository, with `reviewer` as the reviewer's script.
+pub fn make_repo(dir: &Path, reviewer: &str, max_iterations: u32) {
+    write_files(dir, reviewer, max_iterations, "worktree");
     git(dir, &["init", "-q"]);
     commit(dir, "start");
 }
