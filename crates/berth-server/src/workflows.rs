@@ -535,7 +535,7 @@ async fn stranded_on<S: Store>(app: &App<S>, run: &RunRow) -> Result<Option<Stri
     Ok(match app.store.runner(&pinned).await? {
         Some(r) if r.online => None,
         _ => Some(format!(
-            "runner {pinned}, which holds the workflow's worktree, went offline before the step started"
+            "runner {pinned}, which holds the workflow's worktree, is offline, and the step cannot run on another runner"
         )),
     })
 }
@@ -823,6 +823,8 @@ pub fn view(row: WorkflowRow) -> WorkflowView {
         diff_run = p.diff_run.clone();
         if let Some(pending) = &p.pending_run {
             if let Some(at) = current_position(&p.run) {
+                // The running step's iteration has started, though nothing of it is recorded.
+                iterations = iterations.max(at.iteration);
                 steps.push(WorkflowStepView {
                     iteration: at.iteration,
                     step: at.step,

@@ -1991,7 +1991,36 @@ fn sqlite_copy_workflow_through_a_runner() {
     let ws = c.path().join("ws");
     write_files(&ws, REVIEWER, 3, "copy");
     let runner = c.runner("wfcopy", &[]);
-    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    // --follow shows each step as it starts and ends, and exits with the workflow's status.
+    let project = c.project.clone();
+    let file = ws.join("workflow.toml").display().to_string();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--workflow",
+        &file,
+        "--image",
+        agents_image(),
+        "--agent-image",
+        agents_image(),
+        "--network",
+        "none",
+        "--follow",
+        "--",
+        "Fix calc.",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}\n{}", c.all_log_tails());
+    assert!(
+        err.contains("iteration 1 · review") && err.contains("changes requested: not yet"),
+        "{err}"
+    );
+    assert!(
+        err.contains("iteration 2 · review") && err.contains("approved: good"),
+        "{err}"
+    );
+    let id = text(&o.stdout).trim().to_string();
     let view = c.wait_workflow(&id, Duration::from_secs(180));
     assert_eq!(view["state"], "succeeded", "{view}\n{}", c.all_log_tails());
     assert_eq!(view["iterations"], 2, "{view}");
@@ -2019,4 +2048,54 @@ fn sqlite_copy_workflow_through_a_runner() {
         || (!dir.exists()).then_some(()),
     );
     assert!(containers_of_runner(&runner).is_empty());
+}
+
+// A runner killed in the middle of a workflow: the running step is lost after its lease, the
+// workflow ends `error` naming it, and the restarted runner removes the worktree it kept.
+#[test]
+fn sqlite_runner_killed_mid_workflow() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    make_repo(&ws, REVIEWER, 3);
+    std::fs::write(
+        ws.join(".fake/claude.sh"),
+        "echo started > started.txt; sleep 60\n",
+    )
+    .unwrap();
+    commit(&ws, "slow builder");
+    let runner = c.runner("wfdoomed", &[]);
+    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    let dir = c.runner_workflow_dir(&runner, &id);
+    poll(Duration::from_secs(60), "the builder runs", || {
+        let view = c.workflow(&id);
+        let build = view["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["step"] == "build")?
+            .clone();
+        let running = c.run(build["run_id"].as_str()?)["state"] == "running";
+        (running && dir.join("worktree/started.txt").is_file()).then_some(())
+    });
+    c.kill_runner(&runner);
+    let view = c.wait_workflow(&id, Duration::from_secs(30));
+    assert_eq!(view["state"], "error", "{view}");
+    let reason = view["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("build") && reason.contains("lost"),
+        "{reason}"
+    );
+    assert!(dir.exists(), "nobody could remove the worktree yet");
+
+    c.spawn_runner(&runner, &[], &[]);
+    poll(
+        Duration::from_secs(20),
+        "the restarted runner removes the worktree",
+        || (!dir.exists()).then_some(()),
+    );
+    poll(
+        Duration::from_secs(20),
+        "the restarted runner removes the left container",
+        || containers_of_runner(&runner).is_empty().then_some(()),
+    );
+    assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
 }

@@ -1,0 +1,351 @@
+//! The workflow driver through the HTTP API and a real SQLite store, with the test playing the
+//! runner: every step becomes a run pinned to the runner of the first, prompts carry the task,
+//! the diff and the reviewer's feedback, verdicts come from the artifact, and a workflow whose
+//! runner went offline ends with that reason instead of waiting forever.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use berth_server::{App, ServerConfig};
+use berth_store::{Role, SqlStore, Store, TokenRecord};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const WORKFLOW: &str = r#"
+name = "loop"
+
+[[baseline]]
+name = "before"
+command = ["make", "test"]
+
+[loop]
+max_iterations = 3
+until = "review.approved"
+
+[[loop.steps]]
+name = "build"
+agent = "claude-code"
+prompt = "{{ task }} | feedback: {{ review.feedback }}"
+
+[[loop.steps]]
+name = "review"
+agent = "codex"
+prompt = "diff: {{ diff }}"
+verdict = { file = "result.json" }
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: Arc<App<SqlStore>>,
+    client: String,
+    runner: String,
+}
+
+async fn token(app: &App<SqlStore>, role: Role, project: Option<&str>) -> String {
+    let (id, secret) = berth_server::new_secret();
+    let record = TokenRecord {
+        id,
+        role,
+        project: project.map(str::to_string),
+        created_at: 0,
+        revoked_at: None,
+    };
+    app.store
+        .create_token(&record, &berth_server::hash_secret(&secret))
+        .await
+        .unwrap();
+    secret
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("db.sqlite").display()
+    ))
+    .await
+    .unwrap();
+    let app = App::new(store, ServerConfig::new(dir.path().to_path_buf()));
+    app.store
+        .create_project(&berth_store::Project {
+            name: "demo".into(),
+            workspace_root: "/srv/demo".into(),
+            allowed_paths: vec![],
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    Fixture {
+        client: token(&app, Role::Client, Some("demo")).await,
+        runner: token(&app, Role::Runner, None).await,
+        app,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Body,
+    lease: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(lease) = lease {
+        request = request.header("x-berth-lease", lease);
+    }
+    let response = berth_server::router(f.app.clone())
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn json_call(f: &Fixture, method: &str, path: &str, token: &str, body: Value) -> Value {
+    let (status, reply) = call(f, method, path, token, Body::from(body.to_string()), None).await;
+    assert!(status.is_success(), "{method} {path}: {status} {reply}");
+    reply
+}
+
+async fn register(f: &Fixture, name: &str) -> String {
+    let reply = json_call(
+        f,
+        "POST",
+        "/api/v1/runners/register",
+        &f.runner,
+        json!({ "name": name }),
+    )
+    .await;
+    reply["runner_id"].as_str().unwrap().to_string()
+}
+
+/// A claim without waiting: the claimed run, or `None`.
+async fn claim(f: &Fixture, runner: &str) -> Option<Value> {
+    let (status, reply) = call(
+        f,
+        "POST",
+        &format!("/api/v1/runners/{runner}/claim"),
+        &f.runner,
+        Body::from("{}"),
+        None,
+    )
+    .await;
+    match status {
+        StatusCode::NO_CONTENT => None,
+        StatusCode::OK => Some(reply),
+        other => panic!("claim: {other} {reply}"),
+    }
+}
+
+/// Runs a claimed step as a runner would: start, artifacts, finish.
+async fn run_step(f: &Fixture, claimed: &Value, artifacts: &[(&str, &str)], exit_code: i64) {
+    let id = claimed["run"]["id"].as_str().unwrap();
+    let lease = claimed["lease_token"].as_str().unwrap();
+    json_call(
+        f,
+        "POST",
+        &format!("/api/v1/runs/{id}/start"),
+        &f.runner,
+        json!({ "lease_token": lease }),
+    )
+    .await;
+    for (path, text) in artifacts {
+        let (status, reply) = call(
+            f,
+            "PUT",
+            &format!("/api/v1/runs/{id}/artifacts/{path}"),
+            &f.runner,
+            Body::from(text.to_string()),
+            Some(lease),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{reply}");
+    }
+    let state = if exit_code == 0 {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    json_call(
+        f,
+        "POST",
+        &format!("/api/v1/runs/{id}/finish"),
+        &f.runner,
+        json!({ "lease_token": lease, "state": state, "exit_code": exit_code }),
+    )
+    .await;
+}
+
+async fn workflow(f: &Fixture, id: &str) -> Value {
+    json_call(
+        f,
+        "GET",
+        &format!("/api/v1/workflows/{id}"),
+        &f.client,
+        Value::Null,
+    )
+    .await
+}
+
+/// Waits for the driver (spawned when a step finishes) to queue the next step for `runner`.
+async fn next_claim(f: &Fixture, runner: &str) -> Value {
+    for _ in 0..200 {
+        if let Some(claimed) = claim(f, runner).await {
+            return claimed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no step was queued for {runner}");
+}
+
+#[tokio::test]
+async fn steps_are_pinned_runs_fed_with_diff_and_feedback_and_an_offline_runner_ends_it() {
+    let f = fixture().await;
+    let home = register(&f, "home").await;
+    let other = register(&f, "other").await;
+    let submitted = json_call(
+        &f,
+        "POST",
+        "/api/v1/workflows",
+        &f.client,
+        json!({ "project": "demo", "workflow": WORKFLOW, "task": "fix the parser", "image": "img" }),
+    )
+    .await;
+    let id = submitted["id"].as_str().unwrap().to_string();
+    assert_eq!(submitted["state"], "running");
+    assert_eq!(submitted["steps"][0]["step"], "before");
+
+    // The baseline: a command in the sandbox, on whichever runner claims first.
+    let before = claim(&f, &home).await.expect("the baseline is queued");
+    assert_eq!(before["run"]["sandbox"]["command"], json!(["make", "test"]));
+    assert_eq!(before["run"]["sandbox"]["workflow"], id.as_str());
+    assert_eq!(before["run"]["labels"]["berth.step"], "baseline/before");
+    run_step(&f, &before, &[], 0).await;
+
+    // The build: pinned to `home`, which holds the worktree.
+    let build = next_claim(&f, &home).await;
+    assert!(claim(&f, &other).await.is_none());
+    assert_eq!(build["run"]["sandbox"]["profile"], "claude-code");
+    assert_eq!(
+        build["run"]["sandbox"]["prompt"],
+        "fix the parser | feedback: "
+    );
+    run_step(&f, &build, &[("berth/diff.patch", "+a change\n")], 0).await;
+
+    // The review sees the diff the build left and rejects.
+    let review = next_claim(&f, &home).await;
+    assert_eq!(review["run"]["sandbox"]["prompt"], "diff: +a change\n");
+    let verdict =
+        r#"{"approved": false, "summary": "not yet", "requested_changes": ["add tests"]}"#;
+    run_step(&f, &review, &[("berth/out/result.json", verdict)], 0).await;
+
+    // Iteration 2's build gets the feedback.
+    let build2 = next_claim(&f, &home).await;
+    let prompt = build2["run"]["sandbox"]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("not yet") && prompt.contains("- add tests"),
+        "{prompt}"
+    );
+    let view = workflow(&f, &id).await;
+    assert_eq!(view["iterations"], 2);
+    assert_eq!(view["runner_id"], home.as_str());
+    assert_eq!(view["steps"][2]["verdict"]["approved"], false, "{view}");
+    assert_eq!(view["diff_run"], build["run"]["id"]);
+
+    // A runner that goes offline holding the worktree: its queued step can never start, and
+    // the workflow ends saying so.
+    run_step(&f, &build2, &[("berth/diff.patch", "+more\n")], 0).await;
+    let review2 = loop {
+        let view = workflow(&f, &id).await;
+        let last = view["steps"].as_array().unwrap().last().unwrap().clone();
+        if last["step"] == "review" && last["state"] == "running" {
+            break last["run_id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let far_future = berth_server::now_ms() + 3_600_000;
+    f.app
+        .store
+        .mark_stale_runners_offline(far_future)
+        .await
+        .unwrap();
+    berth_server::workflows::advance(&f.app, &id).await.unwrap();
+    let view = workflow(&f, &id).await;
+    assert_eq!(view["state"], "error", "{view}");
+    let reason = view["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("home") && reason.contains("is offline") && reason.contains("review"),
+        "{reason}"
+    );
+    let run = json_call(
+        &f,
+        "GET",
+        &format!("/api/v1/runs/{review2}"),
+        &f.client,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(run["state"], "cancelled", "the stranded step ends: {run}");
+
+    // The audit trail tells the story.
+    let audit = json_call(
+        &f,
+        "GET",
+        &format!("/api/v1/workflows/{id}/audit"),
+        &f.client,
+        Value::Null,
+    )
+    .await;
+    let events: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "submitted",
+            "step_queued",
+            "step_finished",
+            "step_queued",
+            "step_finished",
+            "step_queued",
+            "step_finished",
+            "step_queued",
+            "step_finished",
+            "step_queued",
+            "step_finished",
+            "finished"
+        ]
+    );
+    // The diff so far is the last step's.
+    let response = berth_server::router(f.app.clone())
+        .oneshot(
+            Request::get(format!("/api/v1/workflows/{id}/diff"))
+                .header("authorization", format!("Bearer {}", f.client))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"+more\n");
+}
