@@ -265,11 +265,46 @@ struct FallbackFile {
 /// Reads and checks a workflow file's text; `file` names it in errors, which also name the field
 /// (`loop.steps[2].prompt`), what would be accepted, and the line.
 pub fn parse(file: &str, text: &str) -> Result<Workflow, WorkflowError> {
-    let raw: WorkflowFile = toml::from_str(text).map_err(|e| WorkflowError {
-        file: file.to_string(),
-        message: e.message().trim_end().to_string() + &location(text, e.span()),
+    let toml_error = |path: String, e: toml::de::Error| {
+        // The key's path leads, as in the checks below: `loop.max_iterations: …`.
+        let key = if path.is_empty() || path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        WorkflowError {
+            file: file.to_string(),
+            message: key + e.message().trim_end() + &location(text, e.span()),
+        }
+    };
+    let document = toml::de::Deserializer::parse(text).map_err(|e| toml_error(String::new(), e))?;
+    let raw: WorkflowFile = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = key_path(e.path());
+        toml_error(path, e.into_inner())
     })?;
     Checker { file, text }.workflow(raw)
+}
+
+/// `loop.steps[2].prompt`: the keys to a value, without the wrappers toml adds for spans.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -349,3 +349,94 @@ async fn steps_are_pinned_runs_fed_with_diff_and_feedback_and_an_offline_runner_
         .unwrap();
     assert_eq!(&bytes[..], b"+more\n");
 }
+
+#[tokio::test]
+async fn the_built_in_workflow_takes_its_test_command_and_bad_submissions_name_their_field() {
+    let f = fixture().await;
+    let home = register(&f, "home").await;
+    let submitted = json_call(
+        &f,
+        "POST",
+        "/api/v1/workflows",
+        &f.client,
+        json!({
+            "project": "demo",
+            "builtin": "builder-reviewer",
+            "task": "fix it",
+            "image": "img",
+            "test_command": ["cargo", "test"],
+        }),
+    )
+    .await;
+    assert_eq!(submitted["name"], "builder-reviewer", "{submitted}");
+    let first = claim(&f, &home).await.expect("the baseline is queued");
+    assert_eq!(first["run"]["sandbox"]["command"], json!(["cargo", "test"]));
+
+    for (body, field, says) in [
+        (
+            json!({ "project": "demo", "builtin": "builder-reviewer", "image": "img" }),
+            "task",
+            "needs a task",
+        ),
+        (
+            json!({ "project": "demo", "builtin": "builder-reviewer", "task": "x" }),
+            "image",
+            "tests",
+        ),
+        (
+            json!({ "project": "demo", "workflow": "x", "builtin": "builder-reviewer" }),
+            "builtin",
+            "not both",
+        ),
+        (
+            json!({ "project": "demo", "workflow": "name = 1" }),
+            "workflow",
+            "name",
+        ),
+        (
+            json!({ "project": "demo", "builtin": "builder-reviewer", "task": "x", "image": "i", "test_command": [] }),
+            "test_command",
+            "argv",
+        ),
+        (
+            json!({ "project": "demo", "builtin": "builder-reviewer", "task": "x", "image": "i", "env": { "1BAD": "v" } }),
+            "env.1BAD",
+            "",
+        ),
+        (
+            json!({ "project": "demo", "builtin": "builder-reviewer", "task": "x", "image": "i", "surprise": true }),
+            "surprise",
+            "",
+        ),
+    ] {
+        let (status, reply) = call(
+            &f,
+            "POST",
+            "/api/v1/workflows",
+            &f.client,
+            Body::from(body.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {reply}");
+        let errors = reply["errors"].as_array().unwrap();
+        let hit = errors
+            .iter()
+            .find(|e| e["field"].as_str().unwrap().contains(field))
+            .unwrap_or_else(|| panic!("{body}: no error for {field}: {reply}"));
+        assert!(hit["message"].as_str().unwrap().contains(says), "{reply}");
+    }
+    // Another project's client cannot see the workflow.
+    let outsider = token(&f.app, Role::Client, Some("elsewhere")).await;
+    let id = submitted["id"].as_str().unwrap();
+    let (status, _) = call(
+        &f,
+        "GET",
+        &format!("/api/v1/workflows/{id}"),
+        &outsider,
+        Body::empty(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

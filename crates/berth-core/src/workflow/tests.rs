@@ -94,7 +94,7 @@ fn errors_name_the_field_what_is_accepted_and_the_line() {
         ),
         (
             edit("max_iterations = 3", "max_iterations = \"3\""),
-            &["invalid type", "line 10"],
+            &["loop.max_iterations: invalid type", "line 10"],
         ),
         (
             edit("max_iterations = 3\n", ""),
@@ -332,6 +332,13 @@ fn errors_name_the_field_what_is_accepted_and_the_line() {
             &[
                 "`loop.steps[1].verdict.fallback`",
                 "a command step has no final message",
+            ],
+        ),
+        (
+            EXAMPLE.replacen("name = \"fix-tests\"", "name = 1", 1),
+            &[
+                "name: invalid type: integer `1`, expected a string",
+                "line 1",
             ],
         ),
         (
