@@ -235,6 +235,10 @@ pub struct ListArgs {
     /// With --server: only runs in this state.
     #[arg(long = "state")]
     pub run_state: Option<String>,
+    /// List workflows instead of runs (`berth workflow run` here, or with --server, submitted
+    /// ones).
+    #[arg(long)]
+    pub workflows: bool,
     #[command(flatten)]
     pub state: StateArgs,
     /// The workspace whose .berth directory holds the runs [default: the current directory].

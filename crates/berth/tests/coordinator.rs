@@ -1854,6 +1854,22 @@ fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
     assert_eq!(events.last(), Some(&"finished"));
     assert_eq!(events.iter().filter(|e| **e == "step_queued").count(), 7);
     assert_eq!(events.iter().filter(|e| **e == "step_finished").count(), 7);
+    // berth ls --workflows: the server's, and the CLI's in its state directory.
+    let o = c.cli(&["ls", "--workflows", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed["workflows"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed["workflows"][0]["state"], "succeeded", "{listed}");
+    let state_dir = c.path().join("cli-state").display().to_string();
+    let o = c
+        .berth(&["ls", "--workflows", "--json", "--state-dir", &state_dir])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(local[0]["id"], cli["id"], "{local}");
+    assert_eq!(local[0]["state"], "succeeded", "{local}");
+    assert_eq!(local[0]["iterations"], 2, "{local}");
     let o = c.cli(&["show", &id]);
     let human = text(&o.stdout);
     assert!(

@@ -554,6 +554,23 @@ pub async fn remote_ls(
     ExitStatus::Success
 }
 
+pub async fn remote_ls_workflows(
+    server: String,
+    token: Option<String>,
+    json: bool,
+    printer: Printer,
+) -> ExitStatus {
+    let client = client_or_fail!(
+        printer,
+        &RemoteArgs {
+            server: Some(server),
+            token
+        },
+        None
+    );
+    workflow::list(&client, json, printer).await
+}
+
 pub async fn remote_show(
     server: String,
     token: Option<String>,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use berth_api::{SubmitWorkflow, WorkflowAuditView, WorkflowView};
+use berth_api::{SubmitWorkflow, WorkflowAuditView, WorkflowList, WorkflowView};
 use berth_core::exit::RunState;
 use berth_core::ExitStatus;
 use berth_runner::Client;
@@ -322,6 +322,33 @@ pub async fn cancel(client: &Client, id: &str, json: bool, printer: Printer) -> 
             }
         )),
         Err(e) => return fail(printer, &e),
+    }
+    ExitStatus::Success
+}
+
+pub async fn list(client: &Client, json: bool, printer: Printer) -> ExitStatus {
+    let list = match client.get::<WorkflowList>("/api/v1/workflows").await {
+        Ok(l) => l,
+        Err(e) => return fail(printer, &e),
+    };
+    if json {
+        print_json(&list);
+        return ExitStatus::Success;
+    }
+    data_line(&format!(
+        "{:<20}  {:<16}  {:<10}  {:>4}  {:<12}  REASON",
+        "WORKFLOW", "NAME", "STATE", "ITER", "PROJECT"
+    ));
+    for w in list.workflows {
+        data_line(&format!(
+            "{:<20}  {:<16}  {:<10}  {:>4}  {:<12}  {}",
+            w.id,
+            w.name,
+            w.state,
+            w.iterations,
+            w.project,
+            w.reason.unwrap_or_default()
+        ));
     }
     ExitStatus::Success
 }
