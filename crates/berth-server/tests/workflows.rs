@@ -440,3 +440,64 @@ async fn the_built_in_workflow_takes_its_test_command_and_bad_submissions_name_t
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A reviewer without `result.json` is judged by the workflow's rule on its final message, read
+/// from the run's agent events.
+#[tokio::test]
+async fn a_verdict_rule_reads_the_final_message_from_the_run_s_events() {
+    let f = fixture().await;
+    let home = register(&f, "home").await;
+    let text = r#"
+name = "rule"
+[loop]
+max_iterations = 1
+until = "review.approved"
+[[loop.steps]]
+name = "review"
+agent = "codex"
+prompt = "review {{ task }}"
+verdict = { fallback = { approve = '(?m)^APPROVED', reject = '(?m)^CHANGES' } }
+"#;
+    let submitted = json_call(
+        &f,
+        "POST",
+        "/api/v1/workflows",
+        &f.client,
+        json!({ "project": "demo", "workflow": text, "task": "it" }),
+    )
+    .await;
+    let id = submitted["id"].as_str().unwrap().to_string();
+    let review = claim(&f, &home).await.expect("the review is queued");
+    let run = review["run"]["id"].as_str().unwrap();
+    let lease = review["lease_token"].as_str().unwrap();
+    let message = json!({
+        "event": "agent",
+        "agent": { "type": "final_result", "is_error": false, "text": "APPROVED: ship it" }
+    });
+    json_call(
+        &f,
+        "POST",
+        &format!("/api/v1/runs/{run}/events"),
+        &f.runner,
+        json!({
+            "lease_token": lease,
+            "first_seq": 1,
+            "events": [{ "ts": 1, "kind": "agent", "data": message.to_string() }],
+        }),
+    )
+    .await;
+    run_step(&f, &review, &[], 0).await;
+    let view = loop {
+        let view = workflow(&f, &id).await;
+        if view["state"] != "running" {
+            break view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(
+        view["steps"][0]["verdict"]["source"], "final_message",
+        "{view}"
+    );
+    assert_eq!(view["steps"][0]["verdict"]["approved"], true, "{view}");
+}

@@ -2115,3 +2115,42 @@ fn sqlite_runner_killed_mid_workflow() {
     );
     assert_eq!(git(&ws, &["branch", "--list", "berth/*"]), "");
 }
+
+// The server killed while a workflow's step runs: after its restart the step's end is
+// recorded and the workflow goes on to the same result; nothing is lost or repeated.
+#[test]
+fn sqlite_server_killed_mid_workflow_goes_on() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    make_repo(&ws, REVIEWER, 3);
+    let slow = format!("sleep 2\n{}", support::workflow::BUILDER);
+    std::fs::write(ws.join(".fake/claude.sh"), slow).unwrap();
+    commit(&ws, "slower builder");
+    c.runner("wfsteady", &[]);
+    let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
+    poll(Duration::from_secs(60), "the first build runs", || {
+        let view = c.workflow(&id);
+        let build = view["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["step"] == "build")?
+            .clone();
+        (c.run(build["run_id"].as_str()?)["state"] == "running").then_some(())
+    });
+    c.kill_server();
+    std::thread::sleep(Duration::from_millis(800));
+    c.start_server();
+    let view = c.wait_workflow(&id, Duration::from_secs(120));
+    assert_eq!(view["state"], "succeeded", "{view}\n{}", c.all_log_tails());
+    assert_eq!(view["iterations"], 2, "{view}");
+    let steps = server_steps(&view);
+    assert_eq!(steps.len(), 7, "each step once: {view}");
+    let shown: Value = serde_json::from_slice(&c.cli(&["show", &id, "--json"]).stdout).unwrap();
+    let queued = shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["event"] == "step_queued")
+        .count();
+    assert_eq!(queued, 7, "no step queued twice: {shown}");
+}
