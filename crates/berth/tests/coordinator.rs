@@ -5,7 +5,9 @@
 //! Scenarios: submit/follow/logs/SSE resume/artifacts/audit; 50 runs on two runners, each once;
 //! tag routing; cancel while queued and while running; `kill -9` of a runner (lost, then
 //! reconciled); `kill -9` of the server (no event lost or repeated); the engine going away;
-//! authentication; answers lost on the way back to the runner. Leases are short (3 s).
+//! authentication; answers lost on the way back to the runner; workflows (the same workflow on
+//! the CLI and through server + runner, copy workspaces, cancel, a runner or the server killed
+//! mid-workflow). Leases are short (3 s).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod support;
