@@ -336,13 +336,8 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             );
         }
     }
-    for (i, tag) in run.tags.iter().enumerate() {
-        if tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_whitespace) {
-            err(
-                &format!("tags[{i}]"),
-                format!("`{tag}` is not a tag: expected a non-empty word without commas or spaces"),
-            );
-        }
+    for e in tag_errors(&run.tags) {
+        err(&e.field, e.message);
     }
     if let Some(mounts) = &sandbox.mounts {
         let ctx = PolicyContext {
@@ -388,6 +383,22 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         }
     }
     errors
+}
+
+/// The problems with a submission's `tags`: each must be a non-empty word without commas.
+pub fn tag_errors(tags: &[String]) -> Vec<FieldError> {
+    tags.iter()
+        .enumerate()
+        .filter(|(_, tag)| {
+            tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_whitespace)
+        })
+        .map(|(i, tag)| FieldError {
+            field: format!("tags[{i}]"),
+            message: format!(
+                "`{tag}` is not a tag: expected a non-empty word without commas or spaces"
+            ),
+        })
+        .collect()
 }
 
 /// `path` normalised without touching any file system, or `None` if relative or with `..`.

@@ -164,11 +164,12 @@ async fn run_claimed(
         }
     };
 
+    let local = run.execution_mode == ExecutionMode::Local;
     // A workflow's step works in the workflow's worktree, kept on this runner between steps.
     let workflow_tree = match &run.sandbox.workflow {
         None => None,
         Some(id) => {
-            if !engine.endpoint().is_local() && !local_mode(run) {
+            if !engine.endpoint().is_local() && !local {
                 return Outcome::error(format!(
                     "runner `{}` uses a remote engine; workflow steps need a local one (their worktree stays on the runner between steps)",
                     shared.runner_id
@@ -176,7 +177,7 @@ async fn run_claimed(
             }
             let (uid, gid) = invoking_user();
             let sandbox = sandbox_user(spec.user, uid, gid);
-            let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
+            let owner = berth_sandbox::workspace::tree_owner(sandbox, uid);
             let copy = run.sandbox.workspace_mode.as_deref() == Some("copy");
             match crate::workflows::worktree_for(
                 &shared.config.state_dir,
@@ -220,7 +221,6 @@ async fn run_claimed(
         return Outcome::error(format!("{}: {e}", run_dir.path().display()));
     }
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
-    let local = run.execution_mode == ExecutionMode::Local;
     let execution = if local {
         Execution::Local
     } else {
@@ -333,10 +333,6 @@ async fn run_claimed(
         }
     }
     outcome_of(&ctx, run_dir)
-}
-
-fn local_mode(run: &berth_api::RunView) -> bool {
-    run.execution_mode == ExecutionMode::Local
 }
 
 /// The run's end as the server is told.

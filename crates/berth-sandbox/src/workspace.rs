@@ -834,6 +834,12 @@ pub fn create_worktree(
     Ok(worktree)
 }
 
+/// Who is to own a tree berth makes for a sandbox to write: the sandbox user when berth runs as
+/// root (and the sandbox user is not root); otherwise berth itself (`None`: left as made).
+pub fn tree_owner(sandbox_owner: (u32, u32), berth_uid: u32) -> Option<(u32, u32)> {
+    (berth_uid == 0 && sandbox_owner != (0, 0)).then_some(sandbox_owner)
+}
+
 /// A workflow's copy workspace: the files copy mode would upload from `source` (the same ignore
 /// rules, `.git` left out, `exclude` and the size `limit`), copied to `path`, with a private
 /// bare repository at `git_dir` that remembers them as they were. Its diff is then taken like a
@@ -1050,7 +1056,7 @@ pub fn prepare(
             )?);
         }
         WorkspaceMode::Worktree => {
-            let owner = (berth_uid == 0 && sandbox_owner != (0, 0)).then_some(sandbox_owner);
+            let owner = tree_owner(sandbox_owner, berth_uid);
             let tree = create_worktree(
                 workspace,
                 &ctx.run_dir.workspace_dir(),

@@ -105,6 +105,18 @@ async fn count_requests<S: Store>(
     response
 }
 
+/// A query string's parameters, or a 422 saying what is wrong with them.
+fn query_params<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::Invalid(vec![FieldError {
+            field: "query".into(),
+            message: e.body_text(),
+        }])
+    })
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     parse_strict(body).map_err(ApiError::from)
 }
@@ -362,12 +374,7 @@ async fn list_runs<S: Store>(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<RunList>> {
     caller.require_client()?;
-    let Query(query) = query.map_err(|e| {
-        ApiError::Invalid(vec![FieldError {
-            field: "query".into(),
-            message: e.body_text(),
-        }])
-    })?;
+    let query = query_params(query)?;
     let state = match &query.state {
         Some(s) => Some(RunState::parse(s).ok_or_else(|| {
             ApiError::Invalid(vec![FieldError { field: "state".into(), message: format!("`{s}` is not a run state: expected one of queued, claimed, running, succeeded, failed, timed_out, cancelled, lost, error") }])
@@ -982,12 +989,7 @@ async fn list_workflows<S: Store>(
     query: Result<Query<WorkflowListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<WorkflowList>> {
     caller.require_client()?;
-    let Query(query) = query.map_err(|e| {
-        ApiError::Invalid(vec![FieldError {
-            field: "query".into(),
-            message: e.body_text(),
-        }])
-    })?;
+    let query = query_params(query)?;
     if let Some(project) = &query.project {
         caller.require_project(project)?;
     }

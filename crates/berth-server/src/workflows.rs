@@ -189,14 +189,7 @@ pub fn check(
             errors.push(field("network", e));
         }
     }
-    for (i, tag) in request.tags.iter().enumerate() {
-        if tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_whitespace) {
-            errors.push(field(
-                &format!("tags[{i}]"),
-                format!("`{tag}` is not a tag: expected a non-empty word without commas or spaces"),
-            ));
-        }
-    }
+    errors.extend(berth_api::tag_errors(&request.tags));
     let Some(parsed) = parsed.filter(|_| errors.is_empty()) else {
         return Err(errors);
     };
@@ -283,22 +276,10 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
         (Err(e), _) | (_, Err(e)) => {
             // Nothing can be done with it but to end it, saying why.
             tracing::error!(workflow = %id, error = %e, "ending an unreadable workflow");
-            let change = WorkflowChange {
-                id: row.id.clone(),
-                expected_version: row.version,
-                state: RunState::Error,
-                progress: row.progress.clone(),
-                current_run: row.current_run.clone(),
-                runner_id: row.runner_id.clone(),
-                reason: Some(e.clone()),
-                finished_at: Some(now),
-                now,
-                actor: "server".into(),
-                notes: vec![note("finished", format!("error: {e}"))],
-                new_run: None,
-            };
-            app.store.update_workflow(&change).await?;
-            return Ok(Step::Done);
+            let mut change = change(&row, row.progress.clone(), now);
+            change.notes.push(note("finished", format!("error: {e}")));
+            end(&mut change, RunState::Error, e);
+            return write(app, &change).await;
         }
     };
     let mut notes = Vec::new();
@@ -311,50 +292,22 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
 
     if let Some(run_id) = progress.pending_run.clone() {
         let position = current_position(&progress.run);
-        let run = app.store.run(&run_id).await?;
-        let outcome = match &run {
-            None => Some(StepOutcome::ended(
-                StepState::Error,
-                &format!("the step's run {run_id} is gone from the store"),
-            )),
-            Some(run) if run.state.is_final() => Some(outcome_of(app, run, &progress).await?),
-            Some(run) => {
-                let cancelled = progress.run.finish.is_some();
-                let stranded = stranded_on(app, run).await?;
-                if cancelled || stranded.is_some() {
-                    // Stop the step; a queued one ends at once, a running one comes back here
-                    // when its runner reports the end.
-                    let ended = app.store.request_cancel(&run.id, "server", now).await?;
-                    app.cancels.notify_waiters();
-                    app.events.notify_waiters();
-                    match (ended.state.is_final(), stranded) {
-                        (false, _) => None,
-                        (true, Some(why)) => Some(StepOutcome {
-                            run_id: Some(run.id.clone()),
-                            ..StepOutcome::ended(StepState::Error, &why)
-                        }),
-                        (true, None) => Some(outcome_of(app, &ended, &progress).await?),
-                    }
-                } else {
-                    None
-                }
-            }
+        let Some((outcome, run)) = pending_outcome(app, &progress, &run_id, now).await? else {
+            // Still running (a cancel, if any, is on its way to the runner).
+            return if changed {
+                let mut change = change(&row, to_json(&progress), now);
+                change.runner_id = runner_id;
+                write(app, &change).await
+            } else {
+                Ok(Step::Done)
+            };
         };
-        let Some(outcome) = outcome else {
-            if changed && !save(app, &row, &progress, runner_id, notes, None, now).await? {
-                return Ok(Step::Again);
+        if let Some(run) = &run {
+            runner_id = runner_id.or_else(|| run.runner_id.clone());
+            let diff = artifacts_dir(&app.config.state_dir, &run_id).join("berth/diff.patch");
+            if diff.is_file() {
+                progress.diff_run = Some(run_id.clone());
             }
-            return Ok(Step::Done);
-        };
-        if runner_id.is_none() {
-            runner_id = run.as_ref().and_then(|r| r.runner_id.clone());
-        }
-        if run.is_some()
-            && artifacts_dir(&app.config.state_dir, &run_id)
-                .join("berth/diff.patch")
-                .is_file()
-        {
-            progress.diff_run = Some(run_id.clone());
         }
         let line = outcome_line(&outcome);
         if let Err(e) = progress.run.record(outcome) {
@@ -365,12 +318,10 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
             .and_then(|p| record_at(&progress.run, p))
             .map(verdict_line)
             .unwrap_or_default();
+        let at = position.map_or_else(|| "a step".to_string(), |p| p.to_string());
         notes.push(note(
             "step_finished",
-            format!(
-                "{}: run {run_id} {line}{verdict}",
-                position.map_or_else(|| "a step".to_string(), |p| p.to_string())
-            ),
+            format!("{at}: run {run_id} {line}{verdict}"),
         ));
         progress.pending_run = None;
         changed = true;
@@ -378,7 +329,8 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
 
     // Queue the next step, or end. A step that cannot even be queued is recorded as an error
     // and the state machine decides what follows.
-    loop {
+    let mut new_run = None;
+    while progress.pending_run.is_none() {
         match progress.run.next() {
             Next::Finished(finish) => {
                 let state = match finish.state {
@@ -387,40 +339,20 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
                     StepState::Cancelled => RunState::Cancelled,
                     _ => RunState::Error,
                 };
-                if progress.pending_run.is_some() {
-                    // Cancelled while a step runs: end once that step has ended.
-                    break;
-                }
                 let reason = finish.message();
                 notes.push(note("finished", format!("{}: {reason}", state.as_str())));
-                let change = WorkflowChange {
-                    id: row.id.clone(),
-                    expected_version: row.version,
-                    state,
-                    progress: serde_json::to_value(&progress).unwrap_or_default(),
-                    current_run: row.current_run.clone(),
-                    runner_id,
-                    reason: Some(reason),
-                    finished_at: Some(now),
-                    now,
-                    actor: "server".into(),
-                    notes,
-                    new_run: None,
-                };
-                return match app.store.update_workflow(&change).await? {
-                    Some(_) => {
-                        tracing::info!(workflow = %id, state = state.as_str(), "workflow ended");
-                        app.events.notify_waiters();
-                        Ok(Step::Done)
-                    }
-                    None => Ok(Step::Again),
-                };
+                let mut change = change(&row, to_json(&progress), now);
+                change.runner_id = runner_id;
+                change.notes = notes;
+                end(&mut change, state, reason);
+                let written = write(app, &change).await?;
+                if matches!(written, Step::Done) {
+                    tracing::info!(workflow = %id, state = state.as_str(), "workflow ended");
+                }
+                return Ok(written);
             }
             Next::Run(request) => {
-                if progress.pending_run.is_some() {
-                    break;
-                }
-                match step_run(
+                let step = step_run(
                     app,
                     &row,
                     &submission,
@@ -428,33 +360,15 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
                     &request,
                     runner_id.clone(),
                     now,
-                ) {
+                );
+                match step {
                     Ok(run) => {
                         notes.push(note(
                             "step_queued",
                             format!("{}: run {}", request.position, run.id),
                         ));
                         progress.pending_run = Some(run.id.clone());
-                        let current = Some(run.id.clone());
-                        return match save_with(
-                            app,
-                            &row,
-                            &progress,
-                            runner_id,
-                            notes,
-                            Some(run),
-                            current,
-                            now,
-                        )
-                        .await?
-                        {
-                            true => {
-                                app.queued.notify_waiters();
-                                app.events.notify_waiters();
-                                Ok(Step::Done)
-                            }
-                            false => Ok(Step::Again),
-                        };
+                        new_run = Some(run);
                     }
                     Err(why) => {
                         notes.push(note(
@@ -464,16 +378,60 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
                         let _ = progress
                             .run
                             .record(StepOutcome::ended(StepState::Error, &why));
-                        changed = true;
                     }
                 }
+                changed = true;
             }
         }
     }
-    if changed && !save(app, &row, &progress, runner_id, notes, None, now).await? {
-        return Ok(Step::Again);
+    if !changed {
+        return Ok(Step::Done);
     }
-    Ok(Step::Done)
+    let mut change = change(&row, to_json(&progress), now);
+    change.runner_id = runner_id;
+    change.notes = notes;
+    change.new_run = new_run;
+    write(app, &change).await
+}
+
+/// The outcome of the step run the workflow waits for, once it has one (and the run, if it is
+/// still in the store). A cancelled workflow, or a step stranded on an offline runner, has its
+/// step run cancelled here: a queued one ends at once, a running one comes back here when its
+/// runner reports the end.
+async fn pending_outcome<S: Store>(
+    app: &App<S>,
+    progress: &Progress,
+    run_id: &str,
+    now: i64,
+) -> Result<Option<(StepOutcome, Option<RunRow>)>, StoreError> {
+    let Some(run) = app.store.run(run_id).await? else {
+        let gone = StepOutcome::ended(
+            StepState::Error,
+            &format!("the step's run {run_id} is gone from the store"),
+        );
+        return Ok(Some((gone, None)));
+    };
+    if run.state.is_final() {
+        return Ok(Some((outcome_of(app, &run, progress).await?, Some(run))));
+    }
+    let stranded = stranded_on(app, &run).await?;
+    if progress.run.finish.is_none() && stranded.is_none() {
+        return Ok(None);
+    }
+    let ended = app.store.request_cancel(&run.id, "server", now).await?;
+    app.cancels.notify_waiters();
+    app.events.notify_waiters();
+    if !ended.state.is_final() {
+        return Ok(None);
+    }
+    let outcome = match stranded {
+        Some(why) => StepOutcome {
+            run_id: Some(run.id.clone()),
+            ..StepOutcome::ended(StepState::Error, &why)
+        },
+        None => outcome_of(app, &ended, progress).await?,
+    };
+    Ok(Some((outcome, Some(ended))))
 }
 
 fn note(event: &str, detail: String) -> WorkflowNote {
@@ -483,45 +441,44 @@ fn note(event: &str, detail: String) -> WorkflowNote {
     }
 }
 
-async fn save<S: Store>(
-    app: &App<S>,
-    row: &WorkflowRow,
-    progress: &Progress,
-    runner_id: Option<String>,
-    notes: Vec<WorkflowNote>,
-    new_run: Option<NewRun>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let current = row.current_run.clone();
-    save_with(app, row, progress, runner_id, notes, new_run, current, now).await
+fn to_json(progress: &Progress) -> serde_json::Value {
+    serde_json::to_value(progress).unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn save_with<S: Store>(
-    app: &App<S>,
-    row: &WorkflowRow,
-    progress: &Progress,
-    runner_id: Option<String>,
-    notes: Vec<WorkflowNote>,
-    new_run: Option<NewRun>,
-    current_run: Option<String>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let change = WorkflowChange {
+/// A change that keeps the workflow running with `progress`, applied only at the version read.
+fn change(row: &WorkflowRow, progress: serde_json::Value, now: i64) -> WorkflowChange {
+    WorkflowChange {
         id: row.id.clone(),
         expected_version: row.version,
         state: RunState::Running,
-        progress: serde_json::to_value(progress).unwrap_or_default(),
-        current_run,
-        runner_id,
+        progress,
+        runner_id: row.runner_id.clone(),
         reason: None,
         finished_at: None,
         now,
         actor: "server".into(),
-        notes,
-        new_run,
-    };
-    Ok(app.store.update_workflow(&change).await?.is_some())
+        notes: Vec::new(),
+        new_run: None,
+    }
+}
+
+/// Makes the change end the workflow.
+fn end(change: &mut WorkflowChange, state: RunState, reason: String) {
+    change.state = state;
+    change.reason = Some(reason);
+    change.finished_at = Some(change.now);
+}
+
+/// Writes the change; `Again` when another writer came first (the caller reads afresh).
+async fn write<S: Store>(app: &App<S>, change: &WorkflowChange) -> Result<Step, StoreError> {
+    if app.store.update_workflow(change).await?.is_none() {
+        return Ok(Step::Again);
+    }
+    if change.new_run.is_some() {
+        app.queued.notify_waiters();
+    }
+    app.events.notify_waiters();
+    Ok(Step::Done)
 }
 
 /// Why a queued step can never start: the runner holding the worktree went offline.
@@ -529,23 +486,16 @@ async fn stranded_on<S: Store>(app: &App<S>, run: &RunRow) -> Result<Option<Stri
     if run.state != RunState::Queued {
         return Ok(None);
     }
-    let Some(pinned) = pinned_runner(run) else {
+    let Some(pinned) = &run.pinned_runner else {
         return Ok(None);
     };
-    Ok(match app.store.runner(&pinned).await? {
+    Ok(match app.store.runner(pinned).await? {
         Some(r) if r.online => None,
         _ => Some(format!(
             "runner {pinned}, which holds the workflow's worktree, is offline, and the step cannot run on another runner"
         )),
     })
 }
-
-fn pinned_runner(run: &RunRow) -> Option<String> {
-    run.labels.get(PINNED_LABEL).cloned()
-}
-
-/// The label naming the runner a step is pinned to (the store enforces the pin).
-const PINNED_LABEL: &str = "berth.runner";
 
 /// The position of the step the state machine waits for.
 fn current_position(run: &WorkflowRun) -> Option<Position> {
@@ -680,13 +630,9 @@ async fn step_output<S: Store>(
                     }
                 }
                 "agent" if agent => {
-                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&event.data) {
-                        let agent = &value["agent"];
-                        if agent["type"] == "final_result" {
-                            if let Some(t) = agent["text"].as_str().or(agent["error"].as_str()) {
-                                final_message = t.to_string();
-                            }
-                        }
+                    let value = serde_json::from_str(&event.data).unwrap_or_default();
+                    if let Some(message) = workflow::verdict::final_message(&value) {
+                        final_message = message.to_string();
                     }
                 }
                 _ => {}
@@ -770,9 +716,6 @@ fn step_run<S: Store>(
     let mut labels = submission.labels.clone();
     labels.insert(WORKFLOW_LABEL.into(), row.id.clone());
     labels.insert(STEP_LABEL.into(), request.position.dir());
-    if let Some(runner) = &runner {
-        labels.insert(PINNED_LABEL.into(), runner.clone());
-    }
     Ok(NewRun {
         id: berth_core::ids::run_id(now as u64, rand::random()),
         project: row.project.clone(),
@@ -848,7 +791,8 @@ pub fn view(row: WorkflowRow) -> WorkflowView {
         created_at: rfc3339(row.created_at),
         finished_at: row.finished_at.map(rfc3339),
         runner_id: row.runner_id,
-        current_run: row.current_run,
+        // The step run in progress, else the last one.
+        current_run: steps.last().and_then(|s| s.run_id.clone()),
         cancel_requested: row.cancel_requested,
         iterations,
         baseline_red,

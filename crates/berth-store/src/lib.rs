@@ -134,6 +134,8 @@ pub struct RunRow {
     pub cancel_requested: bool,
     /// Milliseconds since the epoch at which the current lease ends, while claimed or running.
     pub lease_expires_at: Option<i64>,
+    /// The only runner that may claim it, if any.
+    pub pinned_runner: Option<String>,
 }
 
 /// A new run to insert in state `queued`.
@@ -245,8 +247,6 @@ pub struct WorkflowRow {
     pub progress: serde_json::Value,
     /// Bumped by every change; a change names the version it read.
     pub version: i64,
-    /// The step run in progress (or the last one, until the next is queued).
-    pub current_run: Option<String>,
     /// The runner holding the workflow's worktree, once its first step was claimed.
     pub runner_id: Option<String>,
     pub cancel_requested: bool,
@@ -294,7 +294,6 @@ pub struct WorkflowChange {
     pub expected_version: i64,
     pub state: RunState,
     pub progress: serde_json::Value,
-    pub current_run: Option<String>,
     pub runner_id: Option<String>,
     pub reason: Option<String>,
     pub finished_at: Option<i64>,

@@ -40,7 +40,8 @@ const PG_MIGRATIONS: &[&str] = &[
 
 /// The columns of [`RunRow`], in `SELECT` and `RETURNING` lists.
 const RUN_COLS: &str = "id, project, state, execution_mode, spec, tags, labels, created_at, claimed_at, \
-     started_at, finished_at, runner_id, container_id, exit_code, reason, cancel_requested, lease_expires_at";
+     started_at, finished_at, runner_id, container_id, exit_code, reason, cancel_requested, lease_expires_at, \
+     pinned_runner";
 
 /// Rows of one multi-row `INSERT` (a handful of placeholders each, far below both limits).
 const INSERT_CHUNK: usize = 1000;
@@ -287,6 +288,7 @@ fn run_from_row(row: &Row) -> StoreResult<RunRow> {
         reason: row.opt_text("reason")?,
         cancel_requested: row.flag("cancel_requested")?,
         lease_expires_at: row.opt_int("lease_expires_at")?,
+        pinned_runner: row.opt_text("pinned_runner")?,
     })
 }
 
@@ -544,8 +546,7 @@ async fn insert_run_tx(tx: &mut Db, run: &NewRun) -> StoreResult<RunRow> {
 }
 
 /// The columns of [`WorkflowRow`].
-const WORKFLOW_COLS: &str =
-    "id, project, name, state, spec, progress, version, current_run, runner_id, \
+const WORKFLOW_COLS: &str = "id, project, name, state, spec, progress, version, runner_id, \
      cancel_requested, reason, created_at, finished_at";
 
 fn workflow_from_row(row: &Row) -> StoreResult<WorkflowRow> {
@@ -557,7 +558,6 @@ fn workflow_from_row(row: &Row) -> StoreResult<WorkflowRow> {
         spec: from_json(&row.text("spec")?, "workflow submission")?,
         progress: from_json(&row.text("progress")?, "workflow progress")?,
         version: row.int("version")?,
-        current_run: row.opt_text("current_run")?,
         runner_id: row.opt_text("runner_id")?,
         cancel_requested: row.flag("cancel_requested")?,
         reason: row.opt_text("reason")?,
@@ -1363,8 +1363,8 @@ impl Store for SqlStore {
     async fn update_workflow(&self, change: &WorkflowChange) -> StoreResult<Option<WorkflowRow>> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "UPDATE workflows SET state = $3, progress = $4, current_run = $5, runner_id = $6, reason = $7, \
-             finished_at = $8, version = version + 1 \
+            "UPDATE workflows SET state = $3, progress = $4, runner_id = $5, reason = $6, \
+             finished_at = $7, version = version + 1 \
              WHERE id = $1 AND version = $2 AND state = 'running' RETURNING {WORKFLOW_COLS}"
         );
         let Some(row) = tx
@@ -1375,7 +1375,6 @@ impl Store for SqlStore {
                     change.expected_version,
                     change.state.as_str(),
                     to_json(&change.progress)?,
-                    &change.current_run,
                     &change.runner_id,
                     &change.reason,
                     change.finished_at

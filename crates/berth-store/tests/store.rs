@@ -1169,6 +1169,8 @@ async fn pinned_runs_go_only_to_their_runner() {
                 .as_deref(),
             Some("pinned")
         );
+        let row = s.run("pinned").await.unwrap().unwrap();
+        assert_eq!(row.pinned_runner.as_deref(), Some("home"));
     })
     .await;
 }
@@ -1179,7 +1181,6 @@ fn change(id: &str, version: i64, step: u32) -> WorkflowChange {
         expected_version: version,
         state: RunState::Running,
         progress: serde_json::json!({ "step": step }),
-        current_run: Some(format!("{id}-step{step}")),
         runner_id: None,
         reason: None,
         finished_at: None,
@@ -1220,8 +1221,9 @@ async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
             .unwrap()
             .unwrap();
         assert_eq!(first.version, 2);
-        assert_eq!(first.current_run.as_deref(), Some("wf-1-step1"));
-        assert!(s.run("wf-1-step1").await.unwrap().is_some());
+        assert_eq!(first.progress, serde_json::json!({ "step": 1 }));
+        let step_run = s.run("wf-1-step1").await.unwrap().unwrap();
+        assert_eq!(step_run.pinned_runner, None);
         let mut racer = change("wf-1", 1, 9);
         racer.new_run = Some(new_run("racer-run", "p", &[]));
         assert_eq!(s.update_workflow(&racer).await.unwrap(), None);

@@ -865,3 +865,16 @@ fn the_readme_example_parses() {
         (1, 3, "review")
     );
 }
+
+#[test]
+fn the_final_message_is_the_agent_s_final_result() {
+    use serde_json::json;
+    let answer = json!({"event": "agent", "agent": {"type": "final_result", "is_error": false, "text": "APPROVED"}});
+    let failed = json!({"event": "agent", "agent": {"type": "final_result", "is_error": true, "error": "quota"}});
+    let text = json!({"event": "agent", "agent": {"type": "text", "text": "thinking"}});
+    let output = json!({"event": "output", "stream": "stdout", "text": "final_result"});
+    assert_eq!(verdict::final_message(&answer), Some("APPROVED"));
+    assert_eq!(verdict::final_message(&failed), Some("quota"));
+    assert_eq!(verdict::final_message(&text), None);
+    assert_eq!(verdict::final_message(&output), None);
+}

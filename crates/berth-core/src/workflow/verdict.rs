@@ -20,6 +20,17 @@ use serde::{Deserialize, Serialize};
 /// The file a reviewer writes, relative to `$BERTH_OUT`, unless the workflow names another.
 pub const VERDICT_FILE: &str = "result.json";
 
+/// The agent's final message, if `event` (one of berth's events as JSON, as in `events.jsonl`
+/// and in a run's stored events) is the agent's final result: its answer, or its error. This is
+/// what `{{ STEP.output }}` shows for an agent step and what a verdict's rule reads.
+pub fn final_message(event: &serde_json::Value) -> Option<&str> {
+    let agent = &event["agent"];
+    if event["event"] != "agent" || agent["type"] != "final_result" {
+        return None;
+    }
+    agent["text"].as_str().or(agent["error"].as_str())
+}
+
 /// A larger `result.json` is refused unread.
 pub const MAX_VERDICT_BYTES: usize = 256 * 1024;
 

@@ -11,7 +11,6 @@ CREATE TABLE workflows (
     spec             TEXT NOT NULL,
     progress         TEXT NOT NULL,
     version          BIGINT NOT NULL,
-    current_run      TEXT,
     runner_id        TEXT,
     cancel_requested BIGINT NOT NULL DEFAULT 0,
     reason           TEXT,

@@ -27,14 +27,12 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Profiles(args) => profiles::profiles(args, printer),
         Command::Sessions(args) => profiles::sessions(args, printer),
         Command::Ls(args) => match args.server.clone() {
-            Some(server) if args.workflows => {
-                remote::remote_ls_workflows(server, args.token.clone(), args.json, printer).await
-            }
             Some(server) => {
                 remote::remote_ls(
                     server,
                     args.token.clone(),
                     args.run_state.clone(),
+                    args.workflows,
                     args.json,
                     printer,
                 )

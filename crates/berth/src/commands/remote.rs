@@ -511,6 +511,7 @@ pub async fn remote_ls(
     server: String,
     token: Option<String>,
     state: Option<String>,
+    workflows: bool,
     json: bool,
     printer: Printer,
 ) -> ExitStatus {
@@ -522,6 +523,9 @@ pub async fn remote_ls(
         },
         None
     );
+    if workflows {
+        return workflow::list(&client, json, printer).await;
+    }
     let path = match state {
         Some(s) => format!("/api/v1/runs?state={s}"),
         None => "/api/v1/runs".to_string(),
@@ -552,23 +556,6 @@ pub async fn remote_ls(
         Err(e) => return fail(printer, &e),
     }
     ExitStatus::Success
-}
-
-pub async fn remote_ls_workflows(
-    server: String,
-    token: Option<String>,
-    json: bool,
-    printer: Printer,
-) -> ExitStatus {
-    let client = client_or_fail!(
-        printer,
-        &RemoteArgs {
-            server: Some(server),
-            token
-        },
-        None
-    );
-    workflow::list(&client, json, printer).await
 }
 
 pub async fn remote_show(

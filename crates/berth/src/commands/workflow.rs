@@ -130,7 +130,7 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     // only its recorded git directory, never a `.git` a step might plant in the tree.
     let (uid, gid) = crate::invoking_user();
     let sandbox = berth_core::plan::sandbox_user(None, uid, gid);
-    let owner = (uid == 0 && sandbox != (0, 0)).then_some(sandbox);
+    let owner = workspace::tree_owner(sandbox, uid);
     let tree = if workflow.workspace == WorkspaceKind::Copy {
         // A copy of the current directory (copy mode's ignore rules and size limit), with a
         // private repository for its diff; no git checkout needed.
@@ -478,14 +478,7 @@ fn final_message(events: &Path) -> String {
     text.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "agent" && e["agent"]["type"] == "final_result")
-        .filter_map(|e| {
-            e["agent"]["text"]
-                .as_str()
-                .or(e["agent"]["error"].as_str())
-                .map(str::to_string)
-        })
-        .next()
+        .find_map(|e| workflow::verdict::final_message(&e).map(str::to_string))
         .unwrap_or_default()
 }
 
