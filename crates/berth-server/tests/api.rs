@@ -1,12 +1,15 @@
 //! The HTTP API against a real SQLite store: auth, validation, the OpenAPI document, limits.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use berth_server::{App, ServerConfig};
-use berth_store::{Role, SqlStore, Store, TokenRecord};
+use berth_server::App;
+use berth_store::{Role, SqlStore};
+use support::token;
 use tower::ServiceExt;
 
 struct Fixture {
@@ -18,42 +21,12 @@ struct Fixture {
     runner: String,
 }
 
-async fn token(app: &App<SqlStore>, role: Role, project: Option<&str>) -> String {
-    let (id, secret) = berth_server::new_secret();
-    let record = TokenRecord {
-        id,
-        role,
-        project: project.map(str::to_string),
-        created_at: 0,
-        revoked_at: None,
-    };
-    app.store
-        .create_token(&record, &berth_server::hash_secret(&secret))
-        .await
-        .unwrap();
-    secret
-}
-
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlStore::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("db.sqlite").display()
-    ))
-    .await
-    .unwrap();
-    let mut config = ServerConfig::new(dir.path().to_path_buf());
-    config.max_body_bytes = 64 * 1024;
-    let app = App::new(store, config);
-    for name in ["demo", "other"] {
-        let project = berth_store::Project {
-            name: name.into(),
-            workspace_root: format!("/srv/{name}"),
-            allowed_paths: vec![],
-            created_at: 0,
-        };
-        app.store.create_project(&project).await.unwrap();
-    }
+    let app = support::app(dir.path(), &["demo", "other"], |config| {
+        config.max_body_bytes = 64 * 1024;
+    })
+    .await;
     Fixture {
         admin: token(&app, Role::Admin, None).await,
         client: token(&app, Role::Client, Some("demo")).await,

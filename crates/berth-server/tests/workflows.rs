@@ -4,13 +4,16 @@
 //! runner went offline ends with that reason instead of waiting forever.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use berth_server::{App, ServerConfig};
-use berth_store::{Role, SqlStore, Store, TokenRecord};
+use berth_server::App;
+use berth_store::{Role, SqlStore, Store};
 use serde_json::{json, Value};
+use support::token;
 use tower::ServiceExt;
 
 const WORKFLOW: &str = r#"
@@ -43,40 +46,9 @@ struct Fixture {
     runner: String,
 }
 
-async fn token(app: &App<SqlStore>, role: Role, project: Option<&str>) -> String {
-    let (id, secret) = berth_server::new_secret();
-    let record = TokenRecord {
-        id,
-        role,
-        project: project.map(str::to_string),
-        created_at: 0,
-        revoked_at: None,
-    };
-    app.store
-        .create_token(&record, &berth_server::hash_secret(&secret))
-        .await
-        .unwrap();
-    secret
-}
-
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlStore::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("db.sqlite").display()
-    ))
-    .await
-    .unwrap();
-    let app = App::new(store, ServerConfig::new(dir.path().to_path_buf()));
-    app.store
-        .create_project(&berth_store::Project {
-            name: "demo".into(),
-            workspace_root: "/srv/demo".into(),
-            allowed_paths: vec![],
-            created_at: 0,
-        })
-        .await
-        .unwrap();
+    let app = support::app(dir.path(), &["demo"], |_| {}).await;
     Fixture {
         client: token(&app, Role::Client, Some("demo")).await,
         runner: token(&app, Role::Runner, None).await,

@@ -26,8 +26,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::workflow::{commit, git, make_repo, write_files, REVIEWER};
-use support::{agents_image, berth_bin, containers_of_run, force_remove, image};
+use support::workflow::{
+    make_repo, run_args, set_builder, without_credentials, write_files, BUILDER, REVIEWER,
+    STUCK_BUILDER,
+};
+use support::{agents_image, berth_bin, containers_of_run, force_remove, git, image};
 
 const LEASE: &str = "3s";
 const HEARTBEAT: &str = "500ms";
@@ -1572,24 +1575,7 @@ fn sigterm(pid: u32) {
 fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
     let mut c = Cluster::start(Db::Sqlite);
     let ws = c.path().join("ws");
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args([
-                "-c",
-                "safe.directory=*",
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-C",
-            ])
-            .arg(&ws)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let git = |args: &[&str]| git(&ws, args);
     std::fs::write(ws.join("file.txt"), "one\n").unwrap();
     git(&["init", "-q"]);
     git(&["add", "file.txt"]);
@@ -1687,6 +1673,24 @@ impl Cluster {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Waits until the workflow's first run of `step` is running; its run id.
+    fn wait_step_running(&self, id: &str, step: &str) -> String {
+        poll(
+            Duration::from_secs(60),
+            &format!("step {step} runs"),
+            || {
+                let view = self.workflow(id);
+                let run = view["steps"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["step"] == step)?["run_id"]
+                    .as_str()?
+                    .to_string();
+                (self.run(&run)["state"] == "running").then_some(run)
+            },
+        )
+    }
+
     fn wait_workflow(&self, id: &str, limit: Duration) -> Value {
         poll(limit, &format!("workflow {id} ends"), || {
             let view = self.workflow(id);
@@ -1755,26 +1759,8 @@ fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
 
     // On the CLI.
     let cli_state = c.path().join("cli-state").display().to_string();
-    let mut cmd = c.berth(&[
-        "workflow",
-        "run",
-        "workflow.toml",
-        "--agent-image",
-        agents_image(),
-        "--image",
-        agents_image(),
-        "--network",
-        "none",
-        "--state-dir",
-        &cli_state,
-        "--json",
-        "--",
-        "Fix calc.",
-    ]);
-    cmd.current_dir(&ws)
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-        .env_remove("OPENAI_API_KEY");
+    let mut cmd = c.berth(&run_args(&["--state-dir", &cli_state]));
+    without_credentials(cmd.current_dir(&ws));
     let o = output_within(&mut cmd, Duration::from_secs(180));
     let out = text(&o.stdout);
     let start = out.rfind("\n{\n").map_or(0, |i| i + 1);
@@ -1909,12 +1895,7 @@ fn sqlite_workflow_cancel_and_bad_submissions() {
     let mut c = Cluster::start(Db::Sqlite);
     let ws = c.path().join("ws");
     make_repo(&ws, REVIEWER, 3);
-    std::fs::write(
-        ws.join(".fake/claude.sh"),
-        "echo started > started.txt; sleep 60\n",
-    )
-    .unwrap();
-    commit(&ws, "slow builder");
+    set_builder(&ws, STUCK_BUILDER);
 
     let project = c.project.clone();
     for (body, field) in [
@@ -1957,17 +1938,7 @@ fn sqlite_workflow_cancel_and_bad_submissions() {
 
     let runner = c.runner("wfcancel", &[]);
     let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
-    // Wait until the builder runs.
-    let build = poll(Duration::from_secs(60), "the builder runs", || {
-        let view = c.workflow(&id);
-        let step = view["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["step"] == "build")?
-            .clone();
-        let run = step["run_id"].as_str()?.to_string();
-        (c.run(&run)["state"] == "running").then_some(run)
-    });
+    let build = c.wait_step_running(&id, "build");
     // The builder works in the runner's worktree of the workflow.
     let dir = c.runner_workflow_dir(&runner, &id);
     poll(Duration::from_secs(20), "the builder starts", || {
@@ -2075,24 +2046,13 @@ fn sqlite_runner_killed_mid_workflow() {
     let mut c = Cluster::start(Db::Sqlite);
     let ws = c.path().join("ws");
     make_repo(&ws, REVIEWER, 3);
-    std::fs::write(
-        ws.join(".fake/claude.sh"),
-        "echo started > started.txt; sleep 60\n",
-    )
-    .unwrap();
-    commit(&ws, "slow builder");
+    set_builder(&ws, STUCK_BUILDER);
     let runner = c.runner("wfdoomed", &[]);
     let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
     let dir = c.runner_workflow_dir(&runner, &id);
-    poll(Duration::from_secs(60), "the builder runs", || {
-        let view = c.workflow(&id);
-        let build = view["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["step"] == "build")?
-            .clone();
-        let running = c.run(build["run_id"].as_str()?)["state"] == "running";
-        (running && dir.join("worktree/started.txt").is_file()).then_some(())
+    c.wait_step_running(&id, "build");
+    poll(Duration::from_secs(20), "the builder starts", || {
+        dir.join("worktree/started.txt").is_file().then_some(())
     });
     c.kill_runner(&runner);
     let view = c.wait_workflow(&id, Duration::from_secs(30));
@@ -2125,20 +2085,10 @@ fn sqlite_server_killed_mid_workflow_goes_on() {
     let mut c = Cluster::start(Db::Sqlite);
     let ws = c.path().join("ws");
     make_repo(&ws, REVIEWER, 3);
-    let slow = format!("sleep 2\n{}", support::workflow::BUILDER);
-    std::fs::write(ws.join(".fake/claude.sh"), slow).unwrap();
-    commit(&ws, "slower builder");
+    set_builder(&ws, &format!("sleep 2\n{BUILDER}"));
     c.runner("wfsteady", &[]);
     let id = c.submit_workflow(&ws.join("workflow.toml"), "Fix calc.");
-    poll(Duration::from_secs(60), "the first build runs", || {
-        let view = c.workflow(&id);
-        let build = view["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["step"] == "build")?
-            .clone();
-        (c.run(build["run_id"].as_str()?)["state"] == "running").then_some(())
-    });
+    c.wait_step_running(&id, "build");
     c.kill_server();
     std::thread::sleep(Duration::from_millis(800));
     c.start_server();

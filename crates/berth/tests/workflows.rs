@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::workflow::{commit, git, make_repo, write_files, REVIEWER, WORKFLOW};
-use support::{agents_image, stderr, stdout, Workspace};
+use support::workflow::{
+    make_repo, run_args, set_builder, without_credentials, write_files, REVIEWER, STUCK_BUILDER,
+    WORKFLOW,
+};
+use support::{git, stderr, stdout, Workspace};
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
@@ -23,25 +26,9 @@ fn repo(reviewer: &str, max_iterations: u32) -> Workspace {
 }
 
 fn workflow(ws: &Workspace, extra: &[&str]) -> Command {
-    let mut args = vec![
-        "workflow",
-        "run",
-        "workflow.toml",
-        "--agent-image",
-        agents_image(),
-        "--image",
-        agents_image(),
-        "--network",
-        "none",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "Fix calc."]);
-    let mut cmd = ws.berth(&args);
-    cmd.env("XDG_DATA_HOME", ws.path().join(".data"))
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
-        .env_remove("OPENAI_API_KEY");
+    let mut cmd = ws.berth(&run_args(extra));
+    cmd.env("XDG_DATA_HOME", ws.path().join(".data"));
+    without_credentials(&mut cmd);
     cmd
 }
 
@@ -181,10 +168,8 @@ fn max_iterations_reached_and_a_malformed_verdict_fail_with_their_reason() {
 
 #[test]
 fn cancel_mid_iteration_stops_the_step_and_records_where() {
-    let slow_builder = "echo started > started.txt; sleep 60\n";
     let ws = repo(REVIEWER, 3);
-    std::fs::write(ws.path().join(".fake/claude.sh"), slow_builder).unwrap();
-    commit(ws.path(), "slow");
+    set_builder(ws.path(), STUCK_BUILDER);
     let child = workflow(&ws, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

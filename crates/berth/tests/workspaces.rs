@@ -15,31 +15,6 @@ use std::process::Command;
 use support::ssh::*;
 use support::*;
 
-/// `git ARGS` in `dir` with a fixed identity; panics with git's stderr on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=berth-test",
-            "-c",
-            "user.email=test@localhost",
-            "-c",
-            "commit.gpgSign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn write(dir: &Path, rel: &str, content: &[u8]) {
     let path = dir.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -144,3 +144,32 @@ pub fn docker_inspect(name: &str) -> serde_json::Value {
     );
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
 }
+
+/// `git ARGS` in `dir` with a fixed identity, no signing, `main` as the first branch and any
+/// owner accepted (tests make repositories as root that sandboxes then own); panics with git's
+/// stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=berth-test",
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "commit.gpgSign=false",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "safe.directory=*",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

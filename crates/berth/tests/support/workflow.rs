@@ -6,10 +6,15 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::{agents_image, git};
+
 /// The builder fixes `calc.txt` only once the reviewer asked for "the missing line".
 pub const BUILDER: &str = r#"echo "round" >> notes.txt
 case "$1" in *"the missing line"*) echo fixed >> calc.txt ;; esac
 "#;
+
+/// A builder that says it started (`started.txt`) and then takes a minute: for stopping it.
+pub const STUCK_BUILDER: &str = "echo started > started.txt; sleep 60\n";
 
 /// The reviewer approves when the tests pass, else asks for the missing line.
 pub const REVIEWER: &str = r#"if grep -q fixed calc.txt; then
@@ -52,37 +57,43 @@ verdict = { file = "result.json" }
 pub const TEST: &str =
     "grep -q fixed calc.txt || { echo 'FAIL: calc.txt lacks the fixed line'; exit 1; }\n";
 
-/// `git ARGS` in `dir`; its stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "safe.directory=*", "-C"])
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Commits everything in `dir` as a test user.
+/// Commits everything in `dir`.
 pub fn commit(dir: &Path, message: &str) {
     git(dir, &["add", "."]);
-    git(
-        dir,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            message,
-        ],
-    );
+    git(dir, &["commit", "-qm", message]);
+}
+
+/// Replaces the builder's script and commits it (e.g. a builder that never finishes).
+pub fn set_builder(dir: &Path, script: &str) {
+    std::fs::write(dir.join(".fake/claude.sh"), script).unwrap();
+    commit(dir, "another builder");
+}
+
+/// `berth workflow run workflow.toml` arguments with the test images, no network and JSON
+/// output, then `extra`, then the task.
+pub fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "workflow",
+        "run",
+        "workflow.toml",
+        "--agent-image",
+        agents_image(),
+        "--image",
+        agents_image(),
+        "--network",
+        "none",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "Fix calc."]);
+    args
+}
+
+/// The fake agents need no credentials; none of the caller's reach them.
+pub fn without_credentials(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("ANTHROPIC_API_KEY")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY")
 }
 
 /// Writes the workflow tests' files into `dir`, with `reviewer` as the reviewer's script and
