@@ -20,10 +20,12 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod beneath;
+
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -41,7 +43,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_total_bytes: 4 << 30,
-            max_entries: 1_000_000,
+            max_entries: 200_000,
         }
     }
 }
@@ -103,6 +105,10 @@ const SPECIAL_OR_SOCKET: &str = "device, fifo or socket";
 const UNSUPPORTED: &str = "unsupported entry type";
 const EMPTY_AFTER_STRIP: &str = "nothing left after stripping components";
 const CHANGED: &str = "changed while being copied";
+/// Starts the reason of entries left out because the output cap is reached.
+pub const BYTE_CAP: &str = "left out: over the output cap";
+/// Starts the reason of entries left out because the entry cap is reached.
+pub const ENTRY_CAP: &str = "left out: too many entries";
 
 /// Extracts `reader` (a tar stream) under `dest`, which must exist and be a directory owned by
 /// the running user.
@@ -136,7 +142,16 @@ pub fn extract_safely<R: Read>(
     let mut sink = Sink::new(dest, limits);
     for entry in archive.entries().map_err(stream_error)? {
         let mut entry = entry.map_err(stream_error)?;
-        sink.count_entry()?;
+        if !sink.take_entry() {
+            sink.skip(
+                String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                format!(
+                    "{ENTRY_CAP}: the limit of {} entries is reached, this and every later entry are left out",
+                    limits.max_entries
+                ),
+            );
+            break;
+        }
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
             // Metadata for the whole archive (pax), not a file.
@@ -198,30 +213,36 @@ pub fn extract_safely<R: Read>(
 
 /// Copies the tree at `src` into `dest` under the same rules as [`extract_safely`]: regular
 /// files and directories are copied (permission bits kept, setuid, setgid and sticky bits
-/// cleared), symlinks are kept only when relative and resolving inside `dest`, everything else
-/// is skipped and reported. Never follows a symlink in `src` or `dest`; `src` itself must be a
-/// real directory.
+/// cleared, holes of sparse files kept as holes), symlinks are kept only when relative and
+/// resolving inside `dest`, everything else is skipped and reported.
 ///
-/// `src` must not change while it is copied (the sandbox has stopped): a directory swapped for
-/// a symlink between inspection and reading could still be read through. Files are opened
-/// with `O_NOFOLLOW` and checked after opening, so those cannot be swapped.
+/// `src` is a tree a sandbox could write. It is read only through directory handles, one name
+/// at a time, never following a symlink (see [`beneath`]): a directory swapped for a symlink
+/// while the copy runs is refused on open, not read through. `src` itself must be a real
+/// directory whose parent the sandbox cannot write.
+///
+/// A file over the byte limit is left out and reported by name; the copy goes on with the
+/// rest. Past the entry limit the copy stops, and the directory where it stopped is reported.
 pub fn copy_tree_safely(
     src: &Path,
     dest: &Path,
     limits: &Limits,
 ) -> Result<Extracted, ArchiveError> {
     check_destination(dest)?;
-    let meta = fs::symlink_metadata(src).map_err(io_error("inspect", src))?;
-    if !meta.file_type().is_dir() {
-        return Err(ArchiveError::BadSource {
-            path: src.to_path_buf(),
-            reason: "is not a directory (symlinks are not followed)",
-        });
-    }
+    let root = match beneath::DirHandle::open(src) {
+        Ok(root) => root,
+        Err(e) if beneath::is_swapped(&e) => {
+            return Err(ArchiveError::BadSource {
+                path: src.to_path_buf(),
+                reason: "is not a directory (symlinks are not followed)",
+            })
+        }
+        Err(e) => return Err(io_error("open", src)(e)),
+    };
     // Copying a tree into itself would keep finding what it just wrote.
-    let src_real = fs::canonicalize(src).map_err(io_error("resolve", src))?;
-    let dest_real = fs::canonicalize(dest).map_err(io_error("resolve", dest))?;
-    if dest_real.starts_with(&src_real) {
+    let dest_meta = fs::symlink_metadata(dest).map_err(io_error("inspect", dest))?;
+    let src_meta = root.stat().map_err(io_error("inspect", src))?;
+    if is_inside(dest, &dest_meta, src_meta.st_dev, src_meta.st_ino) {
         return Err(ArchiveError::BadSource {
             path: src.to_path_buf(),
             reason: "contains the destination",
@@ -229,11 +250,10 @@ pub fn copy_tree_safely(
     }
 
     let mut sink = Sink::new(dest, limits);
-    let mut pending = vec![PathBuf::new()];
-    while let Some(dir_rel) = pending.pop() {
-        let dir = src.join(&dir_rel);
-        let listing = match fs::read_dir(&dir) {
-            Ok(listing) => listing,
+    let mut pending = vec![(root, PathBuf::new())];
+    'walk: while let Some((dir, dir_rel)) = pending.pop() {
+        let names = match dir.names() {
+            Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 sink.skip(
                     lossy(&dir_rel),
@@ -241,32 +261,51 @@ pub fn copy_tree_safely(
                 );
                 continue;
             }
-            Err(e) => return Err(io_error("read", &dir)(e)),
+            Err(e) => return Err(io_error("read", &src.join(&dir_rel))(e)),
         };
-        let mut names = Vec::new();
-        for item in listing {
-            names.push(item.map_err(io_error("read", &dir))?.file_name());
-        }
-        names.sort();
         for name in names {
-            sink.count_entry()?;
+            if !sink.take_entry() {
+                sink.skip(
+                    lossy(&dir_rel.join(&name)),
+                    format!(
+                        "{ENTRY_CAP}: the limit of {} entries is reached, this and every entry not yet copied are left out",
+                        limits.max_entries
+                    ),
+                );
+                break 'walk;
+            }
             let rel = dir_rel.join(&name);
-            let path = src.join(&rel);
-            let meta = fs::symlink_metadata(&path).map_err(io_error("inspect", &path))?;
-            let kind = meta.file_type();
-            let outcome = if kind.is_dir() {
-                let outcome = sink.dir(&rel, meta.mode())?;
-                if matches!(outcome, Outcome::Written) {
-                    pending.push(rel.clone());
+            let stat = match dir.stat_entry(&name) {
+                Ok(stat) => stat,
+                Err(e) if is_not_found(&e) => {
+                    sink.skip(lossy(&rel), CHANGED);
+                    continue;
                 }
-                outcome
-            } else if kind.is_file() {
-                copy_file(&mut sink, &path, &rel)?
-            } else if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_error("read link", &path))?;
-                sink.symlink(&rel, &target)?
-            } else {
-                Outcome::Skipped(SPECIAL_OR_SOCKET.into())
+                Err(e) => return Err(io_error("inspect", &src.join(&rel))(e)),
+            };
+            let outcome = match beneath::file_type(&stat) {
+                rustix::fs::FileType::Directory => match dir.open_dir_entry(&name) {
+                    Ok(child) => {
+                        let outcome = sink.dir(&rel, stat.st_mode)?;
+                        if matches!(outcome, Outcome::Written) {
+                            pending.push((child, rel.clone()));
+                        }
+                        outcome
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        Outcome::Skipped("cannot read the directory: permission denied".into())
+                    }
+                    Err(e) if beneath::is_swapped(&e) || is_not_found(&e) => {
+                        Outcome::Skipped(CHANGED.into())
+                    }
+                    Err(e) => return Err(io_error("open", &src.join(&rel))(e)),
+                },
+                rustix::fs::FileType::RegularFile => copy_file(&mut sink, &dir, &name, &rel, src)?,
+                rustix::fs::FileType::Symlink => match dir.read_link_entry(&name) {
+                    Ok(target) => sink.symlink(&rel, &target)?,
+                    Err(_) => Outcome::Skipped(CHANGED.into()),
+                },
+                _ => Outcome::Skipped(SPECIAL_OR_SOCKET.into()),
             };
             if let Outcome::Skipped(reason) = outcome {
                 sink.skip(lossy(&rel), reason);
@@ -276,29 +315,40 @@ pub fn copy_tree_safely(
     Ok(sink.out)
 }
 
-fn copy_file(sink: &mut Sink<'_>, path: &Path, rel: &Path) -> Result<Outcome, ArchiveError> {
-    // O_NONBLOCK: if the file was swapped for a FIFO since it was inspected, opening must not
-    // hang; the type is checked on the opened handle below.
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let mut file = match opened {
+/// Whether the directory `dest` is the directory (`dev`, `ino`) or lies inside it, found by
+/// walking up from `dest` (berth's own side, which no sandbox writes).
+fn is_inside(dest: &Path, dest_meta: &fs::Metadata, dev: u64, ino: u64) -> bool {
+    if dest_meta.dev() == dev && dest_meta.ino() == ino {
+        return true;
+    }
+    let Ok(real) = fs::canonicalize(dest) else {
+        return false;
+    };
+    real.ancestors()
+        .skip(1)
+        .any(|a| fs::metadata(a).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+}
+
+fn copy_file(
+    sink: &mut Sink<'_>,
+    dir: &beneath::DirHandle,
+    name: &OsStr,
+    rel: &Path,
+    src: &Path,
+) -> Result<Outcome, ArchiveError> {
+    let mut file = match dir.open_file_entry(name) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(Outcome::Skipped("cannot read: permission denied".into()))
         }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if beneath::is_swapped(&e) || is_not_found(&e) => {
             return Ok(Outcome::Skipped(CHANGED.into()))
         }
-        Err(e) => return Err(io_error("open", path)(e)),
+        Err(e) => return Err(io_error("open", &src.join(rel))(e)),
     };
-    let meta = file.metadata().map_err(io_error("inspect", path))?;
-    if !meta.file_type().is_file() {
-        return Ok(Outcome::Skipped(CHANGED.into()));
-    }
-    let read_error = |e: io::Error| io_error("read", path)(e);
-    sink.file(rel, meta.mode(), Some(meta.len()), &mut file, &read_error)
+    let path = src.join(rel);
+    let meta = file.metadata().map_err(io_error("inspect", &path))?;
+    sink.sparse_file(rel, meta.mode(), meta.len(), &mut file, &path)
 }
 
 /// Turns an archive entry name into a path relative to the destination.
@@ -421,15 +471,76 @@ impl<'a> Sink<'a> {
         }
     }
 
-    fn count_entry(&mut self) -> Result<(), ArchiveError> {
+    /// Counts one more entry; false once the entry limit is used up.
+    fn take_entry(&mut self) -> bool {
         self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(ArchiveError::LimitExceeded {
-                what: "entries",
-                limit: self.limits.max_entries,
-            });
+        self.entries <= self.limits.max_entries
+    }
+
+    fn over_cap(&self, size: u64) -> Outcome {
+        Outcome::Skipped(format!(
+            "{BYTE_CAP}: {size} bytes, and only {} of the limit of {} bytes are left",
+            self.limits.max_total_bytes.saturating_sub(self.out.bytes),
+            self.limits.max_total_bytes
+        ))
+    }
+
+    /// Copies a regular file from a tree on this host, keeping its holes: only the data
+    /// extents are read and written (`SEEK_DATA`/`SEEK_HOLE`), and only they count against the
+    /// byte limit, so a sparse file costs what it really holds. At most `len` bytes are read,
+    /// the size the file had when it was opened.
+    fn sparse_file(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        len: u64,
+        src: &mut fs::File,
+        src_path: &Path,
+    ) -> Result<Outcome, ArchiveError> {
+        let extents = data_extents(src, len).map_err(io_error("read", src_path))?;
+        let data: u64 = extents.iter().map(|(start, end)| end - start).sum();
+        let remaining = self.limits.max_total_bytes.saturating_sub(self.out.bytes);
+        if data > remaining {
+            return Ok(self.over_cap(data));
         }
-        Ok(())
+        if let Some(reason) = self.make_room(rel)? {
+            return Ok(Outcome::Skipped(reason.into()));
+        }
+        let path = self.dest.join(rel);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
+        let mut written = 0u64;
+        for (start, end) in extents {
+            src.seek(io::SeekFrom::Start(start))
+                .map_err(io_error("read", src_path))?;
+            file.seek(io::SeekFrom::Start(start))
+                .map_err(io_error("write", &path))?;
+            let mut part = (&mut *src).take(end - start);
+            loop {
+                let n = match part.read(&mut self.buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_error("read", src_path)(e)),
+                };
+                written += n as u64;
+                file.write_all(&self.buffer[..n])
+                    .map_err(io_error("write", &path))?;
+            }
+        }
+        // The holes at the end, if any, are made by the length alone.
+        file.set_len(len).map_err(io_error("write", &path))?;
+        file.set_permissions(permissions(mode))
+            .map_err(io_error("set permissions on", &path))?;
+        self.out.bytes += written;
+        self.record(rel);
+        self.regular.insert(rel.to_path_buf());
+        Ok(Outcome::Written)
     }
 
     fn skip(&mut self, path: String, reason: impl Into<String>) {
@@ -502,8 +613,8 @@ impl<'a> Sink<'a> {
             what: "bytes",
             limit: self.limits.max_total_bytes,
         };
-        if size.is_some_and(|size| size > remaining) {
-            return Err(too_big);
+        if let Some(size) = size.filter(|size| *size > remaining) {
+            return Ok(self.over_cap(size));
         }
         if let Some(reason) = self.make_room(rel)? {
             return Ok(Outcome::Skipped(reason.into()));
@@ -599,6 +710,42 @@ impl<'a> Sink<'a> {
         self.regular.insert(rel.to_path_buf());
         Ok(Outcome::Written)
     }
+}
+
+/// The data extents `(start, end)` of the first `len` bytes of `file`. A file system without
+/// `SEEK_DATA` gives one extent covering everything.
+fn data_extents(file: &mut fs::File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsFd;
+    let mut extents = Vec::new();
+    let mut offset = 0u64;
+    while offset < len {
+        let start = match rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Data(offset)) {
+            Ok(start) => start,
+            // No data after `offset`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(vec![(0, len)]);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if start >= len {
+            break;
+        }
+        let end = match rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Hole(start)) {
+            Ok(end) => end.min(len),
+            Err(e) => return Err(e.into()),
+        };
+        if end <= start {
+            break;
+        }
+        extents.push((start, end));
+        offset = end;
+        // A file made of many tiny extents is copied whole rather than tracked extent by extent.
+        if extents.len() > 4096 {
+            return Ok(vec![(0, len)]);
+        }
+    }
+    Ok(extents)
 }
 
 /// Counts the bytes read from the tar stream and stops past `cap`.

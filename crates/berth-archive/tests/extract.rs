@@ -549,49 +549,37 @@ fn the_same_name_twice() {
 }
 
 #[test]
-fn limits_stop_the_extraction() {
+fn over_the_limits_entries_are_left_out_by_name() {
     let tar = || {
         Tar::new()
             .file("a", 0o644, b"0123456789")
             .file("b", 0o644, b"0123456789")
             .file("c", 0o644, b"0123456789")
     };
-    // (limits, expected error or bytes written)
-    let cases = [
-        (1_000, 3, Ok(30)),
-        (30, 3, Ok(30)),
-        (25, 3, Err(("bytes", 25))),
-        (1_000, 2, Err(("entries", 2))),
+    // (byte limit, entry limit, bytes written, names left out and why)
+    type Case = (u64, u64, u64, &'static [(&'static str, &'static str)]);
+    let cases: [Case; 4] = [
+        (1_000, 3, 30, &[]),
+        (30, 3, 30, &[]),
+        (25, 3, 20, &[("c", berth_archive::BYTE_CAP)]),
+        (1_000, 2, 20, &[("c", berth_archive::ENTRY_CAP)]),
     ];
-    for (max_total_bytes, max_entries, expected) in cases {
+    for (max_total_bytes, max_entries, bytes, left_out) in cases {
         let scratch = Scratch::new();
         let limits = Limits {
             max_total_bytes,
             max_entries,
         };
-        let result = extract_safely(&tar().bytes()[..], &scratch.dest, 0, &limits);
-        match (result, expected) {
-            (Ok(out), Ok(bytes)) => assert_eq!(out.bytes, bytes),
-            (Err(ArchiveError::LimitExceeded { what, limit }), Err(expected)) => {
-                assert_eq!((what, limit), expected);
-                // What fit before the limit was written, the rest was not.
-                assert!(scratch.dest.join("a").exists());
-                assert!(!scratch.dest.join("c").exists());
-            }
-            (other, expected) => panic!("{other:?}, expected {expected:?}"),
+        let out = extract_safely(&tar().bytes()[..], &scratch.dest, 0, &limits).unwrap();
+        assert_eq!(out.bytes, bytes, "{limits:?}");
+        assert_eq!(out.skipped.len(), left_out.len(), "{:?}", out.skipped);
+        for ((name, why), s) in left_out.iter().zip(&out.skipped) {
+            assert_eq!(s.path, *name);
+            assert!(s.reason.starts_with(why), "{}", s.reason);
         }
+        assert!(scratch.dest.join("a").exists());
+        assert_eq!(scratch.dest.join("c").exists(), left_out.is_empty());
     }
-    let err = extract_safely(
-        &tar().bytes()[..],
-        &Scratch::new().dest,
-        0,
-        &Limits {
-            max_total_bytes: 25,
-            max_entries: 10,
-        },
-    )
-    .unwrap_err();
-    assert_eq!(err.to_string(), "extraction exceeds its limit of 25 bytes");
 }
 
 #[test]
