@@ -17,6 +17,7 @@ pub mod policy;
 pub mod profile;
 pub mod record;
 pub mod spec;
+pub mod text;
 pub mod units;
 pub mod workflow;
 
