@@ -84,6 +84,13 @@ pub struct RunRecord {
     pub reason: Option<String>,
     /// Collected artifact paths, relative to the run's `artifacts/` directory.
     pub artifacts: Vec<String>,
+    /// Artifacts (text files) that held a secret and were rewritten with it masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_masked: Vec<String>,
+    /// Artifacts that hold a secret and were kept as they are, because masking would corrupt
+    /// them (not text): the secret is in them in clear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_with_secrets: Vec<String>,
     /// Whether the container was left in place (`--keep`).
     pub kept: bool,
     /// The agent's session id, when the agent reported one (for `--resume`).
@@ -112,6 +119,8 @@ impl RunRecord {
             state: RunState::Created,
             reason: None,
             artifacts: Vec::new(),
+            artifacts_masked: Vec::new(),
+            artifacts_with_secrets: Vec::new(),
             kept: false,
             agent_session: None,
             workspace: None,
@@ -126,5 +135,33 @@ impl RunRecord {
         self.state = state;
         self.reason = reason;
         self.finished_at = Some(finished_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn masked_artifact_lists_are_optional_in_run_json() {
+        let mut record = RunRecord::new(
+            "r1".into(),
+            crate::plan::tests::spec(),
+            Execution::Docker,
+            "2025-01-01T00:00:00Z".into(),
+        );
+        let mut json = serde_json::to_value(&record).unwrap();
+        assert!(json.get("artifacts_masked").is_none(), "{json}");
+        assert!(json.get("artifacts_with_secrets").is_none(), "{json}");
+        // A record written before the fields existed reads as it was.
+        json.as_object_mut().unwrap().remove("artifacts_masked");
+        assert_eq!(serde_json::from_value::<RunRecord>(json).unwrap(), record);
+
+        record.artifacts_masked = vec!["berth/out/leak.txt".into()];
+        record.artifacts_with_secrets = vec!["berth/out/leak.bin".into()];
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["artifacts_masked"][0], "berth/out/leak.txt");
+        assert_eq!(serde_json::from_value::<RunRecord>(json).unwrap(), record);
     }
 }
