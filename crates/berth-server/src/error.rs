@@ -1,4 +1,8 @@
 //! HTTP errors: every failure becomes a status and a JSON body that says what to change.
+//!
+//! Every 5xx is logged: the request layer in `routes` writes one line with the method, the path
+//! and the status, and, for errors of this type, the message (carried to it as a response
+//! extension), so a server failure is never only seen by the client.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,8 +17,14 @@ pub enum ApiError {
     BadRequest(String),
     Invalid(Vec<FieldError>),
     Conflict(String),
+    /// The server failed (a bug, a stored value it cannot read, a disk that refused a write).
+    Internal(String),
     Unavailable(String),
 }
+
+/// The message of a 5xx answer, for the log line the request layer writes.
+#[derive(Debug, Clone)]
+pub struct ServerFailure(pub String);
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -23,8 +33,8 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } | StoreError::Rejected { .. } => {
                 Self::Conflict(e.to_string())
             }
+            StoreError::RunnerTaken { .. } => Self::Forbidden(e.to_string()),
             StoreError::Backend(_) | StoreError::UnsupportedUrl(_) => {
-                tracing::error!(error = %e, "store failure");
                 Self::Unavailable(e.to_string())
             }
         }
@@ -55,9 +65,17 @@ impl IntoResponse for ApiError {
                 errors,
             ),
             Self::Conflict(m) => (StatusCode::CONFLICT, m, vec![]),
+            Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, vec![]),
             Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, vec![]),
         };
-        (status, axum::Json(ErrorBody { error, errors })).into_response()
+        let failure = status
+            .is_server_error()
+            .then(|| ServerFailure(error.clone()));
+        let mut response = (status, axum::Json(ErrorBody { error, errors })).into_response();
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
+        response
     }
 }
 

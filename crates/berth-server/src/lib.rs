@@ -35,8 +35,10 @@ pub struct ServerConfig {
     pub lease: Duration,
     /// How often runners should heartbeat; a runner silent for three intervals is offline.
     pub heartbeat: Duration,
-    /// Largest accepted request body (artifacts excepted).
+    /// Largest accepted request body (event batches and artifacts excepted).
     pub max_body_bytes: usize,
+    /// Largest accepted event batch (`POST /api/v1/runs/{id}/events`): batches carry output.
+    pub max_event_body_bytes: usize,
     /// Largest accepted artifact upload.
     pub max_artifact_bytes: usize,
 }
@@ -48,6 +50,7 @@ impl ServerConfig {
             lease: Duration::from_secs(15),
             heartbeat: Duration::from_secs(2),
             max_body_bytes: 1 << 20,
+            max_event_body_bytes: 16 << 20,
             max_artifact_bytes: 512 << 20,
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use rand::Rng;
 
 use crate::auth::{hash_secret, new_secret, Caller};
 use crate::clock::now_ms;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ServerFailure};
 use crate::{views, workflows, App};
 
 type AppState<S> = State<Arc<App<S>>>;
@@ -34,8 +35,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     let body_limit = app.config.max_body_bytes;
     let artifact_limit = app.config.max_artifact_bytes;
-    // Event batches from runners carry output lines; they get more room than other bodies.
-    let runner_events = Router::new().layer(DefaultBodyLimit::max(body_limit.max(16 << 20)));
+    // Event batches from runners carry output lines; they get more room than other bodies. The
+    // handler's own limit is the inner layer, so it wins over the router's default below.
+    let event_limit = DefaultBodyLimit::max(app.config.max_event_body_bytes);
     let artifacts = Router::new()
         .route(
             "/api/v1/runs/{id}/artifacts/{*path}",
@@ -64,7 +66,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/api/v1/runs/{id}/cancel", post(cancel_run::<S>))
         .route(
             "/api/v1/runs/{id}/events",
-            get(run_events::<S>).post(append_events::<S>),
+            get(run_events::<S>).post(append_events::<S>.layer(event_limit)),
         )
         .route("/api/v1/runs/{id}/audit", get(run_audit::<S>))
         .route("/api/v1/runs/{id}/artifacts", get(list_artifacts::<S>))
@@ -84,7 +86,6 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/api/v1/runners/{id}/heartbeat", post(heartbeat::<S>))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(artifacts)
-        .merge(runner_events)
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; GET /api/v1/openapi.json lists them".into())
         })
@@ -95,13 +96,25 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
+/// Counts every answer by status, and logs every 5xx (with the error's message when the
+/// handler gave one), so no server failure is seen only by the client.
 async fn count_requests<S: Store>(
     State(app): AppState<S>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let response = next.run(request).await;
-    app.metrics.request(response.status().as_u16());
+    let status = response.status();
+    app.metrics.request(status.as_u16());
+    if status.is_server_error() {
+        let error = response
+            .extensions()
+            .get::<ServerFailure>()
+            .map_or("(no message)", |f| f.0.as_str());
+        tracing::error!(%method, %path, status = status.as_u16(), %error, "request failed");
+    }
     response
 }
 
@@ -490,11 +503,12 @@ async fn next_sse_batch<S: Store>(
         let batch = match app.store.events_after(id, after, 500).await {
             Ok(batch) => batch,
             Err(e) => {
+                tracing::error!(run = %id, error = %e, "reading events for a stream failed");
                 return (
                     vec![SseEvent::default().event("error").data(e.to_string())],
                     after,
                     true,
-                )
+                );
             }
         };
         if let Some(last) = batch.last().map(|e| e.seq) {
@@ -552,20 +566,51 @@ fn artifacts_dir<S: Store>(app: &App<S>, run_id: &str) -> PathBuf {
     workflows::artifacts_dir(&app.config.state_dir, run_id)
 }
 
-/// A relative artifact path that stays inside its directory, or a 422 naming it.
+/// Longest artifact path, and longest name in it (the file systems' usual limit).
+const MAX_ARTIFACT_PATH: usize = 1024;
+const MAX_ARTIFACT_NAME: usize = 255;
+
+/// A relative artifact path that stays inside its directory and that a file system can hold,
+/// or a 422 naming the problem.
 fn artifact_path(path: &str) -> ApiResult<PathBuf> {
     let candidate = Path::new(path);
-    let ok = !path.is_empty()
-        && candidate
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(candidate.to_path_buf())
+    let problem = if path.is_empty() {
+        Some("is empty".to_string())
+    } else if path.contains('\0') {
+        Some("contains a NUL byte".to_string())
+    } else if path.starts_with('/') {
+        Some("is absolute; artifact paths are relative".to_string())
+    } else if path.split('/').any(|name| name == "..") {
+        Some("contains `..`".to_string())
+    } else if path.len() > MAX_ARTIFACT_PATH {
+        Some(format!(
+            "is {} bytes long; the limit is {MAX_ARTIFACT_PATH}",
+            path.len()
+        ))
+    } else if let Some(name) = path.split('/').find(|n| n.len() > MAX_ARTIFACT_NAME) {
+        Some(format!(
+            "has a name of {} bytes; the limit is {MAX_ARTIFACT_NAME}",
+            name.len()
+        ))
+    } else if !candidate
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        Some("must be a plain relative path (no `.`)".to_string())
     } else {
-        Err(ApiError::Invalid(vec![FieldError {
-            field: "path".into(),
-            message: format!("`{path}` must be a relative path without `..`"),
-        }]))
+        None
+    };
+    match problem {
+        None => Ok(candidate.to_path_buf()),
+        Some(problem) => {
+            // The path itself may be long or hold control characters: quote a short prefix.
+            let shown: String = path.chars().take(80).collect();
+            let more = if shown.len() < path.len() { "…" } else { "" };
+            Err(ApiError::Invalid(vec![FieldError {
+                field: "path".into(),
+                message: format!("the artifact path {shown:?}{more} {problem}"),
+            }]))
+        }
     }
 }
 
@@ -669,6 +714,7 @@ async fn register_runner<S: Store>(
         registered_at: now,
         last_heartbeat: now,
         online: true,
+        token_id: Some(caller.token.id.clone()),
     };
     app.store.register_runner(&record).await?;
     Ok(Json(Registered {
@@ -678,16 +724,24 @@ async fn register_runner<S: Store>(
     }))
 }
 
+/// The runner `id`, if the caller's token is the one it is registered with (403 otherwise).
 async fn known_runner<S: Store>(
     app: &App<S>,
     caller: &Caller,
     id: &str,
 ) -> ApiResult<RunnerRecord> {
     caller.require_runner()?;
-    app.store
+    let mut runner = app
+        .store
         .runner(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("runner `{id}` is not registered")))
+        .ok_or_else(|| ApiError::NotFound(format!("runner `{id}` is not registered")))?;
+    if runner.token_id.as_deref() != Some(caller.token.id.as_str()) {
+        // Taken only if free: registered before names were bound, or its token was revoked.
+        app.store.bind_runner(id, &caller.token.id).await?;
+        runner.token_id = Some(caller.token.id.clone());
+    }
+    Ok(runner)
 }
 
 async fn claim<S: Store>(
@@ -724,14 +778,18 @@ async fn claim<S: Store>(
             lease_ms: app.config.lease.as_millis() as i64,
         };
         if let Some(row) = app.store.claim(&claim).await? {
-            app.metrics.claimed(now - row.created_at);
             app.events.notify_waiters();
+            let sandbox = match views::sandbox(&row) {
+                Ok(sandbox) => sandbox,
+                Err(e) => return Err(unreadable_spec(&app, row, &lease_token, &e).await),
+            };
+            app.metrics.claimed(now - row.created_at);
             let project = app.store.project(&row.project).await?;
             let (workspace_root, allowed_paths) = project
                 .map(|p| (p.workspace_root, p.allowed_paths))
                 .unwrap_or_default();
             let claimed = Claimed {
-                run: views::run(row),
+                run: views::run_with(row, sandbox),
                 lease_token,
                 lease_ms: claim.lease_ms,
                 workspace_root,
@@ -743,6 +801,42 @@ async fn claim<S: Store>(
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
+}
+
+/// A claimed run whose stored spec does not parse is never handed out (a default spec would run
+/// something nobody submitted): it ends `error` with the reason, and the claim answers 500.
+async fn unreadable_spec<S: Store>(
+    app: &Arc<App<S>>,
+    row: RunRow,
+    lease_token: &str,
+    e: &serde_json::Error,
+) -> ApiError {
+    tracing::error!(run = %row.id, error = %e, "the stored spec of a claimed run does not parse; the run ends as error");
+    let finish = Finish {
+        state: RunState::Error,
+        exit_code: None,
+        reason: Some(format!(
+            "the server cannot read the run's stored spec ({e}); it was not handed to a runner"
+        )),
+        now: now_ms(),
+    };
+    match app
+        .store
+        .finish_run(&row.id, lease_token, &finish, "server")
+        .await
+    {
+        Ok(ended) => {
+            app.events.notify_waiters();
+            spawn_advance(app, &ended);
+        }
+        Err(e) => {
+            tracing::error!(run = %row.id, error = %e, "ending a run with an unreadable spec failed; its lease will expire");
+        }
+    }
+    ApiError::Internal(format!(
+        "run `{}` has a stored spec the server cannot read ({e}); it was ended as error instead of being handed out",
+        row.id
+    ))
 }
 
 async fn heartbeat<S: Store>(
@@ -898,6 +992,7 @@ async fn upload_artifact<S: Store>(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     caller.require_runner()?;
+    let relative = artifact_path(&path)?;
     let lease = headers
         .get("x-berth-lease")
         .and_then(|v| v.to_str().ok())
@@ -906,16 +1001,18 @@ async fn upload_artifact<S: Store>(
     app.store
         .renew_lease(&id, lease, now_ms(), app.config.lease.as_millis() as i64)
         .await?;
-    let file = artifacts_dir(&app, &id).join(artifact_path(&path)?);
+    let file = artifacts_dir(&app, &id).join(relative);
     let write = async {
         if let Some(parent) = file.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
         tokio::fs::write(&file, &body).await
     };
-    write
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("storing the artifact failed: {e}")))?;
+    write.await.map_err(|e| {
+        ApiError::Internal(format!(
+            "storing the artifact {path:?} of run `{id}` failed: {e}"
+        ))
+    })?;
     Ok(StatusCode::CREATED)
 }
 
@@ -924,6 +1021,8 @@ async fn list_runners<S: Store>(
     caller: Caller,
 ) -> ApiResult<Json<Vec<RunnerView>>> {
     caller.require_client()?;
+    // A client token sees the runs of its own project only; the admin sees all.
+    let own = caller.token.project.as_deref();
     let mut views = Vec::new();
     for runner in app.store.list_runners().await? {
         let running = app
@@ -931,6 +1030,7 @@ async fn list_runners<S: Store>(
             .runs_of_runner(&runner.id)
             .await?
             .into_iter()
+            .filter(|r| own.is_none_or(|p| p == r.project))
             .map(|r| r.id)
             .collect();
         views.push(views::runner(runner, running));
@@ -1070,7 +1170,7 @@ async fn workflow_diff<S: Store>(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Response> {
     let row = visible_workflow(&app, &caller, &id).await?;
-    let progress = workflows::progress_of(&row).map_err(ApiError::Unavailable)?;
+    let progress = workflows::progress_of(&row).map_err(ApiError::Internal)?;
     let Some(path) = workflows::diff_path(&app.config.state_dir, &progress) else {
         return Ok((
             [(axum::http::header::CONTENT_TYPE, "text/x-diff")],

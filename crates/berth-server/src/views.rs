@@ -6,10 +6,26 @@ use berth_api::{
 };
 use berth_store::{AuditEntry, Project, RunEvent, RunRow, RunnerRecord, TokenRecord};
 
+use serde::Deserialize;
+
 use crate::clock::rfc3339;
 
+/// The run's stored sandbox request.
+pub fn sandbox(row: &RunRow) -> Result<SandboxRequest, serde_json::Error> {
+    SandboxRequest::deserialize(&row.spec)
+}
+
+/// The run as clients see it. A stored spec that does not parse (written by another version)
+/// shows as an empty request and is logged; a claim never hands such a run out (`routes`).
 pub fn run(row: RunRow) -> RunView {
-    let sandbox: SandboxRequest = serde_json::from_value(row.spec).unwrap_or_default();
+    let sandbox = sandbox(&row).unwrap_or_else(|e| {
+        tracing::error!(run = %row.id, error = %e, "the stored spec of a run does not parse");
+        SandboxRequest::default()
+    });
+    run_with(row, sandbox)
+}
+
+pub fn run_with(row: RunRow, sandbox: SandboxRequest) -> RunView {
     RunView {
         id: row.id,
         project: row.project,

@@ -200,6 +200,9 @@ pub struct RunnerRecord {
     pub registered_at: i64,
     pub last_heartbeat: i64,
     pub online: bool,
+    /// The runner token that registered this name; only it may register, claim or heartbeat
+    /// as this runner. `None`: registered before names were bound to tokens.
+    pub token_id: Option<String>,
 }
 
 /// How a runner asks for work.
@@ -315,6 +318,9 @@ pub enum StoreError {
     /// caller's. Nothing was changed.
     #[error("run `{run_id}`: {why}")]
     Rejected { run_id: String, why: String },
+    /// The runner name is bound to another (live) runner token.
+    #[error("runner `{runner}` is registered with another runner token; a runner name belongs to the token that registered it (choose another name, or revoke that token to free it)")]
+    RunnerTaken { runner: String },
     #[error("the database URL `{0}` is not supported: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
 }
@@ -431,11 +437,17 @@ pub trait Store: Send + Sync + 'static {
     fn count_by_state(&self) -> impl Future<Output = StoreResult<Vec<(RunState, i64)>>> + Send;
 
     // Runners.
+    /// Registers or re-registers a runner under `runner.id`, bound to `runner.token_id`.
+    /// [`StoreError::RunnerTaken`] if the name is bound to another live token.
     fn register_runner(
         &self,
         runner: &RunnerRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     fn runner(&self, id: &str) -> impl Future<Output = StoreResult<Option<RunnerRecord>>> + Send;
+    /// Binds an existing runner to `token_id` if it is free for it (no token, that token, or a
+    /// revoked one); [`StoreError::RunnerTaken`] otherwise, `NotFound` for an unknown runner.
+    fn bind_runner(&self, id: &str, token_id: &str)
+        -> impl Future<Output = StoreResult<()>> + Send;
     fn runner_heartbeat(&self, id: &str, now: i64) -> impl Future<Output = StoreResult<()>> + Send;
     /// Marks runners whose last heartbeat is older than `before` offline; returns their ids.
     fn mark_stale_runners_offline(

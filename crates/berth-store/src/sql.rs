@@ -8,6 +8,7 @@
 //! and never block writers (WAL).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,11 +32,13 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_runner_event_seq.sql"),
     include_str!("../migrations/sqlite/0003_workflows.sql"),
+    include_str!("../migrations/sqlite/0004_runner_token.sql"),
 ];
 const PG_MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_runner_event_seq.sql"),
     include_str!("../migrations/postgres/0003_workflows.sql"),
+    include_str!("../migrations/postgres/0004_runner_token.sql"),
 ];
 
 /// The columns of [`RunRow`], in `SELECT` and `RETURNING` lists.
@@ -43,12 +46,26 @@ const RUN_COLS: &str = "id, project, state, execution_mode, spec, tags, labels, 
      started_at, finished_at, runner_id, container_id, exit_code, reason, cancel_requested, lease_expires_at, \
      pinned_runner";
 
+/// The condition under which a row of `runners` may be taken by the token in placeholder
+/// `token`: it has no token yet, has that one, or its token is revoked (or gone).
+fn runner_free_for(token: &str) -> String {
+    format!(
+        "(runners.token_id IS NULL OR runners.token_id = {token} \
+         OR NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = runners.token_id AND t.revoked_at IS NULL))"
+    )
+}
+
 /// Rows of one multi-row `INSERT` (a handful of placeholders each, far below both limits).
 const INSERT_CHUNK: usize = 1000;
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+        /// The database file (`None` in memory).
+        file: Option<PathBuf>,
+    },
     Postgres(PgPool),
 }
 
@@ -74,6 +91,13 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         store.migrate().await?;
+        if let Backend::Sqlite {
+            file: Some(file), ..
+        } = &store.backend
+        {
+            // After the migration wrote, so the WAL and shared-memory files exist.
+            restrict_companions(file)?;
+        }
         Ok(store)
     }
 
@@ -88,6 +112,10 @@ impl SqlStore {
             // fsync every commit and halve the claim rate.
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let file = (!in_memory).then(|| base.get_filename().to_path_buf());
+        if let Some(file) = &file {
+            create_private(file)?;
+        }
         // One writer: transactions of this process queue on the pool instead of spinning on
         // SQLITE_BUSY; the busy timeout covers other processes.
         let write = SqlitePoolOptions::new()
@@ -110,7 +138,7 @@ impl SqlStore {
                 .map_err(backend_err)?
         };
         Ok(SqlStore {
-            backend: Backend::Sqlite { write, read },
+            backend: Backend::Sqlite { write, read, file },
         })
     }
 
@@ -139,7 +167,7 @@ impl SqlStore {
     /// Closes the pools (waits for connections in use to come back).
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { write, read } => {
+            Backend::Sqlite { write, read, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -216,6 +244,55 @@ impl SqlStore {
         }
         tx.commit().await
     }
+}
+
+/// Creates the SQLite file with mode 0600 if it is missing, and sets 0600 on it either way
+/// (explicitly, so the umask does not matter): it holds token hashes and every run's output.
+fn create_private(file: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| {
+        StoreError::Backend(format!(
+            "cannot create the database {}: {e}",
+            file.display()
+        ))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(e)),
+    }
+    set_private(file).map_err(failed)
+}
+
+/// Sets 0600 on the SQLite file's companions (`-wal`, `-shm`, `-journal`) that exist.
+/// SQLite creates them with the database file's mode; this covers files left by an older berth.
+fn restrict_companions(file: &Path) -> StoreResult<()> {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let companion = PathBuf::from(name);
+        match set_private(&companion) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot restrict {} to its owner: {e}",
+                    companion.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,6 +403,7 @@ fn runner_from_row(row: &Row) -> StoreResult<RunnerRecord> {
         registered_at: row.int("registered_at")?,
         last_heartbeat: row.int("last_heartbeat")?,
         online: row.flag("online")?,
+        token_id: row.opt_text("token_id")?,
     })
 }
 
@@ -1180,13 +1258,20 @@ impl Store for SqlStore {
     // Runners.
 
     async fn register_runner(&self, runner: &RunnerRecord) -> StoreResult<()> {
-        self.writer()
+        // The name is taken over only from nobody: no token yet (registered before names were
+        // bound), the same token (a restart), or a token that no longer counts (revoked).
+        let changed = self
+            .writer()
             .execute(
-                "INSERT INTO runners (id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, tags = excluded.tags, \
-                   require_matching_tags = excluded.require_matching_tags, capacity = excluded.capacity, \
-                   last_heartbeat = excluded.last_heartbeat, online = excluded.online",
+                &format!(
+                    "INSERT INTO runners (id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online, token_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, tags = excluded.tags, \
+                       require_matching_tags = excluded.require_matching_tags, capacity = excluded.capacity, \
+                       last_heartbeat = excluded.last_heartbeat, online = excluded.online, token_id = excluded.token_id \
+                     WHERE {}",
+                    runner_free_for("$9")
+                ),
                 args![
                     &runner.id,
                     &runner.name,
@@ -1195,17 +1280,43 @@ impl Store for SqlStore {
                     runner.capacity,
                     runner.registered_at,
                     runner.last_heartbeat,
-                    runner.online
+                    runner.online,
+                    &runner.token_id
                 ],
             )
             .await?;
+        if changed == 0 {
+            return Err(StoreError::RunnerTaken {
+                runner: runner.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn bind_runner(&self, id: &str, token_id: &str) -> StoreResult<()> {
+        let changed = self
+            .writer()
+            .execute(
+                &format!(
+                    "UPDATE runners SET token_id = $2 WHERE id = $1 AND {}",
+                    runner_free_for("$2")
+                ),
+                args![id, token_id],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(match self.runner(id).await? {
+                Some(_) => StoreError::RunnerTaken { runner: id.into() },
+                None => not_found("runner", id),
+            });
+        }
         Ok(())
     }
 
     async fn runner(&self, id: &str) -> StoreResult<Option<RunnerRecord>> {
         self.reader()
             .fetch_optional(
-                "SELECT id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online \
+                "SELECT id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online, token_id \
                  FROM runners WHERE id = $1",
                 args![id],
             )
@@ -1249,7 +1360,7 @@ impl Store for SqlStore {
         let rows = self
             .reader()
             .fetch_all(
-                "SELECT id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online \
+                "SELECT id, name, tags, require_matching_tags, capacity, registered_at, last_heartbeat, online, token_id \
                  FROM runners ORDER BY id",
                 vec![],
             )

@@ -1062,6 +1062,7 @@ async fn runners_register_heartbeat_and_go_offline() {
             registered_at: at,
             last_heartbeat: at,
             online: true,
+            token_id: None,
         };
         s.register_runner(&runner("b", T0)).await.unwrap();
         s.register_runner(&runner("a", T0)).await.unwrap();
@@ -1113,6 +1114,129 @@ async fn runners_register_heartbeat_and_go_offline() {
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_runner_name_belongs_to_the_token_that_registered_it() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        for id in ["tok-a", "tok-b"] {
+            let token = TokenRecord {
+                id: id.into(),
+                role: Role::Runner,
+                project: None,
+                created_at: T0,
+                revoked_at: None,
+            };
+            s.create_token(&token, &format!("hash-{id}")).await.unwrap();
+        }
+        let runner = |token: Option<&str>, capacity: i64| RunnerRecord {
+            id: "host1".into(),
+            name: "host1".into(),
+            tags: vec![],
+            require_matching_tags: false,
+            capacity,
+            registered_at: T0,
+            last_heartbeat: T0,
+            online: true,
+            token_id: token.map(str::to_owned),
+        };
+        s.register_runner(&runner(Some("tok-a"), 1)).await.unwrap();
+        // The same token registers again (a restart).
+        s.register_runner(&runner(Some("tok-a"), 2)).await.unwrap();
+        // Another token cannot take the name, nor can a registration without a token.
+        for other in [Some("tok-b"), None] {
+            match s.register_runner(&runner(other, 9)).await {
+                Err(StoreError::RunnerTaken { runner }) => assert_eq!(runner, "host1"),
+                got => panic!("{}: expected RunnerTaken, got {got:?}", db.kind),
+            }
+        }
+        match s.bind_runner("host1", "tok-b").await {
+            Err(e @ StoreError::RunnerTaken { .. }) => {
+                assert!(e.to_string().contains("runner `host1`"), "{e}")
+            }
+            got => panic!("{}: expected RunnerTaken, got {got:?}", db.kind),
+        }
+        s.bind_runner("host1", "tok-a").await.unwrap();
+        assert!(matches!(
+            s.bind_runner("nope", "tok-a").await,
+            Err(StoreError::NotFound { what: "runner", .. })
+        ));
+        let stored = s.runner("host1").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.capacity, stored.token_id.as_deref()),
+            (2, Some("tok-a")),
+            "{}: the refused registrations changed nothing",
+            db.kind
+        );
+        // Once its token is revoked, the name is free for another token.
+        s.revoke_token("tok-a", T0 + 1).await.unwrap();
+        s.register_runner(&runner(Some("tok-b"), 3)).await.unwrap();
+        assert_eq!(
+            s.runner("host1")
+                .await
+                .unwrap()
+                .unwrap()
+                .token_id
+                .as_deref(),
+            Some("tok-b")
+        );
+        // A runner registered before names were bound is taken by the first token to use it.
+        s.register_runner(&RunnerRecord {
+            id: "legacy".into(),
+            ..runner(None, 1)
+        })
+        .await
+        .unwrap();
+        s.bind_runner("legacy", "tok-b").await.unwrap();
+        assert_eq!(
+            s.runner("legacy")
+                .await
+                .unwrap()
+                .unwrap()
+                .token_id
+                .as_deref(),
+            Some("tok-b")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_sqlite_file_and_its_wal_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    #[allow(unsafe_code)]
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let previous = unsafe { libc::umask(0o022) };
+    let store = SqlStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe {
+        libc::umask(previous)
+    };
+    // A write, so the WAL and the shared memory exist.
+    store.insert_run(&new_run("r1", "p", &[])).await.unwrap();
+    let mode = |suffix: &str| {
+        let file = dir.path().join(format!("berth.db{suffix}"));
+        std::fs::metadata(&file)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(suffix), 0o600, "berth.db{suffix}");
+    }
+    store.close().await;
+    // A file an older berth left readable by others is made private when opened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqlStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(mode(""), 0o600);
+    store.close().await;
 }
 
 #[tokio::test]

@@ -16,6 +16,16 @@ pub async fn app(
     let store = SqlStore::connect(&format!("sqlite://{}", dir.join("db.sqlite").display()))
         .await
         .unwrap();
+    app_on(store, dir, projects, config).await
+}
+
+/// An app on `store` (state in `dir`), with these projects (workspace root `/srv/NAME`).
+pub async fn app_on(
+    store: SqlStore,
+    dir: &std::path::Path,
+    projects: &[&str],
+    config: impl FnOnce(&mut ServerConfig),
+) -> Arc<App<SqlStore>> {
     let mut settings = ServerConfig::new(dir.to_path_buf());
     config(&mut settings);
     let app = App::new(store, settings);
