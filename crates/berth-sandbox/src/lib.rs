@@ -5,6 +5,7 @@
 //! collects artifacts, records the outcome, and always cleans up. It talks to the engine only
 //! through [`berth_engine::Engine`].
 
+pub mod artifact_mask;
 pub mod artifacts;
 pub mod clock;
 pub mod error;
