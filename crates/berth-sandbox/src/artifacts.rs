@@ -25,7 +25,10 @@ impl Collected {
             self.paths.push(under.join(p).display().to_string());
         }
         for s in extracted.skipped {
-            self.skipped.push(format!("{}: {}", s.path, s.reason));
+            // The name is the sandbox's choice: never raw on a terminal or in a log line.
+            let line = format!("{}: {}", s.path, s.reason);
+            let line = berth_core::text::escape_untrusted(&line).into_owned();
+            self.skipped.push(line);
         }
     }
 }
