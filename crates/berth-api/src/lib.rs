@@ -141,7 +141,9 @@ pub fn parse_strict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Pa
         Ok(value) => value,
         Err(e) => {
             let inner = e.inner();
-            if inner.is_syntax() || inner.is_eof() {
+            // A number too large for any type (`1e400`) is well-formed JSON with a bad value.
+            let out_of_range = inner.to_string().starts_with("number out of range");
+            if (inner.is_syntax() && !out_of_range) || inner.is_eof() {
                 return Err(ParseFailure::Malformed(inner.to_string()));
             }
             let path = e.path().to_string();
@@ -295,16 +297,13 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             }
         }
         if let Some(cpus) = resources.cpus {
-            if let Err(e) = units::parse_cpus(&cpus.to_string()) {
+            if let Err(e) = units::cpus_from_f64(cpus) {
                 err("sandbox.resources.cpus", e.to_string());
             }
         }
         if let Some(pids) = resources.pids {
-            if pids < 1 {
-                err(
-                    "sandbox.resources.pids",
-                    format!("{pids} is not a positive number of processes"),
-                );
+            if let Err(e) = units::check_pids(pids) {
+                err("sandbox.resources.pids", e.to_string());
             }
         }
     }
@@ -706,6 +705,74 @@ mod tests {
                 "sandbox.mounts[1].target"
             ]
         );
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_path() {
+        let scope = ProjectScope::default();
+        let check = |sandbox: &str| {
+            let json = format!(
+                r#"{{"project":"p","sandbox":{{"image":"i","command":["true"],{sandbox}}}}}"#
+            );
+            let run = submit(&json).unwrap();
+            validate_submission(&run, &scope)
+        };
+        for (sandbox, field, accepted) in [
+            (r#""timeout":"1e20""#, "sandbox.timeout", "90s"),
+            (r#""grace":"1e19""#, "sandbox.grace", "90s"),
+            (
+                r#""timeout":"99999999999999h""#,
+                "sandbox.timeout",
+                "365 days",
+            ),
+            (r#""grace":"NaN""#, "sandbox.grace", "90s"),
+            (
+                r#""resources":{"memory":"99999999999g"}"#,
+                "sandbox.resources.memory",
+                "1 TiB",
+            ),
+            (
+                r#""resources":{"pids":99999999999}"#,
+                "sandbox.resources.pids",
+                "4194304",
+            ),
+            (
+                r#""resources":{"pids":0}"#,
+                "sandbox.resources.pids",
+                "4194304",
+            ),
+            (
+                r#""resources":{"cpus":1e300}"#,
+                "sandbox.resources.cpus",
+                "1024",
+            ),
+            (
+                r#""resources":{"cpus":-1}"#,
+                "sandbox.resources.cpus",
+                "1024",
+            ),
+        ] {
+            let errors = check(sandbox);
+            assert_eq!(fields(&errors), [field], "{sandbox}");
+            assert!(errors[0].message.contains(accepted), "{errors:?}");
+        }
+        // Too large for the wire type itself: a shape error at its path.
+        for (sandbox, field) in [
+            (
+                r#""resources":{"pids":99999999999999999999}"#,
+                "sandbox.resources.pids",
+            ),
+            (r#""resources":{"cpus":1e400}"#, "sandbox.resources.cpus"),
+            (r#""timeout":20"#, "sandbox.timeout"),
+        ] {
+            let json = format!(
+                r#"{{"project":"p","sandbox":{{"image":"i","command":["true"],{sandbox}}}}}"#
+            );
+            match submit(&json) {
+                Err(ParseFailure::Invalid(e)) => assert_eq!(fields(&e), [field], "{sandbox}"),
+                other => panic!("{sandbox}: {other:?}"),
+            }
+        }
     }
 
     #[test]

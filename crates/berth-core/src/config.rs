@@ -21,6 +21,7 @@ pub struct ConfigFile {
     pub copy_limit: Option<String>,
     pub memory: Option<String>,
     pub cpus: Option<CpuValue>,
+    #[serde(default, deserialize_with = "pids_value")]
     pub pids: Option<i64>,
     pub timeout: Option<String>,
     pub grace: Option<String>,
@@ -77,6 +78,18 @@ impl PoolConfig {
             idle_ttl,
         })
     }
+}
+
+/// `pids` as written: an integer too large even for TOML's i64 is refused with the key and the
+/// accepted range, like any other out-of-range count (the rest are checked in `validate`).
+fn pids_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = i128::deserialize(d)?;
+    i64::try_from(value).map(Some).map_err(|_| {
+        let message = units::parse_pids(&value.to_string())
+            .err()
+            .map_or_else(String::new, |e| e.to_string());
+        serde::de::Error::custom(format!("key `pids`: {message}"))
+    })
 }
 
 /// `cpus = 2` and `cpus = "1.5"` are both natural to write.
@@ -140,12 +153,7 @@ impl ConfigFile {
             self.cpus_nano(v).map_err(|e| bad("cpus", e))?;
         }
         if let Some(p) = self.pids {
-            if p < 1 {
-                return Err(bad(
-                    "pids",
-                    format!("{p} is not a positive number of processes"),
-                ));
-            }
+            units::check_pids(p).map_err(|e| bad("pids", e.to_string()))?;
         }
         for (key, v) in [("timeout", &self.timeout), ("grace", &self.grace)] {
             if let Some(v) = v {
@@ -177,11 +185,11 @@ impl ConfigFile {
     }
 
     fn cpus_nano(&self, v: &CpuValue) -> Result<i64, String> {
-        let text = match v {
-            CpuValue::Number(n) => n.to_string(),
-            CpuValue::Text(t) => t.clone(),
-        };
-        units::parse_cpus(&text).map_err(|e| e.to_string())
+        match v {
+            CpuValue::Number(n) => units::cpus_from_f64(*n),
+            CpuValue::Text(t) => units::parse_cpus(t),
+        }
+        .map_err(|e| e.to_string())
     }
 
     /// Layers `over` on top of `self`: set values replace, lists and tables merge.
@@ -272,6 +280,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("env.A B"), "{e}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_key() {
+        for (text, key, accepted) in [
+            ("timeout = \"1e20\"", "`timeout`", "90s"),
+            ("grace = \"99999999999999h\"", "`grace`", "365 days"),
+            ("memory = \"99999999999g\"", "`memory`", "1 TiB"),
+            ("copy_limit = \"2000g\"", "`copy_limit`", "1 TiB"),
+            ("pids = 99999999", "`pids`", "4194304"),
+            ("pids = -1", "`pids`", "4194304"),
+            ("cpus = 1e300", "`cpus`", "1024"),
+            ("cpus = nan", "`cpus`", "1024"),
+            ("cpus = \"inf\"", "`cpus`", "1024"),
+            ("[pool.x]\nsize = 1\nidle_ttl = \"1e20\"", "idle_ttl", "90s"),
+        ] {
+            let e = parse("c.toml", text).unwrap_err().to_string();
+            assert!(
+                e.contains("c.toml") && e.contains(key) && e.contains(accepted),
+                "{text}: {e}"
+            );
+        }
+        // Too large for TOML itself: the line is named.
+        let e = parse("c.toml", "image = \"x\"\npids = 99999999999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("`pids`") && e.contains("4194304"),
+            "{e}"
+        );
+        let e = parse("c.toml", "pids = \"many\"").unwrap_err().to_string();
+        assert!(e.contains("many") || e.contains("string"), "{e}");
     }
 
     #[test]

@@ -323,10 +323,13 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         labels,
         binds,
         tmpfs,
-        memory_bytes: spec.resources.memory_bytes as i64,
-        memory_swap_bytes: spec.resources.memory_bytes as i64,
-        nano_cpus: spec.resources.nano_cpus,
-        pids_limit: spec.resources.pids,
+        memory_bytes: memory_limit(spec),
+        memory_swap_bytes: memory_limit(spec),
+        nano_cpus: spec
+            .resources
+            .nano_cpus
+            .clamp(1, crate::units::MAX_CPUS * 1_000_000_000),
+        pids_limit: spec.resources.pids.clamp(1, crate::units::MAX_PIDS),
         network: spec.network.engine_name().to_string(),
         publish: spec.publish.clone(),
         read_only_rootfs: spec.read_only,
@@ -343,6 +346,16 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         stdin_once: true,
         berth_volume,
     }
+}
+
+/// The spec's memory limit for the engine. The parsers cap it at [`crate::units::MAX_MEMORY`];
+/// a spec from elsewhere (a record, a test) is held to the same bounds, never wrapped negative.
+fn memory_limit(spec: &RunSpec) -> i64 {
+    let bytes = spec
+        .resources
+        .memory_bytes
+        .clamp(crate::units::MIN_MEMORY, crate::units::MAX_MEMORY);
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// The name of the container for a run.
