@@ -400,7 +400,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         .unwrap_or(defaults.memory_bytes);
     let nano_cpus = resources
         .cpus
-        .map(|c| units::parse_cpus(&c.to_string()))
+        .map(units::cpus_from_f64)
         .transpose()
         .map_err(|e| e.to_string())?
         .unwrap_or(defaults.nano_cpus);
@@ -456,7 +456,12 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         resources: Resources {
             memory_bytes,
             nano_cpus,
-            pids: resources.pids.unwrap_or(defaults.pids),
+            pids: resources
+                .pids
+                .map(units::check_pids)
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(defaults.pids),
         },
         timeout: duration(&timeout, 600)?,
         grace: duration(&s.grace, 10)?,

@@ -78,7 +78,10 @@ pub async fn execute_local(
     let deadline = if spec.timeout.is_zero() {
         far_future
     } else {
-        Instant::now() + spec.timeout
+        // Past what the clock can hold: no deadline.
+        Instant::now()
+            .checked_add(spec.timeout)
+            .unwrap_or(far_future)
     };
     let mut stop: Option<(RunState, String)> = None;
     let mut kill_at: Option<Instant> = None;
@@ -89,7 +92,7 @@ pub async fn execute_local(
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
                 signal_group(ctx, pgid, libc::SIGTERM, "SIGTERM", &reason);
                 stop = Some((RunState::TimedOut, reason));
-                kill_at = Some(Instant::now() + spec.grace);
+                kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
                 signal_group(ctx, pgid, libc::SIGKILL, "SIGKILL", "still running after the grace period");
@@ -100,7 +103,7 @@ pub async fn execute_local(
                     let reason = format!("cancelled by {name}");
                     signal_group(ctx, pgid, libc::SIGTERM, "SIGTERM", &reason);
                     stop = Some((RunState::Cancelled, reason));
-                    kill_at = Some(Instant::now() + spec.grace);
+                    kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
                 } else {
                     signal_group(ctx, pgid, libc::SIGKILL, "SIGKILL", "second interrupt skips the grace period");
                     kill_at = None;

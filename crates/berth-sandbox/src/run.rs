@@ -562,7 +562,10 @@ pub(crate) async fn drive<E: Engine>(
     let deadline = if spec.timeout.is_zero() {
         far_future
     } else {
-        Instant::now() + spec.timeout
+        // Past what the clock can hold: no deadline.
+        Instant::now()
+            .checked_add(spec.timeout)
+            .unwrap_or(far_future)
     };
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
@@ -581,7 +584,7 @@ pub(crate) async fn drive<E: Engine>(
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
                 signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                 stop = Some(Stop::TimedOut(reason));
-                kill_at = Some(Instant::now() + spec.grace);
+                kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
                 signal(engine, target, &mut control, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
@@ -602,7 +605,7 @@ pub(crate) async fn drive<E: Engine>(
                     let reason = format!("cancelled by {name}");
                     signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
                     stop = Some(Stop::Cancelled(reason));
-                    kill_at = Some(Instant::now() + spec.grace);
+                    kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
                 } else {
                     signal(engine, target, &mut control, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
                     kill_at = None;

@@ -126,20 +126,21 @@ pub struct RunArgs {
     /// command as $NAME and /run/secrets/NAME, and is masked in all output.
     #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
-    /// Memory limit, e.g. 512m or 2g; swap is disabled [default: 2g].
-    #[arg(long)]
+    /// Memory limit, e.g. 512m or 2g, from 6m to 1024g; swap is disabled [default: 2g].
+    #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// CPU limit, e.g. 0.5 or 2 [default: 2].
-    #[arg(long)]
+    /// CPU limit, e.g. 0.5 or 2, from 0.01 to 1024 [default: 2].
+    #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
-    /// Maximum number of processes [default: 512].
-    #[arg(long)]
-    pub pids: Option<i64>,
-    /// Stop the command after this long, e.g. 90s or 10m; 0 disables [default: 10m].
-    #[arg(long)]
+    /// Maximum number of processes, 1 to 4194304 [default: 512].
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
+    /// Stop the command after this long, e.g. 90s or 10m, at most 8760h (365 days); 0 disables
+    /// [default: 10m].
+    #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// Time between SIGTERM and SIGKILL when stopping [default: 10s].
-    #[arg(long)]
+    /// Time between SIGTERM and SIGKILL when stopping, at most 8760h [default: 10s].
+    #[arg(long, value_name = "DURATION")]
     pub grace: Option<String>,
     /// Network: none, bridge or the name of an existing network [default: none].
     #[arg(long)]
@@ -182,13 +183,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The command and its arguments, run as given (never through a shell); with an agent
-    /// profile, the prompt.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    /// profile, the prompt. Everything from the first word that is not one of berth's options
+    /// (or everything after `--`) belongs to the command; a word that looks like an option before
+    /// it is an error, so a misspelled flag is never run as the command.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -298,11 +296,7 @@ pub struct WorkflowRunArgs {
     /// A workflow file (TOML), or a built-in workflow: builder-reviewer.
     pub workflow: String,
     /// The task, `{{ task }}` in the prompts.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "TASK"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "TASK")]
     pub task: Vec<String>,
     /// The test command of the `tests` and `baseline` steps, e.g. "make test" (split on spaces).
     #[arg(long, value_name = "CMD")]
@@ -499,9 +493,11 @@ pub struct SubmitArgs {
     pub mounts: Vec<String>,
     #[arg(long)]
     pub memory: Option<String>,
-    #[arg(long)]
+    /// CPU limit, from 0.01 to 1024.
+    #[arg(long, value_name = "N", value_parser = cpus_flag)]
     pub cpus: Option<f64>,
-    #[arg(long)]
+    /// Maximum number of processes, 1 to 4194304.
+    #[arg(long, value_name = "N", value_parser = pids_flag)]
     pub pids: Option<i64>,
     #[arg(long)]
     pub timeout: Option<String>,
@@ -556,10 +552,23 @@ pub struct SubmitArgs {
     #[arg(
         required_unless_present = "workflow",
         trailing_var_arg = true,
-        allow_hyphen_values = true,
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+/// `--cpus` of `berth submit`, checked here with the same rule as everywhere else.
+fn cpus_flag(value: &str) -> Result<f64, String> {
+    berth_core::units::parse_cpus(value).map_err(|e| e.to_string())?;
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count `{value}`"))
+}
+
+/// `--pids` of `berth submit`.
+fn pids_flag(value: &str) -> Result<i64, String> {
+    berth_core::units::parse_pids(value).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -422,23 +422,18 @@ pub fn build_spec(
     let nano_cpus = match &args.cpus {
         Some(c) => units::parse_cpus(c).map_err(|e| invalid("--cpus", e))?,
         None => match profile.and_then(|p| p.cpus) {
-            Some(c) => {
-                units::parse_cpus(&c.to_string()).map_err(|e| invalid("cpus of the profile", e))?
-            }
+            Some(c) => units::cpus_from_f64(c).map_err(|e| invalid("cpus of the profile", e))?,
             None => config.nano_cpus().unwrap_or(defaults.nano_cpus),
         },
     };
-    let pids = args
-        .pids
-        .or(profile.and_then(|p| p.pids))
-        .or(config.pids)
-        .unwrap_or(defaults.pids);
-    if pids < 1 {
-        return Err(invalid(
-            "--pids",
-            format!("{pids} is not a positive number of processes"),
-        ));
-    }
+    let pids = match &args.pids {
+        Some(p) => units::parse_pids(p).map_err(|e| invalid("--pids", e))?,
+        None => match profile.and_then(|p| p.pids) {
+            Some(p) => units::check_pids(p).map_err(|e| invalid("pids of the profile", e))?,
+            // Checked when the file was read.
+            None => config.pids.unwrap_or(defaults.pids),
+        },
+    };
     let duration = |flag: &str, value: Option<String>, default: u64| match value {
         Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
         None => Ok(std::time::Duration::from_secs(default)),
