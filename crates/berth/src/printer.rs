@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use berth_core::event::{Event, EventLine, Stream};
 use berth_core::exit::RunState;
+use berth_core::text::escape_untrusted;
 use berth_sandbox::Reporter;
 
 /// Formats berth's own messages on stderr.
@@ -39,15 +40,24 @@ impl Printer {
         }
     }
 
+    /// An error and its hint on stderr. Errors may span lines (a config file's parse error
+    /// shows the line at fault), so lines are kept, but each is escaped and every line after the
+    /// first is indented: no part of an error can pass for a line of berth's own.
     pub fn error(&self, message: &str, hint: Option<&str>) {
         let mut err = std::io::stderr().lock();
+        let message = escape_block(message);
         let _ = writeln!(err, "{} {message}", self.paint("1;31", "error:"));
         if let Some(hint) = hint {
+            let hint = escape_block(hint);
             let _ = writeln!(err, "{} {hint}", self.paint("1;36", "hint:"));
         }
     }
 
+    /// One line on stderr. The message is escaped ([`escape_untrusted`]): warnings and notes carry
+    /// names a sandbox chose (artifact and workspace entries), which must not start lines of
+    /// their own or send escape sequences to the terminal.
     pub fn warning(&self, message: &str) {
+        let message = escape_untrusted(message);
         let _ = writeln!(
             std::io::stderr().lock(),
             "{} {message}",
@@ -55,7 +65,9 @@ impl Printer {
         );
     }
 
+    /// One line on stderr, escaped as [`Printer::warning`] is.
     pub fn info(&self, message: &str) {
+        let message = escape_untrusted(message);
         let _ = writeln!(
             std::io::stderr().lock(),
             "{} {message}",
@@ -66,6 +78,19 @@ impl Printer {
     pub fn ok(&self, message: &str) -> String {
         format!("{} {message}", self.paint("1;32", "ok:"))
     }
+}
+
+/// `text` with each line escaped ([`escape_untrusted`]) and every line after the first indented
+/// by two spaces.
+fn escape_block(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str("\n  ");
+        }
+        out.push_str(&escape_untrusted(line));
+    }
+    out
 }
 
 /// Shows a run on a terminal (or a pipe): the command's output as it is, berth's notes on stderr.
@@ -146,7 +171,7 @@ impl Reporter for HumanReporter {
                 hint,
                 ..
             } => {
-                let reason = reason.as_deref().unwrap_or("no reason recorded");
+                let reason = escape_untrusted(reason.as_deref().unwrap_or("no reason recorded"));
                 let hint = hint.clone().unwrap_or_else(|| {
                     format!("`berth show {}` has the run's full record", line.run_id)
                 });
@@ -266,4 +291,19 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
 /// Writes a line of data to stdout.
 pub fn data_line(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_kept_escaped_and_indented() {
+        assert_eq!(escape_block("one line"), "one line");
+        assert_eq!(
+            escape_block("bad value\n  |\n1 | x = \u{1b}[2J\nberth: run FAKE succeeded"),
+            "bad value\n    |\n  1 | x = \\u{1b}[2J\n  berth: run FAKE succeeded"
+        );
+        assert_eq!(escape_block("a\r\n"), "a\\r\n  ");
+    }
 }
