@@ -34,6 +34,44 @@ impl ApiError {
     pub fn is_conflict(&self) -> bool {
         self.status() == Some(409)
     }
+
+    /// The server refused the body as too large (413).
+    pub fn is_too_large(&self) -> bool {
+        self.status() == Some(413)
+    }
+}
+
+/// `bytes` as one URL path segment: everything but the unreserved characters of RFC 3986
+/// (letters, digits, `-`, `.`, `_`, `~`) percent-encoded, so `/`, `?`, `#`, `%` and spaces
+/// in a name stay part of it.
+pub fn encode_segment(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The API path of a run's artifact, each segment of `relative` percent-encoded on its own.
+/// Only plain names are kept: `.`, `..` and a leading `/` never reach the server from here.
+pub fn artifact_url_path(run_id: &str, relative: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let segments: Vec<String> = relative
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(encode_segment(name.as_bytes())),
+            _ => None,
+        })
+        .collect();
+    format!(
+        "/api/v1/runs/{}/artifacts/{}",
+        encode_segment(run_id.as_bytes()),
+        segments.join("/")
+    )
 }
 
 /// An authenticated client of one server.
@@ -157,6 +195,22 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Uploads one artifact of a run under its lease; `relative` is encoded segment by segment.
+    pub async fn put_artifact(
+        &self,
+        run_id: &str,
+        relative: &std::path::Path,
+        body: Vec<u8>,
+        lease_token: &str,
+    ) -> Result<(), ApiError> {
+        self.put_bytes(
+            &artifact_url_path(run_id, relative),
+            body,
+            &[("x-berth-lease", lease_token)],
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         self.send(self.http.delete(self.url(path)), Duration::from_secs(30))
             .await
@@ -219,4 +273,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn artifact_paths_are_encoded_segment_by_segment() {
+        let cases = [
+            ("a.txt", "a.txt"),
+            ("out dir/report #1.txt", "out%20dir/report%20%231.txt"),
+            ("what?/100%", "what%3F/100%25"),
+            ("résumé", "r%C3%A9sum%C3%A9"),
+            ("./berth/diff.patch", "berth/diff.patch"),
+        ];
+        for (relative, encoded) in cases {
+            assert_eq!(
+                artifact_url_path("r1", Path::new(relative)),
+                format!("/api/v1/runs/r1/artifacts/{encoded}"),
+                "{relative}"
+            );
+        }
+        // A name that is not UTF-8 is sent byte for byte.
+        use std::os::unix::ffi::OsStrExt;
+        let raw = Path::new(std::ffi::OsStr::from_bytes(b"bin\xff"));
+        assert_eq!(
+            artifact_url_path("r1", raw),
+            "/api/v1/runs/r1/artifacts/bin%FF"
+        );
+    }
 }

@@ -67,20 +67,23 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
     drop(tx);
     let _ = batch_task.await;
 
+    let (mut state, mut reason) = (outcome.state.clone(), outcome.reason.clone());
     if let Some(dir) = &outcome.run_dir {
-        upload_artifacts(shared, &run_id, &claimed.lease_token, &dir.artifacts_dir()).await;
+        let failed =
+            upload_artifacts(shared, &run_id, &claimed.lease_token, &dir.artifacts_dir()).await;
+        (state, reason) = crate::reporter::with_upload_failures(state, reason, &failed);
     }
     let body = FinishBody {
         lease_token: claimed.lease_token.clone(),
-        state: outcome.state.clone(),
+        state,
         exit_code: outcome.exit_code,
-        reason: outcome.reason.clone(),
+        reason,
     };
     report_finish(shared, &run_id, &body).await;
     if let Ok(mut map) = shared.leases.lock() {
         map.remove(&run_id);
     }
-    tracing::info!(run = %run_id, state = %outcome.state, "finished");
+    tracing::info!(run = %run_id, state = %body.state, "finished");
 }
 
 struct Outcome {
@@ -504,11 +507,23 @@ fn invoking_user() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
-async fn upload_artifacts(shared: &Shared, run_id: &str, lease_token: &str, dir: &Path) {
+/// Uploads every regular file under `dir`; returns each that did not reach the server, with why.
+async fn upload_artifacts(
+    shared: &Shared,
+    run_id: &str,
+    lease_token: &str,
+    dir: &Path,
+) -> Vec<String> {
+    let mut failed = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&current) else {
-            continue;
+        let entries = match std::fs::read_dir(&current) {
+            Ok(entries) => entries,
+            Err(e) if current == dir && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                failed.push(format!("{}: {e}", current.display()));
+                continue;
+            }
         };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -525,19 +540,21 @@ async fn upload_artifacts(shared: &Shared, run_id: &str, lease_token: &str, dir:
             let Ok(relative) = path.strip_prefix(dir) else {
                 continue;
             };
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                continue;
+            let uploaded = match tokio::fs::read(&path).await {
+                Ok(bytes) => shared
+                    .client
+                    .put_artifact(run_id, relative, bytes, lease_token)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("reading it failed: {e}")),
             };
-            let url = format!("/api/v1/runs/{run_id}/artifacts/{}", relative.display());
-            if let Err(e) = shared
-                .client
-                .put_bytes(&url, bytes, &[("x-berth-lease", lease_token)])
-                .await
-            {
+            if let Err(e) = uploaded {
                 tracing::warn!(run = %run_id, artifact = %relative.display(), error = %e, "uploading an artifact failed");
+                failed.push(format!("{}: {e}", relative.display()));
             }
         }
     }
+    failed
 }
 
 /// Reports the end, retrying while the server is unreachable; a refusal (lease gone) is final.

@@ -71,7 +71,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let client = Client::new(&config.server, &config.token).map_err(|e| e.to_string())?;
-    let registered = register(&client, &config).await;
+    let registered = register(&client, &config).await?;
     tracing::info!(runner = %registered.runner_id, server = %config.server, "registered");
     let engine = wait_for_engine(&config.probe_env).await;
     let shared = Arc::new(Shared {
@@ -104,8 +104,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers, retrying with backoff while the server is unreachable.
-async fn register(client: &Client, config: &RunnerConfig) -> Registered {
+/// Registers, retrying with backoff while the server is unreachable or failing. A refusal (403:
+/// the name is bound to another runner token, or the token is no runner token) is final.
+async fn register(client: &Client, config: &RunnerConfig) -> Result<Registered, String> {
     let body = RegisterRunner {
         name: config.name.clone(),
         tags: config.tags.clone(),
@@ -118,7 +119,10 @@ async fn register(client: &Client, config: &RunnerConfig) -> Registered {
             .post::<_, Registered>("/api/v1/runners/register", &body)
             .await
         {
-            Ok(r) => return r,
+            Ok(r) => return Ok(r),
+            Err(e) if e.status() == Some(403) => {
+                return Err(format!("registering as `{}` was refused: {e}", config.name))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.peek(), "registering failed");
                 backoff.wait().await;

@@ -175,6 +175,83 @@ pub async fn batcher(
     }
 }
 
+/// The batches of one send still to go, in order. A batch the server refuses as too large is
+/// replaced by its two halves (each keeps its events' numbers); a single event that is still
+/// too large by a short stand-in saying so, so the output shows that something was lost.
+struct Outbox {
+    /// Next batch last.
+    pending: Vec<Batch>,
+}
+
+struct Batch {
+    body: EventsBody,
+    /// A stand-in for an event too large to store: if it is refused too, it is dropped.
+    stand_in: bool,
+}
+
+impl Outbox {
+    fn new(body: EventsBody) -> Self {
+        Self {
+            pending: vec![Batch {
+                body,
+                stand_in: false,
+            }],
+        }
+    }
+
+    fn next(&mut self) -> Option<Batch> {
+        self.pending.pop()
+    }
+
+    /// `batch`, just taken with [`Outbox::next`], was refused as too large.
+    fn too_large(&mut self, batch: Batch) {
+        let Batch { mut body, stand_in } = batch;
+        if stand_in {
+            tracing::error!(
+                first_seq = body.first_seq,
+                "the server refused even the note on an event too large to store; dropped"
+            );
+            return;
+        }
+        if body.events.len() > 1 {
+            let tail = body.events.split_off(body.events.len() / 2);
+            let second = EventsBody {
+                lease_token: body.lease_token.clone(),
+                first_seq: body.first_seq + body.events.len() as i64,
+                events: tail,
+            };
+            for body in [second, body] {
+                self.pending.push(Batch {
+                    body,
+                    stand_in: false,
+                });
+            }
+            return;
+        }
+        let Some(event) = body.events.pop() else {
+            return;
+        };
+        let kind = if event.kind == "stdout" {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        body.events.push(EventIn {
+            ts: event.ts,
+            kind: kind.into(),
+            data: format!(
+                "[berth: a `{}` event of {} bytes was refused by the server as too large]",
+                event.kind,
+                event.data.len()
+            ),
+        });
+        self.pending.push(Batch {
+            body,
+            stand_in: true,
+        });
+    }
+}
+
 /// One run's event stream to the server.
 struct Batcher {
     shared: Arc<Shared>,
@@ -194,7 +271,8 @@ impl Batcher {
     }
 
     /// Sends the buffer, retrying while the server is unreachable (events are kept, not
-    /// dropped; a resend after a lost reply is recognised by its numbers and stored once).
+    /// dropped; a resend after a lost reply is recognised by its numbers and stored once). A
+    /// batch the server finds too large (413) is split and its parts sent in order.
     async fn send(&mut self) {
         if self.buffer.is_empty() {
             return;
@@ -204,31 +282,46 @@ impl Batcher {
             return;
         }
         self.last_send = tokio::time::Instant::now();
-        let path = format!("/api/v1/runs/{}/events", self.run_id);
         let events = std::mem::take(&mut self.buffer);
         let count = events.len() as i64;
-        let body = EventsBody {
+        let mut outbox = Outbox::new(EventsBody {
             lease_token: self.lease_token.clone(),
             first_seq: self.next_seq,
             events,
-        };
+        });
         self.next_seq += count;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self
-                .shared
-                .client
-                .post::<_, serde_json::Value>(&path, &body)
-                .await
-            {
-                Ok(_) => return,
-                Err(e) if e.status().is_some() => {
+        while let Some(batch) = outbox.next() {
+            match self.post_events(&batch.body).await {
+                Ok(()) => {}
+                Err(e) if e.is_too_large() => {
+                    tracing::warn!(run = %self.run_id, events = batch.body.events.len(), error = %e, "the server found an event batch too large; sending it in parts");
+                    outbox.too_large(batch);
+                }
+                Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e, "the server refused events");
                     if e.is_conflict() {
                         self.lose_lease();
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Posts one batch, retrying while the server is unreachable; an error is the server's
+    /// answer.
+    async fn post_events(&self, body: &EventsBody) -> Result<(), crate::ApiError> {
+        let path = format!("/api/v1/runs/{}/events", self.run_id);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .shared
+                .client
+                .post::<_, serde_json::Value>(&path, body)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status().is_some() => return Err(e),
                 Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e, "sending events failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -292,5 +385,124 @@ impl Batcher {
                 }
             }
         }
+    }
+}
+
+/// How a run ends once its artifacts were uploaded: artifacts that did not reach the server are
+/// named in the reason, and a run that succeeded becomes `error` (its result is incomplete).
+pub fn with_upload_failures(
+    state: String,
+    reason: Option<String>,
+    failures: &[String],
+) -> (String, Option<String>) {
+    if failures.is_empty() {
+        return (state, reason);
+    }
+    const SHOWN: usize = 10;
+    let mut note = format!(
+        "{} artifact(s) could not be uploaded: {}",
+        failures.len(),
+        failures[..failures.len().min(SHOWN)].join("; ")
+    );
+    if failures.len() > SHOWN {
+        note.push_str(&format!("; and {} more", failures.len() - SHOWN));
+    }
+    let reason = match reason {
+        Some(r) if !r.is_empty() => format!("{r}; {note}"),
+        _ => note,
+    };
+    let state = if state == "succeeded" {
+        "error".to_string()
+    } else {
+        state
+    };
+    (state, Some(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize, bytes: usize) -> EventIn {
+        EventIn {
+            ts: i as i64,
+            kind: "stdout".into(),
+            data: format!("{i:06}{}", "x".repeat(bytes.saturating_sub(6))),
+        }
+    }
+
+    /// A server that takes batches of at most `limit` bytes of data: what it stored, in order,
+    /// with the runner's numbers.
+    fn deliver(first_seq: i64, events: Vec<EventIn>, limit: usize) -> Vec<(i64, EventIn)> {
+        let mut outbox = Outbox::new(EventsBody {
+            lease_token: "l".into(),
+            first_seq,
+            events,
+        });
+        let mut stored = Vec::new();
+        while let Some(batch) = outbox.next() {
+            let size: usize = batch.body.events.iter().map(|e| e.data.len()).sum();
+            if size > limit {
+                outbox.too_large(batch);
+            } else {
+                let first = batch.body.first_seq;
+                stored.extend((first..).zip(batch.body.events));
+            }
+        }
+        stored
+    }
+
+    #[test]
+    fn a_batch_too_large_is_split_and_every_event_arrives_once_in_order() {
+        let events: Vec<EventIn> = (0..37).map(|i| event(i, 1000 + i * 97)).collect();
+        let stored = deliver(11, events.clone(), 5000);
+        let expected: Vec<(i64, EventIn)> = (11..).zip(events).collect();
+        assert_eq!(stored, expected);
+        // Nothing to split when the batch fits.
+        let small: Vec<EventIn> = (0..3).map(|i| event(i, 10)).collect();
+        assert_eq!(
+            deliver(1, small.clone(), 5000),
+            (1..).zip(small).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_single_event_too_large_leaves_a_note_in_its_place() {
+        let events = vec![event(0, 100), event(1, 10_000), event(2, 100)];
+        let stored = deliver(1, events.clone(), 1000);
+        assert_eq!(stored.len(), 3);
+        assert_eq!(stored[0], (1, events[0].clone()));
+        assert_eq!(stored[2], (3, events[2].clone()));
+        let (seq, note) = &stored[1];
+        assert_eq!((*seq, note.kind.as_str()), (2, "stdout"));
+        assert!(note.data.contains("10000 bytes"), "{}", note.data);
+        // A note that is refused too is dropped; the rest still arrives.
+        let stored = deliver(1, events.clone(), 50);
+        assert!(
+            stored.is_empty(),
+            "every event is over 50 bytes: {stored:?}"
+        );
+    }
+
+    #[test]
+    fn artifacts_that_failed_to_upload_are_named_and_a_success_becomes_an_error() {
+        let failures = vec!["a.txt: the berth server answered 422: bad".to_string()];
+        let (state, reason) = with_upload_failures("succeeded".into(), None, &failures);
+        assert_eq!(state, "error");
+        assert_eq!(
+            reason.as_deref(),
+            Some("1 artifact(s) could not be uploaded: a.txt: the berth server answered 422: bad")
+        );
+        let (state, reason) =
+            with_upload_failures("failed".into(), Some("exit code 2".into()), &failures);
+        assert_eq!(state, "failed");
+        assert!(reason.unwrap().starts_with("exit code 2; 1 artifact(s)"));
+        let many: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+        let (_, reason) = with_upload_failures("succeeded".into(), None, &many);
+        assert!(reason.unwrap().ends_with("f9; and 2 more"));
+        assert_eq!(
+            with_upload_failures("succeeded".into(), None, &[]),
+            ("succeeded".to_string(), None)
+        );
     }
 }
