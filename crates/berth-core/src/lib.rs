@@ -18,6 +18,7 @@ pub mod profile;
 pub mod record;
 pub mod spec;
 pub mod text;
+pub mod trust;
 pub mod units;
 pub mod workflow;
 

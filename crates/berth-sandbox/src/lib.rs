@@ -24,6 +24,7 @@ pub mod run;
 pub mod rundir;
 pub mod settings;
 pub mod shim;
+pub mod trust;
 pub mod workspace;
 
 pub use error::SandboxError;

@@ -20,27 +20,34 @@ pub struct Settings {
     )>,
 }
 
-/// Reads the user's config file (if any) and the workspace's `berth.toml` (if any).
+/// Reads the user's config file (if any) and the workspace's `berth.toml` (if any). The
+/// workspace file may only narrow settings unless it is trusted in the store at `trust_store`
+/// (see [`crate::trust`]); without a store nothing is trusted.
 pub fn load(
     user_config: Option<&Path>,
     workspace: &Path,
     home: Option<&Path>,
+    trust_store: Option<&Path>,
 ) -> Result<Settings, SandboxError> {
     let mut settings = Settings::default();
     let workspace_file = workspace.join("berth.toml");
-    for path in user_config.into_iter().chain([workspace_file.as_path()]) {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(SandboxError::io(path, e)),
+    for (path, from_workspace) in user_config
+        .map(|p| (p, false))
+        .into_iter()
+        .chain([(workspace_file.as_path(), true)])
+    {
+        let Some((text, mut file)) = read(path)? else {
+            continue;
         };
-        let mut file = config::parse(&path.display().to_string(), &text)?;
         if let Some(name) = settings.file.redefined_engines(&file).first() {
             return Err(SandboxError::Invalid(format!(
                 "{}: `[engines.{name}]` is already defined in {}; a workspace may not replace a user's engine, rename one of them",
                 path.display(),
                 settings.sources.first().map_or_else(String::new, |p| p.display().to_string())
             )));
+        }
+        if from_workspace {
+            crate::trust::check(path, &text, &file, &settings.file, trust_store)?;
         }
         if !file.profiles.is_empty() {
             settings
@@ -71,6 +78,53 @@ pub fn load(
     Ok(settings)
 }
 
+/// A configuration file's text and contents; `None` when there is no such file.
+fn read(path: &Path) -> Result<Option<(String, ConfigFile)>, SandboxError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SandboxError::io(path, e)),
+    };
+    let file = config::parse(&path.display().to_string(), &text)?;
+    Ok(Some((text, file)))
+}
+
+/// What the workspace file `file` would change compared with not having it, and whether it is
+/// trusted (`berth trust --show`); `None` when there is no such file.
+pub fn inspect_workspace_file(
+    user_config: Option<&Path>,
+    file: &Path,
+    trust_store: Option<&Path>,
+) -> Result<Option<crate::trust::Inspection>, SandboxError> {
+    let user = match user_config {
+        Some(path) => read(path)?.map(|(_, f)| f).unwrap_or_default(),
+        None => ConfigFile::default(),
+    };
+    let Some((text, parsed)) = read(file)? else {
+        return Ok(None);
+    };
+    crate::trust::inspect(file, &text, &parsed, &user, trust_store).map(Some)
+}
+
+/// Trusts the workspace file `file` as it is now (`berth trust`): the file is read once, checked
+/// like any configuration file, and the hash of exactly those bytes recorded. `None` when there
+/// is no such file.
+pub fn trust_workspace_file(
+    user_config: Option<&Path>,
+    file: &Path,
+    trust_store: &Path,
+) -> Result<Option<crate::trust::Inspection>, SandboxError> {
+    let user = match user_config {
+        Some(path) => read(path)?.map(|(_, f)| f).unwrap_or_default(),
+        None => ConfigFile::default(),
+    };
+    let Some((text, parsed)) = read(file)? else {
+        return Ok(None);
+    };
+    crate::trust::trust_file(trust_store, file, &text)?;
+    crate::trust::inspect(file, &text, &parsed, &user, Some(trust_store)).map(Some)
+}
+
 /// `~/x` against the home directory, relative paths against the config file's directory.
 fn absolute(path: &str, base: &Path, home: Option<&Path>) -> PathBuf {
     match (path.strip_prefix("~/"), home) {
@@ -83,6 +137,10 @@ fn absolute(path: &str, base: &Path, home: Option<&Path>) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn store(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("config/berth/trusted.toml")
+    }
+
     #[test]
     fn workspace_file_overrides_user_file_and_paths_are_absolute() {
         let dir = tempfile::tempdir().unwrap();
@@ -90,12 +148,16 @@ mod tests {
         std::fs::write(&user, "image = \"a\"\nallowed_paths = [\"~/data\"]\n").unwrap();
         let ws = dir.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
-        std::fs::write(
-            ws.join("berth.toml"),
-            "image = \"b\"\nallowed_paths = [\"../shared\"]\n",
+        let text = "image = \"b\"\nallowed_paths = [\"../shared\"]\n";
+        std::fs::write(ws.join("berth.toml"), text).unwrap();
+        crate::trust::trust_file(&store(&dir), &ws.join("berth.toml"), text).unwrap();
+        let s = load(
+            Some(&user),
+            &ws,
+            Some(Path::new("/home/ann")),
+            Some(&store(&dir)),
         )
         .unwrap();
-        let s = load(Some(&user), &ws, Some(Path::new("/home/ann"))).unwrap();
         assert_eq!(s.file.image.as_deref(), Some("b"));
         assert_eq!(
             s.allowed_paths,
@@ -115,7 +177,13 @@ mod tests {
         .unwrap();
         let ws = dir.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
-        let s = load(Some(&user), &ws, Some(Path::new("/home/ann"))).unwrap();
+        let s = load(
+            Some(&user),
+            &ws,
+            Some(Path::new("/home/ann")),
+            Some(&store(&dir)),
+        )
+        .unwrap();
         let engine = &s.file.engines["box"];
         assert_eq!(
             engine.ca.as_deref(),
@@ -129,9 +197,32 @@ mod tests {
             "[engines.box]\nhost = \"ssh://elsewhere\"\n",
         )
         .unwrap();
-        let e = load(Some(&user), &ws, None).unwrap_err().to_string();
+        let e = load(Some(&user), &ws, None, Some(&store(&dir)))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("`[engines.box]` is already defined in") && e.contains("user.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_workspace_file_may_only_narrow() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        std::fs::write(ws.join("berth.toml"), "memory = \"64m\"\nimage = \"x\"\n").unwrap();
+        let s = load(None, ws, None, Some(&store(&dir))).unwrap();
+        assert_eq!(s.file.memory.as_deref(), Some("64m"));
+        std::fs::write(
+            ws.join("berth.toml"),
+            "[profiles.p]\nmounts = [\"/etc:/k:ro\"]\n",
+        )
+        .unwrap();
+        let e = load(None, ws, None, Some(&store(&dir))).unwrap_err();
+        assert!(
+            e.to_string().contains("berth.toml")
+                && e.to_string().contains("`profiles.p.mounts`")
+                && e.hint().unwrap().contains("berth trust"),
             "{e}"
         );
     }
@@ -140,7 +231,7 @@ mod tests {
     fn unknown_key_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("berth.toml"), "imagee = \"x\"\n").unwrap();
-        let e = load(None, dir.path(), None).unwrap_err().to_string();
+        let e = load(None, dir.path(), None, None).unwrap_err().to_string();
         assert!(e.contains("berth.toml") && e.contains("imagee"), "{e}");
     }
 }

@@ -61,6 +61,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// List a server's runners.
     Runners(RunnersArgs),
+    /// Trust a workspace's berth.toml, so it may widen settings (mounts, env, network…).
+    Trust(TrustArgs),
 }
 
 #[derive(Debug, Args)]
@@ -597,6 +599,20 @@ pub struct CancelArgs {
 pub struct RunnersArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The berth.toml, or the directory holding it [default: the current directory].
+    pub path: Option<PathBuf>,
+    /// Remove the file's trust record.
+    #[arg(long, conflicts_with = "show")]
+    pub revoke: bool,
+    /// Print what the file changes compared with not having it, and whether it is trusted.
+    #[arg(long)]
+    pub show: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -38,6 +38,14 @@ pub fn user_config_file() -> Option<std::path::PathBuf> {
         .or_else(|| home().map(|h| h.join(".config/berth/config.toml")))
 }
 
+/// The workspace files the user trusted (`berth trust`): `$XDG_CONFIG_HOME/berth/trusted.toml`,
+/// else `~/.config/berth/trusted.toml`. Not beside `$BERTH_CONFIG`: that may point anywhere.
+pub fn trust_store_file() -> Option<std::path::PathBuf> {
+    var(XDG_CONFIG_HOME)
+        .map(|d| std::path::PathBuf::from(d).join("berth/trusted.toml"))
+        .or_else(|| home().map(|h| h.join(".config/berth/trusted.toml")))
+}
+
 /// `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`, else a directory under /tmp.
 pub fn cache_dir() -> std::path::PathBuf {
     var(XDG_CACHE_HOME)

@@ -1456,6 +1456,9 @@ fn sqlite_profiles_persistent_containers_and_pool_through_a_runner() {
         format!("[pool.\"{}\"]\nsize = 1\n", image()),
     )
     .unwrap();
+    // A pool widens what runs get, so the file applies once trusted.
+    let trusted = c.berth(&["trust"]).output().unwrap();
+    assert!(trusted.status.success(), "{}", text(&trusted.stderr));
     let runner = c.runner("held", &[]);
     let project = c.project.clone();
 

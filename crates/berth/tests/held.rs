@@ -277,6 +277,7 @@ fn least_recently_used_is_evicted_and_idle_ones_expire() {
         ),
     )
     .unwrap();
+    trust(&ws);
     let run = |name: &str| {
         let o = ws
             .berth(&["run", "--profile", &agent, "--name", name, "--", "true"])
@@ -335,6 +336,7 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
         format!("[pool.\"{}\"]\nsize = 2\n", image()),
     )
     .unwrap();
+    trust(&ws);
     let pool = |ws: &Workspace| -> Vec<String> {
         held_containers(ws)
             .into_iter()
@@ -457,6 +459,7 @@ fn a_killed_berth_leaves_its_used_pool_container_to_gc_and_the_run_recorded() {
         format!("[pool.\"{}\"]\nsize = 1\n", image()),
     )
     .unwrap();
+    trust(&ws);
     let fill = ws.run(&[], &["true"]);
     assert_eq!(code(&fill), 0, "{}", stderr(&fill));
     let (mut child, run_dir) = sleeping_run(&ws, &[]);
@@ -536,4 +539,10 @@ fn bad_lifecycle_flags_are_refused_with_the_field_named() {
     let o = ws.berth(&["rm"]).output().unwrap();
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("hint:"), "{}", stderr(&o));
+}
+
+/// `berth trust`: the workspace's berth.toml widens settings (a persistent profile, a pool).
+fn trust(ws: &Workspace) {
+    let o = ws.berth(&["trust"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
 }

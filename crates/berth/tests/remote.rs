@@ -17,6 +17,9 @@ use support::*;
 fn workspace_with(engines: &str) -> Workspace {
     let ws = Workspace::new();
     std::fs::write(ws.path().join("berth.toml"), engines).unwrap();
+    // Engines widen what a run may do: the file applies once trusted.
+    let o = ws.berth(&["trust"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     ws
 }
 

@@ -573,6 +573,9 @@ fn mount_policy_refuses_with_path_and_rule() {
         format!("allowed_paths = [\"{outside_path}\"]\n"),
     )
     .unwrap();
+    // A workspace file that widens settings applies once the user trusts it.
+    let trusted = ws.berth(&["trust"]).output().unwrap();
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
     std::fs::write(outside.path().join("o.txt"), "outside-ok").unwrap();
     std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = ws.run(
@@ -601,6 +604,8 @@ fn config_files_set_defaults_and_reject_unknown_keys() {
         ),
     )
     .unwrap();
+    let trusted = ws.berth(&["trust"]).output().unwrap();
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
     let o = ws
         .berth(&[
             "run",

@@ -357,6 +357,8 @@ fn copy_and_worktree_modes_work_on_an_engine_reached_over_ssh() {
         ssh_engine("box", sshd.port, &key, &known_hosts, ""),
     )
     .unwrap();
+    let trusted = ws.berth(&["trust"]).output().unwrap();
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
     let before = state_of(ws.path());
 
     let out = ws.run(

@@ -12,6 +12,7 @@ mod run;
 mod runner;
 mod server;
 mod show;
+mod trust;
 mod workflow;
 
 use berth_core::ExitStatus;
@@ -68,6 +69,7 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Logs(args) => remote::logs(args, printer).await,
         Command::Cancel(args) => remote::cancel(args, printer).await,
         Command::Runners(args) => remote::runners(args, printer).await,
+        Command::Trust(args) => trust::trust(args, printer),
     }
 }
 
@@ -126,10 +128,19 @@ pub fn engine_probe_env(
 /// The configuration files of the current directory, for commands that only need engines.
 pub fn settings_here() -> Result<berth_sandbox::settings::Settings, berth_sandbox::SandboxError> {
     let cwd = std::env::current_dir().map_err(|e| berth_sandbox::SandboxError::io(".", e))?;
+    load_settings(&cwd)
+}
+
+/// The user's config file and `workspace`'s `berth.toml`, which may only narrow settings unless
+/// the user trusted it (`berth trust`).
+pub fn load_settings(
+    workspace: &std::path::Path,
+) -> Result<berth_sandbox::settings::Settings, berth_sandbox::SandboxError> {
     berth_sandbox::settings::load(
         crate::env::user_config_file().as_deref(),
-        &cwd,
+        workspace,
         crate::env::home().as_deref(),
+        crate::env::trust_store_file().as_deref(),
     )
 }
 
@@ -146,18 +157,15 @@ pub fn state_dir(
     let workspace = workspace
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| ".".into());
-    let config_state = berth_sandbox::settings::load(
-        crate::env::user_config_file().as_deref(),
-        &workspace,
-        crate::env::home().as_deref(),
-    )
-    .ok()
-    .and_then(|s| s.file.state_dir.map(|d| workspace.join(d)));
+    let config_state = load_settings(&workspace)
+        .ok()
+        .and_then(|s| s.file.state_dir.map(|d| workspace.join(d)));
     berth_sandbox::rundir::StateDir::resolve(
         flag,
         crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
         config_state,
         &workspace,
+        &crate::env::data_dir(),
     )
 }
 

@@ -21,17 +21,20 @@ pub fn profiles(args: ProfilesArgs, printer: Printer) -> ExitStatus {
         .workspace
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| ".".into());
-    let listed = berth_sandbox::settings::load(
-        crate::env::user_config_file().as_deref(),
-        &workspace,
-        crate::env::home().as_deref(),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|settings| all_profiles(&settings).map_err(|e| e.to_string()));
-    let profiles = match listed {
+    let settings = match super::load_settings(&workspace) {
+        Ok(settings) => settings,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            return ExitStatus::Error;
+        }
+    };
+    let profiles = match all_profiles(&settings) {
         Ok(p) => p,
         Err(e) => {
-            printer.error(&e, Some("fix the [profiles] table named in the message"));
+            printer.error(
+                &e.to_string(),
+                Some("fix the [profiles] table named in the message"),
+            );
             return ExitStatus::Error;
         }
     };

@@ -75,11 +75,7 @@ pub(crate) async fn prepare_and_run(
         .map(|w| if w.is_absolute() { w } else { cwd.join(w) })
         .unwrap_or_else(|| cwd.clone());
     let home = crate::env::home();
-    let settings = berth_sandbox::settings::load(
-        crate::env::user_config_file().as_deref(),
-        &workspace,
-        home.as_deref(),
-    )?;
+    let settings = super::load_settings(&workspace)?;
     let profiles;
     let profile = match &args.profile {
         Some(name) => {

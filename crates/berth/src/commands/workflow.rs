@@ -105,7 +105,8 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
             "read the file, then pass --allow-host if that is what you want",
         ));
     }
-    let settings = super::settings_here().map_err(|e| fail(e.to_string(), ""))?;
+    let settings =
+        super::settings_here().map_err(|e| fail(e.to_string(), &e.hint().unwrap_or_default()))?;
     let profiles = super::profiles::all_profiles(&settings).map_err(|e| fail(e.to_string(), ""))?;
     for name in workflow.profiles() {
         berth_core::profile::find(&profiles, name)
