@@ -172,6 +172,25 @@ impl DirHandle {
         Ok(File::from(fd))
     }
 
+    /// Creates the regular file `name` here, exclusively (nothing may be at `name`, not even a
+    /// symlink), for writing.
+    pub fn create_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let name = single_name(name)?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Renames the entry `from` to `to`, both in this directory (replacing `to`).
+    pub fn rename_entry(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (from, to) = (single_name(from)?, single_name(to)?);
+        Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
+    }
+
     /// Changes the owner of this directory (through its descriptor).
     pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         chown_fd(self.fd.as_fd(), uid, gid)

@@ -23,6 +23,8 @@ use crate::spec::RunSpec;
 
 /// The shim option that makes it a supervisor of runs sent as frames on its stdin.
 pub const SERVE_OPTION: &str = "--serve";
+/// With `--serve`: no process of a run survives it (see the shim's `sweep_others`).
+pub const SWEEP_OPTION: &str = "--sweep";
 
 /// Which kind of held container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +178,11 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     ctx.setup_frame = false;
     let mut plan = plan::plan_container(&spec, &ctx);
     plan.name = holder.name.clone();
-    plan.entrypoint = vec![SHIM_TARGET.to_string(), SERVE_OPTION.to_string()];
+    plan.entrypoint = vec![
+        SHIM_TARGET.to_string(),
+        SERVE_OPTION.to_string(),
+        SWEEP_OPTION.to_string(),
+    ];
     plan.cmd = Vec::new();
     plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
@@ -383,7 +389,7 @@ mod tests {
     fn holder_keeps_the_hardening_and_holds() {
         let cold = plan::plan_container(&spec(), &ctx("r1"));
         let held = plan_holder(&spec(), &ctx("r1"), &holder());
-        assert_eq!(held.entrypoint, ["/berth/shim", "--serve"]);
+        assert_eq!(held.entrypoint, ["/berth/shim", "--serve", "--sweep"]);
         assert!(!held.stdin_once && cold.stdin_once);
         assert!(held.cmd.is_empty());
         assert_eq!(held.name, "berth-claude--fixer");

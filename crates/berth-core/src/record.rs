@@ -82,8 +82,16 @@ pub struct RunRecord {
     pub state: RunState,
     /// Why the run ended the way it did, in words; set for every final state but success.
     pub reason: Option<String>,
-    /// Collected artifact paths, relative to the run's `artifacts/` directory.
+    /// Collected artifact paths, relative to the run's `artifacts/` directory: the first
+    /// thousand, so that the record stays small whatever the run wrote.
     pub artifacts: Vec<String>,
+    /// Artifact paths collected beyond those listed in `artifacts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub artifacts_unlisted: u64,
+    /// Entries of the run's output that were left out (over the output cap, links pointing
+    /// outside, devices…), counted; the events name them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub artifacts_left_out: u64,
     /// Artifacts (text files) that held a secret and were rewritten with it masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts_masked: Vec<String>,
@@ -119,6 +127,8 @@ impl RunRecord {
             state: RunState::Created,
             reason: None,
             artifacts: Vec::new(),
+            artifacts_unlisted: 0,
+            artifacts_left_out: 0,
             artifacts_masked: Vec::new(),
             artifacts_with_secrets: Vec::new(),
             kept: false,
@@ -164,4 +174,8 @@ mod tests {
         assert_eq!(json["artifacts_masked"][0], "berth/out/leak.txt");
         assert_eq!(serde_json::from_value::<RunRecord>(json).unwrap(), record);
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -204,6 +204,11 @@ async fn run_claimed(
         .map_or_else(|| checked.workspace.clone(), |tree| tree.mount.clone());
 
     let state_dir = StateDir::new(shared.config.state_dir.clone());
+    if let Err(e) =
+        berth_sandbox::prepare::check_state_dir(state_dir.root(), spec.workspace_mode, &checked)
+    {
+        return Outcome::error(e.to_string());
+    }
     let stale = shared.config.state_dir.join("runs").join(&run.id);
     if stale.exists() {
         // An earlier claim of this run on this host that never started: start afresh.

@@ -12,23 +12,59 @@ use berth_engine::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-/// What collection produced: relative paths written and entries refused (with why).
+/// The most bytes of file content one run's output may bring back, `$BERTH_OUT` and every
+/// `--artifact` together.
+pub const RUN_OUTPUT_CAP: u64 = 4 << 30;
+/// The most entries (files, directories, links) one run's output may bring back.
+pub const RUN_ENTRY_CAP: u64 = 200_000;
+/// How many collected paths (and how many left-out entries) the run record lists by name; the
+/// rest are counted. The files themselves are all under `artifacts/`.
+pub const LISTED_PATHS: usize = 1_000;
+
+/// What collection produced: relative paths written and entries refused (with why), and what
+/// the whole run has used of its output budget.
 #[derive(Debug, Default)]
 pub struct Collected {
+    /// The first [`LISTED_PATHS`] paths written.
     pub paths: Vec<String>,
+    /// Paths written beyond those listed.
+    pub unlisted: u64,
+    /// The first [`LISTED_PATHS`] entries left out, with why.
     pub skipped: Vec<String>,
+    /// Entries left out beyond those listed.
+    pub unlisted_skipped: u64,
+    bytes: u64,
+    entries: u64,
 }
 
 impl Collected {
     fn add(&mut self, under: &Path, extracted: berth_archive::Extracted) {
+        self.bytes += extracted.bytes;
+        self.entries += (extracted.files.len() + extracted.skipped.len()) as u64;
         for p in extracted.files {
-            self.paths.push(under.join(p).display().to_string());
+            if self.paths.len() < LISTED_PATHS {
+                self.paths.push(under.join(p).display().to_string());
+            } else {
+                self.unlisted += 1;
+            }
         }
         for s in extracted.skipped {
-            // The name is the sandbox's choice: never raw on a terminal or in a log line.
-            let line = format!("{}: {}", s.path, s.reason);
-            let line = berth_core::text::escape_untrusted(&line).into_owned();
-            self.skipped.push(line);
+            if self.skipped.len() < LISTED_PATHS {
+                // The name is the sandbox's choice: never raw on a terminal or in a log line.
+                let line = format!("{}: {}", s.path, s.reason);
+                let line = berth_core::text::escape_untrusted(&line).into_owned();
+                self.skipped.push(line);
+            } else {
+                self.unlisted_skipped += 1;
+            }
+        }
+    }
+
+    /// What is left of the run's output budget for the next collection.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_total_bytes: RUN_OUTPUT_CAP.saturating_sub(self.bytes),
+            max_entries: RUN_ENTRY_CAP.saturating_sub(self.entries),
         }
     }
 }
@@ -45,7 +81,7 @@ pub fn collect_out_dir(
     let dest = artifacts.join(&dest_rel);
     std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     let extracted =
-        copy_tree_safely(out_dir, &dest, &Limits::default()).map_err(|e| e.to_string())?;
+        copy_tree_safely(out_dir, &dest, &collected.limits()).map_err(|e| e.to_string())?;
     collected.add(&dest_rel, extracted);
     Ok(())
 }
@@ -81,7 +117,7 @@ pub async fn collect_from_container<E: Engine>(
         container_path,
         dest,
         0,
-        Limits::default(),
+        collected.limits(),
     )
     .await?;
     collected.add(&relative_parent, extracted);
@@ -167,7 +203,7 @@ pub fn collect_host_path(
     if meta.is_dir() {
         std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
         let extracted =
-            copy_tree_safely(source, dest, &Limits::default()).map_err(|e| e.to_string())?;
+            copy_tree_safely(source, dest, &collected.limits()).map_err(|e| e.to_string())?;
         collected.add(dest, extracted);
     } else if meta.is_file() {
         std::fs::copy(source, dest).map_err(|e| format!("{}: {e}", dest.display()))?;

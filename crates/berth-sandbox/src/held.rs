@@ -12,8 +12,11 @@
 //! runs never share one at the same time (a second run for a persistent container queues), and a
 //! pool container, once taken (`uses` > 0), is never taken again.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use berth_archive::beneath::DirHandle;
 use std::path::{Path, PathBuf};
 
 use berth_core::held::{HeldKind, HeldState};
@@ -51,23 +54,41 @@ impl HeldDir {
         Self { path }
     }
 
-    /// Creates the directory with `io/` and `out/` usable by the sandbox user `uid:gid`.
-    pub fn create(path: PathBuf, uid: u32, gid: u32) -> Result<Self, SandboxError> {
+    /// Creates the directory with `io/` and `out/`. Both stay berth's (0755): the sandbox only
+    /// opens its run's FIFOs in `io/` and writes in its run's own entry of `out/`, so it can
+    /// never add, rename or swap an entry berth later creates or reads. A directory left by an
+    /// older berth, which handed both to the sandbox user, is taken back.
+    pub fn create(path: PathBuf) -> Result<Self, SandboxError> {
         let dir = Self { path };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&dir.path)
             .map_err(|e| SandboxError::io(&dir.path, e))?;
-        for sub in [dir.io_dir(), dir.out_dir()] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&sub)
-                .map_err(|e| SandboxError::io(&sub, e))?;
-            crate::rundir::hand_over(&sub, uid, gid, 0o755, 0o777)?;
+        let root = DirHandle::open(&dir.path).map_err(|e| SandboxError::io(&dir.path, e))?;
+        let euid = rustix::process::geteuid().as_raw();
+        let egid = rustix::process::getegid().as_raw();
+        for name in ["io", "out"] {
+            let sub = root
+                .open_or_create_dir(OsStr::new(name), 0o755)
+                .map_err(|e| SandboxError::io(dir.path.join(name), e))?;
+            let owner = sub.stat().map(|s| s.st_uid).unwrap_or(euid);
+            let taken_back = if owner == euid {
+                Ok(())
+            } else {
+                sub.chown(euid, egid)
+            };
+            taken_back
+                .and_then(|()| sub.chmod(0o755))
+                .map_err(|e| SandboxError::io(dir.path.join(name), e))?;
         }
         Ok(dir)
+    }
+
+    /// `io/` and `out/` as handles, for making one run's entries in them.
+    pub fn open_run_dirs(&self) -> Result<(DirHandle, DirHandle), SandboxError> {
+        let open = |p: PathBuf| DirHandle::open(&p).map_err(|e| SandboxError::io(&p, e));
+        Ok((open(self.io_dir())?, open(self.out_dir())?))
     }
 
     pub fn path(&self) -> &Path {

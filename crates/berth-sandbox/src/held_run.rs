@@ -1,6 +1,8 @@
 //! Runs in held containers: a persistent container (found or created, reused, queued for) or a
 //! container from the warm pool (taken once, replaced in the background, removed afterwards).
 
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_core::event::Event;
@@ -35,11 +37,6 @@ pub(crate) async fn execute_persistent<E: Engine>(
 ) -> ExitStatus {
     let spec = ctx.record.spec.clone();
     let name = persistent_container_name(&persistent.agent, &persistent.name);
-    let (uid, gid) = sandbox_user(
-        spec.user,
-        plan_context.invoking_uid,
-        plan_context.invoking_gid,
-    );
     // The lock comes first (taking it makes the directory if needed); the rest under it.
     let dir = HeldDir::open(run.held_root.join(&name));
     let _lock = match wait_for_lock(&dir, &name, ctx, interrupts).await {
@@ -56,7 +53,7 @@ pub(crate) async fn execute_persistent<E: Engine>(
     };
     // io/ and out/ for the sandbox user: made now, or again if another berth's gc removed the
     // directory with the container it belonged to.
-    let dir = match HeldDir::create(dir.path().to_path_buf(), uid, gid) {
+    let dir = match HeldDir::create(dir.path().to_path_buf()) {
         Ok(dir) => dir,
         Err(e) => return ctx.fail("preparing the persistent container failed: ", &e),
     };
@@ -374,11 +371,6 @@ async fn refill<E: Engine>(
     count: u32,
     run: &DockerRun,
 ) -> Vec<String> {
-    let (uid, gid) = sandbox_user(
-        spec.user,
-        plan_context.invoking_uid,
-        plan_context.invoking_gid,
-    );
     let mut failures = Vec::new();
     for _ in 0..count {
         let name = pool_container_name(key, &format!("{:08x}", rand::random::<u32>()));
@@ -389,7 +381,7 @@ async fn refill<E: Engine>(
             agent: None,
             dir: run.held_root.join(&name),
         };
-        let created = match HeldDir::create(holder.dir.clone(), uid, gid) {
+        let created = match HeldDir::create(holder.dir.clone()) {
             Ok(dir) => {
                 create_holder(engine, spec, plan_context, &holder, &dir, pool.idle_ttl).await
             }
@@ -488,27 +480,30 @@ async fn run_in_held<E: Engine>(
         plan_context.invoking_uid,
         plan_context.invoking_gid,
     );
+    // This run's `$BERTH_OUT` and FIFOs, made and handed over through handles on `out/` and
+    // `io/`, which only berth writes.
     let out_dir = dir.run_out_dir(&run_id);
-    let prepared = std::fs::create_dir(&out_dir)
-        .map_err(|e| SandboxError::io(&out_dir, e))
-        .and_then(|()| crate::rundir::hand_over(&out_dir, uid, gid, 0o700, 0o777));
-    if let Err(e) = prepared {
-        return (RunState::Error, Some(e.to_string()));
-    }
+    let names = [format!("{run_id}.stdout"), format!("{run_id}.stderr")];
+    let prepared = dir.open_run_dirs().and_then(|(io, out)| {
+        let run_out = out
+            .create_dir(OsStr::new(&run_id), 0o700)
+            .map_err(|e| SandboxError::io(&out_dir, e))?;
+        crate::rundir::hand_over(&run_out, uid, gid, 0o700, 0o777)?;
+        crate::rundir::create_fifos(&io, &[&names[0], &names[1]], uid, gid)?;
+        Ok((io, out))
+    });
+    let (io_root, out_root) = match prepared {
+        Ok(handles) => handles,
+        Err(e) => return (RunState::Error, Some(e.to_string())),
+    };
     // The supervisor writes the run's output to FIFOs berth reads on this host.
-    let paths = [
-        dir.io_dir().join(format!("{run_id}.stdout")),
-        dir.io_dir().join(format!("{run_id}.stderr")),
-    ];
-    if let Err(e) = crate::rundir::create_fifos(&paths, uid, gid) {
-        return (RunState::Error, Some(e.to_string()));
-    }
-    let [out, err] = paths;
-    let fifos = Some((out, err));
+    let fifos = Some((dir.io_dir().join(&names[0]), dir.io_dir().join(&names[1])));
     let request = run_request(&spec, plan_context);
+    let unclean = AtomicBool::new(false);
     let target = Target::Held {
         container: container_id,
         frame: crate::shim::run_frame(&request, &run.secrets, run.stdin.as_deref()),
+        unclean: &unclean,
     };
     let outcome = drive(
         engine,
@@ -520,11 +515,27 @@ async fn run_in_held<E: Engine>(
         interrupts,
     )
     .await;
-    collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
-    if let Err(e) = crate::artifacts::remove_out_dir(&out_dir) {
+    // Nothing is read from the container's directories while a process of the run may live:
+    // the supervisor has killed them all, or berth stops the whole container now.
+    if unclean.load(Ordering::SeqCst) {
         ctx.emit(Event::Warning {
-            message: format!("removing the raw output directory failed: {e}"),
+            message: format!(
+                "processes of run {run_id} survived the end of its command; stopping container {container_name} before collecting its output"
+            ),
         });
+        crate::run::stop_container(engine, container_id).await;
+    }
+    collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    if let Err(e) = out_root.remove_entry_all(OsStr::new(&run_id)) {
+        ctx.emit(Event::Warning {
+            message: format!(
+                "removing the raw output directory {} failed: {e}",
+                out_dir.display()
+            ),
+        });
+    }
+    for name in &names {
+        let _ = io_root.remove_entry_all(OsStr::new(name));
     }
     info.current_run = None;
     info.last_used = now_epoch();

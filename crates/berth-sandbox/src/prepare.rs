@@ -127,3 +127,110 @@ pub fn state_dir_in_workspace(state_dir: &Path, workspace: &Path) -> Option<Stri
     let relative = relative.to_str()?;
     (!relative.is_empty()).then(|| relative.to_string())
 }
+
+/// Refuses a state directory that a sandbox of this run could write: one inside the rw
+/// workspace or a writable `--mount`, or one that contains such a mount. The records, the
+/// held containers' directories and the run directories' FIFOs live there; a sandbox that
+/// could rename or plant entries in it could redirect berth's own writes.
+pub fn check_state_dir(
+    state_root: &Path,
+    workspace_mode: WorkspaceMode,
+    checked: &CheckedMounts,
+) -> Result<(), SandboxError> {
+    let state = canonical_prefix(state_root);
+    let workspace = (workspace_mode == WorkspaceMode::Rw)
+        .then(|| (checked.workspace.clone(), "the workspace".to_string()));
+    let mounts = checked.mounts.iter().filter(|m| !m.read_only).map(|m| {
+        (
+            m.source.clone(),
+            format!("the writable mount {}:{}", m.source.display(), m.target),
+        )
+    });
+    for (source, what) in workspace.into_iter().chain(mounts) {
+        if state.starts_with(&source) || source.starts_with(&state) {
+            return Err(SandboxError::InvalidWithHint {
+                message: format!(
+                    "the state directory {} {} {what} ({}), which the sandbox can write; a sandbox could then tamper with berth's records",
+                    state_root.display(),
+                    if state.starts_with(&source) { "lies inside" } else { "contains" },
+                    source.display()
+                ),
+                hint: "drop --state-dir, BERTH_STATE_DIR and the config's state_dir to keep runs in berth's data directory, or choose a directory outside every writable mount".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its longest existing prefix canonicalised (the rest need not exist yet).
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut current = path.to_path_buf();
+    loop {
+        if let Ok(canonical) = std::fs::canonicalize(&current) {
+            return missing.iter().rev().fold(canonical, |p, name| p.join(name));
+        }
+        match (current.file_name(), current.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                current = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_dir_inside_or_around_a_writable_mount_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = std::fs::canonicalize(dir.path()).unwrap().join("ws");
+        let data = ws.parent().unwrap().join("data");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        let checked = |mounts: Vec<BindMount>| CheckedMounts {
+            workspace: ws.clone(),
+            mounts,
+        };
+        let rw = |p: &Path| BindMount {
+            source: p.to_path_buf(),
+            target: "/m".into(),
+            read_only: false,
+        };
+        let ro = |p: &Path| BindMount {
+            read_only: true,
+            ..rw(p)
+        };
+        // (state dir, mode, mounts, refused)
+        let cases: Vec<(PathBuf, WorkspaceMode, Vec<BindMount>, bool)> = vec![
+            (ws.join("a/b"), WorkspaceMode::Rw, vec![], true),
+            (ws.join(".berth"), WorkspaceMode::Rw, vec![], true),
+            (ws.join(".berth"), WorkspaceMode::Ro, vec![], false),
+            (ws.join(".berth"), WorkspaceMode::Copy, vec![], false),
+            (data.join("x"), WorkspaceMode::Rw, vec![], false),
+            (data.join("x"), WorkspaceMode::Rw, vec![rw(&data)], true),
+            (data.join("x"), WorkspaceMode::Rw, vec![ro(&data)], false),
+            (
+                data.clone(),
+                WorkspaceMode::Rw,
+                vec![rw(&data.join("x/y"))],
+                true,
+            ),
+        ];
+        for (state, mode, mounts, refused) in cases {
+            let result = check_state_dir(&state, mode, &checked(mounts));
+            assert_eq!(
+                result.is_err(),
+                refused,
+                "{} in {mode:?}: {result:?}",
+                state.display()
+            );
+            if let Err(e) = result {
+                assert!(e.to_string().contains(&state.display().to_string()), "{e}");
+            }
+        }
+    }
+}

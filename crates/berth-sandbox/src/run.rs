@@ -186,7 +186,13 @@ pub struct DockerRun {
 /// receives the run as `frame` on its stdin.
 pub(crate) enum Target<'a> {
     Container(&'a str),
-    Held { container: &'a str, frame: Vec<u8> },
+    Held {
+        container: &'a str,
+        frame: Vec<u8>,
+        /// Set when the supervisor reports that processes of the run survived its sweep: the
+        /// container must be stopped before anything of it is read.
+        unclean: &'a std::sync::atomic::AtomicBool,
+    },
 }
 
 /// How the wait ended, before the final state is decided.
@@ -349,11 +355,23 @@ pub(crate) async fn execute_cold<E: Engine>(
     };
     // On a remote engine `/berth/out` is in the container's volume and comes back as an
     // artifact; locally it is the run's out directory on this host.
+    // Nothing is read from the container while its command may still run: a run that ended
+    // in an error (the wait was lost, say) may have left it running.
+    if outcome.0 == RunState::Error {
+        stop_container(engine, &id).await;
+    }
     let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
     let out_dir = ctx.run_dir.out_dir();
     collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     Ok(outcome)
+}
+
+/// Kills a container that may still be running and waits (briefly) until it has stopped.
+pub(crate) async fn stop_container<E: Engine>(engine: &E, id: &str) {
+    if engine.kill(id, "SIGKILL").await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), engine.wait(id)).await;
+    }
 }
 
 /// Makes sure the image is present, pulling it as the policy says.
@@ -759,11 +777,17 @@ async fn wait_for<E: Engine>(
                     }
                     let text = String::from_utf8_lossy(&line).into_owned();
                     line.clear();
-                    if let Some(code) = text
-                        .strip_prefix("berth-shim exit ")
-                        .and_then(|c| c.trim().parse().ok())
-                    {
-                        return Ok(Some(code));
+                    if let Some(report) = text.strip_prefix("berth-shim exit ") {
+                        // `CODE`, or `CODE unclean [N]` when processes survived the sweep.
+                        let mut words = report.split_whitespace();
+                        if let Some(code) = words.next().and_then(|c| c.parse().ok()) {
+                            if words.next() == Some("unclean") {
+                                if let Target::Held { unclean, .. } = target {
+                                    unclean.store(true, std::sync::atomic::Ordering::SeqCst);
+                                }
+                            }
+                            return Ok(Some(code));
+                        }
                     }
                     if let Some(why) = text.strip_prefix("berth-shim refused: ") {
                         return Err(EngineError::Connection(format!(
@@ -827,6 +851,19 @@ pub(crate) async fn collect_artifacts<E: Engine>(
         }
     }
     ctx.record.artifacts = collected.paths.clone();
+    ctx.record.artifacts_unlisted = collected.unlisted;
+    let left_out = collected.skipped.len() as u64 + collected.unlisted_skipped;
+    ctx.record.artifacts_left_out = left_out;
+    if collected.unlisted > 0 || collected.unlisted_skipped > 0 {
+        ctx.emit(Event::Warning {
+            message: format!(
+                "the run's output has {} collected entries and {left_out} left out; the record lists the first {} of each, everything collected is under {}",
+                collected.paths.len() as u64 + collected.unlisted,
+                artifacts::LISTED_PATHS,
+                artifacts_dir.display()
+            ),
+        });
+    }
     ctx.emit(Event::ArtifactsCollected {
         paths: collected.paths,
         skipped: collected.skipped,

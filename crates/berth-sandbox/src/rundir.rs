@@ -10,9 +10,13 @@
 //!     artifacts/      what was collected, mirroring container paths (artifacts/berth/out/...)
 //! ```
 
+use std::ffi::OsStr;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use berth_archive::beneath::DirHandle;
 
 use berth_core::event::{Event, EventLine};
 use berth_core::record::RunRecord;
@@ -24,26 +28,32 @@ use crate::SandboxError;
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// `<workspace>/.berth` of an older berth, still read by `ls`, `show` and `gc`.
+    legacy: Option<PathBuf>,
 }
 
 impl StateDir {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, legacy: None }
     }
 
-    /// `--state-dir`, else `BERTH_STATE_DIR`, else the config's `state_dir`, else
-    /// `<workspace>/.berth`.
+    /// `--state-dir`, else `BERTH_STATE_DIR`, else the config's `state_dir`, else the
+    /// workspace's own directory under `data_dir` (the user's `$XDG_DATA_HOME/berth`), outside
+    /// the workspace: a sandbox can write its workspace, and must never reach the records.
     pub fn resolve(
         flag: Option<PathBuf>,
         env: Option<PathBuf>,
         config: Option<PathBuf>,
         workspace: &Path,
+        data_dir: &Path,
     ) -> Self {
+        let legacy = workspace.join(".berth");
         let root = flag
             .or(env)
             .or(config)
-            .unwrap_or_else(|| workspace.join(".berth"));
-        Self::new(root)
+            .unwrap_or_else(|| default_root(workspace, data_dir));
+        let legacy = (legacy.join("runs").is_dir() && legacy != root).then_some(legacy);
+        Self { root, legacy }
     }
 
     pub fn root(&self) -> &Path {
@@ -62,13 +72,6 @@ impl StateDir {
             .mode(0o700)
             .create(&runs)
             .map_err(|e| SandboxError::io(&runs, e))?;
-        // The state directory usually lies in the user's checkout: keep it out of `git status`
-        // and of every git operation (worktree mode's --include-dirty, copy mode's uploads).
-        let ignore = self.root.join(".gitignore");
-        if !ignore.exists() {
-            std::fs::write(&ignore, "# berth's run records\n*\n")
-                .map_err(|e| SandboxError::io(&ignore, e))?;
-        }
         let path = runs.join(id);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -77,45 +80,86 @@ impl StateDir {
         Ok(RunDir { path })
     }
 
+    /// Every directory runs are kept in: this one, then an older berth's `.berth`.
+    fn run_roots(&self) -> Vec<PathBuf> {
+        std::iter::once(self.runs())
+            .chain(self.legacy.iter().map(|l| l.join("runs")))
+            .collect()
+    }
+
     /// Every run record, oldest first. Unreadable records are skipped.
     pub fn list(&self) -> Vec<RunRecord> {
-        let Ok(entries) = std::fs::read_dir(self.runs()) else {
-            return Vec::new();
-        };
-        let mut records: Vec<RunRecord> = entries
-            .flatten()
-            .filter_map(|e| RunDir { path: e.path() }.read_record().ok())
+        let mut records: Vec<RunRecord> = self
+            .run_dirs()
+            .into_iter()
+            .filter_map(|dir| dir.read_record().ok())
             .collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
         records
     }
 
+    fn run_dirs(&self) -> Vec<RunDir> {
+        self.run_roots()
+            .iter()
+            .filter_map(|root| std::fs::read_dir(root).ok())
+            .flat_map(|entries| entries.flatten().map(|e| RunDir { path: e.path() }))
+            .collect()
+    }
+
     /// The run whose id is `prefix` or starts with it.
     pub fn find(&self, prefix: &str) -> Result<RunDir, SandboxError> {
-        let exact = self.runs().join(prefix);
-        if !prefix.is_empty() && !prefix.contains('/') && exact.join("run.json").is_file() {
-            return Ok(RunDir { path: exact });
+        if !prefix.is_empty() && !prefix.contains('/') {
+            for root in self.run_roots() {
+                let exact = root.join(prefix);
+                if exact.join("run.json").is_file() {
+                    return Ok(RunDir { path: exact });
+                }
+            }
         }
-        let matches: Vec<RunRecord> = self
-            .list()
+        let matches: Vec<(RunDir, RunRecord)> = self
+            .run_dirs()
             .into_iter()
-            .filter(|r| r.id.starts_with(prefix))
+            .filter_map(|dir| dir.read_record().ok().map(|r| (dir, r)))
+            .filter(|(_, r)| r.id.starts_with(prefix))
             .collect();
         match matches.as_slice() {
-            [one] => Ok(RunDir {
-                path: self.runs().join(&one.id),
-            }),
+            [(one, _)] => Ok(one.clone()),
             [] => Err(SandboxError::NoSuchRun(prefix.to_string())),
             many => Err(SandboxError::AmbiguousRun {
                 prefix: prefix.to_string(),
                 candidates: many
                     .iter()
-                    .map(|r| r.id.as_str())
+                    .map(|(_, r)| r.id.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
         }
     }
+}
+
+/// `<data dir>/workspaces/<name>-<hash>`: one state directory per workspace, named so that a
+/// person can tell which is which, keyed by the workspace's canonical path.
+pub fn default_root(workspace: &Path, data_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(workspace).unwrap_or_else(|_| workspace.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    let name: String = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    data_dir
+        .join("workspaces")
+        .join(format!("{name}-{}", &hex::encode(digest)[..16]))
 }
 
 /// One run's directory.
@@ -171,8 +215,11 @@ impl RunDir {
     /// Creates `out/`, writable by the sandbox user `uid:gid`.
     pub fn create_out_dir(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
         let out = self.out_dir();
-        fs_err::create_dir_all(&out).map_err(|e| SandboxError::io(&out, e))?;
-        hand_over(&out, uid, gid, 0o700, 0o777)?;
+        let run = self.handle()?;
+        let handle = run
+            .open_or_create_dir(OsStr::new("out"), 0o700)
+            .map_err(|e| SandboxError::io(&out, e))?;
+        hand_over(&handle, uid, gid, 0o700, 0o777)?;
         Ok(out)
     }
 
@@ -181,15 +228,21 @@ impl RunDir {
         self.path.join("io")
     }
 
-    /// Creates `io/stdout` and `io/stderr` as FIFOs the sandbox user `uid:gid` can write.
+    /// Creates `io/stdout` and `io/stderr` as FIFOs the sandbox user `uid:gid` can write. `io/`
+    /// itself stays berth's: the sandbox opens the FIFOs but cannot add, rename or swap entries.
     pub fn create_io_fifos(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
         let io = self.io_dir();
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&io)
+        let run = self.handle()?;
+        let handle = run
+            .create_dir(OsStr::new("io"), 0o755)
             .map_err(|e| SandboxError::io(&io, e))?;
-        create_fifos(&[io.join("stdout"), io.join("stderr")], uid, gid)?;
+        create_fifos(&handle, &["stdout", "stderr"], uid, gid)?;
         Ok(io)
+    }
+
+    /// The run directory as a handle.
+    fn handle(&self) -> Result<DirHandle, SandboxError> {
+        DirHandle::open(&self.path).map_err(|e| SandboxError::io(&self.path, e))
     }
 
     pub fn read_record(&self) -> Result<RunRecord, SandboxError> {
@@ -205,19 +258,26 @@ impl RunDir {
 
     /// Writes the record atomically: a reader sees the old or the new record, never half of one.
     /// A final record is also flushed to disk; intermediate ones are not worth an fsync each.
+    ///
+    /// Written relative to the run directory's handle, the temporary file created exclusively
+    /// and without following links: a link planted at `.run.json.tmp` makes the write fail, it
+    /// never redirects it.
     pub fn write_record(&self, record: &RunRecord) -> Result<(), SandboxError> {
         let path = self.record_path();
-        let tmp = self.path.join(".run.json.tmp");
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| SandboxError::io(&path, std::io::Error::other(e)))?;
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
+            let dir = DirHandle::open(&self.path)?;
+            let tmp = OsStr::new(".run.json.tmp");
+            // A temporary file left by a berth that died mid-write (never followed).
+            let _ = dir.remove_entry_all(tmp);
+            let mut file = dir.create_file(tmp, 0o600)?;
             file.write_all(&json)?;
             file.write_all(b"\n")?;
             if record.state.is_final() {
                 file.sync_data()?;
             }
-            std::fs::rename(&tmp, &path)
+            dir.rename_entry(tmp, OsStr::new("run.json"))
         };
         write().map_err(|e| SandboxError::io(&path, e))
     }
@@ -263,49 +323,53 @@ impl EventLog {
     }
 }
 
-/// Makes `path` usable by the sandbox user `uid:gid`: handed over with `owned_mode` when berth
-/// runs as root, opened with `open_mode` when the sandbox user is someone else.
+/// Makes the directory `dir` usable by the sandbox user `uid:gid`, through its handle: handed
+/// over with `owned_mode` when berth runs as root, opened up with `open_mode` when the sandbox
+/// user is someone else.
 pub(crate) fn hand_over(
+    dir: &DirHandle,
+    uid: u32,
+    gid: u32,
+    owned_mode: u32,
+    open_mode: u32,
+) -> Result<(), SandboxError> {
+    hand_over_fd(dir.as_fd(), dir.path(), uid, gid, owned_mode, open_mode)
+}
+
+fn hand_over_fd(
+    fd: std::os::fd::BorrowedFd<'_>,
     path: &Path,
     uid: u32,
     gid: u32,
     owned_mode: u32,
     open_mode: u32,
 ) -> Result<(), SandboxError> {
-    #[allow(unsafe_code)] // geteuid cannot fail and touches no memory.
-    // SAFETY: a plain syscall without arguments.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
+    let mode = |m: u32| rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m));
     let result = if euid == 0 {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).and_then(|()| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(owned_mode))
-        })
+        berth_archive::beneath::chown_fd(fd, uid, gid).and_then(|()| Ok(mode(owned_mode)?))
     } else if euid != uid {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(open_mode))
+        mode(open_mode).map_err(std::io::Error::from)
     } else {
         Ok(())
     };
     result.map_err(|e| SandboxError::io(path, e))
 }
 
-/// Creates FIFOs at `paths` that the sandbox user `uid:gid` can write.
-pub(crate) fn create_fifos(paths: &[PathBuf], uid: u32, gid: u32) -> Result<(), SandboxError> {
-    for path in paths {
-        make_fifo(path).map_err(|e| SandboxError::io(path, e))?;
-        hand_over(path, uid, gid, 0o600, 0o622)?;
+/// Creates FIFOs named `names` in `dir` (a directory the sandbox cannot write) that the sandbox
+/// user `uid:gid` can write; owner and mode are set through each FIFO's own descriptor.
+pub(crate) fn create_fifos(
+    dir: &DirHandle,
+    names: &[&str],
+    uid: u32,
+    gid: u32,
+) -> Result<(), SandboxError> {
+    for name in names {
+        let path = dir.path().join(name);
+        let fifo = dir
+            .create_fifo(OsStr::new(name), 0o600)
+            .map_err(|e| SandboxError::io(&path, e))?;
+        hand_over_fd(fifo.as_fd(), &path, uid, gid, 0o600, 0o622)?;
     }
     Ok(())
-}
-
-/// mkfifo(3) with mode 0600; std has no wrapper.
-#[allow(unsafe_code)] // a plain syscall on a NUL-terminated path we own.
-fn make_fifo(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
-    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

@@ -215,6 +215,10 @@ struct Options {
     setup: bool,
     /// `--serve`: supervise runs sent as frames on stdin (a held container).
     serve: bool,
+    /// `--sweep` (with `--serve`): after each run, kill every other process of the container
+    /// but init, and confirm none is left, before reporting the exit. berth sets it for held
+    /// containers only; it is never meant for a shim outside a container.
+    sweep: bool,
 }
 
 fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
@@ -223,6 +227,7 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
         stderr: None,
         setup: true,
         serve: false,
+        sweep: false,
     };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
@@ -235,6 +240,8 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
             options.setup = false;
         } else if bytes == b"--serve" {
             options.serve = true;
+        } else if bytes == b"--sweep" {
+            options.sweep = true;
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -310,7 +317,14 @@ fn report(line: &str) {
 }
 
 /// The supervisor of a held container: one command per run frame, one at a time.
-fn serve() -> ! {
+///
+/// With `sweep`, no process of a run outlives it: when the command exits, every other process
+/// in the container but init is killed (`kill(-1, SIGKILL)`, which spares the caller), the
+/// kill is repeated until `/proc` shows none left, the run's secret files are removed, and only
+/// then is the exit reported — so berth collects `$BERTH_OUT` from a tree no process can still
+/// change, and the next run's secrets meet no leftover of this one. Processes that survive
+/// are reported (`exit CODE unclean N`); berth then stops the whole container.
+fn serve(sweep: bool) -> ! {
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = tx.clone();
     std::thread::spawn(move || read_messages(reader));
@@ -321,6 +335,13 @@ fn serve() -> ! {
     loop {
         let Ok(message) = rx.recv() else { exit(0) };
         match message {
+            Message::Run(frame) if running.is_none() && sweep && sweep_others() > 0 => {
+                write_to_stderr_of(
+                    &frame,
+                    "berth-shim: processes of an earlier run are still alive",
+                );
+                report(&format!("exit {EXIT_SHIM} unclean"));
+            }
             Message::Run(frame) if running.is_none() => match start(&frame, &secrets_dir, &tx) {
                 Ok(pid) => {
                     running = Some(pid);
@@ -339,7 +360,13 @@ fn serve() -> ! {
             }
             Message::Exited(code) => {
                 running = None;
-                report(&format!("exit {code}"));
+                let survivors = if sweep { sweep_others() } else { 0 };
+                clear_secrets(&secrets_dir);
+                if survivors > 0 {
+                    report(&format!("exit {code} unclean {survivors}"));
+                } else {
+                    report(&format!("exit {code}"));
+                }
             }
             Message::Bad(why) => {
                 eprintln!("berth-shim: {why}");
@@ -462,6 +489,57 @@ mod sys {
     }
 }
 
+/// `pid:[4026531836]`: the inode of the initial pid namespace (the kernel's PROC_PID_INIT_INO).
+/// A sweep there would be a host's, never a container's: refused.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Kills every process but init and this one, until none is left or about a second has passed.
+/// Returns how many are still alive (0: clean). Zombies are gone already and do not count.
+fn sweep_others() -> usize {
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if namespace.is_empty() || namespace == INITIAL_PID_NAMESPACE {
+        eprintln!("berth-shim: refusing to sweep processes outside a container");
+        return usize::MAX;
+    }
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        sys::kill(-1, 9);
+        left = other_processes();
+        if left == 0 {
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    left
+}
+
+/// Live processes in `/proc` other than init (pid 1) and this one.
+fn other_processes() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return usize::MAX;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.bytes().all(|b| b.is_ascii_digit()) && name != "1" && name != me
+        })
+        .filter(|e| {
+            // `pid (comm) S ...`: the state follows the last `)`. A vanished entry is gone.
+            let stat = std::fs::read(e.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .iter()
+                .rposition(|b| *b == b')')
+                .and_then(|i| stat.get(i + 2).copied());
+            matches!(state, Some(s) if s != b'Z' && s != b'X')
+        })
+        .count()
+}
+
 /// Removes the secret files an earlier run left in a reused container.
 fn clear_secrets(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -505,7 +583,7 @@ fn read_setup() -> Vec<Var> {
 fn main() {
     let (options, command) = split_options(std::env::args_os().skip(1).collect());
     if options.serve {
-        serve();
+        serve(options.sweep);
     }
     let Options {
         stdout,

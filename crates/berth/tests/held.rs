@@ -45,7 +45,7 @@ fn held_containers(ws: &Workspace) -> Vec<(String, String)> {
         ])
         .output()
         .unwrap();
-    let root = ws.path().display().to_string();
+    let root = ws.data_path().display().to_string();
     let mut list: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -175,7 +175,7 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     assert_eq!(inspect["Config"]["User"], "1000:1000");
     assert_eq!(
         inspect["Config"]["Entrypoint"],
-        serde_json::json!(["/berth/shim", "--serve"])
+        serde_json::json!(["/berth/shim", "--serve", "--sweep"])
     );
     assert_eq!(
         inspect["Config"]["StdinOnce"], false,
@@ -185,7 +185,7 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     for value in ["first-token-value", "second-token-value"] {
         assert!(!text.contains(value), "secret in docker inspect");
     }
-    for dir in [ws.last_run(), ws.path().join(".berth/held")] {
+    for dir in [ws.last_run(), ws.state_dir().join("held")] {
         let grep = Command::new("grep")
             .args(["-r", "-e", "token-value", dir.to_str().unwrap()])
             .output()

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{containers_of_run, docker_inspect, force_remove, stderr, stdout, Workspace};
@@ -16,6 +16,12 @@ fn code(o: &std::process::Output) -> i32 {
 
 /// Waits until the workspace's (single) run has a running container; returns the run id.
 fn wait_until_running(ws: &Workspace) -> String {
+    running_or_exited(ws, None).expect("no child to exit")
+}
+
+/// Waits until the workspace's run has a running container (Some(run id)), or until `child`,
+/// the `berth run` that starts it, exits first (None).
+fn running_or_exited(ws: &Workspace, mut child: Option<&mut Child>) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(entries) = std::fs::read_dir(ws.runs_dir()) {
@@ -23,8 +29,13 @@ fn wait_until_running(ws: &Workspace) -> String {
                 let record =
                     std::fs::read_to_string(entry.path().join("run.json")).unwrap_or_default();
                 if record.contains("\"state\": \"running\"") {
-                    return entry.file_name().to_string_lossy().into_owned();
+                    return Some(entry.file_name().to_string_lossy().into_owned());
                 }
+            }
+        }
+        if let Some(child) = child.as_mut() {
+            if child.try_wait().unwrap().is_some() {
+                return None;
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -338,6 +349,7 @@ fn large_output_is_byte_exact_with_bounded_memory() {
     .current_dir(ws.path())
     .env("NO_COLOR", "1")
     .env("XDG_CACHE_HOME", ws.path().join(".cache"))
+    .env("XDG_DATA_HOME", ws.data_path())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -760,30 +772,52 @@ fn publish_binds_loopback_only_on_a_named_network() {
         .output()
         .unwrap();
     assert!(created.status.success(), "{}", stderr(&created));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let publish = format!("80:{port}");
-    let mut child = ws
-        .berth(&[
-            "run",
-            "--image",
-            support::image(),
-            "--keep",
-            "--network",
-            &network,
-            "--publish",
-            &publish,
-            "--",
-            "sh",
-            "-c",
-            "nc -l -p 80 -e echo published; sleep 1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run_id = wait_until_running(&ws);
+    // The host port is picked here and handed to Docker, so it may be taken before Docker binds
+    // it (e.g. by a sibling test's child, forked while the probe listener was open, which holds
+    // it until it execs): then the run cannot start and is tried again on another port.
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    let (mut child, run_id, port) = loop {
+        attempt += 1;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let publish = format!("80:{port}");
+        let mut child = ws
+            .berth(&[
+                "run",
+                "--image",
+                support::image(),
+                "--keep",
+                "--network",
+                &network,
+                "--publish",
+                &publish,
+                "--",
+                "sh",
+                "-c",
+                "nc -l -p 80 -e echo published; sleep 1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(run_id) = running_or_exited(&ws, Some(&mut child)) {
+            break (child, run_id, port);
+        }
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(
+            attempt < ATTEMPTS && err.contains("address already in use"),
+            "berth run --publish {publish} did not start:\n{err}"
+        );
+        println!("port {port} was taken, trying another one:\n{err}");
+        // `--keep` may have left the failed run's container: "error: run ID failed: ...".
+        let failed = err.split("run ").nth(1).and_then(|r| r.split(' ').next());
+        for name in failed.map(containers_of_run).unwrap_or_default() {
+            force_remove(&name);
+        }
+    };
     let mut reply = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && reply.is_empty() {

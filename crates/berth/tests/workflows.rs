@@ -63,7 +63,7 @@ fn no_containers_of(ws: &Workspace) {
         ])
         .output()
         .unwrap();
-    let root = ws.path().display().to_string();
+    let root = ws.data_path().display().to_string();
     let left: Vec<String> = stdout(&out)
         .lines()
         .filter(|l| l.contains(&root))
@@ -183,7 +183,7 @@ fn cancel_mid_iteration_stops_the_step_and_records_where() {
             .args(["ps", "--format", "{{.Label \"berth.run-dir\"}}"])
             .output()
             .unwrap();
-        if stdout(&out).contains(&format!("{}", ws.path().display()))
+        if stdout(&out).contains(&format!("{}", ws.data_path().display()))
             && stdout(&out).contains("iter-1/build")
         {
             break;
@@ -221,7 +221,7 @@ fn bad_workflows_are_refused_before_anything_runs() {
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("bad.toml"), "{}", stderr(&o));
     assert!(stderr(&o).contains("hint:"), "{}", stderr(&o));
-    assert!(!ws.path().join(".berth/workflows").exists());
+    assert!(!ws.state_dir().join("workflows").exists());
 
     let host = "name = \"h\"\n[loop]\nmax_iterations = 1\nuntil = \"r.approved\"\n[[loop.steps]]\nname = \"t\"\ncommand = [\"true\"]\nwhere = \"host\"\n[[loop.steps]]\nname = \"r\"\nagent = \"codex\"\nprompt = \"x\"\nverdict = { file = \"result.json\" }\n";
     std::fs::write(ws.path().join("host.toml"), host).unwrap();

@@ -123,6 +123,7 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
         crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
         settings.file.state_dir.clone().map(|d| cwd.join(d)),
         &cwd,
+        &crate::env::data_dir(),
     );
     let id = berth_sandbox::clock::new_run_id();
     let dir = state_root.root().join("workflows").join(&id);

@@ -43,9 +43,11 @@ pub fn berth_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_berth"))
 }
 
-/// A workspace with its own state dir and cache, removed on drop.
+/// A workspace with its own state dir (under its own data directory, outside the workspace, as
+/// berth keeps it by default) and cache, removed on drop.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    pub data: tempfile::TempDir,
 }
 
 impl Workspace {
@@ -54,7 +56,27 @@ impl Workspace {
             .prefix("berth-test-")
             .tempdir()
             .unwrap();
-        Self { dir }
+        let data = tempfile::Builder::new()
+            .prefix("berth-test-data-")
+            .tempdir()
+            .unwrap();
+        Self { dir, data }
+    }
+
+    /// `$XDG_DATA_HOME` of the workspace's berth commands.
+    pub fn data_path(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The workspace's state directory (`<data>/berth/workspaces/<name>-<hash>`), once a run
+    /// made it; its would-be parent before.
+    pub fn state_dir(&self) -> PathBuf {
+        let parent = self.data_path().join("berth/workspaces");
+        std::fs::read_dir(&parent)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(|e| e.ok())
+            .map_or(parent.join("none-yet"), |e| e.path())
     }
 
     pub fn path(&self) -> &Path {
@@ -70,7 +92,8 @@ impl Workspace {
             .env_remove("DOCKER_HOST")
             .env("NO_COLOR", "1")
             .env("XDG_CACHE_HOME", self.path().join(".cache"))
-            .env("XDG_CONFIG_HOME", self.path().join(".config"));
+            .env("XDG_CONFIG_HOME", self.path().join(".config"))
+            .env("XDG_DATA_HOME", self.data_path());
         cmd
     }
 
@@ -84,7 +107,7 @@ impl Workspace {
     }
 
     pub fn runs_dir(&self) -> PathBuf {
-        self.path().join(".berth/runs")
+        self.state_dir().join("runs")
     }
 
     /// The directory of the only (or newest) run.
