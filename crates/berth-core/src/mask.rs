@@ -51,6 +51,9 @@ pub struct Masker {
     patterns: Vec<Vec<u8>>,
     /// For each byte value, the indices of the patterns that start with it, longest first.
     by_first: Vec<Vec<usize>>,
+    /// Bit `256 * a + b` is set when a pattern starts with the bytes `a b` (or is the single
+    /// byte `a`): a quick "nothing can start here" for most positions.
+    pairs: Vec<u64>,
     pending: Vec<u8>,
     /// How many secrets were masked (or found) so far in this stream.
     hits: u64,
@@ -85,12 +88,22 @@ impl Masker {
         patterns.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         patterns.dedup();
         let mut by_first = vec![Vec::new(); 256];
+        let mut pairs = vec![0u64; 65536 / 64];
         for (i, p) in patterns.iter().enumerate() {
             by_first[p[0] as usize].push(i);
+            let seconds = match p.get(1) {
+                Some(&b) => b as usize..b as usize + 1,
+                None => 0..256,
+            };
+            for b in seconds {
+                let bit = (p[0] as usize) << 8 | b;
+                pairs[bit / 64] |= 1 << (bit % 64);
+            }
         }
         Self {
             patterns,
             by_first,
+            pairs,
             pending: Vec::new(),
             hits: 0,
         }
@@ -198,6 +211,13 @@ impl Masker {
         let mut i = 0;
         let mut run_start = 0;
         while i < data.len() {
+            if let Some(&next) = data.get(i + 1) {
+                let bit = (data[i] as usize) << 8 | next as usize;
+                if self.pairs[bit / 64] & (1 << (bit % 64)) == 0 {
+                    i += 1;
+                    continue;
+                }
+            }
             let candidates = &self.by_first[data[i] as usize];
             if candidates.is_empty() {
                 i += 1;

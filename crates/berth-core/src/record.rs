@@ -148,6 +148,10 @@ impl RunRecord {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -174,8 +178,4 @@ mod tests {
         assert_eq!(json["artifacts_masked"][0], "berth/out/leak.txt");
         assert_eq!(serde_json::from_value::<RunRecord>(json).unwrap(), record);
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
