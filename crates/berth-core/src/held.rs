@@ -183,6 +183,11 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
         SERVE_OPTION.to_string(),
         SWEEP_OPTION.to_string(),
     ];
+    plan.entrypoint.extend(
+        ctx.mount_identities
+            .iter()
+            .map(crate::plan::MountIdentity::shim_option),
+    );
     plan.cmd = Vec::new();
     plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
@@ -365,6 +370,7 @@ mod tests {
             image_home: None,
             workspace: "/home/u/proj".into(),
             mounts: vec![],
+            mount_identities: Vec::new(),
             shim_host_path: "/cache/shim".into(),
             out_host_path: format!("/state/held/{run_id}/out").into(),
             io_host_path: Some(format!("/state/held/{run_id}/io").into()),

@@ -113,6 +113,21 @@ pub struct BerthVolume {
 /// Where berth's own files live on a remote engine.
 pub const BERTH_VOLUME_TARGET: &str = "/berth";
 
+/// The identity (device and inode) of a checked mount source, and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountIdentity {
+    pub target: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl MountIdentity {
+    /// The shim option that checks it: `--expect-mount=DEV:INO:TARGET`.
+    pub fn shim_option(&self) -> String {
+        format!("--expect-mount={}:{}:{}", self.dev, self.ino, self.target)
+    }
+}
+
 /// What the caller learned about the image and the host before planning.
 #[derive(Debug, Clone)]
 pub struct PlanContext {
@@ -129,6 +144,10 @@ pub struct PlanContext {
     pub workspace: PathBuf,
     /// Checked extra mounts: canonical source, normalised target, read-only.
     pub mounts: Vec<BindMount>,
+    /// What each checked bind mount's source was when the policy judged it. The shim compares
+    /// these with what is really mounted before any command runs, so a source swapped between
+    /// berth's check and the engine's mount stops the run.
+    pub mount_identities: Vec<MountIdentity>,
     pub shim_host_path: PathBuf,
     pub out_host_path: PathBuf,
     /// The host directory holding the `stdout` and `stderr` FIFOs, when the engine is local.
@@ -293,6 +312,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     if !ctx.setup_frame {
         entrypoint.push("--no-setup".to_string());
     }
+    entrypoint.extend(ctx.mount_identities.iter().map(MountIdentity::shim_option));
     if let Some(io) = ctx.io_host_path.as_ref().filter(|_| !ctx.remote_engine) {
         binds.push(BindMount {
             source: io.clone(),
@@ -408,6 +428,7 @@ pub(crate) mod tests {
             image_home: None,
             workspace: "/w".into(),
             mounts: vec![],
+            mount_identities: Vec::new(),
             shim_host_path: "/cache/shim".into(),
             out_host_path: "/w/.berth/runs/01abc/out".into(),
             io_host_path: None,

@@ -274,6 +274,7 @@ async fn run_claimed(
             image_entrypoint: Vec::new(),
             image_home: None,
             workspace: workspace.clone(),
+            mount_identities: checked.identities_for(&workspace),
             mounts: checked.mounts,
             shim_host_path: shim,
             out_host_path: out_dir,

@@ -1,10 +1,9 @@
 //! Applying the mount policy with the file system: canonicalise, then let the core judge.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use berth_core::plan::{
-    BindMount, IO_TARGET, OUT_TARGET, SECRETS_TARGET, SHIM_TARGET, WORKSPACE_TARGET,
+    BindMount, MountIdentity, IO_TARGET, OUT_TARGET, SECRETS_TARGET, SHIM_TARGET, WORKSPACE_TARGET,
 };
 use berth_core::policy::{self, PolicyContext, ResolvedSource};
 use berth_core::spec::{RunSpec, WorkspaceMode};
@@ -13,21 +12,47 @@ use crate::SandboxError;
 
 /// Asks the file system about `path` (relative paths against `cwd`).
 pub fn resolve(path: &Path, cwd: &Path) -> ResolvedSource {
+    resolve_with_identity(path, cwd).0
+}
+
+/// [`resolve`], and the device and inode of what the canonical path names. Both come from one
+/// open descriptor, so the identity is that of the very file or directory the policy judges:
+/// a path swapped for a link between the two cannot give a checked name and another's
+/// identity.
+pub fn resolve_with_identity(path: &Path, cwd: &Path) -> (ResolvedSource, Option<(u64, u64)>) {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
         cwd.join(path)
     };
-    let canonical = std::fs::canonicalize(&absolute).ok();
-    let is_socket = canonical
-        .as_ref()
-        .and_then(|c| std::fs::metadata(c).ok())
-        .is_some_and(|m| m.file_type().is_socket());
-    ResolvedSource {
+    let opened = rustix::fs::open(
+        &absolute,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let Ok(fd) = opened else {
+        let source = ResolvedSource {
+            given: path.to_path_buf(),
+            canonical: None,
+            is_socket: false,
+        };
+        return (source, None);
+    };
+    use std::os::fd::AsRawFd;
+    let canonical = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::fs::canonicalize(&absolute).ok());
+    let stat = rustix::fs::fstat(&fd).ok();
+    let is_socket = stat.as_ref().is_some_and(|s| {
+        rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Socket
+    });
+    let source = ResolvedSource {
         given: path.to_path_buf(),
         canonical,
         is_socket,
-    }
+    };
+    (source, stat.map(|s| (s.st_dev, s.st_ino)))
 }
 
 /// The canonical paths of the engine sockets on this host: the one in use and the usual ones.
@@ -50,6 +75,22 @@ pub struct CheckedMounts {
     /// local runs and the root for relative paths).
     pub workspace: PathBuf,
     pub mounts: Vec<BindMount>,
+    /// The identity of each checked source where it is mounted (the workspace at
+    /// `/workspace` when it is bind-mounted, then every `--mount`).
+    pub identities: Vec<MountIdentity>,
+}
+
+impl CheckedMounts {
+    /// The identities to verify when the workspace mounted is `mounted_workspace` (worktree
+    /// mode mounts the run's own worktree instead: berth made it, and its identity is not the
+    /// checked one).
+    pub fn identities_for(&self, mounted_workspace: &Path) -> Vec<MountIdentity> {
+        self.identities
+            .iter()
+            .filter(|i| i.target != WORKSPACE_TARGET || mounted_workspace == self.workspace)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Checks the workspace and every `--mount` of `spec` against the policy.
@@ -66,7 +107,8 @@ pub fn check_mounts(
         allowed_roots: Vec::new(),
         engine_sockets: sockets,
     };
-    let workspace_source = resolve(&spec.workspace, cwd);
+    let mut identities = Vec::new();
+    let (workspace_source, workspace_identity) = resolve_with_identity(&spec.workspace, cwd);
     let workspace = if spec.workspace_mode == WorkspaceMode::None {
         workspace_source.canonical.clone().ok_or_else(|| {
             SandboxError::Invalid(format!(
@@ -75,7 +117,17 @@ pub fn check_mounts(
             ))
         })?
     } else {
-        policy::check_workspace(&workspace_source, &ctx)?
+        let checked = policy::check_workspace(&workspace_source, &ctx)?;
+        if matches!(spec.workspace_mode, WorkspaceMode::Rw | WorkspaceMode::Ro) {
+            if let Some((dev, ino)) = workspace_identity {
+                identities.push(MountIdentity {
+                    target: WORKSPACE_TARGET.to_string(),
+                    dev,
+                    ino,
+                });
+            }
+        }
+        checked
     };
     ctx.allowed_roots.push(workspace.clone());
     ctx.allowed_roots.extend(
@@ -86,8 +138,16 @@ pub fn check_mounts(
 
     let mut mounts = Vec::new();
     for request in &spec.mounts {
-        let source = policy::check_source(&resolve(&request.source, cwd), &ctx)?;
+        let (resolved, identity) = resolve_with_identity(&request.source, cwd);
+        let source = policy::check_source(&resolved, &ctx)?;
         let target = policy::check_target(&request.target)?;
+        if let Some((dev, ino)) = identity {
+            identities.push(MountIdentity {
+                target: target.clone(),
+                dev,
+                ino,
+            });
+        }
         mounts.push(BindMount {
             source,
             target,
@@ -117,7 +177,11 @@ pub fn check_mounts(
     }
     targets.extend(descriptions.iter().map(|(t, d)| (t.as_str(), d.as_str())));
     policy::check_unique_targets(targets)?;
-    Ok(CheckedMounts { workspace, mounts })
+    Ok(CheckedMounts {
+        workspace,
+        mounts,
+        identities,
+    })
 }
 
 /// The state directory relative to the workspace, when it lies inside it.
@@ -137,26 +201,48 @@ pub fn check_state_dir(
     workspace_mode: WorkspaceMode,
     checked: &CheckedMounts,
 ) -> Result<(), SandboxError> {
-    let state = canonical_prefix(state_root);
+    check_berth_paths(
+        &[(state_root, "the state directory")],
+        workspace_mode,
+        checked,
+    )
+}
+
+/// Refuses a run when any of berth's own places (`(path, what it is)`: the state directory,
+/// the cache holding the shim, the configuration with the trust store) lies inside, or
+/// contains, a mount the sandbox can write.
+pub fn check_berth_paths(
+    paths: &[(&Path, &str)],
+    workspace_mode: WorkspaceMode,
+    checked: &CheckedMounts,
+) -> Result<(), SandboxError> {
     let workspace = (workspace_mode == WorkspaceMode::Rw)
         .then(|| (checked.workspace.clone(), "the workspace".to_string()));
-    let mounts = checked.mounts.iter().filter(|m| !m.read_only).map(|m| {
-        (
-            m.source.clone(),
-            format!("the writable mount {}:{}", m.source.display(), m.target),
-        )
-    });
-    for (source, what) in workspace.into_iter().chain(mounts) {
-        if state.starts_with(&source) || source.starts_with(&state) {
-            return Err(SandboxError::InvalidWithHint {
-                message: format!(
-                    "the state directory {} {} {what} ({}), which the sandbox can write; a sandbox could then tamper with berth's records",
-                    state_root.display(),
-                    if state.starts_with(&source) { "lies inside" } else { "contains" },
-                    source.display()
-                ),
-                hint: "drop --state-dir, BERTH_STATE_DIR and the config's state_dir to keep runs in berth's data directory, or choose a directory outside every writable mount".into(),
-            });
+    let mounts: Vec<(PathBuf, String)> = checked
+        .mounts
+        .iter()
+        .filter(|m| !m.read_only)
+        .map(|m| {
+            (
+                m.source.clone(),
+                format!("the writable mount {}:{}", m.source.display(), m.target),
+            )
+        })
+        .collect();
+    for (path, what_path) in paths {
+        let berth = canonical_prefix(path);
+        for (source, what) in workspace.iter().chain(&mounts) {
+            if berth.starts_with(source) || source.starts_with(&berth) {
+                return Err(SandboxError::InvalidWithHint {
+                    message: format!(
+                        "{what_path} {} {} {what} ({}), which the sandbox can write; a sandbox could then tamper with berth's own files",
+                        path.display(),
+                        if berth.starts_with(source) { "lies inside" } else { "contains" },
+                        source.display()
+                    ),
+                    hint: "keep berth's state, cache and configuration outside every writable mount: drop --state-dir, BERTH_STATE_DIR and the config's state_dir to use berth's data directory, and point XDG_CACHE_HOME and XDG_CONFIG_HOME elsewhere".into(),
+                });
+            }
         }
     }
     Ok(())
@@ -194,6 +280,7 @@ mod tests {
         let checked = |mounts: Vec<BindMount>| CheckedMounts {
             workspace: ws.clone(),
             mounts,
+            identities: Vec::new(),
         };
         let rw = |p: &Path| BindMount {
             source: p.to_path_buf(),

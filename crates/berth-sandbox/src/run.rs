@@ -850,6 +850,23 @@ pub(crate) async fn collect_artifacts<E: Engine>(
             });
         }
     }
+    // A secret the command wrote into its output is masked there like in its logs; a binary
+    // file holding one is kept and flagged (masking would corrupt it).
+    let masking = crate::artifact_mask::mask_artifact_tree(&artifacts_dir, &ctx.masker);
+    for path in &masking.flagged_binary {
+        ctx.emit(Event::Warning {
+            message: format!(
+                "artifact {path} holds a secret and is not text: kept unchanged, so the secret is in it in clear"
+            ),
+        });
+    }
+    for error in &masking.errors {
+        ctx.emit(Event::Warning {
+            message: format!("masking secrets in the artifacts failed: {error}"),
+        });
+    }
+    ctx.record.artifacts_masked = masking.masked;
+    ctx.record.artifacts_with_secrets = masking.flagged_binary;
     ctx.record.artifacts = collected.paths.clone();
     ctx.record.artifacts_unlisted = collected.unlisted;
     let left_out = collected.skipped.len() as u64 + collected.unlisted_skipped;
@@ -1030,6 +1047,7 @@ mod tests {
                     image_home: None,
                     workspace: self.tmp.path().to_path_buf(),
                     mounts: vec![],
+                    mount_identities: Vec::new(),
                     shim_host_path: "/cache/berth-shim".into(),
                     out_host_path: self.ctx.run_dir.out_dir(),
                     io_host_path: None,

@@ -215,6 +215,8 @@ struct Options {
     setup: bool,
     /// `--serve`: supervise runs sent as frames on stdin (a held container).
     serve: bool,
+    /// `--expect-mount=DEV:INO:TARGET`: what berth checked for the bind mount at TARGET.
+    expected_mounts: Vec<(u64, u64, OsString)>,
     /// `--sweep` (with `--serve`): after each run, kill every other process of the container
     /// but init, and confirm none is left, before reporting the exit. berth sets it for held
     /// containers only; it is never meant for a shim outside a container.
@@ -228,6 +230,7 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
         setup: true,
         serve: false,
         sweep: false,
+        expected_mounts: Vec::new(),
     };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
@@ -242,6 +245,16 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
             options.serve = true;
         } else if bytes == b"--sweep" {
             options.sweep = true;
+        } else if let Some(spec) = bytes.strip_prefix(b"--expect-mount=") {
+            let mut parts = spec.splitn(3, |b| *b == b':');
+            let number = |p: Option<&[u8]>| -> u64 {
+                p.and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(u64::MAX)
+            };
+            let (dev, ino) = (number(parts.next()), number(parts.next()));
+            let target = OsStr::from_bytes(parts.next().unwrap_or_default()).to_os_string();
+            options.expected_mounts.push((dev, ino, target));
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -324,7 +337,9 @@ fn report(line: &str) {
 /// then is the exit reported — so berth collects `$BERTH_OUT` from a tree no process can still
 /// change, and the next run's secrets meet no leftover of this one. Processes that survive
 /// are reported (`exit CODE unclean N`); berth then stops the whole container.
-fn serve(sweep: bool) -> ! {
+///
+/// `bad_mounts`: why the container's mounts are not what berth checked; every run is refused.
+fn serve(sweep: bool, bad_mounts: Option<String>) -> ! {
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = tx.clone();
     std::thread::spawn(move || read_messages(reader));
@@ -335,6 +350,12 @@ fn serve(sweep: bool) -> ! {
     loop {
         let Ok(message) = rx.recv() else { exit(0) };
         match message {
+            Message::Run(_) if bad_mounts.is_some() => {
+                report(&format!(
+                    "refused: {}",
+                    bad_mounts.as_deref().unwrap_or_default()
+                ));
+            }
             Message::Run(frame) if running.is_none() && sweep && sweep_others() > 0 => {
                 write_to_stderr_of(
                     &frame,
@@ -580,10 +601,40 @@ fn read_setup() -> Vec<Var> {
     vars
 }
 
+/// Checks that each bind mount is the file or directory berth checked: a source swapped
+/// between berth's policy check and the engine's mount shows another device or inode here.
+/// Returns the first mismatch, described.
+fn check_mounts(expected: &[(u64, u64, OsString)]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for (dev, ino, target) in expected {
+        let shown = Path::new(target).display();
+        match std::fs::metadata(target) {
+            Ok(meta) if meta.dev() == *dev && meta.ino() == *ino => {}
+            Ok(meta) => {
+                return Err(format!(
+                    "berth-shim: the mount at {shown} is not what berth checked (device {dev}, inode {ino}; mounted: device {}, inode {}): its source changed between berth's check and the container's start; the run is stopped",
+                    meta.dev(),
+                    meta.ino()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "berth-shim: the mount at {shown} cannot be checked: {e}; the run is stopped"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let (options, command) = split_options(std::env::args_os().skip(1).collect());
+    let mounts = check_mounts(&options.expected_mounts);
     if options.serve {
-        serve(options.sweep);
+        serve(options.sweep, mounts.err());
+    }
+    if let Err(why) = mounts {
+        fail(EXIT_SHIM, &why);
     }
     let Options {
         stdout,

@@ -41,8 +41,7 @@ fn agent(
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", prompt]);
     let mut cmd = ws.berth(&args);
-    cmd.env("XDG_DATA_HOME", ws.path().join(".data"))
-        .env_remove("ANTHROPIC_API_KEY")
+    cmd.env_remove("ANTHROPIC_API_KEY")
         .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
         .env_remove("OPENAI_API_KEY");
     for (k, v) in env {
@@ -216,7 +215,7 @@ fn resume_and_continue_reach_the_agent() {
         out_file(&ws, "argv.txt")
     );
     // The sessions directory persists on the host.
-    assert!(ws.path().join(".data/berth/sessions/claude").is_dir());
+    assert!(ws.data_path().join("berth/sessions/claude").is_dir());
     let o = ws.run(&["--resume", "x"], &["true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(

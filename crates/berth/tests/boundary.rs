@@ -264,3 +264,93 @@ fn runs_in_an_older_workspace_state_dir_are_still_listed() {
     let show = ws.berth(&["show", &id[..8]]).output().unwrap();
     assert_eq!(code(&show), 0, "{}", stderr(&show));
 }
+
+/// Attack 5: the mount check races the mount. A concurrent process swaps a checked `--mount`
+/// source for a symlink to a host directory between berth's policy check and the engine's
+/// mount. Defence: the shim compares each mount with the device and inode berth checked and
+/// stops the run on a mismatch, naming the mount.
+#[test]
+fn a_mount_source_swapped_after_the_check_never_shows_the_host() {
+    let ws = Workspace::new();
+    let (host, secret) = host_secret();
+    std::fs::create_dir(ws.path().join("data")).unwrap();
+    std::fs::write(ws.path().join("data/shadow"), "workspace data").unwrap();
+    std::os::unix::fs::symlink(host.path(), ws.path().join("data.lnk")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        let root = ws.path().to_path_buf();
+        std::thread::spawn(move || {
+            let (data, parked, link) = (
+                root.join("data"),
+                root.join("data.real"),
+                root.join("data.lnk"),
+            );
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::rename(&data, &parked).is_ok() {
+                    let _ = std::fs::rename(&link, &data);
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    let _ = std::fs::rename(&data, &link);
+                    let _ = std::fs::rename(&parked, &data);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        })
+    };
+    let (mut ran, mut stopped_by_shim) = (0, 0);
+    for _ in 0..20 {
+        let o = ws.run(&["--mount", "data:/data:ro"], &["cat", "/data/shadow"]);
+        assert!(
+            !stdout(&o).contains(&secret) && !stderr(&o).contains(&secret),
+            "the host directory was mounted: {}",
+            stdout(&o)
+        );
+        match code(&o) {
+            0 => ran += 1,
+            125 if stderr(&o).contains("the mount at /data is not what berth checked") => {
+                stopped_by_shim += 1
+            }
+            125 => {} // the policy saw the link itself
+            other => panic!("exit {other}: {}", stderr(&o)),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    println!("ran {ran}, stopped by the shim's check {stopped_by_shim}");
+    assert!(ran > 0, "no run got through at all");
+}
+
+/// Attack 8: a secret the command writes into `$BERTH_OUT` was stored in clear. Defence: text
+/// artifacts are masked like output; binary ones are kept and flagged in the record.
+#[test]
+fn secrets_in_artifacts_are_masked_or_flagged() {
+    let ws = Workspace::new();
+    let secret = format!("artifact-secret-{}", unique("a"));
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--secret",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
+            "echo \"token=$TOK\" > $BERTH_OUT/report.txt; printf '\\000\\001%s' \"$TOK\" > $BERTH_OUT/blob.bin",
+        ])
+        .env("TOK", &secret)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let artifacts = ws.last_run().join("artifacts/berth/out");
+    let report = std::fs::read_to_string(artifacts.join("report.txt")).unwrap();
+    assert_eq!(report, "token=***\n");
+    let record = ws.last_record();
+    assert!(
+        record["artifacts_with_secrets"]
+            .to_string()
+            .contains("blob.bin"),
+        "{record}"
+    );
+    assert!(stderr(&o).contains("blob.bin"), "{}", stderr(&o));
+}

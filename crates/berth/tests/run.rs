@@ -348,7 +348,7 @@ fn large_output_is_byte_exact_with_bounded_memory() {
     ])
     .current_dir(ws.path())
     .env("NO_COLOR", "1")
-    .env("XDG_CACHE_HOME", ws.path().join(".cache"))
+    .env("XDG_CACHE_HOME", ws.data_path().join("cache"))
     .env("XDG_DATA_HOME", ws.data_path())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());

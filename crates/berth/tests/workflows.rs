@@ -27,7 +27,6 @@ fn repo(reviewer: &str, max_iterations: u32) -> Workspace {
 
 fn workflow(ws: &Workspace, extra: &[&str]) -> Command {
     let mut cmd = ws.berth(&run_args(extra));
-    cmd.env("XDG_DATA_HOME", ws.path().join(".data"));
     without_credentials(&mut cmd);
     cmd
 }

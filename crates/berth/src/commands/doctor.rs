@@ -153,6 +153,7 @@ async fn time_sandbox_start(
             image_home: None,
             workspace: scratch.clone(),
             mounts: vec![],
+            mount_identities: Vec::new(),
             shim_host_path: shim,
             out_host_path: out,
             io_host_path: engine

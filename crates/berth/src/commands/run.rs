@@ -133,7 +133,20 @@ pub(crate) async fn prepare_and_run(
         crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
         settings.file.state_dir.clone().map(|d| workspace.join(d)),
         &checked.workspace,
+        &crate::env::data_dir(),
     );
+    let (cache, config) = (crate::env::cache_dir(), crate::env::trust_store_file());
+    let mut own = vec![
+        (state_dir.root(), "the state directory"),
+        (cache.as_path(), "berth's cache (which holds the shim)"),
+    ];
+    if let Some(config) = config.as_deref().and_then(Path::parent) {
+        own.push((
+            config,
+            "berth's configuration (which holds the trust store)",
+        ));
+    }
+    prepare::check_berth_paths(&own, spec.workspace_mode, &checked)?;
     let run_id = berth_sandbox::clock::new_run_id();
     let run_dir = state_dir.create_run(&run_id)?;
     let record = RunRecord::new(
@@ -182,6 +195,7 @@ pub(crate) async fn prepare_and_run(
     };
     let (invoking_uid, invoking_gid) = crate::invoking_user();
     let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
+    let mount_identities = checked.identities_for(&checked.workspace);
     let mut mounts = checked.mounts;
     if let Some((agent, target)) = &sessions {
         // The agent's sessions live on the host across runs, so --resume and --continue work.
@@ -217,6 +231,7 @@ pub(crate) async fn prepare_and_run(
         image_home: None,
         workspace: checked.workspace.clone(),
         mounts,
+        mount_identities,
         shim_host_path: shim,
         out_host_path: out_dir,
         io_host_path,

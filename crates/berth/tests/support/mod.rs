@@ -91,8 +91,10 @@ impl Workspace {
             .env_remove("BERTH_STATE_DIR")
             .env_remove("DOCKER_HOST")
             .env("NO_COLOR", "1")
-            .env("XDG_CACHE_HOME", self.path().join(".cache"))
-            .env("XDG_CONFIG_HOME", self.path().join(".config"))
+            // berth's own files live outside the workspace, as they do for a user: a sandbox
+            // can write its workspace, and berth refuses to keep anything of its own there.
+            .env("XDG_CACHE_HOME", self.data_path().join("cache"))
+            .env("XDG_CONFIG_HOME", self.data_path().join("config"))
             .env("XDG_DATA_HOME", self.data_path());
         cmd
     }
