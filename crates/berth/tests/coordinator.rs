@@ -80,14 +80,6 @@ fn unique(base: &str) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs a command, killing it (and failing the test) if it takes longer than `limit`.
 fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
@@ -328,13 +320,13 @@ impl Cluster {
             Db::Sqlite => None,
             Db::Postgres => Some(pg_cluster::fresh_database("berth_e2e").0),
         };
-        let port = free_port();
         let mut cluster = Self {
             db,
             dir,
             db_url,
-            url: format!("http://127.0.0.1:{port}"),
-            listen: format!("127.0.0.1:{port}"),
+            // Set by start_server from the port the server reports.
+            url: String::new(),
+            listen: "127.0.0.1:0".to_string(),
             admin: String::new(),
             client: String::new(),
             runner_token: String::new(),
@@ -420,8 +412,31 @@ impl Cluster {
         )
     }
 
+    /// Starts the server and waits for its /healthz.
+    ///
+    /// The first start listens on port 0 and takes the port the server reports: a port picked
+    /// here and handed over could be taken before the server binds it (a sibling test's child
+    /// forked while the probe listener was open holds it until it execs). A restart keeps its
+    /// port (the runners know the URL) and tries again if the port is briefly taken.
     fn start_server(&mut self) {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_start_server() {
+                Ok(()) => return,
+                Err(log) if attempt < ATTEMPTS && log.contains("cannot listen on") => {
+                    println!("the server could not listen, trying again:\n{log}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(log) => panic!("berth server could not start:\n{log}"),
+            }
+        }
+    }
+
+    /// One start of the server; Err with its log if it exits first.
+    fn try_start_server(&mut self) -> Result<(), String> {
+        let log_path = self.path().join("logs").join("server.log");
         let log = self.log_file("server");
+        let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
         let state = self.state_dir().display().to_string();
         let mut cmd = self.berth(&[
             "server",
@@ -444,17 +459,33 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.server = Some(child);
+        let this_start = || {
+            let all = std::fs::read(&log_path).unwrap_or_default();
+            String::from_utf8_lossy(all.get(log_start..).unwrap_or_default()).into_owned()
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "berth server exited ({status}):\n{}",
-                    self.log_tail("server")
-                );
+                self.server = None;
+                return Err(format!("berth server exited ({status}):\n{}", this_start()));
             }
-            let (status, _) = self.http("GET", "/healthz", None, None, &[]);
-            if status == 200 {
-                return;
+            if self.listen.ends_with(":0") {
+                let text = this_start();
+                // Only a whole line: the address must not be cut mid-write.
+                let line = text
+                    .split_once("listening on http://")
+                    .and_then(|(_, rest)| rest.split_once('\n'));
+                if let Some((line, _)) = line {
+                    let address = line.split_whitespace().next().unwrap_or_default();
+                    self.listen = address.to_string();
+                    self.url = format!("http://{address}");
+                }
+            }
+            if !self.url.is_empty() {
+                let (status, _) = self.http("GET", "/healthz", None, None, &[]);
+                if status == 200 {
+                    return Ok(());
+                }
             }
             assert!(
                 Instant::now() < deadline,

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::ssh::ClosedPort;
 use support::{berth_bin, stderr, stdout, Workspace};
 
 /// The uid and gid of `nobody`.
@@ -106,11 +107,19 @@ fn open_tempdir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A socket file nobody answers on: bound, then the listener dropped (connect is refused).
+/// A socket file nobody answers on: connect is refused.
+///
+/// The socket is bound but never listens, then closed. Binding a `UnixListener` and dropping it
+/// is racy: a child forked by a sibling test while the listener is open inherits it until it
+/// execs, and meanwhile `connect` succeeds. A socket that never listened refuses connections
+/// whoever holds a copy of it, so this cannot be revived. (Creating and binding a tokio socket
+/// needs no runtime: it is a plain socket until it listens or connects.)
 fn refused_socket(dir: &Path) -> PathBuf {
     let path = dir.join("dead.sock");
-    drop(UnixListener::bind(&path).unwrap());
-    assert!(path.exists(), "the socket file must outlive its listener");
+    let socket = tokio::net::UnixSocket::new_stream().unwrap();
+    socket.bind(&path).unwrap();
+    drop(socket);
+    assert!(path.exists(), "the socket file must outlive its socket");
     let refused = UnixStream::connect(&path).unwrap_err();
     assert_eq!(
         refused.kind(),
@@ -118,12 +127,6 @@ fn refused_socket(dir: &Path) -> PathBuf {
         "{refused}"
     );
     path
-}
-
-/// A TCP port on 127.0.0.1 with nothing listening.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn assert_root(what: &str) {
@@ -190,7 +193,9 @@ fn docker_host_problems_are_named() {
     let missing_host = format!("unix://{}", missing.display());
     let refused = refused_socket(dir.path());
     let refused_host = format!("unix://{}", refused.display());
-    let port = free_port();
+    // Refuses connections until the test ends (a port merely free a moment ago may not).
+    let closed = ClosedPort::bind();
+    let port = closed.port;
     let tcp_host = format!("tcp://127.0.0.1:{port}");
     let missing_text = missing.display().to_string();
     let refused_text = refused.display().to_string();

@@ -64,7 +64,9 @@ fn ssh_engine_runs_end_to_end_and_names_each_failure() {
     let known_hosts = dir.path().join("known_hosts");
     let wrong_key = dir.path().join("id_other");
     keygen(&wrong_key);
-    let unused_port = free_port();
+    // Refuses connections for the whole test (a port merely free a moment ago may not).
+    let closed = ClosedPort::bind();
+    let unused_port = closed.port;
     let config = [
         ssh_engine("box", sshd.port, &key, &known_hosts, ""),
         ssh_engine("wrongkey", sshd.port, &wrong_key, &known_hosts, ""),
@@ -298,28 +300,33 @@ impl Pki {
 /// stunnel terminating TLS (client certificates required, signed by the CA) in front of the
 /// local Docker socket. (socat cannot serve resumed sessions with client verification.)
 fn start_tls_proxy(pki: &Pki, dir: &Path) -> (Daemon, u16) {
-    let port = free_port();
     let config = dir.join("stunnel.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "foreground = yes\npid =\n[docker]\naccept = 127.0.0.1:{port}\nconnect = /var/run/docker.sock\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-            pki.file("server.pem"),
-            pki.file("server-key.pem"),
-            pki.file("ca.pem")
-        ),
+    let log = dir.join("stunnel.log");
+    // `debug = info` makes stunnel log "bound to" once it listens.
+    start_on_free_port(
+        "stunnel",
+        &log,
+        |port| format!("bound to 127.0.0.1:{port}"),
+        |port| {
+            std::fs::write(
+                &config,
+                format!(
+                    "foreground = yes\npid =\ndebug = info\n[docker]\naccept = 127.0.0.1:{port}\nconnect = /var/run/docker.sock\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+                    pki.file("server.pem"),
+                    pki.file("server-key.pem"),
+                    pki.file("ca.pem")
+                ),
+            )
+            .unwrap();
+            Command::new("stunnel")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("stunnel (Debian's stunnel4) is needed for these tests")
+        },
     )
-    .unwrap();
-    let child = Command::new("stunnel")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stunnel.log")).unwrap())
-        .spawn()
-        .expect("stunnel (Debian's stunnel4) is needed for these tests");
-    let daemon = Daemon(child);
-    wait_for_port(port);
-    (daemon, port)
 }
 
 #[test]
@@ -331,7 +338,8 @@ fn tls_engine_runs_end_to_end_and_names_each_failure() {
     let pki = Pki::new(dir.path(), "good");
     let other = Pki::new(dir.path(), "other");
     let (_proxy, port) = start_tls_proxy(&pki, dir.path());
-    let unused = free_port();
+    let closed = ClosedPort::bind();
+    let unused = closed.port;
     let engine = |name: &str, port: u16, ca: &str, client: Option<(&str, &str)>| {
         let mut t = format!("[engines.{name}]\nhost = \"tcp://127.0.0.1:{port}\"\nca = \"{ca}\"\n");
         if let Some((c, k)) = client {

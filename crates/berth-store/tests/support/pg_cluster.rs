@@ -107,6 +107,7 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+#[allow(clippy::print_stdout)] // the note on a retried port
 fn start_cluster() -> String {
     let bin = find_pg_bin().unwrap_or_else(|| {
         panic!(
@@ -143,25 +144,49 @@ fn start_cluster() -> String {
             .arg(&data),
         "initdb",
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // fsync off: a test cluster that dies with the test binary needs no durability.
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-        dir.display()
-    );
-    run(
-        pg_command(&bin, "pg_ctl")
+    // The port is picked here and handed to the server, so it may be taken before the server
+    // binds it (e.g. by a sibling test's child, forked while the probe listener was open, which
+    // holds it until it execs): then the start fails and is tried again on another port.
+    let log = dir.join("server.log");
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    let port = loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        // fsync off: a test cluster that dies with the test binary needs no durability.
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.display()
+        );
+        let mut start = pg_command(&bin, "pg_ctl");
+        start
             .args(["-w", "-t", "60", "-D"])
             .arg(&data)
             .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-o", &options, "start"]),
-        "pg_ctl start",
-    );
+            .arg(&log)
+            .args(["-o", &options, "start"]);
+        let out = start
+            .output()
+            .unwrap_or_else(|e| panic!("pg_ctl start: cannot run {start:?}: {e}"));
+        if out.status.success() {
+            break port;
+        }
+        let all = std::fs::read(&log).unwrap_or_default();
+        let server_log = String::from_utf8_lossy(all.get(log_start..).unwrap_or_default());
+        assert!(
+            attempt < ATTEMPTS && server_log.contains("Address already in use"),
+            "pg_ctl start failed ({}) on port {port}:\n{}\n{}\nserver log:\n{server_log}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("PostgreSQL could not bind port {port}, trying another port:\n{server_log}");
+        attempt += 1;
+    };
     if CLUSTER.set(Cluster { bin, dir }).is_ok() {
         #[allow(unsafe_code)]
         // SAFETY: registers a plain `extern "C" fn` with no arguments, as atexit expects.
