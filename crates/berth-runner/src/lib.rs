@@ -78,7 +78,9 @@ pub async fn run(
         client,
         runner_id: registered.runner_id.clone(),
         leases: Mutex::new(HashMap::new()),
-        heartbeat: Duration::from_millis(registered.heartbeat_ms.max(100) as u64),
+        // The server's word, held to what any berth duration may be.
+        heartbeat: Duration::from_millis(registered.heartbeat_ms.max(100).unsigned_abs())
+            .min(berth_core::units::MAX_DURATION),
         config,
     });
     execute::reconcile(&engine, &shared).await;
