@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
 use berth_core::mask::Masker;
-use berth_core::plan::{labels, sandbox_user, PlanContext};
+use berth_core::plan::{labels, sandbox_user};
 use berth_core::profile::{Profile, Resume};
 use berth_core::record::{Execution, RunRecord};
 use berth_core::spec::{
@@ -16,7 +16,7 @@ use berth_core::units;
 use berth_engine::{DockerEngine, Engine};
 use berth_sandbox::run::DockerRun;
 use berth_sandbox::rundir::{RunDir, StateDir};
-use berth_sandbox::{prepare, RunContext};
+use berth_sandbox::{launch, RunContext};
 use tokio::sync::oneshot;
 
 use crate::reporter::{batcher, Message, ServerReporter};
@@ -147,24 +147,28 @@ async fn run_claimed(
     };
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
-    if !engine.endpoint().is_local() && run.execution_mode != ExecutionMode::Local {
-        if let Err(e) = berth_core::plan::check_remote(&spec) {
-            return Outcome::error(format!(
-                "runner `{}` uses a remote engine: {e}",
-                shared.runner_id
-            ));
-        }
-    }
-    let sockets = prepare::engine_sockets(engine.endpoint().socket_path());
-    // The server judged the mounts by their names; here they are judged with symlinks resolved.
-    let checked = match prepare::check_mounts(&spec, &workspace_root, &allowed, None, sockets) {
+    let state_dir = StateDir::new(shared.config.state_dir.clone());
+    let own = [
+        (state_dir.root(), "the runner's state directory"),
+        (
+            shared.config.cache_dir.as_path(),
+            "the runner's cache (which holds the shim)",
+        ),
+    ];
+    // The server judged the mounts by their names; here they are judged with symlinks resolved,
+    // by the same checks as `berth run`'s.
+    let checked = launch::check_request(&launch::Request {
+        spec: &spec,
+        cwd: &workspace_root,
+        allowed_paths: &allowed,
+        home: None,
+        engine_socket: engine.endpoint().socket_path(),
+        remote_engine: !engine.endpoint().is_local() && run.execution_mode != ExecutionMode::Local,
+        own_paths: &own,
+    });
+    let checked = match checked {
         Ok(c) => c,
-        Err(e) => {
-            return Outcome::error(format!(
-                "mount policy on runner `{}`: {e}",
-                shared.runner_id
-            ))
-        }
+        Err(e) => return Outcome::error(format!("runner `{}`: {e}", shared.runner_id)),
     };
 
     let local = run.execution_mode == ExecutionMode::Local;
@@ -178,7 +182,7 @@ async fn run_claimed(
                     shared.runner_id
                 ));
             }
-            let (uid, gid) = invoking_user();
+            let (uid, gid) = launch::invoking_user();
             let sandbox = sandbox_user(spec.user, uid, gid);
             let owner = berth_sandbox::workspace::tree_owner(sandbox, uid);
             let copy = run.sandbox.workspace_mode.as_deref() == Some("copy");
@@ -203,12 +207,6 @@ async fn run_claimed(
         .as_ref()
         .map_or_else(|| checked.workspace.clone(), |tree| tree.mount.clone());
 
-    let state_dir = StateDir::new(shared.config.state_dir.clone());
-    if let Err(e) =
-        berth_sandbox::prepare::check_state_dir(state_dir.root(), spec.workspace_mode, &checked)
-    {
-        return Outcome::error(e.to_string());
-    }
     let stale = shared.config.state_dir.join("runs").join(&run.id);
     if stale.exists() {
         // An earlier claim of this run on this host that never started: start afresh.
@@ -248,67 +246,31 @@ async fn run_claimed(
     if local {
         berth_sandbox::local::execute_local(&mut ctx, &workspace, &secrets, interrupts).await;
     } else {
-        let shim = match berth_sandbox::shim::install(&shared.config.cache_dir) {
-            Ok(p) => p,
-            Err(e) => return Outcome::error(format!("installing berth's shim failed: {e}")),
-        };
-        let (invoking_uid, invoking_gid) = invoking_user();
-        let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
-        let out_dir = match ctx.run_dir.create_out_dir(uid, gid) {
-            Ok(d) => d,
-            Err(e) => return Outcome::error(e.to_string()),
-        };
-        let mut owner_labels = berth_sandbox::owner::owner_labels(ctx.run_dir.path());
-        owner_labels.insert(RUNNER_LABEL.to_string(), shared.runner_id.clone());
-        let io_host_path = match engine.endpoint().socket_path() {
-            Some(_) => match ctx.run_dir.create_io_fifos(uid, gid) {
-                Ok(dir) => Some(dir),
-                Err(e) => return Outcome::error(e.to_string()),
-            },
-            None => None,
-        };
-        let plan_context = PlanContext {
-            run_id: run.id.clone(),
-            invoking_uid,
-            invoking_gid,
-            image_entrypoint: Vec::new(),
-            image_home: None,
-            workspace: workspace.clone(),
-            mount_identities: checked.identities_for(&workspace),
-            mounts: checked.mounts,
-            shim_host_path: shim,
-            out_host_path: out_dir,
-            io_host_path,
-            setup_frame: true,
-            state_dir_in_workspace: prepare::state_dir_in_workspace(state_dir.root(), &workspace),
-            owner_labels,
-            remote_engine: !engine.endpoint().is_local(),
-        };
-        // Copy and worktree modes isolate the project's checkout; their diff goes to the server
-        // as the artifact `berth/diff.patch`.
-        let prepared = match berth_sandbox::workspace::prepare(
+        let prepared = launch::prepare_host(
             &ctx,
-            &workspace,
-            state_dir.root(),
-            (uid, gid),
-            invoking_uid,
-            plan_context.remote_engine,
-        ) {
+            launch::HostSide {
+                checked,
+                workspace: workspace.clone(),
+                extra_mounts: Vec::new(),
+                state_root: state_dir.root(),
+                cache_dir: &shared.config.cache_dir,
+                local_engine: engine.endpoint().socket_path().is_some(),
+                remote_engine: !engine.endpoint().is_local(),
+                extra_labels: [(RUNNER_LABEL.to_string(), shared.runner_id.clone())].into(),
+            },
+        );
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 ctx.fail("", &e);
                 return outcome_of(&ctx, run_dir);
             }
         };
-        let mut plan_context = plan_context;
-        if let Some(mount) = &prepared.mount {
-            plan_context.workspace = mount.clone();
-        }
         berth_sandbox::execute_docker(
             engine,
             &mut ctx,
             DockerRun {
-                plan_context,
+                plan_context: prepared.plan_context,
                 secrets,
                 stdin,
                 held_root: state_dir.root().join("held"),
@@ -505,12 +467,6 @@ pub async fn drain_pool(engine: &DockerEngine, shared: &Shared) {
         let removed = berth_sandbox::held::remove(engine, listed).await;
         tracing::info!(container = %listed.container.name, removed = removed.is_ok(), "drained from the warm pool");
     }
-}
-
-#[allow(unsafe_code)] // getuid/getgid cannot fail and touch no memory.
-fn invoking_user() -> (u32, u32) {
-    // SAFETY: plain syscalls without arguments.
-    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
 /// Uploads every regular file under `dir`; returns each that did not reach the server, with why.

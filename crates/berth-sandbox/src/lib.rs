@@ -14,6 +14,7 @@ mod fake_engine;
 pub mod gc;
 pub mod held;
 mod held_run;
+pub mod launch;
 pub mod local;
 pub mod output;
 pub mod owner;

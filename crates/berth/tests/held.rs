@@ -173,9 +173,17 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     assert_eq!(host["PidsLimit"], 512);
     assert_eq!(host["NetworkMode"], "none");
     assert_eq!(inspect["Config"]["User"], "1000:1000");
+    // The supervisor, its sweep of leftover processes, and the check of the workspace mount.
+    let entrypoint = inspect["Config"]["Entrypoint"].as_array().unwrap().clone();
     assert_eq!(
-        inspect["Config"]["Entrypoint"],
-        serde_json::json!(["/berth/shim", "--serve", "--sweep"])
+        entrypoint[..3],
+        serde_json::json!(["/berth/shim", "--serve", "--sweep"]).as_array().unwrap()[..]
+    );
+    assert!(
+        entrypoint[3]
+            .as_str()
+            .is_some_and(|o| o.starts_with("--expect-mount=") && o.ends_with(":/workspace")),
+        "{entrypoint:?}"
     );
     assert_eq!(
         inspect["Config"]["StdinOnce"], false,

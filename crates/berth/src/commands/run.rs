@@ -7,7 +7,7 @@ use berth_core::event::Event;
 use berth_core::exit::RunState;
 use berth_core::held::PersistentSpec;
 use berth_core::mask::Masker;
-use berth_core::plan::{sandbox_user, PlanContext};
+use berth_core::plan::sandbox_user;
 use berth_core::profile::{Profile, Resume};
 use berth_core::record::{Execution, RunRecord};
 use berth_core::spec::{
@@ -19,7 +19,7 @@ use berth_engine::Diagnosis;
 use berth_sandbox::run::DockerRun;
 use berth_sandbox::settings::Settings;
 use berth_sandbox::workspace;
-use berth_sandbox::{prepare, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
+use berth_sandbox::{launch, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
 
 use crate::args::RunArgs;
 use crate::printer::{HumanReporter, JsonReporter, Printer};
@@ -95,36 +95,13 @@ pub(crate) async fn prepare_and_run(
     let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
     let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
     let endpoint = probe_env.resolve().ok();
-    // Nothing of this host can be mounted on an engine elsewhere: say so before anything starts.
-    if endpoint.as_ref().is_some_and(|e| !e.is_local()) {
-        berth_core::plan::check_remote(&spec).map_err(|message| {
-            SandboxError::InvalidWithHint {
-                message,
-                hint: "a remote engine sees only the image and what berth uploads: pass --workspace-mode copy to upload the workspace (its changes come back into the run directory), or --workspace-mode none and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
-            }
-        })?;
-        if spec.persistent.is_some() {
-            return Err(berth_sandbox::run::remote_persistent_refused());
-        }
-        if sessions.is_some() {
-            return Err(SandboxError::InvalidWithHint {
-                message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
-                hint: "run agent profiles on the local engine (drop --engine)".into(),
-            });
-        }
+    let remote_engine = endpoint.as_ref().is_some_and(|e| !e.is_local());
+    if remote_engine && sessions.is_some() {
+        return Err(SandboxError::InvalidWithHint {
+            message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
+            hint: "run agent profiles on the local engine (drop --engine)".into(),
+        });
     }
-    let sockets = prepare::engine_sockets(endpoint.as_ref().and_then(|e| e.socket_path()));
-    let checked = prepare::check_mounts(
-        &spec,
-        &cwd,
-        &settings.allowed_paths,
-        home.as_deref(),
-        sockets,
-    )?;
-    if spec.user.is_some_and(|u| u.uid == 0) {
-        printer.warning("--user 0 runs the command as root inside the sandbox; capabilities stay dropped, but prefer an unprivileged user");
-    }
-
     let state_dir = StateDir::resolve(
         args.state
             .state_dir
@@ -132,7 +109,7 @@ pub(crate) async fn prepare_and_run(
             .map(|d| if d.is_absolute() { d } else { cwd.join(d) }),
         crate::env::var(crate::env::BERTH_STATE_DIR).map(Into::into),
         settings.file.state_dir.clone().map(|d| workspace.join(d)),
-        &checked.workspace,
+        &std::fs::canonicalize(&workspace).unwrap_or_else(|_| workspace.clone()),
         &crate::env::data_dir(),
     );
     let (cache, config) = (crate::env::cache_dir(), crate::env::trust_store_file());
@@ -146,7 +123,19 @@ pub(crate) async fn prepare_and_run(
             "berth's configuration (which holds the trust store)",
         ));
     }
-    prepare::check_berth_paths(&own, spec.workspace_mode, &checked)?;
+    // Every check that needs the file system, the same as a runner's: nothing has started yet.
+    let checked = launch::check_request(&launch::Request {
+        spec: &spec,
+        cwd: &cwd,
+        allowed_paths: &settings.allowed_paths,
+        home: home.as_deref(),
+        engine_socket: endpoint.as_ref().and_then(|e| e.socket_path()),
+        remote_engine,
+        own_paths: &own,
+    })?;
+    if spec.user.is_some_and(|u| u.uid == 0) {
+        printer.warning("--user 0 runs the command as root inside the sandbox; capabilities stay dropped, but prefer an unprivileged user");
+    }
     let run_id = berth_sandbox::clock::new_run_id();
     let run_dir = state_dir.create_run(&run_id)?;
     let record = RunRecord::new(
@@ -184,65 +173,42 @@ pub(crate) async fn prepare_and_run(
         });
     }
 
-    let shim = match berth_sandbox::shim::install(&crate::env::cache_dir()) {
-        Ok(path) => path,
-        Err(e) => {
-            return Ok(ctx.finish(
-                RunState::Error,
-                Some(format!("installing berth's shim failed: {e}")),
-            ))
-        }
-    };
-    let (invoking_uid, invoking_gid) = crate::invoking_user();
-    let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
-    let mount_identities = checked.identities_for(&checked.workspace);
-    let mut mounts = checked.mounts;
+    let (uid, gid) = sandbox_user(
+        spec.user,
+        launch::invoking_user().0,
+        launch::invoking_user().1,
+    );
+    let mut extra_mounts = Vec::new();
     if let Some((agent, target)) = &sessions {
         // The agent's sessions live on the host across runs, so --resume and --continue work.
         match sessions_dir(agent, uid, gid) {
-            Ok(source) if !mounts.iter().any(|m| m.target == *target) => {
-                mounts.push(berth_core::plan::BindMount {
-                    source,
-                    target: target.clone(),
-                    read_only: false,
-                });
-            }
-            Ok(_) => {}
+            Ok(source) => extra_mounts.push(berth_core::plan::BindMount {
+                source,
+                target: target.clone(),
+                read_only: false,
+            }),
             Err(e) => return Ok(ctx.finish(RunState::Error, Some(e))),
         }
     }
-    let out_dir = match ctx.run_dir.create_out_dir(uid, gid) {
-        Ok(dir) => dir,
-        Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
-    };
-    // A local engine can read the output FIFOs on this host; a remote one cannot.
-    let io_host_path = match engine.endpoint().socket_path() {
-        Some(_) => match ctx.run_dir.create_io_fifos(uid, gid) {
-            Ok(dir) => Some(dir),
-            Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
+    let workspace_dir = checked.workspace.clone();
+    let prepared = launch::prepare_host(
+        &ctx,
+        launch::HostSide {
+            checked,
+            workspace: workspace_dir,
+            extra_mounts,
+            state_root: state_dir.root(),
+            cache_dir: &cache,
+            local_engine: engine.endpoint().socket_path().is_some(),
+            remote_engine: !engine.endpoint().is_local(),
+            extra_labels: Default::default(),
         },
-        None => None,
+    );
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return Ok(ctx.fail("", &e)),
     };
-    let plan_context = PlanContext {
-        run_id,
-        invoking_uid,
-        invoking_gid,
-        image_entrypoint: Vec::new(),
-        image_home: None,
-        workspace: checked.workspace.clone(),
-        mounts,
-        mount_identities,
-        shim_host_path: shim,
-        out_host_path: out_dir,
-        io_host_path,
-        setup_frame: true,
-        state_dir_in_workspace: prepare::state_dir_in_workspace(
-            state_dir.root(),
-            &checked.workspace,
-        ),
-        owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
-        remote_engine: !engine.endpoint().is_local(),
-    };
+    let plan_context = prepared.plan_context;
     // A warm pool for the profile, else for the image.
     let pool = if args.no_pool {
         None
@@ -275,23 +241,6 @@ pub(crate) async fn prepare_and_run(
         }
         other => other,
     };
-    let mut plan_context = plan_context;
-    // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
-    // (diff written, worktree removed) after the run whatever happened to it.
-    let prepared = match workspace::prepare(
-        &ctx,
-        &checked.workspace,
-        state_dir.root(),
-        (uid, gid),
-        invoking_uid,
-        plan_context.remote_engine,
-    ) {
-        Ok(p) => p,
-        Err(e) => return Ok(ctx.fail("", &e)),
-    };
-    if let Some(mount) = &prepared.mount {
-        plan_context.workspace = mount.clone();
-    }
     let (upload, worktree) = (prepared.upload, prepared.worktree);
     let run = DockerRun {
         plan_context,

@@ -1,0 +1,166 @@
+//! One launch path: what `berth run` and `berth runner` do between a checked request and the
+//! engine, in one place so the two cannot drift.
+//!
+//! Both turn their input (flags and config files, or a claimed submission) into a `RunSpec`
+//! themselves; from there [`check_request`] applies every rule that needs the file system (mount
+//! policy, remote engine limits, berth's own files out of the sandbox's reach), and
+//! [`prepare_host`] makes the host side of the run (shim, `$BERTH_OUT`, FIFOs, the isolated
+//! workspace) and the `PlanContext` with every default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use berth_core::plan::{sandbox_user, BindMount, PlanContext};
+use berth_core::spec::RunSpec;
+
+use crate::prepare::{self, CheckedMounts};
+use crate::workspace::{self, WorkspaceSetup};
+use crate::{RunContext, SandboxError};
+
+/// Where and how a run will be launched, as far as the checks need to know.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub spec: &'a RunSpec,
+    /// Relative mount sources are resolved against it (the CLI's current directory, the
+    /// runner's project root).
+    pub cwd: &'a Path,
+    pub allowed_paths: &'a [PathBuf],
+    pub home: Option<&'a Path>,
+    /// The engine's socket on this host, when the engine is local.
+    pub engine_socket: Option<&'a Path>,
+    pub remote_engine: bool,
+    /// berth's own places (`(path, what it is)`): the state directory, the cache with the shim,
+    /// the configuration with the trust store.
+    pub own_paths: &'a [(&'a Path, &'a str)],
+}
+
+/// Every check a run must pass before anything is made for it: the spec's own rules, what a
+/// remote engine cannot do, the mount policy, and berth's own files out of the sandbox's reach.
+pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxError> {
+    if request.remote_engine {
+        berth_core::plan::check_remote(request.spec).map_err(|message| {
+            SandboxError::InvalidWithHint {
+                message,
+                hint: "a remote engine sees only the image and what berth uploads: pass --workspace-mode copy to upload the workspace (its changes come back into the run directory), or --workspace-mode none and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
+            }
+        })?;
+        if request.spec.persistent.is_some() {
+            return Err(crate::run::remote_persistent_refused());
+        }
+    }
+    if request.spec.persistent.is_some() && request.spec.workspace_mode.is_isolated() {
+        return Err(crate::run::isolated_persistent_refused(
+            request.spec.workspace_mode,
+        ));
+    }
+    let sockets = prepare::engine_sockets(request.engine_socket);
+    let checked = prepare::check_mounts(
+        request.spec,
+        request.cwd,
+        request.allowed_paths,
+        request.home,
+        sockets,
+    )?;
+    prepare::check_berth_paths(request.own_paths, request.spec.workspace_mode, &checked)?;
+    Ok(checked)
+}
+
+/// The host side of a checked run, ready for `execute_docker`.
+#[derive(Debug)]
+pub struct Prepared {
+    pub plan_context: PlanContext,
+    /// Copy mode's upload (`Mounted` otherwise).
+    pub upload: WorkspaceSetup,
+    /// Worktree mode's worktree, to conclude after the run (`Mounted` otherwise).
+    pub worktree: WorkspaceSetup,
+    /// The sandbox user.
+    pub sandbox_user: (u32, u32),
+}
+
+/// What the host side of a run is made from.
+#[derive(Debug)]
+pub struct HostSide<'a> {
+    pub checked: CheckedMounts,
+    /// The directory mounted at `/workspace` before isolation: the checked workspace, or a
+    /// runner's workflow worktree.
+    pub workspace: PathBuf,
+    /// Mounts berth adds itself (an agent's sessions directory).
+    pub extra_mounts: Vec<BindMount>,
+    pub state_root: &'a Path,
+    pub cache_dir: &'a Path,
+    /// Whether the engine can read FIFOs on this host (a local socket).
+    pub local_engine: bool,
+    pub remote_engine: bool,
+    /// Labels beyond the owner labels (the runner's id).
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+/// The invoking user's uid and gid.
+pub fn invoking_user() -> (u32, u32) {
+    (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    )
+}
+
+/// Installs the shim, makes `$BERTH_OUT`, the output FIFOs and the isolated workspace, and
+/// builds the plan context with every default. On an error the run is not started; the caller
+/// records the error.
+pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, SandboxError> {
+    let spec = &ctx.record.spec;
+    let shim = crate::shim::install(host.cache_dir)
+        .map_err(|e| SandboxError::Invalid(format!("installing berth's shim failed: {e}")))?;
+    let (invoking_uid, invoking_gid) = invoking_user();
+    let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
+    let out_host_path = ctx.run_dir.create_out_dir(uid, gid)?;
+    let io_host_path = if host.local_engine {
+        Some(ctx.run_dir.create_io_fifos(uid, gid)?)
+    } else {
+        None
+    };
+    let mount_identities = host.checked.identities_for(&host.workspace);
+    let mut mounts = host.checked.mounts;
+    for extra in host.extra_mounts {
+        if !mounts.iter().any(|m| m.target == extra.target) {
+            mounts.push(extra);
+        }
+    }
+    let mut owner_labels = crate::owner::owner_labels(ctx.run_dir.path());
+    owner_labels.extend(host.extra_labels);
+    let mut plan_context = PlanContext {
+        run_id: ctx.record.id.clone(),
+        invoking_uid,
+        invoking_gid,
+        image_entrypoint: Vec::new(),
+        image_home: None,
+        workspace: host.workspace.clone(),
+        mounts,
+        mount_identities,
+        shim_host_path: shim,
+        out_host_path,
+        io_host_path,
+        setup_frame: true,
+        state_dir_in_workspace: prepare::state_dir_in_workspace(host.state_root, &host.workspace),
+        owner_labels,
+        remote_engine: host.remote_engine,
+    };
+    // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
+    // (diff written, worktree removed) after the run whatever happened to it.
+    let isolated = workspace::prepare(
+        ctx,
+        &host.workspace,
+        host.state_root,
+        (uid, gid),
+        invoking_uid,
+        host.remote_engine,
+    )?;
+    if let Some(mount) = &isolated.mount {
+        plan_context.workspace = mount.clone();
+    }
+    Ok(Prepared {
+        plan_context,
+        upload: isolated.upload,
+        worktree: isolated.worktree,
+        sandbox_user: (uid, gid),
+    })
+}
