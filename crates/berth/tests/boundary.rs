@@ -354,3 +354,47 @@ fn secrets_in_artifacts_are_masked_or_flagged() {
     );
     assert!(stderr(&o).contains("blob.bin"), "{}", stderr(&o));
 }
+
+/// Attack 9: a huge tree in `$BERTH_OUT` made a record of tens of megabytes, and a sparse file
+/// became gigabytes of host disk. Defences: the record lists at most 1,000 paths and counts the
+/// rest; sparse files stay sparse.
+#[test]
+fn huge_and_sparse_output_stays_small_on_the_host() {
+    let ws = Workspace::new();
+    let o = ws.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cd $BERTH_OUT && mkdir many && cd many && i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done; \
+             dd if=/dev/zero of=$BERTH_OUT/sparse bs=1 count=0 seek=3G 2>/dev/null; echo tail >> $BERTH_OUT/sparse; echo ok",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let run = ws.last_run();
+    let record_size = std::fs::metadata(run.join("run.json")).unwrap().len();
+    assert!(record_size < 200_000, "run.json is {record_size} bytes");
+    let record = ws.last_record();
+    assert_eq!(record["artifacts"].as_array().unwrap().len(), 1000);
+    assert!(
+        record["artifacts_unlisted"].as_u64().unwrap() >= 2000,
+        "{}",
+        record["artifacts_unlisted"]
+    );
+    let sparse = run.join("artifacts/berth/out/sparse");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&sparse).unwrap();
+    assert_eq!(meta.len(), (3u64 << 30) + 5);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes on disk",
+        meta.blocks() * 512
+    );
+    assert_eq!(
+        std::fs::read_dir(run.join("artifacts/berth/out/many"))
+            .unwrap()
+            .count(),
+        3000,
+        "every file is collected, listed or not"
+    );
+}
