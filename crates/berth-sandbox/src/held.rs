@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 
 use berth_archive::beneath::DirHandle;
 use std::path::{Path, PathBuf};
@@ -125,7 +125,15 @@ impl HeldDir {
         let tmp = self.path.join(".info.json.tmp");
         let json = serde_json::to_vec_pretty(info)
             .map_err(|e| SandboxError::io(&path, std::io::Error::other(e)))?;
-        std::fs::write(&tmp, json)
+        // Created exclusively, never through a link, then renamed over the old one.
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| SandboxError::io(&path, e))
     }
@@ -164,6 +172,7 @@ impl HeldLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| SandboxError::io(path, e))?;
         let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));

@@ -1,6 +1,7 @@
 //! The output of a run: masked, kept in the run directory, and shown live.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,7 +62,14 @@ impl OutputPipe {
         reporter: Arc<dyn Reporter>,
         run_id: &str,
     ) -> Result<Self, SandboxError> {
-        let file = std::fs::File::create(log_path).map_err(|e| SandboxError::io(log_path, e))?;
+        // Never through a link planted where the log goes.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(log_path)
+            .map_err(|e| SandboxError::io(log_path, e))?;
         Ok(Self {
             stream,
             masker,
@@ -86,6 +94,7 @@ impl OutputPipe {
         let events = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(events_path)
             .map_err(|e| SandboxError::io(events_path, e))?;
         self.agent = Some(AgentStream {

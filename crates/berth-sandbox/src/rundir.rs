@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_archive::beneath::DirHandle;
@@ -297,6 +297,7 @@ impl EventLog {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| SandboxError::io(&path, e))?;
         Ok(Self {
@@ -372,4 +373,65 @@ pub(crate) fn create_fifos(
         hand_over_fd(fifo.as_fd(), &path, uid, gid, 0o600, 0o622)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack 3's last step: a link planted at `.run.json.tmp` (or at the record itself) must
+    /// never carry berth's write to another file.
+    #[test]
+    fn a_record_is_never_written_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let run = state.create_run("r1").unwrap();
+        use berth_core::spec::{
+            Fallback, NetworkMode, PullPolicy, Resources, RunSpec, WorkspaceMode,
+        };
+        let spec = RunSpec {
+            image: "img".into(),
+            command: vec!["true".into()],
+            pull: PullPolicy::Missing,
+            workspace: "/w".into(),
+            workspace_mode: WorkspaceMode::Rw,
+            include_dirty: false,
+            copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
+            mounts: vec![],
+            env: vec![],
+            secrets: vec![],
+            resources: Resources::default(),
+            timeout: std::time::Duration::ZERO,
+            grace: std::time::Duration::from_secs(10),
+            network: NetworkMode::None,
+            read_only: false,
+            user: None,
+            publish: vec![],
+            artifacts: vec![],
+            keep: false,
+            fallback: Fallback::None,
+            workdir: None,
+            output_format: "text".into(),
+            profile: None,
+            persistent: None,
+        };
+        let record = RunRecord::new(
+            "r1".into(),
+            spec,
+            berth_core::record::Execution::Docker,
+            "now".into(),
+        );
+        std::os::unix::fs::symlink(&victim, run.path().join(".run.json.tmp")).unwrap();
+        run.write_record(&record).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(run.read_record().is_ok());
+        // A link planted at run.json itself is replaced, not written through.
+        std::fs::remove_file(run.record_path()).unwrap();
+        std::os::unix::fs::symlink(&victim, run.record_path()).unwrap();
+        run.write_record(&record).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!run.record_path().is_symlink());
+    }
 }
