@@ -254,10 +254,13 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             );
         }
     }
+    if let Some(e) = sandbox.image.as_deref().and_then(image_error) {
+        err("sandbox.image", e);
+    }
     if profiled {
         // The profile gives the image and the command template; the runner checks the rest.
     } else if run.execution_mode == ExecutionMode::DockerSandbox {
-        if sandbox.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+        if sandbox.image.is_none() {
             err(
                 "sandbox.image",
                 "required for execution_mode docker-sandbox (or name a profile)".into(),
@@ -292,12 +295,23 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     }
     if let Some(resources) = &sandbox.resources {
         if let Some(memory) = &resources.memory {
-            if let Err(e) = units::parse_memory(memory) {
-                err("sandbox.resources.memory", e.to_string());
+            if let Err(e) = unpadded(memory).and_then(|m| {
+                units::parse_memory(m)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }) {
+                err("sandbox.resources.memory", e);
             }
         }
         if let Some(cpus) = resources.cpus {
-            if let Err(e) = units::cpus_from_f64(cpus) {
+            // The bounds as JSON Schema reads them (on the number itself); the decimal reader
+            // would drop digits past the ninth decimal and let 1024.0000000001 through.
+            if !(MIN_CPUS..=MAX_CPUS).contains(&cpus) {
+                err(
+                    "sandbox.resources.cpus",
+                    format!("{cpus} is not a number of CPUs from 0.01 to 1024 (e.g. 0.5, 2)"),
+                );
+            } else if let Err(e) = units::cpus_from_f64(cpus) {
                 err("sandbox.resources.cpus", e.to_string());
             }
         }
@@ -312,8 +326,12 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         ("sandbox.grace", &sandbox.grace),
     ] {
         if let Some(v) = value {
-            if let Err(e) = units::parse_duration(v) {
-                err(field, e.to_string());
+            if let Err(e) = unpadded(v).and_then(|v| {
+                units::parse_duration(v)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }) {
+                err(field, e);
             }
         }
     }
@@ -379,6 +397,93 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             policy::check_unique_targets(targets.iter().map(|(t, w)| (t.as_str(), w.as_str())))
         {
             err("sandbox.mounts", e.to_string());
+        }
+    }
+    errors
+}
+
+/// Why `image` cannot be an image reference (`alpine`, `ghcr.io/o/i:1.2`, `i@sha256:…`): empty,
+/// or a character no reference has.
+pub fn image_error(image: &str) -> Option<String> {
+    let ok = !image.is_empty()
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    (!ok).then(|| {
+        format!("`{image}` is not an image reference: expected letters, digits and `._-/:@`, e.g. alpine:3.20")
+    })
+}
+
+/// The fewest and the most CPUs a run may ask for.
+pub const MIN_CPUS: f64 = 0.01;
+pub const MAX_CPUS: f64 = 1024.0;
+
+/// `value` if it has no white space around it (the API takes units as written, `10m`, not
+/// ` 10m`), or why not.
+fn unpadded(value: &str) -> Result<&str, String> {
+    if value.trim() == value {
+        Ok(value)
+    } else {
+        Err(format!(
+            "`{value}` has white space around it; give the value alone, e.g. 10m"
+        ))
+    }
+}
+
+/// The largest event number and timestamp a runner may send: the largest integer every JSON
+/// reader keeps exact (2^53 - 1), and the last millisecond of the year 9999.
+pub const MAX_EVENT_SEQ: i64 = (1 << 53) - 1;
+pub const MAX_EVENT_TS: i64 = 253_402_300_799_999;
+
+/// The most leases and workflows one heartbeat may name.
+pub const MAX_HEARTBEAT_LEASES: usize = 10_000;
+pub const MAX_HEARTBEAT_WORKFLOWS: usize = 1_000;
+
+/// Checks an event batch beyond its shape: numbers from 1, timestamps that are dates.
+pub fn events_errors(body: &EventsBody) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if !(1..=MAX_EVENT_SEQ).contains(&body.first_seq) {
+        errors.push(FieldError {
+            field: "first_seq".into(),
+            message: format!(
+                "{} is out of range: events are numbered from 1 to {MAX_EVENT_SEQ}",
+                body.first_seq
+            ),
+        });
+    } else if body.first_seq - 1 > MAX_EVENT_SEQ - body.events.len() as i64 {
+        errors.push(FieldError {
+            field: "first_seq".into(),
+            message: format!(
+                "the batch's last event would be numbered past {MAX_EVENT_SEQ}"
+            ),
+        });
+    }
+    for (i, event) in body.events.iter().enumerate() {
+        if !(0..=MAX_EVENT_TS).contains(&event.ts) {
+            errors.push(FieldError {
+                field: format!("events[{i}].ts"),
+                message: format!(
+                    "{} is not a time: expected milliseconds since 1970 up to {MAX_EVENT_TS} (the year 9999)",
+                    event.ts
+                ),
+            });
+        }
+    }
+    errors
+}
+
+/// Checks a heartbeat beyond its shape: how many leases and workflows it names.
+pub fn heartbeat_errors(body: &HeartbeatBody) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (field, count, max) in [
+        ("leases", body.leases.len(), MAX_HEARTBEAT_LEASES),
+        ("workflows", body.workflows.len(), MAX_HEARTBEAT_WORKFLOWS),
+    ] {
+        if count > max {
+            errors.push(FieldError {
+                field: field.into(),
+                message: format!("names {count} entries; at most {max} are accepted"),
+            });
         }
     }
     errors

@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest(String),
     Invalid(Vec<FieldError>),
     Conflict(String),
+    /// The body is larger than the route accepts.
+    TooLarge(String),
     /// The server failed (a bug, a stored value it cannot read, a disk that refused a write).
     Internal(String),
     Unavailable(String),
@@ -65,6 +67,7 @@ impl IntoResponse for ApiError {
                 errors,
             ),
             Self::Conflict(m) => (StatusCode::CONFLICT, m, vec![]),
+            Self::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, vec![]),
             Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, vec![]),
             Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, vec![]),
         };

@@ -8,6 +8,7 @@
 mod auth;
 mod clock;
 mod error;
+mod extract;
 mod metrics;
 pub mod openapi;
 mod routes;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -25,6 +25,7 @@ use rand::Rng;
 use crate::auth::{hash_secret, new_secret, Caller};
 use crate::clock::now_ms;
 use crate::error::{ApiError, ApiResult, ServerFailure};
+use crate::extract::{Body, UrlPath};
 use crate::{views, workflows, App};
 
 type AppState<S> = State<Arc<App<S>>>;
@@ -130,6 +131,30 @@ fn query_params<T>(
     })
 }
 
+/// The most entries one page of a list holds.
+const MAX_PAGE: i64 = 500;
+
+/// A list's `limit` (default 100), or a 422 if it is not from 1 to 500.
+fn list_limit(limit: Option<i64>) -> ApiResult<i64> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::Invalid(vec![FieldError {
+            field: "limit".into(),
+            message: format!("{n} is out of range: a page holds 1 to {MAX_PAGE} entries"),
+        }])),
+    }
+}
+
+/// `errors` as a 422, if there are any.
+fn refuse(errors: Vec<FieldError>) -> ApiResult<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     parse_strict(body).map_err(ApiError::from)
 }
@@ -182,7 +207,7 @@ async fn openapi<S: Store>(State(_app): AppState<S>, _caller: Caller) -> Respons
 async fn create_token<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     caller.require_admin()?;
     let request: CreateToken = parse(&body)?;
@@ -260,7 +285,7 @@ async fn revoke_token<S: Store>(
 async fn create_project<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
     caller.require_admin()?;
     let request: CreateProject = parse(&body)?;
@@ -330,7 +355,7 @@ async fn list_projects<S: Store>(
 async fn submit_run<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<RunView>)> {
     caller.require_client()?;
     let request: SubmitRun = parse(&body)?;
@@ -397,7 +422,7 @@ async fn list_runs<S: Store>(
     if let Some(project) = &query.project {
         caller.require_project(project)?;
     }
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let limit = list_limit(query.limit)?;
     let filter = RunFilter {
         state,
         project: query.project,
@@ -453,6 +478,7 @@ async fn cancel_run<S: Store>(
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsQuery {
     follow: Option<bool>,
     after: Option<i64>,
@@ -462,10 +488,11 @@ async fn run_events<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     visible_run(&app, &caller, &id).await?;
+    let query = query_params(query)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -680,7 +707,7 @@ async fn download_artifact<S: Store>(
 async fn register_runner<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<Registered>> {
     caller.require_runner()?;
     let request: RegisterRunner = parse(&body)?;
@@ -748,7 +775,7 @@ async fn claim<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(runner_id): UrlPath<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Response> {
     let runner = known_runner(&app, &caller, &runner_id).await?;
     let request: ClaimBody = if body.is_empty() {
@@ -843,10 +870,11 @@ async fn heartbeat<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(runner_id): UrlPath<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<HeartbeatReply>> {
     known_runner(&app, &caller, &runner_id).await?;
     let request: HeartbeatBody = parse(&body)?;
+    refuse(heartbeat_errors(&request))?;
     let lease_ms = app.config.lease.as_millis() as i64;
     let now = now_ms();
     app.store.runner_heartbeat(&runner_id, now).await?;
@@ -897,7 +925,7 @@ async fn start_run<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<RunView>> {
     caller.require_runner()?;
     let request: StartBody = parse(&body)?;
@@ -919,10 +947,11 @@ async fn append_events<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<HashMap<&'static str, i64>>> {
     caller.require_runner()?;
     let request: EventsBody = parse(&body)?;
+    refuse(events_errors(&request))?;
     let events: Vec<NewEvent> = request
         .events
         .into_iter()
@@ -950,7 +979,7 @@ async fn finish_run<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<RunView>> {
     caller.require_runner()?;
     let request: FinishBody = parse(&body)?;
@@ -989,7 +1018,7 @@ async fn upload_artifact<S: Store>(
     caller: Caller,
     UrlPath((id, path)): UrlPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<StatusCode> {
     caller.require_runner()?;
     let relative = artifact_path(&path)?;
@@ -1055,7 +1084,7 @@ fn spawn_advance<S: Store>(app: &Arc<App<S>>, row: &RunRow) {
 async fn submit_workflow<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<WorkflowView>)> {
     caller.require_client()?;
     let request: SubmitWorkflow = parse(&body)?;
@@ -1099,7 +1128,7 @@ async fn list_workflows<S: Store>(
         .list_workflows(
             query.project.as_deref(),
             scope.as_deref(),
-            query.limit.unwrap_or(100),
+            list_limit(query.limit)?,
         )
         .await?;
     Ok(Json(WorkflowList {

@@ -169,7 +169,7 @@ pub fn check(
             })
             .map(|s| s.name.as_str())
             .collect();
-        if !sandboxed.is_empty() && request.image.as_deref().is_none_or(str::is_empty) {
+        if !sandboxed.is_empty() && request.image.is_none() {
             errors.push(field(
                 "image",
                 format!(
@@ -177,6 +177,11 @@ pub fn check(
                     sandboxed.join(", ")
                 ),
             ));
+        }
+    }
+    for (name, image) in [("image", &request.image), ("agent_image", &request.agent_image)] {
+        if let Some(e) = image.as_deref().and_then(berth_api::image_error) {
+            errors.push(field(name, e));
         }
     }
     for name in request.env.keys() {
