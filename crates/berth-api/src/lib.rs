@@ -295,11 +295,9 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     }
     if let Some(resources) = &sandbox.resources {
         if let Some(memory) = &resources.memory {
-            if let Err(e) = unpadded(memory).and_then(|m| {
-                units::parse_memory(m)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }) {
+            if let Err(e) = unpadded(memory)
+                .and_then(|m| units::parse_memory(m).map(drop).map_err(|e| e.to_string()))
+            {
                 err("sandbox.resources.memory", e);
             }
         }
@@ -453,9 +451,7 @@ pub fn events_errors(body: &EventsBody) -> Vec<FieldError> {
     } else if body.first_seq - 1 > MAX_EVENT_SEQ - body.events.len() as i64 {
         errors.push(FieldError {
             field: "first_seq".into(),
-            message: format!(
-                "the batch's last event would be numbered past {MAX_EVENT_SEQ}"
-            ),
+            message: format!("the batch's last event would be numbered past {MAX_EVENT_SEQ}"),
         });
     }
     for (i, event) in body.events.iter().enumerate() {

@@ -179,7 +179,10 @@ pub fn check(
             ));
         }
     }
-    for (name, image) in [("image", &request.image), ("agent_image", &request.agent_image)] {
+    for (name, image) in [
+        ("image", &request.image),
+        ("agent_image", &request.agent_image),
+    ] {
         if let Some(e) = image.as_deref().and_then(berth_api::image_error) {
             errors.push(field(name, e));
         }

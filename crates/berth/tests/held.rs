@@ -177,7 +177,9 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     let entrypoint = inspect["Config"]["Entrypoint"].as_array().unwrap().clone();
     assert_eq!(
         entrypoint[..3],
-        serde_json::json!(["/berth/shim", "--serve", "--sweep"]).as_array().unwrap()[..]
+        serde_json::json!(["/berth/shim", "--serve", "--sweep"])
+            .as_array()
+            .unwrap()[..]
     );
     assert!(
         entrypoint[3]
