@@ -44,6 +44,32 @@ pub struct ConfigFile {
     /// image) NAME.
     #[serde(default)]
     pub pool: BTreeMap<String, PoolConfig>,
+    /// `[egress]`: the proxy's mode and allow rules.
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// `[egress]` as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// `none`, `policy` or `open`.
+    pub mode: Option<String>,
+    /// Allow rules (`HOST[:PORT]`, `*.DOMAIN`, `[METHOD,…] HOST/PATH`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Named rule sets (`package-registries`, `github`, `anthropic`, `openai`).
+    #[serde(default)]
+    pub presets: Vec<String>,
+    /// Raw TCP forwards, `HOST:PORT`.
+    #[serde(default)]
+    pub tcp: Vec<String>,
+}
+
+impl EgressConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A warm pool as written: `[pool.claude-code] size = 2`.
@@ -173,6 +199,14 @@ impl ConfigFile {
             pool.to_spec(name)
                 .map_err(|e| bad(&format!("pool.{name}"), e))?;
         }
+        if let Some(v) = &self.egress.mode {
+            crate::egress::EgressMode::parse(v).map_err(|e| bad("egress.mode", e))?;
+        }
+        crate::egress::expand(&self.egress.allow, &self.egress.presets)
+            .map_err(|e| bad("egress.allow", e))?;
+        for t in &self.egress.tcp {
+            crate::egress::parse_tcp(t).map_err(|e| bad("egress.tcp", e))?;
+        }
         for name in self.env.keys() {
             crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
         }
@@ -219,6 +253,12 @@ impl ConfigFile {
         self.profiles.extend(over.profiles);
         self.engines.extend(over.engines);
         self.pool.extend(over.pool);
+        if over.egress.mode.is_some() {
+            self.egress.mode = over.egress.mode;
+        }
+        self.egress.allow.extend(over.egress.allow);
+        self.egress.presets.extend(over.egress.presets);
+        self.egress.tcp.extend(over.egress.tcp);
         self
     }
 

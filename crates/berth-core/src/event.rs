@@ -74,6 +74,12 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// A decision of the egress proxy: a connection or request, allowed or denied, with the
+    /// rule that decided, bytes each way and duration.
+    Egress {
+        #[serde(flatten)]
+        egress: crate::egress::EgressRecord,
+    },
     Exited {
         exit_code: i64,
         oom_killed: bool,

@@ -406,6 +406,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(600),
             grace: Duration::from_secs(10),
             network: NetworkMode::None,
+            egress: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],

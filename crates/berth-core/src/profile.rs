@@ -52,6 +52,13 @@ pub struct ProfileConfig {
     pub resume_args: Option<Vec<String>>,
     /// What `{resume}` becomes with `--continue`.
     pub continue_args: Option<Vec<String>>,
+    /// `none`, `policy` or `open`: the run's egress unless a flag says otherwise.
+    pub egress: Option<String>,
+    /// Allow rules the profile adds (see `egress`).
+    pub allow_hosts: Option<Vec<String>>,
+    /// Credentials the proxy adds instead of the sandbox holding them:
+    /// `{ ANTHROPIC_API_KEY = "anthropic" }`. Used with egress policy.
+    pub broker: Option<BTreeMap<String, String>>,
 }
 
 /// How the prompt reaches the agent.
@@ -92,6 +99,9 @@ pub struct Profile {
     pub sessions: Option<String>,
     pub resume_args: Vec<String>,
     pub continue_args: Vec<String>,
+    pub egress: Option<crate::egress::EgressMode>,
+    pub allow_hosts: Vec<String>,
+    pub broker: Vec<crate::egress::Broker>,
 }
 
 /// A profile cannot be used as asked.
@@ -156,7 +166,20 @@ pub fn builtins(version: &str) -> Vec<(String, ProfileConfig)> {
                 "CLAUDE_CODE_OAUTH_TOKEN",
                 "ANTHROPIC_API_KEY",
             ])]),
-            network: Some("bridge".into()),
+            egress: Some("policy".into()),
+            allow_hosts: Some(strings(&["api.anthropic.com:443"])),
+            broker: Some(BTreeMap::from([
+                ("ANTHROPIC_API_KEY".to_string(), "anthropic".to_string()),
+                (
+                    "CLAUDE_CODE_OAUTH_TOKEN".to_string(),
+                    "anthropic".to_string(),
+                ),
+            ])),
+            // Telemetry and update checks would only be refused by the egress policy.
+            env: Some(BTreeMap::from([(
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_string(),
+                "1".to_string(),
+            )])),
             output: Some("claude-stream-json".into()),
             agent: Some("claude".into()),
             sessions: Some("/home/agent/.claude".into()),
@@ -188,7 +211,12 @@ pub fn builtins(version: &str) -> Vec<(String, ProfileConfig)> {
             command: Some(command),
             prompt: Some("argument".into()),
             credentials: Some(strings(&["OPENAI_API_KEY"])),
-            network: Some("bridge".into()),
+            egress: Some("policy".into()),
+            allow_hosts: Some(strings(&["api.openai.com:443"])),
+            broker: Some(BTreeMap::from([(
+                "OPENAI_API_KEY".to_string(),
+                "openai".to_string(),
+            )])),
             output: Some("codex-jsonl".into()),
             agent: Some("codex".into()),
             sessions: Some("/home/agent/.codex".into()),
@@ -267,7 +295,10 @@ fn layer(base: &mut ProfileConfig, over: &ProfileConfig) {
         agent,
         sessions,
         resume_args,
-        continue_args
+        continue_args,
+        egress,
+        allow_hosts,
+        broker
     );
 }
 
@@ -352,6 +383,28 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
             "sessions needs agent (the name of its directory on the host)".into(),
         ));
     }
+    let egress = c
+        .egress
+        .as_deref()
+        .map(crate::egress::EgressMode::parse)
+        .transpose()
+        .map_err(|e| invalid(format!("egress: {e}")))?;
+    let allow_hosts = c.allow_hosts.unwrap_or_default();
+    for rule in &allow_hosts {
+        crate::egress::Rule::parse(rule).map_err(|e| invalid(format!("allow_hosts: {e}")))?;
+    }
+    let broker = c
+        .broker
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(credential, api)| {
+            crate::spec::check_env_name(&credential)
+                .map_err(|e| invalid(format!("broker: {e}")))?;
+            let api = crate::egress::BrokeredApi::parse(&api)
+                .map_err(|e| invalid(format!("broker.{credential}: {e}")))?;
+            Ok(crate::egress::Broker { credential, api })
+        })
+        .collect::<Result<Vec<_>, ProfileError>>()?;
     Ok(Profile {
         name,
         source,
@@ -377,6 +430,9 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         sessions: c.sessions,
         resume_args: c.resume_args.unwrap_or_default(),
         continue_args: c.continue_args.unwrap_or_default(),
+        egress,
+        allow_hosts,
+        broker,
     })
 }
 

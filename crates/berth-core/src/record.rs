@@ -107,6 +107,9 @@ pub struct RunRecord {
     /// Copy and worktree modes: the changed tree and the patch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceResult>,
+    /// Egress through berth's proxy (`--egress policy`), summed over its decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressSummary>,
 }
 
 impl RunRecord {
@@ -134,6 +137,7 @@ impl RunRecord {
             kept: false,
             agent_session: None,
             workspace: None,
+            egress: None,
         }
     }
 

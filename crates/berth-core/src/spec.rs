@@ -285,6 +285,9 @@ pub struct RunSpec {
     #[serde(with = "duration_secs")]
     pub grace: Duration,
     pub network: NetworkMode,
+    /// Egress through berth's proxy (`--egress`, `--allow-host`, `[egress]`, the profile).
+    #[serde(default, skip_serializing_if = "crate::spec::egress_is_default")]
+    pub egress: crate::egress::EgressSpec,
     pub read_only: bool,
     pub user: Option<UserSpec>,
     pub publish: Vec<PortPublish>,
@@ -303,6 +306,10 @@ pub struct RunSpec {
     /// Run inside a persistent container instead of a fresh one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent: Option<crate::held::PersistentSpec>,
+}
+
+pub(crate) fn egress_is_default(e: &crate::egress::EgressSpec) -> bool {
+    *e == crate::egress::EgressSpec::default()
 }
 
 fn text_output() -> String {

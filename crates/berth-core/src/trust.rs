@@ -101,6 +101,7 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
         profiles,
         engines,
         pool,
+        egress,
     } = file;
     let defaults = Resources::default();
     let mut out = Settings::default();
@@ -204,7 +205,48 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
         }
         out.push(&format!("pool.{}", key_part(name)), shown + " }", !narrows);
     }
+    egress_settings(&mut out, egress, &base.egress);
     out.0
+}
+
+/// `[egress]`: a mode beyond the base's (none < policy < open) widens, and so does any rule,
+/// preset or forward the base does not have; fewer entries narrow.
+fn egress_settings(
+    out: &mut Settings,
+    file: &crate::config::EgressConfig,
+    base: &crate::config::EgressConfig,
+) {
+    let crate::config::EgressConfig {
+        mode,
+        allow,
+        presets,
+        tcp,
+    } = file;
+    if let Some(v) = mode {
+        out.push(
+            "egress.mode",
+            text(v),
+            !egress_mode_narrows(v, base.mode.as_deref()),
+        );
+    }
+    for (key, v, was) in [
+        ("egress.allow", allow, &base.allow),
+        ("egress.presets", presets, &base.presets),
+        ("egress.tcp", tcp, &base.tcp),
+    ] {
+        if !v.is_empty() {
+            out.push(key, value(v), !v.iter().all(|item| was.contains(item)));
+        }
+    }
+}
+
+/// `none` < `policy` < `open`; an unreadable value widens.
+fn egress_mode_narrows(new: &str, base: Option<&str>) -> bool {
+    use crate::egress::EgressMode;
+    let base = base
+        .and_then(|b| EgressMode::parse(b).ok())
+        .unwrap_or(EgressMode::None);
+    EgressMode::parse(new).is_ok_and(|n| n <= base)
 }
 
 /// The settings of one `[profiles.NAME]` table, against the profile without the file (or an
@@ -233,6 +275,9 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
         sessions,
         resume_args,
         continue_args,
+        egress,
+        allow_hosts,
+        broker,
     } = file;
     let existing = base.profiles.get(name);
     let empty = ProfileConfig::default();
@@ -350,6 +395,30 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
         let was =
             duration(under.idle_ttl.as_deref()).unwrap_or(crate::held::DEFAULT_PERSISTENT_TTL);
         set("idle_ttl", text(v), !at_most(duration(Some(v)), was));
+    }
+    if let Some(v) = egress {
+        set(
+            "egress",
+            text(v),
+            !egress_mode_narrows(v, under.egress.as_deref()),
+        );
+    }
+    if let Some(v) = allow_hosts {
+        let was = under.allow_hosts.clone().unwrap_or_default();
+        set(
+            "allow_hosts",
+            value(v),
+            !v.iter().all(|item| was.contains(item)),
+        );
+    }
+    // A brokered credential stays out of the sandbox: dropping one widens, adding one narrows.
+    if let Some(v) = broker {
+        let was = under.broker.clone().unwrap_or_default();
+        set(
+            "broker",
+            value(v),
+            !was.iter().all(|(k, api)| v.get(k) == Some(api)),
+        );
     }
     // The agent names the host directory mounted as its sessions; `sessions` is where.
     for (field, v, was) in [
@@ -579,7 +648,17 @@ mod tests {
             ),
             (
                 "",
-                "[profiles.claude-code]\nnetwork = \"bridge\"\ntimeout = \"5m\"",
+                "[profiles.claude-code]\negress = \"policy\"\nallow_hosts = [\"api.anthropic.com:443\"]\ntimeout = \"5m\"",
+            ),
+            ("", "[egress]\nmode = \"none\""),
+            (
+                "[egress]\nallow = [\"a.org\", \"b.org\"]\npresets = [\"github\"]",
+                "[egress]\nallow = [\"a.org\"]\nmode = \"none\"\npresets = [\"github\"]",
+            ),
+            ("[egress]\nmode = \"open\"", "[egress]\nmode = \"policy\""),
+            (
+                "",
+                "[profiles.codex]\negress = \"none\"\nbroker = { OPENAI_API_KEY = \"openai\" }",
             ),
             (
                 "",
@@ -641,6 +720,30 @@ mod tests {
             ("[env]\nA = \"1\"", "[env]\nA = \"2\"", "env.A"),
             ("", "[engines.b]\nhost = \"ssh://b\"", "engines.b"),
             ("", "[pool.x]\nsize = 1", "pool.x"),
+            ("", "[egress]\nallow = [\"evil.org\"]", "egress.allow"),
+            ("", "[egress]\npresets = [\"github\"]", "egress.presets"),
+            ("", "[egress]\ntcp = [\"evil.org:22\"]", "egress.tcp"),
+            ("", "[egress]\nmode = \"policy\"", "egress.mode"),
+            (
+                "[egress]\nmode = \"policy\"",
+                "[egress]\nmode = \"open\"",
+                "egress.mode",
+            ),
+            (
+                "",
+                "[profiles.claude-code]\negress = \"open\"",
+                "profiles.claude-code.egress",
+            ),
+            (
+                "",
+                "[profiles.claude-code]\nallow_hosts = [\"evil.org\"]",
+                "profiles.claude-code.allow_hosts",
+            ),
+            (
+                "",
+                "[profiles.claude-code]\nbroker = {}",
+                "profiles.claude-code.broker",
+            ),
             ("[pool.x]\nsize = 1", "[pool.x]\nsize = 2", "pool.x"),
             (
                 "",
@@ -785,8 +888,8 @@ mod tests {
             Some(&["/data:/data".to_string()][..])
         );
         assert_eq!(
-            claude.network.as_deref(),
-            Some("bridge"),
+            claude.egress.as_deref(),
+            Some("policy"),
             "built-in fields stay"
         );
         let ws = parse("w", "[profiles.claude-code]\nmounts = [\"/data:/data\"]").unwrap();

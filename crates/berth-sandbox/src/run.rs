@@ -976,6 +976,7 @@ mod tests {
             timeout: Duration::ZERO,
             grace: Duration::from_secs(10),
             network: NetworkMode::None,
+            egress: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],

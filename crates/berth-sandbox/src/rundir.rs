@@ -406,6 +406,7 @@ mod tests {
             timeout: std::time::Duration::ZERO,
             grace: std::time::Duration::from_secs(10),
             network: NetworkMode::None,
+            egress: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],

@@ -110,6 +110,7 @@ async fn time_sandbox_start(
             timeout: std::time::Duration::from_secs(60),
             grace: std::time::Duration::from_secs(1),
             network: NetworkMode::None,
+            egress: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],
