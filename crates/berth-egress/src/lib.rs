@@ -1,0 +1,1131 @@
+//! berth's egress proxy. It runs inside the berth process of a run (or of the runner), listens
+//! on unix sockets in a directory that is bind-mounted read-only into the sandbox, and is the
+//! sandbox's only way out: the shim's forwarder turns the sandbox's loopback ports into
+//! connections to these sockets (`NAME.sock` for the listener `NAME`).
+//!
+//! - `proxy`: an HTTP proxy. `CONNECT host:port` (HTTPS, matched on the requested host) and
+//!   plain HTTP in absolute form (matched on host, port, method and path). The proxy resolves
+//!   names itself (the sandbox has no resolver) and refuses names that resolve to loopback or
+//!   private addresses. Everything else gets `403` naming the rule to add.
+//! - `anthropic` / `openai`: the credential broker. Requests in origin form are sent to the real
+//!   API over TLS with the real credential in place of whatever the sandbox sent; responses,
+//!   server-sent events included, stream through unbuffered, and the usage the API reports is
+//!   recorded.
+//! - `tcp-N`: a raw TCP forward to the N-th configured `host:port`.
+//!
+//! Everything that arrives on a socket is hostile input: header sizes are bounded, headers must
+//! arrive in time, connections per run are limited, and no value from the sandbox is trusted to
+//! choose anything the policy did not allow. Each connection or request ends in one
+//! [`EgressRecord`] given to the run's sink.
+
+pub mod usage;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use berth_core::egress::{
+    is_public, BrokeredApi, CredentialHeader, EgressRecord, Host, Kind, Policy, Request,
+};
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+type Response = hyper::Response<ProxyBody>;
+
+/// Where each decision goes: the run's events and record.
+pub type Sink = Arc<dyn Fn(EgressRecord) + Send + Sync>;
+
+/// Bounds on what one run's sandbox can make the proxy do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections open at once over all listeners; more wait.
+    pub max_connections: usize,
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// Connecting upstream (resolving included).
+    pub connect_timeout: Duration,
+    /// The most bytes of request line and headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A brokered API: where it really is and the credential the proxy adds.
+#[derive(Clone)]
+pub struct BrokerUpstream {
+    pub api: BrokeredApi,
+    /// `https://api.anthropic.com`, or `http://127.0.0.1:PORT` in tests.
+    pub base_url: String,
+    /// The name of the credential (`ANTHROPIC_API_KEY`), for the header choice and the record.
+    pub credential_name: String,
+    /// The real credential. Never logged.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for BrokerUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerUpstream")
+            .field("api", &self.api)
+            .field("base_url", &self.base_url)
+            .field("credential_name", &self.credential_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one run's proxy allows.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub policy: Policy,
+    /// Raw TCP forwards: `tcp-N` connects to `tcp[N]`.
+    pub tcp: Vec<(Host, u16)>,
+    pub brokers: Vec<BrokerUpstream>,
+    /// Names resolved to these addresses instead of through DNS, and exempt from the
+    /// public-address rule (tests, and hosts the operator pins).
+    pub resolve: BTreeMap<String, IpAddr>,
+    /// Root certificates trusted for upstream TLS besides the system's (tests).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub limits: Limits,
+}
+
+/// A running proxy. Dropping it stops every listener and connection and removes its sockets.
+pub struct Proxy {
+    tasks: JoinSet<()>,
+    sockets: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("sockets", &self.sockets)
+            .finish()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+/// The listener's job.
+#[derive(Clone)]
+enum Role {
+    Proxy,
+    Broker(Arc<BrokerUpstream>),
+    Tcp(Host, u16),
+}
+
+struct Shared {
+    config: Config,
+    tls: Arc<rustls::ClientConfig>,
+    sink: Sink,
+    permits: Arc<Semaphore>,
+}
+
+/// A socket name for `listener`: `NAME.sock`.
+pub fn socket_name(listener: &str) -> String {
+    format!("{listener}.sock")
+}
+
+impl Proxy {
+    /// Binds `NAME.sock` in `dir` for each listener name (`proxy`, `anthropic`, `openai`,
+    /// `tcp-N`) and serves them until dropped. `dir` must exist and be berth's own; each socket
+    /// is made connectable by any user (0666), since the sandbox runs as another uid.
+    pub fn start(
+        dir: &Path,
+        listeners: &[String],
+        config: Config,
+        sink: Sink,
+    ) -> Result<Self, String> {
+        let tls = Arc::new(client_tls(&config.extra_roots)?);
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+        let mut roles = Vec::new();
+        for name in listeners {
+            let role = if name == berth_core::egress::PROXY_LISTENER {
+                Role::Proxy
+            } else if let Some(n) = name.strip_prefix("tcp-") {
+                let i: usize = n
+                    .parse()
+                    .map_err(|_| format!("listener `{name}`: not tcp-N"))?;
+                let (host, port) = config
+                    .tcp
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| format!("listener `{name}`: no tcp forward {i}"))?;
+                Role::Tcp(host, port)
+            } else {
+                let api =
+                    BrokeredApi::parse(name).map_err(|e| format!("listener `{name}`: {e}"))?;
+                let broker = config
+                    .brokers
+                    .iter()
+                    .find(|b| b.api == api)
+                    .cloned()
+                    .ok_or_else(|| format!("listener `{name}`: no credential to broker"))?;
+                check_base_url(&broker.base_url)?;
+                Role::Broker(Arc::new(broker))
+            };
+            roles.push((name.clone(), role));
+        }
+        let shared = Arc::new(Shared {
+            config,
+            tls,
+            sink,
+            permits,
+        });
+        let mut proxy = Self {
+            tasks: JoinSet::new(),
+            sockets: Vec::new(),
+        };
+        for (name, role) in roles {
+            let path = dir.join(socket_name(&name));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+            let listener =
+                UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            proxy.sockets.push(path.clone());
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            proxy
+                .tasks
+                .spawn(accept_loop(listener, role, shared.clone()));
+        }
+        Ok(proxy)
+    }
+}
+
+async fn accept_loop(listener: UnixListener, role: Role, shared: Arc<Shared>) {
+    // Connection tasks live in this set: aborting the loop aborts them all.
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("egress: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (role, shared) = (role.clone(), shared.clone());
+        connections.spawn(async move {
+            match role {
+                Role::Tcp(host, port) => tcp_forward(stream, host, port, &shared).await,
+                role => serve_http(stream, role, shared).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_http(stream: UnixStream, role: Role, shared: Arc<Shared>) {
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| {
+            let (role, shared) = (role.clone(), shared.clone());
+            async move {
+                Ok::<_, Infallible>(match role {
+                    Role::Proxy => proxy_request(req, &shared).await,
+                    Role::Broker(broker) => broker_request(req, &broker, &shared).await,
+                    Role::Tcp(..) => text(StatusCode::BAD_REQUEST, "not an HTTP listener\n"),
+                })
+            }
+        })
+    };
+    let limits = &shared.config.limits;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!("egress: connection ended: {e}");
+    }
+}
+
+/// A response with a short text body.
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = hyper::Response::new(
+        Full::new(Bytes::from(body.into()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// One decision's record, emitted once when the last part holding it is dropped (the tunnel,
+/// or the request and response bodies).
+struct Tracker {
+    record: Mutex<EgressRecord>,
+    start: Instant,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    usage: Mutex<Option<usage::UsageSniffer>>,
+    sink: Sink,
+}
+
+impl Tracker {
+    fn new(record: EgressRecord, sink: &Sink) -> Arc<Self> {
+        Arc::new(Self {
+            record: Mutex::new(record),
+            start: Instant::now(),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            usage: Mutex::new(None),
+            sink: sink.clone(),
+        })
+    }
+    fn set(&self, f: impl FnOnce(&mut EgressRecord)) {
+        if let Ok(mut r) = self.record.lock() {
+            f(&mut r);
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let mut record = match self.record.lock() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        record.duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Ok(mut u) = self.usage.lock() {
+            if let Some(u) = u.as_mut() {
+                u.finish();
+                record.input_tokens = u.input_tokens;
+                record.output_tokens = u.output_tokens;
+            }
+        }
+        (self.sink)(record);
+    }
+}
+
+/// Which way a metered body flows.
+#[derive(Clone, Copy)]
+enum Direction {
+    Out,
+    In,
+}
+
+/// A body passed on frame by frame (never buffered), counted, and for API responses read for
+/// usage.
+struct Metered<B> {
+    inner: B,
+    tracker: Arc<Tracker>,
+    direction: Direction,
+    sniff: bool,
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    match this.direction {
+                        Direction::Out => this.tracker.bytes_out.fetch_add(n, Ordering::Relaxed),
+                        Direction::In => this.tracker.bytes_in.fetch_add(n, Ordering::Relaxed),
+                    };
+                    if this.sniff {
+                        if let Ok(mut u) = this.tracker.usage.lock() {
+                            if let Some(u) = u.as_mut() {
+                                u.feed(data);
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn metered<B>(inner: B, tracker: &Arc<Tracker>, direction: Direction, sniff: bool) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    Metered {
+        inner,
+        tracker: tracker.clone(),
+        direction,
+        sniff,
+    }
+    .boxed()
+}
+
+/// The path of a request without its query (which may carry tokens), bounded.
+fn record_path(uri: &hyper::Uri) -> String {
+    let path = uri.path();
+    let mut end = path.len().min(512);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_string()
+}
+
+async fn proxy_request(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Response {
+    if req.method() == Method::CONNECT {
+        return connect(req, shared).await;
+    }
+    let uri = req.uri().clone();
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => plain_http(req, shared).await,
+        (Some(_), Some(_)) => text(
+            StatusCode::BAD_REQUEST,
+            "berth egress proxy: only http:// URLs are fetched for you; for https, CONNECT (HTTPS_PROXY is set for that)\n",
+        ),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "berth egress proxy: send requests in absolute form (http://host/path) or CONNECT host:port, as an HTTP proxy client does\n",
+        ),
+    }
+}
+
+fn denial(rule: &str, fix: Option<&str>) -> String {
+    let mut body = format!("berth egress policy: denied: {rule}\n");
+    if let Some(fix) = fix {
+        body += &format!(
+            "to allow it, run berth with `{fix}` (or add it to [egress] allow in berth.toml)\n"
+        );
+    }
+    body
+}
+
+/// Host and port of a CONNECT target (`host:port`, port required).
+fn connect_target(req: &hyper::Request<Incoming>) -> Option<(String, u16)> {
+    let authority = req.uri().authority()?;
+    let port = authority.port_u16()?;
+    Some((authority.host().to_string(), port))
+}
+
+async fn connect(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Response {
+    let Some((host, port)) = connect_target(&req) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "berth egress proxy: CONNECT needs host:port\n",
+        );
+    };
+    let decision = shared.config.policy.decide(&Request {
+        kind: Kind::Connect,
+        host: &host,
+        port,
+        method: None,
+        path: None,
+    });
+    let shown = decision
+        .host
+        .as_ref()
+        .map_or_else(|| bounded(&host), ToString::to_string);
+    let tracker = Tracker::new(
+        EgressRecord {
+            kind: "connect".into(),
+            host: shown,
+            port,
+            method: Some("CONNECT".into()),
+            allowed: decision.allowed,
+            rule: decision.rule.clone(),
+            ..EgressRecord::default()
+        },
+        &shared.sink,
+    );
+    let (true, Some(parsed)) = (decision.allowed, decision.host) else {
+        tracker.set(|r| r.status = Some(403));
+        return text(
+            StatusCode::FORBIDDEN,
+            denial(&decision.rule, decision.fix.as_deref()),
+        );
+    };
+    let upstream = match dial(&parsed, port, shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(e.clone());
+            });
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth egress proxy: {e}\n"),
+            );
+        }
+    };
+    tracker.set(|r| r.status = Some(200));
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracker.set(|r| r.error = Some(format!("upgrade failed: {e}")));
+                return;
+            }
+        };
+        tunnel(TokioIo::new(upgraded), upstream, &tracker).await;
+    });
+    hyper::Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// Up to 255 characters of sandbox-chosen text for a record.
+fn bounded(s: &str) -> String {
+    s.chars().take(255).collect()
+}
+
+/// Hop-by-hop headers and the proxy's own, never passed on.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+async fn plain_http(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Response {
+    let uri = req.uri().clone();
+    let Some(authority) = uri.authority().cloned() else {
+        return text(StatusCode::BAD_REQUEST, "berth egress proxy: no host\n");
+    };
+    let host = authority.host().to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let path = record_path(&uri);
+    let method = req.method().as_str().to_string();
+    let decision = shared.config.policy.decide(&Request {
+        kind: Kind::Http,
+        host: &host,
+        port,
+        method: Some(&method),
+        path: Some(uri.path()),
+    });
+    let tracker = Tracker::new(
+        EgressRecord {
+            kind: "http".into(),
+            host: decision
+                .host
+                .as_ref()
+                .map_or_else(|| bounded(&host), ToString::to_string),
+            port,
+            method: Some(bounded(&method)),
+            path: Some(path),
+            allowed: decision.allowed,
+            rule: decision.rule.clone(),
+            ..EgressRecord::default()
+        },
+        &shared.sink,
+    );
+    let (true, Some(parsed)) = (decision.allowed, decision.host) else {
+        tracker.set(|r| r.status = Some(403));
+        return text(
+            StatusCode::FORBIDDEN,
+            denial(&decision.rule, decision.fix.as_deref()),
+        );
+    };
+    let stream = match dial(&parsed, port, shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(e.clone());
+            });
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth egress proxy: {e}\n"),
+            );
+        }
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let host_value = match authority.port_u16() {
+        Some(p) => format!("{}:{p}", authority.host()),
+        None => authority.host().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = match uri.path_and_query() {
+        Some(pq) => pq
+            .as_str()
+            .parse()
+            .unwrap_or_else(|_| hyper::Uri::from_static("/")),
+        None => hyper::Uri::from_static("/"),
+    };
+    let outgoing =
+        hyper::Request::from_parts(parts, metered(body, &tracker, Direction::Out, false));
+    forward(stream, outgoing, &tracker, false).await
+}
+
+/// Sends `request` over `stream` (HTTP/1.1) and streams the response back.
+async fn forward<S>(
+    stream: S,
+    request: hyper::Request<ProxyBody>,
+    tracker: &Arc<Tracker>,
+    sniff: bool,
+) -> Response
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(format!("upstream: {e}"));
+            });
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth egress proxy: upstream: {e}\n"),
+            );
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("egress: upstream connection: {e}");
+        }
+    });
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            tracker.set(|r| r.status = Some(parts.status.as_u16()));
+            if sniff {
+                let ct = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if let Ok(mut u) = tracker.usage.lock() {
+                    *u = usage::UsageSniffer::new(ct);
+                }
+            }
+            hyper::Response::from_parts(parts, metered(body, tracker, Direction::In, sniff))
+        }
+        Err(e) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(format!("upstream: {e}"));
+            });
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth egress proxy: upstream: {e}\n"),
+            )
+        }
+    }
+}
+
+/// Resolves and connects, under the connect timeout. A *name* must resolve to public
+/// addresses only (unless pinned in `resolve`); an IP address allowed by a rule is used as is.
+async fn dial(host: &Host, port: u16, shared: &Shared) -> Result<TcpStream, String> {
+    let timeout = shared.config.limits.connect_timeout;
+    let work = async {
+        let addrs: Vec<SocketAddr> = match host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+            Host::Name(name) => match shared.config.resolve.get(name) {
+                Some(ip) => vec![SocketAddr::new(*ip, port)],
+                None => {
+                    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+                        .await
+                        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                        .collect();
+                    if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
+                        return Err(format!(
+                            "{name} resolves to {}, which is not a public address: berth's proxy does not connect names to this machine or private networks (allow the address itself if that is meant)",
+                            private.ip()
+                        ));
+                    }
+                    addrs
+                }
+            },
+        };
+        let mut last = format!("{host} has no address");
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = format!("cannot connect to {host}:{port} ({addr}): {e}"),
+            }
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "connecting to {host}:{port} timed out after {}s",
+            timeout.as_secs()
+        )
+    })?
+}
+
+async fn tcp_forward(stream: UnixStream, host: Host, port: u16, shared: &Shared) {
+    let tracker = Tracker::new(
+        EgressRecord {
+            kind: "tcp".into(),
+            host: host.to_string(),
+            port,
+            allowed: true,
+            rule: format!("tcp {host}:{port}"),
+            ..EgressRecord::default()
+        },
+        &shared.sink,
+    );
+    let upstream = match dial(&host, port, shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracker.set(|r| r.error = Some(e));
+            return;
+        }
+    };
+    tunnel(stream, upstream, &tracker).await;
+}
+
+/// Copies both ways until both sides are done, counting as it goes (so the counts survive an
+/// error). A peer that resets or goes away is the normal end of a tunnel, not an error.
+async fn tunnel<C>(client: C, upstream: TcpStream, tracker: &Arc<Tracker>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut client = Counting {
+        inner: client,
+        tracker: tracker.clone(),
+    };
+    let mut upstream = upstream;
+    if let Err(e) =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 << 10, 64 << 10)
+            .await
+    {
+        use std::io::ErrorKind::*;
+        if !matches!(
+            e.kind(),
+            BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+        ) {
+            tracker.set(|r| r.error = Some(format!("tunnel: {e}")));
+        }
+    }
+}
+
+/// The sandbox's side of a tunnel: what is read from it went out, what is written to it came in.
+struct Counting<S> {
+    inner: S,
+    tracker: Arc<Tracker>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.tracker.bytes_out.fetch_add(n, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.tracker
+                .bytes_in
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A checked base URL: scheme, host, port and path prefix.
+struct BaseUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
+    let bad = || {
+        format!("upstream `{url}`: expected https://HOST[:PORT][/PATH] (or http:// for a local test server)")
+    };
+    let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    let authority = uri.authority().ok_or_else(bad)?;
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    Ok(BaseUrl {
+        tls,
+        host: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+/// Checks a broker's upstream URL.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    parse_base_url(url).map(|_| ())
+}
+
+fn client_tls(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("an extra root certificate is not usable: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Headers that carry credentials: whatever the sandbox put there is dropped.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "cookie"];
+
+async fn broker_request(
+    req: hyper::Request<Incoming>,
+    broker: &BrokerUpstream,
+    shared: &Arc<Shared>,
+) -> Response {
+    let uri = req.uri().clone();
+    let path = record_path(&uri);
+    let base = match parse_base_url(&broker.base_url) {
+        Ok(b) => b,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth credential broker: {e}\n"),
+            )
+        }
+    };
+    let tracker = Tracker::new(
+        EgressRecord {
+            kind: "api".into(),
+            host: base.host.clone(),
+            port: base.port,
+            method: Some(bounded(req.method().as_str())),
+            path: Some(path),
+            allowed: true,
+            rule: format!(
+                "broker {} ({})",
+                broker.api.as_str(),
+                broker.credential_name
+            ),
+            ..EgressRecord::default()
+        },
+        &shared.sink,
+    );
+    if uri.authority().is_some() || !uri.path().starts_with('/') {
+        tracker.set(|r| {
+            r.allowed = false;
+            r.rule = "the credential broker takes origin-form requests only".into();
+            r.status = Some(400);
+        });
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "berth credential broker: send requests to {} as the API's base URL (origin form), not through it as a proxy\n",
+                broker.api.base_url_env().1
+            ),
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for name in CREDENTIAL_HEADERS {
+        parts.headers.remove(*name);
+    }
+    let credential =
+        match berth_core::egress::credential_header(broker.api, &broker.credential_name) {
+            CredentialHeader::ApiKey => ("x-api-key", broker.credential.clone()),
+            CredentialHeader::Bearer => ("authorization", format!("Bearer {}", broker.credential)),
+        };
+    match HeaderValue::from_str(&credential.1) {
+        Ok(mut v) => {
+            v.set_sensitive(true);
+            parts.headers.insert(credential.0, v);
+        }
+        Err(_) => {
+            tracker.set(|r| {
+                r.status = Some(500);
+                r.error = Some(format!(
+                    "{} is not a valid header value",
+                    broker.credential_name
+                ));
+            });
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "berth credential broker: {} is not a valid header value\n",
+                    broker.credential_name
+                ),
+            );
+        }
+    }
+    let default_port = if base.tls { 443 } else { 80 };
+    let host_value = if base.port == default_port {
+        base.host.clone()
+    } else {
+        format!("{}:{}", base.host, base.port)
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = match format!("{}{pq}", base.path).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "berth credential broker: bad path\n",
+            )
+        }
+    };
+    let outgoing =
+        hyper::Request::from_parts(parts, metered(body, &tracker, Direction::Out, false));
+    // The upstream is the configured API, not a choice of the sandbox: its address is used as
+    // resolved (a test server on loopback included).
+    let host = match berth_core::egress::parse_host(&base.host) {
+        Ok(Host::Name(n)) => {
+            let mut pinned = shared.config.resolve.clone();
+            if !pinned.contains_key(&n) {
+                match tokio::net::lookup_host((n.as_str(), base.port)).await {
+                    Ok(mut addrs) => {
+                        if let Some(a) = addrs.next() {
+                            pinned.insert(n.clone(), a.ip());
+                        }
+                    }
+                    Err(e) => {
+                        tracker.set(|r| {
+                            r.status = Some(502);
+                            r.error = Some(format!("cannot resolve {n}: {e}"));
+                        });
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("berth credential broker: cannot resolve {n}: {e}\n"),
+                        );
+                    }
+                }
+            }
+            match pinned.get(&n) {
+                Some(ip) => Host::Ip(*ip),
+                None => Host::Name(n),
+            }
+        }
+        Ok(h) => h,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth credential broker: upstream host: {e}\n"),
+            )
+        }
+    };
+    let stream = match dial(&host, base.port, shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(e.clone());
+            });
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth credential broker: {e}\n"),
+            );
+        }
+    };
+    if !base.tls {
+        return forward(stream, outgoing, &tracker, true).await;
+    }
+    let name = match rustls::pki_types::ServerName::try_from(base.host.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth credential broker: {e}\n"),
+            )
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(shared.tls.clone());
+    match tokio::time::timeout(
+        shared.config.limits.connect_timeout,
+        connector.connect(name, stream),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => forward(tls, outgoing, &tracker, true).await,
+        Ok(Err(e)) => {
+            tracker.set(|r| {
+                r.status = Some(502);
+                r.error = Some(format!("TLS with {}: {e}", base.host));
+            });
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("berth credential broker: TLS with {}: {e}\n", base.host),
+            )
+        }
+        Err(_) => {
+            tracker.set(|r| {
+                r.status = Some(504);
+                r.error = Some("TLS handshake timed out".into());
+            });
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "berth credential broker: TLS handshake timed out\n",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let b = parse_base_url("https://api.anthropic.com").unwrap();
+        assert!(b.tls && b.port == 443 && b.path.is_empty());
+        let b = parse_base_url("http://127.0.0.1:8080/v1/").unwrap();
+        assert!(!b.tls && b.port == 8080 && b.path == "/v1");
+        for bad in [
+            "ftp://x",
+            "api.anthropic.com",
+            "https://u:p@x",
+            "https://x/?q=1",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("x-secret, keep-alive"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+}
