@@ -221,6 +221,12 @@ struct Options {
     /// but init, and confirm none is left, before reporting the exit. berth sets it for held
     /// containers only; it is never meant for a shim outside a container.
     sweep: bool,
+    /// `--egress=PORT:NAME`: listen on 127.0.0.1:PORT and forward each connection to the unix
+    /// socket `NAME.sock` of berth's egress proxy (in `--egress-dir`, by default /berth/egress).
+    egress: Vec<(u16, String)>,
+    egress_dir: Option<OsString>,
+    /// `--forward`: be the forwarder (started by the shim itself before the command).
+    forward: bool,
 }
 
 fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
@@ -231,6 +237,9 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
         serve: false,
         sweep: false,
         expected_mounts: Vec::new(),
+        egress: Vec::new(),
+        egress_dir: None,
+        forward: false,
     };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
@@ -245,6 +254,17 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
             options.serve = true;
         } else if bytes == b"--sweep" {
             options.sweep = true;
+        } else if bytes == b"--forward" {
+            options.forward = true;
+        } else if let Some(dir) = bytes.strip_prefix(b"--egress-dir=") {
+            options.egress_dir = Some(OsStr::from_bytes(dir).to_os_string());
+        } else if let Some(spec) = bytes.strip_prefix(b"--egress=") {
+            // A malformed listener is kept as port 0, which the forwarder refuses by name.
+            let text = String::from_utf8_lossy(spec).into_owned();
+            let (port, name) = text.split_once(':').unwrap_or(("0", &text));
+            options
+                .egress
+                .push((port.parse().unwrap_or(0), name.to_string()));
         } else if let Some(spec) = bytes.strip_prefix(b"--expect-mount=") {
             let mut parts = spec.splitn(3, |b| *b == b':');
             let number = |p: Option<&[u8]>| -> u64 {
@@ -339,7 +359,11 @@ fn report(line: &str) {
 /// are reported (`exit CODE unclean N`); berth then stops the whole container.
 ///
 /// `bad_mounts`: why the container's mounts are not what berth checked; every run is refused.
-fn serve(sweep: bool, bad_mounts: Option<String>) -> ! {
+fn serve(
+    sweep: bool,
+    bad_mounts: Option<String>,
+    egress: Option<(Vec<(u16, String)>, OsString)>,
+) -> ! {
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = tx.clone();
     std::thread::spawn(move || read_messages(reader));
@@ -362,6 +386,15 @@ fn serve(sweep: bool, bad_mounts: Option<String>) -> ! {
                     "berth-shim: processes of an earlier run are still alive",
                 );
                 report(&format!("exit {EXIT_SHIM} unclean"));
+            }
+            // The forwarder is started for each run (the sweep after the last one ended it).
+            Message::Run(frame)
+                if running.is_none()
+                    && egress
+                        .as_ref()
+                        .is_some_and(|(l, dir)| forwarder_fails(l, dir, &frame)) =>
+            {
+                report(&format!("exit {EXIT_SHIM}"));
             }
             Message::Run(frame) if running.is_none() => match start(&frame, &secrets_dir, &tx) {
                 Ok(pid) => {
@@ -400,6 +433,22 @@ fn serve(sweep: bool, bad_mounts: Option<String>) -> ! {
                 }
                 exit(0);
             }
+        }
+    }
+}
+
+/// Starts the forwarder for a run in a held container; on failure tells the run why.
+fn forwarder_fails(listeners: &[(u16, String)], dir: &OsStr, frame: &Frame) -> bool {
+    // Without a sweep, the last run's forwarder may still hold the ports: kill it by port owner
+    // is not possible without libc, so a held container without --sweep keeps its first one.
+    match start_forwarder(listeners, dir) {
+        Ok(()) => false,
+        Err(why) if why.contains("Address in use") || why.contains("address already in use") => {
+            false
+        }
+        Err(why) => {
+            write_to_stderr_of(frame, &format!("berth-shim: {why}"));
+            true
         }
     }
 }
@@ -627,14 +676,166 @@ fn check_mounts(expected: &[(u64, u64, OsString)]) -> Result<(), String> {
     Ok(())
 }
 
+/// Where berth's egress proxy sockets are mounted.
+const EGRESS_DIR: &str = "/berth/egress";
+
+/// The egress listener names berth uses: `proxy`, `anthropic`, `openai`, `tcp-N`.
+fn valid_listener(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Starts the forwarder (this executable with `--forward`) and waits until it listens on every
+/// port, so the command never starts before its proxy is reachable. The forwarder is not
+/// waited for: it lives as long as the container (or, in a held container, until the sweep).
+fn start_forwarder(listeners: &[(u16, String)], dir: &OsStr) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the shim itself: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--forward").arg({
+        let mut a = OsString::from("--egress-dir=");
+        a.push(dir);
+        a
+    });
+    for (port, name) in listeners {
+        cmd.arg(format!("--egress={port}:{name}"));
+    }
+    cmd.arg("--")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the egress forwarder: {e}"))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or("the egress forwarder has no stdout")?;
+    let line = read_line(&mut out).unwrap_or_else(|e| format!("no answer ({e})"));
+    if line == "ready" {
+        Ok(())
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("egress forwarder: {line}"))
+    }
+}
+
+/// The forwarder: accepts on loopback and hands each connection to the proxy's socket.
+fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
+    let mut bound = Vec::new();
+    for (port, name) in listeners {
+        if *port == 0 || !valid_listener(name) {
+            println!("bad listener `{port}:{name}`: expected --egress=PORT:NAME");
+            exit(EXIT_SHIM);
+        }
+        match std::net::TcpListener::bind(("127.0.0.1", *port)) {
+            Ok(l) => bound.push((l, Path::new(dir).join(format!("{name}.sock")))),
+            Err(e) => {
+                println!("cannot listen on 127.0.0.1:{port}: {e}");
+                exit(EXIT_SHIM);
+            }
+        }
+    }
+    println!("ready");
+    let _ = io::stdout().flush();
+    // Ends with the process that started it (the command, or the supervisor): never left
+    // behind listening, in a container or on a test host.
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            exit(0);
+        }
+    });
+    // Nothing more is written: stdout is berth's pipe to the shim that started us.
+    let threads: Vec<_> = bound
+        .into_iter()
+        .map(|(listener, socket)| std::thread::spawn(move || accept_loop(listener, socket)))
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    exit(0)
+}
+
+fn accept_loop(listener: std::net::TcpListener, socket: std::path::PathBuf) {
+    for stream in listener.incoming() {
+        let Ok(client) = stream else {
+            // Out of descriptors or threads: let the others finish first.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        };
+        let socket = socket.clone();
+        let _ = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                // No proxy (a held container between runs): the client sees the connection close.
+                if let Ok(upstream) = std::os::unix::net::UnixStream::connect(&socket) {
+                    relay(client, upstream);
+                }
+            });
+    }
+}
+
+/// Copies both ways; each direction's end is passed on as a half-close.
+fn relay(client: std::net::TcpStream, upstream: std::os::unix::net::UnixStream) {
+    let _ = client.set_nodelay(true);
+    let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let out = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let _ = copy_all(&mut client_r, &mut upstream_w);
+            let _ = upstream_w.shutdown(std::net::Shutdown::Write);
+        });
+    let (mut upstream_r, mut client_w) = (upstream, client);
+    let _ = copy_all(&mut upstream_r, &mut client_w);
+    let _ = client_w.shutdown(std::net::Shutdown::Write);
+    if let Ok(out) = out {
+        let _ = out.join();
+    }
+}
+
+/// `io::copy` with a 64 KiB buffer.
+fn copy_all(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
 fn main() {
     let (options, command) = split_options(std::env::args_os().skip(1).collect());
+    let egress_dir = options
+        .egress_dir
+        .clone()
+        .unwrap_or_else(|| EGRESS_DIR.into());
+    if options.forward {
+        forward(&options.egress, &egress_dir);
+    }
     let mounts = check_mounts(&options.expected_mounts);
     if options.serve {
-        serve(options.sweep, mounts.err());
+        let egress = (!options.egress.is_empty()).then(|| (options.egress.clone(), egress_dir));
+        serve(options.sweep, mounts.err(), egress);
     }
     if let Err(why) = mounts {
         fail(EXIT_SHIM, &why);
+    }
+    if !options.egress.is_empty() {
+        if let Err(why) = start_forwarder(&options.egress, &egress_dir) {
+            fail(EXIT_SHIM, &format!("berth-shim: {why}"));
+        }
     }
     let Options {
         stdout,

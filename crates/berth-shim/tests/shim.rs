@@ -269,3 +269,84 @@ fn serve_runs_frames_one_after_another() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// A free loopback port (closed again at once; the forwarder takes it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn egress_forwarder_is_up_before_the_command_and_ends_with_it() {
+    use std::io::Read;
+    let dir = TempDir::new("egress2");
+    let listener = std::os::unix::net::UnixListener::bind(dir.0.join("proxy.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            conn.write_all(&got.to_ascii_uppercase()).unwrap();
+        }
+    });
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+        .args([
+            "--no-setup",
+            &format!("--egress-dir={}", dir.0.display()),
+            &format!("--egress={port}:proxy"),
+            "--",
+            "sleep",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The shim execs the command only after the forwarder answered `ready`.
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut conn = conn.expect("the forwarder listens");
+    conn.write_all(b"hello through the forwarder").unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "HELLO THROUGH THE FORWARDER");
+    assert!(child.wait().unwrap().success());
+    // Its parent gone, the forwarder stops listening.
+    let mut closed = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(closed, "the forwarder outlived its command");
+}
+
+#[test]
+fn egress_forwarder_failures_stop_the_shim() {
+    let dir = TempDir::new("egress3");
+    let out = shim(
+        &["--no-setup", "--egress=0:bad name", "--", "true"],
+        b"",
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("egress forwarder: bad listener"),
+        "{}",
+        stderr(&out)
+    );
+}
