@@ -724,24 +724,30 @@ fn start_forwarder(listeners: &[(u16, String)], dir: &OsStr) -> Result<(), Strin
     }
 }
 
+/// One line to the shim that started the forwarder.
+fn tell(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// The forwarder: accepts on loopback and hands each connection to the proxy's socket.
 fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
     let mut bound = Vec::new();
     for (port, name) in listeners {
         if *port == 0 || !valid_listener(name) {
-            println!("bad listener `{port}:{name}`: expected --egress=PORT:NAME");
+            tell(&format!("bad listener `{port}:{name}`: expected --egress=PORT:NAME"));
             exit(EXIT_SHIM);
         }
         match std::net::TcpListener::bind(("127.0.0.1", *port)) {
             Ok(l) => bound.push((l, Path::new(dir).join(format!("{name}.sock")))),
             Err(e) => {
-                println!("cannot listen on 127.0.0.1:{port}: {e}");
+                tell(&format!("cannot listen on 127.0.0.1:{port}: {e}"));
                 exit(EXIT_SHIM);
             }
         }
     }
-    println!("ready");
-    let _ = io::stdout().flush();
+    tell("ready");
     // Ends with the process that started it (the command, or the supervisor): never left
     // behind listening, in a container or on a test host.
     let parent = std::os::unix::process::parent_id();
