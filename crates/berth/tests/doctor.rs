@@ -631,8 +631,9 @@ fn in_private_mounts(ws: &Workspace, script: &str, args: &[&str], env: &[(&str, 
         .env_remove("BERTH_STATE_DIR")
         .env_remove("DOCKER_HOST")
         .env("NO_COLOR", "1")
-        .env("XDG_CACHE_HOME", ws.path().join(".cache"))
-        .env("XDG_CONFIG_HOME", ws.path().join(".config"))
+        .env("XDG_CACHE_HOME", ws.data_path().join("cache"))
+        .env("XDG_CONFIG_HOME", ws.data_path().join("config"))
+        .env("XDG_DATA_HOME", ws.data_path())
         .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot start `unshare` (util-linux): {e}"));
