@@ -9,6 +9,22 @@ use crate::clock::now_ms;
 use crate::App;
 
 pub async fn run<S: Store>(app: Arc<App<S>>) {
+    // Leases measure a runner's silence while the server is up. After a start, every lease gets
+    // one full period in which its runner can reach this server again; before this, a restart
+    // after an outage longer than the lease wrote off every run in flight at its first tick.
+    let lease_ms = i64::try_from(app.config.lease.as_millis()).unwrap_or(i64::MAX);
+    match app
+        .store
+        .extend_leases(now_ms().saturating_add(lease_ms))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            leases = n,
+            "extended the leases of runs in flight by one lease period from this start"
+        ),
+        Err(e) => tracing::error!(error = %e, "extending the leases at start failed"),
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Workflows advance when their step runs end; this pass only catches up on what a crash or

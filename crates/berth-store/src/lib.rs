@@ -432,6 +432,10 @@ pub trait Store: Send + Sync + 'static {
     /// Leases that ended before `now`: running runs become `lost` (with `reason`), claimed
     /// runs go back to `queued`. Returns the runs changed.
     fn expire_leases(&self, now: i64) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+    /// Gives every claimed or running run's lease at least until `until`, for a server that
+    /// just started: while it was away, no runner could renew, so that silence is not held
+    /// against them. Returns how many leases were extended.
+    fn extend_leases(&self, until: i64) -> impl Future<Output = StoreResult<u64>> + Send;
     fn audit(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;
     /// Number of runs per state (for metrics).
     fn count_by_state(&self) -> impl Future<Output = StoreResult<Vec<(RunState, i64)>>> + Send;

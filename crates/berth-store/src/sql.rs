@@ -1225,6 +1225,19 @@ impl Store for SqlStore {
         Ok(changed)
     }
 
+    async fn extend_leases(&self, until: i64) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let changed = tx
+            .execute(
+                "UPDATE runs SET lease_expires_at = $1 \
+                 WHERE state IN ('claimed', 'running') AND lease_expires_at < $1",
+                args![until],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     async fn audit(&self, run_id: &str) -> StoreResult<Vec<AuditEntry>> {
         let rows = self
             .reader()

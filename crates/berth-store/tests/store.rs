@@ -1412,3 +1412,58 @@ async fn workflows_advance_once_per_version_with_their_step_runs_and_audit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_started_server_gives_every_lease_one_full_period() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        s.insert_run(&new_run("running", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("claimed", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("fresh", "p", &[])).await.unwrap();
+        s.insert_run(&new_run("queued", "p", &[])).await.unwrap();
+        let a = claim_req("wa", &[], false, T0);
+        s.claim(&a).await.unwrap().unwrap();
+        s.mark_started("running", &a.lease_token, Some("ctr"), T0, LEASE)
+            .await
+            .unwrap();
+        let b = claim_req("wb", &[], false, T0);
+        s.claim(&b).await.unwrap().unwrap();
+        // Claimed later: its lease already reaches past the new start's period.
+        let c = claim_req("wc", &[], false, T0 + 3 * LEASE);
+        s.claim(&c).await.unwrap().unwrap();
+
+        // The server was away for two lease periods and starts again.
+        let start = T0 + 2 * LEASE;
+        assert_eq!(s.extend_leases(start + LEASE).await.unwrap(), 2);
+        assert!(s.expire_leases(start + 1).await.unwrap().is_empty());
+        assert!(s.expire_leases(start + LEASE).await.unwrap().is_empty());
+        // The runners can write again, and renew.
+        s.append_events(
+            "running",
+            &a.lease_token,
+            start + 10,
+            1,
+            &[event(start, "stdout", "x")],
+        )
+        .await
+        .unwrap();
+        s.renew_lease("claimed", &b.lease_token, start + 10, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.run("fresh").await.unwrap().unwrap().lease_expires_at,
+            Some(T0 + 4 * LEASE)
+        );
+        assert_eq!(
+            s.run("queued").await.unwrap().unwrap().lease_expires_at,
+            None
+        );
+        // A runner that stays silent is written off one period after the start.
+        let changed = s.expire_leases(start + LEASE + 1).await.unwrap();
+        assert_eq!(
+            changed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["running"]
+        );
+    })
+    .await;
+}
