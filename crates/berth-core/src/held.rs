@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{
-    self, labels, ContainerPlan, PlanContext, TmpfsMount, IO_TARGET, OUT_TARGET, SECRETS_TARGET,
+    self, labels, ContainerPlan, PlanContext, TmpfsMount, EGRESS_TARGET, IO_TARGET, OUT_TARGET, SECRETS_TARGET,
     SHIM_TARGET,
 };
 use crate::spec::RunSpec;
@@ -188,6 +188,7 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
             .iter()
             .map(crate::plan::MountIdentity::shim_option),
     );
+    plan.entrypoint.extend(plan::egress_options(&spec));
     plan.cmd = Vec::new();
     plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
@@ -233,7 +234,7 @@ pub fn held_key(spec: &RunSpec, ctx: &PlanContext, image_id: &str) -> String {
     plan.labels.clear();
     // The holder's own directories differ per container; the key is about everything else.
     plan.binds
-        .retain(|b| b.target != OUT_TARGET && b.target != IO_TARGET);
+        .retain(|b| b.target != OUT_TARGET && b.target != IO_TARGET && b.target != EGRESS_TARGET);
     // Mount order is not configuration: a run with secrets adds the secrets tmpfs earlier.
     plan.tmpfs.sort_by(|a, b| a.target.cmp(&b.target));
     plan.binds.sort_by(|a, b| a.target.cmp(&b.target));
@@ -378,6 +379,7 @@ mod tests {
             state_dir_in_workspace: None,
             owner_labels: Default::default(),
             remote_engine: false,
+            egress_host_path: None,
         }
     }
 

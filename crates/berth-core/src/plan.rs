@@ -18,6 +18,8 @@ pub const SHIM_TARGET: &str = "/berth/shim";
 /// FIFOs for the command's stdout and stderr, read by berth directly on the host so bulk output
 /// does not go through the engine's attach stream.
 pub const IO_TARGET: &str = "/berth/io";
+/// berth's egress proxy sockets (`NAME.sock`), mounted read-only from a directory of berth's.
+pub const EGRESS_TARGET: &str = "/berth/egress";
 /// Secret files, on a tmpfs owned by the sandbox user.
 pub const SECRETS_TARGET: &str = "/run/secrets";
 /// Home directory given to images that declare none.
@@ -163,6 +165,9 @@ pub struct PlanContext {
     /// The engine runs on another host and cannot see this one's files: `shim_host_path`,
     /// `out_host_path` and `io_host_path` are not mounted; see [`ContainerPlan::berth_volume`].
     pub remote_engine: bool,
+    /// With egress policy: the host directory holding the proxy's sockets, mounted read-only at
+    /// [`EGRESS_TARGET`].
+    pub egress_host_path: Option<PathBuf>,
 }
 
 /// What a run may not ask of an engine on another host: nothing of this host can be mounted
@@ -322,6 +327,27 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         entrypoint.push(format!("--stdout={IO_TARGET}/stdout"));
         entrypoint.push(format!("--stderr={IO_TARGET}/stderr"));
     }
+    let policy = spec.egress.mode == crate::egress::EgressMode::Policy;
+    if policy {
+        if let Some(dir) = ctx.egress_host_path.as_ref().filter(|_| !ctx.remote_engine) {
+            binds.push(BindMount {
+                source: dir.clone(),
+                target: EGRESS_TARGET.to_string(),
+                read_only: true,
+            });
+        }
+        entrypoint.extend(egress_options(spec));
+        // Proxy variables and brokered placeholders first: the run's own env may override them
+        // (which reaches nothing: the sandbox has no network interface).
+        let at = env.len() - spec.env.len();
+        let egress_env: Vec<String> = spec
+            .egress
+            .env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.splice(at..at, egress_env);
+    }
     // The end of the shim's options: a command that starts with `--` stays the command.
     entrypoint.push("--".to_string());
     entrypoint.extend(ctx.image_entrypoint.iter().cloned());
@@ -350,7 +376,16 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             .nano_cpus
             .clamp(1, crate::units::MAX_CPUS * 1_000_000_000),
         pids_limit: spec.resources.pids.clamp(1, crate::units::MAX_PIDS),
-        network: spec.network.engine_name().to_string(),
+        disk_bytes: spec
+            .resources
+            .disk_bytes
+            .map(|d| d.clamp(crate::units::MIN_DISK, crate::units::MAX_DISK)),
+        // Egress policy means no network interface but loopback, whatever else was asked.
+        network: if policy {
+            "none".to_string()
+        } else {
+            spec.network.engine_name().to_string()
+        },
         publish: spec.publish.clone(),
         read_only_rootfs: spec.read_only,
         cap_drop: vec!["ALL".to_string()],
@@ -366,6 +401,29 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         stdin_once: true,
         berth_volume,
     }
+}
+
+/// The shim's forwarder options for a run with egress policy: `--egress=PORT:NAME` each.
+pub fn egress_options(spec: &RunSpec) -> Vec<String> {
+    spec.egress
+        .listeners()
+        .into_iter()
+        .map(|(port, name)| format!("--egress={port}:{name}"))
+        .collect()
+}
+
+/// The `size=` of the writable tmpfs mounts for `/tmp` and `$HOME` (with `--read-only`, or an
+/// image without a home): the disk limit when there is one, else the memory limit, and never
+/// more than the memory limit. tmpfs pages are charged to the container's memory cgroup anyway,
+/// so the memory limit bounds all of them together; the size keeps each one from exceeding
+/// what `--disk` promises (and from the kernel's default of half the host's RAM).
+fn scratch_tmpfs_size(spec: &RunSpec) -> u64 {
+    let memory = memory_limit(spec).unsigned_abs();
+    let disk = |d: u64| d.clamp(crate::units::MIN_DISK, crate::units::MAX_DISK);
+    // Never 0: for tmpfs that means no limit at all.
+    spec.resources
+        .disk_bytes
+        .map_or(memory, |d| disk(d).min(memory))
 }
 
 /// The spec's memory limit for the engine. The parsers cap it at [`crate::units::MAX_MEMORY`];
@@ -437,6 +495,7 @@ pub(crate) mod tests {
             state_dir_in_workspace: Some(".berth".into()),
             owner_labels: BTreeMap::new(),
             remote_engine: false,
+            egress_host_path: None,
         }
     }
 

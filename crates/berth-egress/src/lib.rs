@@ -23,7 +23,7 @@ pub mod usage;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,9 @@ pub struct Config {
 /// A running proxy. Dropping it stops every listener and connection and removes its sockets.
 pub struct Proxy {
     tasks: JoinSet<()>,
+    /// Through `/proc/self/fd/N` of `_dir`, which lives as long as the proxy.
     sockets: Vec<PathBuf>,
+    _dir: std::os::fd::OwnedFd,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -156,15 +158,19 @@ pub fn socket_name(listener: &str) -> String {
 }
 
 impl Proxy {
-    /// Binds `NAME.sock` in `dir` for each listener name (`proxy`, `anthropic`, `openai`,
-    /// `tcp-N`) and serves them until dropped. `dir` must exist and be berth's own; each socket
-    /// is made connectable by any user (0666), since the sandbox runs as another uid.
+    /// Binds `NAME.sock` in the directory `dir` for each listener name (`proxy`, `anthropic`,
+    /// `openai`, `tcp-N`) and serves them until dropped. The directory is given as a descriptor
+    /// and reached through `/proc/self/fd`, so nothing is bound through a path someone could
+    /// swap and no socket path is too long for `sun_path`. It must be berth's own (0755); each
+    /// socket is made connectable by any user (0666), since the sandbox runs as another uid.
     pub fn start(
-        dir: &Path,
+        dir: std::os::fd::OwnedFd,
         listeners: &[String],
         config: Config,
         sink: Sink,
     ) -> Result<Self, String> {
+        use std::os::fd::AsRawFd;
+        let dir_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let tls = Arc::new(client_tls(&config.extra_roots)?);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
         let mut roles = Vec::new();
@@ -204,9 +210,10 @@ impl Proxy {
         let mut proxy = Self {
             tasks: JoinSet::new(),
             sockets: Vec::new(),
+            _dir: dir,
         };
         for (name, role) in roles {
-            let path = dir.join(socket_name(&name));
+            let path = dir_path.join(socket_name(&name));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -185,7 +185,7 @@ impl Harness {
         let records = Arc::new(Mutex::new(Vec::new()));
         let r = records.clone();
         let proxy = Proxy::start(
-            &dir,
+            std::fs::File::open(&dir).unwrap().into(),
             &listeners.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             config,
             Arc::new(move |rec| r.lock().unwrap().push(rec)),

@@ -276,6 +276,7 @@ async fn run_claimed(
                 held_root: state_dir.root().join("held"),
                 pool,
                 workspace: prepared.upload,
+                egress: Default::default(),
             },
             interrupts,
         )
@@ -451,6 +452,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         output_format: profile.map_or("text".into(), |p| p.output.clone()),
         profile: profile.map(|p| p.name.clone()),
         persistent,
+        egress: Default::default(),
     };
     Ok((spec, stdin))
 }

@@ -68,7 +68,7 @@ impl HeldDir {
         let root = DirHandle::open(&dir.path).map_err(|e| SandboxError::io(&dir.path, e))?;
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
-        for name in ["io", "out"] {
+        for name in ["io", "out", "egress"] {
             let sub = root
                 .open_or_create_dir(OsStr::new(name), 0o755)
                 .map_err(|e| SandboxError::io(dir.path.join(name), e))?;
@@ -97,6 +97,11 @@ impl HeldDir {
 
     pub fn io_dir(&self) -> PathBuf {
         self.path.join("io")
+    }
+
+    /// Where the egress proxy of the run using the container binds its sockets.
+    pub fn egress_dir(&self) -> PathBuf {
+        self.path.join("egress")
     }
 
     pub fn out_dir(&self) -> PathBuf {

@@ -407,6 +407,10 @@ pub(crate) async fn create_holder<E: Engine>(
     let mut ctx = plan_context.clone();
     ctx.out_host_path = dir.out_dir();
     ctx.io_host_path = plan_context.io_host_path.as_ref().map(|_| dir.io_dir());
+    ctx.egress_host_path = plan_context
+        .egress_host_path
+        .as_ref()
+        .map(|_| dir.egress_dir());
     let plan = plan_holder(spec, &ctx, holder);
     let now = now_epoch();
     dir.write_info(&HeldInfo {
@@ -505,11 +509,16 @@ async fn run_in_held<E: Engine>(
         frame: crate::shim::run_frame(&request, &run.secrets, run.stdin.as_deref()),
         unclean: &unclean,
     };
+    let egress_dir = plan_context
+        .egress_host_path
+        .as_ref()
+        .map(|_| dir.egress_dir());
     let outcome = drive(
         engine,
         &target,
         spec.resources.memory_bytes as i64,
         fifos,
+        egress_dir,
         ctx,
         run,
         interrupts,

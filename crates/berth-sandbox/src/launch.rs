@@ -47,6 +47,12 @@ pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxErro
         if request.spec.persistent.is_some() {
             return Err(crate::run::remote_persistent_refused());
         }
+        if request.spec.egress.mode == berth_core::egress::EgressMode::Policy {
+            return Err(SandboxError::InvalidWithHint {
+                message: "egress policy cannot be used on a remote engine: the sandbox reaches berth's egress proxy through a socket of this host, which a remote engine cannot mount".into(),
+                hint: "run on the local engine (drop --engine), or choose --egress none (no network) or --egress open (the remote engine's bridge network, unchecked and unrecorded)".into(),
+            });
+        }
     }
     if request.spec.persistent.is_some() && request.spec.workspace_mode.is_isolated() {
         return Err(crate::run::isolated_persistent_refused(
@@ -118,6 +124,13 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
     } else {
         None
     };
+    let egress_host_path = if spec.egress.mode == berth_core::egress::EgressMode::Policy
+        && !host.remote_engine
+    {
+        Some(ctx.run_dir.create_egress_dir()?)
+    } else {
+        None
+    };
     let mount_identities = host.checked.identities_for(&host.workspace);
     let mut mounts = host.checked.mounts;
     for extra in host.extra_mounts {
@@ -143,6 +156,7 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
         state_dir_in_workspace: prepare::state_dir_in_workspace(host.state_root, &host.workspace),
         owner_labels,
         remote_engine: host.remote_engine,
+        egress_host_path,
     };
     // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
     // (diff written, worktree removed) after the run whatever happened to it.

@@ -8,6 +8,7 @@
 pub mod artifact_mask;
 pub mod artifacts;
 pub mod clock;
+pub mod egress;
 pub mod error;
 #[cfg(test)]
 mod fake_engine;

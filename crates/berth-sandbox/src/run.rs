@@ -180,6 +180,8 @@ pub struct DockerRun {
     pub held_root: PathBuf,
     /// The warm pool configured for this run's profile or image, if any.
     pub pool: Option<PoolSpec>,
+    /// Brokered credentials and upstreams for the egress proxy (`--egress policy`).
+    pub egress: crate::egress::EgressHost,
 }
 
 /// What a run's command runs in: a container of its own, or a held container whose supervisor
@@ -343,6 +345,7 @@ pub(crate) async fn execute_cold<E: Engine>(
                 &Target::Container(&id),
                 container_plan.memory_bytes,
                 fifos,
+                plan_context.egress_host_path.clone(),
                 ctx,
                 run,
                 interrupts,
@@ -426,7 +429,47 @@ async fn ensure_image<E: Engine>(
 /// Attaches, starts, feeds the setup frame, streams output and waits, honouring the timeout and
 /// interrupts. `fifos` are the host paths of the command's stdout and stderr FIFOs, when the
 /// engine is local. Returns the final state and its reason.
+///
+/// With egress policy, the run's proxy serves the sockets in `egress_dir` from before the
+/// command starts until it has ended; its summary goes into the record.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn drive<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    memory_bytes: i64,
+    fifos: Option<(PathBuf, PathBuf)>,
+    egress_dir: Option<PathBuf>,
+    ctx: &mut RunContext,
+    run: &DockerRun,
+    interrupts: &mut Interrupts,
+) -> (RunState, Option<String>) {
+    let session = match (&egress_dir, ctx.record.spec.egress.mode) {
+        (Some(dir), berth_core::egress::EgressMode::Policy) => {
+            match crate::egress::start(ctx, dir, &run.egress) {
+                Ok(session) => session,
+                Err(e) => return (RunState::Error, Some(e.to_string())),
+            }
+        }
+        (None, berth_core::egress::EgressMode::Policy) => {
+            return (
+                RunState::Error,
+                Some("egress policy needs the proxy's socket directory on this host; a remote engine cannot mount it".into()),
+            )
+        }
+        _ => None,
+    };
+    let outcome = drive_command(engine, target, memory_bytes, fifos, ctx, run, interrupts).await;
+    if let Some(session) = session {
+        let summary = session.summary();
+        // Connections still open end with the proxy; their records arrive as it drops.
+        drop(session);
+        ctx.record.egress = Some(summary);
+        ctx.save();
+    }
+    outcome
+}
+
+async fn drive_command<E: Engine>(
     engine: &E,
     target: &Target<'_>,
     memory_bytes: i64,
@@ -1055,6 +1098,7 @@ mod tests {
                     setup_frame: true,
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
+                    egress_host_path: None,
                     remote_engine,
                 },
                 secrets: self.secrets.clone(),
@@ -1062,6 +1106,7 @@ mod tests {
                 workspace: Default::default(),
                 held_root: self.tmp.path().join("state/held"),
                 pool,
+                egress: Default::default(),
             };
             execute_docker(engine, &mut self.ctx, run, &mut self.interrupts).await
         }

@@ -240,6 +240,18 @@ impl RunDir {
         Ok(io)
     }
 
+    /// Creates `egress/`, where the run's egress proxy binds its sockets. It stays berth's
+    /// (0755) and is mounted read-only: the sandbox can connect to the sockets, nothing more.
+    pub fn create_egress_dir(&self) -> Result<PathBuf, SandboxError> {
+        let dir = self.path.join("egress");
+        let handle = self
+            .handle()?
+            .create_dir(OsStr::new("egress"), 0o755)
+            .map_err(|e| SandboxError::io(&dir, e))?;
+        handle.chmod(0o755).map_err(|e| SandboxError::io(&dir, e))?;
+        Ok(dir)
+    }
+
     /// The run directory as a handle.
     fn handle(&self) -> Result<DirHandle, SandboxError> {
         DirHandle::open(&self.path).map_err(|e| SandboxError::io(&self.path, e))

@@ -147,6 +147,22 @@ pub struct RunArgs {
     /// Network: none, bridge or the name of an existing network [default: none].
     #[arg(long)]
     pub network: Option<String>,
+    /// Egress: none (no network), policy (only allowed hosts, through berth's proxy, every
+    /// decision recorded) or open (the bridge network, unchecked) [default: policy for agent
+    /// profiles and whenever a host is allowed, else none].
+    #[arg(long, value_name = "MODE")]
+    pub egress: Option<String>,
+    /// Allow a host through the egress proxy: HOST[:PORT] (no port: 80 and 443), *.DOMAIN[:PORT],
+    /// an IP address, or `[METHOD,…] HOST[:PORT]/PATH` for plain HTTP; repeatable.
+    #[arg(long = "allow-host", value_name = "RULE")]
+    pub allow_hosts: Vec<String>,
+    /// Allow a named set of hosts: package-registries, github, anthropic, openai; repeatable.
+    #[arg(long = "allow-preset", value_name = "NAME")]
+    pub allow_presets: Vec<String>,
+    /// A raw TCP forward to HOST:PORT (git over ssh…): the sandbox reaches it at
+    /// 127.0.0.1:41100+N (see $BERTH_TCP_FORWARDS); repeatable.
+    #[arg(long = "allow-tcp", value_name = "HOST:PORT")]
+    pub allow_tcp: Vec<String>,
     /// Read-only root file system, with writable tmpfs for /tmp and the home directory.
     #[arg(long)]
     pub read_only: bool,

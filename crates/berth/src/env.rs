@@ -15,6 +15,11 @@ pub const BERTH_CONFIG: &str = "BERTH_CONFIG";
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Log filter for berth's diagnostics on stderr (e.g. `berth=debug`).
 pub const BERTH_LOG: &str = "BERTH_LOG";
+/// The real Anthropic API behind the credential broker [default: https://api.anthropic.com];
+/// for tests against a local server.
+pub const BERTH_ANTHROPIC_UPSTREAM: &str = "BERTH_ANTHROPIC_UPSTREAM";
+/// The real OpenAI API behind the credential broker [default: https://api.openai.com].
+pub const BERTH_OPENAI_UPSTREAM: &str = "BERTH_OPENAI_UPSTREAM";
 pub const HOME: &str = "HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
@@ -70,4 +75,24 @@ pub fn data_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| {
             std::env::temp_dir().join(format!("berth-data-{}", crate::invoking_user().0))
         })
+}
+
+/// Where the credential broker sends each API, from `BERTH_*_UPSTREAM`; an unusable value is an
+/// error naming the variable.
+pub fn egress_upstreams() -> Result<
+    std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>,
+    String,
+> {
+    use berth_core::egress::BrokeredApi;
+    let mut out = std::collections::BTreeMap::new();
+    for (api, name) in [
+        (BrokeredApi::Anthropic, BERTH_ANTHROPIC_UPSTREAM),
+        (BrokeredApi::Openai, BERTH_OPENAI_UPSTREAM),
+    ] {
+        if let Some(url) = var(name) {
+            berth_egress::check_base_url(&url).map_err(|e| format!("{name}: {e}"))?;
+            out.insert(api, url);
+        }
+    }
+    Ok(out)
 }

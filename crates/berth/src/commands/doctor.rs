@@ -165,6 +165,7 @@ async fn time_sandbox_start(
             state_dir_in_workspace: None,
             owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
             remote_engine: !engine.endpoint().is_local(),
+            egress_host_path: None,
         };
         let (_tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
         let started = Instant::now();
@@ -178,6 +179,7 @@ async fn time_sandbox_start(
                 workspace: Default::default(),
                 held_root: scratch.join("held"),
                 pool: None,
+                egress: Default::default(),
             },
             &mut interrupts,
         )

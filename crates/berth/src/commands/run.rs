@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_core::egress::{EgressMode, EgressSpec};
 use berth_core::event::Event;
 use berth_core::exit::RunState;
 use berth_core::held::PersistentSpec;
@@ -92,7 +93,24 @@ pub(crate) async fn prepare_and_run(
     let sessions = profile.and_then(|p| Some((p.agent.clone()?, p.sessions.clone()?)));
 
     let secrets = read_secrets(&spec.secrets)?;
-    let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
+    let brokered_names: Vec<String> = spec
+        .egress
+        .brokers
+        .iter()
+        .map(|b| b.credential.clone())
+        .collect();
+    let brokered = read_secrets(&brokered_names)?;
+    let masker = Masker::new(
+        &secrets
+            .iter()
+            .chain(&brokered)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>(),
+    );
+    let upstreams = crate::env::egress_upstreams().map_err(SandboxError::Invalid)?;
+    if spec.egress.mode == EgressMode::Open {
+        printer.warning("--egress open: the sandbox joins the engine's bridge network and can reach the whole internet; nothing it sends is checked or recorded (use --egress policy with --allow-host to allow only what it needs)");
+    }
     let probe_env = super::engine_probe_env(&args.engine, &settings, printer)?;
     let endpoint = probe_env.resolve().ok();
     let remote_engine = endpoint.as_ref().is_some_and(|e| !e.is_local());
@@ -249,6 +267,11 @@ pub(crate) async fn prepare_and_run(
         workspace: upload,
         held_root: state_dir.root().join("held"),
         pool,
+        egress: berth_sandbox::egress::EgressHost {
+            brokered,
+            upstreams,
+            ..Default::default()
+        },
     };
     let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
     workspace::conclude(&mut ctx, &worktree);
@@ -407,6 +430,10 @@ pub fn build_spec(
         600,
     )?;
     let grace = duration("--grace", pick(&args.grace, &config.grace), 10)?;
+    let secrets = berth_core::profile::secrets_for(profile, &args.secrets, |name| {
+        std::env::var_os(name).is_some_and(|v| !v.is_empty())
+    })
+    .map_err(|e| SandboxError::Invalid(e.to_string()))?;
     let network = match pick(
         &args.network,
         &from_profile(|p| p.network.clone(), &config.network),
@@ -414,6 +441,7 @@ pub fn build_spec(
         Some(n) => NetworkMode::parse(&n).map_err(|e| invalid("--network", e))?,
         None => NetworkMode::None,
     };
+    let (egress, network, secrets) = egress_for(args, config, profile, network, secrets)?;
     let user = pick(&args.user, &config.user)
         .map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e)))
         .transpose()?;
@@ -438,10 +466,6 @@ pub fn build_spec(
         .into_iter()
         .chain(config.env.iter().map(|(k, v)| (k.clone(), v.clone())))
         .collect();
-    let secrets = berth_core::profile::secrets_for(profile, &args.secrets, |name| {
-        std::env::var_os(name).is_some_and(|v| !v.is_empty())
-    })
-    .map_err(|e| SandboxError::Invalid(e.to_string()))?;
     for entry in &args.env {
         let (k, v) = parse_env(entry).map_err(|e| invalid("--env", e))?;
         env.retain(|(existing, _)| *existing != k);
@@ -482,6 +506,7 @@ pub fn build_spec(
         timeout,
         grace,
         network,
+        egress,
         read_only,
         user,
         publish,
@@ -500,6 +525,101 @@ pub fn build_spec(
         hint: "drop --read-only: copy mode's container, its layer and the copy in it are removed after the run anyway (or use --workspace-mode worktree, whose worktree is bind-mounted and works with --read-only)".into(),
     })?;
     Ok(BuiltSpec { spec, stdin })
+}
+
+/// The run's egress from `--egress`, `--allow-host`/`--allow-preset`/`--allow-tcp`, the profile
+/// and `[egress]`, with the network it implies and the secrets left for the sandbox: a brokered
+/// credential is held back from the sandbox and added by the proxy instead.
+fn egress_for(
+    args: &RunArgs,
+    config: &berth_core::config::ConfigFile,
+    profile: Option<&Profile>,
+    network: NetworkMode,
+    secrets: Vec<String>,
+) -> Result<(EgressSpec, NetworkMode, Vec<String>), SandboxError> {
+    let flag_mode = args
+        .egress
+        .as_deref()
+        .map(EgressMode::parse)
+        .transpose()
+        .map_err(|e| invalid("--egress", e))?;
+    let config_mode = config
+        .egress
+        .mode
+        .as_deref()
+        .map(EgressMode::parse)
+        .transpose()
+        .map_err(|e| invalid("[egress] mode", e))?;
+    let flags_allow = !args.allow_hosts.is_empty()
+        || !args.allow_presets.is_empty()
+        || !args.allow_tcp.is_empty();
+    let config_allow = !config.egress.allow.is_empty()
+        || !config.egress.presets.is_empty()
+        || !config.egress.tcp.is_empty();
+    let mode = flag_mode
+        .or(profile.and_then(|p| p.egress))
+        .or(config_mode)
+        .unwrap_or(if flags_allow || config_allow {
+            EgressMode::Policy
+        } else {
+            EgressMode::None
+        });
+    if mode != EgressMode::Policy {
+        if flags_allow {
+            return Err(invalid(
+                "--allow-host",
+                format!("hosts are allowed through berth's egress proxy, which --egress {mode} does not use; drop --egress {mode} (policy is the default when hosts are allowed)"),
+            ));
+        }
+        let network = match (mode, network) {
+            (EgressMode::Open, NetworkMode::None) => NetworkMode::Bridge,
+            (EgressMode::Open, other) => other,
+            (_, network) => network,
+        };
+        return Ok((
+            EgressSpec {
+                mode,
+                ..EgressSpec::default()
+            },
+            network,
+            secrets,
+        ));
+    }
+    if let Some(n) = args.network.as_deref().filter(|n| *n != "none") {
+        return Err(invalid(
+            "--network",
+            format!("`{n}` cannot be combined with egress policy: the sandbox gets no network interface but loopback, and reaches allowed hosts through berth's proxy; use --egress open to join `{n}` instead (unchecked), or drop --network"),
+        ));
+    }
+    let mut allow = profile.map(|p| p.allow_hosts.clone()).unwrap_or_default();
+    allow.extend(config.egress.allow.iter().cloned());
+    allow.extend(args.allow_hosts.iter().cloned());
+    let mut presets = config.egress.presets.clone();
+    presets.extend(args.allow_presets.iter().cloned());
+    let allow =
+        berth_core::egress::expand(&allow, &presets).map_err(|e| invalid("--allow-host", e))?;
+    let mut tcp = config.egress.tcp.clone();
+    for t in &args.allow_tcp {
+        if !tcp.contains(t) {
+            tcp.push(t.clone());
+        }
+    }
+    let mut left = Vec::new();
+    let mut brokers = Vec::new();
+    for name in secrets {
+        match profile.and_then(|p| p.broker.iter().find(|b| b.credential == name)) {
+            Some(broker) => brokers.push(broker.clone()),
+            None => left.push(name),
+        }
+    }
+    let spec = EgressSpec {
+        mode,
+        allow,
+        tcp,
+        brokers,
+    };
+    spec.check().map_err(|e| invalid("--allow-host", e))?;
+    Ok((spec, NetworkMode::None, left))
 }
 
 /// The persistent container the run asks for, from `--lifecycle`, `--name` and the profile.

@@ -52,11 +52,64 @@ pub fn show(args: ShowArgs, printer: Printer) -> ExitStatus {
                 r.spec.secrets.join(", ")
             },
         ),
+        ("egress", egress_line(&r)),
         ("artifacts", r.artifacts.len().to_string()),
         ("directory", dir.path().display().to_string()),
     ];
+    let mut lines = lines.to_vec();
+    if let Some(e) = &r.egress {
+        if !e.denied_hosts.is_empty() {
+            // Hosts the sandbox asked for: its text, escaped.
+            let hosts: Vec<String> = e
+                .denied_hosts
+                .iter()
+                .map(|h| berth_core::text::escape_untrusted(h).into_owned())
+                .collect();
+            lines.push(("denied hosts", hosts.join(", ")));
+        }
+        if e.api_requests > 0 {
+            lines.push((
+                "api usage",
+                format!(
+                    "{} requests, {} input tokens, {} output tokens",
+                    e.api_requests, e.input_tokens, e.output_tokens
+                ),
+            ));
+        }
+    }
     for (key, value) in lines {
         data_line(&format!("{key:>16}: {value}"));
     }
+    if r.egress.as_ref().is_some_and(|e| e.allowed + e.denied > 0) {
+        data_line(&format!(
+            "{:>16}: {}",
+            "egress log",
+            dir.events_path().display()
+        ));
+    }
     ExitStatus::Success
+}
+
+/// `policy: 3 allowed, 1 denied, 1.2 KiB out, 4.0 MiB in (brokered: ANTHROPIC_API_KEY)`.
+fn egress_line(r: &berth_core::record::RunRecord) -> String {
+    use berth_core::units::format_bytes;
+    let spec = &r.spec.egress;
+    let mut line = spec.mode.to_string();
+    if let Some(e) = &r.egress {
+        line += &format!(
+            ": {} allowed, {} denied, {} out, {} in",
+            e.allowed,
+            e.denied,
+            format_bytes(e.bytes_out),
+            format_bytes(e.bytes_in)
+        );
+    }
+    if !spec.brokers.is_empty() {
+        let names: Vec<&str> = spec.brokers.iter().map(|b| b.credential.as_str()).collect();
+        line += &format!(" (brokered: {})", names.join(", "));
+    }
+    if spec.mode == berth_core::egress::EgressMode::Policy {
+        line += &format!("; allowed: {}", if spec.allow.is_empty() { "-".to_string() } else { spec.allow.join(", ") });
+    }
+    line
 }

@@ -1,0 +1,196 @@
+//! A run's egress proxy: started before the command, in this process, on the sockets of the
+//! run's egress directory (`<run dir>/egress`, or a held container's), stopped when the run
+//! ends. Each decision becomes an `egress` event (events.jsonl and the reporter, so a runner's
+//! server sees it too) and is summed into the record.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use berth_core::egress::{
+    parse_tcp, BrokeredApi, EgressMode, EgressRecord, EgressSummary, Policy,
+};
+use berth_core::event::{Event, EventLine};
+use berth_core::mask::Masker;
+
+use crate::clock::now_rfc3339;
+use crate::output::Reporter;
+use crate::{RunContext, SandboxError};
+
+/// The most egress events one run writes; past it decisions are only counted (a sandbox
+/// opening connections in a loop must not fill the disk).
+pub const MAX_EGRESS_EVENTS: u64 = 10_000;
+
+/// What the host side of a run's egress needs besides the spec: the real values of brokered
+/// credentials and where each brokered API really is.
+#[derive(Clone, Default)]
+pub struct EgressHost {
+    /// `(NAME, value)` of each brokered credential, read on the host. Never sent to the sandbox.
+    pub brokered: Vec<(String, String)>,
+    /// The upstream of a brokered API when not its default (`BERTH_ANTHROPIC_UPSTREAM`…).
+    pub upstreams: BTreeMap<BrokeredApi, String>,
+    /// Names pinned to addresses (tests; see `berth_egress::Config::resolve`).
+    pub resolve: BTreeMap<String, std::net::IpAddr>,
+}
+
+impl std::fmt::Debug for EgressHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressHost")
+            .field(
+                "brokered",
+                &self.brokered.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("upstreams", &self.upstreams)
+            .finish()
+    }
+}
+
+/// A running proxy and what it has seen so far.
+pub struct EgressSession {
+    _proxy: berth_egress::Proxy,
+    summary: Arc<Mutex<EgressSummary>>,
+}
+
+impl EgressSession {
+    /// The summary so far.
+    pub fn summary(&self) -> EgressSummary {
+        self.summary.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts the run's proxy on the sockets in `dir` (which berth made, 0755). `None` when the run
+/// has no egress policy.
+pub fn start(
+    ctx: &RunContext,
+    dir: &Path,
+    host: &EgressHost,
+) -> Result<Option<EgressSession>, SandboxError> {
+    let spec = &ctx.record.spec.egress;
+    if spec.mode != EgressMode::Policy {
+        return Ok(None);
+    }
+    let invalid = |e: String| SandboxError::Invalid(format!("egress: {e}"));
+    let policy = Policy::new(&spec.allow).map_err(invalid)?;
+    let tcp = spec
+        .tcp
+        .iter()
+        .map(|t| parse_tcp(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let mut brokers = Vec::new();
+    for broker in &spec.brokers {
+        let Some((_, value)) = host.brokered.iter().find(|(n, _)| *n == broker.credential) else {
+            continue;
+        };
+        let base_url = host
+            .upstreams
+            .get(&broker.api)
+            .cloned()
+            .unwrap_or_else(|| broker.api.default_upstream().to_string());
+        berth_egress::check_base_url(&base_url).map_err(invalid)?;
+        brokers.push(berth_egress::BrokerUpstream {
+            api: broker.api,
+            base_url,
+            credential_name: broker.credential.clone(),
+            credential: value.clone(),
+        });
+    }
+    let listeners: Vec<String> = spec
+        .listeners()
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|name| {
+            BrokeredApi::parse(name).map_or(true, |api| brokers.iter().any(|b| b.api == api))
+        })
+        .collect();
+    let handle = berth_archive::beneath::DirHandle::open(dir)
+        .map_err(|e| SandboxError::io(dir, e))?;
+    let fd = std::os::fd::AsFd::as_fd(&handle)
+        .try_clone_to_owned()
+        .map_err(|e| SandboxError::io(dir, e))?;
+    let summary = Arc::new(Mutex::new(EgressSummary {
+        mode: EgressMode::Policy,
+        ..EgressSummary::default()
+    }));
+    let sink = sink(ctx, summary.clone())?;
+    let proxy = berth_egress::Proxy::start(
+        fd,
+        &listeners,
+        berth_egress::Config {
+            policy,
+            tcp,
+            brokers,
+            resolve: host.resolve.clone(),
+            ..berth_egress::Config::default()
+        },
+        sink,
+    )
+    .map_err(|e| SandboxError::Invalid(format!("starting the egress proxy failed: {e}")))?;
+    Ok(Some(EgressSession {
+        _proxy: proxy,
+        summary,
+    }))
+}
+
+/// Where decisions go: masked, appended to events.jsonl, shown by the reporter, summed.
+fn sink(
+    ctx: &RunContext,
+    summary: Arc<Mutex<EgressSummary>>,
+) -> Result<berth_egress::Sink, SandboxError> {
+    let path = ctx.run_dir.events_path();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| SandboxError::io(&path, e))?;
+    let file = Mutex::new(file);
+    let reporter: Arc<dyn Reporter> = ctx.reporter.clone();
+    let masker: Masker = ctx.masker.clone();
+    let run_id = ctx.record.id.clone();
+    Ok(Arc::new(move |record: EgressRecord| {
+        let record = mask(&masker, record);
+        let events = {
+            let Ok(mut s) = summary.lock() else { return };
+            s.add(&record);
+            s.allowed + s.denied
+        };
+        if events > MAX_EGRESS_EVENTS {
+            if events == MAX_EGRESS_EVENTS + 1 {
+                emit(&file, &*reporter, &run_id, Event::Warning {
+                    message: format!("more than {MAX_EGRESS_EVENTS} egress decisions: the rest are only counted in the record"),
+                });
+            }
+            return;
+        }
+        emit(&file, &*reporter, &run_id, Event::Egress { egress: record });
+    }))
+}
+
+fn emit(file: &Mutex<std::fs::File>, reporter: &dyn Reporter, run_id: &str, event: Event) {
+    let line = EventLine {
+        ts: now_rfc3339(),
+        run_id: run_id.to_string(),
+        event,
+    };
+    if let Ok(mut json) = serde_json::to_vec(&line) {
+        json.push(b'\n');
+        if let Ok(mut f) = file.lock() {
+            // One write per line: appends from other writers never interleave inside it.
+            let _ = f.write_all(&json);
+        }
+    }
+    reporter.event(&line);
+}
+
+/// Sandbox-chosen text (host, path, method) masked like any output.
+fn mask(masker: &Masker, mut r: EgressRecord) -> EgressRecord {
+    r.host = masker.mask_str(&r.host);
+    r.path = r.path.map(|p| masker.mask_str(&p));
+    r.method = r.method.map(|m| masker.mask_str(&m));
+    r.rule = masker.mask_str(&r.rule);
+    r.error = r.error.map(|e| masker.mask_str(&e));
+    r
+}

@@ -1,0 +1,176 @@
+//! Egress policy end to end: the real binary, the real engine, the busybox test image, fake
+//! upstreams on this machine's loopback. Inside the sandbox only `lo` exists; the shim's
+//! forwarder is the way out, to berth's proxy.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use support::{containers_of_run, stderr, stdout, Workspace};
+
+/// What a fake upstream received: request heads, one string each.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A fake HTTP upstream on 127.0.0.2 (outside the sandbox's NO_PROXY, so clients use the proxy).
+/// `respond(head) -> (content type, body)`.
+fn upstream(respond: fn(&str) -> (String, String)) -> (u16, Seen) {
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let (ctype, text) = respond(&head);
+                s.lock().unwrap().push(head);
+                let mut conn = conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn hello(_: &str) -> (String, String) {
+    ("text/plain".into(), "hello-from-upstream\n".into())
+}
+
+fn events(ws: &Workspace) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(ws.last_run().join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn policy_allows_listed_hosts_denies_the_rest_and_records_every_decision() {
+    let ws = Workspace::new();
+    let (port, seen) = upstream(hello);
+    let script = format!(
+        r#"
+wget -q -O - http://127.0.0.2:{port}/hello; echo "allowed=$?"
+wget -q -O - http://denied.example/ ; echo "denied=$?"
+printf 'GET http://denied.example/x HTTP/1.0\r\n\r\n' | nc 127.0.0.1 41080
+nslookup example.org >/dev/null 2>&1; echo "dns=$?"
+nc -w 2 1.1.1.1 80 </dev/null >/dev/null 2>&1; echo "raw=$?"
+nc -w 2 127.0.0.2 {port} </dev/null >/dev/null 2>&1; echo "rawlocal=$?"
+ls /sys/class/net
+"#
+    );
+    let out = ws.run(
+        &["--allow-host", &format!("127.0.0.2:{port}")],
+        &["sh", "-c", &script],
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    assert!(so.contains("hello-from-upstream\nallowed=0"), "{so}");
+    assert!(!so.contains("denied=0"), "{so}");
+    assert!(so.contains("HTTP/1.0 403 Forbidden"), "{so}");
+    assert!(so.contains("--allow-host denied.example:80"), "{so}");
+    assert!(!so.contains("dns=0"), "DNS must fail: {so}");
+    assert!(!so.contains("raw=0"), "a raw connect must fail: {so}");
+    assert!(!so.contains("rawlocal=0"), "the host's loopback is not the sandbox's: {so}");
+    assert_eq!(so.lines().last(), Some("lo"), "only loopback: {so}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let events = events(&ws);
+    let egress: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "egress").collect();
+    let allowed = egress
+        .iter()
+        .find(|e| e["allowed"] == true)
+        .expect("the allowed request is an event");
+    assert_eq!(allowed["host"], "127.0.0.2");
+    assert_eq!(allowed["port"], port);
+    assert_eq!(allowed["path"], "/hello");
+    assert_eq!(allowed["rule"], format!("127.0.0.2:{port}"));
+    assert!(allowed["bytes_in"].as_u64().unwrap() >= 20, "{allowed}");
+    let denied: Vec<_> = egress.iter().filter(|e| e["allowed"] == false).collect();
+    assert_eq!(denied.len(), 2, "{egress:?}");
+    assert!(denied.iter().all(|e| e["host"] == "denied.example"
+        && e["rule"] == "no rule allows denied.example:80"));
+
+    let record = ws.last_record();
+    assert_eq!(record["spec"]["egress"]["mode"], "policy");
+    assert_eq!(record["egress"]["allowed"], 1);
+    assert_eq!(record["egress"]["denied"], 2);
+    assert_eq!(record["egress"]["denied_hosts"][0], "denied.example:80");
+
+    let id = record["id"].as_str().unwrap().to_string();
+    let show = ws.berth(&["show", &id]).output().unwrap();
+    let shown = stdout(&show);
+    assert!(
+        shown.contains("egress: policy: 1 allowed, 2 denied"),
+        "{shown}"
+    );
+    assert!(shown.contains("denied hosts: denied.example:80"), "{shown}");
+    assert!(containers_of_run(&id).is_empty());
+}
+
+#[test]
+fn egress_flags_are_checked_and_explained() {
+    let ws = Workspace::new();
+    for (args, needle) in [
+        (
+            vec!["--allow-host", "*"],
+            "egress rule `*`",
+        ),
+        (
+            vec!["--egress", "none", "--allow-host", "a.org"],
+            "--allow-host: hosts are allowed through berth's egress proxy",
+        ),
+        (
+            vec!["--egress", "sometimes"],
+            "--egress: `sometimes` is not an egress mode: expected none, policy or open",
+        ),
+        (
+            vec!["--allow-host", "a.org", "--network", "bridge"],
+            "--network: `bridge` cannot be combined with egress policy",
+        ),
+        (
+            vec!["--allow-preset", "nope"],
+            "unknown egress preset `nope`; known presets: package-registries",
+        ),
+    ] {
+        let out = ws.run(&args, &["true"]);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn open_egress_says_so_loudly() {
+    let ws = Workspace::new();
+    let out = ws.run(&["--egress", "open"], &["true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--egress open: the sandbox joins the engine's bridge network"));
+    assert_eq!(ws.last_record()["spec"]["network"]["kind"], "bridge");
+}
