@@ -19,6 +19,7 @@ use berth_sandbox::rundir::{RunDir, StateDir};
 use berth_sandbox::{launch, RunContext};
 use tokio::sync::oneshot;
 
+use crate::journal::{Delivery, End, RunJournal};
 use crate::reporter::{batcher, Message, ServerReporter};
 use crate::{Lease, Shared, RUNNER_LABEL};
 
@@ -40,14 +41,20 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
                 token: claimed.lease_token.clone(),
                 interrupt: interrupt_tx,
                 interrupted: false,
+                shutdown: false,
             },
         );
     }
+    let journal =
+        RunJournal::create(&shared.config.state_dir, &run_id, &claimed.lease_token)
+            .inspect_err(|e| tracing::warn!(run = %run_id, error = %e, "the run's journal could not be made; what the server misses if the runner stops is lost"))
+            .ok();
     let (tx, rx) = tokio::sync::mpsc::channel(crate::reporter::QUEUE_EVENTS);
     let batch_task = tokio::spawn(batcher(
         shared.clone(),
         run_id.clone(),
         claimed.lease_token.clone(),
+        journal,
         rx,
     ));
     tracing::info!(run = %run_id, "claimed");
@@ -65,25 +72,57 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
     let _ = tx.send(Message::Flush(done_tx)).await;
     let _ = done_rx.await;
     drop(tx);
-    let _ = batch_task.await;
+    let (journal, events_kept) = batch_task.await.unwrap_or((None, false));
 
-    let (mut state, mut reason) = (outcome.state.clone(), outcome.reason.clone());
-    if let Some(dir) = &outcome.run_dir {
-        let failed =
-            upload_artifacts(shared, &run_id, &claimed.lease_token, &dir.artifacts_dir()).await;
-        (state, reason) = crate::reporter::with_upload_failures(state, reason, &failed);
-    }
-    let body = FinishBody {
-        lease_token: claimed.lease_token.clone(),
-        state,
-        exit_code: outcome.exit_code,
-        reason,
+    let stopped_by_shutdown = shared
+        .leases
+        .lock()
+        .is_ok_and(|map| map.get(&run_id).is_some_and(|l| l.shutdown));
+    let (state, reason) = if stopped_by_shutdown && outcome.state == "cancelled" {
+        (
+            "lost".to_string(),
+            Some(format!(
+                "runner `{}` shut down before the run ended (drain timeout {}); the command was stopped",
+                shared.runner_id,
+                units::format_duration(shared.config.drain_timeout)
+            )),
+        )
+    } else {
+        (outcome.state.clone(), outcome.reason.clone())
     };
-    report_finish(shared, &run_id, &body).await;
+    let end = End {
+        finish: FinishBody {
+            lease_token: claimed.lease_token.clone(),
+            state,
+            exit_code: outcome.exit_code,
+            reason,
+        },
+        artifacts: outcome.run_dir.as_ref().map(RunDir::artifacts_dir),
+    };
+    // Events still owed go first: the end is then the next start's to report.
+    let delivery = if events_kept {
+        Delivery::Kept
+    } else {
+        crate::journal::deliver_end(shared, &run_id, end.clone()).await
+    };
+    match (delivery, journal) {
+        (Delivery::Kept, Some(journal)) => {
+            journal.write_end(&end);
+            tracing::warn!(run = %run_id, journal = %journal.dir().display(), "the server is unreachable: the run's end is kept for the next start");
+        }
+        (Delivery::Kept, None) => {
+            tracing::error!(run = %run_id, "the server is unreachable and the run has no journal: its end is lost");
+        }
+        (_, journal) => {
+            if let Some(journal) = journal {
+                journal.remove();
+            }
+        }
+    }
     if let Ok(mut map) = shared.leases.lock() {
         map.remove(&run_id);
     }
-    tracing::info!(run = %run_id, state = %body.state, "finished");
+    tracing::info!(run = %run_id, state = %end.finish.state, "finished");
 }
 
 struct Outcome {
@@ -472,12 +511,14 @@ pub async fn drain_pool(engine: &DockerEngine, shared: &Shared) {
 }
 
 /// Uploads every regular file under `dir`; returns each that did not reach the server, with why.
-async fn upload_artifacts(
+/// `Err` when the server is unreachable and the runner stopped retrying: the upload is for the
+/// next start.
+pub(crate) async fn upload_artifacts(
     shared: &Shared,
     run_id: &str,
     lease_token: &str,
     dir: &Path,
-) -> Vec<String> {
+) -> Result<Vec<String>, ()> {
     let mut failed = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
@@ -505,11 +546,29 @@ async fn upload_artifacts(
                 continue;
             };
             let uploaded = match tokio::fs::read(&path).await {
-                Ok(bytes) => shared
-                    .client
-                    .put_artifact(run_id, relative, bytes, lease_token)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(bytes) => {
+                    let mut delay = Duration::from_millis(100);
+                    loop {
+                        let put = shared
+                            .attempt(shared.client.put_artifact(
+                                run_id,
+                                relative,
+                                bytes.clone(),
+                                lease_token,
+                            ))
+                            .await;
+                        match put {
+                            Err(e) if e.status().is_none_or(|s| s >= 500) => {
+                                tracing::warn!(run = %run_id, error = %e, "uploading an artifact failed; retrying");
+                                if !shared.retry_after(delay).await {
+                                    return Err(());
+                                }
+                                delay = (delay * 2).min(Duration::from_secs(5));
+                            }
+                            other => break other.map_err(|e| e.to_string()),
+                        }
+                    }
+                }
                 Err(e) => Err(format!("reading it failed: {e}")),
             };
             if let Err(e) = uploaded {
@@ -518,30 +577,14 @@ async fn upload_artifacts(
             }
         }
     }
-    failed
+    Ok(failed)
 }
 
 /// Reports the end, retrying while the server is unreachable; a refusal (lease gone) is final.
 async fn report_finish(shared: &Shared, run_id: &str, body: &FinishBody) {
     let path = format!("/api/v1/runs/{run_id}/finish");
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match shared
-            .client
-            .post::<_, serde_json::Value>(&path, body)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.status().is_some() => {
-                tracing::warn!(run = %run_id, error = %e, "the server refused the result");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(run = %run_id, error = %e, "reporting the result failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    if let Err(e) = shared.post_retrying(&path, body).await {
+        tracing::warn!(run = %run_id, error = %e, "the server did not take the result");
     }
 }
 

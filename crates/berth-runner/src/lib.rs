@@ -8,6 +8,7 @@
 
 pub mod client;
 mod execute;
+mod journal;
 mod reporter;
 mod workflows;
 
@@ -21,11 +22,65 @@ use berth_api::{
 };
 use berth_engine::diagnose::ProbeEnv;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 pub use client::{ApiError, Client};
 
 /// The label that ties a container to the runner that created it.
 pub const RUNNER_LABEL: &str = "berth.runner-id";
+
+/// How long runs in progress may go on after a SIGTERM: with the grace below and the time to
+/// clean up, a runner stops well within compose's 10 s and systemd's 90 s stop timeouts.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between the SIGTERM and the SIGKILL of a run the runner stops.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(3);
+/// After the SIGKILL, how long the runner still waits for the server before it keeps what is
+/// unsent in its journal and exits.
+const ABANDON_AFTER_KILL: Duration = Duration::from_secs(2);
+
+/// What the runner's supervisor asks for, in rising urgency. `berth runner` maps signals onto
+/// it: SIGTERM drains, a second SIGTERM (or SIGINT) stops the runs, one more kills them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    Run,
+    /// No new claims; runs in progress have the drain timeout to finish.
+    Drain,
+    /// Stop the runs now: SIGTERM, the stop grace, SIGKILL.
+    Now,
+    /// Kill the runs at once.
+    Kill,
+}
+
+impl Stop {
+    pub fn after_sigterm(self) -> Self {
+        match self {
+            Self::Run => Self::Drain,
+            Self::Drain => Self::Now,
+            Self::Now | Self::Kill => Self::Kill,
+        }
+    }
+
+    pub fn after_sigint(self) -> Self {
+        match self {
+            Self::Run | Self::Drain => Self::Now,
+            Self::Now | Self::Kill => Self::Kill,
+        }
+    }
+}
+
+/// Where the runner is in its shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Working,
+    /// No new claims.
+    Draining,
+    /// The runs were told to stop; calls to the server are no longer retried.
+    Halting,
+    /// The runs were killed.
+    Killing,
+    /// Calls in flight are given up; what is unsent stays in the journal.
+    Abandoned,
+}
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -46,6 +101,10 @@ pub struct RunnerConfig {
     pub profiles: Vec<berth_core::profile::Profile>,
     /// Warm pools by profile or image name, from this host's config.
     pub pools: std::collections::BTreeMap<String, berth_core::held::PoolSpec>,
+    /// After a SIGTERM, how long runs in progress may go on before they are stopped.
+    pub drain_timeout: Duration,
+    /// Between SIGTERM and SIGKILL of a run stopped by the runner's shutdown.
+    pub stop_grace: Duration,
 }
 
 /// A run this runner holds a lease for.
@@ -54,6 +113,8 @@ struct Lease {
     /// Interrupts the run (a cancel, or a lease the server revoked).
     interrupt: UnboundedSender<&'static str>,
     interrupted: bool,
+    /// The runner's shutdown stopped the run (not a cancel, not the server).
+    shutdown: bool,
 }
 
 /// Shared by the workers and the heartbeat.
@@ -63,17 +124,118 @@ struct Shared {
     runner_id: String,
     leases: Mutex<HashMap<String, Lease>>,
     heartbeat: Duration,
+    phase: watch::Sender<Phase>,
 }
 
-/// Runs until `shutdown` resolves, then stops claiming; runs in progress are finished first.
-pub async fn run(
-    config: RunnerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+impl Shared {
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// The runner stopped retrying calls to the server: it is shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        self.phase() >= Phase::Halting
+    }
+
+    async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+
+    /// Waits `delay` before another attempt; false when the runner no longer retries.
+    pub(crate) async fn retry_after(&self, delay: Duration) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.reached(Phase::Halting) => false,
+        }
+    }
+
+    /// One call to the server, given up (as unreachable) when the runner abandons what is in
+    /// flight.
+    pub(crate) async fn attempt<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::select! {
+            result = call => result,
+            () = self.reached(Phase::Abandoned) => Err(ApiError::Unreachable {
+                url: self.client.base().to_string(),
+                message: "given up: the runner is stopping".into(),
+            }),
+        }
+    }
+
+    /// POSTs, retrying while the server is unreachable or failing (5xx) until the runner stops
+    /// retrying; then the error says unreachable. Any other answer is the server's.
+    pub(crate) async fn post_retrying<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(), ApiError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let error = match self
+                .attempt(self.client.post::<_, serde_json::Value>(path, body))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status().is_some_and(|s| s < 500) => return Err(e),
+                Err(e) => e,
+            };
+            tracing::warn!(path, error = %error, "calling the server failed; retrying");
+            if !self.retry_after(delay).await {
+                return Err(ApiError::Unreachable {
+                    url: self.client.base().to_string(),
+                    message: format!("given up: the runner is stopping ({error})"),
+                });
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Interrupts every run: the first time with the shutdown as the reason, again to kill.
+    fn interrupt_all(&self, kill: bool) -> usize {
+        let Ok(mut map) = self.leases.lock() else {
+            return 0;
+        };
+        for lease in map.values_mut() {
+            if kill {
+                let _ = lease.interrupt.send("the runner's shutdown");
+            } else if !lease.interrupted {
+                lease.interrupted = true;
+                lease.shutdown = true;
+                let _ = lease.interrupt.send("the runner's shutdown");
+            }
+        }
+        map.len()
+    }
+}
+
+/// Runs until `stop` asks it to end: a drain first stops claiming and gives the runs in
+/// progress the drain timeout; then they are stopped (SIGTERM, the stop grace, SIGKILL) and their
+/// containers removed. What the server could not be told by then is kept in the journal and sent
+/// by the next start.
+pub async fn run(config: RunnerConfig, mut stop: watch::Receiver<Stop>) -> Result<(), String> {
     let client = Client::new(&config.server, &config.token).map_err(|e| e.to_string())?;
-    let registered = register(&client, &config).await?;
+    // Until the runner works, a stop request ends it at once.
+    let registered = tokio::select! {
+        registered = register(&client, &config) => registered?,
+        _ = stop.wait_for(|s| *s >= Stop::Drain) => {
+            tracing::info!("stopping before the server was reached");
+            return Ok(());
+        }
+    };
     tracing::info!(runner = %registered.runner_id, server = %config.server, "registered");
-    let engine = wait_for_engine(&config.probe_env).await;
+    let engine = tokio::select! {
+        engine = wait_for_engine(&config.probe_env) => engine,
+        _ = stop.wait_for(|s| *s >= Stop::Drain) => {
+            tracing::info!("stopping before Docker could be used");
+            return Ok(());
+        }
+    };
     let shared = Arc::new(Shared {
         client,
         runner_id: registered.runner_id.clone(),
@@ -82,28 +244,59 @@ pub async fn run(
         heartbeat: Duration::from_millis(registered.heartbeat_ms.max(100).unsigned_abs())
             .min(berth_core::units::MAX_DURATION),
         config,
+        phase: watch::channel(Phase::Working).0,
     });
-    execute::reconcile(&engine, &shared).await;
+    let supervisor = tokio::spawn(supervise(shared.clone(), stop));
+    // What an earlier incarnation could not tell the server, and the containers it left.
+    journal::resend(&shared, || execute::reconcile(&engine, &shared)).await;
 
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for _ in 0..shared.config.capacity.max(1) {
-        workers.push(tokio::spawn(worker(
-            shared.clone(),
-            engine.clone(),
-            stop_rx.clone(),
-        )));
+        workers.push(tokio::spawn(worker(shared.clone(), engine.clone())));
     }
-    shutdown.await;
-    tracing::info!("stopping: no new claims; runs in progress finish first");
-    let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
     }
     heartbeat.abort();
+    supervisor.abort();
     execute::drain_pool(&engine, &shared).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Moves the runner through its shutdown as `stop` asks and the drain timeout and the stop
+/// grace pass.
+async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<Stop>) {
+    let config = &shared.config;
+    if stop.wait_for(|s| *s >= Stop::Drain).await.is_err() {
+        return;
+    }
+    shared.phase.send_replace(Phase::Draining);
+    if *stop.borrow() < Stop::Now {
+        tracing::info!(drain_timeout = ?config.drain_timeout, "stopping: no new claims; runs in progress may finish within the drain timeout");
+        tokio::select! {
+            () = tokio::time::sleep(config.drain_timeout) => {}
+            _ = stop.wait_for(|s| *s >= Stop::Now) => {}
+        }
+    }
+    shared.phase.send_replace(Phase::Halting);
+    let runs = shared.interrupt_all(false);
+    if runs > 0 {
+        tracing::warn!(runs, grace = ?config.stop_grace, "stopping the runs in progress: SIGTERM, then SIGKILL after the grace");
+    }
+    if *stop.borrow() < Stop::Kill {
+        tokio::select! {
+            () = tokio::time::sleep(config.stop_grace) => {}
+            _ = stop.wait_for(|s| *s >= Stop::Kill) => {}
+        }
+    }
+    shared.phase.send_replace(Phase::Killing);
+    if shared.interrupt_all(true) > 0 {
+        tracing::warn!("killing the runs still in progress");
+    }
+    tokio::time::sleep(ABANDON_AFTER_KILL).await;
+    shared.phase.send_replace(Phase::Abandoned);
 }
 
 /// Registers, retrying with backoff while the server is unreachable or failing. A refusal (403:
@@ -151,14 +344,10 @@ async fn wait_for_engine(env: &ProbeEnv) -> berth_engine::DockerEngine {
     }
 }
 
-async fn worker(
-    shared: Arc<Shared>,
-    engine: berth_engine::DockerEngine,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn worker(shared: Arc<Shared>, engine: berth_engine::DockerEngine) {
     let path = format!("/api/v1/runners/{}/claim", shared.runner_id);
     let mut backoff = Backoff::new();
-    while !*stop.borrow() {
+    while shared.phase() == Phase::Working {
         let claim = shared.client.post_optional::<_, Claimed>(
             &path,
             &ClaimBody { wait_ms: 20_000 },
@@ -166,7 +355,7 @@ async fn worker(
         );
         let claimed = tokio::select! {
             result = claim => result,
-            _ = stop.changed() => break,
+            () = shared.reached(Phase::Draining) => break,
         };
         match claimed {
             Ok(Some(claimed)) => {
@@ -178,7 +367,7 @@ async fn worker(
                 tracing::warn!(error = %e, retry_in = ?backoff.peek(), "claiming failed");
                 tokio::select! {
                     () = backoff.wait() => {}
-                    _ = stop.changed() => break,
+                    () = shared.reached(Phase::Draining) => break,
                 }
             }
         }
@@ -189,7 +378,8 @@ async fn worker(
 /// requested, so cancels arrive within a round trip.
 async fn heartbeat_loop(shared: Arc<Shared>) {
     let path = format!("/api/v1/runners/{}/heartbeat", shared.runner_id);
-    let mut backoff = Backoff::new();
+    // Never slower than the heartbeat: a server back from an outage gives leases one period.
+    let mut backoff = Backoff::up_to(shared.heartbeat);
     loop {
         let leases: Vec<LeaseRef> = match shared.leases.lock() {
             Ok(map) => map
@@ -248,25 +438,30 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Exponential backoff from 100 ms to 5 s.
+/// Exponential backoff from 100 ms to 5 s (or a lower cap).
 struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     fn new() -> Self {
+        Self::up_to(Duration::from_secs(5))
+    }
+    fn up_to(max: Duration) -> Self {
         Self {
-            next: Duration::from_millis(100),
+            next: Duration::from_millis(100).min(max),
+            max,
         }
     }
     fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
+        self.next = Duration::from_millis(100).min(self.max);
     }
     fn peek(&self) -> Duration {
         self.next
     }
     async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        self.next = (self.next * 2).min(self.max);
     }
 }

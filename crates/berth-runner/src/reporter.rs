@@ -11,9 +11,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
+use crate::journal::RunJournal;
 use crate::Shared;
 
-const BATCH_EVENTS: usize = 500;
+pub const BATCH_EVENTS: usize = 500;
 /// Events waiting for the batcher. When the server is slow or away the queue fills and the
 /// command's output waits (the pipes apply back-pressure), so the runner's memory stays bounded.
 pub const QUEUE_EVENTS: usize = 4096;
@@ -110,13 +111,16 @@ impl Reporter for ServerReporter {
 }
 
 /// Batches events to the server until the channel closes. Acknowledges the start when the
-/// `started` event goes by. On a refused lease, interrupts the run.
+/// `started` event goes by. On a refused lease, interrupts the run. Every event goes to the
+/// run's journal before it is sent; once the server is unreachable while the runner stops, the
+/// rest only goes there. Returns the journal, and whether it still holds events for the server.
 pub async fn batcher(
     shared: Arc<Shared>,
     run_id: String,
     lease_token: String,
+    journal: Option<RunJournal>,
     mut rx: Receiver<Message>,
-) {
+) -> (Option<RunJournal>, bool) {
     let mut batch = Batcher {
         shared,
         run_id,
@@ -124,6 +128,8 @@ pub async fn batcher(
         buffer: Vec::new(),
         next_seq: 1,
         lease_lost: false,
+        offline: false,
+        journal,
         container_id: None,
         last_send: tokio::time::Instant::now() - BATCH_DELAY,
     };
@@ -142,7 +148,10 @@ pub async fn batcher(
         match message {
             None => {
                 batch.send().await;
-                return;
+                if let Some(journal) = batch.journal.as_mut() {
+                    journal.close();
+                }
+                return (batch.journal, batch.offline);
             }
             Some(Message::Flush(done)) => {
                 batch.send().await;
@@ -159,6 +168,12 @@ pub async fn batcher(
                         });
                 }
                 let started = event.kind == "started";
+                if let Some(journal) = batch.journal.as_mut() {
+                    journal.append(
+                        batch.next_seq + batch.buffer.len() as i64,
+                        std::slice::from_ref(&event),
+                    );
+                }
                 batch.buffer.push(event);
                 if started {
                     batch.send().await;
@@ -178,19 +193,19 @@ pub async fn batcher(
 /// The batches of one send still to go, in order. A batch the server refuses as too large is
 /// replaced by its two halves (each keeps its events' numbers); a single event that is still
 /// too large by a short stand-in saying so, so the output shows that something was lost.
-struct Outbox {
+pub(crate) struct Outbox {
     /// Next batch last.
     pending: Vec<Batch>,
 }
 
-struct Batch {
-    body: EventsBody,
+pub(crate) struct Batch {
+    pub(crate) body: EventsBody,
     /// A stand-in for an event too large to store: if it is refused too, it is dropped.
     stand_in: bool,
 }
 
 impl Outbox {
-    fn new(body: EventsBody) -> Self {
+    pub(crate) fn new(body: EventsBody) -> Self {
         Self {
             pending: vec![Batch {
                 body,
@@ -199,12 +214,12 @@ impl Outbox {
         }
     }
 
-    fn next(&mut self) -> Option<Batch> {
+    pub(crate) fn next(&mut self) -> Option<Batch> {
         self.pending.pop()
     }
 
     /// `batch`, just taken with [`Outbox::next`], was refused as too large.
-    fn too_large(&mut self, batch: Batch) {
+    pub(crate) fn too_large(&mut self, batch: Batch) {
         let Batch { mut body, stand_in } = batch;
         if stand_in {
             tracing::error!(
@@ -261,6 +276,10 @@ struct Batcher {
     /// The number the next batch's first event gets (events are numbered from 1 per run).
     next_seq: i64,
     lease_lost: bool,
+    /// The server was unreachable when the runner stopped retrying: events only go to the
+    /// journal from here on.
+    offline: bool,
+    journal: Option<RunJournal>,
     container_id: Option<String>,
     last_send: tokio::time::Instant,
 }
@@ -272,7 +291,8 @@ impl Batcher {
 
     /// Sends the buffer, retrying while the server is unreachable (events are kept, not
     /// dropped; a resend after a lost reply is recognised by its numbers and stored once). A
-    /// batch the server finds too large (413) is split and its parts sent in order.
+    /// batch the server finds too large (413) is split and its parts sent in order. When the
+    /// runner stops retrying, what was not sent stays in the journal.
     async fn send(&mut self) {
         if self.buffer.is_empty() {
             return;
@@ -281,58 +301,54 @@ impl Batcher {
             self.buffer.clear();
             return;
         }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.flush();
+        }
         self.last_send = tokio::time::Instant::now();
         let events = std::mem::take(&mut self.buffer);
         let count = events.len() as i64;
+        let first_seq = self.next_seq;
+        self.next_seq += count;
+        if self.offline {
+            return;
+        }
         let mut outbox = Outbox::new(EventsBody {
             lease_token: self.lease_token.clone(),
-            first_seq: self.next_seq,
+            first_seq,
             events,
         });
-        self.next_seq += count;
+        let path = format!("/api/v1/runs/{}/events", self.run_id);
         while let Some(batch) = outbox.next() {
-            match self.post_events(&batch.body).await {
+            match self.shared.post_retrying(&path, &batch.body).await {
                 Ok(()) => {}
                 Err(e) if e.is_too_large() => {
                     tracing::warn!(run = %self.run_id, events = batch.body.events.len(), error = %e, "the server found an event batch too large; sending it in parts");
                     outbox.too_large(batch);
                 }
-                Err(e) => {
+                Err(e) if e.status().is_some() => {
                     tracing::warn!(run = %self.run_id, error = %e, "the server refused events");
                     if e.is_conflict() {
                         self.lose_lease();
+                    } else if let Some(journal) = self.journal.as_mut() {
+                        // Refused for good: not worth keeping.
+                        journal.acknowledged();
                     }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(run = %self.run_id, error = %e, "the server is unreachable and the runner is stopping: the run's events are kept in the journal");
+                    self.offline = true;
                     return;
                 }
             }
         }
-    }
-
-    /// Posts one batch, retrying while the server is unreachable; an error is the server's
-    /// answer.
-    async fn post_events(&self, body: &EventsBody) -> Result<(), crate::ApiError> {
-        let path = format!("/api/v1/runs/{}/events", self.run_id);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self
-                .shared
-                .client
-                .post::<_, serde_json::Value>(&path, body)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.status().is_some() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(run = %self.run_id, error = %e, "sending events failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.acknowledged();
         }
     }
 
     async fn acknowledge_start(&mut self) {
-        if self.lease_lost {
+        if self.lease_lost || self.offline {
             return;
         }
         let body = StartBody {
@@ -348,8 +364,11 @@ impl Batcher {
         loop {
             match self
                 .shared
-                .client
-                .post::<_, serde_json::Value>(&path, &body)
+                .attempt(
+                    self.shared
+                        .client
+                        .post::<_, serde_json::Value>(&path, &body),
+                )
                 .await
             {
                 Ok(_) => return,
@@ -367,7 +386,9 @@ impl Batcher {
                 Err(e) => {
                     maybe_applied = true;
                     tracing::warn!(run = %self.run_id, error = %e, "acknowledging the start failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    if !self.shared.retry_after(delay).await {
+                        return;
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
@@ -377,6 +398,9 @@ impl Batcher {
     /// The server no longer accepts this runner's writes for the run: stop it.
     fn lose_lease(&mut self) {
         self.lease_lost = true;
+        if let Some(journal) = self.journal.take() {
+            journal.remove();
+        }
         if let Ok(mut map) = self.shared.leases.lock() {
             if let Some(lease) = map.get_mut(&self.run_id) {
                 if !lease.interrupted {

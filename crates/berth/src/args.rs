@@ -422,6 +422,10 @@ pub struct RunnerArgs {
     pub allow_local: bool,
     /// The runner's name and id [default: the host name].
     #[arg(long)]
+    /// After SIGTERM: how long runs in progress may go on before they are stopped (SIGTERM, 3 s,
+    /// SIGKILL). A second SIGTERM, or SIGINT, stops them at once.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub drain_timeout: String,
     pub name: Option<String>,
     /// Where run directories are kept [default: $BERTH_STATE_DIR, else the user's data directory].
     #[arg(long, value_name = "DIR")]

@@ -64,6 +64,9 @@ on_both_stores!(
     auth_is_enforced_end_to_end,
     lost_answers_do_not_change_outcomes,
     workflow_on_the_cli_and_through_server_and_runner_agree,
+    sigterm_with_the_server_down_keeps_the_output_for_the_next_start,
+    second_sigterm_stops_the_runs_within_the_grace,
+    server_outage_longer_than_the_lease_loses_no_run,
 );
 
 fn unique(base: &str) -> String {
@@ -575,6 +578,49 @@ impl Cluster {
             let _ = r.child.wait();
         }
         self.runners.retain(|r| r.name != name);
+    }
+
+    /// Sends `signal` to a runner process.
+    fn signal_runner(&self, name: &str, signal: &str) {
+        for r in self.runners.iter().filter(|r| r.name == name) {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &r.child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `limit` for a runner process to exit; its exit status if it did.
+    fn wait_runner_exit(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.runners.iter_mut().find(|r| r.name == name)?;
+            if let Some(status) = r.child.try_wait().unwrap() {
+                self.runners.retain(|r| r.name != name);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A runner's own directory (run directories, journal).
+    fn runner_dir(&self, name: &str) -> PathBuf {
+        self.path().join("runners").join(name).join("runner")
+    }
+
+    /// The stdout lines of a run as the server has them.
+    fn stdout_lines(&self, id: &str) -> Vec<String> {
+        self.events(id, None)
+            .iter()
+            .filter(|e| e.kind == "stdout")
+            .map(Sse::payload)
+            .collect()
     }
 
     /// curl: (status, body). Never hangs: 30 s at most.
@@ -2139,4 +2185,173 @@ fn sqlite_server_killed_mid_workflow_goes_on() {
         .filter(|a| a["event"] == "step_queued")
         .count();
     assert_eq!(queued, 7, "no step queued twice: {shown}");
+}
+
+/// Lines `prefix1`..`prefixN`, each ending in a newline.
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i}\n")).collect()
+}
+
+// Issue 20: SIGTERM while runs are in flight and the server is unreachable. The runner stops
+// claiming, lets the runs go on for the drain timeout, stops them (SIGTERM, grace, SIGKILL),
+// removes their containers and exits, keeping the unsent output and the ends in its journal.
+// The next start sends them: the server gets every line the commands printed, exactly once.
+fn sigterm_with_the_server_down_keeps_the_output_for_the_next_start(db: Db) {
+    const DRAIN: Duration = Duration::from_secs(2);
+    const GRACE: Duration = Duration::from_secs(3);
+    let mut c = Cluster::start(db);
+    let name = c.runner("draining", &["--capacity", "4", "--drain-timeout", "2s"]);
+    let script = "for i in $(seq 1 40); do echo line-$i; sleep 0.5; done";
+    let ids: Vec<String> = (0..3)
+        .map(|_| c.submit(&[], &["sh", "-c", script]))
+        .collect();
+    for id in &ids {
+        c.wait_state(id, Duration::from_secs(30), |s| s == "running");
+        poll(Duration::from_secs(10), "some output", || {
+            (!c.stdout_lines(id).is_empty()).then_some(())
+        });
+    }
+    c.signal_runner(&name, "TERM");
+    c.kill_server();
+    let stopping = Instant::now();
+    let status = c.wait_runner_exit(&name, DRAIN + GRACE + Duration::from_secs(30));
+    let took = stopping.elapsed();
+    assert!(
+        status.is_some(),
+        "the runner did not stop within 30s of the drain timeout and grace\n{}",
+        c.all_log_tails()
+    );
+    println!("{db:?}: runner exited {took:?} after SIGTERM with the server down");
+    assert!(
+        took < DRAIN + GRACE + Duration::from_secs(2),
+        "the runner took {took:?} to stop (drain {DRAIN:?}, grace {GRACE:?})\n{}",
+        c.all_log_tails()
+    );
+    assert!(
+        containers_of_runner(&name).is_empty(),
+        "containers left: {:?}",
+        containers_of_runner(&name)
+    );
+    let journal = c.runner_dir(&name).join("journal");
+    for id in &ids {
+        assert!(
+            journal.join(id).join("end.json").is_file(),
+            "no end kept for {id}\n{}",
+            c.all_log_tails()
+        );
+    }
+
+    // Both come back; the runner's next start sends what it kept.
+    c.start_server();
+    c.spawn_runner(&name, &["--capacity", "4"], &[]);
+    for id in &ids {
+        let run = c.wait_final(id, Duration::from_secs(30));
+        let local =
+            std::fs::read_to_string(c.runner_dir(&name).join("runs").join(id).join("stdout.log"))
+                .unwrap();
+        let printed = local.lines().count();
+        assert!(
+            printed >= 2 && printed < 40,
+            "{id}: {printed} lines printed"
+        );
+        let lines = c.stdout_lines(id);
+        assert_eq!(
+            lines,
+            numbered("line-", printed),
+            "{id}: {run}\n{}",
+            c.all_log_tails()
+        );
+        assert_eq!(run["state"], "lost", "{run}");
+        let reason = run["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("shut down before the run ended"),
+            "{reason}"
+        );
+    }
+    poll(Duration::from_secs(10), "the journal is emptied", || {
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .next()
+            .is_none()
+            .then_some(())
+    });
+}
+
+// Issue 20: a second SIGTERM skips the drain: the runs are stopped at once (SIGTERM, the grace,
+// SIGKILL for a command that ignores SIGTERM), their containers removed, and the runner exits.
+fn second_sigterm_stops_the_runs_within_the_grace(db: Db) {
+    const GRACE: Duration = Duration::from_secs(3);
+    let mut c = Cluster::start(db);
+    let name = c.runner("hurried", &["--capacity", "2", "--drain-timeout", "10m"]);
+    let stubborn = c.submit(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo up; sleep 300 & wait; sleep 300",
+        ],
+    );
+    let plain = c.submit(&[], &["sh", "-c", "echo up; sleep 300"]);
+    for id in [&stubborn, &plain] {
+        c.wait_state(id, Duration::from_secs(30), |s| s == "running");
+    }
+    c.signal_runner(&name, "TERM");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        c.wait_runner_exit(&name, Duration::ZERO).is_none(),
+        "the runner stopped without draining"
+    );
+    assert_eq!(c.run(&plain)["state"], "running");
+    c.signal_runner(&name, "TERM");
+    let second = Instant::now();
+    let status = c.wait_runner_exit(&name, GRACE + Duration::from_secs(30));
+    let took = second.elapsed();
+    assert!(
+        status.is_some(),
+        "the runner did not stop after a second SIGTERM\n{}",
+        c.all_log_tails()
+    );
+    println!("{db:?}: runner exited {took:?} after the second SIGTERM");
+    assert!(
+        took < GRACE + Duration::from_secs(3),
+        "took {took:?}\n{}",
+        c.all_log_tails()
+    );
+    assert!(containers_of_runner(&name).is_empty());
+    for id in [&stubborn, &plain] {
+        let run = c.wait_final(id, Duration::from_secs(5));
+        assert_eq!(run["state"], "lost", "{run}");
+        assert!(
+            run["reason"].as_str().unwrap().contains("shut down"),
+            "{run}"
+        );
+        assert_eq!(c.stdout_lines(id), vec!["up\n".to_string()]);
+    }
+    assert!(std::fs::read_dir(c.runner_dir(&name).join("journal"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+// Issue 17.1: a server outage longer than the lease loses no run. Leases measure a runner's
+// silence while the server is up; after a start, each gets one full period.
+fn server_outage_longer_than_the_lease_loses_no_run(db: Db) {
+    let mut c = Cluster::start(db);
+    c.runner("patient", &["--capacity", "4"]);
+    let script = "for i in $(seq 1 30); do echo $i; sleep 0.5; done";
+    let ids: Vec<String> = (0..4)
+        .map(|_| c.submit(&[], &["sh", "-c", script]))
+        .collect();
+    for id in &ids {
+        c.wait_state(id, Duration::from_secs(30), |s| s == "running");
+    }
+    c.kill_server();
+    // Three lease periods without a server.
+    std::thread::sleep(Duration::from_secs(9));
+    c.start_server();
+    for id in &ids {
+        let run = c.wait_final(id, Duration::from_secs(40));
+        assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+        assert_eq!(c.stdout_lines(id), numbered("", 30), "{id}");
+    }
 }

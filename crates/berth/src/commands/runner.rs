@@ -1,7 +1,7 @@
 //! `berth runner`: claims runs from a server and executes them here.
 
 use berth_core::ExitStatus;
-use berth_runner::RunnerConfig;
+use berth_runner::{RunnerConfig, Stop};
 
 use crate::args::RunnerArgs;
 use crate::printer::Printer;
@@ -40,6 +40,16 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
             return ExitStatus::Error;
         }
     };
+    let drain_timeout = match berth_core::units::parse_duration(&args.drain_timeout) {
+        Ok(d) => d,
+        Err(e) => {
+            printer.error(
+                &format!("--drain-timeout: {e}"),
+                Some("pass a duration such as 30s or 2m"),
+            );
+            return ExitStatus::Error;
+        }
+    };
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
     let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
     let config = RunnerConfig {
@@ -55,12 +65,36 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         allow_local: args.allow_local,
         profiles,
         pools,
+        drain_timeout,
+        stop_grace: berth_runner::DEFAULT_STOP_GRACE,
     };
-    match berth_runner::run(config, super::shutdown_signal()).await {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let signals = tokio::spawn(stop_signals(stop_tx));
+    let result = berth_runner::run(config, stop_rx).await;
+    signals.abort();
+    match result {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
             printer.error(&e, None);
             ExitStatus::Error
         }
+    }
+}
+
+/// SIGTERM drains, a second SIGTERM (or SIGINT) stops the runs, one more kills them.
+async fn stop_signals(stop: tokio::sync::watch::Sender<Stop>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let next = tokio::select! {
+            _ = term.recv() => stop.borrow().after_sigterm(),
+            _ = int.recv() => stop.borrow().after_sigint(),
+        };
+        stop.send_replace(next);
     }
 }
