@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{
-    self, labels, ContainerPlan, PlanContext, TmpfsMount, EGRESS_TARGET, IO_TARGET, OUT_TARGET, SECRETS_TARGET,
-    SHIM_TARGET,
+    self, labels, ContainerPlan, PlanContext, TmpfsMount, EGRESS_TARGET, IO_TARGET, OUT_TARGET,
+    SECRETS_TARGET, SHIM_TARGET,
 };
 use crate::spec::RunSpec;
 

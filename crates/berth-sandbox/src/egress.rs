@@ -9,9 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use berth_core::egress::{
-    parse_tcp, BrokeredApi, EgressMode, EgressRecord, EgressSummary, Policy,
-};
+use berth_core::egress::{parse_tcp, BrokeredApi, EgressMode, EgressRecord, EgressSummary, Policy};
 use berth_core::event::{Event, EventLine};
 use berth_core::mask::Masker;
 
@@ -105,8 +103,8 @@ pub fn start(
             BrokeredApi::parse(name).map_or(true, |api| brokers.iter().any(|b| b.api == api))
         })
         .collect();
-    let handle = berth_archive::beneath::DirHandle::open(dir)
-        .map_err(|e| SandboxError::io(dir, e))?;
+    let handle =
+        berth_archive::beneath::DirHandle::open(dir).map_err(|e| SandboxError::io(dir, e))?;
     let fd = std::os::fd::AsFd::as_fd(&handle)
         .try_clone_to_owned()
         .map_err(|e| SandboxError::io(dir, e))?;

@@ -124,13 +124,12 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
     } else {
         None
     };
-    let egress_host_path = if spec.egress.mode == berth_core::egress::EgressMode::Policy
-        && !host.remote_engine
-    {
-        Some(ctx.run_dir.create_egress_dir()?)
-    } else {
-        None
-    };
+    let egress_host_path =
+        if spec.egress.mode == berth_core::egress::EgressMode::Policy && !host.remote_engine {
+            Some(ctx.run_dir.create_egress_dir()?)
+        } else {
+            None
+        };
     let mount_identities = host.checked.identities_for(&host.workspace);
     let mut mounts = host.checked.mounts;
     for extra in host.extra_mounts {

@@ -736,7 +736,9 @@ fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
     let mut bound = Vec::new();
     for (port, name) in listeners {
         if *port == 0 || !valid_listener(name) {
-            tell(&format!("bad listener `{port}:{name}`: expected --egress=PORT:NAME"));
+            tell(&format!(
+                "bad listener `{port}:{name}`: expected --egress=PORT:NAME"
+            ));
             exit(EXIT_SHIM);
         }
         match std::net::TcpListener::bind(("127.0.0.1", *port)) {

@@ -79,10 +79,8 @@ pub fn data_dir() -> std::path::PathBuf {
 
 /// Where the credential broker sends each API, from `BERTH_*_UPSTREAM`; an unusable value is an
 /// error naming the variable.
-pub fn egress_upstreams() -> Result<
-    std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>,
-    String,
-> {
+pub fn egress_upstreams(
+) -> Result<std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>, String> {
     use berth_core::egress::BrokeredApi;
     let mut out = std::collections::BTreeMap::new();
     for (api, name) in [

@@ -109,7 +109,14 @@ fn egress_line(r: &berth_core::record::RunRecord) -> String {
         line += &format!(" (brokered: {})", names.join(", "));
     }
     if spec.mode == berth_core::egress::EgressMode::Policy {
-        line += &format!("; allowed: {}", if spec.allow.is_empty() { "-".to_string() } else { spec.allow.join(", ") });
+        line += &format!(
+            "; allowed: {}",
+            if spec.allow.is_empty() {
+                "-".to_string()
+            } else {
+                spec.allow.join(", ")
+            }
+        );
     }
     line
 }
