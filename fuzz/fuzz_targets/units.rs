@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = units::parse_size(&text) {
         assert!((1..=units::MAX_SIZE).contains(&s), "{text:?}");
     }
+    if let Ok(d) = units::parse_disk(&text) {
+        assert!((units::MIN_DISK..=units::MAX_DISK).contains(&d), "{text:?}");
+    }
     if let Ok(c) = units::parse_cpus(&text) {
         assert!(
             (10_000_000..=units::MAX_CPUS * 1_000_000_000).contains(&c),

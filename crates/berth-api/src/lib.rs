@@ -117,6 +117,10 @@ pub struct ResourcesSpec {
     pub cpus: Option<f64>,
     #[serde(default)]
     pub pids: Option<i64>,
+    /// The disk limit (`10g`): the engine's storage quota, refused by the runner where its
+    /// engine's storage driver has none.
+    #[serde(default)]
+    pub disk: Option<String>,
 }
 
 /// One problem with a request, at a JSON path such as `sandbox.command`.
@@ -316,6 +320,13 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         if let Some(pids) = resources.pids {
             if let Err(e) = units::check_pids(pids) {
                 err("sandbox.resources.pids", e.to_string());
+            }
+        }
+        if let Some(disk) = &resources.disk {
+            if let Err(e) = unpadded(disk)
+                .and_then(|d| units::parse_disk(d).map(drop).map_err(|e| e.to_string()))
+            {
+                err("sandbox.resources.disk", e);
             }
         }
     }

@@ -23,6 +23,8 @@ pub struct ConfigFile {
     pub cpus: Option<CpuValue>,
     #[serde(default, deserialize_with = "pids_value")]
     pub pids: Option<i64>,
+    /// The disk limit (`--disk`), e.g. `"10g"`.
+    pub disk: Option<String>,
     pub timeout: Option<String>,
     pub grace: Option<String>,
     pub network: Option<String>,
@@ -181,6 +183,9 @@ impl ConfigFile {
         if let Some(p) = self.pids {
             units::check_pids(p).map_err(|e| bad("pids", e.to_string()))?;
         }
+        if let Some(v) = &self.disk {
+            units::parse_disk(v).map_err(|e| bad("disk", e.to_string()))?;
+        }
         for (key, v) in [("timeout", &self.timeout), ("grace", &self.grace)] {
             if let Some(v) = v {
                 units::parse_duration(v).map_err(|e| bad(key, e.to_string()))?;
@@ -239,6 +244,7 @@ impl ConfigFile {
             memory,
             cpus,
             pids,
+            disk,
             timeout,
             grace,
             network,
@@ -285,8 +291,9 @@ mod tests {
 
     #[test]
     fn reads_known_keys() {
-        let c = parse("berth.toml", "image = \"x\"\nmemory = \"1g\"\ncpus = 1.5\nallowed_paths = [\"/srv\"]\n[env]\nA = \"1\"\n").unwrap();
+        let c = parse("berth.toml", "image = \"x\"\nmemory = \"1g\"\ncpus = 1.5\ndisk = \"10g\"\nallowed_paths = [\"/srv\"]\n[env]\nA = \"1\"\n").unwrap();
         assert_eq!(c.image.as_deref(), Some("x"));
+        assert_eq!(c.disk.as_deref(), Some("10g"));
         assert_eq!(c.nano_cpus(), Some(1_500_000_000));
         assert_eq!(c.allowed_paths, ["/srv"]);
         assert_eq!(c.env["A"], "1");
@@ -331,6 +338,8 @@ mod tests {
             ("copy_limit = \"2000g\"", "`copy_limit`", "1 TiB"),
             ("pids = 99999999", "`pids`", "4194304"),
             ("pids = -1", "`pids`", "4194304"),
+            ("disk = \"99999g\"", "`disk`", "64 TiB"),
+            ("disk = \"lots\"", "`disk`", "10g"),
             ("cpus = 1e300", "`cpus`", "1024"),
             ("cpus = nan", "`cpus`", "1024"),
             ("cpus = \"inf\"", "`cpus`", "1024"),

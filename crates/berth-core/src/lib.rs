@@ -6,6 +6,7 @@
 //! time), so every rule here is testable with one-line cases.
 
 pub mod config;
+pub mod disk;
 pub mod egress;
 pub mod engine;
 pub mod event;

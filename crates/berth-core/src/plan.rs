@@ -83,6 +83,9 @@ pub struct ContainerPlan {
     pub memory_swap_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
+    /// `--disk`: the engine's storage quota on the writable layer (`StorageOpt size`), in bytes.
+    /// Only asked for where the storage driver supports it (`disk::quota_support`).
+    pub disk_bytes: Option<u64>,
     pub network: String,
     pub publish: Vec<PortPublish>,
     pub read_only_rootfs: bool,
@@ -230,6 +233,7 @@ pub fn sandbox_user(
 pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     let (uid, gid) = sandbox_user(spec.user, ctx.invoking_uid, ctx.invoking_gid);
     let owned_tmpfs = |mode: &str| format!("rw,nosuid,nodev,mode={mode},uid={uid},gid={gid}");
+    let scratch_size = scratch_tmpfs_size(spec);
 
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
@@ -288,13 +292,13 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     if spec.read_only || ctx.image_home.is_none() {
         tmpfs.push(TmpfsMount {
             target: home.clone(),
-            options: owned_tmpfs("0700"),
+            options: format!("{},size={scratch_size}", owned_tmpfs("0700")),
         });
     }
     if spec.read_only {
         tmpfs.push(TmpfsMount {
             target: "/tmp".to_string(),
-            options: "rw,nosuid,nodev,mode=1777".to_string(),
+            options: format!("rw,nosuid,nodev,mode=1777,size={scratch_size}"),
         });
     }
 
@@ -667,6 +671,33 @@ pub(crate) mod tests {
             !plan.env.iter().any(|e| e.starts_with("HOME=")),
             "the image's HOME is kept"
         );
+    }
+
+    #[test]
+    fn disk_limit_and_bounded_scratch_tmpfs() {
+        let size_of = |plan: &ContainerPlan, target: &str| {
+            let t = plan.tmpfs.iter().find(|t| t.target == target).unwrap();
+            t.options.rsplit("size=").next().unwrap().to_string()
+        };
+        let mut s = spec();
+        s.read_only = true;
+        let plan = plan_container(&s, &ctx());
+        assert_eq!(plan.disk_bytes, None);
+        assert_eq!(size_of(&plan, "/tmp"), (2u64 << 30).to_string());
+        s.resources.disk_bytes = Some(1 << 30);
+        let plan = plan_container(&s, &ctx());
+        assert_eq!(plan.disk_bytes, Some(1 << 30));
+        assert_eq!(size_of(&plan, "/tmp"), (1u64 << 30).to_string());
+        assert_eq!(size_of(&plan, DEFAULT_HOME), (1u64 << 30).to_string());
+        s.resources.disk_bytes = Some(100 << 30);
+        assert_eq!(
+            size_of(&plan_container(&s, &ctx()), "/tmp"),
+            (2u64 << 30).to_string()
+        );
+        s.resources.disk_bytes = Some(0);
+        let plan = plan_container(&s, &ctx());
+        assert_eq!(plan.disk_bytes, Some(crate::units::MIN_DISK));
+        assert_eq!(size_of(&plan, "/tmp"), crate::units::MIN_DISK.to_string());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct ProfileConfig {
     pub memory: Option<String>,
     pub cpus: Option<f64>,
     pub pids: Option<i64>,
+    /// The disk limit (`--disk`), e.g. `"10g"`.
+    pub disk: Option<String>,
     pub network: Option<String>,
     pub timeout: Option<String>,
     /// `claude-stream-json`, `codex-jsonl` or `text`.
@@ -88,6 +90,8 @@ pub struct Profile {
     pub memory: Option<String>,
     pub cpus: Option<f64>,
     pub pids: Option<i64>,
+    /// The disk limit in bytes, checked.
+    pub disk: Option<u64>,
     pub network: Option<String>,
     pub timeout: Option<String>,
     pub output: String,
@@ -286,6 +290,7 @@ fn layer(base: &mut ProfileConfig, over: &ProfileConfig) {
         memory,
         cpus,
         pids,
+        disk,
         network,
         timeout,
         output,
@@ -389,6 +394,12 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         .map(crate::egress::EgressMode::parse)
         .transpose()
         .map_err(|e| invalid(format!("egress: {e}")))?;
+    let disk = c
+        .disk
+        .as_deref()
+        .map(crate::units::parse_disk)
+        .transpose()
+        .map_err(|e| invalid(format!("disk: {e}")))?;
     let allow_hosts = c.allow_hosts.unwrap_or_default();
     for rule in &allow_hosts {
         crate::egress::Rule::parse(rule).map_err(|e| invalid(format!("allow_hosts: {e}")))?;
@@ -420,6 +431,7 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         memory: c.memory,
         cpus: c.cpus,
         pids: c.pids,
+        disk,
         network: c.network,
         timeout: c.timeout,
         output,
@@ -652,6 +664,7 @@ mod tests {
                 "claude-code".to_string(),
                 ProfileConfig {
                     image: Some("my/claude:1".into()),
+                    disk: Some("10g".into()),
                     ..Default::default()
                 },
             )]),
@@ -659,6 +672,7 @@ mod tests {
         let profiles = resolve_all(builtins("0.1.0"), &[layer]).unwrap();
         let claude = find(&profiles, "claude-code").unwrap();
         assert_eq!(claude.image.as_deref(), Some("my/claude:1"));
+        assert_eq!(claude.disk, Some(10 << 30));
         assert_eq!(claude.output, "claude-stream-json", "other fields stay");
         assert_eq!(claude.source, "built-in, overridden by /w/berth.toml");
     }
@@ -684,6 +698,12 @@ mod tests {
             ..Default::default()
         })
         .contains("{prompt}"));
+        let e = bad(ProfileConfig {
+            prompt: Some("none".into()),
+            disk: Some("99999g".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("disk") && e.contains("64 TiB"), "{e}");
         assert!(bad(ProfileConfig {
             command: Some(words(&["a", "{prompt}"])),
             output: Some("xml".into()),

@@ -224,6 +224,10 @@ pub struct Resources {
     pub memory_bytes: u64,
     pub nano_cpus: i64,
     pub pids: i64,
+    /// `--disk`: the container's writable layer at most this many bytes (the engine's storage
+    /// quota); `None`: no disk limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl Default for Resources {
@@ -232,6 +236,7 @@ impl Default for Resources {
             memory_bytes: 2 << 30,
             nano_cpus: 2_000_000_000,
             pids: 512,
+            disk_bytes: None,
         }
     }
 }

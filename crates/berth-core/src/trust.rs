@@ -89,6 +89,7 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
         memory,
         cpus,
         pids,
+        disk,
         timeout,
         grace,
         network,
@@ -132,6 +133,13 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
             "pids",
             v.to_string(),
             !at_most(Some(*v), base.pids.unwrap_or(defaults.pids)),
+        );
+    }
+    if let Some(v) = disk {
+        out.push(
+            "disk",
+            text(v),
+            !disk_narrows(disk_size(Some(v)), disk_size(base.disk.as_deref())),
         );
     }
     if let Some(v) = timeout {
@@ -265,6 +273,7 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
         memory,
         cpus,
         pids,
+        disk,
         network,
         timeout,
         output,
@@ -367,6 +376,10 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
         let was = under.pids.or(base.pids).unwrap_or(defaults.pids);
         set("pids", v.to_string(), !at_most(Some(*v), was));
     }
+    if let Some(v) = disk {
+        let was = disk_size(under.disk.as_deref().or(base.disk.as_deref()));
+        set("disk", text(v), !disk_narrows(disk_size(Some(v)), was));
+    }
     if let Some(v) = network {
         let was = under
             .network
@@ -449,6 +462,16 @@ fn at_most<T: PartialOrd>(new: Option<T>, base: T) -> bool {
     new.is_some_and(|n| n <= base)
 }
 
+/// A disk limit narrows when it is new (the base has none) or no more than the base's; an
+/// unreadable value widens. No value removes a limit, so a file cannot drop one.
+fn disk_narrows(new: Option<u64>, base: Option<u64>) -> bool {
+    match (new, base) {
+        (Some(n), Some(b)) => n <= b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// A timeout of 0 disables it: the longest of all.
 fn timeout_narrows(new: Option<Duration>, base: Duration) -> bool {
     match new {
@@ -488,6 +511,10 @@ fn mem(v: Option<&str>) -> Option<u64> {
 
 fn size(v: Option<&str>) -> Option<u64> {
     units::parse_size(v?).ok()
+}
+
+fn disk_size(v: Option<&str>) -> Option<u64> {
+    units::parse_disk(v?).ok()
 }
 
 fn duration(v: Option<&str>) -> Option<Duration> {
@@ -612,6 +639,10 @@ mod tests {
             ("", "cpus = 1"),
             ("", "cpus = \"0.5\""),
             ("", "pids = 100"),
+            ("", "disk = \"10g\""),
+            ("disk = \"10g\"", "disk = \"5g\""),
+            ("", "[profiles.codex]\ndisk = \"20g\""),
+            ("disk = \"10g\"", "[profiles.mine]\ndisk = \"10g\""),
             ("", "timeout = \"1m\""),
             ("timeout = \"0\"", "timeout = \"5h\""),
             ("", "grace = \"1s\""),
@@ -688,6 +719,17 @@ mod tests {
             ("memory = \"1g\"", "memory = \"2g\"", "memory"),
             ("", "cpus = 8", "cpus"),
             ("", "pids = 100000", "pids"),
+            ("disk = \"10g\"", "disk = \"20g\"", "disk"),
+            (
+                "disk = \"10g\"",
+                "[profiles.codex]\ndisk = \"11g\"",
+                "profiles.codex.disk",
+            ),
+            (
+                "[profiles.p]\ndisk = \"1g\"",
+                "[profiles.p]\ndisk = \"2g\"",
+                "profiles.p.disk",
+            ),
             ("", "timeout = \"0\"", "timeout"),
             ("", "timeout = \"1h\"", "timeout"),
             ("", "grace = \"1h\"", "grace"),

@@ -7,6 +7,7 @@
 //! | duration  | `90s`, `10m`, `1h30m`, `250ms`, `2`    | 0 to [`MAX_DURATION`] (365 days) |
 //! | memory    | `512m`, `2g`, `1.5g`, `10485760`       | 6m to [`MAX_MEMORY`] (1 TiB)     |
 //! | size      | `64k`, `500m`, `4g`                    | 1 byte to [`MAX_SIZE`] (1 TiB)   |
+//! | disk      | `500m`, `10g`                          | 1m to [`MAX_DISK`] (64 TiB)      |
 //! | CPUs      | `0.5`, `2`                             | 0.01 to [`MAX_CPUS`] (1024)      |
 //! | processes | `512`                                  | 1 to [`MAX_PIDS`] (4194304)      |
 //!
@@ -50,6 +51,10 @@ pub const MIN_MEMORY: u64 = 6 << 20;
 pub const MAX_MEMORY: u64 = 1 << 40;
 /// The largest size (e.g. copy mode's upload limit): 1 TiB.
 pub const MAX_SIZE: u64 = 1 << 40;
+/// The smallest disk limit (`--disk`): 1 MiB.
+pub const MIN_DISK: u64 = 1 << 20;
+/// The largest disk limit (`--disk`): 64 TiB.
+pub const MAX_DISK: u64 = 64 << 40;
 /// The most CPUs a sandbox may be given.
 pub const MAX_CPUS: i64 = 1024;
 /// The fewest CPUs (0.01), in nano-CPUs.
@@ -63,6 +68,9 @@ const MEMORY_RANGE: &str = "a memory limit must be from 6m to 1024g (1 TiB)";
 const SIZE_EXPECTED: &str =
     "expected a number with an optional unit b, k, m or g, at most 1024g (e.g. 500m, 4g)";
 const SIZE_RANGE: &str = "a size must be from 1 byte to 1024g (1 TiB)";
+const DISK_EXPECTED: &str =
+    "expected a number with an optional unit b, k, m or g, from 1m to 65536g (e.g. 500m, 10g)";
+const DISK_RANGE: &str = "a disk limit must be from 1m to 65536g (64 TiB)";
 const DURATION_EXPECTED: &str = "expected a number with a unit ms, s, m or h, at most 8760h (e.g. 90s, 10m, 1h30m); a bare number means seconds";
 const DURATION_RANGE: &str = "a duration must be at most 8760h (365 days)";
 const CPUS_EXPECTED: &str = "expected a number of CPUs from 0.01 to 1024 (e.g. 0.5, 2)";
@@ -114,6 +122,12 @@ pub fn parse_memory(input: &str) -> Result<u64, UnitError> {
 /// Parses a size such as `64k`, `500m` or `4g` (binary units), from 1 byte to 1 TiB.
 pub fn parse_size(input: &str) -> Result<u64, UnitError> {
     parse_bytes(input, "size", (SIZE_EXPECTED, SIZE_RANGE), 1, MAX_SIZE)
+}
+
+/// Parses a disk limit such as `500m` or `10g` (binary units), from 1m to 64 TiB.
+pub fn parse_disk(input: &str) -> Result<u64, UnitError> {
+    let messages = (DISK_EXPECTED, DISK_RANGE);
+    parse_bytes(input, "disk size", messages, MIN_DISK, MAX_DISK)
 }
 
 fn parse_bytes(
@@ -340,6 +354,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid size `lots`"));
+    }
+
+    #[test]
+    fn disk_sizes() {
+        let disk = |input| parse_disk(input).ok();
+        assert_eq!(disk("10g"), Some(10 << 30));
+        assert_eq!(disk("1m"), Some(MIN_DISK));
+        assert_eq!(disk("65536g"), Some(MAX_DISK));
+        assert_eq!(disk("1.5g"), Some(3 << 29));
+        rejects(parse_disk, "65537g", "64 TiB");
+        rejects(parse_disk, "99999999999g", "64 TiB");
+        rejects(parse_disk, "64k", "from 1m");
+        rejects(parse_disk, "0", "from 1m");
+        rejects(parse_disk, "lots", "10g");
+        rejects(parse_disk, "1e20", "10g");
+        rejects(parse_disk, "-1g", "10g");
     }
 
     #[test]

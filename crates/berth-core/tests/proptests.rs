@@ -36,6 +36,9 @@ proptest! {
         if let Ok(b) = units::parse_size(&s) {
             prop_assert!((1..=units::MAX_SIZE).contains(&b), "{s} -> {b}");
         }
+        if let Ok(d) = units::parse_disk(&s) {
+            prop_assert!((units::MIN_DISK..=units::MAX_DISK).contains(&d), "{s} -> {d}");
+        }
         if let Ok(c) = units::parse_cpus(&s) {
             prop_assert!((10_000_000..=units::MAX_CPUS * 1_000_000_000).contains(&c), "{s} -> {c}");
         }
@@ -50,6 +53,7 @@ proptest! {
             units::parse_duration(&s).err(),
             units::parse_memory(&s).err(),
             units::parse_size(&s).err(),
+            units::parse_disk(&s).err(),
             units::parse_cpus(&s).err(),
             units::parse_pids(&s).err(),
         ]

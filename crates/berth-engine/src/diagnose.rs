@@ -264,6 +264,10 @@ pub struct EngineFacts {
     pub api_version: String,
     pub negotiated_api_version: String,
     pub storage_driver: String,
+    /// The storage driver's backing file system (`extfs`, `xfs`…), when the engine says.
+    pub backing_filesystem: String,
+    /// Whether `--disk` can be had here: `available (…)` or `not available: …`.
+    pub disk_limit: String,
     pub cgroup_version: String,
     pub runtimes: Vec<String>,
     pub data_root: String,
@@ -400,12 +404,15 @@ pub async fn check_engine(
         .into_keys()
         .collect();
     runtimes.sort();
+    let storage = crate::docker::storage_of(&info);
     let facts = EngineFacts {
         endpoint: endpoint.to_string(),
         engine_version,
         api_version: api,
         negotiated_api_version: format!("{}.{}", negotiated.0, negotiated.1),
         storage_driver: info.driver.clone().unwrap_or_default(),
+        backing_filesystem: storage.backing_fs.clone().unwrap_or_default(),
+        disk_limit: berth_core::disk::summary(&storage),
         cgroup_version: info
             .cgroup_version
             .map(|v| v.to_string())

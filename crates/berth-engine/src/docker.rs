@@ -166,6 +166,20 @@ impl DockerEngine {
         self.docker.info().await.map_err(|e| classify(e, ""))
     }
 
+    /// A create the engine refused: `--disk` on a driver (or an xfs without `pquota`) that
+    /// cannot have it becomes [`EngineError::DiskQuotaUnsupported`] naming driver and file system.
+    async fn create_refused(&self, plan: &ContainerPlan, e: BollardError) -> EngineError {
+        if let BollardError::DockerResponseServerError { message, .. } = &e {
+            if plan.disk_bytes.is_some() && berth_core::disk::refused_at_create(message) {
+                let storage = self.storage().await.unwrap_or_default();
+                return EngineError::DiskQuotaUnsupported(berth_core::disk::refused_message(
+                    &storage, message,
+                ));
+            }
+        }
+        classify(e, &plan.image)
+    }
+
     /// The raw bollard client, for the diagnosis.
     pub fn raw(&self) -> &Docker {
         &self.docker
@@ -403,6 +417,22 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The storage driver and its backing file system (`Backing Filesystem` among `DriverStatus`).
+pub fn storage_of(info: &SystemInfo) -> berth_core::disk::Storage {
+    let backing_fs = info
+        .driver_status
+        .iter()
+        .flatten()
+        .find_map(|pair| match pair.as_slice() {
+            [key, value, ..] if key == "Backing Filesystem" => Some(value.clone()),
+            _ => None,
+        });
+    berth_core::disk::Storage {
+        driver: info.driver.clone().unwrap_or_default(),
+        backing_fs,
+    }
+}
+
 fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
     let volume = plan.berth_volume.as_ref().map(|v| Mount {
         target: Some(v.target.clone()),
@@ -460,6 +490,9 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         cap_drop: Some(plan.cap_drop.clone()),
         security_opt: Some(plan.security_opt.clone()),
         init: Some(plan.init),
+        storage_opt: plan.disk_bytes.map(|bytes| {
+            HashMap::from([("size".to_string(), berth_core::disk::size_option(bytes))])
+        }),
         cgroupns_mode: plan
             .private_cgroup_namespace
             .then_some(HostConfigCgroupnsModeEnum::PRIVATE),
@@ -560,8 +593,12 @@ impl Engine for DockerEngine {
             }) if message.to_lowercase().contains("network") => {
                 Err(EngineError::NoSuchNetwork(plan.network.clone()))
             }
-            Err(e) => Err(classify(e, &plan.image)),
+            Err(e) => Err(self.create_refused(plan, e).await),
         }
+    }
+
+    async fn storage(&self) -> Result<berth_core::disk::Storage, EngineError> {
+        Ok(storage_of(&self.info().await?))
     }
 
     async fn attach(&self, id: &str) -> Result<Attached, EngineError> {
@@ -769,5 +806,26 @@ fn pull_error(e: BollardError) -> String {
         BollardError::DockerResponseServerError { message, .. } => message,
         BollardError::DockerStreamError { error } => error,
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_read_from_driver_status() {
+        let info = SystemInfo {
+            driver: Some("overlay2".into()),
+            driver_status: Some(vec![
+                vec!["Backing Filesystem".into(), "extfs".into()],
+                vec!["Supports d_type".into(), "true".into()],
+            ]),
+            ..Default::default()
+        };
+        let storage = storage_of(&info);
+        assert_eq!(storage.driver, "overlay2");
+        assert_eq!(storage.backing_fs.as_deref(), Some("extfs"));
+        assert_eq!(storage_of(&SystemInfo::default()).backing_fs, None);
     }
 }

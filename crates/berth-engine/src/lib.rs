@@ -140,6 +140,10 @@ pub enum EngineError {
     NoSuchContainer(String),
     #[error("network `{0}` does not exist on the engine")]
     NoSuchNetwork(String),
+    /// `--disk` cannot be had on this engine: the message names the storage driver, its backing
+    /// file system and what would work (see `berth_core::disk`).
+    #[error("{0}")]
+    DiskQuotaUnsupported(String),
     /// The command exists but cannot be executed (permission, not a binary): exit 126.
     #[error("{0}")]
     CannotInvoke(String),
@@ -208,6 +212,9 @@ pub trait Engine: Send + Sync {
         dir: &str,
         tar: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> impl Future<Output = EngineResult<()>> + Send;
+    /// The engine's storage driver and its backing file system (`docker info`), which decide
+    /// whether `--disk` can be had (`berth_core::disk::quota_support`).
+    fn storage(&self) -> impl Future<Output = EngineResult<berth_core::disk::Storage>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.

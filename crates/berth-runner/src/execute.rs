@@ -415,6 +415,11 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         .transpose()
         .map_err(|e| e.to_string())?
         .unwrap_or(defaults.nano_cpus);
+    // The request's disk limit, else the profile's (checked when the profile was resolved).
+    let disk_bytes = match resources.disk.as_deref() {
+        Some(d) => Some(units::parse_disk(d).map_err(|e| e.to_string())?),
+        None => profile.and_then(|p| p.disk),
+    };
     let duration = |v: &Option<String>, default: u64| {
         v.as_deref()
             .map(units::parse_duration)
@@ -473,6 +478,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
                 .transpose()
                 .map_err(|e| e.to_string())?
                 .unwrap_or(defaults.pids),
+            disk_bytes,
         },
         timeout: duration(&timeout, 600)?,
         grace: duration(&s.grace, 10)?,

@@ -65,6 +65,10 @@ impl SandboxError {
             Self::Engine(EngineError::NoSuchNetwork(name)) => Some(format!(
                 "create it first (`docker network create {name}`) or use --network none|bridge"
             )),
+            Self::Engine(EngineError::DiskQuotaUnsupported(_)) => Some(
+                "drop --disk (and `disk` from berth.toml or the profile), or use an engine whose storage driver has a quota; `berth doctor` says whether this one has"
+                    .into(),
+            ),
             Self::WithHint { hint, .. } => Some(hint.clone()),
             Self::NoSuchRun(_) => Some("`berth ls` lists the runs of this state directory".into()),
             Self::InvalidWithHint { hint, .. } => Some(hint.clone()),

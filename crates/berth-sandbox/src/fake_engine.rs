@@ -51,6 +51,8 @@ pub struct Script {
     pub oom_killed: bool,
     /// How many `remove` calls fail before one succeeds.
     pub remove_failures: usize,
+    /// The storage driver and backing file system `storage` reports.
+    pub storage: (&'static str, Option<&'static str>),
 }
 
 impl Default for Script {
@@ -67,6 +69,7 @@ impl Default for Script {
             exit_code: 0,
             oom_killed: false,
             remove_failures: 0,
+            storage: ("overlay2", Some("extfs")),
         }
     }
 }
@@ -238,6 +241,15 @@ impl Engine for FakeEngine {
         self.signals
             .send_modify(|sent| sent.push(signal.to_string()));
         Ok(())
+    }
+
+    async fn storage(&self) -> Result<berth_core::disk::Storage, EngineError> {
+        self.log("storage");
+        let (driver, backing_fs) = self.script.storage;
+        Ok(berth_core::disk::Storage {
+            driver: driver.into(),
+            backing_fs: backing_fs.map(str::to_string),
+        })
     }
 
     async fn inspect_exit(&self, _id: &str) -> Result<ExitInfo, EngineError> {

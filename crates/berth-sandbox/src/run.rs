@@ -212,6 +212,13 @@ pub async fn execute_docker<E: Engine>(
 ) -> ExitStatus {
     let spec = ctx.record.spec.clone();
 
+    // `--disk` needs the storage driver's quota: decided before anything is pulled or created.
+    if spec.resources.disk_bytes.is_some() {
+        if let Err((context, e)) = check_disk(engine).await {
+            return ctx.fail(context, &e);
+        }
+    }
+
     let image = match ensure_image(engine, &spec.image, spec.pull, ctx).await {
         Ok(image) => image,
         Err(e) => return ctx.fail("", &e),
@@ -281,6 +288,23 @@ pub async fn execute_docker<E: Engine>(
             Err((context, e)) => ctx.fail(&context, &e),
         },
     }
+}
+
+/// Whether the engine can enforce `--disk`: its storage driver (and backing file system) must
+/// have a quota (`berth_core::disk::quota_support`); the error names both and what would work.
+pub async fn check_disk<E: Engine>(engine: &E) -> Result<(), (&'static str, SandboxError)> {
+    let storage = engine.storage().await.map_err(|e| {
+        (
+            "asking the engine for its storage driver (for --disk) failed: ",
+            SandboxError::Engine(e),
+        )
+    })?;
+    berth_core::disk::quota_support(&storage).map_err(|m| {
+        (
+            "",
+            SandboxError::Engine(EngineError::DiskQuotaUnsupported(m)),
+        )
+    })
 }
 
 /// Why a persistent container cannot be used on a remote engine, with what to do instead.
@@ -1163,6 +1187,35 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn disk_is_refused_before_anything_when_the_driver_has_no_quota() {
+        let mut s = spec();
+        s.resources.disk_bytes = Some(1 << 30);
+        let mut h = harness(s.clone());
+        let fake = FakeEngine::new(Script::default());
+        assert_eq!(h.run(&fake).await, ExitStatus::Error);
+        assert_eq!(fake.calls(), calls(&["storage"]));
+        let reason = h.reason();
+        assert!(
+            reason.contains("overlay2 on extfs") && reason.contains("btrfs"),
+            "{reason}"
+        );
+        assert!(h.finished_hint().unwrap().contains("--disk"));
+
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script {
+            storage: ("btrfs", Some("btrfs")),
+            ..Script::default()
+        });
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(fake.plan().unwrap().disk_bytes, Some(1 << 30));
+        // Without --disk the engine is not asked.
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        h.run(&fake).await;
+        assert!(!fake.called("storage"));
     }
 
     #[tokio::test]

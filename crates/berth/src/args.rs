@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// Maximum number of processes, 1 to 4194304 [default: 512].
     #[arg(long, value_name = "N")]
     pub pids: Option<String>,
+    /// Disk limit for the container's writable layer, e.g. 10g, from 1m to 65536g (the engine's
+    /// storage quota: overlay2 on xfs with pquota, btrfs, zfs, devicemapper; refused elsewhere)
+    /// [default: none].
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Stop the command after this long, e.g. 90s or 10m, at most 8760h (365 days); 0 disables
     /// [default: 10m].
     #[arg(long, value_name = "DURATION")]
@@ -521,6 +526,10 @@ pub struct SubmitArgs {
     /// Maximum number of processes, 1 to 4194304.
     #[arg(long, value_name = "N", value_parser = pids_flag)]
     pub pids: Option<i64>,
+    /// Disk limit, e.g. 10g, from 1m to 65536g; the runner refuses it where its engine's
+    /// storage driver has no quota.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     #[arg(long)]
     pub timeout: Option<String>,
     #[arg(long)]

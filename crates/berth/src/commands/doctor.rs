@@ -202,7 +202,12 @@ fn print_human(report: &DiagnosisReport, printer: Printer) {
             "  engine:          {} (API {}, negotiated {})",
             f.engine_version, f.api_version, f.negotiated_api_version
         ));
-        data_line(&format!("  storage driver:  {}", f.storage_driver));
+        let storage = match f.backing_filesystem.as_str() {
+            "" => f.storage_driver.clone(),
+            fs => format!("{} on {fs}", f.storage_driver),
+        };
+        data_line(&format!("  storage driver:  {storage}"));
+        data_line(&format!("  --disk:          {}", f.disk_limit));
         data_line(&format!("  cgroup version:  {}", f.cgroup_version));
         data_line(&format!("  runtimes:        {}", f.runtimes.join(", ")));
         data_line(&format!("  data root:       {}", f.data_root));

@@ -199,70 +199,70 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
     if args.workflow.is_some() {
         return workflow::submit(&client, args, printer).await;
     }
-    let parsed =
-        (|| -> Result<SubmitRun, String> {
-            let mounts = if args.mounts.is_empty() {
-                None
-            } else {
-                Some(
-                    args.mounts
-                        .iter()
-                        .map(|m| {
-                            let r = berth_core::spec::MountRequest::parse(m)
-                                .map_err(|e| format!("--mount: {e}"))?;
-                            Ok(MountSpec {
-                                source: r.source.display().to_string(),
-                                target: r.target,
-                                read_only: r.read_only,
-                            })
+    let parsed = (|| -> Result<SubmitRun, String> {
+        let mounts = if args.mounts.is_empty() {
+            None
+        } else {
+            Some(
+                args.mounts
+                    .iter()
+                    .map(|m| {
+                        let r = berth_core::spec::MountRequest::parse(m)
+                            .map_err(|e| format!("--mount: {e}"))?;
+                        Ok(MountSpec {
+                            source: r.source.display().to_string(),
+                            target: r.target,
+                            read_only: r.read_only,
                         })
-                        .collect::<Result<Vec<_>, String>>()?,
-                )
-            };
-            let execution_mode = match args.execution_mode.as_str() {
-                "docker-sandbox" => ExecutionMode::DockerSandbox,
-                "local" => ExecutionMode::Local,
-                other => {
-                    return Err(format!(
-                        "--execution-mode: `{other}` is neither docker-sandbox nor local"
-                    ))
-                }
-            };
-            let resources = (args.memory.is_some() || args.cpus.is_some() || args.pids.is_some())
-                .then(|| ResourcesSpec {
-                    memory: args.memory.clone(),
-                    cpus: args.cpus,
-                    pids: args.pids,
-                });
-            Ok(SubmitRun {
-                project: args.project.clone(),
-                execution_mode,
-                sandbox: SandboxRequest {
-                    image: args.image.clone(),
-                    workdir: args.workdir.clone(),
-                    command: args.command.clone(),
-                    env: key_values("--env", &args.env)?,
-                    secrets: args.secrets.clone(),
-                    mounts,
-                    resources,
-                    network: args.network.clone(),
-                    timeout: args.timeout.clone(),
-                    grace: args.grace.clone(),
-                    read_only: args.read_only,
-                    user: args.user.clone(),
-                    artifacts: args.artifacts.clone(),
-                    profile: args.profile.clone(),
-                    prompt: None,
-                    lifecycle: args.lifecycle.clone(),
-                    name: args.name.clone(),
-                    workspace_mode: args.workspace_mode.clone(),
-                    include_dirty: args.include_dirty,
-                    workflow: None,
-                },
-                tags: args.tags.clone(),
-                labels: key_values("--label", &args.labels)?,
-            })
-        })();
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+        };
+        let execution_mode = match args.execution_mode.as_str() {
+            "docker-sandbox" => ExecutionMode::DockerSandbox,
+            "local" => ExecutionMode::Local,
+            other => {
+                return Err(format!(
+                    "--execution-mode: `{other}` is neither docker-sandbox nor local"
+                ))
+            }
+        };
+        let limits = args.memory.is_some() || args.cpus.is_some() || args.pids.is_some();
+        let resources = (limits || args.disk.is_some()).then(|| ResourcesSpec {
+            memory: args.memory.clone(),
+            cpus: args.cpus,
+            pids: args.pids,
+            disk: args.disk.clone(),
+        });
+        Ok(SubmitRun {
+            project: args.project.clone(),
+            execution_mode,
+            sandbox: SandboxRequest {
+                image: args.image.clone(),
+                workdir: args.workdir.clone(),
+                command: args.command.clone(),
+                env: key_values("--env", &args.env)?,
+                secrets: args.secrets.clone(),
+                mounts,
+                resources,
+                network: args.network.clone(),
+                timeout: args.timeout.clone(),
+                grace: args.grace.clone(),
+                read_only: args.read_only,
+                user: args.user.clone(),
+                artifacts: args.artifacts.clone(),
+                profile: args.profile.clone(),
+                prompt: None,
+                lifecycle: args.lifecycle.clone(),
+                name: args.name.clone(),
+                workspace_mode: args.workspace_mode.clone(),
+                include_dirty: args.include_dirty,
+                workflow: None,
+            },
+            tags: args.tags.clone(),
+            labels: key_values("--label", &args.labels)?,
+        })
+    })();
     let request = match parsed {
         Ok(r) => r,
         Err(e) => {

@@ -417,6 +417,19 @@ pub fn build_spec(
             None => config.pids.unwrap_or(defaults.pids),
         },
     };
+    let disk_bytes = match &args.disk {
+        Some(d) => Some(units::parse_disk(d).map_err(|e| invalid("--disk", e))?),
+        None => match profile.and_then(|p| p.disk) {
+            // Checked when the profile was resolved.
+            Some(d) => Some(d),
+            None => config
+                .disk
+                .as_deref()
+                .map(units::parse_disk)
+                .transpose()
+                .map_err(|e| invalid("disk", e))?,
+        },
+    };
     let duration = |flag: &str, value: Option<String>, default: u64| match value {
         Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
         None => Ok(std::time::Duration::from_secs(default)),
@@ -502,6 +515,7 @@ pub fn build_spec(
             memory_bytes,
             nano_cpus,
             pids,
+            disk_bytes,
         },
         timeout,
         grace,
