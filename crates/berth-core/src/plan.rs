@@ -47,6 +47,8 @@ pub mod labels {
     pub const HELD_DIR: &str = "berth.held-dir";
     /// The agent a persistent container belongs to.
     pub const HELD_AGENT: &str = "berth.held-agent";
+    /// A runner's claim of the run (one per attempt); part of the container's name.
+    pub const CLAIM: &str = "berth.claim";
 }
 
 /// A bind mount of a host path.
@@ -363,7 +365,10 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     };
 
     ContainerPlan {
-        name: container_name(&ctx.run_id),
+        name: match ctx.owner_labels.get(labels::CLAIM) {
+            Some(claim) => format!("{}-{claim}", container_name(&ctx.run_id)),
+            None => container_name(&ctx.run_id),
+        },
         image: spec.image.clone(),
         entrypoint,
         cmd: spec.command.clone(),
@@ -573,6 +578,16 @@ pub(crate) mod tests {
         assert_eq!(plan.name, "berth-01abc");
         assert_eq!(plan.labels["berth.managed"], "true");
         assert_eq!(plan.labels["berth.run-id"], "01abc");
+    }
+
+    #[test]
+    fn a_claimed_run_has_its_claim_in_the_container_name() {
+        let mut c = ctx();
+        c.owner_labels
+            .insert(labels::CLAIM.to_string(), "0badc0de".to_string());
+        let plan = plan_container(&spec(), &c);
+        assert_eq!(plan.name, "berth-01abc-0badc0de");
+        assert_eq!(plan.labels["berth.claim"], "0badc0de");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
                 interrupt: interrupt_tx,
                 interrupted: false,
                 shutdown: false,
+                fenced: false,
             },
         );
     }
@@ -63,7 +64,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
         engine,
         shared,
         &claimed,
-        ServerReporter::new(tx.clone()),
+        ServerReporter::new(tx.clone(), shared.clone(), &run_id, &claimed.lease_token),
         &mut interrupts,
     )
     .await;
@@ -295,7 +296,13 @@ async fn run_claimed(
                 cache_dir: &shared.config.cache_dir,
                 local_engine: engine.endpoint().socket_path().is_some(),
                 remote_engine: !engine.endpoint().is_local(),
-                extra_labels: [(RUNNER_LABEL.to_string(), shared.runner_id.clone())].into(),
+                // The claim in the container's name: a later claim of the run never collides
+                // with what an earlier one left.
+                extra_labels: [
+                    (RUNNER_LABEL.to_string(), shared.runner_id.clone()),
+                    (labels::CLAIM.to_string(), claim_id()),
+                ]
+                .into(),
             },
         );
         let prepared = match prepared {
@@ -344,6 +351,18 @@ async fn run_claimed(
         }
     }
     outcome_of(&ctx, run_dir)
+}
+
+/// A fresh id for one claim of a run (eight hex digits).
+fn claim_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:08x}", hasher.finish() as u32)
 }
 
 /// The run's end as the server is told.

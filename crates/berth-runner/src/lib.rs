@@ -115,6 +115,8 @@ struct Lease {
     interrupted: bool,
     /// The runner's shutdown stopped the run (not a cancel, not the server).
     shutdown: bool,
+    /// The server confirmed the lease just before the container started (and recorded the start).
+    fenced: bool,
 }
 
 /// Shared by the workers and the heartbeat.

@@ -29,9 +29,12 @@ pub enum Message {
     Flush(oneshot::Sender<()>),
 }
 
-/// The run's reporter: forwards events to the batcher task.
+/// The run's reporter: forwards events to the batcher task, and fences the start.
 pub struct ServerReporter {
     tx: Sender<Message>,
+    shared: Arc<Shared>,
+    run_id: String,
+    lease_token: String,
 }
 
 pub fn now_ms() -> i64 {
@@ -39,13 +42,79 @@ pub fn now_ms() -> i64 {
 }
 
 impl ServerReporter {
-    pub fn new(tx: Sender<Message>) -> Self {
-        Self { tx }
+    pub fn new(tx: Sender<Message>, shared: Arc<Shared>, run_id: &str, lease_token: &str) -> Self {
+        Self {
+            tx,
+            shared,
+            run_id: run_id.to_string(),
+            lease_token: lease_token.to_string(),
+        }
+    }
+
+    /// Fencing: the container exists and is not started. The server must confirm, now, that
+    /// this runner still holds the lease (it records the start and renews the lease in the same
+    /// step). Otherwise the run is interrupted before its command starts, and the sandbox removes
+    /// the container: a runner the server wrote off (paused, partitioned) never runs a command
+    /// that was handed to another runner.
+    fn fence(&self, container_id: Option<String>) {
+        let confirm = confirm_lease(&self.shared, &self.run_id, &self.lease_token, container_id);
+        let refusal = match tokio::runtime::Handle::try_current() {
+            // Called on the sandbox's task: block it until the server answers.
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(confirm))
+            }
+            _ => Some("the runner cannot confirm its lease here"),
+        };
+        if let Some(why) = refusal {
+            if let Ok(mut map) = self.shared.leases.lock() {
+                if let Some(lease) = map.get_mut(&self.run_id) {
+                    lease.interrupted = true;
+                    let _ = lease.interrupt.send(why);
+                }
+            }
+        }
+    }
+}
+
+/// Records the start under the lease; `Some(reason)` when the run must not start.
+async fn confirm_lease(
+    shared: &Shared,
+    run_id: &str,
+    lease_token: &str,
+    container_id: Option<String>,
+) -> Option<&'static str> {
+    let body = StartBody {
+        lease_token: lease_token.to_string(),
+        container_id,
+    };
+    let path = format!("/api/v1/runs/{run_id}/start");
+    match shared.post_retrying(&path, &body).await {
+        Ok(()) => {
+            if let Ok(mut map) = shared.leases.lock() {
+                if let Some(lease) = map.get_mut(run_id) {
+                    lease.fenced = true;
+                }
+            }
+            None
+        }
+        Err(e) if e.status().is_some() => {
+            tracing::warn!(run = %run_id, error = %e, "the server did not confirm the lease; the container is removed unstarted");
+            Some("the server (lease revoked)")
+        }
+        Err(e) => {
+            tracing::warn!(run = %run_id, error = %e, "the lease could not be confirmed before the runner stopped; the container is removed unstarted");
+            Some("the runner's shutdown")
+        }
     }
 }
 
 impl Reporter for ServerReporter {
     fn event(&self, line: &EventLine) {
+        match &line.event {
+            Event::ContainerCreated { container_id, .. }
+            | Event::HeldContainer { container_id, .. } => self.fence(Some(container_id.clone())),
+            _ => {}
+        }
         let event = match &line.event {
             Event::Output {
                 stream,
@@ -177,7 +246,15 @@ pub async fn batcher(
                 batch.buffer.push(event);
                 if started {
                     batch.send().await;
-                    batch.acknowledge_start().await;
+                    // A container's start was recorded when the lease was confirmed.
+                    let fenced = batch
+                        .shared
+                        .leases
+                        .lock()
+                        .is_ok_and(|m| m.get(&batch.run_id).is_some_and(|l| l.fenced));
+                    if !fenced {
+                        batch.acknowledge_start().await;
+                    }
                 } else if batch.buffer.len() >= BATCH_EVENTS
                     || batch.buffered_bytes() >= BATCH_BYTES
                     // Sparse output goes out at once; only output that keeps coming is batched.

@@ -929,6 +929,22 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let locked = lock_run(&mut tx, run_id).await?;
         check_lease(&locked, lease_token, now)?;
+        // A start resent after its answer was lost: the same container under the same lease is
+        // already recorded; the lease is renewed, nothing else changes.
+        if locked.run.state == RunState::Running
+            && container_id.is_some()
+            && locked.run.container_id.as_deref() == container_id
+        {
+            let run = update_run(
+                &mut tx,
+                run_id,
+                "lease_expires_at = $2",
+                args![now.saturating_add(lease_ms)],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(run);
+        }
         if locked.run.state != RunState::Claimed {
             return Err(rejected(
                 run_id,

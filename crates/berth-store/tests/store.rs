@@ -480,10 +480,23 @@ async fn runner_lifecycle_with_events_and_audit() {
         assert_eq!(started.started_at, Some(T0 + 200));
         assert_eq!(started.container_id.as_deref(), Some("ctr-1"));
         assert_eq!(started.lease_expires_at, Some(T0 + 200 + LEASE));
+        // A resent start (its answer was lost) of the same container is accepted once more,
+        // renewing the lease and writing no second audit entry; another container is refused.
+        let again = s
+            .mark_started("r1", &token, Some("ctr-1"), T0 + 250, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(again.started_at, Some(T0 + 200));
+        assert_eq!(again.lease_expires_at, Some(T0 + 250 + LEASE));
+        assert_eq!(s.audit("r1").await.unwrap().len(), 3);
         assert_rejected(
-            s.mark_started("r1", &token, Some("ctr-1"), T0 + 250, LEASE)
+            s.mark_started("r1", &token, Some("ctr-2"), T0 + 250, LEASE)
                 .await,
             "second start",
+        );
+        assert_rejected(
+            s.mark_started("r1", &token, None, T0 + 250, LEASE).await,
+            "second start without a container",
         );
 
         let renewed = s

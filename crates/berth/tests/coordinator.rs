@@ -67,6 +67,7 @@ on_both_stores!(
     sigterm_with_the_server_down_keeps_the_output_for_the_next_start,
     second_sigterm_stops_the_runs_within_the_grace,
     server_outage_longer_than_the_lease_loses_no_run,
+    written_off_runner_never_starts_what_another_runner_took,
 );
 
 fn unique(base: &str) -> String {
@@ -2354,4 +2355,84 @@ fn server_outage_longer_than_the_lease_loses_no_run(db: Db) {
         assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
         assert_eq!(c.stdout_lines(id), numbered("", 30), "{id}");
     }
+}
+
+// Issue 17.2: fencing. Runner A claims ten runs and is paused (SIGSTOP) before it starts them;
+// the server writes it off, re-queues them and runner B (its own state dir) runs them. When A
+// goes on, the server refuses to confirm its leases: A removes the containers it created and
+// starts none of them. Every run's command ran exactly once (its marker has one line), and
+// none ended `error` (a new claim's container never collides with an old one's leftovers).
+fn written_off_runner_never_starts_what_another_runner_took(db: Db) {
+    let mut c = Cluster::start(db);
+    let script = "echo ran >> /workspace/marker-$BERTH_RUN_ID; sleep 1; echo done";
+    let ids: Vec<String> = (0..10)
+        .map(|_| c.submit(&[], &["sh", "-c", script]))
+        .collect();
+    let a = unique("paused");
+    c.spawn_runner(&a, &["--capacity", "10"], &[]);
+    let states = |c: &Cluster| -> BTreeMap<String, String> {
+        let path = format!("/api/v1/runs?project={}&limit=100", c.project);
+        let (status, body) = c.http("GET", &path, Some(&c.client), None, &[]);
+        assert_eq!(status, 200, "{body}");
+        let list: Value = serde_json::from_str(&body).unwrap();
+        list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // The moment A holds every claim, it is paused.
+    poll(
+        Duration::from_secs(30),
+        "runner A claims the ten runs",
+        || states(&c).values().all(|s| s != "queued").then_some(()),
+    );
+    c.signal_runner(&a, "STOP");
+    let at_pause = states(&c);
+    println!("{db:?}: at the pause: {at_pause:?}");
+    let b = c.runner("taker", &["--capacity", "10"]);
+    for id in &ids {
+        c.wait_final(id, Duration::from_secs(60));
+    }
+    c.signal_runner(&a, "CONT");
+    poll(
+        Duration::from_secs(30),
+        "runner A removes what it created",
+        || containers_of_runner(&a).is_empty().then_some(()),
+    );
+    // Anything A might still start would show by now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(containers_of_runner(&a).is_empty());
+    let mut on_b = 0;
+    for id in &ids {
+        let run = c.run(id);
+        let marker = std::fs::read_to_string(c.path().join("ws").join(format!("marker-{id}")))
+            .unwrap_or_default();
+        assert_eq!(
+            marker.lines().count(),
+            1,
+            "{id} ran {} times: {run}\n{}",
+            marker.lines().count(),
+            c.all_log_tails()
+        );
+        let state = run["state"].as_str().unwrap();
+        if run["runner_id"].as_str() == Some(b.as_str()) {
+            on_b += 1;
+            assert_eq!(state, "succeeded", "{run}");
+        } else {
+            // Started by A before the pause: A's, and lost when A went silent.
+            assert!(["succeeded", "lost"].contains(&state), "{run}");
+        }
+    }
+    println!("{db:?}: {on_b} of 10 runs went to runner B");
+    assert!(
+        on_b > 0,
+        "A started every run before the pause; nothing was fenced"
+    );
 }
