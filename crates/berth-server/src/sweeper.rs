@@ -71,6 +71,13 @@ pub async fn run<S: Store>(app: Arc<App<S>>) {
         }
         // Catches up on anything a crash or a lost race left: a step run that ended unrecorded,
         // a workflow with no step queued, a step stranded on an offline runner.
+        // Fresh statistics for the queries that use them (claims do not): at start, then every
+        // ten minutes.
+        if ticks % 1200 == 1 {
+            if let Err(e) = app.store.maintain().await {
+                tracing::warn!(error = %e, "refreshing the store's statistics failed");
+            }
+        }
         if ticks % 10 == 1 {
             crate::workflows::advance_all(&app).await;
         }

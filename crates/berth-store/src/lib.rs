@@ -436,6 +436,9 @@ pub trait Store: Send + Sync + 'static {
     /// just started: while it was away, no runner could renew, so that silence is not held
     /// against them. Returns how many leases were extended.
     fn extend_leases(&self, until: i64) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Refreshes the planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
+    /// Claims do not depend on them; other queries may.
+    fn maintain(&self) -> impl Future<Output = StoreResult<()>> + Send;
     fn audit(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;
     /// Number of runs per state (for metrics).
     fn count_by_state(&self) -> impl Future<Output = StoreResult<Vec<(RunState, i64)>>> + Send;

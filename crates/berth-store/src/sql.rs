@@ -886,13 +886,37 @@ impl Store for SqlStore {
         } else {
             ""
         };
+        // The queue is walked in order through the partial index of queued runs, and the first
+        // that fits is taken: a claim's cost does not grow with the queue's depth. Named, not left
+        // to a planner whose statistics may describe a much shorter queue.
+        // On PostgreSQL the row locked by the subquery was checked queued under its lock; a
+        // repeated check here would lead the planner to look the row up among all queued runs
+        // instead of by its id.
+        let still_queued = if tx.is_pg() {
+            ""
+        } else {
+            " AND state = 'queued'"
+        };
+        let queued_index = if tx.is_pg() {
+            // PostgreSQL has no index hints: for this transaction only, the plans that read
+            // every queued run (a sequential or bitmap scan and a sort) are priced out.
+            tx.execute(
+                "SELECT set_config('enable_sort', 'off', true), \
+                        set_config('enable_bitmapscan', 'off', true), \
+                        set_config('enable_seqscan', 'off', true)",
+                Vec::new(),
+            )
+            .await?;
+            ""
+        } else {
+            " INDEXED BY runs_queued"
+        };
         let sql = format!(
             "UPDATE runs SET state = 'claimed', runner_id = $1, lease_token = $2, lease_expires_at = $3, \
              claimed_at = $4, cancel_requested = 0 \
-             WHERE id = (SELECT r.id FROM runs r WHERE r.state = 'queued' AND {tags_ok} \
+             WHERE id = (SELECT r.id FROM runs r{queued_index} WHERE r.state = 'queued' AND {tags_ok} \
                          AND (r.pinned_runner IS NULL OR r.pinned_runner = $1) \
-                         ORDER BY r.seq LIMIT 1{skip_locked}) \
-               AND state = 'queued' \
+                         ORDER BY r.seq LIMIT 1{skip_locked}){still_queued} \
              RETURNING {RUN_COLS}"
         );
         let Some(row) = tx.fetch_optional(&sql, args).await? else {
@@ -1239,6 +1263,17 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    async fn maintain(&self) -> StoreResult<()> {
+        let mut db = self.begin().await?;
+        let sql = if db.is_pg() {
+            "ANALYZE runs, run_tags, run_events"
+        } else {
+            "PRAGMA optimize=0x10002"
+        };
+        db.execute(sql, Vec::new()).await?;
+        db.commit().await
     }
 
     async fn extend_leases(&self, until: i64) -> StoreResult<u64> {

@@ -1480,3 +1480,68 @@ async fn a_started_server_gives_every_lease_one_full_period() {
     })
     .await;
 }
+
+/// Adds `n` untagged runs in `state` in one statement, numbered from `from`.
+async fn bulk_runs(db: &TestDb, state: &str, from: u32, n: u32) {
+    use sqlx::Connection;
+    let to = from + n - 1;
+    if db.kind == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
+             INSERT INTO runs (id, project, state, execution_mode, spec, tags, labels, created_at) \
+             SELECT printf('bulk%08d', i), 'p', '{state}', 'sandbox', '{{}}', '[]', '{{}}', 0 FROM n"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO runs (id, project, state, execution_mode, spec, tags, labels, created_at) \
+             SELECT 'bulk' || lpad(i::text, 8, '0'), 'p', '{state}', 'sandbox', '{{}}', '[]', '{{}}', 0 \
+             FROM generate_series({from}, {to}) AS i"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// The median time of `n` claims, in milliseconds.
+async fn claim_p50(store: &SqlStore, n: usize) -> f64 {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let request = claim_req("deep", &[], false, T0 + i as i64);
+        let start = Instant::now();
+        assert!(store.claim(&request).await.unwrap().is_some());
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+// Issue 17.3: a claim costs the same whatever the queue's depth, without fresh statistics (the
+// statistics here are those of a history with nothing queued; the queue came in bursts after).
+#[tokio::test]
+async fn claims_stay_flat_as_the_queue_deepens() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        bulk_runs(&db, "succeeded", 1, 1_000).await;
+        s.maintain().await.unwrap();
+        bulk_runs(&db, "queued", 1_001, 1_000).await;
+        let shallow = claim_p50(s, 50).await;
+        bulk_runs(&db, "queued", 2_001, 59_000).await;
+        let deep = claim_p50(s, 50).await;
+        println!(
+            "{}: claim p50 {shallow:.2} ms at 1k queued, {deep:.2} ms at 60k",
+            db.kind
+        );
+        assert!(
+            deep <= 2.0_f64.max(3.0 * shallow),
+            "{}: claim p50 {deep:.2} ms at 60k queued against {shallow:.2} ms at 1k",
+            db.kind
+        );
+    })
+    .await;
+}
