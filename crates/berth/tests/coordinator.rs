@@ -2252,7 +2252,7 @@ fn sigterm_with_the_server_down_keeps_the_output_for_the_next_start(db: Db) {
                 .unwrap();
         let printed = local.lines().count();
         assert!(
-            printed >= 2 && printed < 40,
+            (2..40).contains(&printed),
             "{id}: {printed} lines printed"
         );
         let lines = c.stdout_lines(id);
