@@ -2251,10 +2251,7 @@ fn sigterm_with_the_server_down_keeps_the_output_for_the_next_start(db: Db) {
             std::fs::read_to_string(c.runner_dir(&name).join("runs").join(id).join("stdout.log"))
                 .unwrap();
         let printed = local.lines().count();
-        assert!(
-            (2..40).contains(&printed),
-            "{id}: {printed} lines printed"
-        );
+        assert!((2..40).contains(&printed), "{id}: {printed} lines printed");
         let lines = c.stdout_lines(id);
         assert_eq!(
             lines,
