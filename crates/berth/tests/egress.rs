@@ -97,7 +97,10 @@ ls /sys/class/net
     assert!(so.contains("--allow-host denied.example:80"), "{so}");
     assert!(!so.contains("dns=0"), "DNS must fail: {so}");
     assert!(!so.contains("raw=0"), "a raw connect must fail: {so}");
-    assert!(!so.contains("rawlocal=0"), "the host's loopback is not the sandbox's: {so}");
+    assert!(
+        !so.contains("rawlocal=0"),
+        "the host's loopback is not the sandbox's: {so}"
+    );
     assert_eq!(so.lines().last(), Some("lo"), "only loopback: {so}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 
@@ -115,8 +118,9 @@ ls /sys/class/net
     assert!(allowed["bytes_in"].as_u64().unwrap() >= 20, "{allowed}");
     let denied: Vec<_> = egress.iter().filter(|e| e["allowed"] == false).collect();
     assert_eq!(denied.len(), 2, "{egress:?}");
-    assert!(denied.iter().all(|e| e["host"] == "denied.example"
-        && e["rule"] == "no rule allows denied.example:80"));
+    assert!(denied
+        .iter()
+        .all(|e| e["host"] == "denied.example" && e["rule"] == "no rule allows denied.example:80"));
 
     let record = ws.last_record();
     assert_eq!(record["spec"]["egress"]["mode"], "policy");
@@ -139,10 +143,7 @@ ls /sys/class/net
 fn egress_flags_are_checked_and_explained() {
     let ws = Workspace::new();
     for (args, needle) in [
-        (
-            vec!["--allow-host", "*"],
-            "egress rule `*`",
-        ),
+        (vec!["--allow-host", "*"], "egress rule `*`"),
         (
             vec!["--egress", "none", "--allow-host", "a.org"],
             "--allow-host: hosts are allowed through berth's egress proxy",
@@ -173,4 +174,109 @@ fn open_egress_says_so_loudly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("--egress open: the sandbox joins the engine's bridge network"));
     assert_eq!(ws.last_record()["spec"]["network"]["kind"], "bridge");
+}
+
+const REAL_KEY: &str = "sk-ant-api03-REAL-0123456789abcdef";
+
+fn messages_api(head: &str) -> (String, String) {
+    assert!(head.starts_with("POST /v1/messages "), "{head}");
+    (
+        "text/event-stream".into(),
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":21,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n".into(),
+    )
+}
+
+#[test]
+fn brokered_credentials_never_enter_the_sandbox() {
+    let ws = Workspace::new();
+    let (port, seen) = messages_api_upstream();
+    // An agent-like profile: the prompt is a script; the credential is brokered.
+    let config = ws.data_path().join("config/berth");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!(
+            "[profiles.fake-agent]\nimage = \"{}\"\ncommand = [\"sh\", \"-c\", \"{{prompt}}\"]\ncredentials = [\"ANTHROPIC_API_KEY\"]\negress = \"policy\"\nbroker = {{ ANTHROPIC_API_KEY = \"anthropic\" }}\n",
+            support::image()
+        ),
+    )
+    .unwrap();
+    let script = r#"
+echo "base=$ANTHROPIC_BASE_URL key=$ANTHROPIC_API_KEY"
+(printf 'POST /v1/messages HTTP/1.0\r\nx-api-key: %s\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}' "$ANTHROPIC_API_KEY"; sleep 3) | nc 127.0.0.1 41081 > /tmp/answer; grep -c message_delta /tmp/answer || cat /tmp/answer
+echo "env=$(env | grep -c 'sk-ant-api0[3]')"
+echo "proc=$(cat /proc/[0-9]*/environ 2>/dev/null | grep -c 'sk-ant-api0[3]')"
+echo "files=$(grep -rl 'sk-ant-api0[3]' /workspace /tmp /berth/out /run /etc /home 2>/dev/null | wc -l)"
+echo "cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | grep -c 'sk-ant-api0[3]')"
+"#;
+    let out = ws
+        .berth(&["run", "--profile", "fake-agent", "--keep", "--timeout", "60s", script])
+        .env("ANTHROPIC_API_KEY", REAL_KEY)
+        .env(
+            "BERTH_ANTHROPIC_UPSTREAM",
+            format!("http://127.0.0.2:{port}"),
+        )
+        .output()
+        .unwrap();
+    let (so, se) = (stdout(&out), stderr(&out));
+    let record = ws.last_record();
+    let id = record["id"].as_str().unwrap().to_string();
+    let container = record["container_name"].as_str().unwrap_or("").to_string();
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    support::force_remove(&container);
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    assert!(
+        so.contains(&format!(
+            "base=http://127.0.0.1:41081 key={}",
+            berth_core_placeholder()
+        )),
+        "{so}"
+    );
+    // The fake API answered through the broker, and saw the real key.
+    assert!(so.contains("\n2\n"), "{so}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(
+        heads[0].contains(&format!("x-api-key: {REAL_KEY}")),
+        "{}",
+        heads[0]
+    );
+    for probe in ["env=0", "proc=0", "files=0", "cmdline=0"] {
+        assert!(so.contains(probe), "{probe}: {so}");
+    }
+    assert!(inspect.status.success());
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("sk-ant-api03"));
+    // berth's own records: run.json, events, logs.
+    for entry in std::fs::read_dir(ws.last_run()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(!text.contains(REAL_KEY), "{} holds the key", path.display());
+        }
+    }
+    assert_eq!(
+        record["spec"]["egress"]["brokers"][0]["credential"],
+        "ANTHROPIC_API_KEY"
+    );
+    assert!(record["spec"]["secrets"].as_array().unwrap().is_empty());
+    assert_eq!(record["egress"]["api_requests"], 1);
+    assert_eq!(record["egress"]["input_tokens"], 21);
+    assert_eq!(record["egress"]["output_tokens"], 7);
+    let show = stdout(&ws.berth(&["show", &id]).output().unwrap());
+    assert!(
+        show.contains("api usage: 1 requests, 21 input tokens, 7 output tokens"),
+        "{show}"
+    );
+    assert!(show.contains("(brokered: ANTHROPIC_API_KEY)"), "{show}");
+}
+
+fn messages_api_upstream() -> (u16, Seen) {
+    upstream(messages_api)
+}
+
+fn berth_core_placeholder() -> &'static str {
+    "berth-brokered-credential-placeholder"
 }
