@@ -787,7 +787,7 @@ where
     };
     let mut upstream = upstream;
     if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 << 10, 64 << 10)
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 256 << 10, 256 << 10)
             .await
     {
         use std::io::ErrorKind::*;

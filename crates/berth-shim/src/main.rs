@@ -811,7 +811,7 @@ fn relay(client: std::net::TcpStream, upstream: std::os::unix::net::UnixStream) 
 
 /// `io::copy` with a 64 KiB buffer.
 fn copy_all(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok(()),
