@@ -210,7 +210,15 @@ echo "files=$(grep -rl 'sk-ant-api0[3]' /workspace /tmp /berth/out /run /etc /ho
 echo "cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | grep -c 'sk-ant-api0[3]')"
 "#;
     let out = ws
-        .berth(&["run", "--profile", "fake-agent", "--keep", "--timeout", "60s", script])
+        .berth(&[
+            "run",
+            "--profile",
+            "fake-agent",
+            "--keep",
+            "--timeout",
+            "60s",
+            script,
+        ])
         .env("ANTHROPIC_API_KEY", REAL_KEY)
         .env(
             "BERTH_ANTHROPIC_UPSTREAM",
