@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
+use berth_core::egress::{BrokeredApi, EgressMode, EgressSpec};
 use berth_core::mask::Masker;
 use berth_core::plan::{labels, sandbox_user};
 use berth_core::profile::{Profile, Resume};
@@ -185,6 +186,39 @@ async fn run_claimed(
         Ok(s) => s,
         Err(e) => return Outcome::error(e),
     };
+    // Brokered credentials: read here, held by this runner's egress proxy, never sent to the
+    // sandbox.
+    let brokered: Result<Vec<(String, String)>, String> = spec
+        .egress
+        .brokers
+        .iter()
+        .map(|b| {
+            std::env::var(&b.credential)
+                .map(|v| (b.credential.clone(), v))
+                .map_err(|_| {
+                    format!(
+                        "credential `{}` is not set in the environment of runner `{}`",
+                        b.credential, shared.runner_id
+                    )
+                })
+        })
+        .collect();
+    let brokered = match brokered {
+        Ok(b) => b,
+        Err(e) => return Outcome::error(e),
+    };
+    let mut upstreams = std::collections::BTreeMap::new();
+    for (api, var) in [
+        (BrokeredApi::Anthropic, "BERTH_ANTHROPIC_UPSTREAM"),
+        (BrokeredApi::Openai, "BERTH_OPENAI_UPSTREAM"),
+    ] {
+        if let Some(url) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            if let Err(e) = berth_egress::check_base_url(&url) {
+                return Outcome::error(format!("{var}: {e}"));
+            }
+            upstreams.insert(api, url);
+        }
+    }
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
     let state_dir = StateDir::new(shared.config.state_dir.clone());
@@ -322,7 +356,11 @@ async fn run_claimed(
                 held_root: state_dir.root().join("held"),
                 pool,
                 workspace: prepared.upload,
-                egress: Default::default(),
+                egress: berth_sandbox::egress::EgressHost {
+                    brokered,
+                    upstreams,
+                    ..Default::default()
+                },
             },
             interrupts,
         )
@@ -477,6 +515,39 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         .network
         .clone()
         .or_else(|| profile.and_then(|p| p.network.clone()));
+    // The profile's egress: agent profiles reach their API through this runner's proxy, their
+    // credentials brokered. A submission that asks for a network keeps today's behaviour.
+    let asked_network = s.network.as_deref().is_some_and(|n| n != "none");
+    let (egress, network, secrets) = match profile.and_then(|p| p.egress) {
+        Some(EgressMode::Policy) if !asked_network => {
+            let profile = profile.ok_or("egress policy without a profile")?;
+            let (brokered, left): (Vec<String>, Vec<String>) = secrets
+                .into_iter()
+                .partition(|n| profile.broker.iter().any(|b| b.credential == *n));
+            let egress = EgressSpec {
+                mode: EgressMode::Policy,
+                allow: profile.allow_hosts.clone(),
+                tcp: Vec::new(),
+                brokers: profile
+                    .broker
+                    .iter()
+                    .filter(|b| brokered.contains(&b.credential))
+                    .cloned()
+                    .collect(),
+            };
+            egress.check()?;
+            (egress, None, left)
+        }
+        Some(EgressMode::Open) if network.is_none() => (
+            EgressSpec {
+                mode: EgressMode::Open,
+                ..EgressSpec::default()
+            },
+            Some("bridge".to_string()),
+            secrets,
+        ),
+        _ => (EgressSpec::default(), network, secrets),
+    };
     let spec = RunSpec {
         image,
         command,
@@ -516,7 +587,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         output_format: profile.map_or("text".into(), |p| p.output.clone()),
         profile: profile.map(|p| p.name.clone()),
         persistent,
-        egress: Default::default(),
+        egress,
     };
     Ok((spec, stdin))
 }

@@ -268,9 +268,12 @@ fn a_credential_echoed_by_the_agent_is_masked() {
         let text = std::fs::read_to_string(ws.last_run().join(file)).unwrap();
         assert!(!text.contains(key), "{file} holds the credential");
     }
+    // Brokered, not a secret of the sandbox.
+    let record = ws.last_record();
+    assert_eq!(record["spec"]["secrets"], serde_json::json!([]));
     assert_eq!(
-        ws.last_record()["spec"]["secrets"],
-        serde_json::json!(["ANTHROPIC_API_KEY"])
+        record["spec"]["egress"]["brokers"][0]["credential"],
+        "ANTHROPIC_API_KEY"
     );
 }
 
