@@ -422,15 +422,15 @@ pub struct RunnerArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
+    /// After SIGTERM: how long runs in progress may go on before they are stopped (SIGTERM, 3 s,
+    /// SIGKILL). A second SIGTERM, or SIGINT, stops them at once.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub drain_timeout: String,
     /// Accept runs with execution_mode local: they run on this host WITHOUT a sandbox.
     #[arg(long)]
     pub allow_local: bool,
     /// The runner's name and id [default: the host name].
     #[arg(long)]
-    /// After SIGTERM: how long runs in progress may go on before they are stopped (SIGTERM, 3 s,
-    /// SIGKILL). A second SIGTERM, or SIGINT, stops them at once.
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
-    pub drain_timeout: String,
     pub name: Option<String>,
     /// Where run directories are kept [default: $BERTH_STATE_DIR, else the user's data directory].
     #[arg(long, value_name = "DIR")]
