@@ -78,7 +78,7 @@ fn policy_allows_listed_hosts_denies_the_rest_and_records_every_decision() {
         r#"
 wget -q -O - http://127.0.0.2:{port}/hello; echo "allowed=$?"
 wget -q -O - http://denied.example/ ; echo "denied=$?"
-printf 'GET http://denied.example/x HTTP/1.0\r\n\r\n' | nc 127.0.0.1 41080
+{{ printf 'GET http://denied.example/x HTTP/1.0\r\n\r\n'; sleep 2; }} | nc 127.0.0.1 41080
 nslookup example.org >/dev/null 2>&1; echo "dns=$?"
 nc -w 2 1.1.1.1 80 </dev/null >/dev/null 2>&1; echo "raw=$?"
 nc -w 2 127.0.0.2 {port} </dev/null >/dev/null 2>&1; echo "rawlocal=$?"
