@@ -78,13 +78,44 @@ pub fn load(
     Ok(settings)
 }
 
+/// The most bytes a configuration file may hold.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// A configuration file's text and contents; `None` when there is no such file.
+///
+/// A workspace `berth.toml` is something a sandbox can write: it is opened without following a
+/// link, must be a regular file (not a FIFO that would hang berth, nor a device), and is read up
+/// to a bound.
 fn read(path: &Path) -> Result<Option<(String, ConfigFile)>, SandboxError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(SandboxError::Invalid(format!(
+                "{}: is a symbolic link; berth reads only a regular file there (a sandbox could point a link at any host file)",
+                path.display()
+            )))
+        }
         Err(e) => return Err(SandboxError::io(path, e)),
     };
+    let meta = file.metadata().map_err(|e| SandboxError::io(path, e))?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return Err(SandboxError::Invalid(format!(
+            "{}: must be a regular file of at most {} KiB",
+            path.display(),
+            MAX_CONFIG_BYTES >> 10
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| SandboxError::io(path, e))?;
     let file = config::parse(&path.display().to_string(), &text)?;
     Ok(Some((text, file)))
 }
@@ -225,6 +256,25 @@ mod tests {
                 && e.hint().unwrap().contains("berth trust"),
             "{e}"
         );
+    }
+
+    /// A sandbox can write the workspace's `berth.toml`: a link to a host file, a FIFO that
+    /// would hang the next berth, or an endless device is refused, never read.
+    #[test]
+    fn a_planted_berth_toml_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        std::os::unix::fs::symlink("/dev/zero", ws.join("berth.toml")).unwrap();
+        let e = load(None, ws, None, None).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(ws.join("berth.toml")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(ws.join("berth.toml"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        let e = load(None, ws, None, None).unwrap_err().to_string();
+        assert!(e.contains("regular file"), "{e}");
     }
 
     #[test]
