@@ -993,7 +993,7 @@ pub(crate) async fn release_container<E: Engine>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The run's orchestration against a scripted engine: the call sequence, the final record
     //! and the exit status for every way a run can end.
 
@@ -1027,7 +1027,8 @@ mod tests {
         }
     }
 
-    fn spec() -> RunSpec {
+    /// A plain spec for unit tests across the crate.
+    pub(crate) fn spec() -> RunSpec {
         RunSpec {
             image: "img".into(),
             command: vec!["make".into(), "test".into()],

@@ -400,36 +400,7 @@ mod tests {
         std::fs::write(&victim, "keep").unwrap();
         let state = StateDir::new(dir.path().join("state"));
         let run = state.create_run("r1").unwrap();
-        use berth_core::spec::{
-            Fallback, NetworkMode, PullPolicy, Resources, RunSpec, WorkspaceMode,
-        };
-        let spec = RunSpec {
-            image: "img".into(),
-            command: vec!["true".into()],
-            pull: PullPolicy::Missing,
-            workspace: "/w".into(),
-            workspace_mode: WorkspaceMode::Rw,
-            include_dirty: false,
-            copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
-            mounts: vec![],
-            env: vec![],
-            secrets: vec![],
-            resources: Resources::default(),
-            timeout: std::time::Duration::ZERO,
-            grace: std::time::Duration::from_secs(10),
-            network: NetworkMode::None,
-            egress: Default::default(),
-            read_only: false,
-            user: None,
-            publish: vec![],
-            artifacts: vec![],
-            keep: false,
-            fallback: Fallback::None,
-            workdir: None,
-            output_format: "text".into(),
-            profile: None,
-            persistent: None,
-        };
+        let spec = crate::run::tests::spec();
         let record = RunRecord::new(
             "r1".into(),
             spec,
