@@ -69,7 +69,28 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
         &mut interrupts,
     )
     .await;
+    conclude(
+        shared,
+        &run_id,
+        &claimed.lease_token,
+        outcome,
+        tx,
+        batch_task,
+    )
+    .await;
+}
 
+/// Ends a run with the server: the events still buffered go first, then the artifacts and the
+/// end; what the server cannot be told stays in the journal. The lease is given up.
+pub(crate) async fn conclude(
+    shared: &Arc<Shared>,
+    run_id: &str,
+    lease_token: &str,
+    outcome: Outcome,
+    tx: tokio::sync::mpsc::Sender<Message>,
+    batch_task: tokio::task::JoinHandle<(Option<RunJournal>, bool)>,
+) {
+    let run_id = run_id.to_string();
     let (done_tx, done_rx) = oneshot::channel();
     let _ = tx.send(Message::Flush(done_tx)).await;
     let _ = done_rx.await;
@@ -94,7 +115,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
     };
     let end = End {
         finish: FinishBody {
-            lease_token: claimed.lease_token.clone(),
+            lease_token: lease_token.to_string(),
             state,
             exit_code: outcome.exit_code,
             reason,
@@ -127,7 +148,7 @@ pub async fn execute(engine: &DockerEngine, shared: &Arc<Shared>, claimed: Claim
     tracing::info!(run = %run_id, state = %end.finish.state, "finished");
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     state: String,
     exit_code: Option<i64>,
     reason: Option<String>,
@@ -135,7 +156,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn error(reason: String) -> Self {
+    pub(crate) fn error(reason: String) -> Self {
         Self {
             state: "error".into(),
             exit_code: None,
@@ -404,7 +425,7 @@ fn claim_id() -> String {
 }
 
 /// The run's end as the server is told.
-fn outcome_of(ctx: &RunContext, run_dir: RunDir) -> Outcome {
+pub(crate) fn outcome_of(ctx: &RunContext, run_dir: RunDir) -> Outcome {
     let record = &ctx.record;
     Outcome {
         state: record.state.as_str().to_string(),
@@ -686,8 +707,8 @@ async fn report_finish(shared: &Shared, run_id: &str, body: &FinishBody) {
 
 /// Containers labelled with this runner's id were left by an earlier incarnation that died:
 /// each is removed and its run reported lost (if its lease still holds; otherwise the server
-/// has already marked it). None stays unaccounted for.
-pub async fn reconcile(engine: &DockerEngine, shared: &Shared) {
+/// has already marked it), except those of the runs in `adopted`. None stays unaccounted for.
+pub async fn reconcile(engine: &DockerEngine, shared: &Shared, adopted: &[String]) {
     let containers = match engine.list_managed().await {
         Ok(c) => c,
         Err(e) => {
@@ -695,10 +716,13 @@ pub async fn reconcile(engine: &DockerEngine, shared: &Shared) {
             return;
         }
     };
-    for container in containers
-        .into_iter()
-        .filter(|c| c.labels.get(RUNNER_LABEL) == Some(&shared.runner_id))
-    {
+    for container in containers.into_iter().filter(|c| {
+        c.labels.get(RUNNER_LABEL) == Some(&shared.runner_id)
+            && !c
+                .labels
+                .get(labels::RUN_ID)
+                .is_some_and(|run| adopted.contains(run))
+    }) {
         let run_id = container
             .labels
             .get(labels::RUN_ID)

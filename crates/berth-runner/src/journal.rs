@@ -7,13 +7,18 @@
 //!   server has acknowledged everything in it, so it stays small while the server is up. While
 //!   the server is away it grows up to [`RUN_BYTES`]; what comes after that is counted and
 //!   replaced by one note;
+//! - `acked.json`: how far the server has the run's events: the next number, and how many of
+//!   them were the command's stdout and stderr (output lines, and an agent's events, which come
+//!   from its stdout). Written before each emptying of `events.jsonl`, so that a runner restarted
+//!   while the command still runs knows where to resume its output (see `adopt`);
 //! - `end.json`: the run's end (state, exit code, reason, and the directory of artifacts still to
 //!   upload), once the run ended without the server hearing of it.
 //!
 //! The next start of the runner sends every journal before it claims: the events with their
 //! numbers (the server stores a number once, so a resend never duplicates a line), then the
-//! artifacts and the end. A run with events but no end was in progress when its runner died: it
-//! is reported `lost`. The server refuses writes under a lease it has written off; then the
+//! artifacts and the end. A run with no end was in progress when its runner died: its container
+//! is adopted when it is still there and the server confirms the lease (see `adopt`), else the
+//! run is reported `lost`. The server refuses writes under a lease it has written off; then the
 //! run is already `lost` (or handed on) there and the journal is dropped.
 
 use std::fs::File;
@@ -32,6 +37,27 @@ pub const RUN_BYTES: u64 = 16 << 20;
 struct LeaseFile {
     run_id: String,
     lease_token: String,
+}
+
+/// How far the server has a run's events (see the module's docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Acked {
+    /// The number of the first event the server may not have.
+    pub next_seq: i64,
+    /// Events from the command's stdout and from its stderr, up to there.
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
+impl Acked {
+    /// Counts `kind` (an event's) as the stream it came from, if it came from one.
+    fn count(&mut self, kind: &str) {
+        match kind {
+            "stdout" | "stdout_base64" | "agent" => self.stdout += 1,
+            "stderr" | "stderr_base64" => self.stderr += 1,
+            _ => {}
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -64,6 +90,8 @@ pub struct RunJournal {
     dropped: (u64, u64),
     /// The number of the first event left out.
     first_dropped: Option<i64>,
+    /// Everything appended so far: the next number and the events per stream.
+    appended: Acked,
 }
 
 impl RunJournal {
@@ -86,13 +114,38 @@ impl RunJournal {
             .append(true)
             .create_new(true)
             .open(dir.join("events.jsonl"))?;
-        Ok(Self {
+        Ok(Self::writing(
+            dir,
+            events,
+            Acked {
+                next_seq: 1,
+                ..Acked::default()
+            },
+        ))
+    }
+
+    fn writing(dir: PathBuf, events: File, appended: Acked) -> Self {
+        Self {
             dir,
             events: Some(BufWriter::new(events)),
             bytes: 0,
             dropped: (0, 0),
             first_dropped: None,
-        })
+            appended,
+        }
+    }
+
+    /// Continues the journal of a run adopted by a restarted runner: what it held was sent, and
+    /// the server has the events up to `acked`.
+    pub fn resume(state_dir: &Path, run_id: &str, acked: Acked) -> std::io::Result<Self> {
+        let dir = root(state_dir).join(run_id);
+        write_json(&dir.join("acked.json"), &acked)?;
+        let events = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("events.jsonl"))?;
+        events.set_len(0)?;
+        Ok(Self::writing(dir, events, acked))
     }
 
     /// Appends events numbered from `first_seq`; those that no longer fit are counted.
@@ -101,6 +154,8 @@ impl RunJournal {
             return;
         };
         for (seq, event) in (first_seq..).zip(events) {
+            self.appended.count(&event.kind);
+            self.appended.next_seq = seq + 1;
             let size = event.data.len() as u64;
             if self.bytes + size > RUN_BYTES || self.dropped.0 > 0 {
                 self.first_dropped.get_or_insert(seq);
@@ -158,6 +213,11 @@ impl RunJournal {
         }
         if let Some(file) = self.events.as_mut() {
             let _ = file.flush();
+            // First how far the server is, then the emptying: a runner killed in between finds
+            // events it knows the server has, and leaves them out of its count.
+            if let Err(e) = write_json(&self.dir.join("acked.json"), &self.appended) {
+                tracing::warn!(journal = %self.dir.display(), error = %e, "writing how far the server has the run's events failed");
+            }
             if let Err(e) = file.get_ref().set_len(0) {
                 tracing::warn!(journal = %self.dir.display(), error = %e, "emptying the journal failed");
             }
@@ -200,6 +260,26 @@ pub struct Found {
     /// Events with their numbers, in order.
     pub events: Vec<(i64, EventIn)>,
     pub end: Option<End>,
+    /// How far the server had the events when the journal was last emptied.
+    pub acked: Option<Acked>,
+}
+
+impl Found {
+    /// How far the server has the events once this journal's were sent: where a run adopted by
+    /// a restarted runner goes on.
+    pub fn resume_point(&self) -> Acked {
+        let mut at = self.acked.unwrap_or(Acked {
+            next_seq: 1,
+            ..Acked::default()
+        });
+        for (seq, event) in &self.events {
+            if *seq >= at.next_seq {
+                at.count(&event.kind);
+                at.next_seq = seq + 1;
+            }
+        }
+        at
+    }
 }
 
 /// Every journal left by an earlier incarnation, oldest run first.
@@ -223,12 +303,16 @@ pub fn found(state_dir: &Path) -> Vec<Found> {
             let end = std::fs::read(dir.join("end.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            let acked = std::fs::read(dir.join("acked.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             Some(Found {
                 dir,
                 run_id: lease.run_id,
                 lease_token: lease.lease_token,
                 events,
                 end,
+                acked,
             })
         })
         .collect();
@@ -266,13 +350,15 @@ pub enum Delivery {
     Kept,
 }
 
-/// Sends the events of every journal, then lets `between` run (it reports the runs whose
-/// containers a dead predecessor left), then reports each run's end. A journal whose delivery
-/// was refused or completed is removed; one the server could not be reached for stays.
-pub async fn resend<F: std::future::Future<Output = ()>>(
+/// Sends the events of every journal; adopts the runs that were in progress whose containers
+/// are still there (returned, to be followed to their end); removes the other containers a dead
+/// predecessor left (reporting their runs); then reports each remaining run's end. A journal
+/// whose delivery was refused or completed is removed; one the server could not be reached for
+/// stays.
+pub async fn resend(
     shared: &Arc<Shared>,
-    between: impl FnOnce() -> F,
-) {
+    engine: &berth_engine::DockerEngine,
+) -> Vec<crate::adopt::Adoption> {
     let journals = found(&shared.config.state_dir);
     let mut pending = Vec::new();
     for journal in journals {
@@ -292,8 +378,17 @@ pub async fn resend<F: std::future::Future<Output = ()>>(
             Delivery::Kept => {}
         }
     }
-    between().await;
+    let mut adopted = Vec::new();
+    let mut rest = Vec::new();
     for journal in pending {
+        match crate::adopt::adoptable(engine, shared, &journal).await {
+            Some(adoption) => adopted.push(adoption),
+            None => rest.push(journal),
+        }
+    }
+    let ids: Vec<String> = adopted.iter().map(|a| a.run_id().to_string()).collect();
+    crate::execute::reconcile(engine, shared, &ids).await;
+    for journal in rest {
         if shared.stopping() {
             break;
         }
@@ -322,6 +417,7 @@ pub async fn resend<F: std::future::Future<Output = ()>>(
             }
         }
     }
+    adopted
 }
 
 async fn resend_events(shared: &Arc<Shared>, journal: &Found) -> Delivery {

@@ -6,6 +6,7 @@
 //! and the coordinator refuses a write whose lease expired; so a runner that was presumed dead
 //! can never overwrite what the coordinator decided meanwhile.
 
+mod adopt;
 pub mod client;
 mod execute;
 mod journal;
@@ -249,11 +250,19 @@ pub async fn run(config: RunnerConfig, mut stop: watch::Receiver<Stop>) -> Resul
         phase: watch::channel(Phase::Working).0,
     });
     let supervisor = tokio::spawn(supervise(shared.clone(), stop));
-    // What an earlier incarnation could not tell the server, and the containers it left.
-    journal::resend(&shared, || execute::reconcile(&engine, &shared)).await;
+    // What an earlier incarnation could not tell the server, and the containers it left: those
+    // still running under a lease the server confirms are adopted, the others removed.
+    let adopted = journal::resend(&shared, &engine).await;
 
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
     let mut workers = Vec::new();
+    for adoption in adopted {
+        workers.push(tokio::spawn(adopt::adopt(
+            engine.clone(),
+            shared.clone(),
+            adoption,
+        )));
+    }
     for _ in 0..shared.config.capacity.max(1) {
         workers.push(tokio::spawn(worker(shared.clone(), engine.clone())));
     }

@@ -35,6 +35,9 @@ pub struct ServerReporter {
     shared: Arc<Shared>,
     run_id: String,
     lease_token: String,
+    /// Events of the command's stdout and stderr still to leave out: a run adopted after a
+    /// restart reads its output again from the start, and the server has these already.
+    skip: std::sync::Mutex<[u64; 2]>,
 }
 
 pub fn now_ms() -> i64 {
@@ -48,7 +51,41 @@ impl ServerReporter {
             shared,
             run_id: run_id.to_string(),
             lease_token: lease_token.to_string(),
+            skip: std::sync::Mutex::new([0, 0]),
         }
+    }
+
+    /// The reporter of an adopted run, which leaves out the first `stdout` and `stderr` events
+    /// of those streams (the server has them).
+    pub fn resuming(self, stdout: u64, stderr: u64) -> Self {
+        Self {
+            skip: std::sync::Mutex::new([stdout, stderr]),
+            ..self
+        }
+    }
+
+    /// Whether `event` is one the server already has: counted off the events to skip.
+    fn already_sent(&self, event: &Event) -> bool {
+        let stream = match event {
+            Event::Output {
+                stream: Stream::Stdout,
+                ..
+            }
+            | Event::Agent { .. } => 0,
+            Event::Output {
+                stream: Stream::Stderr,
+                ..
+            } => 1,
+            _ => return false,
+        };
+        let Ok(mut skip) = self.skip.lock() else {
+            return false;
+        };
+        if skip[stream] == 0 {
+            return false;
+        }
+        skip[stream] -= 1;
+        true
     }
 
     /// Fencing: the container exists and is not started. The server must confirm, now, that
@@ -110,6 +147,9 @@ async fn confirm_lease(
 
 impl Reporter for ServerReporter {
     fn event(&self, line: &EventLine) {
+        if self.already_sent(&line.event) {
+            return;
+        }
         match &line.event {
             Event::ContainerCreated { container_id, .. }
             | Event::HeldContainer { container_id, .. } => self.fence(Some(container_id.clone())),
@@ -188,14 +228,27 @@ pub async fn batcher(
     run_id: String,
     lease_token: String,
     journal: Option<RunJournal>,
+    rx: Receiver<Message>,
+) -> (Option<RunJournal>, bool) {
+    batcher_from(shared, run_id, lease_token, journal, rx, 1).await
+}
+
+/// [`batcher`], numbering the events from `first_seq` (an adopted run goes on where the server's
+/// events end).
+pub async fn batcher_from(
+    shared: Arc<Shared>,
+    run_id: String,
+    lease_token: String,
+    journal: Option<RunJournal>,
     mut rx: Receiver<Message>,
+    first_seq: i64,
 ) -> (Option<RunJournal>, bool) {
     let mut batch = Batcher {
         shared,
         run_id,
         lease_token,
         buffer: Vec::new(),
-        next_seq: 1,
+        next_seq: first_seq,
         lease_lost: false,
         offline: false,
         journal,

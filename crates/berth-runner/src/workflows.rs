@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use berth_sandbox::workspace::{self, Worktree};
 
-fn root(state_dir: &Path) -> PathBuf {
+pub(crate) fn root(state_dir: &Path) -> PathBuf {
     state_dir.join("workflows")
 }
 

@@ -501,7 +501,10 @@ async fn run_in_held<E: Engine>(
         Err(e) => return (RunState::Error, Some(e.to_string())),
     };
     // The supervisor writes the run's output to FIFOs berth reads on this host.
-    let fifos = Some((dir.io_dir().join(&names[0]), dir.io_dir().join(&names[1])));
+    let fifos = Some(crate::run::OutputFiles::Fifos(
+        dir.io_dir().join(&names[0]),
+        dir.io_dir().join(&names[1]),
+    ));
     let request = run_request(&spec, plan_context);
     let unclean = AtomicBool::new(false);
     let target = Target::Held {

@@ -120,7 +120,7 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
     let (uid, gid) = sandbox_user(spec.user, invoking_uid, invoking_gid);
     let out_host_path = ctx.run_dir.create_out_dir(uid, gid)?;
     let io_host_path = if host.local_engine {
-        Some(ctx.run_dir.create_io_fifos(uid, gid)?)
+        Some(ctx.run_dir.create_io_files(uid, gid)?)
     } else {
         None
     };

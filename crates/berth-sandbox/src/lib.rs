@@ -31,4 +31,4 @@ pub mod workspace;
 
 pub use error::SandboxError;
 pub use output::Reporter;
-pub use run::{execute_docker, Interrupts, RunContext};
+pub use run::{execute_docker, reattach, Interrupts, RunContext};

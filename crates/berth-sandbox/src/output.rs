@@ -200,22 +200,28 @@ impl OutputPipe {
             self.reporter.output(self.stream, masked);
             return Ok(());
         }
+        // A line ends at its newline or at MAX_LINE bytes, whichever comes first, however the
+        // output was cut into chunks: the same bytes always make the same events, which is what
+        // lets a restarted runner replay a run's output and skip what the server already has.
         let mut rest = masked;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            let (head, tail) = rest.split_at(pos + 1);
-            if self.line.is_empty() {
+        while !rest.is_empty() {
+            let room = (MAX_LINE - self.line.len()).min(rest.len());
+            let take = rest[..room]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(room, |pos| pos + 1);
+            let (head, tail) = rest.split_at(take);
+            rest = tail;
+            let complete = head.ends_with(b"\n") || self.line.len() + head.len() == MAX_LINE;
+            if !complete {
+                self.line.extend_from_slice(head);
+            } else if self.line.is_empty() {
                 self.emit_line(head);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(head);
                 self.emit_line(&line);
             }
-            rest = tail;
-        }
-        self.line.extend_from_slice(rest);
-        while self.line.len() >= MAX_LINE {
-            let piece: Vec<u8> = self.line.drain(..MAX_LINE).collect();
-            self.emit_line(&piece);
         }
         Ok(())
     }
@@ -317,5 +323,34 @@ mod tests {
         assert_eq!(texts[3].map(str::len), Some(MAX_LINE));
         assert_eq!(texts[4].map(str::len), Some(10));
         assert_eq!(events.len(), 5);
+    }
+
+    /// The events of a stream depend on its bytes only, not on how they were cut into chunks.
+    #[test]
+    fn the_same_bytes_make_the_same_lines_whatever_the_chunks() {
+        let mut data = b"short\n".to_vec();
+        data.extend(vec![b'a'; MAX_LINE - 3]);
+        data.extend(b"bc\ndef\n");
+        data.extend(vec![b'y'; 2 * MAX_LINE + 5]);
+        data.extend(b"\ntail");
+        let lines = |chunk: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let rec = Arc::new(Recording {
+                lines: true,
+                ..Default::default()
+            });
+            let mut p = pipe(rec.clone(), &[], dir.path());
+            for piece in data.chunks(chunk) {
+                p.push(piece).unwrap();
+            }
+            p.finish().unwrap();
+            let events = rec.events.lock().unwrap().clone();
+            events
+        };
+        let whole = lines(data.len());
+        assert_eq!(whole.len(), 7, "{whole:?}");
+        for chunk in [1, 7, 4096, MAX_LINE - 1, MAX_LINE + 1] {
+            assert_eq!(lines(chunk), whole, "chunks of {chunk}");
+        }
     }
 }

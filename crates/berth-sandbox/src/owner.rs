@@ -35,7 +35,35 @@ pub fn owner_labels(run_dir: &Path) -> BTreeMap<String, String> {
     ])
 }
 
-/// Whether the process named by these labels is still alive on this host.
+/// The file in a run directory that names the process which took the run over after its owner
+/// died (a restarted runner adopting its container): `PID START` (see [`process_start_time`]).
+const ADOPTER: &str = "adopter";
+
+/// Records this process as the one following the run in `run_dir` now: `berth gc` keeps its
+/// container while this process lives, though the owner its labels name is dead.
+pub fn record_adopter(run_dir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id();
+    let start = process_start_time(pid).unwrap_or(0);
+    let tmp = run_dir.join(".adopter.tmp");
+    std::fs::write(&tmp, format!("{pid} {start}\n"))?;
+    std::fs::rename(tmp, run_dir.join(ADOPTER))
+}
+
+/// Whether the process recorded by [`record_adopter`] in `run_dir` is alive.
+fn adopter_alive(run_dir: &Path) -> bool {
+    let text = std::fs::read_to_string(run_dir.join(ADOPTER)).unwrap_or_default();
+    let mut words = text.split_whitespace().map(str::parse::<u64>);
+    match (words.next(), words.next()) {
+        (Some(Ok(pid)), Some(Ok(start))) => u32::try_from(pid)
+            .ok()
+            .and_then(process_start_time)
+            .is_some_and(|s| s == start),
+        _ => false,
+    }
+}
+
+/// Whether the process named by these labels (or the process that adopted the run since) is
+/// still alive on this host.
 pub enum Liveness {
     Alive,
     Dead,
@@ -57,8 +85,14 @@ pub fn owner_liveness(container_labels: &std::collections::HashMap<String, Strin
     let start: Option<u64> = container_labels
         .get(labels::OWNER_START)
         .and_then(|s| s.parse().ok());
+    let adopted = || {
+        container_labels
+            .get(labels::RUN_DIR)
+            .is_some_and(|dir| adopter_alive(Path::new(dir)))
+    };
     match (pid, start) {
         (Some(pid), Some(start)) if process_start_time(pid) == Some(start) => Liveness::Alive,
+        _ if adopted() => Liveness::Alive,
         _ => Liveness::Dead,
     }
 }

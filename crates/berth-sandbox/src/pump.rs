@@ -1,12 +1,15 @@
 //! Moving a container's output into its output pipes.
 //!
 //! Two sources: the engine's attach stream (always attached; it carries stdin and anything the
-//! shim prints before it redirects), and, when the engine is local, two FIFOs on a bind mount
-//! that the shim makes the command's stdout and stderr. The FIFOs are read straight from the
-//! host, so bulk output does not pass through the engine at all.
+//! shim prints before it redirects), and, when the engine is local, the command's stdout and
+//! stderr on a bind mount, read straight from the host so bulk output does not pass through the
+//! engine at all. A container of its own writes them to two files that berth tails (so the
+//! command goes on when no berth reads, and a restarted runner can read them again); a held
+//! container's runs write to two FIFOs.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
+use std::time::Duration;
 
 use berth_core::event::Stream;
 use berth_engine::{EngineError, OutputChunk};
@@ -20,11 +23,25 @@ use crate::output::OutputPipe;
 
 const READ_CHUNK: usize = 128 * 1024;
 
-/// The read ends of the stdout and stderr FIFOs.
+/// Where the command's stdout and stderr are read: the read ends of two FIFOs, or two files
+/// being written.
 pub struct Fifos {
-    stdout: pipe::Receiver,
-    stderr: pipe::Receiver,
+    stdout: Source,
+    stderr: Source,
 }
+
+enum Source {
+    Fifo(pipe::Receiver),
+    /// A file the command appends to, read from where the last read ended; at its end, read
+    /// again after a short wait.
+    File {
+        file: std::fs::File,
+        idle: Duration,
+    },
+}
+
+/// The longest wait before a file being written is read again: the most a line can trail.
+const TAIL_POLL: Duration = Duration::from_millis(10);
 
 impl Fifos {
     /// Opens the stdout and stderr FIFOs for reading. They are opened read-write so that they
@@ -37,9 +54,21 @@ impl Fifos {
                 .open_receiver(path)
         };
         Ok(Self {
-            stdout: open(stdout)?,
-            stderr: open(stderr)?,
+            stdout: Source::Fifo(open(stdout)?),
+            stderr: Source::Fifo(open(stderr)?),
         })
+    }
+
+    /// Reads two files the command writes its stdout and stderr to, from their start.
+    pub fn files(stdout: std::fs::File, stderr: std::fs::File) -> Self {
+        let tail = |file| Source::File {
+            file,
+            idle: Duration::ZERO,
+        };
+        Self {
+            stdout: tail(stdout),
+            stderr: tail(stderr),
+        }
     }
 }
 
@@ -108,12 +137,26 @@ pub async fn pump(
     failure
 }
 
-async fn read_some(
-    receiver: Option<&mut pipe::Receiver>,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    match receiver {
-        Some(r) => r.read(buf).await,
+/// The next bytes of `source`; waits until there are some. Cancel-safe: nothing is read
+/// unless it is returned.
+async fn read_some(source: Option<&mut Source>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match source {
+        Some(Source::Fifo(r)) => r.read(buf).await,
+        Some(Source::File { file, idle }) => loop {
+            match file.read(buf) {
+                Ok(0) => {
+                    // Nothing new yet: look again soon, less often the longer it stays quiet.
+                    *idle = (*idle * 2).clamp(Duration::from_millis(1), TAIL_POLL);
+                    tokio::time::sleep(*idle).await;
+                }
+                Ok(n) => {
+                    *idle = Duration::ZERO;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        },
         None => std::future::pending().await,
     }
 }
@@ -128,13 +171,13 @@ fn push_read(read: std::io::Result<usize>, buf: &[u8], pipe: &mut OutputPipe) ->
     }
 }
 
-fn drain(
-    receiver: &mut pipe::Receiver,
-    pipe: &mut OutputPipe,
-    buf: &mut [u8],
-) -> Result<(), String> {
+fn drain(source: &mut Source, pipe: &mut OutputPipe, buf: &mut [u8]) -> Result<(), String> {
     loop {
-        match receiver.try_read(buf) {
+        let read = match source {
+            Source::Fifo(receiver) => receiver.try_read(buf),
+            Source::File { file, .. } => file.read(buf),
+        };
+        match read {
             Ok(0) => return Ok(()),
             Ok(n) => pipe
                 .push(&buf[..n])

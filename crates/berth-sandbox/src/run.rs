@@ -66,6 +66,24 @@ impl RunContext {
         })
     }
 
+    /// Continues a run whose directory and record exist (a run taken over by a restarted
+    /// runner): events are appended to its event log.
+    pub fn reopen(
+        run_dir: RunDir,
+        reporter: Arc<dyn Reporter>,
+        masker: Masker,
+    ) -> Result<Self, SandboxError> {
+        let record = run_dir.read_record()?;
+        let events = EventLog::create(&run_dir, &record.id)?;
+        Ok(Self {
+            run_dir,
+            record,
+            events,
+            reporter,
+            masker,
+        })
+    }
+
     /// Records and shows an event. Failing to write the event log is not worth losing the run
     /// over; it is reported as a warning on stderr by the caller's reporter instead.
     pub fn emit(&mut self, event: Event) {
@@ -351,10 +369,10 @@ pub(crate) async fn execute_cold<E: Engine>(
         container_name: container_plan.name.clone(),
     });
 
-    let fifos = plan_context
+    let output = plan_context
         .io_host_path
         .as_ref()
-        .map(|dir| (dir.join("stdout"), dir.join("stderr")));
+        .map(|_| OutputFiles::Files);
     // Before the command starts: a remote engine gets berth's files through the archive API
     // (see `remote`), and copy mode uploads the workspace (see `workspace`). After the exit,
     // while the container still exists, copy mode downloads the changed tree.
@@ -368,7 +386,7 @@ pub(crate) async fn execute_cold<E: Engine>(
                 engine,
                 &Target::Container(&id),
                 container_plan.memory_bytes,
-                fifos,
+                output,
                 plan_context.egress_host_path.clone(),
                 ctx,
                 run,
@@ -451,8 +469,8 @@ async fn ensure_image<E: Engine>(
 }
 
 /// Attaches, starts, feeds the setup frame, streams output and waits, honouring the timeout and
-/// interrupts. `fifos` are the host paths of the command's stdout and stderr FIFOs, when the
-/// engine is local. Returns the final state and its reason.
+/// interrupts. `output` says where the command's stdout and stderr are read on this host, when
+/// the engine is local. Returns the final state and its reason.
 ///
 /// With egress policy, the run's proxy serves the sockets in `egress_dir` from before the
 /// command starts until it has ended; its summary goes into the record.
@@ -461,7 +479,7 @@ pub(crate) async fn drive<E: Engine>(
     engine: &E,
     target: &Target<'_>,
     memory_bytes: i64,
-    fifos: Option<(PathBuf, PathBuf)>,
+    output: Option<OutputFiles>,
     egress_dir: Option<PathBuf>,
     ctx: &mut RunContext,
     run: &DockerRun,
@@ -482,7 +500,7 @@ pub(crate) async fn drive<E: Engine>(
         }
         _ => None,
     };
-    let outcome = drive_command(engine, target, memory_bytes, fifos, ctx, run, interrupts).await;
+    let outcome = drive_command(engine, target, memory_bytes, output, ctx, run, interrupts).await;
     if let Some(session) = session {
         let summary = session.summary();
         // Connections still open end with the proxy; their records arrive as it drops.
@@ -497,21 +515,21 @@ async fn drive_command<E: Engine>(
     engine: &E,
     target: &Target<'_>,
     memory_bytes: i64,
-    fifos: Option<(PathBuf, PathBuf)>,
+    output: Option<OutputFiles>,
     ctx: &mut RunContext,
     run: &DockerRun,
     interrupts: &mut Interrupts,
 ) -> (RunState, Option<String>) {
-    let spec = ctx.record.spec.clone();
     let pipes = ctx.output_pipes();
-    let (mut stdout_pipe, mut stderr_pipe) = match pipes {
+    let (stdout_pipe, stderr_pipe) = match pipes {
         Ok(p) => p,
         Err(e) => return (RunState::Error, Some(e.to_string())),
     };
-    let opened = fifos
-        .as_ref()
-        .map(|(out, err)| crate::pump::Fifos::open(out, err))
-        .transpose();
+    let opened = output.as_ref().map(|o| o.open(ctx)).transpose();
+    let fifos = match output {
+        Some(OutputFiles::Fifos(out, err)) => Some((out, err)),
+        _ => None,
+    };
     let opened = match opened {
         Ok(f) => f,
         Err(e) => {
@@ -560,23 +578,7 @@ async fn drive_command<E: Engine>(
         Target::Container(_) => (attached.output, None),
         Target::Held { .. } => (futures_util::stream::empty().boxed(), Some(attached.output)),
     };
-    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
-    // Output is pumped on its own task so that a slow terminal never delays signal handling.
-    let pump = tokio::spawn(async move {
-        let failure = crate::pump::pump(
-            output,
-            opened,
-            exited_rx,
-            &mut stdout_pipe,
-            &mut stderr_pipe,
-        )
-        .await;
-        (
-            failure,
-            stdout_pipe.agent_outcome(),
-            stdout_pipe.agent_session(),
-        )
-    });
+    let (pump, exited_tx) = spawn_pump(output, opened, stdout_pipe, stderr_pipe);
 
     if let Target::Container(id) = target {
         if let Ok(signal) = interrupts.try_recv() {
@@ -640,7 +642,180 @@ async fn drive_command<E: Engine>(
             let _ = input.shutdown().await;
         }
     }
+    follow(
+        engine,
+        target,
+        memory_bytes,
+        ctx,
+        Following {
+            pump,
+            exited_tx,
+            status,
+            control,
+            fifos,
+            running_for: Duration::ZERO,
+        },
+        interrupts,
+    )
+    .await
+}
 
+/// The output pump on a task of its own, so that a slow terminal never delays signal handling;
+/// and the sender that tells it the command has exited.
+fn spawn_pump(
+    attach: BoxStream<'static, Result<berth_engine::OutputChunk, EngineError>>,
+    sources: Option<crate::pump::Fifos>,
+    mut stdout_pipe: OutputPipe,
+    mut stderr_pipe: OutputPipe,
+) -> (PumpTask, tokio::sync::oneshot::Sender<()>) {
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
+    let pump = tokio::spawn(async move {
+        let failure = crate::pump::pump(
+            attach,
+            sources,
+            exited_rx,
+            &mut stdout_pipe,
+            &mut stderr_pipe,
+        )
+        .await;
+        (
+            failure,
+            stdout_pipe.agent_outcome(),
+            stdout_pipe.agent_session(),
+        )
+    });
+    (pump, exited_tx)
+}
+
+/// The output task: why keeping the output failed (if it did), the agent's outcome and session.
+type PumpTask = tokio::task::JoinHandle<(
+    Option<String>,
+    Option<berth_agents::AgentOutcome>,
+    Option<String>,
+)>;
+
+/// Where a command's stdout and stderr are read on this host (a local engine).
+pub(crate) enum OutputFiles {
+    /// A held container's run: two FIFOs, removed once they have served.
+    Fifos(PathBuf, PathBuf),
+    /// A container of its own: the run directory's `io/stdout` and `io/stderr`, tailed.
+    Files,
+}
+
+impl OutputFiles {
+    fn open(&self, ctx: &RunContext) -> Result<crate::pump::Fifos, String> {
+        match self {
+            Self::Fifos(out, err) => crate::pump::Fifos::open(out, err).map_err(|e| e.to_string()),
+            Self::Files => ctx
+                .run_dir
+                .open_io_files()
+                .map(|(out, err)| crate::pump::Fifos::files(out, err))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Takes over a container of its own whose berth (or runner) died while its command ran: the
+/// command's output is read again from the first byte of its files on this host (the reporter
+/// is the one to skip what was already passed on), the command is followed under what is left
+/// of its timeout and the interrupts, and the run ends as any other: exit code, artifacts,
+/// container removed, final state. `ctx` is the run's existing directory and record.
+pub async fn reattach<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    container_id: &str,
+    interrupts: &mut Interrupts,
+) -> ExitStatus {
+    let spec = ctx.record.spec.clone();
+    let name = ctx
+        .record
+        .container_name
+        .clone()
+        .unwrap_or_else(|| container_id.to_string());
+    let sources = OutputFiles::Files.open(ctx);
+    let pipes = ctx.output_pipes();
+    let outcome = match (sources, pipes) {
+        (Ok(sources), Ok((stdout_pipe, stderr_pipe))) => {
+            ctx.emit(Event::Warning {
+                message: format!(
+                    "the runner restarted while the command ran; it reattached to container {name}"
+                ),
+            });
+            let attach = futures_util::stream::empty().boxed();
+            let (pump, exited_tx) = spawn_pump(attach, Some(sources), stdout_pipe, stderr_pipe);
+            let following = Following {
+                pump,
+                exited_tx,
+                status: None,
+                control: None,
+                fifos: None,
+                running_for: running_for(&ctx.record),
+            };
+            let memory = i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX);
+            let target = Target::Container(container_id);
+            follow(engine, &target, memory, ctx, following, interrupts).await
+        }
+        (Err(e), _) => (
+            RunState::Error,
+            Some(format!("opening the command's output again failed: {e}")),
+        ),
+        (_, Err(e)) => (RunState::Error, Some(e.to_string())),
+    };
+    if outcome.0 == RunState::Error {
+        stop_container(engine, container_id).await;
+    }
+    // A local engine (the output files are on this host): `/berth/out` is the run's out
+    // directory, collected from here.
+    let out_dir = ctx.run_dir.out_dir();
+    collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    release_container(engine, container_id, &name, spec.keep, ctx).await;
+    ctx.finish(outcome.0, outcome.1)
+}
+
+/// How long the run's command has run, from its record.
+fn running_for(record: &RunRecord) -> Duration {
+    use time::format_description::well_known::Rfc3339;
+    let started = record
+        .started_at
+        .as_deref()
+        .and_then(|t| time::OffsetDateTime::parse(t, &Rfc3339).ok());
+    started.map_or(Duration::ZERO, |t| {
+        Duration::try_from(time::OffsetDateTime::now_utc() - t).unwrap_or(Duration::ZERO)
+    })
+}
+
+/// What [`follow`] watches: the running command's output task, its report stream (a held
+/// container's) or control input, and how long it has run already.
+struct Following {
+    pump: PumpTask,
+    exited_tx: tokio::sync::oneshot::Sender<()>,
+    status: Option<BoxStream<'static, Result<berth_engine::OutputChunk, EngineError>>>,
+    control: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    /// FIFOs to remove once they have served.
+    fifos: Option<(PathBuf, PathBuf)>,
+    /// Counted against the timeout: a run taken over by a restarted runner has used some.
+    running_for: Duration,
+}
+
+/// Waits for a started command under the timeout and interrupts, lets its output drain and
+/// decides the final state.
+async fn follow<E: Engine>(
+    engine: &E,
+    target: &Target<'_>,
+    memory_bytes: i64,
+    ctx: &mut RunContext,
+    following: Following,
+    interrupts: &mut Interrupts,
+) -> (RunState, Option<String>) {
+    let spec = ctx.record.spec.clone();
+    let Following {
+        pump,
+        exited_tx,
+        status,
+        mut control,
+        fifos,
+        running_for,
+    } = following;
     let wait = wait_for(engine, target, status);
     tokio::pin!(wait);
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -649,7 +824,7 @@ async fn drive_command<E: Engine>(
     } else {
         // Past what the clock can hold: no deadline.
         Instant::now()
-            .checked_add(spec.timeout)
+            .checked_add(spec.timeout.saturating_sub(running_for))
             .unwrap_or(far_future)
     };
     let mut stop: Option<Stop> = None;

@@ -223,21 +223,47 @@ impl RunDir {
         Ok(out)
     }
 
-    /// The host side of `/berth/io`: the command's stdout and stderr FIFOs.
+    /// The host side of `/berth/io`: the files the command's stdout and stderr go to.
     pub fn io_dir(&self) -> PathBuf {
         self.path.join("io")
     }
 
-    /// Creates `io/stdout` and `io/stderr` as FIFOs the sandbox user `uid:gid` can write. `io/`
-    /// itself stays berth's: the sandbox opens the FIFOs but cannot add, rename or swap entries.
-    pub fn create_io_fifos(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
+    /// Creates `io/stdout` and `io/stderr` as empty regular files the sandbox user `uid:gid`
+    /// can write. Files, not pipes: the command never waits for a reader and never gets SIGPIPE
+    /// when berth (or a runner) dies, and whoever reads them next can start from any offset.
+    /// `io/` itself stays berth's: the sandbox writes the files but cannot add, rename or swap
+    /// entries.
+    pub fn create_io_files(&self, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
         let io = self.io_dir();
         let run = self.handle()?;
         let handle = run
             .create_dir(OsStr::new("io"), 0o755)
             .map_err(|e| SandboxError::io(&io, e))?;
-        create_fifos(&handle, &["stdout", "stderr"], uid, gid)?;
+        for name in ["stdout", "stderr"] {
+            let path = io.join(name);
+            let file = handle
+                .create_file(OsStr::new(name), 0o600)
+                .map_err(|e| SandboxError::io(&path, e))?;
+            hand_over_fd(file.as_fd(), &path, uid, gid, 0o600, 0o622)?;
+        }
         Ok(io)
+    }
+
+    /// Opens `io/stdout` and `io/stderr` for reading, through the run directory's handle and
+    /// without following a link: the sandbox writes them, so whatever is there is checked to be
+    /// a regular file (a FIFO or device swapped in is refused, never read).
+    pub fn open_io_files(&self) -> Result<(std::fs::File, std::fs::File), SandboxError> {
+        let io = self.io_dir();
+        let handle = self
+            .handle()?
+            .open_dir_entry(OsStr::new("io"))
+            .map_err(|e| SandboxError::io(&io, e))?;
+        let open = |name: &str| {
+            handle
+                .open_file_entry(OsStr::new(name))
+                .map_err(|e| SandboxError::io(io.join(name), e))
+        };
+        Ok((open("stdout")?, open("stderr")?))
     }
 
     /// Creates `egress/`, where the run's egress proxy binds its sockets. It stays berth's

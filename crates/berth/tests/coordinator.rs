@@ -21,7 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ on_both_stores!(
     second_sigterm_stops_the_runs_within_the_grace,
     server_outage_longer_than_the_lease_loses_no_run,
     written_off_runner_never_starts_what_another_runner_took,
+    runner_restarted_within_the_lease_adopts_its_run,
+    runner_never_restarted_its_run_goes_lost_and_gc_removes_it,
 );
 
 fn unique(base: &str) -> String {
@@ -306,7 +308,14 @@ struct Cluster {
     /// Every runner name ever started, for cleaning up their containers.
     names: Vec<String>,
     logs: Vec<PathBuf>,
+    /// Runners killed and not restarted yet: their containers are not for `berth gc`.
+    killed: Vec<(String, RwLockReadGuard<'static, ()>)>,
 }
+
+/// `berth gc` removes every container on the engine whose owner died, other tests' too; it
+/// runs only while no test has a runner killed and not yet restarted (whose containers are
+/// waiting to be adopted).
+static KILLED_RUNNERS: RwLock<()> = RwLock::new(());
 
 impl Cluster {
     /// A server with a project, a client token and a runner token; no runners yet.
@@ -339,6 +348,7 @@ impl Cluster {
             runners: Vec::new(),
             names: Vec::new(),
             logs: Vec::new(),
+            killed: Vec::new(),
         };
         cluster.start_server();
         cluster.admin = std::fs::read_to_string(cluster.state_dir().join("admin-token"))
@@ -509,6 +519,7 @@ impl Cluster {
 
     /// Starts `berth runner NAME EXTRA` with extra environment; returns immediately.
     fn spawn_runner(&mut self, name: &str, extra: &[&str], env: &[(&str, String)]) {
+        self.killed.retain(|(killed, _)| killed != name);
         let log = self.log_file(&format!("runner-{name}"));
         let state = self.path().join("runners").join(name);
         let state = state.display().to_string();
@@ -574,6 +585,8 @@ impl Cluster {
 
     /// SIGKILL of a runner process.
     fn kill_runner(&mut self, name: &str) {
+        let guard = KILLED_RUNNERS.read().unwrap_or_else(|e| e.into_inner());
+        self.killed.push((name.to_string(), guard));
         for r in self.runners.iter_mut().filter(|r| r.name == name) {
             let _ = r.child.kill();
             let _ = r.child.wait();
@@ -2431,5 +2444,121 @@ fn written_off_runner_never_starts_what_another_runner_took(db: Db) {
     assert!(
         on_b > 0,
         "A started every run before the pause; nothing was fenced"
+    );
+}
+
+/// Whether a container is running, per the engine.
+fn container_running(id: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", id])
+        .output()
+        .unwrap();
+    text(&out.stdout).trim() == "true"
+}
+
+const SIXTY_LINES: &str = "for i in $(seq 1 60); do echo $i; sleep 0.2; done";
+
+// Issue 17.5: kill -9 of a runner mid-run, restarted within the lease: the command went on
+// while no runner read its output, the new runner adopts the container, and the run succeeds
+// with every line exactly once.
+fn runner_restarted_within_the_lease_adopts_its_run(db: Db) {
+    let mut c = Cluster::start(db);
+    let name = c.runner("phoenix", &[]);
+    let id = c.submit(&[], &["sh", "-c", SIXTY_LINES]);
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    poll(Duration::from_secs(10), "ten lines on the server", || {
+        (c.stdout_lines(&id).len() >= 10).then_some(())
+    });
+    c.kill_runner(&name);
+    let killed = Instant::now();
+    let containers = containers_of_runner(&name);
+    assert_eq!(containers.len(), 1);
+    let before = c.stdout_lines(&id).len();
+    std::thread::sleep(Duration::from_millis(600));
+    // No reader for a while, and the command still runs (it used to die of SIGPIPE).
+    assert!(container_running(&containers[0]), "{}", c.all_log_tails());
+    c.spawn_runner(&name, &[], &[]);
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    println!(
+        "{db:?}: finished {:?} after kill -9; {before} lines were on the server then",
+        killed.elapsed()
+    );
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert_eq!(run["exit_code"], 0, "{run}");
+    let lines = c.stdout_lines(&id);
+    let expected: Vec<String> = (1..=60).map(|i| format!("{i}\n")).collect();
+    assert_eq!(lines, expected, "{}", c.all_log_tails());
+    let events = c.events(&id, None);
+    assert_eq!(events.iter().filter(|e| e.kind == "started").count(), 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "warning" && e.payload().contains("reattached")),
+        "{events:?}"
+    );
+    let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    poll(
+        Duration::from_secs(10),
+        "the adopted container removed",
+        || containers_of_runner(&name).is_empty().then_some(()),
+    );
+    // The runner's own record of the run ended the same way.
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(c.runner_dir(&name).join("runs").join(&id).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let log = std::fs::read_to_string(
+        c.runner_dir(&name)
+            .join("runs")
+            .join(&id)
+            .join("stdout.log"),
+    )
+    .unwrap();
+    assert_eq!(log, expected.concat());
+}
+
+// Issue 17.5: a runner that never comes back: its run goes `lost` on the server, its container
+// keeps running, and `berth gc` on the host removes it and records the run's end.
+fn runner_never_restarted_its_run_goes_lost_and_gc_removes_it(db: Db) {
+    let mut c = Cluster::start(db);
+    let name = c.runner("gone", &[]);
+    let id = c.submit(&[], &["sh", "-c", SIXTY_LINES]);
+    c.wait_state(&id, Duration::from_secs(30), |s| s == "running");
+    poll(Duration::from_secs(10), "some output", || {
+        (!c.stdout_lines(&id).is_empty()).then_some(())
+    });
+    c.kill_runner(&name);
+    let run = c.wait_state(&id, Duration::from_secs(15), terminal);
+    assert_eq!(run["state"], "lost", "{run}");
+    let containers = containers_of_runner(&name);
+    assert_eq!(containers.len(), 1);
+    assert!(container_running(&containers[0]));
+
+    c.killed.clear();
+    let gc = KILLED_RUNNERS.write().unwrap_or_else(|e| e.into_inner());
+    let o = output_within(&mut c.berth(&["gc"]), Duration::from_secs(60));
+    drop(gc);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(containers_of_runner(&name).is_empty(), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("berth-{id}")))
+        .unwrap_or_else(|| panic!("gc says nothing of the run's container:\n{out}"));
+    assert!(line.starts_with("removed"), "{line}");
+    assert!(line.contains(&format!("run {id} marked error")), "{line}");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(c.runner_dir(&name).join("runs").join(&id).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["state"], "error", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("removed by berth gc"),
+        "{record}"
     );
 }

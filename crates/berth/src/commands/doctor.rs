@@ -160,7 +160,7 @@ async fn time_sandbox_start(
             io_host_path: engine
                 .endpoint()
                 .socket_path()
-                .and_then(|_| ctx.run_dir.create_io_fifos(uid, gid).ok()),
+                .and_then(|_| ctx.run_dir.create_io_files(uid, gid).ok()),
             setup_frame: true,
             state_dir_in_workspace: None,
             owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
