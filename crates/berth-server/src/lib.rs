@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_store::Store;
+use berth_store::{Store, Wake};
 use tokio::sync::Notify;
 
 pub use auth::{hash_secret, new_secret};
@@ -81,6 +81,53 @@ impl<S: Store> App<S> {
             metrics: metrics::Metrics::default(),
         })
     }
+
+    /// Wakes this server's waiters for `wake` and, through the store, every other server's.
+    pub fn wake(&self, wake: Wake) {
+        self.wake_here(wake);
+        self.store.announce(wake);
+    }
+
+    /// Wakes this server's waiters only (for wake-ups that came from another server).
+    fn wake_here(&self, wake: Wake) {
+        if wake.queued {
+            self.queued.notify_waiters();
+        }
+        if wake.cancel {
+            self.cancels.notify_waiters();
+        }
+        if wake.events {
+            self.events.notify_waiters();
+        }
+    }
+}
+
+/// Relays the wake-ups of the other servers on the same database to this server's waiters, for
+/// as long as the server runs (nothing to do on SQLite).
+async fn relay_wakes<S: Store>(app: Arc<App<S>>) {
+    let Some(mut feed) = app.store.wake_feed() else {
+        return;
+    };
+    let mut lost = false;
+    loop {
+        match feed.next().await {
+            Ok(wake) => {
+                if lost && wake == Wake::ALL {
+                    tracing::info!(
+                        "listening to the other servers' wake-ups again; every waiter looks again"
+                    );
+                }
+                lost = false;
+                app.wake_here(wake);
+            }
+            Err(e) => {
+                if !lost {
+                    tracing::warn!(error = %e, "lost the other servers' wake-ups; waiters fall back to their poll interval until the listener reconnects");
+                }
+                lost = true;
+            }
+        }
+    }
 }
 
 /// Starts the background work: lease expiry and offline runners.
@@ -139,9 +186,11 @@ pub async fn serve<S: Store>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = spawn_sweeper(app.clone());
+    let wakes = tokio::spawn(relay_wakes(app.clone()));
     let result = axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
+    wakes.abort();
     result
 }

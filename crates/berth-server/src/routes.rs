@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use berth_api::*;
 use berth_store::{
     ClaimRequest, Finish, NewEvent, NewRun, Project, Role, RunFilter, RunRow, RunState,
-    RunnerRecord, Store, StoreError, TokenRecord,
+    RunnerRecord, Store, StoreError, TokenRecord, Wake,
 };
 use futures_util::{Stream, StreamExt};
 use rand::Rng;
@@ -391,8 +391,7 @@ async fn submit_run<S: Store>(
         pinned_runner: None,
     };
     let row = app.store.insert_run(&run).await?;
-    app.queued.notify_waiters();
-    app.events.notify_waiters();
+    app.wake(Wake::QUEUED.with(Wake::EVENTS));
     Ok((StatusCode::CREATED, Json(views::run(row))))
 }
 
@@ -471,8 +470,7 @@ async fn cancel_run<S: Store>(
         .store
         .request_cancel(&id, &caller.actor(), now_ms())
         .await?;
-    app.cancels.notify_waiters();
-    app.events.notify_waiters();
+    app.wake(Wake::CANCEL.with(Wake::EVENTS));
     spawn_advance(&app, &row);
     Ok(Json(views::run(row)))
 }
@@ -805,7 +803,7 @@ async fn claim<S: Store>(
             lease_ms: app.config.lease.as_millis() as i64,
         };
         if let Some(row) = app.store.claim(&claim).await? {
-            app.events.notify_waiters();
+            app.wake(Wake::EVENTS);
             let sandbox = match views::sandbox(&row) {
                 Ok(sandbox) => sandbox,
                 Err(e) => return Err(unreadable_spec(&app, row, &lease_token, &e).await),
@@ -853,7 +851,7 @@ async fn unreadable_spec<S: Store>(
         .await
     {
         Ok(ended) => {
-            app.events.notify_waiters();
+            app.wake(Wake::EVENTS);
             spawn_advance(app, &ended);
         }
         Err(e) => {
@@ -939,7 +937,7 @@ async fn start_run<S: Store>(
             app.config.lease.as_millis() as i64,
         )
         .await?;
-    app.events.notify_waiters();
+    app.wake(Wake::EVENTS);
     Ok(Json(views::run(row)))
 }
 
@@ -971,7 +969,7 @@ async fn append_events<S: Store>(
             &events,
         )
         .await?;
-    app.events.notify_waiters();
+    app.wake(Wake::EVENTS);
     Ok(Json(HashMap::from([("last_seq", last)])))
 }
 
@@ -1008,7 +1006,7 @@ async fn finish_run<S: Store>(
             &format!("runner:{runner}"),
         )
         .await?;
-    app.events.notify_waiters();
+    app.wake(Wake::EVENTS);
     spawn_advance(&app, &row);
     Ok(Json(views::run(row)))
 }

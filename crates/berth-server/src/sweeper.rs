@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_store::{NewEvent, RunState, Store};
+use berth_store::{NewEvent, RunState, Store, Wake};
 
 use crate::clock::now_ms;
 use crate::App;
@@ -61,10 +61,10 @@ pub async fn run<S: Store>(app: Arc<App<S>>) {
                     }
                 }
                 if changed.iter().any(|r| r.state == RunState::Queued) {
-                    app.queued.notify_waiters();
+                    app.wake(Wake::QUEUED);
                 }
                 if !changed.is_empty() {
-                    app.events.notify_waiters();
+                    app.wake(Wake::EVENTS);
                 }
             }
             Err(e) => tracing::error!(error = %e, "expiring leases failed"),

@@ -22,8 +22,8 @@ use berth_core::workflow::state::{
 };
 use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
 use berth_store::{
-    NewRun, NewWorkflow, RunRow, RunState, Store, StoreError, WorkflowAuditEntry, WorkflowChange,
-    WorkflowNote, WorkflowRow,
+    NewRun, NewWorkflow, RunRow, RunState, Store, StoreError, Wake, WorkflowAuditEntry,
+    WorkflowChange, WorkflowNote, WorkflowRow,
 };
 use serde::{Deserialize, Serialize};
 
@@ -427,8 +427,7 @@ async fn pending_outcome<S: Store>(
         return Ok(None);
     }
     let ended = app.store.request_cancel(&run.id, "server", now).await?;
-    app.cancels.notify_waiters();
-    app.events.notify_waiters();
+    app.wake(Wake::CANCEL.with(Wake::EVENTS));
     if !ended.state.is_final() {
         return Ok(None);
     }
@@ -483,9 +482,9 @@ async fn write<S: Store>(app: &App<S>, change: &WorkflowChange) -> Result<Step, 
         return Ok(Step::Again);
     }
     if change.new_run.is_some() {
-        app.queued.notify_waiters();
+        app.wake(Wake::QUEUED);
     }
-    app.events.notify_waiters();
+    app.wake(Wake::EVENTS);
     Ok(Step::Done)
 }
 

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 mod db;
 mod sql;
+mod wake;
 
 pub use sql::{SqlStore, MAX_EVENTS_LIMIT, MAX_LIST_LIMIT};
+pub use wake::{Wake, WakeFeed, CHANNEL as WAKE_CHANNEL};
 
 /// The life of a run on the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -436,6 +438,13 @@ pub trait Store: Send + Sync + 'static {
     /// just started: while it was away, no runner could renew, so that silence is not held
     /// against them. Returns how many leases were extended.
     fn extend_leases(&self, until: i64) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Tells the other servers on this database that `wake` happened here, so that their waiters
+    /// look again (PostgreSQL: `NOTIFY`, coalesced and sent in the background; the caller never
+    /// waits). SQLite has a single server and nothing to tell.
+    fn announce(&self, wake: Wake);
+    /// The wake-ups the other servers on this database announce, for this server's waiters;
+    /// `None` when no other server can share the store (SQLite).
+    fn wake_feed(&self) -> Option<WakeFeed>;
     /// Refreshes the planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
     /// Claims do not depend on them; other queries may.
     fn maintain(&self) -> impl Future<Output = StoreResult<()>> + Send;

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -17,10 +18,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::db::{args, backend_err, Arg, Db, Row};
+use crate::wake::Wakes;
 use crate::{
     AuditEntry, ClaimRequest, Finish, NewEvent, NewRun, NewWorkflow, Project, Role, RunEvent,
-    RunFilter, RunRow, RunState, RunnerRecord, Store, StoreError, StoreResult, TokenRecord,
-    WorkflowAuditEntry, WorkflowChange, WorkflowNote, WorkflowRow,
+    RunFilter, RunRow, RunState, RunnerRecord, Store, StoreError, StoreResult, TokenRecord, Wake,
+    WakeFeed, WorkflowAuditEntry, WorkflowChange, WorkflowNote, WorkflowRow,
 };
 
 /// The largest page [`Store::list_runs`] returns.
@@ -74,6 +76,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct SqlStore {
     backend: Backend,
+    /// PostgreSQL: the wake-ups shared with the other servers on the database.
+    wakes: Option<Arc<Wakes>>,
 }
 
 impl SqlStore {
@@ -139,6 +143,7 @@ impl SqlStore {
         };
         Ok(SqlStore {
             backend: Backend::Sqlite { write, read, file },
+            wakes: None,
         })
     }
 
@@ -148,11 +153,12 @@ impl SqlStore {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(backend_err)?;
         Ok(SqlStore {
             backend: Backend::Postgres(pool),
+            wakes: Some(Wakes::new(&options)),
         })
     }
 
@@ -172,6 +178,9 @@ impl SqlStore {
                 write.close().await;
             }
             Backend::Postgres(pool) => pool.close().await,
+        }
+        if let Some(wakes) = &self.wakes {
+            wakes.close().await;
         }
     }
 
@@ -1263,6 +1272,16 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    fn announce(&self, wake: Wake) {
+        if let Some(wakes) = &self.wakes {
+            wakes.announce(wake);
+        }
+    }
+
+    fn wake_feed(&self) -> Option<WakeFeed> {
+        self.wakes.as_ref().map(Wakes::feed)
     }
 
     async fn maintain(&self) -> StoreResult<()> {

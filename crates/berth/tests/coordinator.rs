@@ -304,6 +304,11 @@ struct Cluster {
     runner_token: String,
     project: String,
     server: Option<Child>,
+    /// `--lease` and `--heartbeat` of the servers.
+    lease: &'static str,
+    heartbeat: &'static str,
+    /// More servers on the same PostgreSQL database (killed on drop).
+    peers: Vec<Child>,
     runners: Vec<RunnerProcess>,
     /// Every runner name ever started, for cleaning up their containers.
     names: Vec<String>,
@@ -320,6 +325,11 @@ static KILLED_RUNNERS: RwLock<()> = RwLock::new(());
 impl Cluster {
     /// A server with a project, a client token and a runner token; no runners yet.
     fn start(db: Db) -> Self {
+        Self::start_with(db, LEASE, HEARTBEAT)
+    }
+
+    /// The same with the servers' `--lease` and `--heartbeat`.
+    fn start_with(db: Db, lease: &'static str, heartbeat: &'static str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -345,6 +355,9 @@ impl Cluster {
             runner_token: String::new(),
             project: unique("proj"),
             server: None,
+            lease,
+            heartbeat,
+            peers: Vec::new(),
             runners: Vec::new(),
             names: Vec::new(),
             logs: Vec::new(),
@@ -451,22 +464,8 @@ impl Cluster {
         let log_path = self.path().join("logs").join("server.log");
         let log = self.log_file("server");
         let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
-        let state = self.state_dir().display().to_string();
-        let mut cmd = self.berth(&[
-            "server",
-            "--listen",
-            &self.listen,
-            "--state-dir",
-            &state,
-            "--lease",
-            LEASE,
-            "--heartbeat",
-            HEARTBEAT,
-        ]);
-        if let Some(db) = &self.db_url {
-            cmd.args(["--db", db]);
-        }
-        let child = cmd
+        let child = self
+            .server_command(&self.state_dir(), &self.listen)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -484,15 +483,9 @@ impl Cluster {
                 return Err(format!("berth server exited ({status}):\n{}", this_start()));
             }
             if self.listen.ends_with(":0") {
-                let text = this_start();
-                // Only a whole line: the address must not be cut mid-write.
-                let line = text
-                    .split_once("listening on http://")
-                    .and_then(|(_, rest)| rest.split_once('\n'));
-                if let Some((line, _)) = line {
-                    let address = line.split_whitespace().next().unwrap_or_default();
-                    self.listen = address.to_string();
+                if let Some(address) = listening_address(&this_start()) {
                     self.url = format!("http://{address}");
+                    self.listen = address;
                 }
             }
             if !self.url.is_empty() {
@@ -510,6 +503,63 @@ impl Cluster {
         }
     }
 
+    /// `berth server` on this cluster's database with its own state directory and log.
+    fn server_command(&self, state: &Path, listen: &str) -> Command {
+        let state = state.display().to_string();
+        let mut cmd = self.berth(&[
+            "server",
+            "--listen",
+            listen,
+            "--state-dir",
+            &state,
+            "--lease",
+            self.lease,
+            "--heartbeat",
+            self.heartbeat,
+        ]);
+        if let Some(db) = &self.db_url {
+            cmd.args(["--db", db]);
+        }
+        cmd
+    }
+
+    /// Starts another server on the same PostgreSQL database (its own port, state directory and
+    /// log `server-N`), waits for its /healthz; returns its URL.
+    fn start_peer_server(&mut self) -> String {
+        assert_eq!(
+            self.db,
+            Db::Postgres,
+            "servers share only a PostgreSQL store"
+        );
+        let name = format!("server-{}", self.peers.len() + 2);
+        let log = self.log_file(&name);
+        let log_path = self.path().join("logs").join(format!("{name}.log"));
+        let child = self
+            .server_command(&self.path().join(&name), "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.peers.push(child);
+        let url = poll(
+            Duration::from_secs(20),
+            &format!("{name} listening"),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                listening_address(&log).map(|a| format!("http://{a}"))
+            },
+        );
+        poll(Duration::from_secs(20), &format!("{name} healthy"), || {
+            let o = Command::new("curl")
+                .args(["-sf", "--max-time", "5", &format!("{url}/healthz")])
+                .output()
+                .ok()?;
+            o.status.success().then_some(())
+        });
+        url
+    }
+
     fn kill_server(&mut self) {
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
@@ -519,6 +569,12 @@ impl Cluster {
 
     /// Starts `berth runner NAME EXTRA` with extra environment; returns immediately.
     fn spawn_runner(&mut self, name: &str, extra: &[&str], env: &[(&str, String)]) {
+        let url = self.url.clone();
+        self.spawn_runner_to(&url, name, extra, env);
+    }
+
+    /// The same against the server at `url`.
+    fn spawn_runner_to(&mut self, url: &str, name: &str, extra: &[&str], env: &[(&str, String)]) {
         self.killed.retain(|(killed, _)| killed != name);
         let log = self.log_file(&format!("runner-{name}"));
         let state = self.path().join("runners").join(name);
@@ -526,7 +582,7 @@ impl Cluster {
         let mut cmd = self.berth(&[
             "runner",
             "--server",
-            &self.url,
+            url,
             "--token",
             &self.runner_token,
             "--name",
@@ -800,6 +856,10 @@ impl Drop for Cluster {
             let _ = r.child.wait();
         }
         self.kill_server();
+        for peer in &mut self.peers {
+            let _ = peer.kill();
+            let _ = peer.wait();
+        }
         for name in &self.names {
             for id in containers_of_runner(name) {
                 force_remove(&id);
@@ -809,6 +869,113 @@ impl Drop for Cluster {
             let _ = writeln!(std::io::stderr(), "{}", self.all_log_tails());
         }
     }
+}
+
+/// The address in a server's `listening on http://ADDRESS` line (a whole line only: the address
+/// must not be cut mid-write).
+fn listening_address(log: &str) -> Option<String> {
+    let (line, _) = log
+        .split_once("listening on http://")
+        .and_then(|(_, rest)| rest.split_once('\n'))?;
+    Some(
+        line.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+// Issue 17.4: two servers on one PostgreSQL database. A runner long-polling one server is woken
+// by a run submitted through the other at once (not when its 20 s poll ends), and a cancel
+// through the other server reaches it at once (not when its held heartbeat ends).
+
+/// `lease_expires_at` of a run, read from the database (the API does not show it).
+fn lease_expiry(db_url: &str, id: &str) -> i64 {
+    let o = Command::new("psql")
+        .args([
+            db_url,
+            "-Atc",
+            &format!("SELECT lease_expires_at FROM runs WHERE id = '{id}'"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    text(&o.stdout).trim().parse().unwrap_or(0)
+}
+
+fn millis(rfc3339: &Value) -> i64 {
+    let t = time::OffsetDateTime::parse(
+        rfc3339.as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[test]
+fn postgres_wake_ups_cross_servers() {
+    // A heartbeat of 20 s (as long as a claim's poll): without shared wake-ups, a cancel through
+    // the other server waits for the held heartbeat to end.
+    let mut c = Cluster::start_with(Db::Postgres, "60s", "20s");
+    let s2 = c.start_peer_server();
+    let name = unique("cross");
+    c.spawn_runner_to(&s2, &name, &[], &[]);
+    c.wait_runner_online(&name);
+
+    // Submit through S1; the runner waits on S2. Each run is submitted a second after the
+    // runner's poll began, so without the wake-up each would wait about 19 s.
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        let id = c.submit(&[], &["echo", &format!("cross-{i}")]);
+        let run = c.wait_final(&id, Duration::from_secs(60));
+        assert_eq!(run["state"], "succeeded", "{run}");
+        assert_eq!(run["runner_id"], name.as_str());
+        waits.push(millis(&run["claimed_at"]) - millis(&run["created_at"]));
+    }
+    waits.sort_unstable();
+    println!("submitted through S1 -> claimed through S2 (ms): {waits:?}");
+    assert!(
+        waits.iter().all(|&w| w < 3000),
+        "claims waited for the poll: {waits:?} ms\n{}",
+        c.all_log_tails()
+    );
+
+    // Cancel through S1 just after the runner's heartbeat reached S2 (its lease was renewed):
+    // S2 holds that heartbeat for up to 20 s unless woken.
+    let id = c.submit(&[], &["sleep", "300"]);
+    c.wait_state(&id, Duration::from_secs(60), |s| s == "running");
+    let db_url = c.db_url.clone().unwrap();
+    let started = lease_expiry(&db_url, &id);
+    poll(
+        Duration::from_secs(45),
+        "a heartbeat renewing the lease",
+        || (lease_expiry(&db_url, &id) != started).then_some(()),
+    );
+    assert_eq!(containers_of_run(&id).len(), 1);
+    let sent = Instant::now();
+    let (status, body) = c.http(
+        "POST",
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    poll(
+        Duration::from_secs(30),
+        "the cancelled run's container gone",
+        || containers_of_run(&id).is_empty().then_some(()),
+    );
+    let gone = sent.elapsed();
+    println!("cancel through S1 -> container gone on S2's runner: {gone:?}");
+    assert!(
+        gone < Duration::from_secs(5),
+        "{gone:?}\n{}",
+        c.all_log_tails()
+    );
+    let run = c.wait_final(&id, Duration::from_secs(30));
+    assert_eq!(run["state"], "cancelled", "{run}");
 }
 
 fn terminal(state: &str) -> bool {
