@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::spec::{Fallback, NetworkMode, PullPolicy, UserSpec, WorkspaceMode};
+use crate::spec::{Fallback, Isolation, NetworkMode, PullPolicy, UserSpec, WorkspaceMode};
 use crate::units;
 
 /// A configuration file as written. Every field is optional; unknown keys are refused.
@@ -28,6 +28,8 @@ pub struct ConfigFile {
     pub timeout: Option<String>,
     pub grace: Option<String>,
     pub network: Option<String>,
+    /// `runc` or `gvisor` (`--isolation`).
+    pub isolation: Option<String>,
     pub read_only: Option<bool>,
     pub user: Option<String>,
     pub fallback: Option<String>,
@@ -194,6 +196,9 @@ impl ConfigFile {
         if let Some(v) = &self.network {
             NetworkMode::parse(v).map_err(|e| bad("network", e))?;
         }
+        if let Some(v) = &self.isolation {
+            v.parse::<Isolation>().map_err(|e| bad("isolation", e))?;
+        }
         if let Some(v) = &self.user {
             UserSpec::parse(v).map_err(|e| bad("user", e))?;
         }
@@ -248,6 +253,7 @@ impl ConfigFile {
             timeout,
             grace,
             network,
+            isolation,
             read_only,
             user,
             fallback,
@@ -323,6 +329,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`network`"), "{e}");
+        let e = parse("c.toml", "isolation = \"kata\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`isolation`") && e.contains("runc or gvisor"),
+            "{e}"
+        );
+        let c = parse("c.toml", "isolation = \"gvisor\"").unwrap();
+        assert_eq!(c.isolation.as_deref(), Some("gvisor"));
         let e = parse("c.toml", "[env]\n\"A B\" = \"1\"")
             .unwrap_err()
             .to_string();

@@ -186,7 +186,7 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     plan.entrypoint.extend(
         ctx.mount_identities
             .iter()
-            .map(crate::plan::MountIdentity::shim_option),
+            .map(|m| m.shim_option(spec.isolation)),
     );
     plan.entrypoint.extend(plan::egress_options(&spec));
     plan.cmd = Vec::new();
@@ -230,6 +230,11 @@ pub fn held_key(spec: &RunSpec, ctx: &PlanContext, image_id: &str) -> String {
     let mut ctx = ctx.clone();
     ctx.run_id = String::new();
     ctx.owner_labels.clear();
+    // A mount is the same when its device and inode are; its change time (which gVisor's check
+    // compares) moves with every write into it, and must not make a new container each time.
+    for identity in &mut ctx.mount_identities {
+        identity.ctime = (0, 0);
+    }
     let mut plan = plan_holder(spec, &ctx, &holder);
     plan.labels.clear();
     // The holder's own directories differ per container; the key is about everything else.
@@ -238,7 +243,12 @@ pub fn held_key(spec: &RunSpec, ctx: &PlanContext, image_id: &str) -> String {
     // Mount order is not configuration: a run with secrets adds the secrets tmpfs earlier.
     plan.tmpfs.sort_by(|a, b| a.target.cmp(&b.target));
     plan.binds.sort_by(|a, b| a.target.cmp(&b.target));
-    fnv1a_hex(format!("{image_id}\n{plan:?}").as_bytes())
+    let identities: Vec<(&str, u64, u64)> = ctx
+        .mount_identities
+        .iter()
+        .map(|m| (m.target.as_str(), m.dev, m.ino))
+        .collect();
+    fnv1a_hex(format!("{image_id}\n{plan:?}\n{identities:?}").as_bytes())
 }
 
 fn fnv1a_hex(bytes: &[u8]) -> String {
@@ -463,6 +473,35 @@ mod tests {
         let mut net = spec();
         net.network = NetworkMode::Bridge;
         assert_ne!(held_key(&net, &ctx("r1"), "sha256:a"), base);
+        // gVisor is another container; under it a mount's change time is what the shim checks,
+        // yet a write into the mount is not another container, another inode is.
+        let mut gvisor = spec();
+        gvisor.isolation = Isolation::Gvisor;
+        assert_ne!(held_key(&gvisor, &ctx("r1"), "sha256:a"), base);
+        let mounted = |ino: u64, ctime: i64| {
+            let mut c = ctx("r1");
+            c.mount_identities = vec![crate::plan::MountIdentity {
+                target: "/workspace".into(),
+                dev: 1,
+                ino,
+                ctime: (ctime, 0),
+            }];
+            held_key(&gvisor, &c, "sha256:a")
+        };
+        assert_eq!(mounted(7, 100), mounted(7, 200));
+        assert_ne!(mounted(7, 100), mounted(8, 100));
+        let plan = plan_holder(
+            &gvisor,
+            &ctx("r1"),
+            &HolderContext {
+                name: "h".into(),
+                kind: HeldKind::Pool,
+                key: "k".into(),
+                agent: None,
+                dir: "/state/held/h".into(),
+            },
+        );
+        assert_eq!(plan.runtime.as_deref(), Some("runsc"));
     }
 
     fn held(name: &str, last_used: i64, busy: bool) -> HeldState {

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod policy;
 pub mod profile;
 pub mod record;
+pub mod runtime;
 pub mod spec;
 pub mod text;
 pub mod trust;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::spec::{PortPublish, RunSpec, UserSpec, WorkspaceMode};
+use crate::spec::{Isolation, PortPublish, RunSpec, UserSpec, WorkspaceMode};
 
 /// Where the workspace is mounted and the working directory of every sandboxed command.
 pub const WORKSPACE_TARGET: &str = "/workspace";
@@ -89,6 +89,8 @@ pub struct ContainerPlan {
     /// Only asked for where the storage driver supports it (`disk::quota_support`).
     pub disk_bytes: Option<u64>,
     pub network: String,
+    /// The engine runtime (`runsc`, `runsc-net` for gVisor); `None`: the engine's default.
+    pub runtime: Option<String>,
     pub publish: Vec<PortPublish>,
     pub read_only_rootfs: bool,
     pub cap_drop: Vec<String>,
@@ -120,18 +122,33 @@ pub struct BerthVolume {
 /// Where berth's own files live on a remote engine.
 pub const BERTH_VOLUME_TARGET: &str = "/berth";
 
-/// The identity (device and inode) of a checked mount source, and where it is mounted.
+/// The identity (device and inode, and the change time) of a checked mount source, and where it
+/// is mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountIdentity {
     pub target: String,
     pub dev: u64,
     pub ino: u64,
+    /// The status change time (seconds, nanoseconds) when it was checked.
+    pub ctime: (i64, u32),
 }
 
 impl MountIdentity {
-    /// The shim option that checks it: `--expect-mount=DEV:INO:TARGET`.
-    pub fn shim_option(&self) -> String {
-        format!("--expect-mount={}:{}:{}", self.dev, self.ino, self.target)
+    /// The shim option that checks it. Under runc the sandbox sees the host's device and inode
+    /// numbers: `--expect-mount=DEV:INO:TARGET`. gVisor shows numbers of its own (a device per
+    /// mount, inodes counted from 1) but passes the host's change time through, which no
+    /// unprivileged process can set to a past moment: `--expect-mount-ctime=SEC:NSEC:TARGET`
+    /// (see SECURITY.md, "Mounts are what was checked").
+    pub fn shim_option(&self, isolation: Isolation) -> String {
+        match isolation {
+            Isolation::Runc => {
+                format!("--expect-mount={}:{}:{}", self.dev, self.ino, self.target)
+            }
+            Isolation::Gvisor => format!(
+                "--expect-mount-ctime={}:{}:{}",
+                self.ctime.0, self.ctime.1, self.target
+            ),
+        }
     }
 }
 
@@ -323,7 +340,11 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     if !ctx.setup_frame {
         entrypoint.push("--no-setup".to_string());
     }
-    entrypoint.extend(ctx.mount_identities.iter().map(MountIdentity::shim_option));
+    entrypoint.extend(
+        ctx.mount_identities
+            .iter()
+            .map(|m| m.shim_option(spec.isolation)),
+    );
     if let Some(io) = ctx.io_host_path.as_ref().filter(|_| !ctx.remote_engine) {
         binds.push(BindMount {
             source: io.clone(),
@@ -364,6 +385,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         (None, _) => WORKSPACE_TARGET.to_string(),
     };
 
+    let network = engine_network(spec).to_string();
     ContainerPlan {
         name: match ctx.owner_labels.get(labels::CLAIM) {
             Some(claim) => format!("{}-{claim}", container_name(&ctx.run_id)),
@@ -389,12 +411,8 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
             .resources
             .disk_bytes
             .map(|d| d.clamp(crate::units::MIN_DISK, crate::units::MAX_DISK)),
-        // Egress policy means no network interface but loopback, whatever else was asked.
-        network: if policy {
-            "none".to_string()
-        } else {
-            spec.network.engine_name().to_string()
-        },
+        runtime: spec.isolation.runtime(&network).map(str::to_string),
+        network,
         publish: spec.publish.clone(),
         read_only_rootfs: spec.read_only,
         cap_drop: vec!["ALL".to_string()],
@@ -409,6 +427,16 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         )]),
         stdin_once: true,
         berth_volume,
+    }
+}
+
+/// The engine's name of the network the container joins. Egress policy means no network
+/// interface but loopback, whatever else was asked.
+pub fn engine_network(spec: &RunSpec) -> &str {
+    if spec.egress.mode == crate::egress::EgressMode::Policy {
+        "none"
+    } else {
+        spec.network.engine_name()
     }
 }
 
@@ -474,6 +502,7 @@ pub(crate) mod tests {
             grace: Duration::from_secs(10),
             network: NetworkMode::None,
             egress: Default::default(),
+            isolation: Isolation::Runc,
             read_only: false,
             user: None,
             publish: vec![],
@@ -578,6 +607,52 @@ pub(crate) mod tests {
         assert_eq!(plan.name, "berth-01abc");
         assert_eq!(plan.labels["berth.managed"], "true");
         assert_eq!(plan.labels["berth.run-id"], "01abc");
+    }
+
+    #[test]
+    fn gvisor_picks_the_runtime_by_network_and_keeps_every_hardening_setting() {
+        let runc = plan_container(&spec(), &ctx());
+        assert_eq!(runc.runtime, None);
+        let mut s = spec();
+        s.isolation = Isolation::Gvisor;
+        let gvisor = plan_container(&s, &ctx());
+        assert_eq!(gvisor.runtime.as_deref(), Some("runsc"));
+        // Nothing but the runtime differs.
+        assert_eq!(
+            ContainerPlan {
+                runtime: None,
+                ..gvisor
+            },
+            runc
+        );
+        s.network = NetworkMode::Bridge;
+        assert_eq!(
+            plan_container(&s, &ctx()).runtime.as_deref(),
+            Some("runsc-net")
+        );
+        // Egress policy has no network interface: the runtime without one.
+        s.egress.mode = crate::egress::EgressMode::Policy;
+        assert_eq!(plan_container(&s, &ctx()).runtime.as_deref(), Some("runsc"));
+    }
+
+    #[test]
+    fn mount_identity_is_checked_by_what_the_runtime_shows() {
+        let id = MountIdentity {
+            target: "/data:x".into(),
+            dev: 65024,
+            ino: 42,
+            ctime: (1_700_000_000, 123_456_789),
+        };
+        let mut c = ctx();
+        c.mount_identities = vec![id.clone()];
+        let mut s = spec();
+        assert!(plan_container(&s, &c)
+            .entrypoint
+            .contains(&"--expect-mount=65024:42:/data:x".to_string()));
+        s.isolation = Isolation::Gvisor;
+        assert!(plan_container(&s, &c)
+            .entrypoint
+            .contains(&"--expect-mount-ctime=1700000000:123456789:/data:x".to_string()));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct ProfileConfig {
     /// The disk limit (`--disk`), e.g. `"10g"`.
     pub disk: Option<String>,
     pub network: Option<String>,
+    /// `runc` or `gvisor`: the run's isolation unless a flag says otherwise.
+    pub isolation: Option<String>,
     pub timeout: Option<String>,
     /// `claude-stream-json`, `codex-jsonl` or `text`.
     pub output: Option<String>,
@@ -93,6 +95,7 @@ pub struct Profile {
     /// The disk limit in bytes, checked.
     pub disk: Option<u64>,
     pub network: Option<String>,
+    pub isolation: Option<crate::spec::Isolation>,
     pub timeout: Option<String>,
     pub output: String,
     pub lifecycle: String,
@@ -292,6 +295,7 @@ fn layer(base: &mut ProfileConfig, over: &ProfileConfig) {
         pids,
         disk,
         network,
+        isolation,
         timeout,
         output,
         lifecycle,
@@ -400,6 +404,12 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         .map(crate::units::parse_disk)
         .transpose()
         .map_err(|e| invalid(format!("disk: {e}")))?;
+    let isolation = c
+        .isolation
+        .as_deref()
+        .map(str::parse::<crate::spec::Isolation>)
+        .transpose()
+        .map_err(|e| invalid(format!("isolation: {e}")))?;
     let allow_hosts = c.allow_hosts.unwrap_or_default();
     for rule in &allow_hosts {
         crate::egress::Rule::parse(rule).map_err(|e| invalid(format!("allow_hosts: {e}")))?;
@@ -433,6 +443,7 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
         pids: c.pids,
         disk,
         network: c.network,
+        isolation,
         timeout: c.timeout,
         output,
         lifecycle,
@@ -704,6 +715,15 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("disk") && e.contains("64 TiB"), "{e}");
+        let e = bad(ProfileConfig {
+            prompt: Some("none".into()),
+            isolation: Some("vm".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("isolation") && e.contains("runc or gvisor"),
+            "{e}"
+        );
         assert!(bad(ProfileConfig {
             command: Some(words(&["a", "{prompt}"])),
             output: Some("xml".into()),

@@ -132,6 +132,71 @@ impl NetworkMode {
     }
 }
 
+/// How strongly the sandbox is isolated from the host's kernel: the container runtime the engine
+/// runs it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// The engine's default runtime (runc on a stock engine): namespaces, cgroups and seccomp
+    /// over the host's kernel.
+    #[default]
+    Runc,
+    /// gVisor (`runsc`): the sandbox's system calls are served by gVisor's own kernel in user
+    /// space, so a host kernel bug is not one step from a host escape.
+    Gvisor,
+}
+
+/// The engine runtime for gVisor on a run without a network (`--network=none` in its
+/// `runtimeArgs`).
+pub const GVISOR_RUNTIME: &str = "runsc";
+/// The engine runtime for gVisor on a run with a network (`--network=host`: gVisor uses the
+/// container's own network namespace, which the engine set up).
+pub const GVISOR_NET_RUNTIME: &str = "runsc-net";
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Runc => "runc",
+            Self::Gvisor => "gvisor",
+        }
+    }
+
+    /// The engine runtime for a container on `network` (its engine name); `None`: the engine's
+    /// default runtime.
+    pub fn runtime(self, network: &str) -> Option<&'static str> {
+        match self {
+            Self::Runc => None,
+            Self::Gvisor if network == "none" => Some(GVISOR_RUNTIME),
+            Self::Gvisor => Some(GVISOR_NET_RUNTIME),
+        }
+    }
+
+    /// The runner tag that says an engine offers this isolation (`isolation:gvisor`); `None`
+    /// for the default, which every engine has.
+    pub fn tag(self) -> Option<String> {
+        (self != Self::Runc).then(|| format!("isolation:{}", self.as_str()))
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "runc" => Ok(Self::Runc),
+            "gvisor" => Ok(Self::Gvisor),
+            other => Err(format!(
+                "unknown isolation `{other}`: expected runc or gvisor"
+            )),
+        }
+    }
+}
+
 /// A uid with an optional gid, as given to `--user`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSpec {
@@ -293,6 +358,9 @@ pub struct RunSpec {
     /// Egress through berth's proxy (`--egress`, `--allow-host`, `[egress]`, the profile).
     #[serde(default, skip_serializing_if = "crate::spec::egress_is_default")]
     pub egress: crate::egress::EgressSpec,
+    /// The container runtime: runc (the engine's default) or gVisor.
+    #[serde(default, skip_serializing_if = "crate::spec::is_default_isolation")]
+    pub isolation: Isolation,
     pub read_only: bool,
     pub user: Option<UserSpec>,
     pub publish: Vec<PortPublish>,
@@ -315,6 +383,10 @@ pub struct RunSpec {
 
 pub(crate) fn egress_is_default(e: &crate::egress::EgressSpec) -> bool {
     *e == crate::egress::EgressSpec::default()
+}
+
+pub(crate) fn is_default_isolation(i: &Isolation) -> bool {
+    *i == Isolation::Runc
 }
 
 fn text_output() -> String {
@@ -431,6 +503,25 @@ mod tests {
         assert!(WorkspaceMode::Rw.mounts_user_directory());
         assert!(!WorkspaceMode::Copy.mounts_user_directory());
         assert!(WorkspaceMode::Worktree.is_isolated() && !WorkspaceMode::Ro.is_isolated());
+    }
+
+    #[test]
+    fn isolation_parses_and_maps_to_runtimes() {
+        for text in ["runc", "gvisor"] {
+            assert_eq!(text.parse::<Isolation>().unwrap().to_string(), text);
+        }
+        let err = "kata".parse::<Isolation>().unwrap_err();
+        assert!(
+            err.contains("`kata`") && err.contains("runc or gvisor"),
+            "{err}"
+        );
+        assert_eq!(Isolation::Runc.runtime("none"), None);
+        assert_eq!(Isolation::Runc.runtime("bridge"), None);
+        assert_eq!(Isolation::Gvisor.runtime("none"), Some("runsc"));
+        assert_eq!(Isolation::Gvisor.runtime("bridge"), Some("runsc-net"));
+        assert_eq!(Isolation::Gvisor.runtime("mynet"), Some("runsc-net"));
+        assert_eq!(Isolation::Gvisor.tag().as_deref(), Some("isolation:gvisor"));
+        assert_eq!(Isolation::Runc.tag(), None);
     }
 
     #[test]

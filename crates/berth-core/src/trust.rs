@@ -93,6 +93,7 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
         timeout,
         grace,
         network,
+        isolation,
         read_only,
         user,
         fallback,
@@ -157,6 +158,10 @@ pub fn settings(file: &ConfigFile, base: &ConfigFile) -> Vec<Setting> {
     if let Some(v) = network {
         let widens = !network_narrows(v, base.network.as_deref().unwrap_or("none"));
         out.push("network", text(v), widens);
+    }
+    if let Some(v) = isolation {
+        let widens = !isolation_narrows(v, base.isolation.as_deref());
+        out.push("isolation", text(v), widens);
     }
     if let Some(v) = read_only {
         // `read_only = false` only widens when the base says true.
@@ -275,6 +280,7 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
         pids,
         disk,
         network,
+        isolation,
         timeout,
         output,
         lifecycle,
@@ -388,6 +394,10 @@ fn profile_settings(out: &mut Settings, name: &str, file: &ProfileConfig, base: 
             .unwrap_or("none");
         set("network", text(v), !network_narrows(v, was));
     }
+    if let Some(v) = isolation {
+        let was = under.isolation.as_deref().or(base.isolation.as_deref());
+        set("isolation", text(v), !isolation_narrows(v, was));
+    }
     if let Some(v) = timeout {
         let was = duration(under.timeout.as_deref().or(base.timeout.as_deref()))
             .unwrap_or(DEFAULT_TIMEOUT);
@@ -479,6 +489,17 @@ fn timeout_narrows(new: Option<Duration>, base: Duration) -> bool {
         Some(n) if n.is_zero() => false,
         Some(n) => base.is_zero() || n <= base,
         None => false,
+    }
+}
+
+/// gVisor always narrows; runc only when the base is runc too (or says nothing).
+fn isolation_narrows(new: &str, base: Option<&str>) -> bool {
+    use crate::spec::Isolation;
+    let base = base.map_or(Ok(Isolation::Runc), str::parse::<Isolation>);
+    match (new.parse::<Isolation>(), base) {
+        (Ok(Isolation::Gvisor), _) => true,
+        (Ok(n), Ok(b)) => n == b,
+        _ => false,
     }
 }
 
@@ -646,6 +667,9 @@ mod tests {
             ("", "timeout = \"1m\""),
             ("timeout = \"0\"", "timeout = \"5h\""),
             ("", "grace = \"1s\""),
+            ("", "isolation = \"gvisor\""),
+            ("", "isolation = \"runc\""),
+            ("isolation = \"gvisor\"", "[profiles.codex]\nisolation = \"gvisor\""),
             ("", "copy_limit = \"10m\""),
             ("", "read_only = true"),
             ("", "read_only = false"),
@@ -735,6 +759,16 @@ mod tests {
             ("", "grace = \"1h\"", "grace"),
             ("", "copy_limit = \"100g\"", "copy_limit"),
             ("read_only = true", "read_only = false", "read_only"),
+            (
+                "isolation = \"gvisor\"",
+                "isolation = \"runc\"",
+                "isolation",
+            ),
+            (
+                "isolation = \"gvisor\"",
+                "[profiles.codex]\nisolation = \"runc\"",
+                "profiles.codex.isolation",
+            ),
             ("", "network = \"bridge\"", "network"),
             ("network = \"bridge\"", "network = \"mynet\"", "network"),
             (

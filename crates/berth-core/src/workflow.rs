@@ -101,6 +101,9 @@ pub struct Step {
     pub timeout_secs: Option<u64>,
     /// How the step's verdict is found, for reviewers.
     pub verdict: Option<VerdictRule>,
+    /// The step's sandbox runtime; `None`: the run's own (flags, config, profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::spec::Isolation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +249,7 @@ struct StepFile {
     continue_on_failure: bool,
     timeout: Option<Spanned<String>>,
     verdict: Option<Spanned<VerdictFile>>,
+    isolation: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,6 +650,14 @@ impl Checker<'_> {
             None => None,
             Some(v) => Some(self.verdict(&field("verdict"), v, &action)?),
         };
+        let isolation = match &raw.isolation {
+            None => None,
+            Some(i) => Some(
+                i.get_ref()
+                    .parse::<crate::spec::Isolation>()
+                    .map_err(|e| self.err(&field("isolation"), Some(i.span()), e))?,
+            ),
+        };
         Ok(StepDraft {
             path: path.to_string(),
             name_span,
@@ -655,6 +667,7 @@ impl Checker<'_> {
                 continue_on_failure: raw.continue_on_failure,
                 timeout_secs,
                 verdict,
+                isolation,
             },
             prompt_span: prompt_span.or(Some(step_span)),
         })

@@ -270,6 +270,11 @@ pub struct EngineFacts {
     pub disk_limit: String,
     pub cgroup_version: String,
     pub runtimes: Vec<String>,
+    /// Whether `--isolation gvisor` can be had: `usable (…)` or `not usable: …`.
+    pub gvisor: String,
+    /// When it cannot: the daemon.json lines and the reload command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gvisor_hint: Option<String>,
     pub data_root: String,
     pub os: String,
 }
@@ -397,13 +402,9 @@ pub async fn check_engine(
             None,
         )
     })?;
-    let mut runtimes: Vec<String> = info
-        .runtimes
-        .clone()
-        .unwrap_or_default()
-        .into_keys()
-        .collect();
-    runtimes.sort();
+    let offered = crate::docker::runtimes_of(&info);
+    let runtimes: Vec<String> = offered.iter().map(|r| r.name.clone()).collect();
+    let (gvisor, gvisor_hint) = berth_core::runtime::gvisor_summary(&offered);
     let storage = crate::docker::storage_of(&info);
     let facts = EngineFacts {
         endpoint: endpoint.to_string(),
@@ -418,6 +419,8 @@ pub async fn check_engine(
             .map(|v| v.to_string())
             .unwrap_or_default(),
         runtimes,
+        gvisor,
+        gvisor_hint,
         data_root: info.docker_root_dir.clone().unwrap_or_default(),
         os: info.operating_system.clone().unwrap_or_default(),
     };

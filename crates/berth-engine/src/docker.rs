@@ -433,6 +433,22 @@ pub fn storage_of(info: &SystemInfo) -> berth_core::disk::Storage {
     }
 }
 
+/// The runtimes `docker info` lists, by name.
+pub fn runtimes_of(info: &SystemInfo) -> Vec<berth_core::runtime::EngineRuntime> {
+    let mut runtimes: Vec<_> = info
+        .runtimes
+        .iter()
+        .flatten()
+        .map(|(name, r)| berth_core::runtime::EngineRuntime {
+            name: name.clone(),
+            path: r.path.clone(),
+            args: r.runtime_args.clone().unwrap_or_default(),
+        })
+        .collect();
+    runtimes.sort_by(|a, b| a.name.cmp(&b.name));
+    runtimes
+}
+
 fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
     let volume = plan.berth_volume.as_ref().map(|v| Mount {
         target: Some(v.target.clone()),
@@ -485,6 +501,7 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         nano_cpus: Some(plan.nano_cpus),
         pids_limit: Some(plan.pids_limit),
         network_mode: Some(plan.network.clone()),
+        runtime: plan.runtime.clone(),
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
         readonly_rootfs: Some(plan.read_only_rootfs),
         cap_drop: Some(plan.cap_drop.clone()),
@@ -599,6 +616,10 @@ impl Engine for DockerEngine {
 
     async fn storage(&self) -> Result<berth_core::disk::Storage, EngineError> {
         Ok(storage_of(&self.info().await?))
+    }
+
+    async fn runtimes(&self) -> Result<Vec<berth_core::runtime::EngineRuntime>, EngineError> {
+        Ok(runtimes_of(&self.info().await?))
     }
 
     async fn attach(&self, id: &str) -> Result<Attached, EngineError> {

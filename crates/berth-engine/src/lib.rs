@@ -215,6 +215,11 @@ pub trait Engine: Send + Sync {
     /// The engine's storage driver and its backing file system (`docker info`), which decide
     /// whether `--disk` can be had (`berth_core::disk::quota_support`).
     fn storage(&self) -> impl Future<Output = EngineResult<berth_core::disk::Storage>> + Send;
+    /// The container runtimes the engine offers (`Runtimes` in `docker info`), which decide
+    /// whether gVisor can be had (`berth_core::runtime::isolation_problem`).
+    fn runtimes(
+        &self,
+    ) -> impl Future<Output = EngineResult<Vec<berth_core::runtime::EngineRuntime>>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.

@@ -609,6 +609,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         profile: profile.map(|p| p.name.clone()),
         persistent,
         egress,
+        isolation: profile.and_then(|p| p.isolation).unwrap_or_default(),
     };
     Ok((spec, stdin))
 }

@@ -53,6 +53,8 @@ pub struct Script {
     pub remove_failures: usize,
     /// The storage driver and backing file system `storage` reports.
     pub storage: (&'static str, Option<&'static str>),
+    /// The runtimes `runtimes` reports, with their arguments.
+    pub runtimes: Vec<(&'static str, Vec<&'static str>)>,
 }
 
 impl Default for Script {
@@ -70,6 +72,7 @@ impl Default for Script {
             oom_killed: false,
             remove_failures: 0,
             storage: ("overlay2", Some("extfs")),
+            runtimes: vec![("runc", Vec::new())],
         }
     }
 }
@@ -295,6 +298,20 @@ impl Engine for FakeEngine {
             chunk.map_err(|e| EngineError::Connection(e.to_string()))?;
         }
         Ok(())
+    }
+
+    async fn runtimes(&self) -> Result<Vec<berth_core::runtime::EngineRuntime>, EngineError> {
+        self.log("runtimes");
+        Ok(self
+            .script
+            .runtimes
+            .iter()
+            .map(|(name, args)| berth_core::runtime::EngineRuntime {
+                name: name.to_string(),
+                path: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect())
     }
 
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {

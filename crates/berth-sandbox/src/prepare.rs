@@ -19,7 +19,7 @@ pub fn resolve(path: &Path, cwd: &Path) -> ResolvedSource {
 /// open descriptor, so the identity is that of the very file or directory the policy judges:
 /// a path swapped for a link between the two cannot give a checked name and another's
 /// identity.
-pub fn resolve_with_identity(path: &Path, cwd: &Path) -> (ResolvedSource, Option<(u64, u64)>) {
+pub fn resolve_with_identity(path: &Path, cwd: &Path) -> (ResolvedSource, Option<Identity>) {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -52,7 +52,33 @@ pub fn resolve_with_identity(path: &Path, cwd: &Path) -> (ResolvedSource, Option
         canonical,
         is_socket,
     };
-    (source, stat.map(|s| (s.st_dev, s.st_ino)))
+    let identity = stat.map(|s| Identity {
+        dev: s.st_dev,
+        ino: s.st_ino,
+        // Nanoseconds are below 10^9 by definition.
+        ctime: (s.st_ctime, u32::try_from(s.st_ctime_nsec).unwrap_or(0)),
+    });
+    (source, identity)
+}
+
+/// What identifies a checked source: its device and inode, and its change time (which gVisor
+/// shows the sandbox where it hides the other two; see `MountIdentity::shim_option`).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: (i64, u32),
+}
+
+impl Identity {
+    fn at(self, target: String) -> MountIdentity {
+        MountIdentity {
+            target,
+            dev: self.dev,
+            ino: self.ino,
+            ctime: self.ctime,
+        }
+    }
 }
 
 /// The canonical paths of the engine sockets on this host: the one in use and the usual ones.
@@ -119,12 +145,8 @@ pub fn check_mounts(
     } else {
         let checked = policy::check_workspace(&workspace_source, &ctx)?;
         if matches!(spec.workspace_mode, WorkspaceMode::Rw | WorkspaceMode::Ro) {
-            if let Some((dev, ino)) = workspace_identity {
-                identities.push(MountIdentity {
-                    target: WORKSPACE_TARGET.to_string(),
-                    dev,
-                    ino,
-                });
+            if let Some(identity) = workspace_identity {
+                identities.push(identity.at(WORKSPACE_TARGET.to_string()));
             }
         }
         checked
@@ -141,12 +163,8 @@ pub fn check_mounts(
         let (resolved, identity) = resolve_with_identity(&request.source, cwd);
         let source = policy::check_source(&resolved, &ctx)?;
         let target = policy::check_target(&request.target)?;
-        if let Some((dev, ino)) = identity {
-            identities.push(MountIdentity {
-                target: target.clone(),
-                dev,
-                ino,
-            });
+        if let Some(identity) = identity {
+            identities.push(identity.at(target.clone()));
         }
         mounts.push(BindMount {
             source,

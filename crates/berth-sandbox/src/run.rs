@@ -237,6 +237,13 @@ pub async fn execute_docker<E: Engine>(
         }
     }
 
+    // gVisor is asked for by name; a missing runtime is said now, never replaced by runc.
+    if spec.isolation != berth_core::spec::Isolation::Runc {
+        if let Err((context, e)) = check_isolation(engine, &spec).await {
+            return ctx.fail(context, &e);
+        }
+    }
+
     let image = match ensure_image(engine, &spec.image, spec.pull, ctx).await {
         Ok(image) => image,
         Err(e) => return ctx.fail("", &e),
@@ -323,6 +330,31 @@ pub async fn check_disk<E: Engine>(engine: &E) -> Result<(), (&'static str, Sand
             SandboxError::Engine(EngineError::DiskQuotaUnsupported(m)),
         )
     })
+}
+
+/// Whether the engine offers the runtime `spec.isolation` needs on the run's network, with the
+/// arguments berth relies on; the error carries the daemon.json lines and the reload command.
+pub async fn check_isolation<E: Engine>(
+    engine: &E,
+    spec: &berth_core::spec::RunSpec,
+) -> Result<(), (&'static str, SandboxError)> {
+    let runtimes = engine.runtimes().await.map_err(|e| {
+        (
+            "asking the engine for its runtimes (for --isolation) failed: ",
+            SandboxError::Engine(e),
+        )
+    })?;
+    let network = plan::engine_network(spec);
+    match berth_core::runtime::isolation_problem(&runtimes, spec.isolation, network) {
+        None => Ok(()),
+        Some(problem) => Err((
+            "",
+            SandboxError::WithHint {
+                message: format!("--isolation {} cannot be had: {problem}", spec.isolation),
+                hint: berth_core::runtime::gvisor_hint(),
+            },
+        )),
+    }
 }
 
 /// Why a persistent container cannot be used on a remote engine, with what to do instead.
@@ -1220,6 +1252,7 @@ pub(crate) mod tests {
             grace: Duration::from_secs(10),
             network: NetworkMode::None,
             egress: Default::default(),
+            isolation: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],
@@ -1392,6 +1425,42 @@ pub(crate) mod tests {
         let fake = FakeEngine::new(Script::default());
         h.run(&fake).await;
         assert!(!fake.called("storage"));
+    }
+
+    #[tokio::test]
+    async fn gvisor_is_refused_without_its_runtime_and_never_falls_back_to_runc() {
+        let mut s = spec();
+        s.isolation = berth_core::spec::Isolation::Gvisor;
+        let mut h = harness(s.clone());
+        let fake = FakeEngine::new(Script::default());
+        assert_eq!(h.run(&fake).await, ExitStatus::Error);
+        // Nothing pulled or created.
+        assert_eq!(fake.calls(), calls(&["runtimes"]));
+        let reason = h.reason();
+        assert!(
+            reason.contains("--isolation gvisor") && reason.contains("no `runsc` runtime"),
+            "{reason}"
+        );
+        let hint = h.finished_hint().unwrap();
+        assert!(
+            hint.contains("\"runsc-net\"") && hint.contains("kill -HUP"),
+            "{hint}"
+        );
+
+        let args = vec!["--network=none", "--host-fifo=open", "--host-uds=open"];
+        let mut h = harness(s);
+        let fake = FakeEngine::new(Script {
+            runtimes: vec![("runc", Vec::new()), ("runsc", args)],
+            ..Script::default()
+        });
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert_eq!(fake.plan().unwrap().runtime.as_deref(), Some("runsc"));
+        // Without --isolation the engine is not asked.
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script::default());
+        h.run(&fake).await;
+        assert!(!fake.called("runtimes"));
+        assert_eq!(fake.plan().unwrap().runtime, None);
     }
 
     #[tokio::test]

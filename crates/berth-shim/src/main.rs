@@ -215,8 +215,9 @@ struct Options {
     setup: bool,
     /// `--serve`: supervise runs sent as frames on stdin (a held container).
     serve: bool,
-    /// `--expect-mount=DEV:INO:TARGET`: what berth checked for the bind mount at TARGET.
-    expected_mounts: Vec<(u64, u64, OsString)>,
+    /// `--expect-mount=DEV:INO:TARGET` (runc) or `--expect-mount-ctime=SEC:NSEC:TARGET`
+    /// (gVisor): what berth checked for the bind mount at TARGET.
+    expected_mounts: Vec<(Expected, OsString)>,
     /// `--sweep` (with `--serve`): after each run, kill every other process of the container
     /// but init, and confirm none is left, before reporting the exit. berth sets it for held
     /// containers only; it is never meant for a shim outside a container.
@@ -227,6 +228,28 @@ struct Options {
     egress_dir: Option<OsString>,
     /// `--forward`: be the forwarder (started by the shim itself before the command).
     forward: bool,
+}
+
+/// What a mount must show to be the one berth checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// Its device and inode: what runc shows of the host's file.
+    Inode { dev: u64, ino: u64 },
+    /// Its status change time: gVisor numbers devices and inodes itself but passes the host's
+    /// times through, and no unprivileged process can set a change time to a past moment.
+    ChangeTime { sec: i64, nsec: u64 },
+}
+
+/// `A:B:TARGET` as two numbers (`None` when malformed) and the target.
+fn expectation(spec: &[u8]) -> (Option<u64>, Option<u64>, OsString) {
+    let mut parts = spec.splitn(3, |b| *b == b':');
+    let number = |p: Option<&[u8]>| -> Option<u64> {
+        p.and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|p| p.parse().ok())
+    };
+    let (a, b) = (number(parts.next()), number(parts.next()));
+    let target = OsStr::from_bytes(parts.next().unwrap_or_default()).to_os_string();
+    (a, b, target)
 }
 
 fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
@@ -266,15 +289,20 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
                 .egress
                 .push((port.parse().unwrap_or(0), name.to_string()));
         } else if let Some(spec) = bytes.strip_prefix(b"--expect-mount=") {
-            let mut parts = spec.splitn(3, |b| *b == b':');
-            let number = |p: Option<&[u8]>| -> u64 {
-                p.and_then(|p| std::str::from_utf8(p).ok())
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(u64::MAX)
+            let (a, b, target) = expectation(spec);
+            // A malformed number can match nothing real: the check fails, naming the mount.
+            let expected = Expected::Inode {
+                dev: a.unwrap_or(u64::MAX),
+                ino: b.unwrap_or(u64::MAX),
             };
-            let (dev, ino) = (number(parts.next()), number(parts.next()));
-            let target = OsStr::from_bytes(parts.next().unwrap_or_default()).to_os_string();
-            options.expected_mounts.push((dev, ino, target));
+            options.expected_mounts.push((expected, target));
+        } else if let Some(spec) = bytes.strip_prefix(b"--expect-mount-ctime=") {
+            let (a, b, target) = expectation(spec);
+            let expected = Expected::ChangeTime {
+                sec: a.and_then(|a| i64::try_from(a).ok()).unwrap_or(i64::MIN),
+                nsec: b.unwrap_or(u64::MAX),
+            };
+            options.expected_mounts.push((expected, target));
         } else if bytes == b"--" {
             rest.next();
             break;
@@ -653,18 +681,35 @@ fn read_setup() -> Vec<Var> {
 /// Checks that each bind mount is the file or directory berth checked: a source swapped
 /// between berth's policy check and the engine's mount shows another device or inode here.
 /// Returns the first mismatch, described.
-fn check_mounts(expected: &[(u64, u64, OsString)]) -> Result<(), String> {
+fn check_mounts(expected: &[(Expected, OsString)]) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    for (dev, ino, target) in expected {
+    for (expected, target) in expected {
         let shown = Path::new(target).display();
         match std::fs::metadata(target) {
-            Ok(meta) if meta.dev() == *dev && meta.ino() == *ino => {}
             Ok(meta) => {
-                return Err(format!(
-                    "berth-shim: the mount at {shown} is not what berth checked (device {dev}, inode {ino}; mounted: device {}, inode {}): its source changed between berth's check and the container's start; the run is stopped",
-                    meta.dev(),
-                    meta.ino()
-                ))
+                let (checked, mounted, ok) = match *expected {
+                    Expected::Inode { dev, ino } => (
+                        format!("device {dev}, inode {ino}"),
+                        format!("device {}, inode {}", meta.dev(), meta.ino()),
+                        meta.dev() == dev && meta.ino() == ino,
+                    ),
+                    Expected::ChangeTime { sec, nsec } => (
+                        format!("changed at {sec}.{nsec:09}"),
+                        format!("changed at {}.{:09}", meta.ctime(), meta.ctime_nsec()),
+                        meta.ctime() == sec && u64::try_from(meta.ctime_nsec()) == Ok(nsec),
+                    ),
+                };
+                if !ok {
+                    let also = match expected {
+                        Expected::Inode { .. } => "",
+                        Expected::ChangeTime { .. } => {
+                            " (or something changed the directory itself in that moment: run again)"
+                        }
+                    };
+                    return Err(format!(
+                        "berth-shim: the mount at {shown} is not what berth checked ({checked}; mounted: {mounted}): its source changed between berth's check and the container's start{also}; the run is stopped"
+                    ));
+                }
             }
             Err(e) => {
                 return Err(format!(
@@ -1075,5 +1120,51 @@ mod setup_option_tests {
         let (o, rest) = split_options(args(&["--no-setup", "--", "--serve"]));
         assert!(!o.serve && !o.setup);
         assert_eq!(rest, args(&["--serve"]));
+    }
+}
+
+#[cfg(test)]
+mod mount_check_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn mounts_are_checked_by_inode_or_by_change_time() {
+        let dir = std::env::temp_dir().join(format!("berth-shim-mounts-{}", std::process::id()));
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        let target = dir.as_os_str().to_os_string();
+        let options = |args: &[String]| {
+            split_options(args.iter().map(OsString::from).collect())
+                .0
+                .expected_mounts
+        };
+        let inode = |dev: u64, ino: u64, path: &str| format!("--expect-mount={dev}:{ino}:{path}");
+        let ctime =
+            |sec: i64, nsec: i64, path: &str| format!("--expect-mount-ctime={sec}:{nsec}:{path}");
+        let path = dir.to_str().unwrap();
+        let good = options(&[
+            inode(meta.dev(), meta.ino(), path),
+            ctime(meta.ctime(), meta.ctime_nsec(), path),
+        ]);
+        assert_eq!(good.len(), 2);
+        assert_eq!(good[1].1, target);
+        assert_eq!(check_mounts(&good), Ok(()));
+        // Another directory in its place: both checks see it.
+        let other_meta = std::fs::metadata(&other).unwrap();
+        let e = check_mounts(&options(&[inode(meta.dev(), other_meta.ino(), path)])).unwrap_err();
+        assert!(e.contains("is not what berth checked (device"), "{e}");
+        let e = check_mounts(&options(&[ctime(
+            meta.ctime() - 1,
+            meta.ctime_nsec(),
+            path,
+        )]))
+        .unwrap_err();
+        assert!(e.contains("changed at") && e.contains("run again"), "{e}");
+        // Malformed numbers match nothing.
+        let e = check_mounts(&options(&[format!("--expect-mount-ctime=x:y:{path}")])).unwrap_err();
+        assert!(e.contains("not what berth checked"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Network: none, bridge or the name of an existing network [default: none].
     #[arg(long)]
     pub network: Option<String>,
+    /// Isolation from the host's kernel: runc (the engine's default runtime) or gvisor (gVisor's
+    /// runsc, registered with the engine; `berth doctor` says how) [default: runc].
+    #[arg(long, value_name = "LEVEL")]
+    pub isolation: Option<String>,
     /// Egress: none (no network), policy (only allowed hosts, through berth's proxy, every
     /// decision recorded) or open (the bridge network, unchecked) [default: policy for agent
     /// profiles and whenever a host is allowed, else none].

@@ -276,27 +276,7 @@ fn a_mount_source_swapped_after_the_check_never_shows_the_host() {
     std::fs::create_dir(ws.path().join("data")).unwrap();
     std::fs::write(ws.path().join("data/shadow"), "workspace data").unwrap();
     std::os::unix::fs::symlink(host.path(), ws.path().join("data.lnk")).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let racer = {
-        let stop = stop.clone();
-        let root = ws.path().to_path_buf();
-        std::thread::spawn(move || {
-            let (data, parked, link) = (
-                root.join("data"),
-                root.join("data.real"),
-                root.join("data.lnk"),
-            );
-            while !stop.load(Ordering::Relaxed) {
-                if std::fs::rename(&data, &parked).is_ok() {
-                    let _ = std::fs::rename(&link, &data);
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                    let _ = std::fs::rename(&data, &link);
-                    let _ = std::fs::rename(&parked, &data);
-                }
-                std::thread::sleep(std::time::Duration::from_micros(300));
-            }
-        })
-    };
+    let (stop, racer) = support::swap_racer(ws.path());
     let (mut ran, mut stopped_by_shim) = (0, 0);
     for _ in 0..20 {
         let o = ws.run(&["--mount", "data:/data:ro"], &["cat", "/data/shadow"]);

@@ -63,9 +63,23 @@ fn parses_the_example() {
         ["claude-code", "codex"]
     );
     assert!(w.needs_task() && w.host_steps().is_empty());
+    assert_eq!(review.isolation, None);
     // Stored and read back unchanged.
     let json = serde_json::to_string(&w).unwrap();
     assert_eq!(serde_json::from_str::<Workflow>(&json).unwrap(), w);
+    // A step may ask for gVisor.
+    let w = parse(
+        "wf.toml",
+        &edit(
+            "timeout = \"20m\"",
+            "timeout = \"20m\"\nisolation = \"gvisor\"",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        w.step("review").unwrap().isolation,
+        Some(crate::spec::Isolation::Gvisor)
+    );
 }
 
 /// `EXAMPLE` with `from` replaced by `to` (which must occur).
@@ -278,6 +292,10 @@ fn errors_name_the_field_what_is_accepted_and_the_line() {
         (
             edit(review_verdict, "").replace("{{ review.feedback }}", ""),
             &["`loop.until`", "no loop step has a `verdict`"],
+        ),
+        (
+            edit("timeout = \"20m\"", "isolation = \"kata\""),
+            &["`loop.steps[2].isolation`", "runc or gvisor", "line "],
         ),
         (
             edit("timeout = \"20m\"", "continue_on_failure = true"),

@@ -111,6 +111,7 @@ async fn time_sandbox_start(
             grace: std::time::Duration::from_secs(1),
             network: NetworkMode::None,
             egress: Default::default(),
+            isolation: Default::default(),
             read_only: false,
             user: None,
             publish: vec![],
@@ -210,6 +211,12 @@ fn print_human(report: &DiagnosisReport, printer: Printer) {
         data_line(&format!("  --disk:          {}", f.disk_limit));
         data_line(&format!("  cgroup version:  {}", f.cgroup_version));
         data_line(&format!("  runtimes:        {}", f.runtimes.join(", ")));
+        data_line(&format!("  gVisor:          {}", f.gvisor));
+        if let Some(hint) = &f.gvisor_hint {
+            for line in hint.lines() {
+                data_line(&format!("    {line}"));
+            }
+        }
         data_line(&format!("  data root:       {}", f.data_root));
     }
     if let Some(ms) = report.start_ms {

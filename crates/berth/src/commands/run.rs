@@ -455,6 +455,15 @@ pub fn build_spec(
         None => NetworkMode::None,
     };
     let (egress, network, secrets) = egress_for(args, config, profile, network, secrets)?;
+    let isolation = match pick(
+        &args.isolation,
+        &from_profile(|p| p.isolation.map(|i| i.to_string()), &config.isolation),
+    ) {
+        Some(i) => i
+            .parse::<berth_core::spec::Isolation>()
+            .map_err(|e| invalid("--isolation", e))?,
+        None => berth_core::spec::Isolation::Runc,
+    };
     let user = pick(&args.user, &config.user)
         .map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e)))
         .transpose()?;
@@ -521,6 +530,7 @@ pub fn build_spec(
         grace,
         network,
         egress,
+        isolation,
         read_only,
         user,
         publish,

@@ -51,12 +51,18 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         }
     };
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
+    let mut tags = args.tags;
+    for tag in isolation_tags(&probe_env).await {
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
     let state_dir = super::server::server_state_dir(args.state_dir).join("runner");
     let config = RunnerConfig {
         server,
         token,
         name,
-        tags: args.tags,
+        tags,
         require_matching_tags: args.require_matching_tags,
         capacity: args.capacity,
         state_dir,
@@ -78,6 +84,19 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
             printer.error(&e, None);
             ExitStatus::Error
         }
+    }
+}
+
+/// The isolation levels this runner's engine offers beyond runc, as tags (`isolation:gvisor`),
+/// so that runs asking for them come only here. An engine not reachable now offers none.
+async fn isolation_tags(probe_env: &berth_engine::diagnose::ProbeEnv) -> Vec<String> {
+    use berth_engine::Engine;
+    let Ok((engine, _, _)) = berth_engine::diagnose::check_engine(probe_env).await else {
+        return Vec::new();
+    };
+    match engine.runtimes().await {
+        Ok(runtimes) => berth_core::runtime::isolation_tags(&runtimes),
+        Err(_) => Vec::new(),
     }
 }
 

@@ -380,6 +380,9 @@ fn sandbox_args(
     if let Some(secs) = step.timeout_secs {
         run.extend(["--timeout".into(), format!("{secs}s")]);
     }
+    if let Some(isolation) = step.isolation {
+        run.extend(["--isolation".into(), isolation.to_string()]);
+    }
     for env in &args.env {
         run.extend(["--env".into(), env.clone()]);
     }

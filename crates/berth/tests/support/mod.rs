@@ -198,3 +198,33 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A thread that keeps swapping `root/data` for the link `root/data.lnk` and back (the mount
+/// swap race), until the returned flag is set; join the handle afterwards.
+pub fn swap_racer(
+    root: &Path,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let (data, parked, link) = (
+        root.join("data"),
+        root.join("data.real"),
+        root.join("data.lnk"),
+    );
+    let handle = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            if std::fs::rename(&data, &parked).is_ok() {
+                let _ = std::fs::rename(&link, &data);
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                let _ = std::fs::rename(&data, &link);
+                let _ = std::fs::rename(&parked, &data);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+    });
+    (stop, handle)
+}
