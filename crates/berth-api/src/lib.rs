@@ -93,6 +93,25 @@ pub struct SandboxRequest {
     /// worktree, kept by the runner between steps, is the step's workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// How the sandbox reaches the network: the mode and the hosts allowed through the runner's
+    /// egress proxy. Omitted: the profile's default (policy for agent profiles), else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRequest>,
+}
+
+/// A submission's egress: `mode` none, policy or open; allow rules, presets and raw TCP
+/// forwards for policy (see berth_core::egress for the rule syntax).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +196,8 @@ pub enum ParseFailure {
 pub struct ProjectScope {
     pub workspace_root: String,
     pub allowed_paths: Vec<String>,
+    /// The admin-set egress ceiling: no run may allow a host beyond it.
+    pub egress_ceiling: Option<Vec<String>>,
 }
 
 /// Checks a submission beyond its shape; every problem is reported, each with its JSON path.
@@ -354,6 +375,15 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             err("sandbox.user", e);
         }
     }
+    for e in egress_errors(
+        sandbox.egress.as_ref(),
+        sandbox.network.as_deref(),
+        sandbox.profile.as_deref(),
+        project.egress_ceiling.as_deref(),
+        "sandbox.",
+    ) {
+        err(&e.field, e.message);
+    }
     for (i, artifact) in sandbox.artifacts.iter().enumerate() {
         if !artifact.starts_with('/') || artifact.split('/').any(|p| p == "..") {
             err(
@@ -409,6 +439,79 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         }
     }
     errors
+}
+
+/// Checks a submission's egress on its own and against the project's ceiling, naming fields
+/// under `prefix` (`sandbox.`, or empty for a workflow). A built-in profile's default hosts are
+/// judged here too; the runner judges its own profiles again.
+pub fn egress_errors(
+    egress: Option<&EgressRequest>,
+    network: Option<&str>,
+    profile: Option<&str>,
+    ceiling: Option<&[String]>,
+    prefix: &str,
+) -> Vec<FieldError> {
+    use berth_core::egress::{self, Asked, EgressMode, Field, Inputs};
+    let at = |name: &str| format!("{prefix}{name}");
+    let asked = egress.cloned().unwrap_or_default();
+    let mode = match asked.mode.as_deref().map(EgressMode::parse).transpose() {
+        Ok(m) => m,
+        Err(message) => {
+            return vec![FieldError {
+                field: at("egress.mode"),
+                message,
+            }]
+        }
+    };
+    let network = match network.map(NetworkMode::parse) {
+        Some(Ok(n)) => Some(n),
+        // Reported with the network's own field.
+        Some(Err(_)) => return Vec::new(),
+        None => None,
+    };
+    let builtin = profile.and_then(|name| {
+        berth_core::profile::resolve_all(
+            berth_core::profile::builtins(env!("CARGO_PKG_VERSION")),
+            &[],
+        )
+        .ok()?
+        .into_iter()
+        .find(|p| p.name == name)
+    });
+    let inputs = Inputs {
+        asked: Asked {
+            mode,
+            allow: &asked.allow,
+            presets: &asked.presets,
+            tcp: &asked.tcp,
+        },
+        config: Asked::default(),
+        profile_mode: builtin.as_ref().and_then(|p| p.egress),
+        profile_allow: builtin.as_ref().map_or(&[][..], |p| &p.allow_hosts),
+        profile_name: builtin.as_ref().map(|p| p.name.as_str()),
+        brokers: &[],
+        network_asked: network.as_ref(),
+        network_default: NetworkMode::None,
+        ceiling,
+    };
+    match egress::resolve(&inputs, Vec::new()) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let field = match e.field {
+                Field::Mode | Field::ConfigMode => "egress.mode",
+                Field::Allow if asked.allow.is_empty() && !asked.presets.is_empty() => {
+                    "egress.presets"
+                }
+                Field::Allow => "egress.allow",
+                Field::Tcp => "egress.tcp",
+                Field::Network => "network",
+            };
+            vec![FieldError {
+                field: at(field),
+                message: e.message,
+            }]
+        }
+    }
 }
 
 /// Why `image` cannot be an image reference (`alpine`, `ghcr.io/o/i:1.2`, `i@sha256:…`): empty,
@@ -596,6 +699,9 @@ pub struct Claimed {
     /// The project's workspace root on the runner's host.
     pub workspace_root: String,
     pub allowed_paths: Vec<String>,
+    /// The project's egress ceiling, which the runner applies to the run's final policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ceiling: Option<Vec<String>>,
 }
 
 /// `POST /api/v1/runs/{id}/start`.
@@ -725,6 +831,10 @@ pub struct CreateProject {
     pub workspace_root: String,
     #[serde(default)]
     pub allowed_paths: Vec<String>,
+    /// Egress allow rules no run of the project may go beyond; a run asking for more, for open
+    /// egress or for a network is refused. Omitted: no ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ceiling: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -732,6 +842,8 @@ pub struct ProjectView {
     pub name: String,
     pub workspace_root: String,
     pub allowed_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ceiling: Option<Vec<String>>,
     pub created_at: String,
 }
 
@@ -800,6 +912,7 @@ mod tests {
         let scope = ProjectScope {
             workspace_root: "/srv/p".into(),
             allowed_paths: vec![],
+            egress_ceiling: None,
         };
         let errors = validate_submission(&run, &scope);
         assert_eq!(
@@ -893,6 +1006,7 @@ mod tests {
         let scope = ProjectScope {
             workspace_root: "/srv/p".into(),
             allowed_paths: vec![],
+            egress_ceiling: None,
         };
         assert_eq!(validate_submission(&run, &scope), []);
         assert_eq!(run.execution_mode, ExecutionMode::DockerSandbox);
@@ -900,10 +1014,66 @@ mod tests {
     }
 
     #[test]
+    fn egress_is_checked_and_held_to_the_projects_ceiling() {
+        let check = |json: &str, ceiling: Option<&[&str]>| {
+            let run = submit(json).unwrap();
+            let scope = ProjectScope {
+                workspace_root: "/srv/p".into(),
+                allowed_paths: vec![],
+                egress_ceiling: ceiling.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            };
+            validate_submission(&run, &scope)
+                .into_iter()
+                .map(|e| (e.field, e.message))
+                .collect::<Vec<_>>()
+        };
+        let run = |egress: &str| {
+            format!(
+                r#"{{"project":"p","sandbox":{{"image":"i","command":["x"],"egress":{egress}}}}}"#
+            )
+        };
+        // Without a ceiling: only the shape and the rules are judged.
+        assert!(check(&run(r#"{"allow":["anywhere.example"]}"#), None).is_empty());
+        let bad = check(&run(r#"{"mode":"sometimes"}"#), None);
+        assert_eq!(bad[0].0, "sandbox.egress.mode");
+        let bad = check(&run(r#"{"allow":["*.com"]}"#), None);
+        assert_eq!(bad[0].0, "sandbox.egress.allow");
+        let bad = check(&run(r#"{"mode":"none","allow":["a.example"]}"#), None);
+        assert_eq!(bad[0].0, "sandbox.egress.allow");
+        // With one: a host beyond it is named; open egress and networks are refused.
+        let ceiling: &[&str] = &["*.pythonhosted.org:443", "pypi.org"];
+        assert!(check(
+            &run(r#"{"allow":["files.pythonhosted.org:443","pypi.org:443"]}"#),
+            Some(ceiling)
+        )
+        .is_empty());
+        let beyond = check(
+            &run(r#"{"allow":["pypi.org","evil.example"]}"#),
+            Some(ceiling),
+        );
+        assert_eq!(beyond.len(), 1, "{beyond:?}");
+        assert_eq!(beyond[0].0, "sandbox.egress.allow");
+        assert!(beyond[0].1.contains("`evil.example`"), "{beyond:?}");
+        assert_eq!(
+            check(&run(r#"{"mode":"open"}"#), Some(ceiling))[0].0,
+            "sandbox.egress.mode"
+        );
+        let net = r#"{"project":"p","sandbox":{"image":"i","command":["x"],"network":"bridge"}}"#;
+        assert_eq!(check(net, Some(ceiling))[0].0, "sandbox.network");
+        assert!(check(net, None).is_empty());
+        // A built-in profile's own hosts count too.
+        let agent = r#"{"project":"p","sandbox":{"profile":"claude-code","prompt":"x"}}"#;
+        let beyond = check(agent, Some(ceiling));
+        assert!(beyond[0].1.contains("api.anthropic.com:443"), "{beyond:?}");
+        assert!(check(agent, Some(&["api.anthropic.com"])).is_empty());
+    }
+
+    #[test]
     fn profiles_prompts_and_persistent_names() {
         let scope = ProjectScope {
             workspace_root: "/srv/p".into(),
             allowed_paths: vec![],
+            egress_ceiling: None,
         };
         let check = |json: &str| {
             let run = submit(json).unwrap();
@@ -977,6 +1147,9 @@ pub struct SubmitWorkflow {
     pub agent_image: Option<String>,
     #[serde(default)]
     pub network: Option<String>,
+    /// The egress of every step in the sandbox (agent steps add their profile's hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRequest>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Replaces the argv of the steps named `tests` and `baseline`.

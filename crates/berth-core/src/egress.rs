@@ -18,6 +18,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+mod resolve;
+pub use resolve::{
+    beyond_ceiling, check_ceiling_rules, resolve, Asked, Field, Inputs, ResolveError,
+};
+
 /// How a run reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -195,6 +200,8 @@ pub const TCP_FORWARD_BASE: u16 = 41100;
 pub const MAX_TCP_FORWARDS: usize = 32;
 /// The most allow rules a run can have.
 pub const MAX_RULES: usize = 1000;
+/// The longest rule, in bytes.
+pub const MAX_RULE_LEN: usize = 300;
 
 /// The listener names: `proxy`, `anthropic`, `openai`, `tcp-N`. Each is a socket
 /// `NAME.sock` in the run's egress directory and a loopback port in the sandbox.
@@ -382,6 +389,12 @@ impl Rule {
                 crate::text::escape_untrusted(text)
             )
         };
+        if text.len() > MAX_RULE_LEN {
+            return Err(format!(
+                "an egress rule of {} bytes: at most {MAX_RULE_LEN}",
+                text.len()
+            ));
+        }
         let text_trimmed = text.trim();
         if text_trimmed.is_empty() {
             return Err(bad("empty"));

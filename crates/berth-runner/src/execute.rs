@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
-use berth_core::egress::{BrokeredApi, EgressMode, EgressSpec};
+use berth_core::egress::{BrokeredApi, EgressMode};
 use berth_core::mask::Masker;
 use berth_core::plan::{labels, sandbox_user};
 use berth_core::profile::{Profile, Resume};
@@ -532,43 +532,45 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         .timeout
         .clone()
         .or_else(|| profile.and_then(|p| p.timeout.clone()));
-    let network = s
+    // The run's egress: the submission's, else the profile's (agent profiles reach their API
+    // through this runner's proxy, their credentials brokered), within the project's ceiling.
+    let asked = s.egress.clone().unwrap_or_default();
+    let asked_mode = asked
+        .mode
+        .as_deref()
+        .map(EgressMode::parse)
+        .transpose()
+        .map_err(|e| format!("sandbox.egress.mode: {e}"))?;
+    let network_asked = s
         .network
-        .clone()
-        .or_else(|| profile.and_then(|p| p.network.clone()));
-    // The profile's egress: agent profiles reach their API through this runner's proxy, their
-    // credentials brokered. A submission that asks for a network keeps today's behaviour.
-    let asked_network = s.network.as_deref().is_some_and(|n| n != "none");
-    let (egress, network, secrets) = match profile.and_then(|p| p.egress) {
-        Some(EgressMode::Policy) if !asked_network => {
-            let profile = profile.ok_or("egress policy without a profile")?;
-            let (brokered, left): (Vec<String>, Vec<String>) = secrets
-                .into_iter()
-                .partition(|n| profile.broker.iter().any(|b| b.credential == *n));
-            let egress = EgressSpec {
-                mode: EgressMode::Policy,
-                allow: profile.allow_hosts.clone(),
-                tcp: Vec::new(),
-                brokers: profile
-                    .broker
-                    .iter()
-                    .filter(|b| brokered.contains(&b.credential))
-                    .cloned()
-                    .collect(),
-            };
-            egress.check()?;
-            (egress, None, left)
-        }
-        Some(EgressMode::Open) if network.is_none() => (
-            EgressSpec {
-                mode: EgressMode::Open,
-                ..EgressSpec::default()
-            },
-            Some("bridge".to_string()),
-            secrets,
-        ),
-        _ => (EgressSpec::default(), network, secrets),
+        .as_deref()
+        .map(NetworkMode::parse)
+        .transpose()
+        .map_err(|e| format!("sandbox.network: {e}"))?;
+    let network_default = profile
+        .and_then(|p| p.network.as_deref())
+        .map(NetworkMode::parse)
+        .transpose()
+        .map_err(|e| format!("the profile's network: {e}"))?
+        .unwrap_or_default();
+    let inputs = berth_core::egress::Inputs {
+        asked: berth_core::egress::Asked {
+            mode: asked_mode,
+            allow: &asked.allow,
+            presets: &asked.presets,
+            tcp: &asked.tcp,
+        },
+        config: berth_core::egress::Asked::default(),
+        profile_mode: profile.and_then(|p| p.egress),
+        profile_allow: profile.map_or(&[][..], |p| &p.allow_hosts),
+        profile_name: profile.map(|p| p.name.as_str()),
+        brokers: profile.map_or(&[][..], |p| &p.broker),
+        network_asked: network_asked.as_ref(),
+        network_default,
+        ceiling: claimed.egress_ceiling.as_deref(),
     };
+    let (egress, network, secrets) = berth_core::egress::resolve(&inputs, secrets)
+        .map_err(|e| format!("sandbox.egress: {}", e.message))?;
     let spec = RunSpec {
         image,
         command,
@@ -593,11 +595,7 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         },
         timeout: duration(&timeout, 600)?,
         grace: duration(&s.grace, 10)?,
-        network: network
-            .as_deref()
-            .map(NetworkMode::parse)
-            .transpose()?
-            .unwrap_or_default(),
+        network,
         read_only: s.read_only,
         user: s.user.as_deref().map(UserSpec::parse).transpose()?,
         publish: Vec::new(),

@@ -320,6 +320,14 @@ async fn create_project<S: Store>(
             });
         }
     }
+    if let Some(ceiling) = &request.egress_ceiling {
+        if let Err(e) = berth_core::egress::check_ceiling_rules(ceiling) {
+            errors.push(FieldError {
+                field: "egress_ceiling".into(),
+                message: e.message,
+            });
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
@@ -327,6 +335,7 @@ async fn create_project<S: Store>(
         name: request.name,
         workspace_root: request.workspace_root,
         allowed_paths: request.allowed_paths,
+        egress_ceiling: request.egress_ceiling,
         created_at: now_ms(),
     };
     app.store.create_project(&project).await?;
@@ -369,6 +378,7 @@ async fn submit_run<S: Store>(
     let scope = ProjectScope {
         workspace_root: project.workspace_root.clone(),
         allowed_paths: project.allowed_paths.clone(),
+        egress_ceiling: project.egress_ceiling.clone(),
     };
     let errors = validate_submission(&request, &scope);
     if !errors.is_empty() {
@@ -810,8 +820,8 @@ async fn claim<S: Store>(
             };
             app.metrics.claimed(now - row.created_at);
             let project = app.store.project(&row.project).await?;
-            let (workspace_root, allowed_paths) = project
-                .map(|p| (p.workspace_root, p.allowed_paths))
+            let (workspace_root, allowed_paths, egress_ceiling) = project
+                .map(|p| (p.workspace_root, p.allowed_paths, p.egress_ceiling))
                 .unwrap_or_default();
             let claimed = Claimed {
                 run: views::run_with(row, sandbox),
@@ -819,6 +829,7 @@ async fn claim<S: Store>(
                 lease_ms: claim.lease_ms,
                 workspace_root,
                 allowed_paths,
+                egress_ceiling,
             };
             return Ok(Json(claimed).into_response());
         }
@@ -1087,14 +1098,20 @@ async fn submit_workflow<S: Store>(
     caller.require_client()?;
     let request: SubmitWorkflow = parse(&body)?;
     caller.require_project(&request.project)?;
-    if app.store.project(&request.project).await?.is_none() {
+    let Some(project) = app.store.project(&request.project).await? else {
         return Err(ApiError::Invalid(vec![FieldError {
             field: "project".into(),
             message: format!("no project named `{}`", request.project),
         }]));
-    }
-    let accepted = workflows::check(&request, &caller.actor(), now_ms(), rand::rng().random())
-        .map_err(ApiError::Invalid)?;
+    };
+    let accepted = workflows::check(
+        &request,
+        project.egress_ceiling.as_deref(),
+        &caller.actor(),
+        now_ms(),
+        rand::rng().random(),
+    )
+    .map_err(ApiError::Invalid)?;
     let row = app.store.insert_workflow(&accepted.workflow).await?;
     // The first step is queued now; the sweeper would do it otherwise.
     workflows::advance(&app, &row.id).await?;

@@ -87,6 +87,7 @@ pub fn project(p: Project) -> ProjectView {
         name: p.name,
         workspace_root: p.workspace_root,
         allowed_paths: p.allowed_paths,
+        egress_ceiling: p.egress_ceiling,
         created_at: rfc3339(p.created_at),
     }
 }

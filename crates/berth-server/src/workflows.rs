@@ -55,6 +55,9 @@ pub struct Submission {
     pub image: Option<String>,
     pub agent_image: Option<String>,
     pub network: Option<String>,
+    /// Every sandboxed step's egress (agent steps add their profile's hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<berth_api::EgressRequest>,
     pub env: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -76,6 +79,7 @@ fn field(field: &str, message: impl Into<String>) -> FieldError {
 /// Checks a submission; every problem is reported with its JSON path.
 pub fn check(
     request: &SubmitWorkflow,
+    ceiling: Option<&[String]>,
     actor: &str,
     now: i64,
     random: u32,
@@ -198,6 +202,37 @@ pub fn check(
         }
     }
     errors.extend(berth_api::tag_errors(&request.tags));
+    // Every sandboxed step runs with the workflow's egress: judged once per profile it meets.
+    let mut profiles: Vec<Option<&str>> = Vec::new();
+    for step in parsed.iter().flat_map(|w| w.all_steps()) {
+        let profile = match &step.action {
+            Action::Agent { profile, .. } => Some(profile.as_str()),
+            Action::Command {
+                location: Location::Sandbox,
+                ..
+            } => None,
+            Action::Command { .. } => continue,
+        };
+        if !profiles.contains(&profile) {
+            profiles.push(profile);
+        }
+    }
+    if profiles.is_empty() {
+        profiles.push(None);
+    }
+    for profile in profiles {
+        for e in berth_api::egress_errors(
+            request.egress.as_ref(),
+            request.network.as_deref(),
+            profile,
+            ceiling,
+            "",
+        ) {
+            if !errors.iter().any(|x| x.field == e.field) {
+                errors.push(e);
+            }
+        }
+    }
     let Some(parsed) = parsed.filter(|_| errors.is_empty()) else {
         return Err(errors);
     };
@@ -213,6 +248,7 @@ pub fn check(
         image: request.image.clone(),
         agent_image: request.agent_image.clone(),
         network: request.network.clone(),
+        egress: request.egress.clone(),
         env: request.env.clone(),
         tags: request.tags.clone(),
         labels: request.labels.clone(),
@@ -707,6 +743,7 @@ fn step_run<S: Store>(
                 .prompt(&diff)
                 .map_err(|e| format!("rendering the prompt failed: {e}"))?;
             sandbox.profile = Some(profile.clone());
+            sandbox.egress = submission.egress.clone();
             sandbox.prompt = prompt;
             sandbox.image = submission.agent_image.clone();
         }
@@ -717,6 +754,7 @@ fn step_run<S: Store>(
                 sandbox.network = None;
             } else {
                 sandbox.image = submission.image.clone();
+                sandbox.egress = submission.egress.clone();
             }
         }
     }

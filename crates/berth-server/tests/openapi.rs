@@ -226,6 +226,7 @@ fn refused(field: &str, value: &str) -> bool {
     let scope = ProjectScope {
         workspace_root: "/srv/demo".into(),
         allowed_paths: vec![],
+        egress_ceiling: None,
     };
     validate_submission(&run, &scope)
         .iter()

@@ -110,6 +110,8 @@ pub struct Project {
     /// The directory on runner hosts that is mounted as the run's workspace.
     pub workspace_root: String,
     pub allowed_paths: Vec<String>,
+    /// Allow rules no run of the project may go beyond; `None`: no ceiling.
+    pub egress_ceiling: Option<Vec<String>>,
     pub created_at: i64,
 }
 

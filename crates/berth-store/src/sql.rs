@@ -35,12 +35,14 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_runner_event_seq.sql"),
     include_str!("../migrations/sqlite/0003_workflows.sql"),
     include_str!("../migrations/sqlite/0004_runner_token.sql"),
+    include_str!("../migrations/sqlite/0005_project_egress_ceiling.sql"),
 ];
 const PG_MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_runner_event_seq.sql"),
     include_str!("../migrations/postgres/0003_workflows.sql"),
     include_str!("../migrations/postgres/0004_runner_token.sql"),
+    include_str!("../migrations/postgres/0005_project_egress_ceiling.sql"),
 ];
 
 /// The columns of [`RunRow`], in `SELECT` and `RETURNING` lists.
@@ -398,6 +400,10 @@ fn project_from_row(row: &Row) -> StoreResult<Project> {
         name: row.text("name")?,
         workspace_root: row.text("workspace_root")?,
         allowed_paths: from_json(&row.text("allowed_paths")?, "project path list")?,
+        egress_ceiling: row
+            .opt_text("egress_ceiling")?
+            .map(|t| from_json(&t, "project egress ceiling"))
+            .transpose()?,
         created_at: row.int("created_at")?,
     })
 }
@@ -774,9 +780,9 @@ impl Store for SqlStore {
         let changed = self
             .writer()
             .execute(
-                "INSERT INTO projects (name, workspace_root, allowed_paths, created_at) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO projects (name, workspace_root, allowed_paths, egress_ceiling, created_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT DO NOTHING",
-                args![&project.name, &project.workspace_root, to_json(&project.allowed_paths)?, project.created_at],
+                args![&project.name, &project.workspace_root, to_json(&project.allowed_paths)?, project.egress_ceiling.as_ref().map(to_json).transpose()?, project.created_at],
             )
             .await?;
         if changed == 0 {
@@ -791,7 +797,7 @@ impl Store for SqlStore {
     async fn project(&self, name: &str) -> StoreResult<Option<Project>> {
         self.reader()
             .fetch_optional(
-                "SELECT name, workspace_root, allowed_paths, created_at FROM projects WHERE name = $1",
+                "SELECT name, workspace_root, allowed_paths, egress_ceiling, created_at FROM projects WHERE name = $1",
                 args![name],
             )
             .await?
@@ -803,7 +809,7 @@ impl Store for SqlStore {
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         let rows = self
             .reader()
-            .fetch_all("SELECT name, workspace_root, allowed_paths, created_at FROM projects ORDER BY name", vec![])
+            .fetch_all("SELECT name, workspace_root, allowed_paths, egress_ceiling, created_at FROM projects ORDER BY name", vec![])
             .await?;
         rows.iter().map(project_from_row).collect()
     }

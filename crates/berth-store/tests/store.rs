@@ -1032,12 +1032,14 @@ async fn projects_create_get_list_and_conflict() {
             name: "beta".into(),
             workspace_root: "/srv/beta".into(),
             allowed_paths: vec![],
+            egress_ceiling: None,
             created_at: T0,
         };
         let alpha = Project {
             name: "alpha".into(),
             workspace_root: "/srv/alpha".into(),
             allowed_paths: vec!["/data/in".into(), "/data/out".into()],
+            egress_ceiling: Some(vec!["pypi.org".into(), "*.pythonhosted.org:443".into()]),
             created_at: T0 + 1,
         };
         s.create_project(&beta).await.unwrap();

@@ -156,22 +156,8 @@ pub struct RunArgs {
     /// runsc, registered with the engine; `berth doctor` says how) [default: runc].
     #[arg(long, value_name = "LEVEL")]
     pub isolation: Option<String>,
-    /// Egress: none (no network), policy (only allowed hosts, through berth's proxy, every
-    /// decision recorded) or open (the bridge network, unchecked) [default: policy for agent
-    /// profiles and whenever a host is allowed, else none].
-    #[arg(long, value_name = "MODE")]
-    pub egress: Option<String>,
-    /// Allow a host through the egress proxy: HOST[:PORT] (no port: 80 and 443), *.DOMAIN[:PORT],
-    /// an IP address, or `[METHOD,…] HOST[:PORT]/PATH` for plain HTTP; repeatable.
-    #[arg(long = "allow-host", value_name = "RULE")]
-    pub allow_hosts: Vec<String>,
-    /// Allow a named set of hosts: package-registries, github, anthropic, openai; repeatable.
-    #[arg(long = "allow-preset", value_name = "NAME")]
-    pub allow_presets: Vec<String>,
-    /// A raw TCP forward to HOST:PORT (git over ssh…): the sandbox reaches it at
-    /// 127.0.0.1:41100+N (see $BERTH_TCP_FORWARDS); repeatable.
-    #[arg(long = "allow-tcp", value_name = "HOST:PORT")]
-    pub allow_tcp: Vec<String>,
+    #[command(flatten)]
+    pub egress: EgressArgs,
     /// Read-only root file system, with writable tmpfs for /tmp and the home directory.
     #[arg(long)]
     pub read_only: bool,
@@ -338,12 +324,15 @@ pub struct WorkflowRunArgs {
     /// profile's, else none].
     #[arg(long)]
     pub network: Option<String>,
+    /// The egress of every sandboxed step; agent steps add their profile's hosts.
+    #[command(flatten)]
+    pub egress: EgressArgs,
     /// An environment variable for every sandboxed step, KEY=VALUE; repeatable.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Let `where = "host"` steps run on this host without a sandbox.
     #[arg(long)]
-    pub allow_host: bool,
+    pub allow_host_steps: bool,
     /// Keep the worktree after the workflow.
     #[arg(long)]
     pub keep: bool,
@@ -473,6 +462,27 @@ pub struct TokenArgs {
     pub json: bool,
 }
 
+/// How a sandbox reaches the network, for `run`, `submit` and `workflow run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EgressArgs {
+    /// Egress: none (no network), policy (only allowed hosts, through berth's proxy, every
+    /// decision recorded) or open (the bridge network, unchecked) [default: policy for agent
+    /// profiles and whenever a host is allowed, else none].
+    #[arg(long = "egress", value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Allow a host through the egress proxy: HOST[:PORT] (no port: 80 and 443), *.DOMAIN[:PORT],
+    /// an IP address, or `[METHOD,…] HOST[:PORT]/PATH` for plain HTTP; repeatable.
+    #[arg(long = "allow-host", value_name = "RULE")]
+    pub allow_hosts: Vec<String>,
+    /// Allow a named set of hosts: package-registries, github, anthropic, openai; repeatable.
+    #[arg(long = "allow-preset", value_name = "NAME")]
+    pub allow_presets: Vec<String>,
+    /// A raw TCP forward to HOST:PORT (git over ssh…): the sandbox reaches it at
+    /// 127.0.0.1:41100+N (see $BERTH_TCP_FORWARDS); repeatable.
+    #[arg(long = "allow-tcp", value_name = "HOST:PORT")]
+    pub allow_tcp: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Create a project.
@@ -484,6 +494,10 @@ pub enum ProjectCommand {
         /// A further directory runs may mount; repeatable.
         #[arg(long = "allow", value_name = "DIR")]
         allowed_paths: Vec<String>,
+        /// An egress allow rule no run of the project may go beyond (HOST[:PORT], *.DOMAIN…);
+        /// repeatable. With a ceiling, open egress and networks are refused. [default: none]
+        #[arg(long = "egress-ceiling", value_name = "RULE")]
+        egress_ceiling: Vec<String>,
     },
     /// List projects.
     Ls,
@@ -540,6 +554,8 @@ pub struct SubmitArgs {
     pub grace: Option<String>,
     #[arg(long)]
     pub network: Option<String>,
+    #[command(flatten)]
+    pub egress: EgressArgs,
     #[arg(long)]
     pub read_only: bool,
     #[arg(long)]

@@ -2729,3 +2729,157 @@ fn runner_never_restarted_its_run_goes_lost_and_gc_removes_it(db: Db) {
         "{record}"
     );
 }
+
+// Egress through a runner, and a project's egress ceiling.
+
+/// A plain HTTP upstream on 127.0.0.2 that answers every request with `hello-from-upstream`;
+/// its port and the number of requests it answered.
+fn hello_upstream() -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = "hello-from-upstream\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let (port, served) = hello_upstream();
+    let allowed = format!("127.0.0.2:{port}");
+    let fenced = unique("fenced");
+    let ws = c.path().join("ws").display().to_string();
+    let o = c.admin_cli(&[
+        "project",
+        "create",
+        &fenced,
+        "--workspace-root",
+        &ws,
+        "--egress-ceiling",
+        &allowed,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let project: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(project["egress_ceiling"][0], allowed.as_str());
+    let o = c.admin_cli(&[
+        "project",
+        "create",
+        &unique("bad"),
+        "--workspace-root",
+        &ws,
+        "--egress-ceiling",
+        "*.com",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("egress_ceiling"), "{}", text(&o.stderr));
+    c.runner("egress", &[]);
+
+    // Beyond the ceiling: refused at submission, naming the host; open egress and a network
+    // would bypass the ceiling and are refused too.
+    for (extra, field, named) in [
+        (&["--allow-host", "evil.example"][..], "sandbox.egress.allow", "evil.example"),
+        (&["--allow-preset", "github"][..], "sandbox.egress.presets", "github.com:443"),
+        (&["--allow-tcp", "127.0.0.2:22"][..], "sandbox.egress.tcp", "127.0.0.2:22"),
+        (&["--egress", "open"][..], "sandbox.egress.mode", "ceiling"),
+        (&["--network", "bridge"][..], "sandbox.network", "ceiling"),
+        (&["--profile", "claude-code"][..], "sandbox.egress.allow", "api.anthropic.com:443"),
+    ] {
+        let mut args = vec!["submit", "--project", &fenced, "--image", image()];
+        args.extend_from_slice(extra);
+        args.extend(["--", "true"]);
+        let o = c.cli(&args);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(field) && err.contains(named), "{extra:?}: {err}");
+    }
+    let workflow = c.path().join("wf.toml");
+    std::fs::write(
+        &workflow,
+        "name = \"w\"\n[loop]\nmax_iterations = 1\nuntil = \"r.approved\"\n[[loop.steps]]\nname = \"t\"\ncommand = [\"true\"]\n[[loop.steps]]\nname = \"r\"\nagent = \"codex\"\nprompt = \"x\"\nverdict = { file = \"result.json\" }\n",
+    )
+    .unwrap();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &fenced,
+        "--workflow",
+        &workflow.display().to_string(),
+        "--image",
+        image(),
+        "--allow-host",
+        "evil.example",
+        "--",
+        "task",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("egress.allow") && text(&o.stderr).contains("evil.example"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Within it: the run reaches the allowed upstream through the runner's proxy, nothing else,
+    // and every decision is an event of the run on the server.
+    let script = format!(
+        "wget -q -O - http://{allowed}/x; echo allowed=$?; wget -q -O - http://127.0.0.2:{}/ ; echo denied=$?",
+        port.wrapping_add(1).max(1)
+    );
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &fenced,
+        "--image",
+        image(),
+        "--allow-host",
+        &allowed,
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let out = c.stdout_lines(&id).concat();
+    assert!(out.contains("hello-from-upstream\nallowed=0"), "{out}");
+    assert!(!out.contains("denied=0"), "{out}");
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    assert_eq!(run["sandbox"]["egress"]["allow"][0], allowed.as_str(), "{run}");
+    let egress: Vec<Value> = c
+        .events(&id, None)
+        .iter()
+        .filter(|e| e.kind == "egress")
+        .map(|e| serde_json::from_str::<Value>(&e.payload()).unwrap())
+        .collect();
+    let decisions: Vec<(bool, String)> = egress
+        .iter()
+        .map(|e| {
+            let r = &e["egress"];
+            (r["allowed"] == true, r["rule"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    assert!(decisions.contains(&(true, allowed.clone())), "{egress:?}");
+    assert!(decisions.iter().any(|(ok, _)| !ok), "{egress:?}");
+}

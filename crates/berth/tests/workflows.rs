@@ -229,7 +229,7 @@ fn bad_workflows_are_refused_before_anything_runs() {
         .output()
         .unwrap();
     assert_eq!(code(&o), 125);
-    assert!(stderr(&o).contains("--allow-host"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--allow-host-steps"), "{}", stderr(&o));
 
     let not_git = Workspace::new();
     std::fs::write(

@@ -34,6 +34,7 @@ pub async fn app_on(
             name: (*name).into(),
             workspace_root: format!("/srv/{name}"),
             allowed_paths: vec![],
+            egress_ceiling: None,
             created_at: 0,
         };
         app.store.create_project(&project).await.unwrap();

@@ -141,6 +141,7 @@ pub async fn project(args: ProjectArgs, printer: Printer) -> ExitStatus {
             name,
             workspace_root,
             allowed_paths,
+            egress_ceiling,
         } => {
             match client
                 .post::<_, ProjectView>(
@@ -149,6 +150,7 @@ pub async fn project(args: ProjectArgs, printer: Printer) -> ExitStatus {
                         name,
                         workspace_root,
                         allowed_paths,
+                        egress_ceiling: (!egress_ceiling.is_empty()).then_some(egress_ceiling),
                     },
                 )
                 .await
@@ -258,6 +260,7 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                 workspace_mode: args.workspace_mode.clone(),
                 include_dirty: args.include_dirty,
                 workflow: None,
+                egress: egress_request(&args.egress),
             },
             tags: args.tags.clone(),
             labels: key_values("--label", &args.labels)?,
@@ -284,6 +287,21 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
     }
     printer.info(&format!("submitted run {}", run.id));
     follow_logs(&client, &run.id, true, args.json, printer).await
+}
+
+/// The submission's egress from `--egress`, `--allow-host`, `--allow-preset` and `--allow-tcp`;
+/// `None` when none is given (the profile's default applies).
+pub fn egress_request(args: &crate::args::EgressArgs) -> Option<berth_api::EgressRequest> {
+    let given = args.mode.is_some()
+        || !args.allow_hosts.is_empty()
+        || !args.allow_presets.is_empty()
+        || !args.allow_tcp.is_empty();
+    given.then(|| berth_api::EgressRequest {
+        mode: args.mode.clone(),
+        allow: args.allow_hosts.clone(),
+        presets: args.allow_presets.clone(),
+        tcp: args.allow_tcp.clone(),
+    })
 }
 
 pub async fn logs(args: LogsArgs, printer: Printer) -> ExitStatus {

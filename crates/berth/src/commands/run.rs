@@ -563,6 +563,7 @@ fn egress_for(
 ) -> Result<(EgressSpec, NetworkMode, Vec<String>), SandboxError> {
     let flag_mode = args
         .egress
+        .mode
         .as_deref()
         .map(EgressMode::parse)
         .transpose()
@@ -574,76 +575,44 @@ fn egress_for(
         .map(EgressMode::parse)
         .transpose()
         .map_err(|e| invalid("[egress] mode", e))?;
-    let flags_allow = !args.allow_hosts.is_empty()
-        || !args.allow_presets.is_empty()
-        || !args.allow_tcp.is_empty();
-    let config_allow = !config.egress.allow.is_empty()
-        || !config.egress.presets.is_empty()
-        || !config.egress.tcp.is_empty();
-    let mode = flag_mode
-        .or(profile.and_then(|p| p.egress))
-        .or(config_mode)
-        .unwrap_or(if flags_allow || config_allow {
-            EgressMode::Policy
-        } else {
-            EgressMode::None
-        });
-    if mode != EgressMode::Policy {
-        if flags_allow {
-            return Err(invalid(
-                "--allow-host",
-                format!("hosts are allowed through berth's egress proxy, which --egress {mode} does not use; drop --egress {mode} (policy is the default when hosts are allowed)"),
-            ));
-        }
-        let network = match (mode, network) {
-            (EgressMode::Open, NetworkMode::None) => NetworkMode::Bridge,
-            (EgressMode::Open, other) => other,
-            (_, network) => network,
-        };
-        return Ok((
-            EgressSpec {
-                mode,
-                ..EgressSpec::default()
-            },
-            network,
-            secrets,
-        ));
-    }
-    if let Some(n) = args.network.as_deref().filter(|n| *n != "none") {
-        return Err(invalid(
-            "--network",
-            format!("`{n}` cannot be combined with egress policy: the sandbox gets no network interface but loopback, and reaches allowed hosts through berth's proxy; use --egress open to join `{n}` instead (unchecked), or drop --network"),
-        ));
-    }
-    let mut allow = profile.map(|p| p.allow_hosts.clone()).unwrap_or_default();
-    allow.extend(config.egress.allow.iter().cloned());
-    allow.extend(args.allow_hosts.iter().cloned());
-    let mut presets = config.egress.presets.clone();
-    presets.extend(args.allow_presets.iter().cloned());
-    let allow =
-        berth_core::egress::expand(&allow, &presets).map_err(|e| invalid("--allow-host", e))?;
-    let mut tcp = config.egress.tcp.clone();
-    for t in &args.allow_tcp {
-        if !tcp.contains(t) {
-            tcp.push(t.clone());
-        }
-    }
-    let mut left = Vec::new();
-    let mut brokers = Vec::new();
-    for name in secrets {
-        match profile.and_then(|p| p.broker.iter().find(|b| b.credential == name)) {
-            Some(broker) => brokers.push(broker.clone()),
-            None => left.push(name),
-        }
-    }
-    let spec = EgressSpec {
-        mode,
-        allow,
-        tcp,
-        brokers,
+    let network_asked = args
+        .network
+        .as_deref()
+        .map(NetworkMode::parse)
+        .transpose()
+        .map_err(|e| invalid("--network", e))?;
+    let inputs = berth_core::egress::Inputs {
+        asked: berth_core::egress::Asked {
+            mode: flag_mode,
+            allow: &args.egress.allow_hosts,
+            presets: &args.egress.allow_presets,
+            tcp: &args.egress.allow_tcp,
+        },
+        config: berth_core::egress::Asked {
+            mode: config_mode,
+            allow: &config.egress.allow,
+            presets: &config.egress.presets,
+            tcp: &config.egress.tcp,
+        },
+        profile_mode: profile.and_then(|p| p.egress),
+        profile_allow: profile.map_or(&[][..], |p| &p.allow_hosts),
+        profile_name: profile.map(|p| p.name.as_str()),
+        brokers: profile.map_or(&[][..], |p| &p.broker),
+        network_asked: network_asked.as_ref(),
+        network_default: network,
+        ceiling: None,
     };
-    spec.check().map_err(|e| invalid("--allow-host", e))?;
-    Ok((spec, NetworkMode::None, left))
+    berth_core::egress::resolve(&inputs, secrets).map_err(|e| {
+        use berth_core::egress::Field;
+        let flag = match e.field {
+            Field::Mode => "--egress",
+            Field::ConfigMode => "[egress] mode",
+            Field::Allow => "--allow-host",
+            Field::Tcp => "--allow-tcp",
+            Field::Network => "--network",
+        };
+        invalid(flag, e.message)
+    })
 }
 
 /// The persistent container the run asks for, from `--lifecycle`, `--name` and the profile.

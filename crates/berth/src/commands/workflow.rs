@@ -95,14 +95,14 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
         ));
     }
     let host_steps = workflow.host_steps();
-    if !host_steps.is_empty() && !args.allow_host {
+    if !host_steps.is_empty() && !args.allow_host_steps {
         return Err(fail(
             format!(
                 "workflow {} runs {} on this host without a sandbox",
                 workflow.name,
                 host_steps.join(", ")
             ),
-            "read the file, then pass --allow-host if that is what you want",
+            "read the file, then pass --allow-host-steps if that is what you want",
         ));
     }
     let settings =
@@ -388,6 +388,19 @@ fn sandbox_args(
     }
     if let Some(network) = &args.network {
         run.extend(["--network".into(), network.clone()]);
+    }
+    let egress = &args.egress;
+    if let Some(mode) = &egress.mode {
+        run.extend(["--egress".into(), mode.clone()]);
+    }
+    for (flag, values) in [
+        ("--allow-host", &egress.allow_hosts),
+        ("--allow-preset", &egress.allow_presets),
+        ("--allow-tcp", &egress.allow_tcp),
+    ] {
+        for value in values {
+            run.extend([flag.to_string(), value.clone()]);
+        }
     }
     if args.json {
         run.push("--json".into());

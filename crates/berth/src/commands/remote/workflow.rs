@@ -86,6 +86,7 @@ fn request(args: &SubmitArgs) -> Result<SubmitWorkflow, (String, String)> {
         image: args.image.clone(),
         agent_image: args.agent_image.clone(),
         network: args.network.clone(),
+        egress: super::egress_request(&args.egress),
         env: key_values("--env", &args.env).map_err(|e| (e, String::new()))?,
         test_command,
         tags: args.tags.clone(),
