@@ -2788,18 +2788,38 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
         "*.com",
     ]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("egress_ceiling"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("egress_ceiling"),
+        "{}",
+        text(&o.stderr)
+    );
     c.runner("egress", &[]);
 
     // Beyond the ceiling: refused at submission, naming the host; open egress and a network
     // would bypass the ceiling and are refused too.
     for (extra, field, named) in [
-        (&["--allow-host", "evil.example"][..], "sandbox.egress.allow", "evil.example"),
-        (&["--allow-preset", "github"][..], "sandbox.egress.presets", "github.com:443"),
-        (&["--allow-tcp", "127.0.0.2:22"][..], "sandbox.egress.tcp", "127.0.0.2:22"),
+        (
+            &["--allow-host", "evil.example"][..],
+            "sandbox.egress.allow",
+            "evil.example",
+        ),
+        (
+            &["--allow-preset", "github"][..],
+            "sandbox.egress.presets",
+            "github.com:443",
+        ),
+        (
+            &["--allow-tcp", "127.0.0.2:22"][..],
+            "sandbox.egress.tcp",
+            "127.0.0.2:22",
+        ),
         (&["--egress", "open"][..], "sandbox.egress.mode", "ceiling"),
         (&["--network", "bridge"][..], "sandbox.network", "ceiling"),
-        (&["--profile", "claude-code"][..], "sandbox.egress.allow", "api.anthropic.com:443"),
+        (
+            &["--profile", "claude-code"][..],
+            "sandbox.egress.allow",
+            "api.anthropic.com:443",
+        ),
     ] {
         let mut args = vec!["submit", "--project", &fenced, "--image", image()];
         args.extend_from_slice(extra);
@@ -2807,7 +2827,10 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
         let o = c.cli(&args);
         let err = text(&o.stderr);
         assert!(!o.status.success(), "{extra:?} was accepted");
-        assert!(err.contains(field) && err.contains(named), "{extra:?}: {err}");
+        assert!(
+            err.contains(field) && err.contains(named),
+            "{extra:?}: {err}"
+        );
     }
     let workflow = c.path().join("wf.toml");
     std::fs::write(
@@ -2866,7 +2889,11 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
     assert!(out.contains("hello-from-upstream\nallowed=0"), "{out}");
     assert!(!out.contains("denied=0"), "{out}");
     assert_eq!(served.load(Ordering::SeqCst), 1);
-    assert_eq!(run["sandbox"]["egress"]["allow"][0], allowed.as_str(), "{run}");
+    assert_eq!(
+        run["sandbox"]["egress"]["allow"][0],
+        allowed.as_str(),
+        "{run}"
+    );
     let egress: Vec<Value> = c
         .events(&id, None)
         .iter()
@@ -2876,8 +2903,10 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
     let decisions: Vec<(bool, String)> = egress
         .iter()
         .map(|e| {
-            let r = &e["egress"];
-            (r["allowed"] == true, r["rule"].as_str().unwrap_or("").to_string())
+            (
+                e["allowed"] == true,
+                e["rule"].as_str().unwrap_or("").to_string(),
+            )
         })
         .collect();
     assert!(decisions.contains(&(true, allowed.clone())), "{egress:?}");
