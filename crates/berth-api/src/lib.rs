@@ -97,6 +97,11 @@ pub struct SandboxRequest {
     /// egress proxy. Omitted: the profile's default (policy for agent profiles), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressRequest>,
+    /// `runc` (the engine's default runtime) or `gvisor`: the run goes only to runners whose
+    /// engine offers it (the server adds the tag `isolation:gvisor`). Omitted: the profile's,
+    /// else runc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 /// A submission's egress: `mode` none, policy or open; allow rules, presets and raw TCP
@@ -375,6 +380,11 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             err("sandbox.user", e);
         }
     }
+    if let Some(isolation) = &sandbox.isolation {
+        if let Err(e) = isolation.parse::<berth_core::spec::Isolation>() {
+            err("sandbox.isolation", e);
+        }
+    }
     for e in egress_errors(
         sandbox.egress.as_ref(),
         sandbox.network.as_deref(),
@@ -512,6 +522,21 @@ pub fn egress_errors(
             }]
         }
     }
+}
+
+/// The tags a submission is routed by: its own, plus the one its isolation needs
+/// (`isolation:gvisor`), so that only runners whose engine offers it take the run.
+pub fn routing_tags(tags: &[String], isolation: Option<&str>) -> Vec<String> {
+    let mut out = tags.to_vec();
+    let needed = isolation
+        .and_then(|i| i.parse::<berth_core::spec::Isolation>().ok())
+        .and_then(|i| i.tag());
+    if let Some(tag) = needed {
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    out
 }
 
 /// Why `image` cannot be an image reference (`alpine`, `ghcr.io/o/i:1.2`, `i@sha256:…`): empty,
@@ -1066,6 +1091,24 @@ mod tests {
         let beyond = check(agent, Some(ceiling));
         assert!(beyond[0].1.contains("api.anthropic.com:443"), "{beyond:?}");
         assert!(check(agent, Some(&["api.anthropic.com"])).is_empty());
+    }
+
+    #[test]
+    fn isolation_is_checked_and_routes_by_tag() {
+        let run =
+            submit(r#"{"project":"p","sandbox":{"image":"i","command":["x"],"isolation":"kata"}}"#)
+                .unwrap();
+        let errors = validate_submission(&run, &ProjectScope::default());
+        assert_eq!(errors[0].field, "sandbox.isolation", "{errors:?}");
+        let tags = vec!["gpu".to_string()];
+        assert_eq!(
+            routing_tags(&tags, Some("gvisor")),
+            ["gpu", "isolation:gvisor"]
+        );
+        assert_eq!(routing_tags(&tags, Some("runc")), ["gpu"]);
+        assert_eq!(routing_tags(&tags, None), ["gpu"]);
+        let both = vec!["isolation:gvisor".to_string()];
+        assert_eq!(routing_tags(&both, Some("gvisor")), ["isolation:gvisor"]);
     }
 
     #[test]

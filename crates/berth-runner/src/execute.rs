@@ -607,7 +607,10 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         profile: profile.map(|p| p.name.clone()),
         persistent,
         egress,
-        isolation: profile.and_then(|p| p.isolation).unwrap_or_default(),
+        isolation: match s.isolation.as_deref() {
+            Some(i) => i.parse().map_err(|e| format!("sandbox.isolation: {e}"))?,
+            None => profile.and_then(|p| p.isolation).unwrap_or_default(),
+        },
     };
     Ok((spec, stdin))
 }

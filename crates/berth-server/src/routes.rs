@@ -394,7 +394,7 @@ async fn submit_run<S: Store>(
         },
         spec: serde_json::to_value(&request.sandbox)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-        tags: request.tags.clone(),
+        tags: berth_api::routing_tags(&request.tags, request.sandbox.isolation.as_deref()),
         labels: request.labels.clone(),
         created_at: now,
         actor: caller.actor(),

@@ -712,6 +712,7 @@ fn step_run<S: Store>(
 ) -> Result<NewRun, String> {
     let step = &request.step;
     let mut sandbox = SandboxRequest {
+        isolation: step.isolation.map(|i| i.to_string()),
         env: submission.env.clone(),
         network: submission.network.clone(),
         timeout: step.timeout_secs.map(|s| format!("{s}s")),
@@ -766,7 +767,7 @@ fn step_run<S: Store>(
         project: row.project.clone(),
         execution_mode: execution_mode.into(),
         spec: serde_json::to_value(&sandbox).map_err(|e| e.to_string())?,
-        tags: submission.tags.clone(),
+        tags: berth_api::routing_tags(&submission.tags, sandbox.isolation.as_deref()),
         labels,
         created_at: now,
         actor: "server".into(),

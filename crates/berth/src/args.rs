@@ -554,6 +554,10 @@ pub struct SubmitArgs {
     pub grace: Option<String>,
     #[arg(long)]
     pub network: Option<String>,
+    /// Isolation: runc or gvisor; gvisor runs go only to runners whose engine offers it
+    /// (tag isolation:gvisor) [default: the profile's, else runc].
+    #[arg(long, value_name = "LEVEL")]
+    pub isolation: Option<String>,
     #[command(flatten)]
     pub egress: EgressArgs,
     #[arg(long)]

@@ -2912,3 +2912,60 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
     assert!(decisions.contains(&(true, allowed.clone())), "{egress:?}");
     assert!(decisions.iter().any(|(ok, _)| !ok), "{egress:?}");
 }
+
+#[test]
+fn sqlite_gvisor_runs_go_to_runners_that_offer_it_and_run_under_gvisor() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let runner = c.runner("gvisor", &[]);
+    let (status, body) = c.http("GET", "/api/v1/runners", Some(&c.client), None, &[]);
+    assert_eq!(status, 200, "{body}");
+    let runners: Value = serde_json::from_str(&body).unwrap();
+    let me = runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == runner.as_str())
+        .unwrap();
+    assert!(
+        me["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "isolation:gvisor"),
+        "the runner advertises gVisor (register runsc as .ci/run does): {me}"
+    );
+    let id = c.submit(
+        &["--isolation", "gvisor"],
+        &["sh", "-c", "dmesg 2>&1 | head -1"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert!(
+        run["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "isolation:gvisor"),
+        "{run}"
+    );
+    assert_eq!(run["sandbox"]["isolation"], "gvisor", "{run}");
+    let out = c.stdout_lines(&id).concat();
+    assert!(out.contains("Starting gVisor"), "{out}");
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &c.project.clone(),
+        "--image",
+        image(),
+        "--isolation",
+        "kata",
+        "--",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("sandbox.isolation"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -261,6 +261,7 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                 include_dirty: args.include_dirty,
                 workflow: None,
                 egress: egress_request(&args.egress),
+                isolation: args.isolation.clone(),
             },
             tags: args.tags.clone(),
             labels: key_values("--label", &args.labels)?,
