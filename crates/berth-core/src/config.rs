@@ -68,12 +68,44 @@ pub struct EgressConfig {
     /// Raw TCP forwards, `HOST:PORT`.
     #[serde(default)]
     pub tcp: Vec<String>,
+    /// `[egress.inject."HOST[:PORT]"]`: HTTPS hosts whose requests get a header from the host's
+    /// environment (see `berth_core::egress::Inject`).
+    #[serde(default)]
+    pub inject: BTreeMap<String, InjectConfig>,
 }
 
 impl EgressConfig {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The injection hosts, checked; an error names the table.
+    pub fn inject_entries(&self) -> Result<Vec<crate::egress::Inject>, String> {
+        self.inject
+            .iter()
+            .map(|(host, c)| {
+                crate::egress::Inject::new(host, &c.header, &c.env, &c.methods, &c.paths).map_err(
+                    |e| format!("[egress.inject.{}]: {e}", toml::Value::String(host.clone())),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `[egress.inject."HOST[:PORT]"]` as written.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// The header's name (`Authorization`).
+    pub header: String,
+    /// The environment variable of berth's host holding the header's whole value.
+    pub env: String,
+    /// Only these methods (upper-case); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Only paths below these prefixes; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// A warm pool as written: `[pool.claude-code] size = 2`.

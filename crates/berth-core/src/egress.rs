@@ -18,9 +18,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+mod inject;
 mod resolve;
+pub use inject::{Inject, CA_BUNDLE_FILE, CA_FILE, MAX_INJECTS};
 pub use resolve::{
-    beyond_ceiling, check_ceiling_rules, resolve, Asked, Field, Inputs, ResolveError,
+    beyond_ceiling, check_ceiling_rules, resolve, resolve_with_inject, Asked, Field, Inputs,
+    ResolveError,
 };
 
 /// How a run reaches the network.
@@ -220,6 +223,10 @@ pub struct EgressSpec {
     /// Credentials held back from the sandbox and added by the proxy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub brokers: Vec<Broker>,
+    /// HTTPS hosts whose TLS the proxy terminates to add a header (the names of the host
+    /// variables holding the values, never the values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject: Vec<Inject>,
 }
 
 impl EgressSpec {
@@ -243,11 +250,15 @@ impl EgressSpec {
         for forward in &self.tcp {
             parse_tcp(forward)?;
         }
+        inject::check_all(&self.inject)?;
         if self.mode != EgressMode::Policy
-            && (!self.allow.is_empty() || !self.tcp.is_empty() || !self.brokers.is_empty())
+            && (!self.allow.is_empty()
+                || !self.tcp.is_empty()
+                || !self.brokers.is_empty()
+                || !self.inject.is_empty())
         {
             return Err(format!(
-                "allowed hosts, tcp forwards and brokered credentials need egress mode policy, not {}",
+                "allowed hosts, tcp forwards, brokered credentials and injected headers need egress mode policy, not {}",
                 self.mode
             ));
         }
@@ -306,6 +317,20 @@ impl EgressSpec {
                 .map(|(i, t)| format!("{t}=127.0.0.1:{}", TCP_FORWARD_BASE + i as u16))
                 .collect();
             env.push(("BERTH_TCP_FORWARDS".into(), forwards.join(",")));
+        }
+        if !self.inject.is_empty() {
+            // The proxy answers for injection hosts with certificates of the run's CA: the CA
+            // alone where a variable adds to the built-in roots, else the host's roots plus it.
+            let dir = crate::plan::EGRESS_TARGET;
+            env.push(("NODE_EXTRA_CA_CERTS".into(), format!("{dir}/{CA_FILE}")));
+            for name in [
+                "SSL_CERT_FILE",
+                "GIT_SSL_CAINFO",
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+            ] {
+                env.push((name.into(), format!("{dir}/{CA_BUNDLE_FILE}")));
+            }
         }
         env
     }
@@ -1055,6 +1080,7 @@ mod tests {
                 credential: "ANTHROPIC_API_KEY".into(),
                 api: BrokeredApi::Anthropic,
             }],
+            inject: vec![],
         };
         spec.check().unwrap();
         assert_eq!(
@@ -1074,6 +1100,24 @@ mod tests {
             get("BERTH_TCP_FORWARDS"),
             Some("github.com:22=127.0.0.1:41100")
         );
+        assert_eq!(get("SSL_CERT_FILE"), None);
+        let injecting = EgressSpec {
+            mode: EgressMode::Policy,
+            inject: vec![Inject::parse_flag("git.example.org=Authorization:T").unwrap()],
+            ..EgressSpec::default()
+        };
+        injecting.check().unwrap();
+        let env = injecting.env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("NODE_EXTRA_CA_CERTS"), Some("/berth/egress/ca.pem"));
+        for k in [
+            "SSL_CERT_FILE",
+            "GIT_SSL_CAINFO",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+        ] {
+            assert_eq!(get(k), Some("/berth/egress/ca-bundle.pem"), "{k}");
+        }
         let none = EgressSpec {
             allow: vec!["a.org".into()],
             ..EgressSpec::default()

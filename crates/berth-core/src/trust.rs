@@ -234,6 +234,7 @@ fn egress_settings(
         allow,
         presets,
         tcp,
+        inject,
     } = file;
     if let Some(v) = mode {
         out.push(
@@ -250,6 +251,15 @@ fn egress_settings(
         if !v.is_empty() {
             out.push(key, value(v), !v.iter().all(|item| was.contains(item)));
         }
+    }
+    // An injection host sends a value of the host's environment out: only the base's own
+    // entries, unchanged, leave it as it was.
+    for (host, entry) in inject {
+        out.push(
+            &format!("egress.inject.{}", key_part(host)),
+            value(entry),
+            base.inject.get(host) != Some(entry),
+        );
     }
 }
 
@@ -799,6 +809,16 @@ mod tests {
             ("", "[egress]\nallow = [\"evil.org\"]", "egress.allow"),
             ("", "[egress]\npresets = [\"github\"]", "egress.presets"),
             ("", "[egress]\ntcp = [\"evil.org:22\"]", "egress.tcp"),
+            (
+                "",
+                "[egress.inject.\"evil.org\"]\nheader = \"x-leak\"\nenv = \"AWS_SECRET_ACCESS_KEY\"",
+                "egress.inject.\"evil.org\"",
+            ),
+            (
+                "[egress.inject.\"git.example.org\"]\nheader = \"authorization\"\nenv = \"T\"",
+                "[egress.inject.\"git.example.org\"]\nheader = \"authorization\"\nenv = \"HOME\"",
+                "egress.inject.\"git.example.org\"",
+            ),
             ("", "[egress]\nmode = \"policy\"", "egress.mode"),
             (
                 "[egress]\nmode = \"policy\"",

@@ -3,7 +3,7 @@
 //! config's `[egress]`, the network asked for, and a project's ceiling.
 
 use super::{
-    expand, parse_tcp, Broker, EgressMode, EgressSpec, Host, HostPattern, Rule, MAX_RULES,
+    expand, parse_tcp, Broker, EgressMode, EgressSpec, Host, HostPattern, Inject, Rule, MAX_RULES,
 };
 use crate::spec::NetworkMode;
 
@@ -50,6 +50,8 @@ pub enum Field {
     Allow,
     Tcp,
     Network,
+    /// Injection hosts (`--inject-header`, `[egress.inject]`).
+    Inject,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,16 +73,28 @@ pub fn resolve(
     inputs: &Inputs<'_>,
     secrets: Vec<String>,
 ) -> Result<(EgressSpec, NetworkMode, Vec<String>), ResolveError> {
+    resolve_with_inject(inputs, &[], secrets)
+}
+
+/// [`resolve`] with injection hosts (flags and config together): like a rule, they make policy
+/// the default mode, need it, and must lie within a ceiling.
+pub fn resolve_with_inject(
+    inputs: &Inputs<'_>,
+    inject: &[Inject],
+    secrets: Vec<String>,
+) -> Result<(EgressSpec, NetworkMode, Vec<String>), ResolveError> {
     let mode = inputs
         .asked
         .mode
         .or(inputs.profile_mode)
         .or(inputs.config.mode)
-        .unwrap_or(if inputs.asked.any_rule() || inputs.config.any_rule() {
-            EgressMode::Policy
-        } else {
-            EgressMode::None
-        });
+        .unwrap_or(
+            if inputs.asked.any_rule() || inputs.config.any_rule() || !inject.is_empty() {
+                EgressMode::Policy
+            } else {
+                EgressMode::None
+            },
+        );
     let network = inputs
         .network_asked
         .cloned()
@@ -108,6 +122,12 @@ pub fn resolve(
         }
     }
     if mode != EgressMode::Policy {
+        if !inject.is_empty() {
+            return fail(
+                Field::Inject,
+                format!("headers are injected by berth's egress proxy, which egress {mode} does not use; drop egress {mode} (policy is the default when a header is injected)"),
+            );
+        }
         if inputs.asked.any_rule() {
             return fail(
                 Field::Allow,
@@ -161,6 +181,23 @@ pub fn resolve(
                 ),
             );
         }
+        let ceiling_rules: Vec<Rule> = ceiling.iter().filter_map(|r| Rule::parse(r).ok()).collect();
+        for entry in inject {
+            let within = entry.target().is_ok_and(|(host, port)| {
+                let rule = one_host(host, port);
+                ceiling_rules.iter().any(|c| rule.within(c))
+            });
+            if !within {
+                return fail(
+                    Field::Inject,
+                    format!(
+                        "injection host {} is beyond the project's egress ceiling ({}); ask the project's admin to widen the ceiling, or drop it",
+                        entry.host,
+                        ceiling.join(", ")
+                    ),
+                );
+            }
+        }
     }
     let mut left = Vec::new();
     let mut brokers = Vec::new();
@@ -170,11 +207,16 @@ pub fn resolve(
             None => left.push(name),
         }
     }
+    super::inject::check_all(inject).map_err(|message| ResolveError {
+        field: Field::Inject,
+        message,
+    })?;
     let spec = EgressSpec {
         mode,
         allow,
         tcp,
         brokers,
+        inject: inject.to_vec(),
     };
     spec.check().map_err(|message| ResolveError {
         field: Field::Allow,
@@ -219,23 +261,26 @@ pub fn beyond_ceiling(
         }
     }
     for text in tcp {
-        let ok = parse_tcp(text).is_ok_and(|(host, port)| {
-            let host = match host {
-                Host::Name(n) => HostPattern::Exact(n),
-                Host::Ip(ip) => HostPattern::Ip(ip),
-            };
-            within(&Rule {
-                host,
-                port: Some(port),
-                methods: Vec::new(),
-                path_prefix: None,
-            })
-        });
+        let ok = parse_tcp(text).is_ok_and(|(host, port)| within(&one_host(host, port)));
         if !ok {
             out.push((text.clone(), Field::Tcp));
         }
     }
     out
+}
+
+/// The rule allowing exactly `host:port`.
+fn one_host(host: Host, port: u16) -> Rule {
+    let host = match host {
+        Host::Name(n) => HostPattern::Exact(n),
+        Host::Ip(ip) => HostPattern::Ip(ip),
+    };
+    Rule {
+        host,
+        port: Some(port),
+        methods: Vec::new(),
+        path_prefix: None,
+    }
 }
 
 impl HostPattern {
@@ -418,6 +463,33 @@ mod tests {
                 .unwrap_err()
                 .field,
             Field::Allow
+        );
+    }
+
+    #[test]
+    fn injection_hosts_need_policy_and_lie_within_a_ceiling() {
+        let inject = vec![Inject::parse_flag("git.example.org=Authorization:T").unwrap()];
+        let (spec, network, _) =
+            resolve_with_inject(&inputs(Asked::default(), None), &inject, vec![]).unwrap();
+        assert_eq!(
+            (spec.mode, network),
+            (EgressMode::Policy, NetworkMode::None)
+        );
+        assert_eq!(spec.inject, inject);
+        let open = Asked {
+            mode: Some(EgressMode::Open),
+            ..Asked::default()
+        };
+        let e = resolve_with_inject(&inputs(open, None), &inject, vec![]).unwrap_err();
+        assert_eq!(e.field, Field::Inject);
+        let ceiling = vec!["github.com".to_string()];
+        let e = resolve_with_inject(&inputs(Asked::default(), Some(&ceiling)), &inject, vec![])
+            .unwrap_err();
+        assert_eq!(e.field, Field::Inject);
+        assert!(e.message.contains("git.example.org:443"), "{}", e.message);
+        let wide = vec!["*.example.org:443".to_string()];
+        assert!(
+            resolve_with_inject(&inputs(Asked::default(), Some(&wide)), &inject, vec![]).is_ok()
         );
     }
 }
