@@ -515,6 +515,8 @@ pub fn egress_errors(
                 Field::Allow => "egress.allow",
                 Field::Tcp => "egress.tcp",
                 Field::Network => "network",
+                // Header injection is host configuration, not part of a submission.
+                Field::Inject => "egress",
             };
             vec![FieldError {
                 field: at(field),

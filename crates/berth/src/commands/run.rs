@@ -149,6 +149,7 @@ pub(crate) async fn prepare_and_run(
         home: home.as_deref(),
         engine_socket: endpoint.as_ref().and_then(|e| e.socket_path()),
         remote_engine,
+        ssh_engine: matches!(endpoint, Some(berth_engine::Endpoint::Ssh(_))),
         own_paths: &own,
     })?;
     if spec.user.is_some_and(|u| u.uid == 0) {
@@ -610,6 +611,7 @@ fn egress_for(
             Field::Allow => "--allow-host",
             Field::Tcp => "--allow-tcp",
             Field::Network => "--network",
+            Field::Inject => "--inject-header",
         };
         invalid(flag, e.message)
     })
