@@ -12,13 +12,18 @@
 //!   server-sent events included, stream through unbuffered, and the usage the API reports is
 //!   recorded.
 //! - `tcp-N`: a raw TCP forward to the N-th configured `host:port`.
+//! - Header injection (`inject`): a `CONNECT` to an injection host is answered by the proxy
+//!   itself, with TLS under the run's CA, and each request gets the configured header.
 //!
 //! Everything that arrives on a socket is hostile input: header sizes are bounded, headers must
 //! arrive in time, connections per run are limited, and no value from the sandbox is trusted to
 //! choose anything the policy did not allow. Each connection or request ends in one
 //! [`EgressRecord`] given to the run's sink.
 
+mod inject;
 pub mod usage;
+
+pub use inject::InjectUpstream;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -109,12 +114,18 @@ pub struct Config {
     pub resolve: BTreeMap<String, IpAddr>,
     /// Root certificates trusted for upstream TLS besides the system's (tests).
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// HTTPS hosts whose TLS the proxy terminates to add a header.
+    pub inject: Vec<InjectUpstream>,
+    /// How long the run's CA is valid (the run's time, with some slack).
+    pub inject_validity: Duration,
     pub limits: Limits,
 }
 
 /// A running proxy. Dropping it stops every listener and connection and removes its sockets.
 pub struct Proxy {
     tasks: JoinSet<()>,
+    /// With injection hosts: the run CA's certificate and the host's roots plus it (PEM).
+    ca: Option<(String, String)>,
     /// Through `/proc/self/fd/N` of `_dir`, which lives as long as the proxy.
     sockets: Vec<PathBuf>,
     _dir: std::os::fd::OwnedFd,
@@ -148,6 +159,7 @@ enum Role {
 struct Shared {
     config: Config,
     tls: Arc<rustls::ClientConfig>,
+    mitm: Option<Arc<inject::Mitm>>,
     sink: Sink,
     permits: Arc<Semaphore>,
 }
@@ -201,14 +213,29 @@ impl Proxy {
             };
             roles.push((name.clone(), role));
         }
+        let mitm = if config.inject.is_empty() {
+            None
+        } else {
+            Some(Arc::new(inject::Mitm::new(
+                &config.inject,
+                config.inject_validity,
+            )?))
+        };
+        let ca = mitm.as_ref().map(|m| {
+            let roots = rustls_native_certs::load_native_certs().certs;
+            let bundle = inject::pem_bundle(&roots) + m.ca_pem();
+            (m.ca_pem().to_string(), bundle)
+        });
         let shared = Arc::new(Shared {
             config,
             tls,
+            mitm,
             sink,
             permits,
         });
         let mut proxy = Self {
             tasks: JoinSet::new(),
+            ca,
             sockets: Vec::new(),
             _dir: dir,
         };
@@ -232,6 +259,14 @@ impl Proxy {
                 .spawn(accept_loop(listener, role, shared.clone()));
         }
         Ok(proxy)
+    }
+
+    /// With injection hosts: the run CA's certificate (public) and a bundle of the host's root
+    /// certificates plus it, both PEM, for the sandbox to trust.
+    pub fn ca_files(&self) -> Option<(&str, &str)> {
+        self.ca
+            .as_ref()
+            .map(|(ca, bundle)| (ca.as_str(), bundle.as_str()))
     }
 }
 
@@ -279,17 +314,23 @@ async fn serve_http(stream: UnixStream, role: Role, shared: Arc<Shared>) {
             }
         })
     };
-    let limits = &shared.config.limits;
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true)
+    let conn = server(&shared.config.limits)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!("egress: connection ended: {e}");
     }
+}
+
+/// The HTTP/1.1 server side of a sandbox's connection, within `limits`.
+fn server(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
 }
 
 /// A response with a short text body.
@@ -484,6 +525,11 @@ async fn connect(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Respons
             "berth egress proxy: CONNECT needs host:port\n",
         );
     };
+    if let Some(mitm) = &shared.mitm {
+        if let Some(target) = mitm.find(&host, port) {
+            return inject::connect(req, mitm, target, shared);
+        }
+    }
     let decision = shared.config.policy.decide(&Request {
         kind: Kind::Connect,
         host: &host,
@@ -1060,14 +1106,32 @@ async fn broker_request(
     if !base.tls {
         return forward(stream, outgoing, &tracker, true).await;
     }
-    let name = match rustls::pki_types::ServerName::try_from(base.host.clone()) {
+    forward_tls(
+        stream,
+        &base.host,
+        outgoing,
+        &tracker,
+        true,
+        shared,
+        "berth credential broker",
+    )
+    .await
+}
+
+/// TLS with `host` (the upstream roots of `shared`) over `stream`, then [`forward`]. Errors are
+/// answered as `who`.
+async fn forward_tls(
+    stream: TcpStream,
+    host: &str,
+    outgoing: hyper::Request<ProxyBody>,
+    tracker: &Arc<Tracker>,
+    sniff: bool,
+    shared: &Shared,
+    who: &str,
+) -> Response {
+    let name = match rustls::pki_types::ServerName::try_from(host.to_string()) {
         Ok(n) => n,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!("berth credential broker: {e}\n"),
-            )
-        }
+        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("{who}: {e}\n")),
     };
     let connector = tokio_rustls::TlsConnector::from(shared.tls.clone());
     match tokio::time::timeout(
@@ -1076,15 +1140,15 @@ async fn broker_request(
     )
     .await
     {
-        Ok(Ok(tls)) => forward(tls, outgoing, &tracker, true).await,
+        Ok(Ok(tls)) => forward(tls, outgoing, tracker, sniff).await,
         Ok(Err(e)) => {
             tracker.set(|r| {
                 r.status = Some(502);
-                r.error = Some(format!("TLS with {}: {e}", base.host));
+                r.error = Some(format!("TLS with {host}: {e}"));
             });
             text(
                 StatusCode::BAD_GATEWAY,
-                format!("berth credential broker: TLS with {}: {e}\n", base.host),
+                format!("{who}: TLS with {host}: {e}\n"),
             )
         }
         Err(_) => {
@@ -1094,7 +1158,7 @@ async fn broker_request(
             });
             text(
                 StatusCode::GATEWAY_TIMEOUT,
-                "berth credential broker: TLS handshake timed out\n",
+                format!("{who}: TLS handshake timed out\n"),
             )
         }
     }

@@ -575,3 +575,124 @@ async fn hostile_clients_are_bounded() {
         .unwrap();
     assert_eq!(body_text(r).await.0, 403);
 }
+
+#[tokio::test]
+async fn injection_terminates_tls_adds_the_header_and_keeps_to_its_limits() {
+    let (acceptor, upstream_ca) = tls_server(&["git.test"]);
+    let up = upstream(Some(acceptor)).await;
+    let port = up.addr.port();
+    let entry = berth_core::egress::Inject::new(
+        &format!("git.test:{port}"),
+        "Authorization",
+        "GIT_TOKEN",
+        &["GET".to_string()],
+        &["/pub/".to_string()],
+    )
+    .unwrap();
+    let h = Harness::start(
+        &["proxy"],
+        Config {
+            // Injection hosts need no rule; 127.0.0.1 is allowed to show a plain tunnel.
+            policy: policy(&[&format!("127.0.0.1:{port}")]),
+            inject: vec![berth_egress::InjectUpstream {
+                entry,
+                value: "Bearer host-secret".into(),
+            }],
+            inject_validity: Duration::from_secs(3600),
+            resolve: BTreeMap::from([("git.test".to_string(), "127.0.0.1".parse().unwrap())]),
+            extra_roots: vec![upstream_ca.clone()],
+            ..Config::default()
+        },
+    );
+    let (ca_pem, bundle) = h._proxy.ca_files().unwrap();
+    assert!(bundle.ends_with(ca_pem) && bundle.len() > ca_pem.len());
+    let run_ca = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()
+    };
+
+    // CONNECT to the injection host: the proxy answers TLS itself, under the run's CA.
+    let mut c = client(&h.socket("proxy")).await;
+    let r = c
+        .send_request(request("CONNECT", &format!("git.test:{port}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let upgraded = hyper::upgrade::on(r).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("git.test").unwrap();
+    let tls = tls_client(&run_ca)
+        .connect(name.clone(), TokioIo::new(upgraded))
+        .await
+        .unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut get = request("GET", "/pub/a");
+    get.headers_mut()
+        .insert("authorization", "Bearer sandbox-made-up".parse().unwrap());
+    let r = s.send_request(get).await.unwrap();
+    assert_eq!(
+        body_text(r).await,
+        (200, "hello from upstream /pub/a".into())
+    );
+    for (method, path, why) in [
+        ("POST", "/pub/a", "method POST is not one of GET"),
+        ("GET", "/private", "path /private is not below /pub/"),
+        ("GET", "/pub/../private", "is not below /pub/"),
+    ] {
+        let r = s.send_request(request(method, path)).await.unwrap();
+        let (status, body) = body_text(r).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(
+            body.contains(&format!("inject authorization into git.test:{port}"))
+                && body.contains(why),
+            "{body}"
+        );
+    }
+    drop(s);
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "denied requests never reach the host");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer host-secret"));
+    assert_eq!(
+        seen[0].host.as_deref(),
+        Some(format!("git.test:{port}").as_str())
+    );
+
+    // Any other host is tunnelled untouched: only the upstream's own certificate works there.
+    let mut c = client(&h.socket("proxy")).await;
+    let r = c
+        .send_request(request("CONNECT", &format!("127.0.0.1:{port}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let upgraded = hyper::upgrade::on(r).await.unwrap();
+    let tls = tls_client(&upstream_ca)
+        .connect(name, TokioIo::new(upgraded))
+        .await
+        .expect("a plain tunnel reaches the upstream's own TLS");
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = s.send_request(request("GET", "/pub/b")).await.unwrap();
+    assert_eq!(body_text(r).await.0, 200);
+    assert_eq!(
+        up.seen.lock().unwrap()[1].authorization,
+        None,
+        "nothing is injected into a tunnel"
+    );
+    drop(s);
+
+    let records = h.records(5).await;
+    let inject: Vec<&EgressRecord> = records.iter().filter(|r| r.kind == "inject").collect();
+    assert_eq!(inject.len(), 4, "{records:?}");
+    let ok = inject.iter().find(|r| r.allowed).unwrap();
+    assert_eq!(
+        (ok.method.as_deref(), ok.path.as_deref(), ok.status),
+        (Some("GET"), Some("/pub/a"), Some(200))
+    );
+    assert!(ok.bytes_in > 0);
+    assert_eq!(inject.iter().filter(|r| !r.allowed).count(), 3);
+    assert!(!format!("{records:?}").contains("host-secret"));
+}
