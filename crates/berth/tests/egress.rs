@@ -288,3 +288,80 @@ fn messages_api_upstream() -> (u16, Seen) {
 fn berth_core_placeholder() -> &'static str {
     "berth-brokered-credential-placeholder"
 }
+
+/// A persistent container keeps its processes' files between runs but not its egress: each run
+/// gets the policy it asks for, through its own proxy, and its own decisions in its record.
+#[test]
+fn a_persistent_container_gets_each_runs_own_policy() {
+    let ws = Workspace::new();
+    let (port, seen) = upstream(hello);
+    let name = format!("egress-held-{}", std::process::id());
+    let allowed = format!("127.0.0.2:{port}");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--image", support::image(), "--name", &name];
+        args.extend_from_slice(extra);
+        args.extend([
+            "--",
+            "sh",
+            "-c",
+            "wget -q -O - http://127.0.0.2:PORT/held; echo got=$?",
+        ]);
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("PORT", &port.to_string()))
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ws.berth(&args).output().unwrap()
+    };
+    let first = run(&["--allow-host", &allowed]);
+    let second = run(&["--allow-host", "other.example"]);
+    let third = run(&[]);
+    let records: Vec<serde_json::Value> = {
+        let mut dirs: Vec<_> = std::fs::read_dir(ws.runs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        dirs.iter()
+            .map(|d| serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap())
+            .collect()
+    };
+    let rm = ws.berth(&["rm", &name]).output().unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("hello-from-upstream\ngot=0"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stderr(&first).contains("created persistent container"),
+        "{}",
+        stderr(&first)
+    );
+    // The same container, a narrower policy: the host the first run reached is refused.
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("created persistent container"));
+    assert!(!stdout(&second).contains("got=0"), "{}", stdout(&second));
+    // No egress asked: no proxy at all.
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert!(!stdout(&third).contains("got=0"), "{}", stdout(&third));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the first run got through"
+    );
+
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["egress"]["allowed"], 1, "{}", records[0]);
+    assert_eq!(records[1]["egress"]["allowed"], 0, "{}", records[1]);
+    assert_eq!(records[1]["egress"]["denied"], 1, "{}", records[1]);
+    assert_eq!(
+        records[1]["egress"]["denied_hosts"][0],
+        format!("127.0.0.2:{port}")
+    );
+    // Mode none is the default, left out of the spec; and no proxy means no egress summary.
+    assert!(records[2]["spec"]["egress"].is_null(), "{}", records[2]);
+    assert!(records[2]["egress"].is_null(), "{}", records[2]);
+}
