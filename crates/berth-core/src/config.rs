@@ -249,6 +249,9 @@ impl ConfigFile {
         for t in &self.egress.tcp {
             crate::egress::parse_tcp(t).map_err(|e| bad("egress.tcp", e))?;
         }
+        self.egress
+            .inject_entries()
+            .map_err(|e| bad("egress.inject", e))?;
         for name in self.env.keys() {
             crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
         }
@@ -303,6 +306,7 @@ impl ConfigFile {
         self.egress.allow.extend(over.egress.allow);
         self.egress.presets.extend(over.egress.presets);
         self.egress.tcp.extend(over.egress.tcp);
+        self.egress.inject.extend(over.egress.inject);
         self
     }
 

@@ -24,6 +24,7 @@ mod inject;
 pub mod usage;
 
 pub use inject::InjectUpstream;
+pub use rustls::pki_types::CertificateDer;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -925,6 +926,18 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
 /// Checks a broker's upstream URL.
 pub fn check_base_url(url: &str) -> Result<(), String> {
     parse_base_url(url).map(|_| ())
+}
+
+/// The certificates of a PEM file's text, for [`Config::extra_roots`].
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
 }
 
 fn client_tls(

@@ -9,7 +9,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use berth_core::egress::{parse_tcp, BrokeredApi, EgressMode, EgressRecord, EgressSummary, Policy};
+use berth_core::egress::{
+    parse_tcp, BrokeredApi, EgressMode, EgressRecord, EgressSummary, Policy, CA_BUNDLE_FILE,
+    CA_FILE,
+};
 use berth_core::event::{Event, EventLine};
 use berth_core::mask::Masker;
 
@@ -31,6 +34,11 @@ pub struct EgressHost {
     pub upstreams: BTreeMap<BrokeredApi, String>,
     /// Names pinned to addresses (tests; see `berth_egress::Config::resolve`).
     pub resolve: BTreeMap<String, std::net::IpAddr>,
+    /// `(NAME, value)` of each injected header's host variable, read on the host. Never sent
+    /// to the sandbox.
+    pub injected: Vec<(String, String)>,
+    /// Roots trusted for upstream TLS besides the system's (`BERTH_EGRESS_UPSTREAM_CA`, tests).
+    pub extra_roots: Vec<berth_egress::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for EgressHost {
@@ -41,7 +49,11 @@ impl std::fmt::Debug for EgressHost {
                 &self.brokered.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("upstreams", &self.upstreams)
-            .finish()
+            .field(
+                "injected",
+                &self.injected.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,6 +107,19 @@ pub fn start(
             credential: value.clone(),
         });
     }
+    let mut inject = Vec::new();
+    for entry in &spec.inject {
+        let Some((_, value)) = host.injected.iter().find(|(n, _)| *n == entry.env) else {
+            return Err(invalid(format!(
+                "the header for {} comes from {}, which was not read on this host",
+                entry.host, entry.env
+            )));
+        };
+        inject.push(berth_egress::InjectUpstream {
+            entry: entry.clone(),
+            value: value.clone(),
+        });
+    }
     let listeners: Vec<String> = spec
         .listeners()
         .into_iter()
@@ -121,15 +146,47 @@ pub fn start(
             tcp,
             brokers,
             resolve: host.resolve.clone(),
+            extra_roots: host.extra_roots.clone(),
+            inject,
+            // The CA outlives no run: the run's time, and a day for what is slow to end.
+            inject_validity: ctx.record.spec.timeout + std::time::Duration::from_secs(86_400),
             ..berth_egress::Config::default()
         },
         sink,
     )
     .map_err(|e| SandboxError::Invalid(format!("starting the egress proxy failed: {e}")))?;
+    if let Some((ca, bundle)) = proxy.ca_files() {
+        write_public(&handle, CA_FILE, ca)?;
+        write_public(&handle, CA_BUNDLE_FILE, bundle)?;
+    }
     Ok(Some(EgressSession {
         _proxy: proxy,
         summary,
     }))
+}
+
+/// Writes a public file (the run CA's certificate) into berth's egress directory, readable by
+/// the sandbox user: made beside and renamed over, so a held container's previous run's file
+/// is replaced whole.
+fn write_public(
+    dir: &berth_archive::beneath::DirHandle,
+    name: &str,
+    text: &str,
+) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    let tmp = format!(".{name}.new");
+    let io = |e| SandboxError::io(&path, e);
+    dir.remove_entry_all(std::ffi::OsStr::new(&tmp))
+        .map_err(io)?;
+    let mut file = dir
+        .create_file(std::ffi::OsStr::new(&tmp), 0o644)
+        .map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    dir.rename_entry(std::ffi::OsStr::new(&tmp), std::ffi::OsStr::new(name))
+        .map_err(io)
 }
 
 /// Where decisions go: masked, appended to events.jsonl, shown by the reporter, summed.

@@ -158,6 +158,13 @@ pub struct RunArgs {
     pub isolation: Option<String>,
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Inject a header into HTTPS requests to HOST[:PORT] (port 443 by default), its value read
+    /// from this host's variable ENV_VAR (it never enters the sandbox): HOST=Header-Name:ENV_VAR.
+    /// berth's proxy terminates TLS to HOST with a CA made for the run, which the sandbox
+    /// trusts through SSL_CERT_FILE and the like; limit methods and paths in berth.toml
+    /// ([egress.inject."HOST"]); repeatable.
+    #[arg(long = "inject-header", value_name = "HOST=HEADER:ENV_VAR")]
+    pub inject_headers: Vec<String>,
     /// Read-only root file system, with writable tmpfs for /tmp and the home directory.
     #[arg(long)]
     pub read_only: bool,

@@ -20,6 +20,9 @@ pub const BERTH_LOG: &str = "BERTH_LOG";
 pub const BERTH_ANTHROPIC_UPSTREAM: &str = "BERTH_ANTHROPIC_UPSTREAM";
 /// The real OpenAI API behind the credential broker [default: https://api.openai.com].
 pub const BERTH_OPENAI_UPSTREAM: &str = "BERTH_OPENAI_UPSTREAM";
+/// A PEM file of root certificates the egress proxy trusts for upstream TLS besides the
+/// system's (brokered APIs and injection hosts); for tests against a local HTTPS server.
+pub const BERTH_EGRESS_UPSTREAM_CA: &str = "BERTH_EGRESS_UPSTREAM_CA";
 pub const HOME: &str = "HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
@@ -93,4 +96,16 @@ pub fn egress_upstreams(
         }
     }
     Ok(out)
+}
+
+/// The roots of `BERTH_EGRESS_UPSTREAM_CA`, if set; an unusable file is an error naming the
+/// variable.
+pub fn egress_upstream_roots() -> Result<Vec<berth_egress::CertificateDer<'static>>, String> {
+    let Some(path) = var(BERTH_EGRESS_UPSTREAM_CA) else {
+        return Ok(Vec::new());
+    };
+    let pem =
+        std::fs::read(&path).map_err(|e| format!("{BERTH_EGRESS_UPSTREAM_CA}: {path}: {e}"))?;
+    berth_egress::certificates_from_pem(&pem)
+        .map_err(|e| format!("{BERTH_EGRESS_UPSTREAM_CA}: {path}: {e}"))
 }

@@ -227,14 +227,7 @@ echo "cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | grep -c 'sk-ant-api0[3]')
         .output()
         .unwrap();
     let (so, se) = (stdout(&out), stderr(&out));
-    let record = ws.last_record();
-    let id = record["id"].as_str().unwrap().to_string();
-    let container = record["container_name"].as_str().unwrap_or("").to_string();
-    let inspect = std::process::Command::new("docker")
-        .args(["inspect", &container])
-        .output()
-        .unwrap();
-    support::force_remove(&container);
+    let (record, id, inspect) = support::inspect_kept_run(&ws);
     assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
     assert!(
         so.contains(&format!(

@@ -100,14 +100,25 @@ pub(crate) async fn prepare_and_run(
         .map(|b| b.credential.clone())
         .collect();
     let brokered = read_secrets(&brokered_names)?;
+    let injected_names: Vec<String> = spec.egress.inject.iter().map(|i| i.env.clone()).collect();
+    let injected = read_secrets(&injected_names).map_err(|e| match e {
+        SandboxError::SecretMissing { name } => SandboxError::InvalidWithHint {
+            message: format!("--inject-header: the header's value comes from {name}, which is not set in berth's environment"),
+            hint: format!("export {name} before running berth (its value stays on this host), or drop the injection host"),
+        },
+        e => e,
+    })?;
+    // Values the sandbox never gets are masked anyway, should any find their way back out.
     let masker = Masker::new(
         &secrets
             .iter()
             .chain(&brokered)
+            .chain(&injected)
             .map(|(_, v)| v.as_str())
             .collect::<Vec<_>>(),
     );
     let upstreams = crate::env::egress_upstreams().map_err(SandboxError::Invalid)?;
+    let extra_roots = crate::env::egress_upstream_roots().map_err(SandboxError::Invalid)?;
     if spec.egress.mode == EgressMode::Open {
         printer.warning("--egress open: the sandbox joins the engine's bridge network and can reach the whole internet; nothing it sends is checked or recorded (use --egress policy with --allow-host to allow only what it needs)");
     }
@@ -271,6 +282,8 @@ pub(crate) async fn prepare_and_run(
         egress: berth_sandbox::egress::EgressHost {
             brokered,
             upstreams,
+            injected,
+            extra_roots,
             ..Default::default()
         },
     };
@@ -603,7 +616,18 @@ fn egress_for(
         network_default: network,
         ceiling: None,
     };
-    berth_core::egress::resolve(&inputs, secrets).map_err(|e| {
+    let mut inject = config
+        .egress
+        .inject_entries()
+        .map_err(SandboxError::Invalid)?;
+    for flag in &args.inject_headers {
+        let entry = berth_core::egress::Inject::parse_flag(flag)
+            .map_err(|e| invalid("--inject-header", e))?;
+        // The flag's entry replaces the config's for the same host (with its limits).
+        inject.retain(|i| i.host != entry.host);
+        inject.push(entry);
+    }
+    berth_core::egress::resolve_with_inject(&inputs, &inject, secrets).map_err(|e| {
         use berth_core::egress::Field;
         let flag = match e.field {
             Field::Mode => "--egress",

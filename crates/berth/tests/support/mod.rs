@@ -21,6 +21,13 @@ pub fn agents_image() -> &'static str {
     IMAGE.get_or_init(|| build_test_image("build-agents"))
 }
 
+/// The test image plus this host's curl and its libraries: a TLS client that reads
+/// CURL_CA_BUNDLE.
+pub fn tls_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| build_test_image("build-tls"))
+}
+
 /// Runs `scripts/test-image.sh MODE` and returns the tag it prints.
 fn build_test_image(mode: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
@@ -150,6 +157,20 @@ pub fn containers_of_run(run_id: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// After a `--keep` run of `ws`: its record, its id and `docker inspect` of its container,
+/// which is then removed.
+pub fn inspect_kept_run(ws: &Workspace) -> (serde_json::Value, String, Output) {
+    let record = ws.last_record();
+    let id = record["id"].as_str().unwrap().to_string();
+    let container = record["container_name"].as_str().unwrap_or("").to_string();
+    let inspect = Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    force_remove(&container);
+    (record, id, inspect)
 }
 
 /// Removes a container left by a test that failed midway.
