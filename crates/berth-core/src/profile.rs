@@ -147,6 +147,9 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// Where the built-in Claude Code profiles mount their sessions directory.
+const CLAUDE_SESSIONS: &str = "/home/agent/.claude";
+
 /// The built-in profiles for berth `version`.
 pub fn builtins(version: &str) -> Vec<(String, ProfileConfig)> {
     let claude = |description: &str, extra: &[&str]| {
@@ -182,14 +185,21 @@ pub fn builtins(version: &str) -> Vec<(String, ProfileConfig)> {
                     "anthropic".to_string(),
                 ),
             ])),
-            // Telemetry and update checks would only be refused by the egress policy.
-            env: Some(BTreeMap::from([(
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_string(),
-                "1".to_string(),
-            )])),
+            env: Some(BTreeMap::from([
+                // Telemetry and update checks would only be refused by the egress policy.
+                (
+                    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_string(),
+                    "1".to_string(),
+                ),
+                // Claude Code keeps its config file (`.claude.json`) beside `~/.claude`, not in
+                // it: only the sessions directory outlives a run, so without this a resumed run
+                // finds its config gone and says so on stderr. It also ties the CLI to the
+                // mounted directory whatever the image's HOME is.
+                ("CLAUDE_CONFIG_DIR".to_string(), CLAUDE_SESSIONS.to_string()),
+            ])),
             output: Some("claude-stream-json".into()),
             agent: Some("claude".into()),
-            sessions: Some("/home/agent/.claude".into()),
+            sessions: Some(CLAUDE_SESSIONS.into()),
             resume_args: Some(strings(&["--resume", "{session}"])),
             continue_args: Some(strings(&["--continue"])),
             ..ProfileConfig::default()
@@ -611,6 +621,20 @@ mod tests {
         );
         let e = find(&profiles, "claud").unwrap_err().to_string();
         assert!(e.contains("`claud`") && e.contains("claude-code"), "{e}");
+    }
+
+    #[test]
+    fn claude_keeps_its_config_in_the_sessions_directory() {
+        let profiles = all();
+        for name in ["claude-code", "claude-code-fast", "claude-code-strong"] {
+            let p = find(&profiles, name).unwrap();
+            let sessions = p.sessions.as_deref().unwrap();
+            assert_eq!(
+                p.env.get("CLAUDE_CONFIG_DIR").map(String::as_str),
+                Some(sessions),
+                "{name}"
+            );
+        }
     }
 
     #[test]
