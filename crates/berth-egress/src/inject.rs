@@ -91,10 +91,12 @@ impl Mitm {
         }
         let now = time::OffsetDateTime::now_utc();
         let not_before = now - time::Duration::hours(1);
-        let not_after = now
-            + time::Duration::try_from(validity)
-                .unwrap_or(time::Duration::days(1))
-                .min(time::Duration::days(400));
+        // Unset (zero) means a day; never more than 400 days.
+        let validity = time::Duration::try_from(validity)
+            .ok()
+            .filter(|v| v.is_positive())
+            .unwrap_or(time::Duration::days(1));
+        let not_after = now + validity.min(time::Duration::days(400));
         let mut params = rcgen::CertificateParams::default();
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(
@@ -443,6 +445,7 @@ mod tests {
         );
         assert_eq!(c.excluded_subtrees.len(), 2);
         let ip = Mitm::new(&[upstream("127.0.0.2:8443=X-Token:T")], Duration::ZERO).unwrap();
+        assert!(ip.not_after - ip.not_before > time::Duration::hours(24));
         let c = name_constraints(&ip.targets);
         assert!(c
             .permitted_subtrees
