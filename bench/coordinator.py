@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: the coordinator (`berth server`) on SQLite and on PostgreSQL.
 
-Usage: python3 bench/coordinator.py [--json] [--stores sqlite,postgres] [--only a,b,c]
+Usage: python3 bench/coordinator.py [--json] [--stores sqlite,postgres] [--only a,b,c,d,e]
                                     [--runs N] [--runners K] [--latency-runs M] [--follow-runs R]
+                                    [--depths 1000,10000,100000] [--depth-claims N]
+                                    [--cross-runs N] [--cross-cancels N]
                                     [--image IMG] [--berth PATH] [--pg-bin DIR]
 
 For each store the benchmark starts its own `berth server` (release binary) on a free port with a
@@ -27,6 +29,14 @@ stopped and removed at the end whatever happens. Then, against the HTTP API:
       after one warm-up round. The run's own timestamps (queued, claimed, container created,
       started, stdout line seen by the runner; for `berth run` its events.jsonl) are reported as
       milliseconds after the spawn.                                         reported, no target
+  (d) claim cost by queue depth: the queue of one project is filled to each depth in turn
+      (default 1,000, 10,000, 100,000 queued runs, submitted through the API from 8 threads),
+      then one synthetic runner claims and finishes M runs (default 200) with wait_ms=0;
+      claim request p50 / p99 at each depth.                          target p50 <= 2 ms
+  (e) PostgreSQL only: a second `berth server` on the same database. A runner thread
+      long-polls server 2 while runs are submitted through server 1 (submit -> claimed), and a
+      runner holding a lease keeps a heartbeat open on server 2 while the run is cancelled
+      through server 1 (cancel -> the heartbeat answers with the cancel).  target p50 <= 20 ms
 
 Exits 0 when every step worked (even if a target is missed), non-zero on any error: a failed
 request, a run claimed twice or never, a run not `succeeded`, a container left behind.
@@ -62,6 +72,7 @@ PHASE_TIMEOUT = 300.0  # seconds for one whole phase
 RUN_TIMEOUT = 120.0  # seconds for one `berth submit --follow` or `berth run`
 CLAIMS_TARGET = 500.0  # claims/s
 LATENCY_P50_TARGET = 0.020  # s
+DEPTH_P50_TARGET = 0.002  # s
 COMMAND = ["sh", "-c", "echo ready"]
 
 
@@ -357,7 +368,9 @@ class StoreBench:
         self.image = image
         self.pg: PgCluster | None = None
         self.server: Proc | None = None
+        self.peer: Proc | None = None  # (e): a second server on the same PostgreSQL database
         self.runner: Proc | None = None
+        self.db: str | None = None
         self.port = 0
         self.meta: dict = {}
         self.env = dict(os.environ)
@@ -376,18 +389,34 @@ class StoreBench:
                 self.meta["postgres"] = self.pg.settings()
             except BenchError:
                 pass
+        self.db = db
         state = self.tmp / "server-state"
-        self.port = free_port()
-        argv = [str(self.args.berth), "server", "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state)]
-        if db:
-            argv += ["--db", db]
-        self.server = Proc("berth server", argv, self.tmp / "server.log", env=self.env)
+        self.server, self.port = self.start_server("berth server", state)
+        admin_token = (state / "admin-token").read_text().strip()
+        self.admin = Api(self.port, admin_token)
+        self.workspace = self.tmp / "workspace"
+        self.workspace.mkdir()
+        os.chmod(self.workspace, 0o777)
+        for project in ("bench-a1", "bench-a2", "bench-b", "bench-c", "bench-d", "bench-e"):
+            self.admin.post("/api/v1/projects", {"name": project, "workspace_root": str(self.workspace)})
+        _, t = self.admin.post("/api/v1/tokens", {"role": "client"})
+        self.client_token = t["token"]
+        _, t = self.admin.post("/api/v1/tokens", {"role": "runner"})
+        self.runner_token = t["token"]
+
+    def start_server(self, name: str, state: Path) -> tuple[Proc, int]:
+        """`berth server` on this store's database with its own state directory, once healthy."""
+        port = free_port()
+        argv = [str(self.args.berth), "server", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)]
+        if self.db:
+            argv += ["--db", self.db]
+        server = Proc(name, argv, self.tmp / f"{name.replace(' ', '-')}.log", env=self.env)
         deadline = time.monotonic() + 60
         while True:
-            if not self.server.alive():
-                raise BenchError(f"berth server exited with {self.server.proc.returncode}:\n{tail(self.server.log)}")
+            if not server.alive():
+                raise BenchError(f"{name} exited with {server.proc.returncode}:\n{tail(server.log)}")
             try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 c.request("GET", "/healthz")
                 if c.getresponse().status == 200:
                     c.close()
@@ -396,24 +425,14 @@ class StoreBench:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise BenchError(f"berth server did not answer /healthz within 60 s:\n{tail(self.server.log)}")
+                raise BenchError(f"{name} did not answer /healthz within 60 s:\n{tail(server.log)}")
             time.sleep(0.05)
-        admin_token = (state / "admin-token").read_text().strip()
-        self.admin = Api(self.port, admin_token)
-        self.workspace = self.tmp / "workspace"
-        self.workspace.mkdir()
-        os.chmod(self.workspace, 0o777)
-        for project in ("bench-a1", "bench-a2", "bench-b", "bench-c"):
-            self.admin.post("/api/v1/projects", {"name": project, "workspace_root": str(self.workspace)})
-        _, t = self.admin.post("/api/v1/tokens", {"role": "client"})
-        self.client_token = t["token"]
-        _, t = self.admin.post("/api/v1/tokens", {"role": "runner"})
-        self.runner_token = t["token"]
+        return server, port
 
     def stop(self) -> list[str]:
         """Stops everything this store started; returns errors (cleanup goes on regardless)."""
         problems = []
-        for p in (self.runner, self.server):
+        for p in (self.runner, self.peer, self.server):
             if p is not None:
                 try:
                     p.stop()
@@ -655,6 +674,119 @@ class StoreBench:
                     p99_ms=percentile(samples, 99) * 1000, max_ms=max(samples) * 1000,
                     min_ms=min(samples) * 1000, samples_ms=[round(s * 1000, 3) for s in samples])
 
+    # (d) claim cost by queue depth
+
+    def stop_runner(self) -> None:
+        """Stops (c)'s real runner: it would claim the synthetic runs of (d) and (e)."""
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+
+    def depth_sweep(self, depths: list[int], claims: int) -> list[dict]:
+        project = "bench-d"
+        self.stop_runner()
+        api = Api(self.port, self.runner_token)
+        rid = self.register(api, f"depth-{self.token}")
+        path = f"/api/v1/runners/{rid}/claim"
+        queued = 0
+        out = []
+        for depth in depths:
+            if depth > queued:
+                progress(f"({self.store}) (d) filling the queue to {depth} runs")
+                _, wall = self.submit_many(project, depth - queued, 8)
+                queued = depth
+            lat = []
+            for _ in range(claims):
+                t0 = time.perf_counter()
+                status, body = api.post(path, {"wait_ms": 0})
+                lat.append(time.perf_counter() - t0)
+                if status != 200:
+                    raise BenchError(f"{self.store}: nothing to claim at depth {depth}")
+                api.post(f"/api/v1/runs/{body['run']['id']}/finish",
+                         {"lease_token": body["lease_token"], "state": "succeeded"})
+            queued -= claims
+            out.append(dict(depth=depth, claims=claims, p50_ms=percentile(lat, 50) * 1000,
+                            p99_ms=percentile(lat, 99) * 1000))
+            progress(f"({self.store}) (d) depth {depth}: claim p50 {out[-1]['p50_ms']:.2f} ms")
+        api.close()
+        return out
+
+    # (e) wake-ups across two servers (PostgreSQL)
+
+    def cross_server(self, runs: int, cancels: int, gap: float) -> dict:
+        self.stop_runner()
+        self.peer, port2 = self.start_server("berth server 2", self.tmp / "server2-state")
+        project = "bench-e"
+        runner = Api(port2, self.runner_token, timeout=40)
+        rid = self.register(runner, f"cross-{self.token}")
+        client = Api(self.port, self.client_token)
+        body = self.submit_body(project)
+        arrivals: queue.Queue = queue.Queue()
+        errors: list[BaseException] = []
+
+        def claim_one():
+            try:
+                status, claimed = runner.post(f"/api/v1/runners/{rid}/claim", {"wait_ms": 20000})
+                arrivals.put((time.perf_counter(), status, claimed))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                arrivals.put((time.perf_counter(), 0, None))
+
+        # submit through server 1 -> claimed through server 2
+        claim_lat = []
+        leases = []
+        for i in range(runs + 5):
+            t = threading.Thread(target=claim_one, daemon=True)
+            t.start()
+            time.sleep(gap)  # the long poll is waiting on server 2
+            t0 = time.perf_counter()
+            _, run = client.post("/api/v1/runs", body)
+            t1, status, claimed = arrivals.get(timeout=60)
+            t.join(5)
+            if errors:
+                raise errors[0]
+            if status != 200 or claimed["run"]["id"] != run["id"]:
+                raise BenchError(f"{self.store}: server 2 did not hand out the run submitted through server 1 "
+                                 f"(status {status})")
+            if i >= 5:
+                claim_lat.append(t1 - t0)
+            leases.append((run["id"], claimed["lease_token"]))
+        # cancel through server 1 -> the heartbeat held open on server 2 answers
+        cancel_lat = []
+        for run_id, lease in leases[:cancels]:
+            done: queue.Queue = queue.Queue()
+
+            def heartbeat(run_id=run_id, lease=lease):
+                try:
+                    _, reply = runner.post(f"/api/v1/runners/{rid}/heartbeat",
+                                           {"leases": [{"run_id": run_id, "lease_token": lease}]})
+                    done.put((time.perf_counter(), reply))
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+                    done.put((time.perf_counter(), {}))
+
+            t = threading.Thread(target=heartbeat, daemon=True)
+            t.start()
+            time.sleep(gap)  # the heartbeat is held on server 2
+            t0 = time.perf_counter()
+            client.post(f"/api/v1/runs/{run_id}/cancel")
+            t1, reply = done.get(timeout=60)
+            t.join(5)
+            if errors:
+                raise errors[0]
+            if run_id not in reply.get("cancel", []):
+                raise BenchError(f"{self.store}: the heartbeat on server 2 did not carry the cancel: {reply}")
+            cancel_lat.append(t1 - t0)
+        for run_id, lease in leases:
+            runner.post(f"/api/v1/runs/{run_id}/finish",
+                        {"lease_token": lease, "state": "cancelled"}, ok=(200, 409))
+        runner.close()
+        client.close()
+        return dict(runs=runs, cancels=cancels, gap_ms=gap * 1000,
+                    claim_p50_ms=percentile(claim_lat, 50) * 1000, claim_p95_ms=percentile(claim_lat, 95) * 1000,
+                    claim_max_ms=max(claim_lat) * 1000,
+                    cancel_p50_ms=percentile(cancel_lat, 50) * 1000, cancel_max_ms=max(cancel_lat) * 1000)
+
     # (c) submit -> first output, real runner, vs berth run
 
     def start_runner(self) -> None:
@@ -803,12 +935,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="berth coordinator benchmark (SQLite and PostgreSQL)")
     ap.add_argument("--json", action="store_true", help="print machine-readable results instead of the table")
     ap.add_argument("--stores", default="sqlite,postgres", help="comma-separated stores (default sqlite,postgres)")
-    ap.add_argument("--only", default="a,b,c", help="comma-separated workloads (default a,b,c)")
+    ap.add_argument("--only", default="a,b,c,d,e", help="comma-separated workloads (default a,b,c,d,e)")
     ap.add_argument("--runs", type=int, default=2000, help="(a) runs per round (default 2000)")
     ap.add_argument("--runners", type=int, default=8, help="(a) synthetic runner threads (default 8)")
     ap.add_argument("--latency-runs", type=int, default=200, help="(b) measured submissions (default 200)")
     ap.add_argument("--gap-ms", type=float, default=20.0, help="(b) pause between submissions (default 20)")
     ap.add_argument("--follow-runs", type=int, default=7, help="(c) measured runs per tool (default 7)")
+    ap.add_argument("--depths", default="1000,10000,100000", help="(d) queue depths (default 1000,10000,100000)")
+    ap.add_argument("--depth-claims", type=int, default=200, help="(d) claims measured per depth (default 200)")
+    ap.add_argument("--cross-runs", type=int, default=100, help="(e) measured submissions (default 100)")
+    ap.add_argument("--cross-cancels", type=int, default=20, help="(e) measured cancels (default 20)")
     ap.add_argument("--image", help="(c) image (default: the one scripts/test-image.sh build prints)")
     ap.add_argument("--berth", type=Path, default=REPO / "target/release/berth", help="berth binary")
     ap.add_argument("--pg-bin", type=Path, default=PG_BIN_DEFAULT, help="PostgreSQL binaries (initdb, pg_ctl)")
@@ -817,9 +953,12 @@ def main() -> int:
     only = {w.strip() for w in args.only.split(",") if w.strip()}
     if not set(stores) <= {"sqlite", "postgres"} or not stores:
         ap.error(f"unknown store in --stores: {args.stores}")
-    if not only <= {"a", "b", "c"} or not only:
+    depths = sorted({int(d) for d in args.depths.split(",") if d.strip()})
+    if not only <= {"a", "b", "c", "d", "e"} or not only:
         ap.error(f"unknown workload in --only: {args.only}")
-    if args.runs < 1 or args.runners < 1 or args.latency_runs < 1 or args.follow_runs < 1:
+    if (args.runs < 1 or args.runners < 1 or args.latency_runs < 1 or args.follow_runs < 1
+            or args.depth_claims < 1 or not depths or depths[0] <= args.depth_claims
+            or args.cross_runs < 1 or not 1 <= args.cross_cancels <= args.cross_runs + 5):
         ap.error("counts must be at least 1")
 
     # A SIGTERM must still run the cleanup below.
@@ -881,6 +1020,12 @@ def main() -> int:
                 if "c" in only:
                     progress(f"({store}) (c) submit --follow vs run, {args.follow_runs} runs each")
                     r["c_first_output"] = sb.follow(args.follow_runs, 1)
+                if "e" in only and store == "postgres":
+                    progress(f"({store}) (e) two servers: {args.cross_runs} submits, {args.cross_cancels} cancels")
+                    r["e_cross_server"] = sb.cross_server(args.cross_runs, args.cross_cancels, args.gap_ms / 1000)
+                if "d" in only:
+                    # Last: it leaves a deep queue behind.
+                    r["d_depth"] = sb.depth_sweep(depths, args.depth_claims)
                 try:
                     r["server_metrics"] = sb.server_metrics()
                 except BenchError:
@@ -987,6 +1132,19 @@ def table_rows(results: dict) -> list[dict]:
                 if ms:
                     rows.append(dict(store=store, metric=f"    {label} milestones (median ms after spawn)",
                                      value=" ".join(f"{k} {v:.0f}" for k, v in ms.items()), target="-", passed=None))
+        for d in r.get("d_depth", []):
+            rows.append(dict(store=store, metric=f"(d) claim p50 at {d['depth']:,} queued ({d['claims']} claims)",
+                             value=f"{d['p50_ms']:.2f} ms (p99 {d['p99_ms']:.1f})",
+                             target=f"<= {DEPTH_P50_TARGET * 1000:.0f} ms", passed=d["p50_ms"] <= DEPTH_P50_TARGET * 1000))
+        if "e_cross_server" in r:
+            e = r["e_cross_server"]
+            rows.append(dict(store=store, metric=f"(e) submit via 1 -> claimed via 2, p50 ({e['runs']} runs)",
+                             value=f"{e['claim_p50_ms']:.1f} ms", target=f"<= {LATENCY_P50_TARGET * 1000:.0f} ms",
+                             passed=e["claim_p50_ms"] <= LATENCY_P50_TARGET * 1000))
+            rows.append(dict(store=store, metric="    p95 / max", value=f"{e['claim_p95_ms']:.1f} / {e['claim_max_ms']:.1f} ms",
+                             target="-", passed=None))
+            rows.append(dict(store=store, metric=f"(e) cancel via 1 -> heartbeat on 2 answers, p50 ({e['cancels']})",
+                             value=f"{e['cancel_p50_ms']:.1f} ms (max {e['cancel_max_ms']:.1f})", target="-", passed=None))
     return rows
 
 
