@@ -184,7 +184,57 @@ pub fn parse_strict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Pa
     };
     de.end()
         .map_err(|e| ParseFailure::Malformed(e.to_string()))?;
+    // A NUL character is valid JSON (`\u0000`) but no text column can hold it (PostgreSQL
+    // refuses it outright): refused here, naming where it is, whatever the store.
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        let mut at = Vec::new();
+        nul_paths(&json, String::new(), &mut at);
+        if !at.is_empty() {
+            return Err(ParseFailure::Invalid(
+                at.into_iter()
+                    .take(MAX_NUL_FIELDS)
+                    .map(|field| FieldError {
+                        field,
+                        message: "contains a NUL character (\\u0000), which no field accepts; send binary data base64-encoded".into(),
+                    })
+                    .collect(),
+            ));
+        }
+    }
     Ok(value)
+}
+
+/// The most fields a NUL refusal names.
+const MAX_NUL_FIELDS: usize = 20;
+
+/// The JSON paths (`a.b[2]`) of strings and keys holding a NUL character.
+fn nul_paths(value: &serde_json::Value, path: String, out: &mut Vec<String>) {
+    if out.len() >= MAX_NUL_FIELDS {
+        return;
+    }
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => out.push(path),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nul_paths(item, format!("{path}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if key.contains('\0') {
+                    out.push(here.replace('\0', "\\u0000"));
+                } else {
+                    nul_paths(item, here, out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Why a body could not be used.
@@ -1093,6 +1143,21 @@ mod tests {
         let beyond = check(agent, Some(ceiling));
         assert!(beyond[0].1.contains("api.anthropic.com:443"), "{beyond:?}");
         assert!(check(agent, Some(&["api.anthropic.com"])).is_empty());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_where_they_are() {
+        match parse_strict::<EventsBody>(
+            br#"{"lease_token":"t","first_seq":1,"events":[{"ts":1,"kind":"stdout","data":"a\u0000b"}]}"#,
+        ) {
+            Err(ParseFailure::Invalid(e)) => assert_eq!(fields(&e), ["events[0].data"]),
+            other => panic!("{other:?}"),
+        }
+        // An escaped backslash followed by `u0000` is text, not a NUL.
+        assert!(parse_strict::<EventsBody>(
+            br#"{"lease_token":"t","first_seq":1,"events":[{"ts":1,"kind":"stdout","data":"a\\u0000b"}]}"#,
+        )
+        .is_ok());
     }
 
     #[test]

@@ -227,13 +227,14 @@ impl OutputPipe {
     }
 
     fn emit_line(&self, line: &[u8]) {
-        let event = match std::str::from_utf8(line) {
-            Ok(text) => Event::Output {
+        // Text unless it is not UTF-8 or holds a NUL (which no store's text column keeps).
+        let event = match std::str::from_utf8(line).ok().filter(|t| !t.contains('\0')) {
+            Some(text) => Event::Output {
                 stream: self.stream,
                 text: Some(text.to_string()),
                 data_base64: None,
             },
-            Err(_) => Event::Output {
+            None => Event::Output {
                 stream: self.stream,
                 text: None,
                 data_base64: Some(base64::engine::general_purpose::STANDARD.encode(line)),

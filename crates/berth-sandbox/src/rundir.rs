@@ -266,6 +266,28 @@ impl RunDir {
         Ok((open("stdout")?, open("stderr")?))
     }
 
+    /// Empties `io/stdout` and `io/stderr` (unlinked and made again, empty and berth's): they
+    /// hold the command's raw output, secrets unmasked, which a kept container must not keep on
+    /// this host. Called once the container has stopped.
+    pub fn discard_io_files(&self) -> Result<(), SandboxError> {
+        let io = self.io_dir();
+        let handle = match self.handle()?.open_dir_entry(OsStr::new("io")) {
+            Ok(h) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SandboxError::io(&io, e)),
+        };
+        for name in ["stdout", "stderr"] {
+            let path = io.join(name);
+            handle
+                .remove_entry_all(OsStr::new(name))
+                .map_err(|e| SandboxError::io(&path, e))?;
+            handle
+                .create_file(OsStr::new(name), 0o600)
+                .map_err(|e| SandboxError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// Creates `egress/`, where the run's egress proxy binds its sockets. It stays berth's
     /// (0755) and is mounted read-only: the sandbox can connect to the sockets, nothing more.
     pub fn create_egress_dir(&self) -> Result<PathBuf, SandboxError> {

@@ -31,6 +31,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Nothing is named with a NUL character, and PostgreSQL cannot even be asked about one.
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(ApiError::NotFound(
+                "no such object: its name holds a NUL character (%00)".into(),
+            ));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Self(value))

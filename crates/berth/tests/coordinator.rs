@@ -2969,3 +2969,28 @@ fn sqlite_gvisor_runs_go_to_runners_that_offer_it_and_run_under_gvisor() {
         text(&o.stderr)
     );
 }
+
+/// Output holding a NUL byte: PostgreSQL's text columns refuse NUL, so such a line travels as
+/// base64, and `berth logs` gives back the bytes.
+fn output_with_nul_bytes_is_kept(db: Db) {
+    let mut c = Cluster::start(db);
+    c.runner("nul", &[]);
+    let id = c.submit(&[], &["sh", "-c", "printf 'a\\000b\\n'; echo after"]);
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let kinds: Vec<String> = c.events(&id, None).iter().map(|e| e.kind.clone()).collect();
+    assert!(kinds.contains(&"stdout_base64".to_string()), "{kinds:?}");
+    let o = c.cli(&["logs", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(o.stdout, b"a\0b\nafter\n");
+}
+
+#[test]
+fn sqlite_output_with_nul_bytes_is_kept() {
+    output_with_nul_bytes_is_kept(Db::Sqlite);
+}
+
+#[test]
+fn postgres_output_with_nul_bytes_is_kept() {
+    output_with_nul_bytes_is_kept(Db::Postgres);
+}

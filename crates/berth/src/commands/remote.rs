@@ -459,17 +459,25 @@ fn show_event(event: &SseEvent, json: bool) {
     let Ok(view) = serde_json::from_str::<EventView>(&event.data) else {
         return;
     };
-    match view.kind.as_str() {
-        "stdout" => {
-            let mut out = std::io::stdout().lock();
-            let _ = out
-                .write_all(view.data.as_bytes())
-                .and_then(|()| out.flush());
-        }
-        "stderr" => {
-            let _ = std::io::stderr().lock().write_all(view.data.as_bytes());
-        }
-        _ => {}
+    // Lines that are not UTF-8 text, or hold a NUL, travel base64-encoded: their bytes as sent.
+    let decoded = |data: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_default()
+    };
+    let (stdout, bytes) = match view.kind.as_str() {
+        "stdout" => (true, view.data.into_bytes()),
+        "stderr" => (false, view.data.into_bytes()),
+        "stdout_base64" => (true, decoded(&view.data)),
+        "stderr_base64" => (false, decoded(&view.data)),
+        _ => return,
+    };
+    if stdout {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+    } else {
+        let _ = std::io::stderr().lock().write_all(&bytes);
     }
 }
 
