@@ -21,6 +21,7 @@
 //! [`EgressRecord`] given to the run's sink.
 
 mod inject;
+mod relay;
 pub mod usage;
 
 pub use inject::InjectUpstream;
@@ -583,7 +584,7 @@ async fn connect(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Respons
                 return;
             }
         };
-        tunnel(TokioIo::new(upgraded), upstream, &tracker).await;
+        relay::tunnel_upgraded(upgraded, upstream, &tracker).await;
     });
     hyper::Response::new(
         Full::new(Bytes::new())
@@ -819,74 +820,7 @@ async fn tcp_forward(stream: UnixStream, host: Host, port: u16, shared: &Shared)
             return;
         }
     };
-    tunnel(stream, upstream, &tracker).await;
-}
-
-/// Copies both ways until both sides are done, counting as it goes (so the counts survive an
-/// error). A peer that resets or goes away is the normal end of a tunnel, not an error.
-async fn tunnel<C>(client: C, upstream: TcpStream, tracker: &Arc<Tracker>)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut client = Counting {
-        inner: client,
-        tracker: tracker.clone(),
-    };
-    let mut upstream = upstream;
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 256 << 10, 256 << 10)
-            .await
-    {
-        use std::io::ErrorKind::*;
-        if !matches!(
-            e.kind(),
-            BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
-        ) {
-            tracker.set(|r| r.error = Some(format!("tunnel: {e}")));
-        }
-    }
-}
-
-/// The sandbox's side of a tunnel: what is read from it went out, what is written to it came in.
-struct Counting<S> {
-    inner: S,
-    tracker: Arc<Tracker>,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        self.tracker.bytes_out.fetch_add(n, Ordering::Relaxed);
-        poll
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &poll {
-            self.tracker
-                .bytes_in
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        poll
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    relay::tunnel(stream, upstream, &tracker).await;
 }
 
 /// A checked base URL: scheme, host, port and path prefix.

@@ -696,3 +696,56 @@ async fn injection_terminates_tls_adds_the_header_and_keeps_to_its_limits() {
     assert_eq!(inject.iter().filter(|r| !r.allowed).count(), 3);
     assert!(!format!("{records:?}").contains("host-secret"));
 }
+
+/// A `CONNECT` tunnel: bytes sent in the same write as the request (which the proxy has read
+/// with it) go first, the rest follow, the half-close reaches the upstream, whose answer comes
+/// back after it; the record counts each way exactly.
+#[tokio::test]
+async fn connect_tunnels_carry_early_bytes_and_half_closes_and_count_exactly() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Reads to the end, then answers with everything it got, twice.
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+    });
+    let h = Harness::start(
+        &["proxy"],
+        Config {
+            policy: policy(&[&format!("127.0.0.1:{port}")]),
+            ..Config::default()
+        },
+    );
+    let early = b"early bytes, in the request's own write";
+    let rest: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+    let mut s = UnixStream::connect(h.socket("proxy")).await.unwrap();
+    let mut head =
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n").into_bytes();
+    head.extend_from_slice(early);
+    s.write_all(&head).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        answer.push(s.read_u8().await.unwrap());
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    s.write_all(&rest).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut back))
+        .await
+        .expect("the upstream answers after the half-close")
+        .unwrap();
+    let sent = [&early[..], &rest].concat();
+    assert!(back == [&sent[..], &sent].concat(), "the answer differs");
+    drop(s);
+    let records = h.records(1).await;
+    assert_eq!(
+        (records[0].bytes_out, records[0].bytes_in),
+        (sent.len() as u64, 2 * sent.len() as u64),
+        "{records:?}"
+    );
+    assert_eq!(records[0].error, None);
+}
