@@ -572,10 +572,31 @@ fn write_to_stderr_of(frame: &Frame, why: &str) {
 }
 
 mod sys {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+
     extern "C" {
         #[link_name = "kill"]
         fn libc_kill(pid: i32, signal: i32) -> i32;
+        #[link_name = "splice"]
+        fn libc_splice(
+            fd_in: i32,
+            off_in: *mut i64,
+            fd_out: i32,
+            off_out: *mut i64,
+            len: usize,
+            flags: u32,
+        ) -> isize;
+        fn pipe2(fds: *mut i32, flags: i32) -> i32;
+        fn fcntl(fd: i32, cmd: i32, ...) -> i32;
     }
+
+    /// From Linux's headers (the same on every architecture).
+    pub const EINVAL: i32 = 22;
+    const SPLICE_F_MOVE: u32 = 1;
+    const O_CLOEXEC: i32 = 0o2000000;
+    const F_SETPIPE_SZ: i32 = 1031;
 
     /// kill(2); std has no wrapper for arbitrary processes and the shim takes no libc crate.
     #[allow(unsafe_code)] // a plain syscall with integer arguments.
@@ -584,6 +605,50 @@ mod sys {
         unsafe {
             libc_kill(pid, signal);
         }
+    }
+
+    /// A pipe: blocking, close-on-exec.
+    pub struct Pipe {
+        pub read: File,
+        pub write: File,
+    }
+
+    impl Pipe {
+        /// A new pipe holding up to `bytes` where the system allows (less over the user's pipe
+        /// quota, which only means smaller steps).
+        #[allow(unsafe_code)] // pipe2(2) and fcntl(2) have no std wrappers.
+        pub fn new(bytes: usize) -> io::Result<Self> {
+            let mut fds = [-1i32; 2];
+            // SAFETY: pipe2 writes two descriptors into the array, which has room for two.
+            if unsafe { pipe2(fds.as_mut_ptr(), O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: pipe2 succeeded: both are new descriptors that nothing else owns.
+            let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+            let size = i32::try_from(bytes).unwrap_or(i32::MAX);
+            // SAFETY: F_SETPIPE_SZ takes an integer; the descriptor is ours and open.
+            unsafe { fcntl(write.as_raw_fd(), F_SETPIPE_SZ, size) };
+            Ok(Self { read, write })
+        }
+    }
+
+    /// splice(2): moves up to `len` bytes from `from` to `to` (one of them a pipe) in the
+    /// kernel, waiting as a read or write on them would. Returns how many moved, 0 at the end.
+    #[allow(unsafe_code)] // splice(2) has no std wrapper.
+    pub fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> io::Result<usize> {
+        // SAFETY: both descriptors are borrowed, so open for the call; the offsets are null
+        // (sockets and pipes have none), and no memory of ours is read or written.
+        let n = unsafe {
+            libc_splice(
+                from.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                SPLICE_F_MOVE,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -843,20 +908,52 @@ fn relay(client: std::net::TcpStream, upstream: std::os::unix::net::UnixStream) 
     let out = std::thread::Builder::new()
         .stack_size(64 << 10)
         .spawn(move || {
-            let _ = copy_all(&mut client_r, &mut upstream_w);
+            let _ = pass_on(&mut client_r, &mut upstream_w);
             let _ = upstream_w.shutdown(std::net::Shutdown::Write);
         });
     let (mut upstream_r, mut client_w) = (upstream, client);
-    let _ = copy_all(&mut upstream_r, &mut client_w);
+    let _ = pass_on(&mut upstream_r, &mut client_w);
     let _ = client_w.shutdown(std::net::Shutdown::Write);
     if let Ok(out) = out {
         let _ = out.join();
     }
 }
 
-/// `io::copy` with a 64 KiB buffer.
+/// The most one direction holds in its pipe (or buffer), and moves in one step.
+const RELAY_BYTES: usize = 256 << 10;
+
+/// Passes one direction on until `from` ends. splice(2) moves the bytes through a pipe, so they
+/// are never copied into the forwarder; where the system cannot splice these descriptors
+/// (`EINVAL`), what the pipe holds and the rest are copied with read and write.
+fn pass_on(from: &mut (impl Read + AsFd), to: &mut (impl Write + AsFd)) -> io::Result<()> {
+    let Ok(pipe) = sys::Pipe::new(RELAY_BYTES) else {
+        return copy_all(from, to);
+    };
+    loop {
+        let mut held = match sys::splice(from, &pipe.write, RELAY_BYTES) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(sys::EINVAL) => return copy_all(from, to),
+            Err(e) => return Err(e),
+        };
+        while held > 0 {
+            match sys::splice(&pipe.read, to, held) {
+                Ok(n) => held -= n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(sys::EINVAL) => {
+                    io::copy(&mut (&pipe.read).take(held as u64), to)?;
+                    return copy_all(from, to);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `io::copy` with a [`RELAY_BYTES`] buffer.
 fn copy_all(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; RELAY_BYTES];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -1166,5 +1263,114 @@ mod mount_check_tests {
         let e = check_mounts(&options(&[format!("--expect-mount-ctime=x:y:{path}")])).unwrap_err();
         assert!(e.contains("not what berth checked"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod relay_tests {
+    use super::*;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 12) as u8 ^ seed)
+            .collect()
+    }
+
+    /// One end: sends `data` and shuts for writing, then reads to the end; or, with
+    /// `read_first`, reads to the end before it sends.
+    fn side<S: Read + Write + Send + 'static>(
+        mut s: S,
+        data: Vec<u8>,
+        read_first: bool,
+        shut: fn(&S),
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            if read_first {
+                s.read_to_end(&mut got).unwrap();
+            }
+            s.write_all(&data).unwrap();
+            shut(&s);
+            if !read_first {
+                s.read_to_end(&mut got).unwrap();
+            }
+            got
+        })
+    }
+
+    /// Relays `out` bytes from the sandbox's client and `into` bytes from the proxy; with
+    /// `first`, that side sends and half-closes before the other reads to the end and sends.
+    fn check(out: usize, into: usize, first: Option<&str>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (upstream, proxy) = UnixStream::pair().unwrap();
+        let relay = std::thread::spawn(move || relay(accepted, upstream));
+        let (sent_out, sent_in) = (pattern(out, 1), pattern(into, 2));
+        let c = side(client, sent_out.clone(), first == Some("proxy"), |s| {
+            s.shutdown(Shutdown::Write).unwrap()
+        });
+        let p = side(proxy, sent_in.clone(), first == Some("client"), |s| {
+            s.shutdown(Shutdown::Write).unwrap()
+        });
+        // A half-close not passed on leaves a side waiting: a failure, not a hang.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((c.join().unwrap(), p.join().unwrap(), relay.join()));
+        });
+        let (got_in, got_out, relayed) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(relayed.is_ok());
+        assert!(
+            got_out == sent_out,
+            "the proxy got other bytes ({out}, {into}, {first:?})"
+        );
+        assert!(
+            got_in == sent_in,
+            "the client got other bytes ({out}, {into}, {first:?})"
+        );
+    }
+
+    #[test]
+    fn relay_passes_bytes_exactly_both_ways_with_half_closes() {
+        check(8 * RELAY_BYTES + 3, 5 * RELAY_BYTES + 1, None);
+        check(7, 3 * RELAY_BYTES + 5, Some("client"));
+        check(3 * RELAY_BYTES + 5, 11, Some("proxy"));
+        check(0, RELAY_BYTES, Some("client"));
+        check(0, 0, None);
+    }
+
+    /// Where splice cannot write (a file opened for appending: `EINVAL`), what the pipe holds
+    /// and the rest are copied.
+    #[test]
+    fn what_cannot_be_spliced_is_copied() {
+        let path = std::env::temp_dir().join(format!("berth-shim-append-{}", std::process::id()));
+        let mut to = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        to.write_all(b"<").unwrap();
+        let mut to = OpenOptions::new().append(true).open(&path).unwrap();
+        let (mut from, writer) = UnixStream::pair().unwrap();
+        let data = pattern(3 * RELAY_BYTES + 7, 3);
+        let sent = data.clone();
+        let w = side(writer, data, false, |s| {
+            s.shutdown(Shutdown::Write).unwrap()
+        });
+        pass_on(&mut from, &mut to).unwrap();
+        drop(from);
+        w.join().unwrap();
+        let got = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            got[0] == b'<' && got[1..] == sent[..],
+            "other bytes arrived"
+        );
     }
 }
