@@ -390,6 +390,7 @@ mod tests {
             owner_labels: Default::default(),
             remote_engine: false,
             egress_host_path: None,
+            egress_engine_path: None,
         }
     }
 

@@ -188,8 +188,11 @@ pub struct PlanContext {
     /// `out_host_path` and `io_host_path` are not mounted; see [`ContainerPlan::berth_volume`].
     pub remote_engine: bool,
     /// With egress policy: the host directory holding the proxy's sockets, mounted read-only at
-    /// [`EGRESS_TARGET`].
+    /// [`EGRESS_TARGET`] by a local engine (the proxy serves it in every case).
     pub egress_host_path: Option<PathBuf>,
+    /// With egress policy on a remote (`ssh://`) engine: the directory on the engine's host
+    /// where ssh forwards a socket to each of the proxy's, mounted at [`EGRESS_TARGET`] instead.
+    pub egress_engine_path: Option<PathBuf>,
 }
 
 /// What a run may not ask of an engine on another host: nothing of this host can be mounted
@@ -356,7 +359,12 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
     }
     let policy = spec.egress.mode == crate::egress::EgressMode::Policy;
     if policy {
-        if let Some(dir) = ctx.egress_host_path.as_ref().filter(|_| !ctx.remote_engine) {
+        let source = if ctx.remote_engine {
+            ctx.egress_engine_path.as_ref()
+        } else {
+            ctx.egress_host_path.as_ref()
+        };
+        if let Some(dir) = source {
             binds.push(BindMount {
                 source: dir.clone(),
                 target: EGRESS_TARGET.to_string(),
@@ -534,6 +542,7 @@ pub(crate) mod tests {
             owner_labels: BTreeMap::new(),
             remote_engine: false,
             egress_host_path: None,
+            egress_engine_path: None,
         }
     }
 
@@ -562,6 +571,43 @@ pub(crate) mod tests {
         );
         assert_eq!(plan.entrypoint, ["/berth/shim", "--"]);
         assert_eq!(plan_container(&spec(), &ctx()).berth_volume, None);
+    }
+
+    #[test]
+    fn egress_sockets_come_from_this_host_or_from_the_ssh_forward_on_the_engines_host() {
+        let mut s = spec();
+        s.workspace_mode = WorkspaceMode::None;
+        s.egress.mode = crate::egress::EgressMode::Policy;
+        let egress_bind = |c: &PlanContext| {
+            plan_container(&s, c)
+                .binds
+                .into_iter()
+                .find(|b| b.target == EGRESS_TARGET)
+        };
+        let local = PlanContext {
+            egress_host_path: Some("/runs/r1/egress".into()),
+            egress_engine_path: Some("/tmp/berth-egress.x".into()),
+            ..ctx()
+        };
+        let expected = |source: &str| {
+            Some(BindMount {
+                source: source.into(),
+                target: EGRESS_TARGET.into(),
+                read_only: true,
+            })
+        };
+        assert_eq!(egress_bind(&local), expected("/runs/r1/egress"));
+        // A remote engine never mounts a path of this host, only the forward's directory.
+        let remote = PlanContext {
+            remote_engine: true,
+            ..local.clone()
+        };
+        assert_eq!(egress_bind(&remote), expected("/tmp/berth-egress.x"));
+        let unforwarded = PlanContext {
+            egress_engine_path: None,
+            ..remote
+        };
+        assert_eq!(egress_bind(&unforwarded), None);
     }
 
     #[test]

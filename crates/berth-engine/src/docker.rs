@@ -544,6 +544,13 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
 }
 
 impl Engine for DockerEngine {
+    fn ssh_target(&self) -> Option<&crate::endpoint::SshTarget> {
+        match &self.endpoint {
+            Endpoint::Ssh(target) => Some(target),
+            Endpoint::Unix(_) | Endpoint::Tcp { .. } => None,
+        }
+    }
+
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(inspect) => {

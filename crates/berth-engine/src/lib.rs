@@ -19,6 +19,7 @@ pub mod diagnose;
 pub mod docker;
 pub mod endpoint;
 pub mod ssh;
+pub mod ssh_egress;
 
 pub use build_context::BuildContext;
 pub use diagnose::{Diagnosis, DiagnosisReport};
@@ -224,4 +225,9 @@ pub trait Engine: Send + Sync {
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.
     fn list_managed(&self) -> impl Future<Output = EngineResult<Vec<ContainerSummary>>> + Send;
+    /// How the engine's host is reached when it is an `ssh://` engine: a run's egress sockets
+    /// travel the same way ([`ssh_egress`]). `None` for every other engine.
+    fn ssh_target(&self) -> Option<&endpoint::SshTarget> {
+        None
+    }
 }

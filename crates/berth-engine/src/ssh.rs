@@ -54,8 +54,23 @@ impl std::fmt::Debug for SshTunnel {
 
 /// ssh's arguments for `target`, forwarding `remote_socket` to `local_socket`.
 pub fn ssh_args(target: &SshTarget, local_socket: &Path) -> Vec<String> {
+    let mut args = vec!["-nNT".to_string()];
+    args.extend(ssh_options(target));
+    args.push("-L".into());
+    args.push(format!(
+        "{}:{}",
+        local_socket.display(),
+        target.remote_socket
+    ));
+    args.push("--".into());
+    args.push(destination(target));
+    args
+}
+
+/// The options every ssh berth starts for `target` gets: never prompt, no shared connection,
+/// forwards that fail end ssh, the user's options before berth's defaults, port and user.
+pub(crate) fn ssh_options(target: &SshTarget) -> Vec<String> {
     let mut args: Vec<String> = [
-        "-nNT",
         // Never prompt: berth has no terminal to offer ssh, and a prompt would hang the run.
         "-o",
         "BatchMode=yes",
@@ -89,21 +104,16 @@ pub fn ssh_args(target: &SshTarget, local_socket: &Path) -> Vec<String> {
     if let Some(user) = &target.user {
         args.extend(["-l".into(), user.clone()]);
     }
-    args.push("-L".into());
-    args.push(format!(
-        "{}:{}",
-        local_socket.display(),
-        target.remote_socket
-    ));
-    args.push("--".into());
-    args.push(
-        target
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-    );
     args
+}
+
+/// The host argument, after `--` (an IPv6 address without its brackets).
+pub(crate) fn destination(target: &SshTarget) -> String {
+    target
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 impl SshTunnel {
@@ -225,7 +235,7 @@ impl Drop for SshTunnel {
 /// SIGKILL leaves no ssh behind. Tunnels are opened on the runtime's worker threads, which live
 /// as long as berth.
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -236,7 +246,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn last_line(text: &str) -> Option<&str> {
+pub(crate) fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 

@@ -259,6 +259,7 @@ async fn run_claimed(
         home: None,
         engine_socket: engine.endpoint().socket_path(),
         remote_engine: !engine.endpoint().is_local() && run.execution_mode != ExecutionMode::Local,
+        ssh_engine: engine.ssh_target().is_some(),
         own_paths: &own,
     });
     let checked = match checked {

@@ -2,6 +2,10 @@
 //! run's egress directory (`<run dir>/egress`, or a held container's), stopped when the run
 //! ends. Each decision becomes an `egress` event (events.jsonl and the reporter, so a runner's
 //! server sees it too) and is summed into the record.
+//!
+//! On an `ssh://` engine the sandbox cannot mount that directory; [`forward_to_engine`] carries
+//! its sockets to the engine's host (`berth_engine::ssh_egress`) for as long as the container
+//! exists, and the plan mounts the forward's directory there instead.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,6 +19,9 @@ use berth_core::egress::{
 };
 use berth_core::event::{Event, EventLine};
 use berth_core::mask::Masker;
+use berth_core::plan::{sandbox_user, PlanContext};
+use berth_engine::ssh_egress::{EgressForward, RemoteAccess};
+use berth_engine::Engine;
 
 use crate::clock::now_rfc3339;
 use crate::output::Reporter;
@@ -187,6 +194,73 @@ fn write_public(
     file.write_all(text.as_bytes()).map_err(io)?;
     dir.rename_entry(std::ffi::OsStr::new(&tmp), std::ffi::OsStr::new(name))
         .map_err(io)
+}
+
+/// For a run with egress policy on a remote engine: makes a private directory on the engine's
+/// host, forwards a socket there to each of the proxy's sockets in the run's egress directory,
+/// and points the plan's `/berth/egress` at it. `None` when nothing needs carrying (no policy,
+/// or a local engine). Only an `ssh://` engine can carry them; any other remote engine is
+/// refused (as `launch::check_request` already does) rather than given a network.
+///
+/// The caller keeps the forward until the container is gone and then [`close_forward`]s it;
+/// dropped on any other path, it still ends ssh, and the remote directory goes with it.
+pub(crate) async fn forward_to_engine<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    plan_context: &mut PlanContext,
+) -> Result<Option<EgressForward>, SandboxError> {
+    let spec = &ctx.record.spec;
+    if spec.egress.mode != EgressMode::Policy || !plan_context.remote_engine {
+        return Ok(None);
+    }
+    let Some(target) = engine.ssh_target() else {
+        return Err(crate::launch::remote_egress_refused());
+    };
+    let Some(local_dir) = plan_context.egress_host_path.clone() else {
+        return Err(SandboxError::Invalid(
+            "egress policy needs the proxy's socket directory on this host".into(),
+        ));
+    };
+    let names: Vec<String> = spec
+        .egress
+        .listeners()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    let user = sandbox_user(
+        spec.user,
+        plan_context.invoking_uid,
+        plan_context.invoking_gid,
+    );
+    let forward = EgressForward::open(target, &local_dir, &names, user)
+        .await
+        .map_err(|e| SandboxError::WithHint {
+            message: format!(
+                "carrying the egress proxy's sockets to the engine's host over ssh failed: {e}"
+            ),
+            hint: "berth runs `ssh -R` to the engine's host as it does for the engine's socket; the remote sshd must allow stream-local forwarding (AllowStreamLocalForwarding, the default), and the remote login shell must be a POSIX shell with mktemp; or run with --egress none".into(),
+        })?;
+    if forward.access() == RemoteAccess::Shared {
+        ctx.emit(Event::Warning {
+            message: format!(
+                "the ssh login user on the engine's host is neither root nor the sandbox's uid {}: the egress sockets in {} are open to every account there while the run lasts (log in as root or as uid {} to keep them to the sandbox)",
+                user.0,
+                forward.remote_dir(),
+                user.0
+            ),
+        });
+    }
+    plan_context.egress_engine_path = Some(forward.remote_dir().into());
+    Ok(Some(forward))
+}
+
+/// Ends a run's forward once its container is gone; what could not be cleaned up is a warning.
+pub(crate) async fn close_forward(ctx: &mut RunContext, forward: Option<EgressForward>) {
+    if let Some(forward) = forward {
+        if let Err(message) = forward.close().await {
+            ctx.emit(Event::Warning { message });
+        }
+    }
 }
 
 /// Where decisions go: masked, appended to events.jsonl, shown by the reporter, summed.

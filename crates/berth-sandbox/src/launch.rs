@@ -29,6 +29,9 @@ pub struct Request<'a> {
     /// The engine's socket on this host, when the engine is local.
     pub engine_socket: Option<&'a Path>,
     pub remote_engine: bool,
+    /// The remote engine is reached through ssh, which can carry the egress proxy's sockets to
+    /// its host (`ssh -R`, see `berth_engine::ssh_egress`).
+    pub ssh_engine: bool,
     /// berth's own places (`(path, what it is)`): the state directory, the cache with the shim,
     /// the configuration with the trust store.
     pub own_paths: &'a [(&'a Path, &'a str)],
@@ -47,10 +50,16 @@ pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxErro
         if request.spec.persistent.is_some() {
             return Err(crate::run::remote_persistent_refused());
         }
-        if request.spec.egress.mode == berth_core::egress::EgressMode::Policy {
+        if request.spec.egress.mode == berth_core::egress::EgressMode::Policy && !request.ssh_engine
+        {
+            return Err(remote_egress_refused());
+        }
+        // Only the proxy's sockets travel to an ssh engine's host, not the run CA's files that
+        // header injection puts beside them.
+        if let Some(inject) = request.spec.egress.inject.first() {
             return Err(SandboxError::InvalidWithHint {
-                message: "egress policy cannot be used on a remote engine: the sandbox reaches berth's egress proxy through a socket of this host, which a remote engine cannot mount".into(),
-                hint: "run on the local engine (drop --engine), or choose --egress none (no network) or --egress open (the remote engine's bridge network, unchecked and unrecorded)".into(),
+                message: format!("header injection (for {}) is not available on a remote engine: the sandbox trusts the run's CA through a file of this host's egress directory, which is not carried to the engine's host", inject.host),
+                hint: "run on the local engine (drop --engine) to inject headers, or drop --inject-header and [egress.inject] for this run".into(),
             });
         }
     }
@@ -69,6 +78,15 @@ pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxErro
     )?;
     prepare::check_berth_paths(request.own_paths, request.spec.workspace_mode, &checked)?;
     Ok(checked)
+}
+
+/// Why egress policy cannot be had on a remote engine other than an `ssh://` one, with what to
+/// do instead. Never the bridge network in its place: that would open what the policy closes.
+pub fn remote_egress_refused() -> SandboxError {
+    SandboxError::InvalidWithHint {
+        message: "egress policy needs an ssh:// engine when the engine is remote: the sandbox reaches berth's egress proxy through sockets of this host, which only ssh can carry to the engine's host (ssh -R); this engine is reached another way".into(),
+        hint: "reach the engine through ssh (--engine ssh://USER@HOST, or host = \"ssh://USER@HOST\" in [engines.NAME]), or run on the local engine (drop --engine), or choose --egress none (no network) or --egress open (the engine's bridge network, unchecked and unrecorded)".into(),
+    }
 }
 
 /// The host side of a checked run, ready for `execute_docker`.
@@ -124,12 +142,13 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
     } else {
         None
     };
-    let egress_host_path =
-        if spec.egress.mode == berth_core::egress::EgressMode::Policy && !host.remote_engine {
-            Some(ctx.run_dir.create_egress_dir()?)
-        } else {
-            None
-        };
+    // The proxy serves this directory whatever the engine; an ssh engine's sandbox reaches it
+    // through the forward that `execute_docker` opens (see `berth_engine::ssh_egress`).
+    let egress_host_path = if spec.egress.mode == berth_core::egress::EgressMode::Policy {
+        Some(ctx.run_dir.create_egress_dir()?)
+    } else {
+        None
+    };
     let mount_identities = host.checked.identities_for(&host.workspace);
     let mut mounts = host.checked.mounts;
     for extra in host.extra_mounts {
@@ -156,6 +175,7 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
         owner_labels,
         remote_engine: host.remote_engine,
         egress_host_path,
+        egress_engine_path: None,
     };
     // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
     // (diff written, worktree removed) after the run whatever happened to it.

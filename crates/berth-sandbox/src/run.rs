@@ -375,7 +375,25 @@ pub fn isolated_persistent_refused(mode: berth_core::spec::WorkspaceMode) -> San
 
 /// A run in a container of its own: create, drive, collect, remove. Returns the final state
 /// and reason, or why the container could not be created (to end the run with its hint).
+///
+/// On an `ssh://` engine with egress policy the proxy's sockets are forwarded to the engine's
+/// host first, and the forward ends only once the container is gone.
 pub(crate) async fn execute_cold<E: Engine>(
+    engine: &E,
+    ctx: &mut RunContext,
+    run: &DockerRun,
+    mut plan_context: PlanContext,
+    interrupts: &mut Interrupts,
+) -> Result<(RunState, Option<String>), (String, SandboxError)> {
+    let forward = crate::egress::forward_to_engine(engine, ctx, &mut plan_context)
+        .await
+        .map_err(|e| (String::new(), e))?;
+    let outcome = execute_cold_container(engine, ctx, run, plan_context, interrupts).await;
+    crate::egress::close_forward(ctx, forward).await;
+    outcome
+}
+
+async fn execute_cold_container<E: Engine>(
     engine: &E,
     ctx: &mut RunContext,
     run: &DockerRun,
@@ -1337,6 +1355,7 @@ pub(crate) mod tests {
                     state_dir_in_workspace: Some("state".into()),
                     owner_labels: BTreeMap::new(),
                     egress_host_path: None,
+                    egress_engine_path: None,
                     remote_engine,
                 },
                 secrets: self.secrets.clone(),

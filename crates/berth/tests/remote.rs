@@ -52,15 +52,22 @@ fn run_id_of(ws: &Workspace) -> String {
     ws.last_record()["id"].as_str().unwrap().to_string()
 }
 
-#[test]
-fn ssh_engine_runs_end_to_end_and_names_each_failure() {
+/// A private directory with a client key (`id_client`) and an sshd that accepts it, with
+/// `extra` lines in its configuration.
+fn sshd_in_dir(extra: &str) -> (tempfile::TempDir, PathBuf, Sshd) {
     let dir = tempfile::Builder::new()
         .prefix("berth-sshd-")
         .tempdir()
         .unwrap();
     let key = dir.path().join("id_client");
     keygen(&key);
-    let sshd = start_sshd(dir.path(), &key);
+    let sshd = start_sshd_with(dir.path(), &key, extra);
+    (dir, key, sshd)
+}
+
+#[test]
+fn ssh_engine_runs_end_to_end_and_names_each_failure() {
+    let (dir, key, sshd) = sshd_in_dir("");
     let known_hosts = dir.path().join("known_hosts");
     let wrong_key = dir.path().join("id_other");
     keygen(&wrong_key);
@@ -456,4 +463,201 @@ fn tls_engine_runs_end_to_end_and_names_each_failure() {
         .unwrap();
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["diagnosis"], "ok", "{d}");
+}
+
+/// A fake HTTP upstream on 127.0.0.2 that answers every request with `hello-over-ssh`, and
+/// counts them.
+fn hello_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "hello-over-ssh\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, served)
+}
+
+/// Entries of the sshd sessions' TMPDIR, where the forwards' directories are made.
+fn remote_dirs(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// No ssh process carries sockets into `tmp` any more.
+fn assert_no_forward_left(tmp: &Path) {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{}/berth-egress", tmp.display())])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(pids.is_empty(), "egress forwards left: {pids}");
+}
+
+/// Egress policy on an ssh engine: the proxy's sockets travel to the engine's host by `ssh -R`
+/// into a private directory there (the sshd gives its sessions their own TMPDIR, so the test
+/// can watch it), the sandbox reaches the allowed host through them and is refused the rest,
+/// every decision is recorded, and the directory and the forward are gone after the run, also
+/// when berth is killed. A tcp:// engine refuses egress policy with a hint.
+#[test]
+fn ssh_engine_carries_the_egress_proxy_and_tcp_refuses_it() {
+    // The sshd's sessions get a TMPDIR of the test's, made before the first session.
+    let remote_tmp_name = tempfile::Builder::new()
+        .prefix("berth-rtmp-")
+        .tempdir()
+        .unwrap();
+    let remote_tmp = remote_tmp_name.path().to_path_buf();
+    let (dir, key, sshd) = sshd_in_dir(&format!("SetEnv TMPDIR={}\n", remote_tmp.display()));
+    let known_hosts = dir.path().join("known_hosts");
+    let config = [
+        ssh_engine("box", sshd.port, &key, &known_hosts, ""),
+        "[engines.plain]\nhost = \"tcp://127.0.0.1:1\"\ninsecure_plain_tcp = true\n".to_string(),
+    ]
+    .concat();
+    let ws = workspace_with(&config);
+    let (port, served) = hello_upstream();
+    let allowed = format!("127.0.0.2:{port}");
+    let script = format!(
+        r#"
+wget -q -O - http://{allowed}/hello; echo "allowed=$?"
+wget -q -O - http://denied.example/ ; echo "denied=$?"
+{{ printf 'GET http://denied.example/x HTTP/1.0\r\n\r\n'; sleep 2; }} | nc 127.0.0.1 41080
+grep ' /berth/egress ' /proc/self/mountinfo
+ls /sys/class/net
+"#
+    );
+    let out = ws.run(
+        &[
+            "--engine",
+            "box",
+            "--workspace-mode",
+            "none",
+            "--allow-host",
+            &allowed,
+        ],
+        &["sh", "-c", &script],
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    println!("stdout: {so}\nstderr: {se}");
+    assert_eq!(out.status.code(), Some(0), "{se}");
+    assert!(so.contains("hello-over-ssh\nallowed=0"), "{so}");
+    assert!(!so.contains("denied=0"), "{so}");
+    assert!(so.contains("HTTP/1.0 403 Forbidden"), "{so}");
+    assert!(so.contains("--allow-host denied.example:80"), "{so}");
+    // The sandbox's sockets are the forward's, in the directory on the engine's host.
+    assert!(
+        so.lines().any(|l| l.contains(" /berth/egress ")
+            && l.contains("berth-rtmp-")
+            && l.contains("/berth-egress.")),
+        "{so}"
+    );
+    assert_eq!(so.lines().last(), Some("lo"), "only loopback: {so}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let events: Vec<serde_json::Value> =
+        std::fs::read_to_string(ws.last_run().join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| e["event"] == "egress")
+            .collect();
+    let allowed_events: Vec<_> = events.iter().filter(|e| e["allowed"] == true).collect();
+    assert_eq!(allowed_events.len(), 1, "{events:?}");
+    assert_eq!(allowed_events[0]["rule"], allowed.as_str());
+    let denied: Vec<_> = events.iter().filter(|e| e["allowed"] == false).collect();
+    assert_eq!(denied.len(), 2, "{events:?}");
+    assert!(denied.iter().all(|e| e["host"] == "denied.example"));
+    let record = ws.last_record();
+    assert_eq!(record["egress"]["allowed"], 1);
+    assert_eq!(record["egress"]["denied"], 2);
+    assert!(containers_of_run(&run_id_of(&ws)).is_empty());
+    // After the run: no remote directory, no forward.
+    assert!(
+        remote_dirs(&remote_tmp).is_empty(),
+        "{:?}",
+        remote_dirs(&remote_tmp)
+    );
+    assert_no_forward_left(&remote_tmp);
+
+    // berth killed mid-run: the kernel ends its ssh, and the directory goes with the session.
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--engine",
+            "box",
+            "--workspace-mode",
+            "none",
+            "--allow-host",
+            &allowed,
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while remote_dirs(&remote_tmp).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no forward made"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = run_id_of(&ws);
+    let started = std::time::Instant::now();
+    while !remote_dirs(&remote_tmp).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the remote directory outlived berth: {:?}",
+            remote_dirs(&remote_tmp)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_no_forward_left(&remote_tmp);
+    for container in containers_of_run(&id) {
+        force_remove(&container);
+    }
+
+    // tcp:// cannot carry the sockets: refused before anything starts, never opened up.
+    let out = ws.run(
+        &[
+            "--engine",
+            "plain",
+            "--workspace-mode",
+            "none",
+            "--allow-host",
+            "example.org",
+        ],
+        &["true"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("egress policy needs an ssh:// engine when the engine is remote")
+            && err.contains("hint: reach the engine through ssh"),
+        "{err}"
+    );
+    assert_no_tunnel_left(sshd.port);
 }

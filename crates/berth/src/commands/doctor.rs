@@ -167,6 +167,7 @@ async fn time_sandbox_start(
             owner_labels: berth_sandbox::owner::owner_labels(ctx.run_dir.path()),
             remote_engine: !engine.endpoint().is_local(),
             egress_host_path: None,
+            egress_engine_path: None,
         };
         let (_tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
         let started = Instant::now();

@@ -128,6 +128,11 @@ pub struct Sshd {
 }
 
 pub fn start_sshd(dir: &Path, client_key: &Path) -> Sshd {
+    start_sshd_with(dir, client_key, "")
+}
+
+/// [`start_sshd`] with `extra` lines appended to its sshd_config.
+pub fn start_sshd_with(dir: &Path, client_key: &Path, extra: &str) -> Sshd {
     let host_key = dir.join("host_key");
     sh(
         "ssh-keygen",
@@ -157,7 +162,7 @@ pub fn start_sshd(dir: &Path, client_key: &Path) -> Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowStreamLocalForwarding yes\nPidFile none\n",
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowStreamLocalForwarding yes\nPidFile none\n{extra}",
                     host_key.display(),
                     authorized.display()
                 ),
