@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Claimed, ExecutionMode, FinishBody};
-use berth_core::egress::{BrokeredApi, EgressMode};
+use berth_core::egress::EgressMode;
 use berth_core::mask::Masker;
 use berth_core::plan::{labels, sandbox_user};
 use berth_core::profile::{Profile, Resume};
@@ -180,7 +180,7 @@ async fn run_claimed(
             shared.runner_id
         ));
     }
-    let (spec, stdin) = match spec_for(claimed, &shared.config.profiles) {
+    let (spec, stdin) = match spec_for(claimed, &shared.config.profiles, &shared.config.inject) {
         Ok(built) => built,
         Err(e) => return Outcome::error(e),
     };
@@ -207,39 +207,43 @@ async fn run_claimed(
         Ok(s) => s,
         Err(e) => return Outcome::error(e),
     };
-    // Brokered credentials: read here, held by this runner's egress proxy, never sent to the
-    // sandbox.
-    let brokered: Result<Vec<(String, String)>, String> = spec
-        .egress
-        .brokers
-        .iter()
-        .map(|b| {
-            std::env::var(&b.credential)
-                .map(|v| (b.credential.clone(), v))
-                .map_err(|_| {
-                    format!(
-                        "credential `{}` is not set in the environment of runner `{}`",
-                        b.credential, shared.runner_id
-                    )
-                })
-        })
-        .collect();
-    let brokered = match brokered {
+    // Brokered credentials and injected headers' values: read here, held by this runner's egress
+    // proxy, never sent to the sandbox.
+    let brokered = match berth_sandbox::egress::read_host_values(
+        &spec
+            .egress
+            .brokers
+            .iter()
+            .map(|b| b.credential.clone())
+            .collect::<Vec<_>>(),
+    ) {
         Ok(b) => b,
+        Err(name) => {
+            return Outcome::error(format!(
+                "credential `{name}` is not set in the environment of runner `{}`",
+                shared.runner_id
+            ))
+        }
+    };
+    let injected = match berth_sandbox::egress::read_host_values(
+        &spec.egress.inject.iter().map(|i| i.env.clone()).collect::<Vec<_>>(),
+    ) {
+        Ok(b) => b,
+        Err(name) => {
+            return Outcome::error(format!(
+                "the header injected for this runner's [egress.inject] hosts comes from `{name}`, which is not set in the environment of runner `{}`",
+                shared.runner_id
+            ))
+        }
+    };
+    let upstreams = match berth_sandbox::egress::upstreams_from_env() {
+        Ok(u) => u,
         Err(e) => return Outcome::error(e),
     };
-    let mut upstreams = std::collections::BTreeMap::new();
-    for (api, var) in [
-        (BrokeredApi::Anthropic, "BERTH_ANTHROPIC_UPSTREAM"),
-        (BrokeredApi::Openai, "BERTH_OPENAI_UPSTREAM"),
-    ] {
-        if let Some(url) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
-            if let Err(e) = berth_egress::check_base_url(&url) {
-                return Outcome::error(format!("{var}: {e}"));
-            }
-            upstreams.insert(api, url);
-        }
-    }
+    let extra_roots = match berth_sandbox::egress::upstream_roots_from_env() {
+        Ok(r) => r,
+        Err(e) => return Outcome::error(e),
+    };
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
     let state_dir = StateDir::new(shared.config.state_dir.clone());
@@ -322,7 +326,15 @@ async fn run_claimed(
     ) {
         return Outcome::error(format!("{}: {e}", run_dir.path().display()));
     }
-    let masker = Masker::new(&secrets.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>());
+    // Values the sandbox never gets are masked anyway, should any find their way back out.
+    let masker = Masker::new(
+        &secrets
+            .iter()
+            .chain(&brokered)
+            .chain(&injected)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>(),
+    );
     let execution = if local {
         Execution::Local
     } else {
@@ -381,6 +393,8 @@ async fn run_claimed(
                 egress: berth_sandbox::egress::EgressHost {
                     brokered,
                     upstreams,
+                    injected,
+                    extra_roots,
                     ..Default::default()
                 },
             },
@@ -438,7 +452,12 @@ pub(crate) fn outcome_of(ctx: &RunContext, run_dir: RunDir) -> Outcome {
 
 /// The sandbox spec of a claimed run, as `berth run` would build it, and the bytes for the
 /// command's stdin (a prompt the profile reads there).
-fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<Vec<u8>>), String> {
+/// The run's spec from the claimed request, this host's profiles and its `[egress.inject]` hosts.
+fn spec_for(
+    claimed: &Claimed,
+    profiles: &[Profile],
+    inject: &[berth_core::egress::Inject],
+) -> Result<(RunSpec, Option<Vec<u8>>), String> {
     let s = &claimed.run.sandbox;
     let profile = s
         .profile
@@ -570,8 +589,14 @@ fn spec_for(claimed: &Claimed, profiles: &[Profile]) -> Result<(RunSpec, Option<
         network_default,
         ceiling: claimed.egress_ceiling.as_deref(),
     };
-    let (egress, network, secrets) = berth_core::egress::resolve(&inputs, secrets)
-        .map_err(|e| format!("sandbox.egress: {}", e.message))?;
+    // Header injection is this host's configuration (its values are in this runner's
+    // environment): it applies to the runs that have egress policy.
+    let with_policy = berth_core::egress::resolve(&inputs, Vec::new())
+        .is_ok_and(|(spec, _, _)| spec.mode == EgressMode::Policy);
+    let inject = if with_policy { inject } else { &[] };
+    let (egress, network, secrets) =
+        berth_core::egress::resolve_with_inject(&inputs, inject, secrets)
+            .map_err(|e| format!("sandbox.egress: {}", e.message))?;
     let spec = RunSpec {
         image,
         command,

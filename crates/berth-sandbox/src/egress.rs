@@ -64,6 +64,48 @@ impl std::fmt::Debug for EgressHost {
     }
 }
 
+/// Where the credential broker sends each API, from `BERTH_ANTHROPIC_UPSTREAM` and
+/// `BERTH_OPENAI_UPSTREAM` in this process's environment; an unusable value is an error naming
+/// the variable. Shared by `berth run` and the runner.
+pub fn upstreams_from_env() -> Result<BTreeMap<BrokeredApi, String>, String> {
+    let mut out = BTreeMap::new();
+    // The real APIs behind the broker [default: https://api.anthropic.com,
+    // https://api.openai.com]; for tests against a local server.
+    for (api, name) in [
+        (BrokeredApi::Anthropic, "BERTH_ANTHROPIC_UPSTREAM"),
+        (BrokeredApi::Openai, "BERTH_OPENAI_UPSTREAM"),
+    ] {
+        if let Some(url) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+            berth_egress::check_base_url(&url).map_err(|e| format!("{name}: {e}"))?;
+            out.insert(api, url);
+        }
+    }
+    Ok(out)
+}
+
+/// The roots of `BERTH_EGRESS_UPSTREAM_CA` (a PEM file), trusted for upstream TLS besides the
+/// system's; none when unset. An unusable file is an error naming the variable.
+pub fn upstream_roots_from_env() -> Result<Vec<berth_egress::CertificateDer<'static>>, String> {
+    const NAME: &str = "BERTH_EGRESS_UPSTREAM_CA";
+    let Some(path) = std::env::var(NAME).ok().filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(&path).map_err(|e| format!("{NAME}: {path}: {e}"))?;
+    berth_egress::certificates_from_pem(&pem).map_err(|e| format!("{NAME}: {path}: {e}"))
+}
+
+/// Reads `(NAME, value)` for each name from this process's environment, or names the first one
+/// missing (an empty value counts as missing).
+pub fn read_host_values(names: &[String]) -> Result<Vec<(String, String)>, String> {
+    names
+        .iter()
+        .map(|name| match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok((name.clone(), v)),
+            _ => Err(name.clone()),
+        })
+        .collect()
+}
+
 /// A running proxy and what it has seen so far.
 pub struct EgressSession {
     _proxy: berth_egress::Proxy,

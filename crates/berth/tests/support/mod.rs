@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod ssh;
+pub mod tls;
 pub mod workflow;
 
 use std::path::{Path, PathBuf};
