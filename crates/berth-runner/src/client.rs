@@ -1,5 +1,8 @@
-//! The coordinator's HTTP API as the runner and the CLI use it.
+//! The coordinator's HTTP API as the runner and the CLI use it, over HTTPS (rustls, the system's
+//! roots plus `--ca`) or plain HTTP: to this machine freely, to another host only when asked.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::ErrorBody;
@@ -20,13 +23,31 @@ pub enum ApiError {
         message: String,
         fields: Vec<berth_api::FieldError>,
     },
+    /// The client cannot be made as asked (the URL, the CA file): nothing was sent.
+    #[error("{message}")]
+    Setup { message: String, hint: String },
+    /// The TLS handshake failed: most often a certificate this client does not accept.
+    #[error("TLS with the berth server at {url} failed: {message}")]
+    Tls {
+        url: String,
+        message: String,
+        hint: String,
+    },
 }
 
 impl ApiError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Status { status, .. } => Some(*status),
-            Self::Unreachable { .. } => None,
+            Self::Unreachable { .. } | Self::Setup { .. } | Self::Tls { .. } => None,
+        }
+    }
+
+    /// What to change, when this error says.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Self::Setup { hint, .. } | Self::Tls { hint, .. } => Some(hint),
+            Self::Unreachable { .. } | Self::Status { .. } => None,
         }
     }
 
@@ -74,32 +95,176 @@ pub fn artifact_url_path(run_id: &str, relative: &std::path::Path) -> String {
     )
 }
 
+/// How a client reaches its server, beyond the URL.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// A PEM file of CA certificates trusted besides the system's roots (`--ca`, `BERTH_CA`).
+    pub ca: Option<PathBuf>,
+    /// Allows `http://` to a host that is not this machine (`--insecure-http`,
+    /// `BERTH_INSECURE_HTTP`): the token and all run output cross the network in clear.
+    pub insecure_http: bool,
+}
+
+/// The hint for a server URL that is refused or warned about.
+const USE_HTTPS: &str = "serve HTTPS (berth server --tls-cert FILE --tls-key FILE) and use an https:// URL; on a network you trust, --insecure-http (BERTH_INSECURE_HTTP=1) allows plain HTTP";
+
+/// Checks a server URL against `transport` before anything is sent: `https://`, or `http://` to
+/// a loopback address, or `http://` elsewhere with `--insecure-http` (then with the warning to
+/// give on every use).
+pub fn check_url(base: &str, transport: &Transport) -> Result<Option<String>, ApiError> {
+    let setup = |message: String, hint: &str| ApiError::Setup {
+        message,
+        hint: hint.to_string(),
+    };
+    let url = reqwest::Url::parse(base).map_err(|e| {
+        setup(
+            format!("the server URL `{base}` is not a URL: {e}"),
+            "pass --server URL (or set BERTH_SERVER), e.g. https://berth.example.com:8765",
+        )
+    })?;
+    match url.scheme() {
+        "https" => Ok(None),
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(None)
+            } else if transport.insecure_http {
+                Ok(Some(format!("plain HTTP to {host} (--insecure-http): the token and all run output cross the network in clear")))
+            } else {
+                Err(setup(
+                    format!("refusing plain HTTP to {host}, which is not this machine: the token and all run output would cross the network in clear"),
+                    USE_HTTPS,
+                ))
+            }
+        }
+        other => Err(setup(
+            format!("the server URL `{base}` has the scheme `{other}`: berth speaks https:// (or http:// to this machine)"),
+            "pass --server https://HOST:PORT",
+        )),
+    }
+}
+
+/// The roots an HTTPS client trusts: the system's, and the certificates of `ca`.
+fn trusted_roots(ca: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system roots are no reason to fail: --ca may be all that is needed.
+    let (added, _ignored) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let Some(path) = ca else {
+        if added == 0 {
+            return Err(ApiError::Setup {
+                message: "no root certificates: this system has none, and no --ca was given"
+                    .into(),
+                hint: "pass --ca FILE (or set BERTH_CA) with the certificate of the CA that signed the server's, in PEM".into(),
+            });
+        }
+        return Ok(roots);
+    };
+    let refused = |problem: String| {
+        ApiError::Setup {
+        message: format!("--ca {}: {problem}", path.display()),
+        hint: "--ca FILE (BERTH_CA) takes the certificate of the CA that signed the server's certificate, in PEM".into(),
+    }
+    };
+    let pem = std::fs::read(path).map_err(|e| refused(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| refused(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(refused(
+            "no certificate found: expected PEM `-----BEGIN CERTIFICATE-----` blocks".into(),
+        ));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| refused(format!("a certificate cannot be used: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// rustls with ring, trusting `roots`. reqwest is built without a provider of its own, so every
+/// client gets this, plain HTTP ones with no roots at all.
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ApiError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ApiError::Setup {
+        message: format!("TLS cannot be set up: {e}"),
+        hint: "this is a bug in berth".into(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// An authenticated client of one server.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    warning: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> Result<Self, ApiError> {
+    /// A client of the server at `base`, checked against `transport` ([`check_url`]).
+    pub fn new(base: &str, token: &str, transport: &Transport) -> Result<Self, ApiError> {
+        let warning = check_url(base, transport)?;
+        let https = base.starts_with("https:");
+        let roots = if https {
+            trusted_roots(transport.ca.as_deref())?
+        } else {
+            rustls::RootCertStore::empty()
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .tls_backend_preconfigured(tls_config(roots)?)
+            .https_only(https)
             .build()
-            .map_err(|e| ApiError::Unreachable {
-                url: base.to_string(),
-                message: e.to_string(),
+            .map_err(|e| ApiError::Setup {
+                message: format!("the HTTP client cannot be set up: {}", error_chain(&e)),
+                hint: "this is a bug in berth".into(),
             })?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: token.trim().to_string(),
+            warning,
         })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The warning to give on every use of this client (plain HTTP to another host).
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// A failed request as an error: the TLS problem when there is one, else unreachable.
+    fn failed(&self, e: &reqwest::Error) -> ApiError {
+        match tls_failure(e) {
+            Some((message, hint)) => ApiError::Tls {
+                url: self.base.clone(),
+                message,
+                hint,
+            },
+            None => ApiError::Unreachable {
+                url: self.base.clone(),
+                message: error_chain(e),
+            },
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -116,10 +281,7 @@ impl Client {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| ApiError::Unreachable {
-                url: self.base.clone(),
-                message: error_chain(&e),
-            })?;
+            .map_err(|e| self.failed(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -261,6 +423,50 @@ async fn decode<T: DeserializeOwned>(
         message: format!("unexpected answer: {e}"),
         fields: Vec::new(),
     })
+}
+
+/// The rustls error inside a failed request, as a message and a hint, if TLS is what failed.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    use rustls::CertificateError as C;
+    let mut next = Some(e);
+    let mut found = None;
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            found = Some(tls);
+            break;
+        }
+        // io::Error hides the error it carries from source() (and may carry another io::Error).
+        next = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    let error = found?;
+    let ca = "pass --ca FILE (or set BERTH_CA) with the certificate of the CA that signed the server's certificate, in PEM";
+    let hint = match error {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer | C::BadSignature => {
+                format!("the server's certificate is signed by a CA this machine does not trust: {ca}")
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => "the server's certificate does not name the host of the URL: use a name it holds in --server, or give the server a certificate for this one".to_string(),
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => "the server's certificate is outside its validity period: renew it (berth server reloads it on SIGHUP), or check this machine's clock".to_string(),
+            // `openssl req -x509` makes CA certificates unless told otherwise.
+            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which TLS clients refuse as a server's own: give the server a certificate without CA:TRUE, signed by a CA that --ca names".to_string(),
+            _ => ca.to_string(),
+        },
+        rustls::Error::InvalidMessage(_) => "the server does not seem to speak TLS: start it with --tls-cert and --tls-key, or use http:// for a server on this machine".to_string(),
+        _ => ca.to_string(),
+    };
+    let message = match error {
+        rustls::Error::InvalidCertificate(_) => {
+            format!("the server's certificate was not accepted ({error})")
+        }
+        _ => error.to_string(),
+    };
+    Some((message, hint))
 }
 
 /// reqwest's errors hide the useful part (connection refused, timed out) in their sources.

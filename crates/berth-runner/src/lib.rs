@@ -25,7 +25,7 @@ use berth_engine::diagnose::ProbeEnv;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-pub use client::{ApiError, Client};
+pub use client::{ApiError, Client, Transport};
 
 /// The label that ties a container to the runner that created it.
 pub const RUNNER_LABEL: &str = "berth.runner-id";
@@ -87,6 +87,8 @@ enum Phase {
 pub struct RunnerConfig {
     pub server: String,
     pub token: String,
+    /// The CA to trust besides the system's, and whether plain HTTP to another host is allowed.
+    pub transport: Transport,
     pub name: String,
     pub tags: Vec<String>,
     pub require_matching_tags: bool,
@@ -221,8 +223,11 @@ impl Shared {
 /// progress the drain timeout; then they are stopped (SIGTERM, the stop grace, SIGKILL) and their
 /// containers removed. What the server could not be told by then is kept in the journal and sent
 /// by the next start.
-pub async fn run(config: RunnerConfig, mut stop: watch::Receiver<Stop>) -> Result<(), String> {
-    let client = Client::new(&config.server, &config.token).map_err(|e| e.to_string())?;
+pub async fn run(config: RunnerConfig, mut stop: watch::Receiver<Stop>) -> Result<(), Failure> {
+    let client = Client::new(&config.server, &config.token, &config.transport)?;
+    if let Some(warning) = client.warning() {
+        tracing::warn!("{warning}");
+    }
     // Until the runner works, a stop request ends it at once.
     let registered = tokio::select! {
         registered = register(&client, &config) => registered?,
@@ -310,9 +315,35 @@ async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<Stop>) {
     shared.phase.send_replace(Phase::Abandoned);
 }
 
+/// Why a runner could not work, and what to change when that is known.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            hint: None,
+        }
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self {
+            hint: e.hint().map(str::to_string),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Registers, retrying with backoff while the server is unreachable or failing. A refusal (403:
-/// the name is bound to another runner token, or the token is no runner token) is final.
-async fn register(client: &Client, config: &RunnerConfig) -> Result<Registered, String> {
+/// the name is bound to another runner token, or the token is no runner token) is final, and so
+/// is a TLS failure (a certificate this runner does not accept): neither goes away by waiting.
+async fn register(client: &Client, config: &RunnerConfig) -> Result<Registered, Failure> {
     let body = RegisterRunner {
         name: config.name.clone(),
         tags: config.tags.clone(),
@@ -327,8 +358,9 @@ async fn register(client: &Client, config: &RunnerConfig) -> Result<Registered, 
         {
             Ok(r) => return Ok(r),
             Err(e) if e.status() == Some(403) => {
-                return Err(format!("registering as `{}` was refused: {e}", config.name))
+                return Err(format!("registering as `{}` was refused: {e}", config.name).into())
             }
+            Err(e @ ApiError::Tls { .. }) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.peek(), "registering failed");
                 backoff.wait().await;

@@ -78,6 +78,24 @@ impl Caller {
     }
 }
 
+/// The secret of a request's `Authorization: Bearer SECRET` header, or a 401 saying what is
+/// wrong with the header.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing `Authorization: Bearer TOKEN` header".into())
+        })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer TOKEN`".into())
+        })
+}
+
 impl<S: Store> FromRequestParts<Arc<App<S>>> for Caller {
     type Rejection = ApiError;
 
@@ -85,24 +103,35 @@ impl<S: Store> FromRequestParts<Arc<App<S>>> for Caller {
         parts: &mut Parts,
         app: &Arc<App<S>>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing `Authorization: Bearer TOKEN` header".into())
-            })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the Authorization header must be `Bearer TOKEN`".into())
-            })?;
+        let secret = bearer(parts)?;
         let token = app
             .store
             .token_by_hash(&hash_secret(secret))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
         Ok(Caller { token })
+    }
+}
+
+/// A caller allowed to read `/metrics`: one with the metrics token, when the server has one, or
+/// with any API token.
+#[derive(Debug)]
+pub struct MetricsReader;
+
+impl<S: Store> FromRequestParts<Arc<App<S>>> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App<S>>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(expected) = &app.config.metrics_token_hash {
+            if hash_secret(bearer(parts)?) == *expected {
+                return Ok(MetricsReader);
+            }
+        }
+        Caller::from_request_parts(parts, app)
+            .await
+            .map(|_| MetricsReader)
     }
 }

@@ -13,6 +13,7 @@ mod metrics;
 pub mod openapi;
 mod routes;
 mod sweeper;
+pub mod tls;
 mod views;
 pub mod workflows;
 
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub max_event_body_bytes: usize,
     /// Largest accepted artifact upload.
     pub max_artifact_bytes: usize,
+    /// The SHA-256 (hex) of the token `/metrics` also accepts, besides any API token; for a
+    /// scraper that should hold no API token (`--metrics-token-file`).
+    pub metrics_token_hash: Option<String>,
 }
 
 impl ServerConfig {
@@ -53,6 +57,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             max_event_body_bytes: 16 << 20,
             max_artifact_bytes: 512 << 20,
+            metrics_token_hash: None,
         }
     }
 }
@@ -179,17 +184,47 @@ fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     file.write_all(b"\n")
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, with the sweeper running.
+/// Serves the API on `listener` until `shutdown` resolves, with the sweeper running: plain HTTP,
+/// or HTTPS with `tls` (whose certificate and key are reloaded on SIGHUP).
 pub async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     app: Arc<App<S>>,
+    tls: Option<tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = spawn_sweeper(app.clone());
     let wakes = tokio::spawn(relay_wakes(app.clone()));
-    let result = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            let stop = tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(None);
+            });
+            let reloads = tokio::spawn(tls.clone().reload_on_sighup());
+            let server = listener
+                .into_std()
+                .and_then(|l| axum_server::from_tcp_rustls(l, tls.acceptor_config()));
+            let served = match server {
+                Ok(server) => {
+                    server
+                        .handle(handle)
+                        .serve(router(app).into_make_service())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            stop.abort();
+            reloads.abort();
+            served
+        }
+    };
     sweeper.abort();
     wakes.abort();
     result

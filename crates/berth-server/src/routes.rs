@@ -22,7 +22,7 @@ use berth_store::{
 use futures_util::{Stream, StreamExt};
 use rand::Rng;
 
-use crate::auth::{hash_secret, new_secret, Caller};
+use crate::auth::{hash_secret, new_secret, Caller, MetricsReader};
 use crate::clock::now_ms;
 use crate::error::{ApiError, ApiResult, ServerFailure};
 use crate::extract::{Body, UrlPath};
@@ -159,12 +159,18 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     parse_strict(body).map_err(ApiError::from)
 }
 
-async fn readyz<S: Store>(State(app): AppState<S>, _caller: Caller) -> ApiResult<&'static str> {
-    app.store.ping().await?;
+/// For probes: no token, and nothing but whether the store answers (why not is logged only).
+async fn readyz<S: Store>(State(app): AppState<S>) -> ApiResult<&'static str> {
+    if let Err(e) = app.store.ping().await {
+        tracing::warn!(error = %e, "not ready: the store does not answer");
+        return Err(ApiError::Unavailable(
+            "not ready: the store does not answer".into(),
+        ));
+    }
     Ok("ready\n")
 }
 
-async fn metrics<S: Store>(State(app): AppState<S>, _caller: Caller) -> ApiResult<Response> {
+async fn metrics<S: Store>(State(app): AppState<S>, _reader: MetricsReader) -> ApiResult<Response> {
     let counts = app.store.count_by_state().await?;
     let mut by_state: Vec<(String, i64)> = RunState::ALL
         .iter()

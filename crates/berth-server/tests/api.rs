@@ -44,38 +44,53 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let mut request = Request::builder()
+    let request = Request::builder()
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    let response = berth_server::router(f.app.clone())
-        .oneshot(request.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let (status, bytes) = answer(&f.app, request, token, Body::from(body.to_string())).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
     )
 }
 
+/// The router's answer to `request` (with `token` as the bearer, if any): status and body.
+async fn answer(
+    app: &Arc<App<SqlStore>>,
+    mut request: axum::http::request::Builder,
+    token: Option<&str>,
+    body: Body,
+) -> (StatusCode, Vec<u8>) {
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let response = berth_server::router(app.clone())
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, bytes.to_vec())
+}
+
 const GOOD_RUN: &str = r#"{"project":"demo","sandbox":{"image":"img","command":["true"]}}"#;
 
+/// What probes call: no token needed, and nothing but a status in the answer.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
 #[tokio::test]
-async fn every_endpoint_but_healthz_needs_a_token() {
+async fn every_endpoint_but_the_probes_needs_a_token() {
     let f = fixture().await;
-    assert_eq!(
-        call(&f, "GET", "/healthz", None, "").await.0,
-        StatusCode::OK
-    );
+    for (path, body) in PROBES.iter().zip(["ok\n", "ready\n"]) {
+        let (status, bytes) = answer(&f.app, Request::get(*path), None, Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(String::from_utf8_lossy(&bytes), body, "{path}");
+    }
     for (method, path) in berth_server::openapi::ROUTES {
-        if *path == "/healthz" {
+        if PROBES.contains(path) {
             continue;
         }
         let concrete = path.replace("{id}", "x").replace("{path}", "a.txt");
@@ -340,10 +355,6 @@ async fn the_openapi_document_matches_the_router() {
 async fn metrics_and_readiness() {
     let f = fixture().await;
     call(&f, "POST", "/api/v1/runs", Some(&f.client), GOOD_RUN).await;
-    assert_eq!(
-        call(&f, "GET", "/readyz", Some(&f.client), "").await.0,
-        StatusCode::OK
-    );
     let response = berth_server::router(f.app.clone())
         .oneshot(
             Request::get("/metrics")
@@ -368,4 +379,47 @@ async fn metrics_and_readiness() {
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
+}
+
+/// `/metrics` with a token: (status, body).
+async fn metrics_as(app: &Arc<App<SqlStore>>, token: Option<&str>) -> (StatusCode, String) {
+    let (status, bytes) = answer(app, Request::get("/metrics"), token, Body::empty()).await;
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn the_metrics_token_opens_metrics_and_nothing_else() {
+    const METRICS: &str = "metrics-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let app = support::app(dir.path(), &["demo"], |config| {
+        config.metrics_token_hash = Some(berth_server::hash_secret(METRICS));
+    })
+    .await;
+    let client = token(&app, Role::Client, Some("demo")).await;
+    let (status, text) = metrics_as(&app, Some(METRICS)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("berth_queue_depth 0"), "{text}");
+    // API tokens still read it; a wrong or missing token does not.
+    assert_eq!(metrics_as(&app, Some(&client)).await.0, StatusCode::OK);
+    assert_eq!(
+        metrics_as(&app, Some("metrics-secret-wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(metrics_as(&app, None).await.0, StatusCode::UNAUTHORIZED);
+    // The metrics token is no API token.
+    let (status, _) = answer(
+        &app,
+        Request::get("/api/v1/runs"),
+        Some(METRICS),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A server without one does not take it.
+    let other = tempfile::tempdir().unwrap();
+    let plain = support::app(other.path(), &[], |_| {}).await;
+    assert_eq!(
+        metrics_as(&plain, Some(METRICS)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -377,8 +377,15 @@ async fn every_server_failure_is_logged() {
         );
         // The store is gone: 503, logged with the request.
         f.app.store.close().await;
-        let ((status, _), lines) = logged(call(&f, "GET", "/readyz", &f.client, "", None)).await;
+        let ((status, reply), lines) =
+            logged(call(&f, "GET", "/readyz", &f.client, "", None)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", f.kind);
+        // Probes need no token, so the answer says nothing about the store but that it is down.
+        assert_eq!(
+            reply["error"], "not ready: the store does not answer",
+            "{}",
+            f.kind
+        );
         let errors = error_lines(&lines);
         assert!(
             errors

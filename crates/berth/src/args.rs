@@ -250,6 +250,8 @@ pub struct ListArgs {
     pub server: Option<String>,
     #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// With --server: only runs in this state.
     #[arg(long = "state")]
     pub run_state: Option<String>,
@@ -275,6 +277,8 @@ pub struct ShowArgs {
     pub server: Option<String>,
     #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     #[command(flatten)]
     pub state: StateArgs,
     #[arg(long, value_name = "DIR")]
@@ -377,12 +381,43 @@ pub struct RmArgs {
 /// How to reach a berth server.
 #[derive(Debug, Args, Clone)]
 pub struct RemoteArgs {
-    /// The server's URL, e.g. http://127.0.0.1:8765 [env: BERTH_SERVER].
+    /// The server's URL, e.g. https://berth.example.com:8765, or http://127.0.0.1:8765 on this
+    /// machine [env: BERTH_SERVER].
     #[arg(long, global = true, env = crate::env::BERTH_SERVER, value_name = "URL")]
     pub server: Option<String>,
     /// A bearer token [env: BERTH_TOKEN]; admin commands fall back to <state dir>/admin-token.
     #[arg(long, global = true, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// How the connection to a berth server is secured.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TransportArgs {
+    /// A PEM file of CA certificates to trust for the server's certificate, besides the
+    /// system's roots (for a private CA) [env: BERTH_CA].
+    #[arg(long, global = true, env = crate::env::BERTH_CA, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on this machine: the token and all run
+    /// output cross the network in clear (warned about on every use) [env: BERTH_INSECURE_HTTP].
+    #[arg(
+        long,
+        global = true,
+        env = crate::env::BERTH_INSECURE_HTTP,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_http: bool,
+}
+
+impl TransportArgs {
+    pub fn transport(&self) -> berth_runner::Transport {
+        berth_runner::Transport {
+            ca: self.ca.clone(),
+            insecure_http: self.insecure_http,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -405,6 +440,17 @@ pub struct ServerArgs {
     /// How often runners heartbeat; three missed heartbeats mark a runner offline.
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub heartbeat: String,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first); with
+    /// --tls-key. SIGHUP reloads both files; a pair that cannot be used is refused and logged.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (not encrypted).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A file holding a token that /metrics accepts besides the API tokens, for a scraper that
+    /// should hold no API token [env: BERTH_METRICS_TOKEN_FILE].
+    #[arg(long, env = crate::env::BERTH_METRICS_TOKEN_FILE, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

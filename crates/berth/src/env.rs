@@ -69,6 +69,13 @@ pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 pub const BERTH_SERVER: &str = "BERTH_SERVER";
 /// The bearer token for client commands and runners.
 pub const BERTH_TOKEN: &str = "BERTH_TOKEN";
+/// A PEM file of CA certificates client commands and runners trust for the server's certificate,
+/// besides the system's roots (`--ca`).
+pub const BERTH_CA: &str = "BERTH_CA";
+/// `1` (or `true`): allow plain http:// to a server on another host (`--insecure-http`).
+pub const BERTH_INSECURE_HTTP: &str = "BERTH_INSECURE_HTTP";
+/// A file holding the token `/metrics` accepts besides the API tokens (`--metrics-token-file`).
+pub const BERTH_METRICS_TOKEN_FILE: &str = "BERTH_METRICS_TOKEN_FILE";
 
 /// `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`, else a directory under /tmp.
 pub fn data_dir() -> std::path::PathBuf {

@@ -292,10 +292,68 @@ struct RunnerProcess {
     child: Child,
 }
 
+/// A test CA and the server certificate it issued last, in `dir`: `ca.pem`, `cert.pem`,
+/// `key.pem`.
+struct TestPki {
+    dir: PathBuf,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    /// A CA, and a first server certificate (subject `CN=first`) for localhost and 127.0.0.1.
+    fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "berth test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let pki = Self {
+            dir: dir.to_path_buf(),
+            ca,
+        };
+        pki.issue("first");
+        pki
+    }
+
+    /// Writes a new server certificate with the subject `CN=name`, and its key; returns both
+    /// in PEM.
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        std::fs::write(self.cert(), &cert).unwrap();
+        std::fs::write(self.key(), &key).unwrap();
+        (cert, key)
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
 /// A server, its runners and everything they need, in one temporary directory.
 struct Cluster {
     db: Db,
     dir: tempfile::TempDir,
+    /// With a CA and a certificate: the server serves HTTPS, clients and runners get `--ca`.
+    tls: Option<TestPki>,
     db_url: Option<String>,
     url: String,
     listen: String,
@@ -330,6 +388,15 @@ impl Cluster {
 
     /// The same with the servers' `--lease` and `--heartbeat`.
     fn start_with(db: Db, lease: &'static str, heartbeat: &'static str) -> Self {
+        Self::start_full(db, lease, heartbeat, false)
+    }
+
+    /// A server serving HTTPS with a certificate from a test CA.
+    fn start_tls(db: Db) -> Self {
+        Self::start_full(db, LEASE, HEARTBEAT, true)
+    }
+
+    fn start_full(db: Db, lease: &'static str, heartbeat: &'static str, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -343,9 +410,11 @@ impl Cluster {
             Db::Sqlite => None,
             Db::Postgres => Some(pg_cluster::fresh_database("berth_e2e").0),
         };
+        let tls = tls.then(|| TestPki::new(&dir.path().join("pki")));
         let mut cluster = Self {
             db,
             dir,
+            tls,
             db_url,
             // Set by start_server from the port the server reports.
             url: String::new(),
@@ -412,9 +481,13 @@ impl Cluster {
         cmd
     }
 
-    /// `berth SUBCOMMAND --server URL --token TOKEN ARGS...`, within 60 s.
+    /// `berth SUBCOMMAND --server URL --token TOKEN [--ca CA] ARGS...`, within 60 s.
     fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        let ca = self.tls.as_ref().map(TestPki::ca_file);
         let mut all = vec![args[0], "--server", &self.url, "--token", token];
+        if let Some(ca) = &ca {
+            all.extend(["--ca", ca.as_str()]);
+        }
         all.extend_from_slice(&args[1..]);
         let mut cmd = self.berth(&all);
         output_within(&mut cmd, Duration::from_secs(60))
@@ -484,7 +557,8 @@ impl Cluster {
             }
             if self.listen.ends_with(":0") {
                 if let Some(address) = listening_address(&this_start()) {
-                    self.url = format!("http://{address}");
+                    let scheme = if self.tls.is_some() { "https" } else { "http" };
+                    self.url = format!("{scheme}://{address}");
                     self.listen = address;
                 }
             }
@@ -519,6 +593,10 @@ impl Cluster {
         ]);
         if let Some(db) = &self.db_url {
             cmd.args(["--db", db]);
+        }
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls-cert").arg(tls.cert());
+            cmd.arg("--tls-key").arg(tls.key());
         }
         cmd
     }
@@ -590,6 +668,9 @@ impl Cluster {
             "--state-dir",
             &state,
         ]);
+        if let Some(tls) = &self.tls {
+            cmd.args(["--ca", &tls.ca_file()]);
+        }
         cmd.args(extra);
         for (k, v) in env {
             cmd.env(k, v);
@@ -712,6 +793,9 @@ impl Cluster {
             "-w",
             "\n%{http_code}",
         ]);
+        if let Some(tls) = &self.tls {
+            cmd.args(["--cacert", &tls.ca_file()]);
+        }
         if let Some(t) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
         }
@@ -871,11 +955,12 @@ impl Drop for Cluster {
     }
 }
 
-/// The address in a server's `listening on http://ADDRESS` line (a whole line only: the address
-/// must not be cut mid-write).
+/// The address in a server's `listening on http://ADDRESS` (or `https://ADDRESS`) line (a whole
+/// line only: the address must not be cut mid-write).
 fn listening_address(log: &str) -> Option<String> {
     let (line, _) = log
-        .split_once("listening on http://")
+        .split_once("listening on http")
+        .and_then(|(_, rest)| rest.split_once("://"))
         .and_then(|(_, rest)| rest.split_once('\n'))?;
     Some(
         line.split_whitespace()
@@ -883,6 +968,228 @@ fn listening_address(log: &str) -> Option<String> {
             .unwrap_or_default()
             .to_string(),
     )
+}
+
+// Issue 14.1: TLS. A server with a certificate from a private CA; the CLI and a runner trust it
+// through --ca (or BERTH_CA); a client without it is told what is wrong with the certificate;
+// SIGHUP swaps the certificate for new connections and refuses a pair that does not fit; plain
+// HTTP to another host is refused before any connection unless --insecure-http says otherwise.
+
+#[test]
+fn sqlite_https_with_a_private_ca_end_to_end() {
+    // The admin's project and tokens were made over HTTPS with --ca already.
+    let mut c = Cluster::start_tls(Db::Sqlite);
+    assert!(c.url.starts_with("https://"), "{}", c.url);
+    c.runner("tls", &[]);
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        image(),
+        "--follow",
+        "--",
+        "echo",
+        "over-tls",
+    ]);
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}\n{}",
+        text(&o.stdout),
+        text(&o.stderr),
+        c.all_log_tails()
+    );
+    assert!(text(&o.stdout).contains("over-tls"), "{}", text(&o.stdout));
+
+    let ca = c.tls.as_ref().unwrap().ca_file();
+    let runners = |ca: Option<&str>| {
+        let mut cmd = c.berth(&["runners", "--server", &c.url, "--token", &c.client]);
+        if let Some(ca) = ca {
+            cmd.env("BERTH_CA", ca);
+        }
+        output_within(&mut cmd, Duration::from_secs(60))
+    };
+    let o = runners(Some(&ca));
+    assert!(o.status.success(), "BERTH_CA: {}", text(&o.stderr));
+    // Without the CA: the certificate problem is named, with what to do about it.
+    let o = runners(None);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("certificate was not accepted") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(err.contains("hint:") && err.contains("--ca FILE"), "{err}");
+    // A runner without it stops at once, saying the same: waiting would not help.
+    let state = c.path().join("runners").join("no-ca");
+    let mut cmd = c.berth(&[
+        "runner",
+        "--server",
+        &c.url,
+        "--token",
+        &c.runner_token,
+        "--name",
+        "no-ca",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let o = output_within(&mut cmd, Duration::from_secs(60));
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("--ca FILE"),
+        "{err}"
+    );
+}
+
+/// The subject of the certificate a new TLS connection to `url` is shown.
+fn served_subject(url: &str, ca: &str) -> String {
+    let address = url.trim_start_matches("https://");
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "openssl s_client -connect {address} -servername localhost -CAfile {ca} \
+                 </dev/null 2>/dev/null | openssl x509 -noout -subject"
+            ),
+        ])
+        .output()
+        .unwrap();
+    text(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn sqlite_sighup_reloads_the_certificate_and_refuses_a_bad_pair() {
+    let c = Cluster::start_tls(Db::Sqlite);
+    let pki = c.tls.as_ref().unwrap();
+    let ca = pki.ca_file();
+    let pid = c.server.as_ref().unwrap().id().to_string();
+    let hup = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    assert!(
+        served_subject(&c.url, &ca).contains("first"),
+        "{}",
+        c.log_tail("server")
+    );
+
+    // A new pair: new connections see it, and clients with the CA go on working.
+    pki.issue("renewed");
+    hup();
+    poll(
+        Duration::from_secs(20),
+        "the renewed certificate served",
+        || {
+            served_subject(&c.url, &ca)
+                .contains("renewed")
+                .then_some(())
+        },
+    );
+    let o = c.cli(&["runners"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // A certificate with another certificate's key: refused with a log line, the renewed pair
+    // keeps serving.
+    let (_, other_key) = pki.issue("mismatched");
+    pki.issue("never-served");
+    std::fs::write(pki.key(), other_key).unwrap();
+    hup();
+    poll(Duration::from_secs(20), "the refusal logged", || {
+        let log = c.log_tail("server");
+        (log.contains("were refused") && log.contains("does not belong to the certificate"))
+            .then_some(())
+    });
+    let subject = served_subject(&c.url, &ca);
+    assert!(
+        subject.contains("renewed"),
+        "{subject}\n{}",
+        c.log_tail("server")
+    );
+    let o = c.cli(&["runners"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// An address of this machine that is not loopback (the source address of its default route).
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect("192.0.2.1:9").unwrap();
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+#[test]
+fn plain_http_to_another_host_needs_insecure_http() {
+    // A stand-in server on a non-loopback address of this machine, counting connections and
+    // answering every request with an empty list.
+    let listener = TcpListener::bind((non_loopback_address(), 0)).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+            );
+        }
+    });
+    let runners = |server: &str, flag: bool, env: bool| {
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["runners", "--server", server, "--token", "berth_x_0"])
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_INSECURE_HTTP")
+            .env("NO_COLOR", "1");
+        if flag {
+            cmd.arg("--insecure-http");
+        }
+        if env {
+            cmd.env("BERTH_INSECURE_HTTP", "1");
+        }
+        output_within(&mut cmd, Duration::from_secs(60))
+    };
+    // Refused before any connection is attempted, to the documentation address too.
+    for server in ["http://192.0.2.1:1", url.as_str()] {
+        let o = runners(server, false, false);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("error: refusing plain HTTP to "), "{err}");
+        assert!(
+            err.contains("hint:") && err.contains("--tls-cert") && err.contains("--insecure-http"),
+            "{err}"
+        );
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    // Allowed by the flag or the variable, with a warning every time.
+    for (flag, env) in [(true, false), (false, true), (true, false)] {
+        let o = runners(&url, flag, env);
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("warning: plain HTTP to ") && err.contains("in clear"),
+            "{err}"
+        );
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    // Loopback stays plain and silent.
+    let o = runners("http://127.0.0.1:1", false, false);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot reach") && !err.contains("warning"),
+        "{err}"
+    );
 }
 
 // Issue 17.4: two servers on one PostgreSQL database. A runner long-polling one server is woken

@@ -32,6 +32,7 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
                 remote::remote_ls(
                     server,
                     args.token.clone(),
+                    args.transport.clone(),
                     args.run_state.clone(),
                     args.workflows,
                     args.json,
@@ -46,6 +47,7 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
                 remote::remote_show(
                     server,
                     args.token.clone(),
+                    args.transport.clone(),
                     args.run.clone(),
                     args.json,
                     printer,

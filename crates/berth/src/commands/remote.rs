@@ -21,7 +21,8 @@ fn client(
     let server = remote.server.clone().ok_or_else(|| {
         (
             "no server given".to_string(),
-            "pass --server URL (or set BERTH_SERVER), e.g. http://127.0.0.1:8765".to_string(),
+            "pass --server URL (or set BERTH_SERVER), e.g. https://berth.example.com:8765"
+                .to_string(),
         )
     })?;
     let given = remote.token.clone().filter(|t| !t.trim().is_empty());
@@ -43,11 +44,24 @@ fn client(
             ))
         }
     };
-    Client::new(&server, &token).map_err(|e| (e.to_string(), "check the server URL".to_string()))
+    Client::new(&server, &token, &remote.transport.transport()).map_err(|e| {
+        let hint = e.hint().unwrap_or("check the server URL").to_string();
+        (e.to_string(), hint)
+    })
 }
 
 fn fail(printer: Printer, e: &ApiError) -> ExitStatus {
     let hint = match e {
+        ApiError::Setup { hint, .. } | ApiError::Tls { hint, .. } => Some(hint.clone()),
+        // What hyper says when an http:// client gets a TLS answer.
+        ApiError::Unreachable { url, message }
+            if url.starts_with("http:") && message.contains("invalid HTTP version") =>
+        {
+            Some(
+                "the server seems to speak HTTPS: use https:// in --server (BERTH_SERVER)"
+                    .to_string(),
+            )
+        }
         ApiError::Unreachable { .. } => {
             Some("is `berth server` running there? check --server / BERTH_SERVER".to_string())
         }
@@ -78,7 +92,12 @@ fn fail(printer: Printer, e: &ApiError) -> ExitStatus {
 macro_rules! client_or_fail {
     ($printer:expr, $remote:expr, $admin:expr) => {
         match client($remote, $admin) {
-            Ok(c) => c,
+            Ok(c) => {
+                if let Some(warning) = c.warning() {
+                    $printer.warning(warning);
+                }
+                c
+            }
             Err((message, hint)) => {
                 $printer.error(&message, Some(&hint));
                 return ExitStatus::Error;
@@ -537,6 +556,7 @@ pub async fn runners(args: RunnersArgs, printer: Printer) -> ExitStatus {
 pub async fn remote_ls(
     server: String,
     token: Option<String>,
+    transport: TransportArgs,
     state: Option<String>,
     workflows: bool,
     json: bool,
@@ -546,7 +566,8 @@ pub async fn remote_ls(
         printer,
         &RemoteArgs {
             server: Some(server),
-            token
+            token,
+            transport,
         },
         None
     );
@@ -588,6 +609,7 @@ pub async fn remote_ls(
 pub async fn remote_show(
     server: String,
     token: Option<String>,
+    transport: TransportArgs,
     run: String,
     json: bool,
     printer: Printer,
@@ -596,7 +618,8 @@ pub async fn remote_show(
         printer,
         &RemoteArgs {
             server: Some(server),
-            token
+            token,
+            transport,
         },
         None
     );

@@ -61,6 +61,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
     let config = RunnerConfig {
         server,
         token,
+        transport: args.remote.transport.transport(),
         name,
         tags,
         require_matching_tags: args.require_matching_tags,
@@ -81,7 +82,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
     match result {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
-            printer.error(&e, None);
+            printer.error(&e.message, e.hint.as_deref());
             ExitStatus::Error
         }
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use berth_core::ExitStatus;
+use berth_server::tls::{Tls, TlsFiles};
 use berth_server::{App, ServerConfig};
 use berth_store::SqlStore;
 
@@ -52,6 +53,38 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
         printer.error("--lease must be at least twice --heartbeat, or healthy runners would lose their leases", None);
         return ExitStatus::Error;
     }
+    if let Some(path) = &args.metrics_token_file {
+        match read_metrics_token(path) {
+            Ok(token) => config.metrics_token_hash = Some(berth_server::hash_secret(&token)),
+            Err(message) => {
+                printer.error(
+                    &message,
+                    Some("--metrics-token-file (BERTH_METRICS_TOKEN_FILE) takes a file holding one token of at least 16 characters, e.g. from `openssl rand -hex 24`"),
+                );
+                return ExitStatus::Error;
+            }
+        }
+    }
+    // The certificate is checked before anything listens: a server that cannot serve HTTPS
+    // must not start serving plain HTTP.
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => match Tls::load(TlsFiles { cert, key }) {
+            Ok((tls, fingerprint)) => {
+                printer.info(&format!(
+                    "TLS certificate SHA-256 {fingerprint}; SIGHUP reloads it"
+                ));
+                Some(tls)
+            }
+            Err(e) => {
+                printer.error(
+                    &e.to_string(),
+                    Some("--tls-cert takes the server's certificate chain in PEM (its own certificate first), --tls-key its private key in PEM, not encrypted"),
+                );
+                return ExitStatus::Error;
+            }
+        },
+        _ => None,
+    };
     let app = App::new(store, config);
     match berth_server::ensure_admin_token(&app).await {
         Ok(Some(path)) => printer.info(&format!(
@@ -78,18 +111,33 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or(args.listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     printer.info(&format!(
-        "listening on http://{address} (state {}, store {})",
+        "listening on {scheme}://{address} (state {}, store {})",
         state_dir.display(),
         redact(&db)
     ));
-    match berth_server::serve(listener, app, super::shutdown_signal()).await {
+    match berth_server::serve(listener, app, tls, super::shutdown_signal()).await {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
             printer.error(&format!("the server stopped: {e}"), None);
             ExitStatus::Error
         }
     }
+}
+
+/// The token in `path` (surrounding white space trimmed), or a message naming the file.
+fn read_metrics_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "--metrics-token-file {}: expected one token of at least 16 characters without white space",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 /// `--state-dir`, else `BERTH_STATE_DIR`, else the user's data directory.
