@@ -102,6 +102,9 @@ pub struct RunnerConfig {
     pub allow_local: bool,
     /// The profiles runs may name (built in, and from this host's config).
     pub profiles: Vec<berth_core::profile::Profile>,
+    /// Hosts whose requests get a header added by this runner's egress proxy (this host's
+    /// `[egress.inject]`), for runs with egress policy.
+    pub inject: Vec<berth_core::egress::Inject>,
     /// Warm pools by profile or image name, from this host's config.
     pub pools: std::collections::BTreeMap<String, berth_core::held::PoolSpec>,
     /// After a SIGTERM, how long runs in progress may go on before they are stopped.

@@ -15,14 +15,8 @@ pub const BERTH_CONFIG: &str = "BERTH_CONFIG";
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Log filter for berth's diagnostics on stderr (e.g. `berth=debug`).
 pub const BERTH_LOG: &str = "BERTH_LOG";
-/// The real Anthropic API behind the credential broker [default: https://api.anthropic.com];
-/// for tests against a local server.
-pub const BERTH_ANTHROPIC_UPSTREAM: &str = "BERTH_ANTHROPIC_UPSTREAM";
-/// The real OpenAI API behind the credential broker [default: https://api.openai.com].
-pub const BERTH_OPENAI_UPSTREAM: &str = "BERTH_OPENAI_UPSTREAM";
-/// A PEM file of root certificates the egress proxy trusts for upstream TLS besides the
-/// system's (brokered APIs and injection hosts); for tests against a local HTTPS server.
-pub const BERTH_EGRESS_UPSTREAM_CA: &str = "BERTH_EGRESS_UPSTREAM_CA";
+// BERTH_ANTHROPIC_UPSTREAM, BERTH_OPENAI_UPSTREAM and BERTH_EGRESS_UPSTREAM_CA are read by
+// berth_sandbox::egress, for `berth run` and the runner alike.
 pub const HOME: &str = "HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
@@ -91,28 +85,11 @@ pub fn data_dir() -> std::path::PathBuf {
 /// error naming the variable.
 pub fn egress_upstreams(
 ) -> Result<std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>, String> {
-    use berth_core::egress::BrokeredApi;
-    let mut out = std::collections::BTreeMap::new();
-    for (api, name) in [
-        (BrokeredApi::Anthropic, BERTH_ANTHROPIC_UPSTREAM),
-        (BrokeredApi::Openai, BERTH_OPENAI_UPSTREAM),
-    ] {
-        if let Some(url) = var(name) {
-            berth_egress::check_base_url(&url).map_err(|e| format!("{name}: {e}"))?;
-            out.insert(api, url);
-        }
-    }
-    Ok(out)
+    berth_sandbox::egress::upstreams_from_env()
 }
 
 /// The roots of `BERTH_EGRESS_UPSTREAM_CA`, if set; an unusable file is an error naming the
 /// variable.
 pub fn egress_upstream_roots() -> Result<Vec<berth_egress::CertificateDer<'static>>, String> {
-    let Some(path) = var(BERTH_EGRESS_UPSTREAM_CA) else {
-        return Ok(Vec::new());
-    };
-    let pem =
-        std::fs::read(&path).map_err(|e| format!("{BERTH_EGRESS_UPSTREAM_CA}: {path}: {e}"))?;
-    berth_egress::certificates_from_pem(&pem)
-        .map_err(|e| format!("{BERTH_EGRESS_UPSTREAM_CA}: {path}: {e}"))
+    berth_sandbox::egress::upstream_roots_from_env()
 }

@@ -3301,3 +3301,82 @@ fn sqlite_output_with_nul_bytes_is_kept() {
 fn postgres_output_with_nul_bytes_is_kept() {
     output_with_nul_bytes_is_kept(Db::Postgres);
 }
+
+/// Header injection through a runner: the runner host's `[egress.inject]` and the value in the
+/// runner's environment; the sandbox, the server and its records never see the value.
+#[test]
+fn sqlite_header_injection_through_a_runner() {
+    const VALUE: &str = "Bearer ghp_RUNNERSIDE0123456789abcdef";
+    let (ca, ca_pem) = support::tls::upstream_ca();
+    let (port, seen) = support::tls::https_upstream(&ca);
+    let mut c = Cluster::start(Db::Sqlite);
+    let ca_file = c.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let config = c.path().join("config/berth");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!(
+            "[egress.inject.\"127.0.0.2:{port}\"]\nheader = \"Authorization\"\nenv = \"BERTH_TEST_RUNNER_TOKEN\"\nmethods = [\"GET\"]\npaths = [\"/team/\"]\n"
+        ),
+    )
+    .unwrap();
+    c.runner_with_env(
+        "inject",
+        &[],
+        &[
+            ("BERTH_TEST_RUNNER_TOKEN", VALUE.to_string()),
+            ("BERTH_EGRESS_UPSTREAM_CA", ca_file.display().to_string()),
+        ],
+    );
+    let script = format!(
+        "curl -sS https://127.0.0.2:{port}/team/repo.git/info/refs; echo get=$?; \
+         curl -sS -X POST https://127.0.0.2:{port}/team/x; echo post=$?; \
+         echo env=$(env | grep -c RUNNERSID[E])"
+    );
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        support::tls_image(),
+        "--egress",
+        "policy",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    let out = c.stdout_lines(&id).concat();
+    assert!(out.contains("ok GET /team/repo.git/info/refs\nget=0"), "{out}");
+    assert!(!out.contains("ok POST"), "the method limit holds: {out}");
+    assert!(out.contains("env=0"), "{out}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].to_ascii_lowercase().contains(&format!("authorization: {}", VALUE.to_ascii_lowercase())),
+        "{}",
+        heads[0]
+    );
+    let events = c.events(&id, None);
+    let inject: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind == "egress")
+        .map(|e| serde_json::from_str::<Value>(&e.payload()).unwrap())
+        .filter(|e| e["kind"] == "inject")
+        .collect();
+    assert!(inject.iter().any(|e| e["allowed"] == true && e["status"] == 200), "{inject:?}");
+    assert!(inject.iter().any(|e| e["allowed"] == false), "{inject:?}");
+    // Nothing the server holds carries the value.
+    let all = format!("{}{:?}", c.run(&id), events.iter().map(|e| &e.data).collect::<Vec<_>>());
+    assert!(!all.contains("RUNNERSIDE"), "{all}");
+}

@@ -31,9 +31,14 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
                     .map_err(berth_sandbox::SandboxError::Invalid)
             })
             .collect::<Result<_, _>>()?;
-        Ok((probe_env, profiles, pools))
+        let inject = settings
+            .file
+            .egress
+            .inject_entries()
+            .map_err(berth_sandbox::SandboxError::Invalid)?;
+        Ok((probe_env, profiles, pools, inject))
     });
-    let (probe_env, profiles, pools) = match loaded {
+    let (probe_env, profiles, pools, inject) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             printer.error(&e.to_string(), e.hint().as_deref());
@@ -71,6 +76,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         probe_env,
         allow_local: args.allow_local,
         profiles,
+        inject,
         pools,
         drain_timeout,
         stop_grace: berth_runner::DEFAULT_STOP_GRACE,
