@@ -3,8 +3,9 @@
 # the claude-code profile through berth's egress proxy and credential broker
 # (crates/berth/tests/claude_cli.rs).
 #
-# The CLI comes from PyPI: the wheel of claude-agent-sdk (pinned version and sha256) bundles the
-# native `claude` binary (glibc, x86_64) at claude_agent_sdk/_bundled/claude. The image is
+# The CLI comes from PyPI: the wheel of claude-agent-sdk (the agent images' pinned version and
+# sha256) bundles the native `claude` binary (glibc, x86_64) at claude_agent_sdk/_bundled/claude.
+# The image is
 # FROM scratch: that binary, Debian's static busybox (sh and the usual tools), this machine's
 # bash (Claude Code's Bash tool wants bash or zsh, not sh), the glibc libraries both need as
 # `ldd` names them, the user agent (1000:1000) with HOME=/home/agent, and /workspace.
@@ -21,9 +22,16 @@
 # A failed download is an error, never a skip.
 set -euo pipefail
 
-SDK_VERSION=0.2.184
+# The pin is the agent images': images/Dockerfile's default version, images/wheels.sha256's hash.
+images=$(cd "$(dirname "$0")/../images" && pwd)
+SDK_VERSION=$(sed -n 's/^ARG CLAUDE_AGENT_SDK_VERSION=//p' "$images/Dockerfile")
 WHEEL=claude_agent_sdk-$SDK_VERSION-py3-none-manylinux_2_17_x86_64.whl
-WHEEL_SHA256=40509cadce72d62ded6c3ed831bbcffbff1a7fed8a19cfe1670b3a55418ed089
+WHEEL_SHA256=$(awk -v v="$SDK_VERSION" '$1 == "claude-agent-sdk" && $2 == v && $3 == "x86_64" { print $4 }' \
+  "$images/wheels.sha256")
+[ -n "$SDK_VERSION" ] && [ -n "$WHEEL_SHA256" ] || {
+  echo "claude-image: no pinned claude-agent-sdk in images/Dockerfile and images/wheels.sha256" >&2
+  exit 1
+}
 
 busybox=${BERTH_TEST_BUSYBOX:-/bin/busybox}
 bash_bin=$(readlink -f /bin/bash)
