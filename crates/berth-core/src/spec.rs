@@ -52,6 +52,11 @@ impl std::fmt::Display for WorkspaceMode {
 /// The largest workspace copy mode uploads unless told otherwise.
 pub const DEFAULT_COPY_LIMIT: u64 = 1 << 30;
 
+/// A run's timeout when nothing sets one (`berth run`, the runner, trust's comparisons).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The grace between SIGTERM and SIGKILL when nothing sets one.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn default_copy_limit() -> u64 {
     DEFAULT_COPY_LIMIT
 }

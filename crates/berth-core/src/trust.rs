@@ -27,10 +27,7 @@ use crate::profile::ProfileConfig;
 use crate::spec::{Fallback, NetworkMode, Resources, UserSpec, WorkspaceMode};
 use crate::units;
 
-/// `berth run`'s timeout when nothing sets one.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-/// `berth run`'s grace between SIGTERM and SIGKILL when nothing sets one.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+use crate::spec::{DEFAULT_GRACE, DEFAULT_TIMEOUT};
 
 /// One key a file sets, as `key = value`, and whether it widens what a run gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

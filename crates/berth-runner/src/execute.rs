@@ -518,11 +518,11 @@ fn spec_for(
         Some(d) => Some(units::parse_disk(d).map_err(|e| e.to_string())?),
         None => profile.and_then(|p| p.disk),
     };
-    let duration = |v: &Option<String>, default: u64| {
+    let duration = |v: &Option<String>, default: Duration| {
         v.as_deref()
             .map(units::parse_duration)
             .transpose()
-            .map(|d| d.unwrap_or(Duration::from_secs(default)))
+            .map(|d| d.unwrap_or(default))
             .map_err(|e| e.to_string())
     };
     let (workspace_mode, mounts) = match &s.mounts {
@@ -619,8 +619,8 @@ fn spec_for(
                 .unwrap_or(defaults.pids),
             disk_bytes,
         },
-        timeout: duration(&timeout, 600)?,
-        grace: duration(&s.grace, 10)?,
+        timeout: duration(&timeout, berth_core::spec::DEFAULT_TIMEOUT)?,
+        grace: duration(&s.grace, berth_core::spec::DEFAULT_GRACE)?,
         network,
         read_only: s.read_only,
         user: s.user.as_deref().map(UserSpec::parse).transpose()?,

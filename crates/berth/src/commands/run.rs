@@ -444,9 +444,9 @@ pub fn build_spec(
                 .map_err(|e| invalid("disk", e))?,
         },
     };
-    let duration = |flag: &str, value: Option<String>, default: u64| match value {
+    let duration = |flag: &str, value: Option<String>, default| match value {
         Some(v) => units::parse_duration(&v).map_err(|e| invalid(flag, e)),
-        None => Ok(std::time::Duration::from_secs(default)),
+        None => Ok(default),
     };
     let timeout = duration(
         "--timeout",
@@ -454,9 +454,13 @@ pub fn build_spec(
             &args.timeout,
             &from_profile(|p| p.timeout.clone(), &config.timeout),
         ),
-        600,
+        berth_core::spec::DEFAULT_TIMEOUT,
     )?;
-    let grace = duration("--grace", pick(&args.grace, &config.grace), 10)?;
+    let grace = duration(
+        "--grace",
+        pick(&args.grace, &config.grace),
+        berth_core::spec::DEFAULT_GRACE,
+    )?;
     let secrets = berth_core::profile::secrets_for(profile, &args.secrets, |name| {
         std::env::var_os(name).is_some_and(|v| !v.is_empty())
     })
