@@ -331,6 +331,19 @@ fn fmt_ms(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
+/// Who asked to cancel a run: the actor of its first `cancel_requested` event.
+async fn cancel_asker(tx: &mut Db, run_id: &str) -> StoreResult<Option<String>> {
+    let row = tx
+        .fetch_optional(
+            "SELECT data FROM run_events WHERE run_id = $1 AND kind = 'cancel_requested' ORDER BY seq LIMIT 1",
+            args![run_id],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let data: serde_json::Value = serde_json::from_str(&row.text("data")?).unwrap_or_default();
+    Ok(data["actor"].as_str().map(str::to_owned))
+}
+
 /// Audit actors are `token:<id>`, `runner:<id>` or `server`; a bare token id gets its prefix.
 fn actor_name(actor: &str) -> String {
     if actor == "server" || actor.contains(':') {
@@ -1133,6 +1146,18 @@ impl Store for SqlStore {
         )
         .await?;
         let actor = actor_name(actor);
+        // A runner ends a run it was asked to cancel: its audit entry also names who asked
+        // (`token:<id>`, from the `cancel_requested` event), as the runner only obeyed.
+        let mut reason = finish.reason.clone();
+        if locked.run.cancel_requested && finish.state == RunState::Cancelled {
+            if let Some(asker) = cancel_asker(&mut tx, run_id).await? {
+                let asked = format!("cancel asked by {asker}");
+                reason = Some(match reason {
+                    Some(r) if !r.is_empty() => format!("{r}; {asked}"),
+                    _ => asked,
+                });
+            }
+        }
         write_audit(
             &mut tx,
             Audit {
@@ -1143,7 +1168,7 @@ impl Store for SqlStore {
                 actor: &actor,
                 container_id: run.container_id.as_deref(),
                 exit_code: finish.exit_code,
-                reason: finish.reason.as_deref(),
+                reason: reason.as_deref(),
             },
         )
         .await?;

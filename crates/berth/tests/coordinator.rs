@@ -3380,3 +3380,144 @@ fn sqlite_header_injection_through_a_runner() {
     let all = format!("{}{:?}", c.run(&id), events.iter().map(|e| &e.data).collect::<Vec<_>>());
     assert!(!all.contains("RUNNERSIDE"), "{all}");
 }
+
+/// A CLI following a run in the background: its stdout lines arrive on a channel, its stderr is
+/// collected until it exits.
+struct Following {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: JoinHandle<String>,
+}
+
+impl Following {
+    fn spawn(c: &Cluster, token: &str, args: &[&str]) -> Self {
+        let mut all = vec![args[0], "--server", &c.url, "--token", token];
+        all.extend_from_slice(&args[1..]);
+        let mut child = c
+            .berth(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn wait_line(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line {want:?} from the CLI: {e}"),
+            }
+        }
+    }
+
+    fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Its exit code and stderr, within 10 s.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the CLI did not exit after Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code(), self.stderr.join().unwrap())
+    }
+}
+
+// Ctrl-C on `berth submit --follow` detaches: the run goes on and berth says how to follow or
+// cancel it. Two on `berth logs -f` within 2 s cancel the run, and the audit names the token
+// that asked (its id, never its secret).
+#[test]
+fn sqlite_ctrl_c_detaches_and_a_second_one_cancels() {
+    let mut c = Cluster::start(Db::Sqlite);
+    c.runner("interrupted", &[]);
+    let (token_id, secret) = c.create_token("client");
+    let project = c.project.clone();
+    let script = "echo ready; sleep 60";
+    let submit = Following::spawn(
+        &c,
+        &secret,
+        &[
+            "submit", "--project", &project, "--image", image(), "--follow", "--", "sh", "-c",
+            script,
+        ],
+    );
+    submit.wait_line("ready");
+    submit.interrupt();
+    let (code, stderr) = submit.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("berth: submitted run "))
+        .unwrap_or_else(|| panic!("no run id in {stderr}"))
+        .trim()
+        .to_string();
+    let server = format!("--server {}", c.url);
+    for want in [
+        format!("detached: run {id} goes on on the server"),
+        format!("berth logs -f {id} {server}"),
+        format!("berth cancel {id} {server}"),
+        "press Ctrl-C again within 2s to cancel it now".to_string(),
+    ] {
+        assert!(stderr.contains(&want), "{want:?} not in:\n{stderr}");
+    }
+    // One Ctrl-C does not cancel: past the two seconds, the run still runs.
+    std::thread::sleep(Duration::from_millis(2500));
+    let run = c.run(&id);
+    assert_eq!(run["state"], "running", "{run}");
+    assert_eq!(run["cancel_requested"], false, "{run}");
+
+    let logs = Following::spawn(&c, &secret, &["logs", "-f", &id]);
+    logs.wait_line("ready");
+    logs.interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    logs.interrupt();
+    let (code, stderr) = logs.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains(&format!("berth cancel {id}")), "{stderr}");
+    assert!(stderr.contains(&format!("run {id}: ")), "{stderr}");
+    let run = c.wait_final(&id, Duration::from_secs(30));
+    assert_eq!(run["state"], "cancelled", "{run}");
+    let show = c.show(&id);
+    let last = show["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to_state"], "cancelled", "{show}");
+    let reason = last["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("cancel asked by token:{token_id}")),
+        "{show}"
+    );
+    assert!(!show.to_string().contains(&secret), "{show}");
+}

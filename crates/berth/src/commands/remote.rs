@@ -329,9 +329,78 @@ pub async fn logs(args: LogsArgs, printer: Printer) -> ExitStatus {
     follow_logs(&client, &args.run, args.follow, args.json, printer).await
 }
 
+/// How long after a first Ctrl-C a second one cancels the run.
+const SECOND_INTERRUPT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Streams a run's events, as [`stream_logs`], until the run ends or the user presses Ctrl-C.
+/// The first Ctrl-C detaches: the run goes on, and berth says how to follow or cancel it. A
+/// second one within [`SECOND_INTERRUPT`] asks the server to cancel the run.
+async fn follow_logs(
+    client: &Client,
+    run_id: &str,
+    follow: bool,
+    json: bool,
+    printer: Printer,
+) -> ExitStatus {
+    if !follow {
+        return stream_logs(client, run_id, follow, json, printer).await;
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    // One listener for both presses, so a second one that comes quickly is not missed.
+    let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+        return stream_logs(client, run_id, follow, json, printer).await;
+    };
+    tokio::select! {
+        status = stream_logs(client, run_id, follow, json, printer) => return status,
+        _ = interrupts.recv() => {}
+    }
+    let server = client.base().trim_end_matches('/');
+    let from_env =
+        std::env::var(crate::env::BERTH_SERVER).is_ok_and(|v| v.trim_end_matches('/') == server);
+    let flag = if from_env {
+        String::new()
+    } else {
+        format!(" --server {server}")
+    };
+    printer.info(&format!("detached: run {run_id} goes on on the server"));
+    printer.info(&format!("follow it: berth logs -f {run_id}{flag}"));
+    printer.info(&format!("cancel it: berth cancel {run_id}{flag}"));
+    printer.info(&format!(
+        "press Ctrl-C again within {}s to cancel it now",
+        SECOND_INTERRUPT.as_secs()
+    ));
+    if tokio::time::timeout(SECOND_INTERRUPT, interrupts.recv())
+        .await
+        .is_err()
+    {
+        return ExitStatus::External(130);
+    }
+    match client
+        .post::<_, RunView>(
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            &serde_json::json!({}),
+        )
+        .await
+    {
+        Ok(run) => {
+            printer.info(&format!(
+                "run {}: {}",
+                run.id,
+                if run.state == "cancelled" {
+                    "cancelled"
+                } else {
+                    "cancel requested; it stops within its grace period"
+                }
+            ));
+            ExitStatus::External(130)
+        }
+        Err(e) => fail(printer, &e),
+    }
+}
+
 /// Streams a run's events (SSE), reconnecting with Last-Event-ID if the connection drops; when
 /// following, exits with the run's status as `berth run` would.
-async fn follow_logs(
+async fn stream_logs(
     client: &Client,
     run_id: &str,
     follow: bool,
