@@ -6,8 +6,9 @@
 //! coalesced by one background task per store on a connection of its own with
 //! `synchronous_commit=off` (a notification need not be durable, and a `NOTIFY` transaction
 //! holds the database's notify lock until its commit is flushed), so a burst of submits costs a
-//! handful of notifications, and the request that caused one never waits for it. Output-only
-//! announcements go out at most every [`EVENTS_INTERVAL`].
+//! handful of notifications, and the request that caused one never waits for it. Notifications
+//! go out at most every [`URGENT_INTERVAL`] (runs to claim, cancels) or [`EVENTS_INTERVAL`]
+//! (output only).
 //!
 //! Notifications are not stored: one sent while a listener is disconnected is lost. So every
 //! (re)connection of the listener is reported as [`Wake::ALL`], and every waiter re-checks the
@@ -29,8 +30,14 @@ use crate::StoreResult;
 pub const CHANNEL: &str = "berth_wake";
 
 /// Announcements that only concern output and state changes (followed event streams) go out at
-/// most this often; runs becoming claimable and cancels go out at once.
+/// most this often after the last one.
 pub const EVENTS_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Runs becoming claimable and cancels go out at once, unless one went out less than this long
+/// ago: then they wait for the rest of it, together with whatever else comes meanwhile. A busy
+/// server (a thousand submits a second) sends at most 200 notifications a second, each a
+/// transaction for the database.
+pub const URGENT_INTERVAL: Duration = Duration::from_millis(5);
 
 /// The longest pause between attempts to reach the database again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -185,7 +192,7 @@ fn backoff(failures: u32) -> Duration {
 
 /// Sends what [`Wakes::announce`] queued, one notification for everything queued since the last.
 async fn announcer(wakes: Arc<Wakes>) {
-    let mut last_events: Option<Instant> = None;
+    let mut last_sent: Option<Instant> = None;
     let mut failures = 0;
     while !wakes.closed.load(Ordering::SeqCst) {
         let pending = Wake::from_bits(wakes.pending.load(Ordering::SeqCst));
@@ -193,13 +200,16 @@ async fn announcer(wakes: Arc<Wakes>) {
             wakes.kick.notified().await;
             continue;
         }
-        if !pending.queued && !pending.cancel {
-            if let Some(due) = last_events.map(|at| at + EVENTS_INTERVAL) {
-                if Instant::now() < due {
-                    // A claimable run or a cancel queued meanwhile goes out at once.
-                    let _ = tokio::time::timeout_at(due, wakes.kick.notified()).await;
-                    continue;
-                }
+        let interval = if pending.queued || pending.cancel {
+            URGENT_INTERVAL
+        } else {
+            EVENTS_INTERVAL
+        };
+        if let Some(due) = last_sent.map(|at| at + interval) {
+            if Instant::now() < due {
+                // Woken early by a claimable run or a cancel queued meanwhile: look again.
+                let _ = tokio::time::timeout_at(due, wakes.kick.notified()).await;
+                continue;
             }
         }
         let bits = wakes.pending.swap(0, Ordering::SeqCst);
@@ -211,9 +221,7 @@ async fn announcer(wakes: Arc<Wakes>) {
         match sent {
             Ok(_) => {
                 failures = 0;
-                if Wake::from_bits(bits).events {
-                    last_events = Some(Instant::now());
-                }
+                last_sent = Some(Instant::now());
             }
             Err(e) => {
                 // Kept for the next attempt: late is better than never.
