@@ -473,7 +473,42 @@ async fn get_run<S: Store>(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<RunView>> {
-    Ok(Json(views::run(visible_run(&app, &caller, &id).await?)))
+    match visible_run(&app, &caller, &id).await {
+        Err(ApiError::NotFound(message)) => Ok(Json(views::run(
+            run_by_prefix(&app, &caller, &id, message).await?,
+        ))),
+        found => Ok(Json(views::run(found?))),
+    }
+}
+
+/// The one run this caller can see whose id starts with `prefix`, as `berth show` finds local
+/// runs; `not_found` when there is none, a 409 naming them when several match.
+async fn run_by_prefix<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    prefix: &str,
+    not_found: String,
+) -> ApiResult<RunRow> {
+    let mut visible: Vec<RunRow> = app
+        .store
+        .runs_with_prefix(prefix, 100)
+        .await?
+        .into_iter()
+        .filter(|run| caller.require_project(&run.project).is_ok())
+        .collect();
+    match visible.len() {
+        0 => Err(ApiError::NotFound(not_found)),
+        1 => Ok(visible.remove(0)),
+        _ => Err(ApiError::Conflict(format!(
+            "`{prefix}` is the start of several run ids: {}",
+            visible
+                .iter()
+                .take(5)
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 async fn cancel_run<S: Store>(

@@ -362,6 +362,13 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a queued run and its first audit entry (`None → queued`).
     fn insert_run(&self, run: &NewRun) -> impl Future<Output = StoreResult<RunRow>> + Send;
     fn run(&self, id: &str) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    /// Up to `limit` runs whose id starts with `prefix` (letters, digits and `-` only), in id
+    /// order.
+    fn runs_with_prefix(
+        &self,
+        prefix: &str,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
     fn list_runs(
         &self,
         filter: &RunFilter,

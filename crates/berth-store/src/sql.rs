@@ -848,6 +848,25 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    async fn runs_with_prefix(&self, prefix: &str, limit: i64) -> StoreResult<Vec<RunRow>> {
+        // Only id characters: nothing in the prefix means anything to LIKE.
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .reader()
+            .fetch_all(
+                &format!("SELECT {RUN_COLS} FROM runs WHERE id LIKE $1 ORDER BY id LIMIT $2"),
+                args![format!("{prefix}%"), limit],
+            )
+            .await?;
+        runs_from_rows(&rows)
+    }
+
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
         let mut args = Vec::new();
         let mut sql = format!("SELECT {RUN_COLS} FROM runs r WHERE 1 = 1");

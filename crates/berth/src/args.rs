@@ -294,6 +294,9 @@ pub struct RunRefArgs {
     /// The workspace whose .berth directory holds the runs [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// With a server, a run that is not local is taken from there (its `berth/diff.patch`).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]

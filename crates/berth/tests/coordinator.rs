@@ -2179,6 +2179,53 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
         "the checkout is clean"
     );
 
+    // `berth diff` and `berth apply` take the server's run when no local run matches.
+    let o = c.cli(&["diff", &id[..10]]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), patch);
+    assert!(
+        text(&o.stderr).contains(&format!("the server {} answered", c.url)),
+        "{}",
+        text(&o.stderr)
+    );
+    let in_checkout = |args: &[&str]| {
+        let mut all = vec![args[0], "--server", &c.url, "--token", &c.client];
+        all.extend_from_slice(&args[1..]);
+        let mut cmd = c.berth(&all);
+        cmd.current_dir(&ws);
+        output_within(&mut cmd, Duration::from_secs(60))
+    };
+    let o = in_checkout(&["apply", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("file.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("added.txt")).unwrap(),
+        "new\n"
+    );
+    let o = in_checkout(&["apply", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("already applied"),
+        "{}",
+        text(&o.stderr)
+    );
+    // `berth show` takes a prefix of a server run's id too.
+    let show = c.show(&id[..10]);
+    assert_eq!(show["run"]["id"], id.as_str(), "{show}");
+    assert!(!show["audit"].as_array().unwrap().is_empty(), "{show}");
+    // Neither here nor there: berth says where it looked.
+    let o = c.cli(&["diff", "nosuchrun"]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("no run matches `nosuchrun`")
+            && err.contains(&format!("nor on the server {}", c.url)),
+        "{err}"
+    );
+
     // A bad mode is refused by the server with its JSON path.
     let project = c.project.clone();
     let o = c.cli(&[
@@ -3357,13 +3404,18 @@ fn sqlite_header_injection_through_a_runner() {
     let run = c.wait_final(&id, Duration::from_secs(60));
     assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
     let out = c.stdout_lines(&id).concat();
-    assert!(out.contains("ok GET /team/repo.git/info/refs\nget=0"), "{out}");
+    assert!(
+        out.contains("ok GET /team/repo.git/info/refs\nget=0"),
+        "{out}"
+    );
     assert!(!out.contains("ok POST"), "the method limit holds: {out}");
     assert!(out.contains("env=0"), "{out}");
     let heads = seen.lock().unwrap().clone();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
-        heads[0].to_ascii_lowercase().contains(&format!("authorization: {}", VALUE.to_ascii_lowercase())),
+        heads[0]
+            .to_ascii_lowercase()
+            .contains(&format!("authorization: {}", VALUE.to_ascii_lowercase())),
         "{}",
         heads[0]
     );
@@ -3374,10 +3426,19 @@ fn sqlite_header_injection_through_a_runner() {
         .map(|e| serde_json::from_str::<Value>(&e.payload()).unwrap())
         .filter(|e| e["kind"] == "inject")
         .collect();
-    assert!(inject.iter().any(|e| e["allowed"] == true && e["status"] == 200), "{inject:?}");
+    assert!(
+        inject
+            .iter()
+            .any(|e| e["allowed"] == true && e["status"] == 200),
+        "{inject:?}"
+    );
     assert!(inject.iter().any(|e| e["allowed"] == false), "{inject:?}");
     // Nothing the server holds carries the value.
-    let all = format!("{}{:?}", c.run(&id), events.iter().map(|e| &e.data).collect::<Vec<_>>());
+    let all = format!(
+        "{}{:?}",
+        c.run(&id),
+        events.iter().map(|e| &e.data).collect::<Vec<_>>()
+    );
     assert!(!all.contains("RUNNERSIDE"), "{all}");
 }
 
@@ -3471,7 +3532,15 @@ fn sqlite_ctrl_c_detaches_and_a_second_one_cancels() {
         &c,
         &secret,
         &[
-            "submit", "--project", &project, "--image", image(), "--follow", "--", "sh", "-c",
+            "submit",
+            "--project",
+            &project,
+            "--image",
+            image(),
+            "--follow",
+            "--",
+            "sh",
+            "-c",
             script,
         ],
     );

@@ -30,8 +30,13 @@ pub fn diff(args: RunRefArgs, printer: Printer) -> ExitStatus {
         Ok(patch) => patch,
         Err(e) => return fail(printer, &SandboxError::io(&path, e)),
     };
+    print_patch(&record.id, &patch, printer)
+}
+
+/// Prints a run's patch on stdout, coloured on a terminal unless NO_COLOR is set.
+pub(super) fn print_patch(id: &str, patch: &[u8], printer: Printer) -> ExitStatus {
     if patch.is_empty() {
-        printer.info(&format!("run {} changed nothing", record.id));
+        printer.info(&format!("run {id} changed nothing"));
         return ExitStatus::Success;
     }
     let color = printer.colored_stdout() && std::io::stdout().is_terminal();
@@ -54,7 +59,7 @@ pub fn diff(args: RunRefArgs, printer: Printer) -> ExitStatus {
                 None => out.write_all(line),
             })
     } else {
-        out.write_all(&patch)
+        out.write_all(patch)
     };
     // A closed pipe (`| head`) is not an error worth reporting.
     let _ = written.and_then(|()| out.flush());

@@ -57,6 +57,12 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             None => show::show(args, printer),
         },
         Command::Gc(args) => gc::gc(args, printer).await,
+        Command::Diff(args) if remote::patch::on_server(&args) => {
+            remote::patch::take(remote::patch::Take::Print, args, printer).await
+        }
+        Command::Apply(args) if remote::patch::on_server(&args) => {
+            remote::patch::take(remote::patch::Take::Apply, args, printer).await
+        }
         Command::Diff(args) => diff::diff(args, printer),
         Command::Apply(args) => diff::apply(args, printer),
         Command::Branch(args) => diff::branch(args, printer),

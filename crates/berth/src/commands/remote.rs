@@ -106,6 +106,7 @@ macro_rules! client_or_fail {
     };
 }
 
+pub mod patch;
 mod workflow;
 
 pub async fn token(args: TokenArgs, printer: Printer) -> ExitStatus {
@@ -700,7 +701,7 @@ pub async fn remote_show(
         Err(e) => return fail(printer, &e),
     };
     let audit = client
-        .get::<Vec<AuditView>>(&format!("/api/v1/runs/{run}/audit"))
+        .get::<Vec<AuditView>>(&format!("/api/v1/runs/{}/audit", view.id))
         .await
         .unwrap_or_default();
     if json {
