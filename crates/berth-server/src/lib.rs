@@ -7,6 +7,7 @@
 
 mod auth;
 mod clock;
+mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -215,7 +216,11 @@ pub async fn serve<S: Store>(
                 Ok(server) => {
                     server
                         .handle(handle)
-                        .serve(router(app).into_make_service())
+                        .serve(
+                            router(app)
+                                .layer(axum::Extension(dashboard::OverTls))
+                                .into_make_service(),
+                        )
                         .await
                 }
                 Err(e) => Err(e),

@@ -38,3 +38,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/runners/{id}/claim"),
     ("post", "/api/v1/runners/{id}/heartbeat"),
 ];
+
+/// The web dashboard's pages: `/` (a redirect to them) and everything under this prefix. They
+/// are HTML for browsers, authenticated by a session cookie, not part of the API: the document
+/// does not describe them and [`ROUTES`] never names them.
+pub const DASHBOARD_PREFIX: &str = "/ui";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dashboard_is_not_in_the_api_routes() {
+        for (_, path) in super::ROUTES {
+            assert!(*path != "/" && !path.starts_with(super::DASHBOARD_PREFIX), "{path}");
+        }
+    }
+}

@@ -28,7 +28,7 @@ use crate::error::{ApiError, ApiResult, ServerFailure};
 use crate::extract::{Body, UrlPath};
 use crate::{views, workflows, App};
 
-type AppState<S> = State<Arc<App<S>>>;
+pub(crate) type AppState<S> = State<Arc<App<S>>>;
 
 /// Longest a claim or heartbeat request is held open.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -87,6 +87,8 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/api/v1/runners/{id}/heartbeat", post(heartbeat::<S>))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(artifacts)
+        // The web dashboard: `/` and HTML pages under `/ui` (not part of the API document).
+        .merge(crate::dashboard::router::<S>())
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; GET /api/v1/openapi.json lists them".into())
         })
@@ -263,7 +265,7 @@ async fn create_token<S: Store>(
     ))
 }
 
-async fn list_tokens<S: Store>(
+pub(crate) async fn list_tokens<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<TokenView>>> {
@@ -348,7 +350,7 @@ async fn create_project<S: Store>(
     Ok((StatusCode::CREATED, Json(views::project(project))))
 }
 
-async fn list_projects<S: Store>(
+pub(crate) async fn list_projects<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<ProjectView>>> {
@@ -413,15 +415,15 @@ async fn submit_run<S: Store>(
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    project: Option<String>,
-    tag: Option<String>,
-    after: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct ListQuery {
+    pub(crate) state: Option<String>,
+    pub(crate) project: Option<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) after: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
-async fn list_runs<S: Store>(
+pub(crate) async fn list_runs<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -457,7 +459,7 @@ async fn list_runs<S: Store>(
 }
 
 /// The run, if the caller may see it.
-async fn visible_run<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> ApiResult<RunRow> {
+pub(crate) async fn visible_run<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> ApiResult<RunRow> {
     caller.require_client()?;
     let row = app
         .store
@@ -511,7 +513,7 @@ async fn run_by_prefix<S: Store>(
     }
 }
 
-async fn cancel_run<S: Store>(
+pub(crate) async fn cancel_run<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
@@ -528,12 +530,12 @@ async fn cancel_run<S: Store>(
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     follow: Option<bool>,
     after: Option<i64>,
 }
 
-async fn run_events<S: Store>(
+pub(crate) async fn run_events<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
@@ -622,7 +624,7 @@ async fn next_sse_batch<S: Store>(
     }
 }
 
-async fn run_audit<S: Store>(
+pub(crate) async fn run_audit<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
@@ -690,7 +692,7 @@ fn artifact_path(path: &str) -> ApiResult<PathBuf> {
     }
 }
 
-async fn list_artifacts<S: Store>(
+pub(crate) async fn list_artifacts<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
@@ -726,7 +728,7 @@ async fn list_artifacts<S: Store>(
     Ok(Json(found))
 }
 
-async fn download_artifact<S: Store>(
+pub(crate) async fn download_artifact<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     UrlPath((id, path)): UrlPath<(String, String)>,
@@ -1095,7 +1097,7 @@ async fn upload_artifact<S: Store>(
     Ok(StatusCode::CREATED)
 }
 
-async fn list_runners<S: Store>(
+pub(crate) async fn list_runners<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<RunnerView>>> {
@@ -1163,12 +1165,12 @@ async fn submit_workflow<S: Store>(
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WorkflowListQuery {
-    project: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct WorkflowListQuery {
+    pub(crate) project: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
-async fn list_workflows<S: Store>(
+pub(crate) async fn list_workflows<S: Store>(
     State(app): AppState<S>,
     caller: Caller,
     query: Result<Query<WorkflowListQuery>, axum::extract::rejection::QueryRejection>,
@@ -1193,7 +1195,7 @@ async fn list_workflows<S: Store>(
 }
 
 /// The workflow, if the caller may see it.
-async fn visible_workflow<S: Store>(
+pub(crate) async fn visible_workflow<S: Store>(
     app: &App<S>,
     caller: &Caller,
     id: &str,
