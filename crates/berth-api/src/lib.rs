@@ -723,6 +723,10 @@ pub struct RunView {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub cancel_requested: bool,
+    /// Why a queued run may wait forever, from the submit and `GET /api/v1/runs/{id}`: no
+    /// runner online or seen in the last hour could claim it (tags). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /api/v1/runs`.

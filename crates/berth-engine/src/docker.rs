@@ -264,20 +264,7 @@ impl DockerEngine {
         &self,
         reference: &str,
     ) -> Result<Vec<LocalImage>, EngineError> {
-        self.list_images_filtered("reference", reference).await
-    }
-
-    /// Images carrying the label `label` (any value), e.g. every image berth built.
-    pub async fn list_images_labelled(&self, label: &str) -> Result<Vec<LocalImage>, EngineError> {
-        self.list_images_filtered("label", label).await
-    }
-
-    async fn list_images_filtered(
-        &self,
-        filter: &str,
-        value: &str,
-    ) -> Result<Vec<LocalImage>, EngineError> {
-        let filters = HashMap::from([(filter.to_string(), vec![value.to_string()])]);
+        let filters = HashMap::from([("reference".to_string(), vec![reference.to_string()])]);
         let options = ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
@@ -286,7 +273,7 @@ impl DockerEngine {
             .docker
             .list_images(Some(options))
             .await
-            .map_err(|e| classify(e, value))?;
+            .map_err(|e| classify(e, reference))?;
         Ok(list
             .into_iter()
             .map(|i| LocalImage {
@@ -572,7 +559,6 @@ impl Engine for DockerEngine {
                     id: inspect.id.unwrap_or_default(),
                     entrypoint: config.entrypoint.unwrap_or_default(),
                     env: config.env.unwrap_or_default(),
-                    user: config.user.filter(|u| !u.is_empty()),
                 }))
             }
             Err(BollardError::DockerResponseServerError {

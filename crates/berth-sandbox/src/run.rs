@@ -253,13 +253,6 @@ pub async fn execute_docker<E: Engine>(
     let mut plan_context = run.plan_context.clone();
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
-    // A home the sandbox user cannot write gets a tmpfs of its own at the same place.
-    let (uid, _) = berth_core::plan::sandbox_user(
-        spec.user,
-        plan_context.invoking_uid,
-        plan_context.invoking_gid,
-    );
-    plan_context.home_owned = berth_core::plan::image_user_is(image.user.as_deref(), uid);
     plan_context.setup_frame = !run.secrets.is_empty() || run.stdin.is_some();
 
     // A missing network would only surface at start; say so before anything is created.
@@ -476,24 +469,6 @@ pub(crate) async fn stop_container<E: Engine>(engine: &E, id: &str) {
     }
 }
 
-/// Why `image`, not present on the engine, must not be pulled under `pull`, if it must not.
-/// `berth/…` on Docker Hub is not berth's: berth's own images are built locally, never pulled.
-pub fn not_pullable(image: &str, pull: PullPolicy) -> Option<SandboxError> {
-    let why = if pull == PullPolicy::Never {
-        "--pull never forbids pulling it"
-    } else if image.starts_with("berth/")
-        && berth_core::profile::image_build_command(image, env!("CARGO_PKG_VERSION")).is_some()
-    {
-        "berth's own images are built on this machine, never pulled"
-    } else {
-        return None;
-    };
-    Some(SandboxError::ImageUnavailable {
-        image: image.to_string(),
-        why: why.into(),
-    })
-}
-
 /// Makes sure the image is present, pulling it as the policy says.
 async fn ensure_image<E: Engine>(
     engine: &E,
@@ -508,8 +483,11 @@ async fn ensure_image<E: Engine>(
     if let Some(info) = present {
         return Ok(info);
     }
-    if let Some(refusal) = not_pullable(image, pull) {
-        return Err(refusal);
+    if pull == PullPolicy::Never {
+        return Err(SandboxError::ImageUnavailable {
+            image: image.to_string(),
+            why: "--pull never forbids pulling it".into(),
+        });
     }
     let reporter = ctx.reporter.clone();
     let mut progress = move |p: PullProgress| reporter.pull_progress(&p);
@@ -1367,7 +1345,6 @@ pub(crate) mod tests {
                     invoking_gid: 1000,
                     image_entrypoint: vec![],
                     image_home: None,
-                    home_owned: true,
                     workspace: self.tmp.path().to_path_buf(),
                     mounts: vec![],
                     mount_identities: Vec::new(),

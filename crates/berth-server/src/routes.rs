@@ -410,7 +410,54 @@ async fn submit_run<S: Store>(
     };
     let row = app.store.insert_run(&run).await?;
     app.wake(Wake::QUEUED.with(Wake::EVENTS));
-    Ok((StatusCode::CREATED, Json(views::run(row))))
+    Ok((StatusCode::CREATED, Json(with_warnings(&app, row).await?)))
+}
+
+/// How long after its last heartbeat a runner that went away still counts as one that may come
+/// back and claim a queued run.
+const RECENTLY_SEEN_MS: i64 = 60 * 60 * 1000;
+
+/// The run's view, with why it may wait forever when it is queued: no runner online or seen in
+/// the last hour has all its tags (or takes runs without tags).
+async fn with_warnings<S: Store>(app: &App<S>, row: RunRow) -> ApiResult<RunView> {
+    let queued = row.state == RunState::Queued && row.pinned_runner.is_none();
+    let tags = row.tags.clone();
+    let mut view = views::run(row);
+    if !queued {
+        return Ok(view);
+    }
+    let now = now_ms();
+    let seen: Vec<_> = app
+        .store
+        .list_runners()
+        .await?
+        .into_iter()
+        .filter(|r| r.online || now - r.last_heartbeat < RECENTLY_SEEN_MS)
+        .collect();
+    let could_claim = |r: &&RunnerRecord| {
+        tags.iter().all(|t| r.tags.contains(t)) && !(r.require_matching_tags && tags.is_empty())
+    };
+    if seen.is_empty() {
+        view.warnings.push(
+            "no runner is online or was seen in the last hour: the run waits until one registers"
+                .into(),
+        );
+    } else if !seen.iter().any(|r| could_claim(&r)) {
+        let wanted = if tags.is_empty() {
+            "takes runs without tags (all use --require-matching-tags)".to_string()
+        } else {
+            format!("has the tags {}", tags.join(","))
+        };
+        let runners: Vec<String> = seen
+            .iter()
+            .map(|r| format!("{} [{}]", r.name, r.tags.join(",")))
+            .collect();
+        view.warnings.push(format!(
+            "no runner online or seen in the last hour {wanted} (runners: {}): the run waits until one that does registers",
+            runners.join(", ")
+        ));
+    }
+    Ok(view)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -476,10 +523,10 @@ async fn get_run<S: Store>(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<RunView>> {
     match visible_run(&app, &caller, &id).await {
-        Err(ApiError::NotFound(message)) => Ok(Json(views::run(
-            run_by_prefix(&app, &caller, &id, message).await?,
-        ))),
-        found => Ok(Json(views::run(found?))),
+        Err(ApiError::NotFound(message)) => Ok(Json(
+            with_warnings(&app, run_by_prefix(&app, &caller, &id, message).await?).await?,
+        )),
+        found => Ok(Json(with_warnings(&app, found?).await?)),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn run_with(row: RunRow, sandbox: SandboxRequest) -> RunView {
         exit_code: row.exit_code,
         reason: row.reason,
         cancel_requested: row.cancel_requested,
+        warnings: Vec::new(),
     }
 }
 

@@ -3590,3 +3590,62 @@ fn sqlite_ctrl_c_detaches_and_a_second_one_cancels() {
     );
     assert!(!show.to_string().contains(&secret), "{show}");
 }
+
+// Honest queueing: a submission no online or recently seen runner could claim (its tags) is
+// warned about by the server (`warnings`) and by `berth submit`, and `berth show` says why the
+// queued run waits; one that a runner can take gets no warning.
+#[test]
+fn sqlite_a_run_no_runner_could_claim_is_warned_about() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let project = c.project.clone();
+    let submit = |c: &Cluster, tags: &[&str]| {
+        let mut args = vec!["submit", "--project", &project, "--image", image()];
+        args.extend_from_slice(tags);
+        args.extend(["--", "true"]);
+        let o = c.cli(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        (text(&o.stdout).trim().to_string(), text(&o.stderr))
+    };
+    // No runner at all yet.
+    let (id, stderr) = submit(&c, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "warning: run {id}: no runner is online or was seen"
+        )),
+        "{stderr}"
+    );
+    c.cli(&["cancel", &id]);
+
+    let name = c.runner("cpu", &["--tags", "linux"]);
+    let (gpu, stderr) = submit(&c, &["--tags", "gpu"]);
+    let want = "no runner online or seen in the last hour has the tags gpu";
+    assert!(
+        stderr.contains(&format!("warning: run {gpu}: {want}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{name} [linux")), "{stderr}");
+    let run = c.run(&gpu);
+    assert_eq!(run["state"], "queued", "{run}");
+    assert!(
+        run["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains(want),
+        "{run}"
+    );
+    let o = c.cli(&["show", &gpu]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("   waiting: {want}")),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // What the runner can take: no warning, and it runs.
+    let (linux, stderr) = submit(&c, &["--tags", "linux"]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let run = c.wait_final(&linux, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert!(run.get("warnings").is_none(), "{run}");
+    c.cli(&["cancel", &gpu]);
+}

@@ -86,26 +86,19 @@ pub fn apply(args: RunRefArgs, printer: Printer) -> ExitStatus {
         .and_then(|dir| workspace::patch_of(&dir))
         .and_then(|(record, path)| {
             if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
-                return Ok((record, workspace::Applied::Files(Vec::new())));
+                return Ok((record, Vec::new()));
             }
-            workspace::apply(&record, &path).map(|applied| (record, applied))
+            workspace::apply(&record, &path).map(|files| (record, files))
         });
     match result {
-        Ok((record, workspace::Applied::Already)) => {
-            printer.info(&format!(
-                "the changes of run {} are already applied; nothing to do",
-                record.id
-            ));
-            ExitStatus::Success
-        }
-        Ok((record, workspace::Applied::Files(files))) if files.is_empty() => {
+        Ok((record, files)) if files.is_empty() => {
             printer.info(&format!(
                 "run {} changed nothing; nothing applied",
                 record.id
             ));
             ExitStatus::Success
         }
-        Ok((record, workspace::Applied::Files(files))) => {
+        Ok((record, files)) => {
             printer.info(&format!(
                 "applied the changes of run {} to {} file(s): {}",
                 record.id,

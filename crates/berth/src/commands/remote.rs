@@ -298,6 +298,9 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
         Ok(run) => run,
         Err(e) => return fail(printer, &e),
     };
+    for warning in &run.warnings {
+        printer.warning(&format!("run {}: {warning}", run.id));
+    }
     if !args.follow {
         if args.json {
             print_json(&run);
@@ -729,6 +732,9 @@ pub async fn remote_show(
         ("finished", opt(&view.finished_at)),
     ] {
         data_line(&format!("{k:>10}: {v}"));
+    }
+    for warning in &view.warnings {
+        data_line(&format!("{:>10}: {warning}", "waiting"));
     }
     data_line("     audit:");
     for a in audit {
