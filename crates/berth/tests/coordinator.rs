@@ -2216,6 +2216,40 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
     let show = c.show(&id[..10]);
     assert_eq!(show["run"]["id"], id.as_str(), "{show}");
     assert!(!show["audit"].as_array().unwrap().is_empty(), "{show}");
+    // A local run is not hidden by the server: `berth show` finds it, and says so.
+    let here = c.path().join("local");
+    std::fs::create_dir_all(&here).unwrap();
+    let in_here = |args: &[&str]| {
+        let mut cmd = c.berth(args);
+        cmd.current_dir(&here);
+        output_within(&mut cmd, Duration::from_secs(120))
+    };
+    let o = in_here(&["run", "--image", image(), "--", "true"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = in_here(&["ls", "--json"]);
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local = local[0]["id"].as_str().unwrap().to_string();
+    let o = in_here(&["show", &local, "--server", &c.url, "--token", &c.client]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(&local), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("the local run answered, not the server"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = c.cli(&["show", &id]);
+    assert!(
+        text(&o.stderr).contains(&format!("the server {} answered", c.url)),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = c.cli(&["show", "nosuchrun"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains(&format!("nor on the server {}", c.url)),
+        "{}",
+        text(&o.stderr)
+    );
     // Neither here nor there: berth says where it looked.
     let o = c.cli(&["diff", "nosuchrun"]);
     assert!(!o.status.success());

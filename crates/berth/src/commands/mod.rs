@@ -42,20 +42,33 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
             }
             None => ls::ls(args, printer),
         },
-        Command::Show(args) => match args.server.clone() {
-            Some(server) => {
-                remote::remote_show(
-                    server,
-                    args.token.clone(),
-                    args.transport.clone(),
-                    args.run.clone(),
-                    args.json,
-                    printer,
-                )
-                .await
+        Command::Show(args) => {
+            // A local run answers first: a server never hides it.
+            let here = state_dir(args.state.state_dir.clone(), args.workspace.clone());
+            match (args.server.clone(), here.find(&args.run)) {
+                (Some(server), Err(berth_sandbox::SandboxError::NoSuchRun(_))) => {
+                    remote::remote_show(
+                        server,
+                        args.token.clone(),
+                        args.transport.clone(),
+                        args.run.clone(),
+                        here.root().display().to_string(),
+                        args.json,
+                        printer,
+                    )
+                    .await
+                }
+                (Some(_), Ok(_)) => {
+                    printer.info(&format!(
+                        "run {} is in {}: the local run answered, not the server",
+                        args.run,
+                        here.root().display()
+                    ));
+                    show::show(args, printer)
+                }
+                _ => show::show(args, printer),
             }
-            None => show::show(args, printer),
-        },
+        }
         Command::Gc(args) => gc::gc(args, printer).await,
         Command::Diff(args) if remote::patch::on_server(&args) => {
             remote::patch::take(remote::patch::Take::Print, args, printer).await

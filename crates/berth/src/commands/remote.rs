@@ -89,6 +89,26 @@ fn fail(printer: Printer, e: &ApiError) -> ExitStatus {
     ExitStatus::Error
 }
 
+/// A run id that is neither local nor on the server: where berth looked.
+fn in_neither(printer: Printer, run: &str, looked_here: &str, client: &Client) -> ExitStatus {
+    printer.error(
+        &format!(
+            "no run matches `{run}`: not in {looked_here}, nor on the server {}",
+            client.base()
+        ),
+        Some("`berth ls` lists local runs; `berth ls --server URL` the server's"),
+    );
+    ExitStatus::Error
+}
+
+/// Says that the server answered for a run that is not local.
+fn server_answered(printer: Printer, id: &str, looked_here: &str, client: &Client) {
+    printer.info(&format!(
+        "run {id} is not in {looked_here}: the server {} answered",
+        client.base()
+    ));
+}
+
 macro_rules! client_or_fail {
     ($printer:expr, $remote:expr, $admin:expr) => {
         match client($remote, $admin) {
@@ -684,6 +704,7 @@ pub async fn remote_show(
     token: Option<String>,
     transport: TransportArgs,
     run: String,
+    looked_here: String,
     json: bool,
     printer: Printer,
 ) -> ExitStatus {
@@ -701,8 +722,12 @@ pub async fn remote_show(
     }
     let view = match client.get::<RunView>(&format!("/api/v1/runs/{run}")).await {
         Ok(v) => v,
+        Err(ApiError::Status { status: 404, .. }) => {
+            return in_neither(printer, &run, &looked_here, &client)
+        }
         Err(e) => return fail(printer, &e),
     };
+    server_answered(printer, &view.id, &looked_here, &client);
     let audit = client
         .get::<Vec<AuditView>>(&format!("/api/v1/runs/{}/audit", view.id))
         .await

@@ -7,7 +7,7 @@ use berth_api::RunView;
 use berth_core::ExitStatus;
 use berth_runner::ApiError;
 
-use super::{client, fail};
+use super::{client, fail, in_neither, server_answered};
 use crate::args::RunRefArgs;
 use crate::printer::Printer;
 
@@ -41,23 +41,11 @@ pub async fn take(what: Take, args: RunRefArgs, printer: Printer) -> ExitStatus 
     {
         Ok(run) => run,
         Err(ApiError::Status { status: 404, .. }) => {
-            printer.error(
-                &format!(
-                    "no run matches `{}`: not in {looked_here}, nor on the server {}",
-                    args.run,
-                    client.base()
-                ),
-                Some("`berth ls` lists local runs; `berth ls --server URL` the server's"),
-            );
-            return ExitStatus::Error;
+            return in_neither(printer, &args.run, &looked_here, &client)
         }
         Err(e) => return fail(printer, &e),
     };
-    printer.info(&format!(
-        "run {} is not in {looked_here}: the server {} answered",
-        run.id,
-        client.base()
-    ));
+    server_answered(printer, &run.id, &looked_here, &client);
     let patch = match client
         .get_bytes(&format!(
             "/api/v1/runs/{}/artifacts/berth/diff.patch",
