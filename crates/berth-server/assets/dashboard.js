@@ -50,7 +50,8 @@ function follow(log) {
     try { event = JSON.parse(message.data); } catch (e) { return; }
     if (!events) return;
     const row = document.createElement("tr");
-    for (const value of [String(event.seq), event.ts, event.kind, event.data]) {
+    const time = String(event.ts).slice(11, 19);
+    for (const value of [String(event.seq), time, event.kind, event.data]) {
       const cell = document.createElement("td");
       cell.textContent = value;
       row.appendChild(cell);

@@ -15,6 +15,7 @@ mod support;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -271,8 +272,11 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, with the chromium it starts: dropping the driver kills them all,
+        // also when a test fails before closing the browser.
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -309,7 +313,23 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // A closed browser's processes end by themselves (and are reaped by chromedriver): give
+        // them a moment, then kill whatever is left of the process group this driver leads (all
+        // of it when a test failed before closing the browser).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let members = Command::new("pgrep")
+                .args(["-g", &self.child.id().to_string()])
+                .output()
+                .map_or(0, |o| text(&o.stdout).lines().count());
+            if members <= 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -364,6 +384,13 @@ async fn sign_in(browser: &Client, url: &str, token: &str) {
         .await
         .unwrap()
         .click()
+        .await
+        .unwrap();
+    // The answer is loaded: a refusal, or a page with the sign-out form.
+    browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#signin-error, form.signout"))
         .await
         .unwrap();
 }
@@ -485,6 +512,10 @@ async fn the_dashboard_in_a_real_browser() {
         .await
         .unwrap();
     assert!(link.attr("download").await.unwrap().is_some());
+    browser
+        .execute("document.getElementById('diff').scrollIntoView();", vec![])
+        .await
+        .unwrap();
     shoot(&browser, "run-diff").await;
 
     // A workflow: its steps with their runs, states and verdicts, and its diff.

@@ -86,7 +86,8 @@ pub fn diff(patch: &str) -> String {
         } else {
             "ctx"
         };
-        let _ = writeln!(out, r#"<span class="{class}">{}</span>"#, esc(line));
+        // Block spans: each is a line, without a newline character between them.
+        let _ = write!(out, r#"<span class="{class}">{}</span>"#, esc(line));
     }
     out.push_str("</pre>");
     out
