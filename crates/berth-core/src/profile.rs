@@ -124,6 +124,8 @@ pub enum ProfileError {
         first: String,
         second: String,
     },
+    #[error("profile `{profile}` needs a credential and none is set: {}", names.join(" or "))]
+    CredentialsMissing { profile: String, names: Vec<String> },
     #[error("profile `{profile}` takes a prompt: berth run --profile {profile} \"what to do\"")]
     PromptMissing { profile: String },
     #[error("profile `{profile}` cannot resume sessions")]
@@ -141,6 +143,27 @@ pub enum Resume {
 /// The berth version's image tag for a built-in target.
 pub fn builtin_image(target: &str, version: &str) -> String {
     format!("berth/{target}:{version}")
+}
+
+/// The stages of berth's `images/Dockerfile` that `berth image build` builds.
+pub const IMAGE_TARGETS: [&str; 4] = ["base", "procedural", "claude-code", "codex"];
+
+/// The `berth image build` command that makes `image`, when it is one of berth's images of this
+/// `version` (`REPOSITORY/TARGET:VERSION`): such an image is built locally, never pulled.
+pub fn image_build_command(image: &str, version: &str) -> Option<String> {
+    let (name, tag) = image.rsplit_once(':')?;
+    if tag != version || name.contains('@') {
+        return None;
+    }
+    let (repository, target) = name.rsplit_once('/')?;
+    if !IMAGE_TARGETS.contains(&target) {
+        return None;
+    }
+    Some(if repository == "berth" {
+        format!("berth image build {target}")
+    } else {
+        format!("berth image build {target} --repository {repository}")
+    })
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -559,6 +582,28 @@ impl Profile {
         Ok((argv, stdin))
     }
 
+    /// Refuses a profile that takes credentials when none of them is set on the host
+    /// (`is_set`) nor given with `--secret`: the agent would start only to say it is not logged
+    /// in.
+    pub fn check_credentials(
+        &self,
+        explicit: &[String],
+        is_set: impl Fn(&str) -> bool,
+    ) -> Result<(), ProfileError> {
+        if self.credentials.is_empty()
+            || self
+                .credentials
+                .iter()
+                .any(|c| explicit.contains(c) || is_set(c))
+        {
+            return Ok(());
+        }
+        Err(ProfileError::CredentialsMissing {
+            profile: self.name.clone(),
+            names: self.credentials.clone(),
+        })
+    }
+
     /// The credentials to pass: those set on the host (`is_set`), refusing conflicting pairs.
     /// Names already chosen with `--secret` win over the profile's list.
     pub fn credentials_to_pass(
@@ -772,6 +817,55 @@ mod tests {
         assert_eq!(secrets_for(None, &["A".into()], set).unwrap(), ["A"]);
         let both = |n: &str| n == "ANTHROPIC_API_KEY" || n == "CLAUDE_CODE_OAUTH_TOKEN";
         assert!(secrets_for(Some(claude), &[], both).is_err());
+    }
+
+    #[test]
+    fn a_profile_with_credentials_needs_one_of_them() {
+        let profiles = all();
+        let claude = find(&profiles, "claude-code").unwrap();
+        let e = claude.check_credentials(&[], |_| false).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("ANTHROPIC_API_KEY") && text.contains("CLAUDE_CODE_OAUTH_TOKEN"),
+            "{text}"
+        );
+        assert!(claude
+            .check_credentials(&[], |n| n == "CLAUDE_CODE_OAUTH_TOKEN")
+            .is_ok());
+        assert!(claude
+            .check_credentials(&["ANTHROPIC_API_KEY".into()], |_| false)
+            .is_ok());
+        let codex = find(&profiles, "codex").unwrap();
+        assert!(codex
+            .check_credentials(&[], |_| false)
+            .unwrap_err()
+            .to_string()
+            .contains("OPENAI_API_KEY"));
+        // A profile without credentials needs none.
+        let procedural = find(&profiles, "procedural").unwrap();
+        assert!(procedural.check_credentials(&[], |_| false).is_ok());
+    }
+
+    #[test]
+    fn berth_s_own_images_are_built_not_pulled() {
+        let cmd = |image| image_build_command(image, "0.1.0");
+        assert_eq!(
+            cmd("berth/claude-code:0.1.0").as_deref(),
+            Some("berth image build claude-code")
+        );
+        assert_eq!(
+            cmd("reg.example:5000/team/codex:0.1.0").as_deref(),
+            Some("berth image build codex --repository reg.example:5000/team")
+        );
+        for other in [
+            "berth/claude-code:0.2.0",
+            "berth/app:0.1.0",
+            "claude-code:0.1.0",
+            "debian:bookworm-slim",
+            "berth/base@sha256:00",
+        ] {
+            assert_eq!(cmd(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -14,6 +14,15 @@ use sha2::{Digest, Sha256};
 /// The image label holding [`BuildContext::hash`] of the inputs an image was built from.
 pub const BUILD_HASH_LABEL: &str = "berth.build-hash";
 
+/// One file of a build context.
+#[derive(Debug, Clone)]
+pub struct ContextFile {
+    /// The path relative to the context, `/`-separated.
+    pub path: String,
+    pub data: Vec<u8>,
+    pub executable: bool,
+}
+
 /// A directory packed for the engine's builder.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -26,31 +35,50 @@ impl BuildContext {
     /// Packs `dir` (regular files and directories, recursively; links and special files are left
     /// out, as are `*.md` files).
     pub fn from_dir(dir: &Path) -> io::Result<Self> {
-        let mut files = Vec::new();
-        collect(dir, "", &mut files)?;
-        files.sort();
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut dockerfile = None;
-        for rel in &files {
-            let path = dir.join(rel);
+        let mut names = Vec::new();
+        collect(dir, "", &mut names)?;
+        let mut files = Vec::with_capacity(names.len());
+        for rel in names {
+            let path = dir.join(&rel);
             let data = std::fs::read(&path)?;
             let executable = is_executable(&std::fs::metadata(&path)?);
+            files.push(ContextFile {
+                path: rel,
+                data,
+                executable,
+            });
+        }
+        Self::from_files(files)
+    }
+
+    /// Packs `files` (paths relative to the context, `/`-separated); `*.md` files are left out.
+    /// The same files give the same tar as [`BuildContext::from_dir`] of a directory holding
+    /// them, and so the same hash.
+    pub fn from_files(files: Vec<ContextFile>) -> io::Result<Self> {
+        let mut files: Vec<ContextFile> = files
+            .into_iter()
+            .filter(|f| !f.path.ends_with(".md"))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dockerfile = None;
+        for file in &files {
             let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(if executable { 0o755 } else { 0o644 });
+            header.set_size(file.data.len() as u64);
+            header.set_mode(if file.executable { 0o755 } else { 0o644 });
             header.set_uid(0);
             header.set_gid(0);
             header.set_mtime(0);
             header.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut header, rel, data.as_slice())?;
-            if rel == "Dockerfile" {
-                dockerfile = Some(String::from_utf8_lossy(&data).into_owned());
+            builder.append_data(&mut header, &file.path, file.data.as_slice())?;
+            if file.path == "Dockerfile" {
+                dockerfile = Some(String::from_utf8_lossy(&file.data).into_owned());
             }
         }
         let tar = builder.into_inner()?;
         Ok(Self {
             tar,
-            files,
+            files: files.into_iter().map(|f| f.path).collect(),
             dockerfile,
         })
     }

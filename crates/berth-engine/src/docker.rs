@@ -264,7 +264,20 @@ impl DockerEngine {
         &self,
         reference: &str,
     ) -> Result<Vec<LocalImage>, EngineError> {
-        let filters = HashMap::from([("reference".to_string(), vec![reference.to_string()])]);
+        self.list_images_filtered("reference", reference).await
+    }
+
+    /// Images carrying the label `label` (any value), e.g. every image berth built.
+    pub async fn list_images_labelled(&self, label: &str) -> Result<Vec<LocalImage>, EngineError> {
+        self.list_images_filtered("label", label).await
+    }
+
+    async fn list_images_filtered(
+        &self,
+        filter: &str,
+        value: &str,
+    ) -> Result<Vec<LocalImage>, EngineError> {
+        let filters = HashMap::from([(filter.to_string(), vec![value.to_string()])]);
         let options = ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
@@ -273,7 +286,7 @@ impl DockerEngine {
             .docker
             .list_images(Some(options))
             .await
-            .map_err(|e| classify(e, reference))?;
+            .map_err(|e| classify(e, value))?;
         Ok(list
             .into_iter()
             .map(|i| LocalImage {

@@ -59,9 +59,14 @@ impl SandboxError {
             Self::SecretMissing { name } => {
                 Some(format!("export {name}=... in the shell that runs berth"))
             }
-            Self::ImageUnavailable { image, .. } => Some(format!(
-                "build it locally (`docker build -t {image} .`) or make its registry reachable"
-            )),
+            Self::ImageUnavailable { image, .. } => Some(
+                match berth_core::profile::image_build_command(image, env!("CARGO_PKG_VERSION")) {
+                    Some(command) => format!("berth builds its own images: `{command}`"),
+                    None => format!(
+                        "build it locally (`docker build -t {image} .`) or make its registry reachable"
+                    ),
+                },
+            ),
             Self::Engine(EngineError::NoSuchNetwork(name)) => Some(format!(
                 "create it first (`docker network create {name}`) or use --network none|bridge"
             )),

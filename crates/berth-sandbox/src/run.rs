@@ -469,6 +469,24 @@ pub(crate) async fn stop_container<E: Engine>(engine: &E, id: &str) {
     }
 }
 
+/// Why `image`, not present on the engine, must not be pulled under `pull`, if it must not.
+/// `berth/…` on Docker Hub is not berth's: berth's own images are built locally, never pulled.
+pub fn not_pullable(image: &str, pull: PullPolicy) -> Option<SandboxError> {
+    let why = if pull == PullPolicy::Never {
+        "--pull never forbids pulling it"
+    } else if image.starts_with("berth/")
+        && berth_core::profile::image_build_command(image, env!("CARGO_PKG_VERSION")).is_some()
+    {
+        "berth's own images are built on this machine, never pulled"
+    } else {
+        return None;
+    };
+    Some(SandboxError::ImageUnavailable {
+        image: image.to_string(),
+        why: why.into(),
+    })
+}
+
 /// Makes sure the image is present, pulling it as the policy says.
 async fn ensure_image<E: Engine>(
     engine: &E,
@@ -483,11 +501,8 @@ async fn ensure_image<E: Engine>(
     if let Some(info) = present {
         return Ok(info);
     }
-    if pull == PullPolicy::Never {
-        return Err(SandboxError::ImageUnavailable {
-            image: image.to_string(),
-            why: "--pull never forbids pulling it".into(),
-        });
+    if let Some(refusal) = not_pullable(image, pull) {
+        return Err(refusal);
     }
     let reporter = ctx.reporter.clone();
     let mut progress = move |p: PullProgress| reporter.pull_progress(&p);

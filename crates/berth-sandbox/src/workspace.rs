@@ -1180,10 +1180,19 @@ pub fn patch_of(
 
 /// Applies the run's patch to the user's checkout after checking that it applies cleanly;
 /// refuses with the conflicting files named. Returns the files changed.
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The changes were applied to these files.
+    Files(Vec<String>),
+    /// The checkout already holds the changes (they were applied before): nothing was done.
+    Already,
+}
+
 pub fn apply(
     record: &berth_core::record::RunRecord,
     patch: &Path,
-) -> Result<Vec<String>, SandboxError> {
+) -> Result<Applied, SandboxError> {
     let (dir, prefix) = patch_target(record);
     let patch_text = patch.display().to_string();
     let mut args = vec!["apply", "--binary"];
@@ -1194,6 +1203,12 @@ pub fn apply(
     let mut check = args.clone();
     check.extend(["--check", &patch_text]);
     if let Err(e) = run_git(&dir, &check, None) {
+        // Undoing the changes would apply cleanly: they are there already.
+        let mut reverse = check.clone();
+        reverse.insert(reverse.len() - 1, "--reverse");
+        if run_git(&dir, &reverse, None).is_ok() {
+            return Ok(Applied::Already);
+        }
         let files = conflicting_files(&e);
         return Err(SandboxError::WithHint {
             message: format!(
@@ -1225,7 +1240,7 @@ pub fn apply(
                 .collect()
         })
         .unwrap_or_default();
-    Ok(files)
+    Ok(Applied::Files(files))
 }
 
 /// The files `git apply --check` complained about.

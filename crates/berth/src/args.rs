@@ -63,6 +63,28 @@ pub enum Command {
     Runners(RunnersArgs),
     /// Trust a workspace's berth.toml, so it may widen settings (mounts, env, network…).
     Trust(TrustArgs),
+    /// Write a commented berth.toml for this directory (an existing one is never overwritten).
+    Init(InitArgs),
+    /// Print a shell completion script on stdout, e.g. `berth completions bash > ~/.local/share/bash-completion/completions/berth`.
+    Completions(CompletionsArgs),
+    /// Print berth's man page (roff) on stdout, e.g. `berth man | man -l -`.
+    Man,
+    /// Print berth's version (as --version).
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory to write berth.toml into [default: the current directory].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +234,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The workspace whose berth.toml is read [default: the current directory].
@@ -221,10 +244,12 @@ pub struct ProfilesArgs {
 
 #[derive(Debug, Args)]
 pub struct SessionsArgs {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub state: StateArgs,
+    /// The workspace whose runs made the sessions [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
 }
@@ -243,11 +268,13 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// List the runs of this server instead of local ones.
     #[arg(long, env = crate::env::BERTH_SERVER, value_name = "URL")]
     pub server: Option<String>,
+    /// With --server: a bearer token.
     #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
@@ -270,17 +297,20 @@ pub struct ListArgs {
 pub struct ShowArgs {
     /// A run id, or a unique prefix of one.
     pub run: String,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Show a run of this server instead of a local one.
     #[arg(long, env = crate::env::BERTH_SERVER, value_name = "URL")]
     pub server: Option<String>,
+    /// With --server: a bearer token.
     #[arg(long, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
     pub transport: TransportArgs,
     #[command(flatten)]
     pub state: StateArgs,
+    /// The workspace whose runs are searched [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
 }
@@ -301,6 +331,7 @@ pub struct RunRefArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -359,6 +390,7 @@ pub struct WorkflowRunArgs {
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -377,6 +409,7 @@ pub struct RmArgs {
     /// Remove even while a run is inside (the run fails).
     #[arg(long)]
     pub force: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -385,10 +418,10 @@ pub struct RmArgs {
 #[derive(Debug, Args, Clone)]
 pub struct RemoteArgs {
     /// The server's URL, e.g. https://berth.example.com:8765, or http://127.0.0.1:8765 on this
-    /// machine [env: BERTH_SERVER].
+    /// machine.
     #[arg(long, global = true, env = crate::env::BERTH_SERVER, value_name = "URL")]
     pub server: Option<String>,
-    /// A bearer token [env: BERTH_TOKEN]; admin commands fall back to <state dir>/admin-token.
+    /// A bearer token; admin commands fall back to <state dir>/admin-token.
     #[arg(long, global = true, env = crate::env::BERTH_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
@@ -399,11 +432,11 @@ pub struct RemoteArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct TransportArgs {
     /// A PEM file of CA certificates to trust for the server's certificate, besides the
-    /// system's roots (for a private CA) [env: BERTH_CA].
+    /// system's roots (for a private CA).
     #[arg(long, global = true, env = crate::env::BERTH_CA, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Allow plain http:// to a server that is not on this machine: the token and all run
-    /// output cross the network in clear (warned about on every use) [env: BERTH_INSECURE_HTTP].
+    /// output cross the network in clear (warned about on every use).
     #[arg(
         long,
         global = true,
@@ -451,7 +484,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// A file holding a token that /metrics accepts besides the API tokens, for a scraper that
-    /// should hold no API token [env: BERTH_METRICS_TOKEN_FILE].
+    /// should hold no API token.
     #[arg(long, env = crate::env::BERTH_METRICS_TOKEN_FILE, value_name = "FILE")]
     pub metrics_token_file: Option<PathBuf>,
 }
@@ -493,6 +526,7 @@ pub struct RunnerArgs {
 pub enum TokenCommand {
     /// Create a token; the secret is printed once, on stdout.
     Create {
+        /// What the token may do: client (submit and read runs) or runner (claim and run them).
         #[arg(long, value_name = "client|runner")]
         role: String,
         /// Limit a client token to one project.
@@ -502,7 +536,10 @@ pub enum TokenCommand {
     /// List tokens.
     Ls,
     /// Revoke a token.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id, as `berth token ls` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -514,6 +551,7 @@ pub struct TokenArgs {
     /// The server's state directory, to read admin-token from when no token is given.
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -543,6 +581,7 @@ pub struct EgressArgs {
 pub enum ProjectCommand {
     /// Create a project.
     Create {
+        /// The project's name.
         name: String,
         /// The directory on runner hosts mounted as the workspace of the project's runs.
         #[arg(long, value_name = "DIR")]
@@ -565,8 +604,10 @@ pub struct ProjectArgs {
     pub command: ProjectCommand,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// The server's state directory, to read admin-token from when no token is given.
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -578,20 +619,25 @@ pub struct SubmitArgs {
     /// The project the run belongs to.
     #[arg(long)]
     pub project: String,
+    /// The image to run in [default: the profile's, else the runner's config].
     #[arg(long)]
     pub image: Option<String>,
     /// Execution: docker-sandbox or local.
     #[arg(long, default_value = "docker-sandbox")]
     pub execution_mode: String,
+    /// The working directory inside the sandbox.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// An environment variable for the command, KEY=VALUE; repeatable.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// A secret the runner takes from its own environment variable NAME; repeatable.
     #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
     /// SRC:DST[:ro|rw], paths on the runner host; replaces the default workspace mount.
     #[arg(long = "mount", value_name = "SRC:DST[:MODE]")]
     pub mounts: Vec<String>,
+    /// Memory limit, e.g. 512m or 2g [default: 2g].
     #[arg(long)]
     pub memory: Option<String>,
     /// CPU limit, from 0.01 to 1024.
@@ -604,10 +650,13 @@ pub struct SubmitArgs {
     /// storage driver has no quota.
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<String>,
+    /// Stop the command after this long, e.g. 90s or 10m; 0 disables [default: 10m].
     #[arg(long)]
     pub timeout: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopping [default: 10s].
     #[arg(long)]
     pub grace: Option<String>,
+    /// Network: none, bridge or the name of a network on the runner [default: none].
     #[arg(long)]
     pub network: Option<String>,
     /// Isolation: runc or gvisor; gvisor runs go only to runners whose engine offers it
@@ -616,10 +665,13 @@ pub struct SubmitArgs {
     pub isolation: Option<String>,
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Read-only root file system, with writable tmpfs for /tmp and the home directory.
     #[arg(long)]
     pub read_only: bool,
+    /// Run as UID[:GID] [default: the runner's uid:gid, or 1000:1000 when it runs as root].
     #[arg(long)]
     pub user: Option<String>,
+    /// A path inside the container to copy back after exit; repeatable.
     #[arg(long = "artifact", value_name = "PATH")]
     pub artifacts: Vec<String>,
     /// A profile the runner resolves; the arguments are then its prompt (or, for profiles
@@ -642,6 +694,7 @@ pub struct SubmitArgs {
     /// Tags the runner must have.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,
+    /// A label of the run, KEY=VALUE, for your own bookkeeping; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Submit a workflow instead of one run: a workflow file (TOML) or a built-in
@@ -658,8 +711,10 @@ pub struct SubmitArgs {
     /// Stream the run's output (a workflow's steps) until it ends and exit with its status.
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The command and its arguments (never through a shell); with --profile, the prompt.
     #[arg(
         required_unless_present = "workflow",
         trailing_var_arg = true,
@@ -684,6 +739,7 @@ fn pids_flag(value: &str) -> Result<i64, String> {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// A run id (a local run: also a unique prefix of one).
     pub run: String,
     /// Keep streaming until the run ends.
     #[arg(long, short = 'f')]
@@ -693,13 +749,20 @@ pub struct LogsArgs {
     pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Without --server: the workspace whose runs are searched [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// The server run's id.
     pub run: String,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -708,6 +771,7 @@ pub struct CancelArgs {
 pub struct RunnersArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -722,6 +786,67 @@ pub struct TrustArgs {
     /// Print what the file changes compared with not having it, and whether it is trusted.
     #[arg(long)]
     pub show: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command, with the path of commands leading to it,
+    /// that `--help` shows without a description.
+    fn undescribed(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_has_a_description() {
+        let mut missing = Vec::new();
+        undescribed(&super::Cli::command(), "berth", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_environment_is_named_once() {
+        // clap appends `[env: NAME=]` itself; a doc comment that says it too shows it twice.
+        let mut twice = Vec::new();
+        fn walk(command: &clap::Command, path: &str, twice: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let help = arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if arg.get_env().is_some() && help.contains("[env: ") {
+                    twice.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), twice);
+            }
+        }
+        walk(&super::Cli::command(), "berth", &mut twice);
+        assert!(twice.is_empty(), "[env: …] written by hand: {twice:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -125,6 +125,13 @@ impl Reporter for HumanReporter {
                 }
                 p.info(&format!("pulled {image}"));
             }
+            Event::Signal { signal, reason }
+                if signal == "SIGTERM" && reason == "cancelled by SIGINT" =>
+            {
+                p.info(&format!(
+                    "sending {signal}: {reason}; press Ctrl-C again to kill it at once"
+                ))
+            }
             Event::Signal { signal, reason } => p.info(&format!("sending {signal}: {reason}")),
             Event::Queued { reason } => p.info(reason),
             Event::HeldContainer {
@@ -180,7 +187,11 @@ impl Reporter for HumanReporter {
                     Some(&hint),
                 );
             }
-            Event::Finished { state, reason, .. } if *state != RunState::Succeeded => {
+            Event::Finished {
+                state: RunState::Succeeded,
+                ..
+            } => p.info(&format!("run {} succeeded", line.run_id)),
+            Event::Finished { state, reason, .. } => {
                 let reason = reason.as_deref().unwrap_or("no reason recorded");
                 p.info(&format!("run {} {state}: {reason}", line.run_id));
             }

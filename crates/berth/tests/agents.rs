@@ -44,6 +44,15 @@ fn agent(
     cmd.env_remove("ANTHROPIC_API_KEY")
         .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
         .env_remove("OPENAI_API_KEY");
+    // An agent profile is refused without one of its credentials; the fakes use none, so a
+    // made-up one will do.
+    if env.is_empty() {
+        if profile.starts_with("claude") {
+            cmd.env("ANTHROPIC_API_KEY", "berth-test-not-a-key");
+        } else if profile.starts_with("codex") {
+            cmd.env("OPENAI_API_KEY", "berth-test-not-a-key");
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -242,6 +251,40 @@ fn conflicting_credentials_are_refused_before_start() {
         stderr(&o)
     );
     assert!(!ws.runs_dir().exists(), "nothing started");
+}
+
+#[test]
+fn a_run_without_any_credential_is_refused_before_start() {
+    let ws = workspace();
+    for (profile, names) in [
+        (
+            "claude-code",
+            &["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"][..],
+        ),
+        ("codex", &["OPENAI_API_KEY"][..]),
+    ] {
+        // Some variable of the host is set, just not one the profile takes.
+        let o = agent(&ws, profile, &[], "x", &[("BERTH_TEST_UNRELATED", "1")]);
+        assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+        let err = stderr(&o);
+        for name in names {
+            assert!(err.contains(name), "{name} not named: {err}");
+        }
+        assert!(err.contains("\nhint: export "), "{err}");
+        if profile == "claude-code" {
+            assert!(err.contains("claude setup-token"), "{err}");
+        }
+        assert!(!ws.runs_dir().exists(), "nothing started: {err}");
+    }
+    // `--secret NAME` chooses the credential; a set one is enough.
+    let o = agent(
+        &ws,
+        "claude-code",
+        &[],
+        "x",
+        &[("CLAUDE_CODE_OAUTH_TOKEN", "berth-test-not-a-token")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]

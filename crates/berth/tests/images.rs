@@ -37,12 +37,13 @@ impl Drop for Repository {
     }
 }
 
-/// `berth ARGS`, started inside the repository so `images/` is found by looking upwards.
-fn berth_in_repo(ws: &Workspace, args: &[&str]) -> Output {
-    ws.berth(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
-        .output()
-        .unwrap()
+/// `berth ARGS` in the test's workspace, far from any checkout: berth's `images/` is built into
+/// the binary, so `berth image build` works from any directory (as after `cargo install`).
+fn berth_anywhere(ws: &Workspace, args: &[&str]) -> Output {
+    assert!(!ws
+        .path()
+        .starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")));
+    ws.berth(args).output().unwrap()
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -66,7 +67,7 @@ fn images_are_built_once_then_reused_and_run() {
         &repo.0,
     ];
 
-    let first = berth_in_repo(&ws, &build);
+    let first = berth_anywhere(&ws, &build);
     assert!(first.status.success(), "{}", stderr(&first));
     // Not a terminal: plain step lines on stderr, one data line per image on stdout.
     let err = stderr(&first);
@@ -83,7 +84,7 @@ fn images_are_built_once_then_reused_and_run() {
 
     let mut with_json = build.to_vec();
     with_json.push("--json");
-    let second = berth_in_repo(&ws, &with_json);
+    let second = berth_anywhere(&ws, &with_json);
     assert!(second.status.success(), "{}", stderr(&second));
     let outcomes = json(&second);
     let statuses: Vec<(&str, &str)> = outcomes
@@ -106,19 +107,30 @@ fn images_are_built_once_then_reused_and_run() {
     let mut changed = build.to_vec();
     changed.retain(|a| *a != "base");
     changed.extend(["--build-arg", "EXTRA=1", "--json"]);
-    let third = berth_in_repo(&ws, &changed);
+    let third = berth_anywhere(&ws, &changed);
     assert!(third.status.success(), "{}", stderr(&third));
     assert_eq!(json(&third)[0]["status"], "built");
 
-    let listed = berth_in_repo(&ws, &["image", "ls", "--repository", &repo.0, "--json"]);
-    assert!(listed.status.success(), "{}", stderr(&listed));
-    let tags: Vec<String> = json(&listed)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["tag"].as_str().unwrap().to_string())
-        .collect();
+    // The tags `berth image ls ARGS --json` lists.
+    let listed_tags = |args: &[&str]| -> Vec<String> {
+        let mut ls = vec!["image", "ls", "--json"];
+        ls.extend_from_slice(args);
+        let listed = berth_anywhere(&ws, &ls);
+        assert!(listed.status.success(), "{}", stderr(&listed));
+        json(&listed)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["tag"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let tags = listed_tags(&["--repository", &repo.0]);
     assert_eq!(tags, [repo.tag("base"), repo.tag("procedural")]);
+    // Without --repository, every image berth built is listed, whatever its repository.
+    let all_tags = listed_tags(&[]);
+    for tag in [repo.tag("base"), repo.tag("procedural")] {
+        assert!(all_tags.contains(&tag), "{tag} missing from {all_tags:?}");
+    }
 
     // berth runs in the image it built: the image's HOME and working directory.
     let run = ws

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::workflow::{
-    make_repo, run_args, set_builder, without_credentials, write_files, REVIEWER, STUCK_BUILDER,
+    fake_credentials, make_repo, run_args, set_builder, write_files, REVIEWER, STUCK_BUILDER,
     WORKFLOW,
 };
 use support::{git, stderr, stdout, Workspace};
@@ -27,7 +27,7 @@ fn repo(reviewer: &str, max_iterations: u32) -> Workspace {
 
 fn workflow(ws: &Workspace, extra: &[&str]) -> Command {
     let mut cmd = ws.berth(&run_args(extra));
-    without_credentials(&mut cmd);
+    fake_credentials(&mut cmd);
     cmd
 }
 
@@ -239,10 +239,18 @@ fn bad_workflows_are_refused_before_anything_runs() {
             .replace("WORKSPACE", "worktree"),
     )
     .unwrap();
-    let o = not_git
-        .berth(&["workflow", "run", "w.toml", "--", "task"])
-        .output()
-        .unwrap();
+    // With what its agents need (credentials, their image), it is refused for want of git.
+    let o = fake_credentials(&mut not_git.berth(&[
+        "workflow",
+        "run",
+        "w.toml",
+        "--agent-image",
+        support::agents_image(),
+        "--",
+        "task",
+    ]))
+    .output()
+    .unwrap();
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("git"), "{}", stderr(&o));
 }

@@ -86,19 +86,26 @@ pub fn apply(args: RunRefArgs, printer: Printer) -> ExitStatus {
         .and_then(|dir| workspace::patch_of(&dir))
         .and_then(|(record, path)| {
             if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
-                return Ok((record, Vec::new()));
+                return Ok((record, workspace::Applied::Files(Vec::new())));
             }
-            workspace::apply(&record, &path).map(|files| (record, files))
+            workspace::apply(&record, &path).map(|applied| (record, applied))
         });
     match result {
-        Ok((record, files)) if files.is_empty() => {
+        Ok((record, workspace::Applied::Already)) => {
+            printer.info(&format!(
+                "the changes of run {} are already applied; nothing to do",
+                record.id
+            ));
+            ExitStatus::Success
+        }
+        Ok((record, workspace::Applied::Files(files))) if files.is_empty() => {
             printer.info(&format!(
                 "run {} changed nothing; nothing applied",
                 record.id
             ));
             ExitStatus::Success
         }
-        Ok((record, files)) => {
+        Ok((record, workspace::Applied::Files(files))) => {
             printer.info(&format!(
                 "applied the changes of run {} to {} file(s): {}",
                 record.id,

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_core::ExitStatus;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::printer::{data_line, print_json, Printer};
 
 /// The targets `berth image build` builds when none are named, in build order.
-pub const DEFAULT_TARGETS: [&str; 4] = ["base", "procedural", "claude-code", "codex"];
+pub const DEFAULT_TARGETS: [&str; 4] = berth_core::profile::IMAGE_TARGETS;
 /// Where berth's images live in the repository.
 pub const IMAGES_DIR: &str = "images";
 /// berth's images are `berth/<target>:<berth version>`.
@@ -54,8 +54,7 @@ pub struct BuildArgs {
     /// A build argument, KEY=VALUE; repeatable.
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
-    /// The directory holding the Dockerfile [default: images/ of the berth checkout that holds
-    /// the current directory].
+    /// The directory holding the Dockerfile [default: berth's own images/, built into berth].
     #[arg(long, value_name = "DIR")]
     pub images_dir: Option<PathBuf>,
     /// Build even when an image with the same inputs exists.
@@ -74,9 +73,10 @@ pub struct BuildArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// List the images REPOSITORY/*.
-    #[arg(long, value_name = "REPOSITORY", default_value = DEFAULT_REPOSITORY)]
-    pub repository: String,
+    /// List only the images REPOSITORY/* [default: every image `berth image build` made, with
+    /// any --repository, and berth/*].
+    #[arg(long, value_name = "REPOSITORY")]
+    pub repository: Option<String>,
     /// Print the list as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -135,7 +135,8 @@ struct Refusal(String, Option<String>);
 
 /// Everything `build` needs, checked before the engine is asked anything.
 struct Plan {
-    dir: PathBuf,
+    /// Where the context comes from, for messages.
+    dir: String,
     context: BuildContext,
     targets: Vec<String>,
     build_args: HashMap<String, String>,
@@ -183,7 +184,7 @@ async fn build(args: BuildArgs, printer: Printer) -> ExitStatus {
     if !args.json {
         printer.info(&format!(
             "building from {} ({} files)",
-            plan.dir.display(),
+            plan.dir,
             plan.context.files().len()
         ));
     }
@@ -228,29 +229,29 @@ fn plan(args: &BuildArgs) -> Result<Plan, Refusal> {
             ),
         ));
     }
-    let dir = match &args.images_dir {
-        Some(dir) => dir.clone(),
-        None => find_images_dir(&std::env::current_dir().unwrap_or_else(|_| ".".into()))
-            .ok_or_else(|| {
+    let (dir, context) = match &args.images_dir {
+        Some(dir) => {
+            let context = BuildContext::from_dir(dir).map_err(|e| {
                 Refusal(
-                    format!("no berth `{IMAGES_DIR}/Dockerfile` in the current directory or above"),
-                    Some(
-                        "run from a berth checkout, or pass --images-dir DIR (a directory with \
-                         a Dockerfile)"
-                            .into(),
-                    ),
+                    format!("cannot read the build context {}: {e}", dir.display()),
+                    Some("pass --images-dir DIR, a directory with a Dockerfile".into()),
+                )
+            })?;
+            (dir.display().to_string(), context)
+        }
+        None => (
+            format!("berth {}'s own {IMAGES_DIR}/", env!("CARGO_PKG_VERSION")),
+            embedded_context().map_err(|e| {
+                Refusal(
+                    format!("cannot pack berth's own {IMAGES_DIR}/: {e}"),
+                    Some("pass --images-dir DIR, a directory with a Dockerfile".into()),
                 )
             })?,
+        ),
     };
-    let context = BuildContext::from_dir(&dir).map_err(|e| {
-        Refusal(
-            format!("cannot read the build context {}: {e}", dir.display()),
-            Some("pass --images-dir DIR, a directory with a Dockerfile".into()),
-        )
-    })?;
     let Some(dockerfile) = context.dockerfile() else {
         return Err(Refusal(
-            format!("{} has no Dockerfile", dir.display()),
+            format!("{dir} has no Dockerfile"),
             Some("pass --images-dir DIR, a directory with a Dockerfile".into()),
         ));
     };
@@ -263,10 +264,7 @@ fn plan(args: &BuildArgs) -> Result<Plan, Refusal> {
     for target in &targets {
         if !stages.contains(target) {
             return Err(Refusal(
-                format!(
-                    "{} has no stage `{target}`",
-                    dir.join("Dockerfile").display()
-                ),
+                format!("the Dockerfile of {dir} has no stage `{target}`"),
                 Some(format!("its stages are: {}", stages.join(", "))),
             ));
         }
@@ -320,17 +318,22 @@ fn build_args(args: &BuildArgs) -> Result<HashMap<String, String>, Refusal> {
     Ok(out)
 }
 
-/// `images/` of the nearest directory at or above `start` whose `images/Dockerfile` defines a
-/// `base` stage (berth's, not some project's own `images/`).
-pub fn find_images_dir(start: &Path) -> Option<PathBuf> {
-    start.ancestors().find_map(|dir| {
-        let candidate = dir.join(IMAGES_DIR);
-        let text = std::fs::read_to_string(candidate.join("Dockerfile")).ok()?;
-        build_context::stages(&text)
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/images.rs"));
+}
+
+/// berth's `images/`, embedded in the binary when it was built.
+fn embedded_context() -> std::io::Result<BuildContext> {
+    BuildContext::from_files(
+        embedded::FILES
             .iter()
-            .any(|s| s == "base")
-            .then_some(candidate)
-    })
+            .map(|(path, data, executable)| build_context::ContextFile {
+                path: path.to_string(),
+                data: data.to_vec(),
+                executable: *executable,
+            })
+            .collect(),
+    )
 }
 
 async fn build_one(
@@ -586,8 +589,19 @@ async fn ls(args: LsArgs, printer: Printer) -> ExitStatus {
             return ExitStatus::Error;
         }
     };
-    let prefix = format!("{}/", args.repository);
-    let images = match engine.list_images_matching(&format!("{prefix}*")).await {
+    // Every image berth built carries its build hash, whatever repository it was tagged in.
+    let repository = args.repository.as_deref().unwrap_or(DEFAULT_REPOSITORY);
+    let prefix = format!("{repository}/");
+    let mut images = engine.list_images_matching(&format!("{prefix}*")).await;
+    if args.repository.is_none() {
+        if let (Ok(images), Ok(built)) = (
+            &mut images,
+            engine.list_images_labelled(BUILD_HASH_LABEL).await,
+        ) {
+            images.extend(built);
+        }
+    }
+    let images = match images {
         Ok(images) => images,
         Err(e) => {
             printer.error(
@@ -600,10 +614,12 @@ async fn ls(args: LsArgs, printer: Printer) -> ExitStatus {
     let mut rows: Vec<Listed> = images
         .iter()
         .flat_map(|image| {
+            let listed = image.labels.contains_key(BUILD_HASH_LABEL) && args.repository.is_none();
+            let prefix = &prefix;
             image
                 .tags
                 .iter()
-                .filter(|t| t.starts_with(&prefix))
+                .filter(move |t| listed || t.starts_with(prefix.as_str()))
                 .map(|tag| Listed {
                     tag: tag.clone(),
                     id: image.id.clone(),
@@ -614,6 +630,7 @@ async fn ls(args: LsArgs, printer: Printer) -> ExitStatus {
         })
         .collect();
     rows.sort_by(|a, b| a.tag.cmp(&b.tag));
+    rows.dedup_by(|a, b| a.tag == b.tag);
     if args.json {
         print_json(&rows);
         return ExitStatus::Success;
@@ -666,6 +683,7 @@ fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(build_args: &[&str], base: Option<&str>, no_install: bool) -> BuildArgs {
         BuildArgs {
@@ -730,21 +748,13 @@ mod tests {
     }
 
     #[test]
-    fn the_images_dir_is_berth_s_own_found_upwards() {
-        let root = tempfile::tempdir().unwrap();
-        let deep = root.path().join("a/b");
-        std::fs::create_dir_all(&deep).unwrap();
-        assert_eq!(find_images_dir(&deep), None);
-        // A project's own images/ without a base stage is not berth's.
-        std::fs::create_dir_all(root.path().join("a/images")).unwrap();
-        std::fs::write(root.path().join("a/images/Dockerfile"), "FROM x AS app\n").unwrap();
-        assert_eq!(find_images_dir(&deep), None);
-        std::fs::create_dir_all(root.path().join("images")).unwrap();
-        std::fs::write(root.path().join("images/Dockerfile"), "FROM x AS base\n").unwrap();
-        assert_eq!(find_images_dir(&deep), Some(root.path().join("images")));
-        // The repository's own images/ is found from inside the repository.
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        assert!(find_images_dir(&repo.join("crates/berth/src")).is_some());
+    fn the_embedded_images_are_the_repository_s() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images");
+        let from_dir = BuildContext::from_dir(&dir).unwrap();
+        let embedded = embedded_context().unwrap();
+        assert_eq!(embedded.files(), from_dir.files());
+        assert!(embedded.files().contains(&"add-agent-user.sh".to_string()));
+        assert_eq!(embedded.tar(), from_dir.tar());
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub fn ls(args: ListArgs, printer: Printer) -> ExitStatus {
         return ExitStatus::Success;
     }
     data_line(&format!(
-        "{:<16}  {:<10}  {:>4}  {:<20}  COMMAND",
-        "RUN", "STATE", "EXIT", "CREATED"
+        "{:<16}  {:<10}  {:>4}  {:<20}  {:>8}  {:<30}  COMMAND",
+        "RUN", "STATE", "EXIT", "CREATED", "DURATION", "IMAGE"
     ));
     for r in &records {
         let exit = r
@@ -28,15 +28,37 @@ pub fn ls(args: ListArgs, printer: Printer) -> ExitStatus {
             command.truncate(57);
             command.push_str("...");
         }
+        let took = duration(r.started_at.as_deref(), r.finished_at.as_deref())
+            .unwrap_or_else(|| "-".into());
         data_line(&format!(
-            "{:<16}  {:<10}  {:>4}  {:<20}  {command}",
+            "{:<16}  {:<10}  {:>4}  {:<20}  {took:>8}  {:<30}  {command}",
             r.id,
             r.state.as_str(),
             exit,
-            created
+            created,
+            r.spec.image
         ));
     }
     ExitStatus::Success
+}
+
+/// How long a run took, from its start to its end (RFC 3339 times): `850ms`, `12.3s`, `4m05s`,
+/// `2h03m`; `None` while it has not ended.
+fn duration(started: Option<&str>, finished: Option<&str>) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    let started = time::OffsetDateTime::parse(started?, &Rfc3339).ok()?;
+    let finished = time::OffsetDateTime::parse(finished?, &Rfc3339).ok()?;
+    let millis = (finished - started).whole_milliseconds().max(0);
+    let secs = millis / 1000;
+    Some(if millis < 1000 {
+        format!("{millis}ms")
+    } else if secs < 60 {
+        format!("{:.1}s", millis as f64 / 1000.0)
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    })
 }
 
 /// The workflows `berth workflow run` left in this state directory, newest first, from their
@@ -88,4 +110,20 @@ fn workflows(state: &berth_sandbox::rundir::StateDir, json: bool, _printer: Prin
         ));
     }
     ExitStatus::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_are_short() {
+        let at = |s: &str| format!("2026-01-01T{s}Z");
+        let d = |a: &str, b: &str| duration(Some(&at(a)), Some(&at(b)));
+        assert_eq!(d("00:00:00", "00:00:00.25").as_deref(), Some("250ms"));
+        assert_eq!(d("00:00:00", "00:00:12.34").as_deref(), Some("12.3s"));
+        assert_eq!(d("00:00:00", "00:04:05").as_deref(), Some("4m05s"));
+        assert_eq!(d("00:00:00", "02:03:09").as_deref(), Some("2h03m"));
+        assert_eq!(duration(Some(&at("00:00:00")), None), None);
+    }
 }

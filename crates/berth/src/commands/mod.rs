@@ -1,5 +1,6 @@
 //! One thin file per command.
 
+mod cli;
 mod diff;
 mod doctor;
 mod gc;
@@ -25,7 +26,7 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Run(args) => run::run(*args, printer).await,
         Command::Workflow(args) => workflow::workflow(args, printer).await,
         Command::Doctor(args) => doctor::doctor(args, printer).await,
-        Command::Profiles(args) => profiles::profiles(args, printer),
+        Command::Profiles(args) => profiles::profiles(args, printer).await,
         Command::Sessions(args) => profiles::sessions(args, printer),
         Command::Ls(args) => match args.server.clone() {
             Some(server) => {
@@ -87,10 +88,15 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Token(args) => remote::token(args, printer).await,
         Command::Project(args) => remote::project(args, printer).await,
         Command::Submit(args) => remote::submit(*args, printer).await,
+        Command::Logs(args) if args.remote.server.is_none() => show::logs(args, printer).await,
         Command::Logs(args) => remote::logs(args, printer).await,
         Command::Cancel(args) => remote::cancel(args, printer).await,
         Command::Runners(args) => remote::runners(args, printer).await,
         Command::Trust(args) => trust::trust(args, printer),
+        Command::Init(args) => cli::init(args, printer),
+        Command::Completions(args) => cli::completions(args),
+        Command::Man => cli::man(printer),
+        Command::Version => cli::version(),
     }
 }
 

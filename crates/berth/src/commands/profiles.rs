@@ -16,7 +16,16 @@ pub fn all_profiles(
     )
 }
 
-pub fn profiles(args: ProfilesArgs, printer: Printer) -> ExitStatus {
+/// A profile as listed: whether its image is on the engine (`None`: no image, or the engine
+/// could not be asked).
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    profile: &'a Profile,
+    image_present: Option<bool>,
+}
+
+pub async fn profiles(args: ProfilesArgs, printer: Printer) -> ExitStatus {
     let workspace = args
         .workspace
         .or_else(|| std::env::current_dir().ok())
@@ -38,22 +47,71 @@ pub fn profiles(args: ProfilesArgs, printer: Printer) -> ExitStatus {
             return ExitStatus::Error;
         }
     };
+    let engine = berth_engine::diagnose::check_engine(&super::probe_env()).await;
+    let mut listed = Vec::new();
+    for profile in &profiles {
+        let image_present = match (&engine, &profile.image) {
+            (Ok((engine, _, _)), Some(image)) => berth_engine::Engine::inspect_image(engine, image)
+                .await
+                .ok()
+                .map(|info| info.is_some()),
+            _ => None,
+        };
+        listed.push(Listed {
+            profile,
+            image_present,
+        });
+    }
     if args.json {
-        print_json(&profiles);
+        print_json(&listed);
         return ExitStatus::Success;
     }
     data_line(&format!(
-        "{:<20}  {:<20}  {:<30}  SOURCE",
-        "PROFILE", "OUTPUT", "IMAGE"
+        "{:<20}  {:<20}  {:<30}  {:<7}  SOURCE",
+        "PROFILE", "OUTPUT", "IMAGE", "PRESENT"
     ));
-    for p in &profiles {
+    for l in &listed {
+        let p = l.profile;
         data_line(&format!(
-            "{:<20}  {:<20}  {:<30}  {}",
+            "{:<20}  {:<20}  {:<30}  {:<7}  {}",
             p.name,
             p.output,
             p.image.clone().unwrap_or_else(|| "-".into()),
+            match l.image_present {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
             p.source
         ));
+    }
+    match &engine {
+        Err((diagnosis, _)) => printer.warning(&format!(
+            "whether the images are present is unknown: {}",
+            diagnosis.message()
+        )),
+        Ok(_) => {
+            let mut builds: Vec<String> = Vec::new();
+            for l in listed.iter().filter(|l| l.image_present == Some(false)) {
+                let Some(image) = &l.profile.image else {
+                    continue;
+                };
+                let command = profile::image_build_command(image, env!("CARGO_PKG_VERSION"));
+                if let Some(command) = command.filter(|c| !builds.contains(c)) {
+                    builds.push(command);
+                }
+            }
+            if !builds.is_empty() {
+                printer.info(&format!(
+                    "missing images are built with: {}",
+                    builds
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
     }
     ExitStatus::Success
 }

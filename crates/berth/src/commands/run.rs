@@ -163,6 +163,9 @@ pub(crate) async fn prepare_and_run(
         ssh_engine: matches!(endpoint, Some(berth_engine::Endpoint::Ssh(_))),
         own_paths: &own,
     })?;
+    if profile.is_some() {
+        image_present(&probe_env, &spec.image, spec.pull).await?;
+    }
     if spec.user.is_some_and(|u| u.uid == 0) {
         printer.warning("--user 0 runs the command as root inside the sandbox; capabilities stay dropped, but prefer an unprivileged user");
     }
@@ -289,7 +292,11 @@ pub(crate) async fn prepare_and_run(
     };
     let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
     workspace::conclude(&mut ctx, &worktree);
-    if let Some(diff) = ctx.record.workspace.as_ref().and_then(|w| w.diff.as_ref()) {
+    let diff = ctx.record.workspace.as_ref().and_then(|w| w.diff.as_ref());
+    // An empty patch is no change: nothing to point at.
+    if let Some(diff) =
+        diff.filter(|d| std::fs::metadata(ctx.run_dir.path().join(d)).is_ok_and(|m| m.len() > 0))
+    {
         printer.info(&format!(
             "changes kept in {} (`berth diff {id}`, `berth apply {id}`)",
             ctx.run_dir.path().join(diff).display(),
@@ -461,10 +468,17 @@ pub fn build_spec(
         pick(&args.grace, &config.grace),
         berth_core::spec::DEFAULT_GRACE,
     )?;
-    let secrets = berth_core::profile::secrets_for(profile, &args.secrets, |name| {
-        std::env::var_os(name).is_some_and(|v| !v.is_empty())
-    })
-    .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    let is_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if let Some(profile) = profile {
+        profile
+            .check_credentials(&args.secrets, is_set)
+            .map_err(|e| SandboxError::InvalidWithHint {
+                message: e.to_string(),
+                hint: credentials_hint(&profile.credentials),
+            })?;
+    }
+    let secrets = berth_core::profile::secrets_for(profile, &args.secrets, is_set)
+        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
     let network = match pick(
         &args.network,
         &from_profile(|p| p.network.clone(), &config.network),
@@ -567,6 +581,50 @@ pub fn build_spec(
         hint: "drop --read-only: copy mode's container, its layer and the copy in it are removed after the run anyway (or use --workspace-mode worktree, whose worktree is bind-mounted and works with --read-only)".into(),
     })?;
     Ok(BuiltSpec { spec, stdin })
+}
+
+/// A profile's image, checked before anything is created: an absent one that will not be
+/// pulled is refused here, with the command that builds it. An engine that cannot be reached is
+/// left to the run, which says why (or falls back).
+pub(crate) async fn image_present(
+    probe_env: &berth_engine::diagnose::ProbeEnv,
+    image: &str,
+    pull: PullPolicy,
+) -> Result<(), SandboxError> {
+    if pull == PullPolicy::Always {
+        return Ok(());
+    }
+    let Ok((engine, _, _)) = berth_engine::diagnose::check_engine(probe_env).await else {
+        return Ok(());
+    };
+    match berth_engine::Engine::inspect_image(&engine, image).await {
+        Ok(None) => match berth_sandbox::run::not_pullable(image, pull) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// What to do when a profile finds none of its credentials on the host.
+pub(crate) fn credentials_hint(names: &[String]) -> String {
+    let ways: Vec<String> = names
+        .iter()
+        .map(|name| match name.as_str() {
+            "CLAUDE_CODE_OAUTH_TOKEN" => {
+                format!("{name}=... (a token made by `claude setup-token`)")
+            }
+            _ => format!("{name}=..."),
+        })
+        .collect();
+    let mut hint = format!("export {} in the shell that runs berth", ways.join(" or "));
+    if names
+        .iter()
+        .any(|n| n.starts_with("CLAUDE") || n.starts_with("ANTHROPIC"))
+    {
+        hint.push_str("; a login in ~/.claude on this host is not used");
+    }
+    hint
 }
 
 /// The run's egress from `--egress`, `--allow-host`/`--allow-preset`/`--allow-tcp`, the profile

@@ -1,6 +1,6 @@
 use berth_core::ExitStatus;
 
-use crate::args::ShowArgs;
+use crate::args::{LogsArgs, ShowArgs};
 use crate::printer::{data_line, print_json, Printer};
 
 pub fn show(args: ShowArgs, printer: Printer) -> ExitStatus {
@@ -119,4 +119,49 @@ fn egress_line(r: &berth_core::record::RunRecord) -> String {
         );
     }
     line
+}
+
+/// `berth logs RUN` for a local run: its output as it was kept (stdout on stdout, stderr on
+/// stderr), or its events as JSON lines with --json; --follow goes on until the run ends.
+pub async fn logs(args: LogsArgs, printer: Printer) -> ExitStatus {
+    use std::io::Write;
+    let state = super::state_dir(args.state.state_dir, args.workspace);
+    let dir = match state.find(&args.run) {
+        Ok(dir) => dir,
+        Err(e) => {
+            printer.error(&e.to_string(), e.hint().as_deref());
+            return ExitStatus::Error;
+        }
+    };
+    let files = if args.json {
+        vec![(dir.events_path(), false)]
+    } else {
+        vec![(dir.stdout_log(), false), (dir.stderr_log(), true)]
+    };
+    let mut offsets = vec![0usize; files.len()];
+    loop {
+        // Whether the run had ended before this read: then the read takes everything.
+        let ended = !args.follow || dir.read_record().map_or(true, |r| r.state.is_final());
+        for ((path, to_stderr), offset) in files.iter().zip(offsets.iter_mut()) {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let new = bytes.get(*offset..).unwrap_or_default();
+            *offset = bytes.len();
+            let written = if *to_stderr {
+                std::io::stderr().lock().write_all(new)
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(new).and_then(|()| out.flush())
+            };
+            if written.is_err() {
+                // A closed pipe (`| head`): nobody reads any more.
+                return ExitStatus::Success;
+            }
+        }
+        if ended {
+            return ExitStatus::Success;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use berth_core::exit::RunState;
+use berth_core::spec::PullPolicy;
 use berth_core::workflow::state::{Finish, Next, StepOutcome, StepRequest, WorkflowRun};
 use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
 use berth_core::ExitStatus;
@@ -108,9 +109,26 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     let settings =
         super::settings_here().map_err(|e| fail(e.to_string(), &e.hint().unwrap_or_default()))?;
     let profiles = super::profiles::all_profiles(&settings).map_err(|e| fail(e.to_string(), ""))?;
+    // Each agent step's profile, credentials and image, before anything is created.
+    let probe_env = super::probe_env();
     for name in workflow.profiles() {
-        berth_core::profile::find(&profiles, name)
+        let profile = berth_core::profile::find(&profiles, name)
             .map_err(|e| fail(e.to_string(), "berth profiles lists them"))?;
+        profile
+            .check_credentials(&[], |name| {
+                std::env::var_os(name).is_some_and(|v| !v.is_empty())
+            })
+            .map_err(|e| {
+                fail(
+                    e.to_string(),
+                    &super::run::credentials_hint(&profile.credentials),
+                )
+            })?;
+        if let Some(image) = args.agent_image.as_ref().or(profile.image.as_ref()) {
+            super::run::image_present(&probe_env, image, PullPolicy::Missing)
+                .await
+                .map_err(|e| fail(e.to_string(), &e.hint().unwrap_or_default()))?;
+        }
     }
 
     let cwd = std::env::current_dir().map_err(|e| fail(e.to_string(), ""))?;

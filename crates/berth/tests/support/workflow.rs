@@ -96,6 +96,14 @@ pub fn without_credentials(cmd: &mut Command) -> &mut Command {
         .env_remove("OPENAI_API_KEY")
 }
 
+/// Made-up credentials for the fake agents, which use none (agent profiles refuse to start
+/// without one).
+pub fn fake_credentials(cmd: &mut Command) -> &mut Command {
+    without_credentials(cmd)
+        .env("ANTHROPIC_API_KEY", "berth-test-not-a-key")
+        .env("OPENAI_API_KEY", "berth-test-not-a-key")
+}
+
 /// Writes the workflow tests' files into `dir`, with `reviewer` as the reviewer's script and
 /// `workspace` (`worktree` or `copy`) as the workflow's workspace.
 pub fn write_files(dir: &Path, reviewer: &str, max_iterations: u32, workspace: &str) {
