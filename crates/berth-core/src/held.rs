@@ -379,6 +379,7 @@ mod tests {
             invoking_gid: 1000,
             image_entrypoint: vec!["/entry".into()],
             image_home: None,
+            home_owned: true,
             workspace: "/home/u/proj".into(),
             mounts: vec![],
             mount_identities: Vec::new(),

@@ -163,6 +163,9 @@ pub struct PlanContext {
     pub image_entrypoint: Vec<String>,
     /// The image's `HOME`, when it sets one.
     pub image_home: Option<String>,
+    /// Whether the sandbox user is the image's own user, who owns its `HOME` (see
+    /// [`image_user_is`]); if not, a tmpfs owned by the sandbox user is mounted there.
+    pub home_owned: bool,
     /// The host directory bind-mounted at /workspace: the canonical workspace (already checked
     /// by the policy), or in worktree mode the run's worktree. Unused in copy and none modes.
     pub workspace: PathBuf,
@@ -235,6 +238,22 @@ pub fn check_copy(spec: &RunSpec) -> Result<(), String> {
         return Err("--read-only cannot be combined with --workspace-mode copy: the copy lives in the container's own layer, which a read-only root file system forbids".into());
     }
     Ok(())
+}
+
+/// Whether `uid` is the image's own user (its `USER`, which owns the image's home directory):
+/// the same uid; root for an image without a `USER`; for a user given by name, which only the
+/// image's /etc/passwd could resolve, uid 1000 ([`FALLBACK_UID`]: berth's images' `agent`, and
+/// the first user of most images).
+pub fn image_user_is(image_user: Option<&str>, uid: u32) -> bool {
+    let user = image_user.unwrap_or("");
+    let user = user.split(':').next().unwrap_or(user);
+    match user {
+        "" | "root" => uid == 0,
+        name => match name.parse::<u32>() {
+            Ok(n) => n == uid,
+            Err(_) => uid == FALLBACK_UID,
+        },
+    }
 }
 
 /// The user the sandbox runs as: `--user` when given, else the invoking user, else 1000:1000
@@ -311,7 +330,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         .image_home
         .clone()
         .unwrap_or_else(|| DEFAULT_HOME.to_string());
-    if spec.read_only || ctx.image_home.is_none() {
+    if spec.read_only || ctx.image_home.is_none() || !ctx.home_owned {
         tmpfs.push(TmpfsMount {
             target: home.clone(),
             options: format!("{},size={scratch_size}", owned_tmpfs("0700")),
@@ -489,6 +508,22 @@ pub fn container_name(run_id: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_s_user_is_matched_by_uid() {
+        for (user, uid, is) in [
+            (Some("1001"), 1001, true),
+            (Some("1001:1001"), 1001, true),
+            (Some("1000"), 1001, false),
+            (Some("agent"), 1000, true),
+            (Some("agent:agent"), 1001, false),
+            (None, 0, true),
+            (Some("root"), 1000, false),
+            (None, 1000, false),
+        ] {
+            assert_eq!(image_user_is(user, uid), is, "{user:?} {uid}");
+        }
+    }
     use crate::spec::*;
     use std::time::Duration;
 
@@ -531,6 +566,7 @@ pub(crate) mod tests {
             invoking_gid: 0,
             image_entrypoint: vec![],
             image_home: None,
+            home_owned: true,
             workspace: "/w".into(),
             mounts: vec![],
             mount_identities: Vec::new(),
@@ -794,6 +830,7 @@ pub(crate) mod tests {
         s.read_only = true;
         let c = PlanContext {
             image_home: Some("/home/agent".into()),
+            home_owned: true,
             ..ctx()
         };
         let plan = plan_container(&s, &c);
@@ -806,6 +843,33 @@ pub(crate) mod tests {
         assert!(
             !plan.env.iter().any(|e| e.starts_with("HOME=")),
             "the image's HOME is kept"
+        );
+    }
+
+    #[test]
+    fn a_home_of_another_user_gets_a_tmpfs_in_its_place() {
+        let c = |home_owned| PlanContext {
+            image_home: Some("/home/agent".into()),
+            home_owned,
+            ..ctx()
+        };
+        let home = |plan: &ContainerPlan| {
+            plan.tmpfs
+                .iter()
+                .find(|t| t.target == "/home/agent")
+                .map(|t| t.options.clone())
+        };
+        assert_eq!(home(&plan_container(&spec(), &c(true))), None);
+        let plan = plan_container(&spec(), &c(false));
+        let options = home(&plan).expect("a tmpfs HOME");
+        let (uid, gid) = sandbox_user(spec().user, ctx().invoking_uid, ctx().invoking_gid);
+        assert!(
+            options.contains(&format!("uid={uid},gid={gid}")) && options.contains("mode=0700"),
+            "{options}"
+        );
+        assert!(
+            !plan.env.iter().any(|e| e.starts_with("HOME=")),
+            "HOME stays where the image says"
         );
     }
 

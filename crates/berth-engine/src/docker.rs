@@ -572,6 +572,7 @@ impl Engine for DockerEngine {
                     id: inspect.id.unwrap_or_default(),
                     entrypoint: config.entrypoint.unwrap_or_default(),
                     env: config.env.unwrap_or_default(),
+                    user: config.user.filter(|u| !u.is_empty()),
                 }))
             }
             Err(BollardError::DockerResponseServerError {

@@ -37,6 +37,8 @@ pub struct ImageInfo {
     pub id: String,
     pub entrypoint: Vec<String>,
     pub env: Vec<String>,
+    /// The image's `USER` (a name or uid, maybe with `:group`), when it sets one.
+    pub user: Option<String>,
 }
 
 impl ImageInfo {

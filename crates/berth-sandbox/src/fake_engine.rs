@@ -168,6 +168,7 @@ impl Engine for FakeEngine {
             id: format!("sha256:{image}"),
             entrypoint: Vec::new(),
             env: vec!["HOME=/home/agent".into()],
+            user: Some("agent".into()),
         }))
     }
 

@@ -164,6 +164,7 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
         invoking_gid,
         image_entrypoint: Vec::new(),
         image_home: None,
+        home_owned: true,
         workspace: host.workspace.clone(),
         mounts,
         mount_identities,

@@ -253,6 +253,13 @@ pub async fn execute_docker<E: Engine>(
     let mut plan_context = run.plan_context.clone();
     plan_context.image_entrypoint = image.entrypoint.clone();
     plan_context.image_home = image.home();
+    // A home the sandbox user cannot write gets a tmpfs of its own at the same place.
+    let (uid, _) = berth_core::plan::sandbox_user(
+        spec.user,
+        plan_context.invoking_uid,
+        plan_context.invoking_gid,
+    );
+    plan_context.home_owned = berth_core::plan::image_user_is(image.user.as_deref(), uid);
     plan_context.setup_frame = !run.secrets.is_empty() || run.stdin.is_some();
 
     // A missing network would only surface at start; say so before anything is created.
@@ -1360,6 +1367,7 @@ pub(crate) mod tests {
                     invoking_gid: 1000,
                     image_entrypoint: vec![],
                     image_home: None,
+                    home_owned: true,
                     workspace: self.tmp.path().to_path_buf(),
                     mounts: vec![],
                     mount_identities: Vec::new(),

@@ -158,3 +158,49 @@ fn profiles_say_whether_each_image_is_present() {
         );
     }
 }
+
+/// Removes a test image whether the test passes or panics.
+struct TestImage(String);
+
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn home_is_writable_whatever_uid_runs() {
+    let ws = Workspace::new();
+    // berth's base stage on the busybox test image: user agent (1000), HOME=/home/agent owned
+    // by it, as in the real images.
+    let repository = format!("berth-test-home-{}", std::process::id());
+    let built = TestImage(format!("{repository}/base:{}", env!("CARGO_PKG_VERSION")));
+    let o = ws
+        .berth(&[
+            "image",
+            "build",
+            "base",
+            "--base-image",
+            image(),
+            "--no-install",
+            "--repository",
+            &repository,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let probe = "echo home=$HOME; touch $HOME/x && echo wrote; grep \" $HOME \" /proc/mounts | cut -d' ' -f3";
+    for (user, home_fs) in [("1001:1001", "tmpfs\n"), ("1000:1000", "")] {
+        let o = ws.run_in(&built.0, &["--user", user], &["sh", "-c", probe]);
+        assert_eq!(code(&o), 0, "{user}: {}", stderr(&o));
+        // The image's home for its own user; a tmpfs of its own for any other uid.
+        assert_eq!(
+            stdout(&o),
+            format!("home=/home/agent\nwrote\n{home_fs}"),
+            "{user}: {}",
+            stderr(&o)
+        );
+    }
+}

@@ -153,6 +153,7 @@ async fn time_sandbox_start(
             invoking_gid: g,
             image_entrypoint: vec![],
             image_home: None,
+            home_owned: true,
             workspace: scratch.clone(),
             mounts: vec![],
             mount_identities: Vec::new(),

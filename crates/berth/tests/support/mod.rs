@@ -109,7 +109,12 @@ impl Workspace {
 
     /// `berth run --image <test image> EXTRA -- CMD...`
     pub fn run(&self, extra: &[&str], command: &[&str]) -> Output {
-        let mut args = vec!["run", "--image", image()];
+        self.run_in(image(), extra, command)
+    }
+
+    /// `berth run --image IMAGE EXTRA -- CMD...`
+    pub fn run_in(&self, image: &str, extra: &[&str], command: &[&str]) -> Output {
+        let mut args = vec!["run", "--image", image];
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(command);
