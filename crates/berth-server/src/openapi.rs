@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn the_dashboard_is_not_in_the_api_routes() {
         for (_, path) in super::ROUTES {
-            assert!(*path != "/" && !path.starts_with(super::DASHBOARD_PREFIX), "{path}");
+            assert!(
+                *path != "/" && !path.starts_with(super::DASHBOARD_PREFIX),
+                "{path}"
+            );
         }
     }
 }

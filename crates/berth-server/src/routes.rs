@@ -506,7 +506,11 @@ pub(crate) async fn list_runs<S: Store>(
 }
 
 /// The run, if the caller may see it.
-pub(crate) async fn visible_run<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> ApiResult<RunRow> {
+pub(crate) async fn visible_run<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<RunRow> {
     caller.require_client()?;
     let row = app
         .store

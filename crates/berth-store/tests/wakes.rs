@@ -87,7 +87,11 @@ async fn wake_ups_cross_stores_and_survive_a_dropped_listener() {
             }
         }
         a.announce(Wake::QUEUED);
-        assert_eq!(next(&mut feed).await, Wake::QUEUED, "after the reconnection");
+        assert_eq!(
+            next(&mut feed).await,
+            Wake::QUEUED,
+            "after the reconnection"
+        );
         // Closing the store ends the feed (it does not wait for the listener's connection).
         tokio::time::timeout(Duration::from_secs(10), b.close())
             .await
