@@ -158,6 +158,14 @@ fn a_run_says_its_id_and_ls_and_logs_show_it() {
     assert_eq!(code(&logs), 0, "{}", stderr(&logs));
     assert_eq!(stdout(&logs), "out-line\n");
     assert_eq!(stderr(&logs), "err-line\n");
+    // A local run answers even with a server configured.
+    let here = ws
+        .berth(&["logs", &id])
+        .env("BERTH_SERVER", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(code(&here), 0, "{}", stderr(&here));
+    assert_eq!(stdout(&here), "out-line\n");
     let events = berth(&ws, &["logs", &id, "--json"]);
     assert_eq!(code(&events), 0, "{}", stderr(&events));
     assert!(
@@ -174,7 +182,11 @@ fn a_run_says_its_id_and_ls_and_logs_show_it() {
     );
     let none = berth(&ws, &["logs", "zzzz"]);
     assert_eq!(code(&none), 125);
-    assert!(stderr(&none).contains("\nhint: "), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("\nhint: ") && stderr(&none).contains("--server"),
+        "{}",
+        stderr(&none)
+    );
 }
 
 #[test]

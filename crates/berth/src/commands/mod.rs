@@ -88,7 +88,15 @@ pub async fn dispatch(command: Command, printer: Printer) -> ExitStatus {
         Command::Token(args) => remote::token(args, printer).await,
         Command::Project(args) => remote::project(args, printer).await,
         Command::Submit(args) => remote::submit(*args, printer).await,
-        Command::Logs(args) if args.remote.server.is_none() => show::logs(args, printer).await,
+        // A local run answers first, as for `berth show`: a server never hides it.
+        Command::Logs(args)
+            if args.remote.server.is_none()
+                || state_dir(args.state.state_dir.clone(), args.workspace.clone())
+                    .find(&args.run)
+                    .is_ok() =>
+        {
+            show::logs(args, printer).await
+        }
         Command::Logs(args) => remote::logs(args, printer).await,
         Command::Cancel(args) => remote::cancel(args, printer).await,
         Command::Runners(args) => remote::runners(args, printer).await,

@@ -129,7 +129,12 @@ pub async fn logs(args: LogsArgs, printer: Printer) -> ExitStatus {
     let dir = match state.find(&args.run) {
         Ok(dir) => dir,
         Err(e) => {
-            printer.error(&e.to_string(), e.hint().as_deref());
+            let server = "a server's run needs --server URL (or BERTH_SERVER)";
+            let hint = match e.hint() {
+                Some(hint) => format!("{hint}; {server}"),
+                None => server.to_string(),
+            };
+            printer.error(&e.to_string(), Some(&hint));
             return ExitStatus::Error;
         }
     };
