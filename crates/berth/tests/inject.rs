@@ -6,10 +6,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use support::tls::{https_upstream, upstream_ca};
 use support::{containers_of_run, stderr, stdout, Workspace};
