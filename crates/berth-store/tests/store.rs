@@ -127,6 +127,16 @@ async fn insert_get_and_list_with_filters_and_pages() {
         }
         let ids =
             |rows: Vec<berth_store::RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        // Prefixes of ids; LIKE's wildcards are no prefix.
+        assert_eq!(
+            ids(s.runs_with_prefix("r0", 3).await.unwrap()),
+            ["r01", "r02", "r03"]
+        );
+        assert_eq!(ids(s.runs_with_prefix("r05", 10).await.unwrap()), ["r05"]);
+        assert!(s.runs_with_prefix("x", 10).await.unwrap().is_empty());
+        assert!(s.runs_with_prefix("r%", 10).await.unwrap().is_empty());
+        assert!(s.runs_with_prefix("r_1", 10).await.unwrap().is_empty());
+        assert!(s.runs_with_prefix("", 10).await.unwrap().is_empty());
 
         let all = ids(s.list_runs(&RunFilter::default()).await.unwrap());
         assert_eq!(all, (1..=9).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
