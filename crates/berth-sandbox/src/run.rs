@@ -1210,6 +1210,11 @@ pub(crate) async fn release_container<E: Engine>(
 ) {
     if keep {
         ctx.record.kept = true;
+        if let Err(e) = ctx.run_dir.discard_io_files() {
+            ctx.emit(Event::Warning {
+                message: format!("emptying the raw output files failed: {e}"),
+            });
+        }
         ctx.emit(Event::ContainerKept {
             container_name: name.to_string(),
         });
@@ -1228,11 +1233,6 @@ pub(crate) async fn release_container<E: Engine>(
             });
             let _ = std::fs::remove_dir_all(ctx.run_dir.io_dir());
             if let Err(e) = artifacts::remove_out_dir(&ctx.run_dir.out_dir()) {
-                if let Err(e) = ctx.run_dir.discard_io_files() {
-                    ctx.emit(Event::Warning {
-                        message: format!("emptying the raw output files failed: {e}"),
-                    });
-                }
                 ctx.emit(Event::Warning {
                     message: format!("removing the raw output directory failed: {e}"),
                 });
