@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::workflow::{
-    make_repo, run_args, set_builder, without_credentials, write_files, BUILDER, REVIEWER,
+    fake_credentials, make_repo, run_args, set_builder, write_files, BUILDER, REVIEWER,
     STUCK_BUILDER,
 };
 use support::{agents_image, berth_bin, containers_of_run, force_remove, git, image};
@@ -2409,7 +2409,7 @@ fn workflow_on_the_cli_and_through_server_and_runner_agree(db: Db) {
     // On the CLI.
     let cli_state = c.path().join("cli-state").display().to_string();
     let mut cmd = c.berth(&run_args(&["--state-dir", &cli_state]));
-    without_credentials(cmd.current_dir(&ws));
+    fake_credentials(cmd.current_dir(&ws));
     let o = output_within(&mut cmd, Duration::from_secs(180));
     let out = text(&o.stdout);
     let start = out.rfind("\n{\n").map_or(0, |i| i + 1);
