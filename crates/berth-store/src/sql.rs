@@ -947,10 +947,14 @@ impl Store for SqlStore {
         let queued_index = if tx.is_pg() {
             // PostgreSQL has no index hints: for this transaction only, the plans that read
             // every queued run (a sequential or bitmap scan and a sort) are priced out.
+            // The claim's commit does not wait for the disk: a claim lost in a database crash
+            // is harmless, because a runner starts nothing before the server confirms its lease
+            // in a synchronous write (the start); the run is simply claimed again.
             tx.execute(
                 "SELECT set_config('enable_sort', 'off', true), \
                         set_config('enable_bitmapscan', 'off', true), \
-                        set_config('enable_seqscan', 'off', true)",
+                        set_config('enable_seqscan', 'off', true), \
+                        set_config('synchronous_commit', 'off', true)",
                 Vec::new(),
             )
             .await?;
