@@ -809,8 +809,19 @@ async fn expired_leases_lose_running_runs_and_requeue_claimed_ones() {
         assert!(s.events_after("running", 0, 10).await.unwrap().is_empty());
 
         // The re-queued run is claimable again, and keeps its place at the head of the queue.
+        // (A refused write's transaction is rolled back when its connection is next used, so
+        // on PostgreSQL its row lock can outlive the refusal for a moment, and SKIP LOCKED
+        // passes the row over until then.)
         let d = claim_req("wd", &[], false, later + 1);
-        assert_eq!(claim_id(s, &d).await.as_deref(), Some("claimed"));
+        let mut claimed = None;
+        for _ in 0..50 {
+            claimed = claim_id(s, &d).await;
+            if claimed.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(claimed.as_deref(), Some("claimed"));
         assert_rejected(
             s.mark_started("claimed", &b.lease_token, None, later + 2, LEASE)
                 .await,
