@@ -3032,7 +3032,21 @@ fn runner_restarted_within_the_lease_adopts_its_run(db: Db) {
     std::thread::sleep(Duration::from_millis(600));
     // No reader for a while, and the command still runs (it used to die of SIGPIPE).
     assert!(container_running(&containers[0]), "{}", c.all_log_tails());
+    // Other tests' `berth gc` waits while this runner is down; it must also wait until the
+    // restarted runner has recorded itself as the container's adopter, or it takes the container
+    // for an orphan.
+    let held = c
+        .killed
+        .iter()
+        .position(|(killed, _)| *killed == name)
+        .map(|i| c.killed.remove(i));
     c.spawn_runner(&name, &[], &[]);
+    poll(Duration::from_secs(20), "the run adopted", || {
+        c.log_tail(&format!("runner-{name}"))
+            .contains("adopted a run")
+            .then_some(())
+    });
+    drop(held);
     let run = c.wait_final(&id, Duration::from_secs(60));
     println!(
         "{db:?}: finished {:?} after kill -9; {before} lines were on the server then",
