@@ -181,7 +181,9 @@ pub fn inspect_kept_run(ws: &Workspace) -> (serde_json::Value, String, Output) {
 
 /// Removes a container left by a test that failed midway.
 pub fn force_remove(name: &str) {
-    let _ = Command::new("docker").args(["rm", "-f", "-v", name]).output();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "-v", name])
+        .output();
 }
 
 pub fn docker_inspect(name: &str) -> serde_json::Value {
