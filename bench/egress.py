@@ -2,7 +2,7 @@
 """Benchmark: the egress path (shim forwarder -> unix socket -> berth's proxy -> upstream)
 against a direct loopback connection.
 
-Usage: python3 bench/egress.py [--bytes N] [--requests N] [--json]
+Usage: python3 bench/egress.py [--bytes N] [--requests N] [--json] [--copy]
 
 Workloads:
   (a) N bytes (default 1 GiB) uploaded through CONNECT, throughput   target proxy/direct >= 0.8
@@ -125,6 +125,47 @@ def upload(addr: tuple[str, int], total: int, connect_to: str | None) -> float:
     return total / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid`, all its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def forwarder_pids() -> list[int]:
+    """The shim's forwarder processes (`berth-shim --forward`) of this benchmark."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"berth-shim") and b"--forward" in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU time spent by this script (client and upstream) and by the given processes."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.own = self.others = 0.0
+        self.each = {p: 0.0 for p in pids}
+
+    def measure(self, work):
+        t0 = os.times()
+        o0 = {p: cpu_seconds(p) for p in self.pids}
+        result = work()
+        t1 = os.times()
+        self.own += (t1.user - t0.user) + (t1.system - t0.system)
+        for p in self.pids:
+            used = cpu_seconds(p) - o0[p]
+            self.each[p] += used
+            self.others += used
+        return result
+
+
 def request(addr: tuple[str, int], target: str) -> float:
     start = time.perf_counter()
     s = socket.create_connection(addr)
@@ -141,6 +182,9 @@ def main() -> int:
     ap.add_argument("--bytes", type=int, default=1 << 30)
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--copy", action="store_true",
+                    help="the forwarder copies bytes into the proxy's socket instead of handing "
+                         "connections over (as under gVisor or over ssh), for comparison")
     args = ap.parse_args()
 
     for what in (["-p", "berth-egress", "--example", "egress-proxy"], ["-p", "berth-shim"]):
@@ -157,6 +201,10 @@ def main() -> int:
             stdout=subprocess.PIPE, text=True)
         procs.append(proxy)
         assert proxy.stdout and proxy.stdout.readline().strip() == "ready"
+        if args.copy:
+            # No handoff socket: the forwarder falls back to copying, as it does where
+            # descriptors cannot reach the proxy.
+            (work / "proxy.handoff.sock").unlink()
         fport = free_port()
         shim = subprocess.Popen(
             [str(target / "berth-shim"), "--no-setup", f"--egress-dir={work}",
@@ -172,10 +220,21 @@ def main() -> int:
 
         # (a) throughput, best of 3 each, interleaved so that other load on the machine falls on
         # both alike
+        # CPU time per GiB of each path as well: unlike the throughput, it hardly depends on
+        # what else the machine is doing, and on a machine with fewer cores than the proxied
+        # path has processes its ratio bounds the throughput ratio.
+        direct_cpu, proxied_cpu = CpuMeter([]), CpuMeter([proxy.pid] + forwarder_pids())
         direct = proxied = 0.0
         for _ in range(3):
-            direct = max(direct, upload(("127.0.0.2", sink_port), args.bytes, None))
-            proxied = max(proxied, upload(fwd, args.bytes, f"127.0.0.2:{sink_port}"))
+            direct = max(direct, direct_cpu.measure(
+                lambda: upload(("127.0.0.2", sink_port), args.bytes, None)))
+            proxied = max(proxied, proxied_cpu.measure(
+                lambda: upload(fwd, args.bytes, f"127.0.0.2:{sink_port}")))
+        gib = 3 * args.bytes / (1 << 30)
+        direct_cpu_gib = direct_cpu.own / gib
+        proxied_cpu_gib = (proxied_cpu.own + proxied_cpu.others) / gib
+        proxy_cpu_gib = proxied_cpu.others / gib
+        forwarder_cpu_gib = (proxied_cpu.others - proxied_cpu.each[proxy.pid]) / gib
         # (b) latency, interleaved
         d_lat, p_lat = [], []
         for _ in range(args.requests):
@@ -187,6 +246,11 @@ def main() -> int:
             "direct_MiB_s": round(direct / (1 << 20), 1),
             "proxy_MiB_s": round(proxied / (1 << 20), 1),
             "throughput_ratio": round(proxied / direct, 3),
+            "direct_cpu_s_per_GiB": round(direct_cpu_gib, 3),
+            "proxied_cpu_s_per_GiB": round(proxied_cpu_gib, 3),
+            "proxy_and_forwarder_cpu_s_per_GiB": round(proxy_cpu_gib, 3),
+            "forwarder_cpu_s_per_GiB": round(forwarder_cpu_gib, 3),
+            "cpu_ratio": round(direct_cpu_gib / proxied_cpu_gib, 3) if proxied_cpu_gib else None,
             "requests": args.requests,
             "direct_p50_ms": round(d50 * 1000, 3),
             "proxy_p50_ms": round(p50 * 1000, 3),
@@ -198,6 +262,11 @@ def main() -> int:
         else:
             print(f"(a) {args.bytes >> 20} MiB through CONNECT: direct {result['direct_MiB_s']} MiB/s, "
                   f"proxy {result['proxy_MiB_s']} MiB/s, ratio {result['throughput_ratio']} (target >= 0.8)")
+            print(f"    CPU per GiB: direct {result['direct_cpu_s_per_GiB']} s, proxied "
+                  f"{result['proxied_cpu_s_per_GiB']} s (proxy and forwarder "
+                  f"{result['proxy_and_forwarder_cpu_s_per_GiB']} s, of which the forwarder "
+                  f"{result['forwarder_cpu_s_per_GiB']} s), direct/proxied "
+                  f"{result['cpu_ratio']}")
             print(f"(b) {args.requests} requests: direct p50 {result['direct_p50_ms']} ms, proxy p50 "
                   f"{result['proxy_p50_ms']} ms, added {result['added_p50_ms']} ms (target <= 1 ms)")
         return 0

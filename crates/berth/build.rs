@@ -1,6 +1,7 @@
-//! Embeds berth's `images/` directory (the Dockerfile and the files it copies) in the binary, so
-//! `berth image build` works from any directory after `cargo install`. The generated file lists
-//! each file with `include_bytes!`, its path relative to `images/` and whether it is executable.
+//! Embeds berth's `images/` directory (the Dockerfile and the files it copies) and the context
+//! of berth's own image (`deploy/image/`) in the binary, so `berth image build` works from any
+//! directory after `cargo install`. The generated file lists each file with `include_bytes!`, its
+//! path relative to its directory and whether it is executable.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -8,15 +9,33 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let images = manifest.join("../../images");
-    println!("cargo:rerun-if-changed={}", images.display());
+    let mut out = String::new();
+    embed(
+        &manifest.join("../../images"),
+        "FILES",
+        "berth's `images/`",
+        &mut out,
+    );
+    embed(
+        &manifest.join("../../deploy/image"),
+        "BERTH_IMAGE_FILES",
+        "the context of berth's own image, `deploy/image/` (the executable is added when building)",
+        &mut out,
+    );
+    let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("images.rs");
+    std::fs::write(&dest, out).unwrap_or_else(|e| panic!("{}: {e}", dest.display()));
+}
+
+/// Appends `pub const NAME: &[(path, content, executable)]` holding the files under `dir`.
+fn embed(dir: &Path, name: &str, doc: &str, out: &mut String) {
+    println!("cargo:rerun-if-changed={}", dir.display());
     let mut files = Vec::new();
-    collect(&images, "", &mut files);
+    collect(dir, "", &mut files);
     files.sort();
-    let mut out = String::from("/// berth's `images/`: (path, content, executable).\n");
-    out.push_str("pub const FILES: &[(&str, &[u8], bool)] = &[\n");
+    writeln!(out, "/// {doc}: (path, content, executable).").expect("writing to a String");
+    writeln!(out, "pub const {name}: &[(&str, &[u8], bool)] = &[").expect("writing to a String");
     for rel in &files {
-        let path = images.join(rel);
+        let path = dir.join(rel);
         println!("cargo:rerun-if-changed={}", path.display());
         let mode = std::fs::metadata(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -33,8 +52,6 @@ fn main() {
         .expect("writing to a String");
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("images.rs");
-    std::fs::write(&dest, out).unwrap_or_else(|e| panic!("{}: {e}", dest.display()));
 }
 
 /// Regular files under `root/prefix`, relative to `root`; directories are walked.

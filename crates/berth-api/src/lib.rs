@@ -89,6 +89,14 @@ pub struct SandboxRequest {
     /// Worktree mode: carry the checkout's uncommitted changes over.
     #[serde(default)]
     pub include_dirty: bool,
+    /// Worktree and copy modes: the branch, tag or commit of the project's checkout the
+    /// workspace is made from (the runner resolves it there with git); omitted: the checkout's
+    /// HEAD (worktree) or its current files (copy). See [`check_git_ref`] for what is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// With `git_ref`: `git fetch` the checkout's configured remote before resolving it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fetch: bool,
     /// Set by the server on a workflow's step runs (never by clients): the workflow whose one
     /// worktree, kept by the runner between steps, is the step's workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,7 +279,7 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     let profiled = sandbox.profile.is_some();
     if let Some(profile) = &sandbox.profile {
         if let Err(e) = berth_core::held::check_name("profile", profile) {
-            err("sandbox.profile", e);
+            err("sandbox.profile", e.to_string());
         }
         if run.execution_mode != ExecutionMode::DockerSandbox {
             err(
@@ -315,6 +323,29 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             "only for workspace_mode worktree".into(),
         );
     }
+    if let Some(git_ref) = &sandbox.git_ref {
+        if let Err(e) = check_git_ref(git_ref) {
+            err("sandbox.git_ref", e.to_string());
+        } else if !matches!(sandbox.workspace_mode.as_deref(), Some("worktree" | "copy")) {
+            err(
+                "sandbox.git_ref",
+                "only for workspace_mode worktree or copy (the workspace is made from that commit)"
+                    .into(),
+            );
+        } else if sandbox.include_dirty {
+            err(
+                "sandbox.include_dirty",
+                "the checkout's uncommitted changes belong to its HEAD, not to git_ref: drop one of them"
+                    .into(),
+            );
+        }
+    }
+    if sandbox.fetch && sandbox.git_ref.is_none() {
+        err(
+            "sandbox.fetch",
+            "fetches before resolving git_ref: name the ref to run on (e.g. origin/main)".into(),
+        );
+    }
     match sandbox.lifecycle.as_deref() {
         None | Some("ephemeral" | "persistent") => {}
         Some(other) => err(
@@ -324,7 +355,7 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     }
     if let Some(name) = &sandbox.name {
         if let Err(e) = berth_core::held::check_name("name", name) {
-            err("sandbox.name", e);
+            err("sandbox.name", e.to_string());
         }
         if sandbox.lifecycle.as_deref() == Some("ephemeral") {
             err(
@@ -360,12 +391,12 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     }
     for name in sandbox.env.keys() {
         if let Err(e) = check_env_name(name) {
-            err(&format!("sandbox.env.{name}"), e);
+            err(&format!("sandbox.env.{name}"), e.to_string());
         }
     }
     for (i, name) in sandbox.secrets.iter().enumerate() {
         if let Err(e) = check_env_name(name) {
-            err(&format!("sandbox.secrets[{i}]"), e);
+            err(&format!("sandbox.secrets[{i}]"), e.to_string());
         }
     }
     if let Some(workdir) = &sandbox.workdir {
@@ -375,10 +406,8 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
     }
     if let Some(resources) = &sandbox.resources {
         if let Some(memory) = &resources.memory {
-            if let Err(e) = unpadded(memory)
-                .and_then(|m| units::parse_memory(m).map(drop).map_err(|e| e.to_string()))
-            {
-                err("sandbox.resources.memory", e);
+            if let Err(e) = unpadded(memory).and_then(|m| Ok(units::parse_memory(m).map(drop)?)) {
+                err("sandbox.resources.memory", e.to_string());
             }
         }
         if let Some(cpus) = resources.cpus {
@@ -399,10 +428,8 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
             }
         }
         if let Some(disk) = &resources.disk {
-            if let Err(e) = unpadded(disk)
-                .and_then(|d| units::parse_disk(d).map(drop).map_err(|e| e.to_string()))
-            {
-                err("sandbox.resources.disk", e);
+            if let Err(e) = unpadded(disk).and_then(|d| Ok(units::parse_disk(d).map(drop)?)) {
+                err("sandbox.resources.disk", e.to_string());
             }
         }
     }
@@ -411,23 +438,19 @@ pub fn validate_submission(run: &SubmitRun, project: &ProjectScope) -> Vec<Field
         ("sandbox.grace", &sandbox.grace),
     ] {
         if let Some(v) = value {
-            if let Err(e) = unpadded(v).and_then(|v| {
-                units::parse_duration(v)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }) {
-                err(field, e);
+            if let Err(e) = unpadded(v).and_then(|v| Ok(units::parse_duration(v).map(drop)?)) {
+                err(field, e.to_string());
             }
         }
     }
     if let Some(network) = &sandbox.network {
         if let Err(e) = NetworkMode::parse(network) {
-            err("sandbox.network", e);
+            err("sandbox.network", e.to_string());
         }
     }
     if let Some(user) = &sandbox.user {
         if let Err(e) = UserSpec::parse(user) {
-            err("sandbox.user", e);
+            err("sandbox.user", e.to_string());
         }
     }
     if let Some(isolation) = &sandbox.isolation {
@@ -519,7 +542,7 @@ pub fn egress_errors(
         Err(message) => {
             return vec![FieldError {
                 field: at("egress.mode"),
-                message,
+                message: message.to_string(),
             }]
         }
     };
@@ -607,15 +630,22 @@ pub fn image_error(image: &str) -> Option<String> {
 pub const MIN_CPUS: f64 = 0.01;
 pub const MAX_CPUS: f64 = 1024.0;
 
+/// A size or duration of a submission that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum UnitValueError {
+    #[error("`{0}` has white space around it; give the value alone, e.g. 10m")]
+    Padded(String),
+    #[error(transparent)]
+    Unit(#[from] units::UnitError),
+}
+
 /// `value` if it has no white space around it (the API takes units as written, `10m`, not
 /// ` 10m`), or why not.
-fn unpadded(value: &str) -> Result<&str, String> {
+fn unpadded(value: &str) -> Result<&str, UnitValueError> {
     if value.trim() == value {
         Ok(value)
     } else {
-        Err(format!(
-            "`{value}` has white space around it; give the value alone, e.g. 10m"
-        ))
+        Err(UnitValueError::Padded(value.to_string()))
     }
 }
 
@@ -723,6 +753,10 @@ pub struct RunView {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub cancel_requested: bool,
+    /// The commit the run's workspace was made from (worktree and copy modes in a git
+    /// checkout; `git_ref` resolved), as the runner reported it when the run ended.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// Why a queued run may wait forever, from the submit and `GET /api/v1/runs/{id}`: no
     /// runner online or seen in the last hour could claim it (tags). Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -748,6 +782,10 @@ pub struct RegisterRunner {
     pub require_matching_tags: bool,
     #[serde(default = "one")]
     pub capacity: i64,
+    /// The names of the secrets this runner has (their values stay on its host): a run naming
+    /// one no runner able to claim it declared is flagged when submitted.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 fn one() -> i64 {
@@ -856,6 +894,18 @@ pub struct FinishBody {
     pub exit_code: Option<i64>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The commit the run's workspace was made from, when it was made from one: 40 or 64
+    /// lower-case hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// Whether `commit` is a full commit id (SHA-1 or SHA-256, lower-case hex).
+pub fn is_commit_id(commit: &str) -> bool {
+    matches!(commit.len(), 40 | 64)
+        && commit
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// An event as served over SSE and `GET .../events`.
@@ -938,6 +988,9 @@ pub struct RunnerView {
     pub online: bool,
     pub last_heartbeat: String,
     pub running: Vec<String>,
+    /// The names of the secrets it declared.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1233,6 +1286,138 @@ mod tests {
         )
         .is_empty());
     }
+
+    #[test]
+    fn git_refs_are_names_never_options_or_ranges() {
+        for good in [
+            "main",
+            "origin/main",
+            "v1.2",
+            "HEAD~2",
+            "HEAD^",
+            "feature/x-y_z",
+            "0123abc",
+            "_tmp",
+        ] {
+            assert_eq!(check_git_ref(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "--upload-pack=touch /tmp/p",
+            "--end-of-options",
+            "a..b",
+            "main..",
+            "main.",
+            ".hidden",
+            "a b",
+            "a\0b",
+            "a\nb",
+            "HEAD@{1}",
+            "a:b",
+            "é",
+        ] {
+            let e = check_git_ref(bad).unwrap_err().to_string();
+            assert!(e.contains("not a git ref"), "{bad}: {e}");
+        }
+        assert!(check_git_ref(&"a".repeat(GIT_REF_MAX)).is_ok());
+        assert!(check_git_ref(&"a".repeat(GIT_REF_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn git_ref_and_fetch_need_an_isolated_workspace() {
+        let scope = ProjectScope {
+            workspace_root: "/srv/p".into(),
+            allowed_paths: vec![],
+            egress_ceiling: None,
+        };
+        let check = |json: &str| {
+            let run = submit(json).unwrap();
+            validate_submission(&run, &scope)
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        let run = |extra: &str| {
+            format!(r#"{{"project":"p","sandbox":{{"image":"i","command":["true"]{extra}}}}}"#)
+        };
+        assert!(check(&run(
+            r#","workspace_mode":"worktree","git_ref":"main","fetch":true"#
+        ))
+        .is_empty());
+        assert!(check(&run(r#","workspace_mode":"copy","git_ref":"v1""#)).is_empty());
+        assert_eq!(check(&run(r#","git_ref":"main""#)), ["sandbox.git_ref"]);
+        assert_eq!(
+            check(&run(
+                r#","workspace_mode":"worktree","git_ref":"--upload-pack=x""#
+            )),
+            ["sandbox.git_ref"]
+        );
+        assert_eq!(
+            check(&run(
+                r#","workspace_mode":"worktree","git_ref":"main","include_dirty":true"#
+            )),
+            ["sandbox.include_dirty"]
+        );
+        assert_eq!(
+            check(&run(r#","workspace_mode":"worktree","fetch":true"#)),
+            ["sandbox.fetch"]
+        );
+    }
+
+    #[test]
+    fn commit_ids_are_full_lower_case_hex() {
+        assert!(is_commit_id(&"a1".repeat(20)));
+        assert!(is_commit_id(&"0f".repeat(32)));
+        assert!(!is_commit_id(&"A1".repeat(20)));
+        assert!(!is_commit_id("abc123"));
+        assert!(!is_commit_id(&"g".repeat(40)));
+    }
+}
+
+/// The longest `git_ref` accepted.
+pub const GIT_REF_MAX: usize = 200;
+
+/// What `git_ref` accepts, as the OpenAPI document states it (with `maxLength` [`GIT_REF_MAX`]).
+pub const GIT_REF_PATTERN: &str = r"^[A-Za-z0-9_](\.?[A-Za-z0-9_/^~-])*$";
+
+/// A branch, tag or commit to make a workspace from, as the runner hands it to `git rev-parse`:
+/// letters, digits, `_`, `-`, `.`, `/`, `^` and `~`, starting with a letter, digit or `_` (never
+/// `-`, so it cannot be taken for an option such as `--upload-pack=…`), with no `..` (ranges)
+/// and no trailing `.`; at most [`GIT_REF_MAX`] characters.
+pub fn check_git_ref(git_ref: &str) -> Result<(), GitRefError> {
+    let mut chars = git_ref.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut after_dot = false;
+    let rest_ok = chars.all(|c| {
+        let ok = if c == '.' {
+            !after_dot
+        } else {
+            c.is_ascii_alphanumeric() || "_/^~-".contains(c)
+        };
+        after_dot = c == '.';
+        ok
+    });
+    if first_ok && rest_ok && !after_dot && git_ref.chars().count() <= GIT_REF_MAX {
+        return Ok(());
+    }
+    Err(GitRefError {
+        shown: berth_core::text::escape_untrusted(git_ref).into_owned(),
+    })
+}
+
+/// A `git_ref` berth does not hand to git.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{shown}` is not a git ref berth accepts: expected a branch, tag or commit such as main, \
+     origin/main, v1.2 or a commit id (letters, digits, `_`, `-`, `.`, `/`, `^`, `~`; \
+     starting with a letter, digit or `_`; no `..`; at most {GIT_REF_MAX} characters)"
+)]
+pub struct GitRefError {
+    /// The ref as given, escaped.
+    pub shown: String,
 }
 
 /// `POST /api/v1/workflows`: a workflow file (or a built-in) to run on the project's runners,

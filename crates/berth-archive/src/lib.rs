@@ -400,7 +400,7 @@ fn check_destination(dest: &Path) -> Result<(), ArchiveError> {
     let meta = fs::symlink_metadata(dest).map_err(io_error("inspect", dest))?;
     let reason = if !meta.file_type().is_dir() {
         "is not a directory (symlinks are not followed)"
-    } else if meta.uid() != sys::effective_uid() {
+    } else if meta.uid() != rustix::process::geteuid().as_raw() {
         "is not owned by the current user"
     } else {
         return Ok(());
@@ -773,14 +773,6 @@ impl<R: Read> Read for CappedReader<R> {
         let n = self.inner.read(buf)?;
         self.read.set(self.read.get().saturating_add(n as u64));
         Ok(n)
-    }
-}
-
-mod sys {
-    #[allow(unsafe_code)] // geteuid has no safe std wrapper.
-    pub(crate) fn effective_uid() -> u32 {
-        // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
-        unsafe { libc::geteuid() }
     }
 }
 

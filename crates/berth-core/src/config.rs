@@ -80,16 +80,28 @@ impl EgressConfig {
     }
 
     /// The injection hosts, checked; an error names the table.
-    pub fn inject_entries(&self) -> Result<Vec<crate::egress::Inject>, String> {
+    pub fn inject_entries(&self) -> Result<Vec<crate::egress::Inject>, InjectTableError> {
         self.inject
             .iter()
             .map(|(host, c)| {
                 crate::egress::Inject::new(host, &c.header, &c.env, &c.methods, &c.paths).map_err(
-                    |e| format!("[egress.inject.{}]: {e}", toml::Value::String(host.clone())),
+                    |source| InjectTableError {
+                        table: format!("[egress.inject.{}]", toml::Value::String(host.clone())),
+                        source,
+                    },
                 )
             })
             .collect()
     }
+}
+
+/// An `[egress.inject."HOST"]` table that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table}: {source}")]
+pub struct InjectTableError {
+    /// The table's name as written in TOML.
+    pub table: String,
+    pub source: crate::egress::InjectError,
 }
 
 /// `[egress.inject."HOST[:PORT]"]` as written.
@@ -121,17 +133,23 @@ pub struct PoolConfig {
 /// The most containers one pool keeps ready.
 pub const MAX_POOL_SIZE: u32 = 64;
 
+/// A `[pool.NAME]` table that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("size {0} is more than {MAX_POOL_SIZE} containers")]
+    TooLarge(u32),
+    #[error("idle_ttl: {0}")]
+    IdleTtl(units::UnitError),
+}
+
 impl PoolConfig {
     /// The pool for `name`, checked.
-    pub fn to_spec(&self, name: &str) -> Result<crate::held::PoolSpec, String> {
+    pub fn to_spec(&self, name: &str) -> Result<crate::held::PoolSpec, PoolError> {
         if self.size > MAX_POOL_SIZE {
-            return Err(format!(
-                "size {} is more than {MAX_POOL_SIZE} containers",
-                self.size
-            ));
+            return Err(PoolError::TooLarge(self.size));
         }
         let idle_ttl = match &self.idle_ttl {
-            Some(t) => units::parse_duration(t).map_err(|e| format!("idle_ttl: {e}"))?,
+            Some(t) => units::parse_duration(t).map_err(PoolError::IdleTtl)?,
             None => crate::held::DEFAULT_POOL_TTL,
         };
         Ok(crate::held::PoolSpec {
@@ -212,7 +230,7 @@ impl ConfigFile {
             units::parse_memory(v).map_err(|e| bad("memory", e.to_string()))?;
         }
         if let Some(v) = &self.cpus {
-            self.cpus_nano(v).map_err(|e| bad("cpus", e))?;
+            self.cpus_nano(v).map_err(|e| bad("cpus", e.to_string()))?;
         }
         if let Some(p) = self.pids {
             units::check_pids(p).map_err(|e| bad("pids", e.to_string()))?;
@@ -226,34 +244,35 @@ impl ConfigFile {
             }
         }
         if let Some(v) = &self.network {
-            NetworkMode::parse(v).map_err(|e| bad("network", e))?;
+            NetworkMode::parse(v).map_err(|e| bad("network", e.to_string()))?;
         }
         if let Some(v) = &self.isolation {
             v.parse::<Isolation>().map_err(|e| bad("isolation", e))?;
         }
         if let Some(v) = &self.user {
-            UserSpec::parse(v).map_err(|e| bad("user", e))?;
+            UserSpec::parse(v).map_err(|e| bad("user", e.to_string()))?;
         }
         if let Some(v) = &self.fallback {
             v.parse::<Fallback>().map_err(|e| bad("fallback", e))?;
         }
         for (name, pool) in &self.pool {
             pool.to_spec(name)
-                .map_err(|e| bad(&format!("pool.{name}"), e))?;
+                .map_err(|e| bad(&format!("pool.{name}"), e.to_string()))?;
         }
         if let Some(v) = &self.egress.mode {
-            crate::egress::EgressMode::parse(v).map_err(|e| bad("egress.mode", e))?;
+            crate::egress::EgressMode::parse(v).map_err(|e| bad("egress.mode", e.to_string()))?;
         }
         crate::egress::expand(&self.egress.allow, &self.egress.presets)
-            .map_err(|e| bad("egress.allow", e))?;
+            .map_err(|e| bad("egress.allow", e.to_string()))?;
         for t in &self.egress.tcp {
-            crate::egress::parse_tcp(t).map_err(|e| bad("egress.tcp", e))?;
+            crate::egress::parse_tcp(t).map_err(|e| bad("egress.tcp", e.to_string()))?;
         }
         self.egress
             .inject_entries()
-            .map_err(|e| bad("egress.inject", e))?;
+            .map_err(|e| bad("egress.inject", e.to_string()))?;
         for name in self.env.keys() {
-            crate::spec::check_env_name(name).map_err(|e| bad(&format!("env.{name}"), e))?;
+            crate::spec::check_env_name(name)
+                .map_err(|e| bad(&format!("env.{name}"), e.to_string()))?;
         }
         for (name, engine) in &self.engines {
             engine
@@ -263,12 +282,11 @@ impl ConfigFile {
         Ok(())
     }
 
-    fn cpus_nano(&self, v: &CpuValue) -> Result<i64, String> {
+    fn cpus_nano(&self, v: &CpuValue) -> Result<i64, units::UnitError> {
         match v {
             CpuValue::Number(n) => units::cpus_from_f64(*n),
             CpuValue::Text(t) => units::parse_cpus(t),
         }
-        .map_err(|e| e.to_string())
     }
 
     /// Layers `over` on top of `self`: set values replace, lists and tables merge.

@@ -40,7 +40,7 @@ impl Storage {
 /// Whether a disk limit can be had on `storage`: `Ok` where the driver implements the storage
 /// quota (for overlay2 only on xfs, which must also be mounted with `pquota`; see
 /// [`refused_at_create`]), else the reason, naming driver, backing file system and what works.
-pub fn quota_support(storage: &Storage) -> Result<(), String> {
+pub fn quota_support(storage: &Storage) -> Result<(), QuotaUnsupported> {
     let fs = storage.backing_fs.as_deref().unwrap_or("");
     let supported = match storage.driver.as_str() {
         "overlay2" => fs == "xfs",
@@ -50,9 +50,15 @@ pub fn quota_support(storage: &Storage) -> Result<(), String> {
     if supported {
         Ok(())
     } else {
-        Err(unsupported(storage))
+        Err(QuotaUnsupported(storage.clone()))
     }
 }
+
+/// `--disk` on a storage driver without a quota; the message names the driver, its backing
+/// file system and what works.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", unsupported(.0))]
+pub struct QuotaUnsupported(pub Storage);
 
 fn unsupported(storage: &Storage) -> String {
     format!(
@@ -108,7 +114,7 @@ pub fn size_option(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn on(driver: &str, fs: Option<&str>) -> Result<(), String> {
+    fn on(driver: &str, fs: Option<&str>) -> Result<(), QuotaUnsupported> {
         quota_support(&Storage {
             driver: driver.into(),
             backing_fs: fs.map(str::to_string),
@@ -126,20 +132,26 @@ mod tests {
 
     #[test]
     fn unsupported_drivers_name_driver_fs_and_what_works() {
-        let e = on("overlay2", Some("extfs")).unwrap_err();
+        let e = on("overlay2", Some("extfs")).unwrap_err().to_string();
         assert!(
             e.contains("overlay2 on extfs") && e.contains("pquota"),
             "{e}"
         );
-        assert!(on("overlay2", None).unwrap_err().contains("not reported"));
-        let e = on("fuse-overlayfs", None).unwrap_err();
+        assert!(on("overlay2", None)
+            .unwrap_err()
+            .to_string()
+            .contains("not reported"));
+        let e = on("fuse-overlayfs", None).unwrap_err().to_string();
         assert!(
             e.contains("fuse-overlayfs") && e.contains("btrfs, zfs"),
             "{e}"
         );
         assert!(on("vfs", Some("extfs")).is_err());
         assert!(on("overlayfs", Some("extfs")).is_err());
-        assert!(on("", None).unwrap_err().contains("(not reported)"));
+        assert!(on("", None)
+            .unwrap_err()
+            .to_string()
+            .contains("(not reported)"));
     }
 
     #[test]

@@ -18,8 +18,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+mod error;
 mod inject;
 mod resolve;
+pub use error::{EgressError, HostError, InjectError, LimitError, RuleProblem, TcpProblem};
 pub use inject::{Inject, CA_BUNDLE_FILE, CA_FILE, MAX_INJECTS};
 pub use resolve::{
     beyond_ceiling, check_ceiling_rules, resolve, resolve_with_inject, Asked, Field, Inputs,
@@ -28,6 +30,7 @@ pub use resolve::{
 
 /// How a run reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, PartialOrd, Ord)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum EgressMode {
     /// No proxy: the sandbox has the network `--network` gives it (by default none at all).
@@ -40,14 +43,12 @@ pub enum EgressMode {
 }
 
 impl EgressMode {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, EgressError> {
         match s {
             "none" => Ok(Self::None),
             "policy" => Ok(Self::Policy),
             "open" => Ok(Self::Open),
-            other => Err(format!(
-                "`{other}` is not an egress mode: expected none, policy or open"
-            )),
+            other => Err(EgressError::Mode(other.to_string())),
         }
     }
 
@@ -98,18 +99,12 @@ pub const PRESETS: &[(&str, &[&str])] = &[
 ];
 
 /// The rules of a preset, or an error listing the known presets.
-pub fn preset(name: &str) -> Result<&'static [&'static str], String> {
+pub fn preset(name: &str) -> Result<&'static [&'static str], EgressError> {
     PRESETS
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, rules)| *rules)
-        .ok_or_else(|| {
-            let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            format!(
-                "unknown egress preset `{name}`; known presets: {}",
-                known.join(", ")
-            )
-        })
+        .ok_or_else(|| EgressError::UnknownPreset(name.to_string()))
 }
 
 /// The APIs whose credentials berth brokers: the sandbox gets a placeholder and a loopback base
@@ -122,13 +117,11 @@ pub enum BrokeredApi {
 }
 
 impl BrokeredApi {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, EgressError> {
         match s {
             "anthropic" => Ok(Self::Anthropic),
             "openai" => Ok(Self::Openai),
-            other => Err(format!(
-                "`{other}` is not a brokered API: expected anthropic or openai"
-            )),
+            other => Err(EgressError::BrokeredApi(other.to_string())),
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -231,21 +224,15 @@ pub struct EgressSpec {
 
 impl EgressSpec {
     /// Checks every rule and forward; the error names the entry and what is accepted.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), EgressError> {
         if self.allow.len() > MAX_RULES {
-            return Err(format!(
-                "{} allow rules: at most {MAX_RULES}",
-                self.allow.len()
-            ));
+            return Err(EgressError::TooManyRules(self.allow.len()));
         }
         for rule in &self.allow {
             Rule::parse(rule)?;
         }
         if self.tcp.len() > MAX_TCP_FORWARDS {
-            return Err(format!(
-                "{} tcp forwards: at most {MAX_TCP_FORWARDS}",
-                self.tcp.len()
-            ));
+            return Err(EgressError::TooManyForwards(self.tcp.len()));
         }
         for forward in &self.tcp {
             parse_tcp(forward)?;
@@ -257,10 +244,7 @@ impl EgressSpec {
                 || !self.brokers.is_empty()
                 || !self.inject.is_empty())
         {
-            return Err(format!(
-                "allowed hosts, tcp forwards, brokered credentials and injected headers need egress mode policy, not {}",
-                self.mode
-            ));
+            return Err(EgressError::NotPolicy(self.mode));
         }
         Ok(())
     }
@@ -338,7 +322,7 @@ impl EgressSpec {
 
 /// Expands presets and checks rules: `allow` entries plus every rule of each preset, in order,
 /// without duplicates.
-pub fn expand(allow: &[String], presets: &[String]) -> Result<Vec<String>, String> {
+pub fn expand(allow: &[String], presets: &[String]) -> Result<Vec<String>, EgressError> {
     let mut out: Vec<String> = Vec::new();
     for name in presets {
         for rule in preset(name)? {
@@ -407,22 +391,17 @@ pub struct Rule {
 const RULE_FORMS: &str = "expected HOST[:PORT] (e.g. `api.anthropic.com`, `*.pythonhosted.org:443`, `127.0.0.2:8080`) or `[METHOD,…] HOST[:PORT]/PATH-PREFIX` for plain HTTP";
 
 impl Rule {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!(
-                "egress rule `{}`: {why}; {RULE_FORMS}",
-                crate::text::escape_untrusted(text)
-            )
+    pub fn parse(text: &str) -> Result<Self, EgressError> {
+        let bad = |problem: RuleProblem| EgressError::Rule {
+            rule: crate::text::escape_untrusted(text).into_owned(),
+            problem,
         };
         if text.len() > MAX_RULE_LEN {
-            return Err(format!(
-                "an egress rule of {} bytes: at most {MAX_RULE_LEN}",
-                text.len()
-            ));
+            return Err(EgressError::RuleTooLong(text.len()));
         }
         let text_trimmed = text.trim();
         if text_trimmed.is_empty() {
-            return Err(bad("empty"));
+            return Err(bad(RuleProblem::Empty));
         }
         let (methods, rest) = match text_trimmed.split_once(' ') {
             Some((m, rest)) => {
@@ -430,7 +409,7 @@ impl Rule {
                 if methods.iter().any(|m| {
                     m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase())
                 }) {
-                    return Err(bad("methods are upper-case words separated by commas"));
+                    return Err(bad(RuleProblem::Methods));
                 }
                 (methods, rest.trim())
             }
@@ -441,28 +420,22 @@ impl Rule {
             None => (rest, None),
         };
         if !methods.is_empty() && path_prefix.is_none() {
-            return Err(bad("methods are only checked together with a path prefix"));
+            return Err(bad(RuleProblem::MethodsWithoutPath));
         }
         if let Some(p) = &path_prefix {
             if p.bytes().any(|b| b <= b' ' || b == 0x7f) || p.contains('?') || p.contains('#') {
-                return Err(bad(
-                    "the path prefix has spaces, control characters, `?` or `#`",
-                ));
+                return Err(bad(RuleProblem::PathCharacters));
             }
         }
-        let (host, port) = split_host_port(authority).map_err(|e| bad(&e))?;
+        let (host, port) = split_host_port(authority).map_err(|e| bad(e.into()))?;
         let host = if let Some(domain) = host.strip_prefix("*.") {
-            match parse_host(domain).map_err(|e| bad(&e))? {
+            match parse_host(domain).map_err(|e| bad(e.into()))? {
                 Host::Name(d) if d.contains('.') => HostPattern::Below(d),
-                Host::Name(_) => {
-                    return Err(bad(
-                        "a wildcard needs a domain with a dot (`*.example.org`)",
-                    ))
-                }
-                Host::Ip(_) => return Err(bad("a wildcard cannot cover an IP address")),
+                Host::Name(_) => return Err(bad(RuleProblem::WildcardWithoutDot)),
+                Host::Ip(_) => return Err(bad(RuleProblem::WildcardIp)),
             }
         } else {
-            match parse_host(host).map_err(|e| bad(&e))? {
+            match parse_host(host).map_err(|e| bad(e.into()))? {
                 Host::Name(n) => HostPattern::Exact(n),
                 Host::Ip(ip) => HostPattern::Ip(ip),
             }
@@ -544,19 +517,19 @@ impl std::fmt::Display for Host {
 }
 
 /// Parses a host as written in a request or rule (`[::1]` for IPv6).
-pub fn parse_host(text: &str) -> Result<Host, String> {
+pub fn parse_host(text: &str) -> Result<Host, HostError> {
     if let Some(v6) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
         return v6
             .parse::<Ipv6Addr>()
             .map(|ip| Host::Ip(IpAddr::V6(ip)))
-            .map_err(|_| "not an IPv6 address inside `[…]`".to_string());
+            .map_err(|_| HostError::Ipv6);
     }
     if let Ok(ip) = text.parse::<Ipv4Addr>() {
         return Ok(Host::Ip(IpAddr::V4(ip)));
     }
     let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
-        return Err("a host name has 1 to 253 characters".into());
+        return Err(HostError::Length);
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -567,9 +540,7 @@ pub fn parse_host(text: &str) -> Result<Host, String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(
-                "a host name is dot-separated labels of letters, digits, `-` and `_`".into(),
-            );
+            return Err(HostError::Labels);
         }
     }
     // All-numeric names that are not IPv4 addresses (`1.2.3`, `0x7f.1`) are what resolvers
@@ -579,13 +550,13 @@ pub fn parse_host(text: &str) -> Result<Host, String> {
         .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
         || name.starts_with("0x")
     {
-        return Err("a numeric host must be a dotted-quad IPv4 address".into());
+        return Err(HostError::Numeric);
     }
     Ok(Host::Name(name))
 }
 
 /// Splits `HOST[:PORT]` (`[V6]:PORT` for IPv6).
-pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
+pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), HostError> {
     let (host, port) = if text.starts_with('[') {
         match text.find(']') {
             Some(end) => {
@@ -593,11 +564,11 @@ pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
                 let port = match rest.strip_prefix(':') {
                     Some(p) => Some(p),
                     None if rest.is_empty() => None,
-                    None => return Err("unexpected text after `]`".into()),
+                    None => return Err(HostError::AfterBracket),
                 };
                 (&text[..=end], port)
             }
-            None => return Err("`[` without `]`".into()),
+            None => return Err(HostError::Unclosed),
         }
     } else {
         match text.rsplit_once(':') {
@@ -609,9 +580,8 @@ pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
             _ => {
-                return Err(format!(
-                    "port `{}` is not 1 to 65535",
-                    crate::text::escape_untrusted(p)
+                return Err(HostError::Port(
+                    crate::text::escape_untrusted(p).into_owned(),
                 ))
             }
         },
@@ -621,19 +591,17 @@ pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
 }
 
 /// A raw TCP forward `HOST:PORT`, checked: `(host, port)`.
-pub fn parse_tcp(text: &str) -> Result<(Host, u16), String> {
-    let bad = |why: String| {
-        format!(
-            "tcp forward `{}`: {why}; expected HOST:PORT (e.g. `github.com:22`)",
-            crate::text::escape_untrusted(text)
-        )
+pub fn parse_tcp(text: &str) -> Result<(Host, u16), EgressError> {
+    let bad = |problem: TcpProblem| EgressError::Tcp {
+        forward: crate::text::escape_untrusted(text).into_owned(),
+        problem,
     };
-    let (host, port) = split_host_port(text).map_err(bad)?;
-    let port = port.ok_or_else(|| bad("no port".into()))?;
+    let (host, port) = split_host_port(text).map_err(|e| bad(e.into()))?;
+    let port = port.ok_or_else(|| bad(TcpProblem::NoPort))?;
     if host.starts_with("*.") {
-        return Err(bad("a forward has one host, not a wildcard".into()));
+        return Err(bad(TcpProblem::Wildcard));
     }
-    Ok((parse_host(host).map_err(bad)?, port))
+    Ok((parse_host(host).map_err(|e| bad(e.into()))?, port))
 }
 
 /// How a request reached the proxy.
@@ -675,7 +643,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(rules: &[String]) -> Result<Self, String> {
+    pub fn new(rules: &[String]) -> Result<Self, EgressError> {
         Ok(Self {
             rules: rules
                 .iter()
@@ -1013,7 +981,7 @@ mod tests {
             "host/with space",
             "1.2.3",
         ] {
-            let e = Rule::parse(bad).unwrap_err();
+            let e = Rule::parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains("egress rule") && e.contains("expected HOST"),
                 "{bad}: {e}"
@@ -1033,7 +1001,7 @@ mod tests {
     fn presets_expand_and_unknown_ones_are_named() {
         let rules = expand(&["a.org".into()], &["anthropic".into()]).unwrap();
         assert_eq!(rules, vec!["api.anthropic.com:443", "a.org"]);
-        let e = expand(&[], &["nope".into()]).unwrap_err();
+        let e = expand(&[], &["nope".into()]).unwrap_err().to_string();
         assert!(e.contains("package-registries"), "{e}");
         for (_, rules) in PRESETS {
             for r in *rules {
@@ -1125,6 +1093,7 @@ mod tests {
         assert!(none
             .check()
             .unwrap_err()
+            .to_string()
             .contains("need egress mode policy"));
         assert!(none.listeners().is_empty() && none.env().is_empty());
     }

@@ -50,24 +50,68 @@ impl std::fmt::Display for EngineAddress {
 pub const ADDRESS_FORMS: &str =
     "unix:///path/to/docker.sock, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]";
 
+/// Why an engine address does not parse; the caller names where it came from (the message
+/// does not repeat the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("it has no scheme")]
+    NoScheme,
+    #[error("the socket path must be absolute")]
+    RelativeSocket,
+    #[error("expected HOST:PORT after tcp://")]
+    TcpForm,
+    #[error("an ssh:// address has no path: ssh://[USER@]HOST[:PORT]; set the remote socket with `remote_socket`")]
+    SshPath,
+    #[error("`{0}` is not a usable user name")]
+    User(String),
+    #[error("`{0}` is not a usable host name")]
+    Host(String),
+    #[error("named pipes exist only on Windows")]
+    NamedPipe,
+    #[error("unknown scheme `{0}`")]
+    UnknownScheme(String),
+    #[error("`{0}` is not a port number")]
+    Port(String),
+    #[error("the host is empty")]
+    EmptyHost,
+}
+
+/// An `ssh_options` entry berth does not pass to ssh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshOptionError {
+    #[error("`{0}` is not KEY=VALUE (e.g. \"StrictHostKeyChecking=yes\")")]
+    NotKeyValue(String),
+    #[error("`{}` is not allowed; allowed: {}", .0, SSH_OPTIONS.join(", "))]
+    NotAllowed(String),
+    #[error("the value of `{0}` is empty or unusable")]
+    BadValue(String),
+}
+
+/// `--engine NAME` names no configured engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no engine named `{0}`: no `[engines.NAME]` table is configured")]
+    NoneConfigured(String),
+    #[error("no engine named `{name}`; configured engines: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+}
+
 impl EngineAddress {
     /// Parses `unix:///path`, `tcp://host[:port]` (also `http://`) and `ssh://[user@]host[:port]`.
     /// The error says why, without repeating the value.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let (scheme, rest) = value
-            .split_once("://")
-            .ok_or_else(|| "it has no scheme".to_string())?;
+    pub fn parse(value: &str) -> Result<Self, AddressError> {
+        let (scheme, rest) = value.split_once("://").ok_or(AddressError::NoScheme)?;
         match scheme {
             "unix" => {
                 if !rest.starts_with('/') {
-                    return Err("the socket path must be absolute".into());
+                    return Err(AddressError::RelativeSocket);
                 }
                 Ok(Self::Unix(PathBuf::from(rest)))
             }
             "tcp" | "http" => {
                 let rest = rest.trim_end_matches('/');
                 if rest.is_empty() || rest.contains('/') {
-                    return Err("expected HOST:PORT after tcp://".into());
+                    return Err(AddressError::TcpForm);
                 }
                 let (host, port) = split_port(rest)?;
                 Ok(Self::Tcp {
@@ -78,7 +122,7 @@ impl EngineAddress {
             "ssh" => {
                 let rest = rest.trim_end_matches('/');
                 if rest.contains('/') {
-                    return Err("an ssh:// address has no path: ssh://[USER@]HOST[:PORT]; set the remote socket with `remote_socket`".into());
+                    return Err(AddressError::SshPath);
                 }
                 let (user, host_port) = match rest.rsplit_once('@') {
                     Some((user, hp)) => (Some(user), hp),
@@ -91,7 +135,7 @@ impl EngineAddress {
                             .chars()
                             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
                     {
-                        return Err(format!("`{user}` is not a usable user name"));
+                        return Err(AddressError::User(user.to_string()));
                     }
                 }
                 let (host, port) = split_port(host_port)?;
@@ -100,7 +144,7 @@ impl EngineAddress {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(c))
                 {
-                    return Err(format!("`{host}` is not a usable host name"));
+                    return Err(AddressError::Host(host.to_string()));
                 }
                 Ok(Self::Ssh {
                     user: user.map(str::to_string),
@@ -108,8 +152,8 @@ impl EngineAddress {
                     port,
                 })
             }
-            "npipe" => Err("named pipes exist only on Windows".into()),
-            other => Err(format!("unknown scheme `{other}`")),
+            "npipe" => Err(AddressError::NamedPipe),
+            other => Err(AddressError::UnknownScheme(other.to_string())),
         }
     }
 
@@ -119,19 +163,19 @@ impl EngineAddress {
 }
 
 /// `host:port`, `host`, `[v6]:port`; the host must not be empty.
-fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
+fn split_port(text: &str) -> Result<(&str, Option<u16>), AddressError> {
     let (host, port) = match text.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
             h,
             Some(
                 p.parse::<u16>()
-                    .map_err(|_| format!("`{p}` is not a port number"))?,
+                    .map_err(|_| AddressError::Port(p.to_string()))?,
             ),
         ),
         _ => (text, None),
     };
     if host.is_empty() {
-        return Err("the host is empty".into());
+        return Err(AddressError::EmptyHost);
     }
     Ok((host, port))
 }
@@ -243,27 +287,22 @@ impl EngineConfig {
             }
         }
         for option in &self.ssh_options {
-            check_ssh_option(option).map_err(|e| ("ssh_options".to_string(), e))?;
+            check_ssh_option(option).map_err(|e| ("ssh_options".to_string(), e.to_string()))?;
         }
         Ok(address)
     }
 }
 
 /// `KEY=VALUE` with an allowed key and a value that cannot smuggle another option in.
-pub fn check_ssh_option(option: &str) -> Result<(), String> {
+pub fn check_ssh_option(option: &str) -> Result<(), SshOptionError> {
     let Some((key, value)) = option.split_once('=') else {
-        return Err(format!(
-            "`{option}` is not KEY=VALUE (e.g. \"StrictHostKeyChecking=yes\")"
-        ));
+        return Err(SshOptionError::NotKeyValue(option.to_string()));
     };
     let Some(known) = SSH_OPTIONS.iter().find(|k| k.eq_ignore_ascii_case(key)) else {
-        return Err(format!(
-            "`{key}` is not allowed; allowed: {}",
-            SSH_OPTIONS.join(", ")
-        ));
+        return Err(SshOptionError::NotAllowed(key.to_string()));
     };
     if value.is_empty() || value.starts_with('-') || value.chars().any(char::is_control) {
-        return Err(format!("the value of `{known}` is empty or unusable"));
+        return Err(SshOptionError::BadValue(known.to_string()));
     }
     Ok(())
 }
@@ -273,26 +312,76 @@ pub fn check_ssh_option(option: &str) -> Result<(), String> {
 pub fn lookup<'a>(
     engines: &'a std::collections::BTreeMap<String, EngineConfig>,
     name: &str,
-) -> Result<&'a EngineConfig, String> {
+) -> Result<&'a EngineConfig, LookupError> {
     engines.get(name).ok_or_else(|| {
         if engines.is_empty() {
-            format!("no engine named `{name}`: no `[engines.NAME]` table is configured")
+            LookupError::NoneConfigured(name.to_string())
         } else {
-            let known: Vec<&str> = engines.keys().map(String::as_str).collect();
-            format!(
-                "no engine named `{name}`; configured engines: {}",
-                known.join(", ")
-            )
+            LookupError::Unknown {
+                name: name.to_string(),
+                known: engines.keys().cloned().collect(),
+            }
         }
     })
+}
+
+/// Why berth's shim, built for `shim_arch` (`std::env::consts::ARCH`), cannot run on an engine
+/// whose host reports `engine_arch` (`Architecture` in `docker info`, as `uname -m` says it):
+/// the message and a hint, or `None` when the two are one machine architecture. An engine that
+/// reports none is not refused: nothing says it differs.
+pub fn shim_architecture_problem(shim_arch: &str, engine_arch: &str) -> Option<(String, String)> {
+    let engine_arch = engine_arch.trim();
+    if engine_arch.is_empty() || canonical_arch(shim_arch) == canonical_arch(engine_arch) {
+        return None;
+    }
+    Some((
+        format!("the engine's host is {engine_arch}, but berth's shim (the sandbox's entrypoint) is built for {shim_arch}: every run there would fail to start"),
+        format!("run berth on a {engine_arch} host to use this engine, or choose an engine on a {shim_arch} host (--engine)"),
+    ))
+}
+
+/// One name per architecture, whether said by `uname -m`, Go (Docker's platforms) or Rust.
+fn canonical_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" | "amd64" => "x86_64",
+        "aarch64" | "arm64" => "aarch64",
+        "x86" | "i386" | "i486" | "i586" | "i686" | "386" => "x86",
+        "ppc64le" | "powerpc64le" | "powerpc64" => "powerpc64",
+        a if a.starts_with("armv") || a == "arm" => "arm",
+        other => other,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_shim_runs_only_on_an_engine_of_its_own_architecture() {
+        let refused = |shim: &str, engine: &str| shim_architecture_problem(shim, engine).is_some();
+        assert!(!refused("x86_64", "x86_64"));
+        assert!(!refused("x86_64", "amd64"));
+        assert!(!refused("aarch64", "arm64"));
+        assert!(!refused("arm", "armv7l"));
+        assert!(
+            !refused("x86_64", ""),
+            "an engine that says nothing is not refused"
+        );
+        assert!(refused("x86_64", "aarch64"));
+        assert!(refused("aarch64", "x86_64"));
+        assert!(refused("x86_64", "s390x"));
+        let (message, hint) = shim_architecture_problem("x86_64", "aarch64").unwrap();
+        assert!(
+            message.contains("aarch64") && message.contains("x86_64"),
+            "{message}"
+        );
+        assert!(hint.contains("--engine"), "{hint}");
+    }
+
     fn addr(v: &str) -> Result<String, String> {
-        EngineAddress::parse(v).map(|a| a.to_string())
+        EngineAddress::parse(v)
+            .map(|a| a.to_string())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -401,11 +490,12 @@ mod tests {
         let mut engines = std::collections::BTreeMap::new();
         assert!(lookup(&engines, "x")
             .unwrap_err()
+            .to_string()
             .contains("no `[engines.NAME]`"));
         engines.insert("build".to_string(), EngineConfig::default());
         engines.insert("gpu".to_string(), EngineConfig::default());
         assert_eq!(
-            lookup(&engines, "x").unwrap_err(),
+            lookup(&engines, "x").unwrap_err().to_string(),
             "no engine named `x`; configured engines: build, gpu"
         );
         assert!(lookup(&engines, "gpu").is_ok());

@@ -13,6 +13,19 @@ pub enum Stream {
     Stderr,
 }
 
+/// The bytes of an output event (`Event::Output`, or a stored `stdout`/`stdout_base64` event):
+/// its text, or its data decoded from base64; `None` when that is not base64.
+pub fn output_bytes(text: Option<&str>, data_base64: Option<&str>) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match (text, data_base64) {
+        (Some(text), _) => Some(text.as_bytes().to_vec()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok(),
+        (None, None) => Some(Vec::new()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {

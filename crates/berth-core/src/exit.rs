@@ -2,12 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The state of a run as recorded in `run.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The state of a run: in `run.json` (which never holds the coordinator's `Queued`, `Claimed`
+/// or `Lost`) and in the coordinator's store (which never holds `Created`). One type, so a
+/// state means the same wherever it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// The record exists; the sandbox is being prepared.
     Created,
+    /// Submitted to the coordinator, waiting for a runner.
+    Queued,
+    /// A runner holds the run's lease and prepares it.
+    Claimed,
     /// The command is running.
     Running,
     /// The command exited with status 0.
@@ -16,25 +22,53 @@ pub enum RunState {
     Failed,
     TimedOut,
     Cancelled,
+    /// The runner holding it went silent past its lease.
+    Lost,
     /// berth or the engine could not run the command, or lost track of it.
     Error,
 }
 
 impl RunState {
+    /// The states a run has on the coordinator, in the order of its life.
+    pub const ON_COORDINATOR: [RunState; 9] = [
+        Self::Queued,
+        Self::Claimed,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+        Self::Lost,
+        Self::Error,
+    ];
+
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Created | Self::Running)
+        !matches!(
+            self,
+            Self::Created | Self::Queued | Self::Claimed | Self::Running
+        )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
+            Self::Queued => "queued",
+            Self::Claimed => "claimed",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
             Self::Error => "error",
         }
+    }
+
+    /// A state as the coordinator's store writes it (`Created` is never stored there).
+    pub fn parse_stored(s: &str) -> Option<Self> {
+        Self::ON_COORDINATOR
+            .into_iter()
+            .find(|state| state.as_str() == s)
     }
 }
 
@@ -78,7 +112,12 @@ impl ExitStatus {
             RunState::Succeeded => Self::Success,
             RunState::TimedOut => Self::External(code::TIMED_OUT),
             RunState::Cancelled => Self::External(code::CANCELLED),
-            RunState::Error | RunState::Created | RunState::Running => Self::Error,
+            RunState::Error
+            | RunState::Lost
+            | RunState::Created
+            | RunState::Queued
+            | RunState::Claimed
+            | RunState::Running => Self::Error,
             RunState::Failed => match exit_code {
                 // Shells report 128+N for a signal; statuses beyond a byte keep their low byte
                 // as the kernel does, but never turn a failure into 0.
@@ -102,6 +141,23 @@ pub fn state_for_exit(exit_code: i64) -> RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coordinator_stores_every_state_but_created_by_its_serde_name() {
+        for state in RunState::ON_COORDINATOR {
+            assert_eq!(RunState::parse_stored(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(RunState::parse_stored("created"), None);
+        assert_eq!(RunState::parse_stored("Queued"), None);
+        let final_states: Vec<_> = RunState::ON_COORDINATOR
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(final_states.len(), 6, "{final_states:?}");
+        assert!(!RunState::Created.is_final());
+    }
 
     #[test]
     fn statuses() {

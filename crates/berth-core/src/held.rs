@@ -110,9 +110,9 @@ pub fn persistent_for(
         "ephemeral" => Ok(None),
         "persistent" => {
             let agent = profile.map_or("default", |p| p.name.as_str()).to_string();
-            check_name("profile", &agent).map_err(|e| (LifecycleField::Profile, e))?;
+            check_name("profile", &agent).map_err(|e| (LifecycleField::Profile, e.to_string()))?;
             let name = name.unwrap_or(&agent).to_string();
-            check_name("name", &name).map_err(|e| (LifecycleField::Name, e))?;
+            check_name("name", &name).map_err(|e| (LifecycleField::Name, e.to_string()))?;
             Ok(Some(PersistentSpec {
                 agent,
                 name,
@@ -137,9 +137,18 @@ pub fn pool_container_name(key: &str, suffix: &str) -> String {
     format!("berth-pool-{}-{suffix}", &key[..key.len().min(12)])
 }
 
+/// A persistent container's name (or its agent's) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} `{name}` must be 1 to 64 letters, digits, `-` or `_`, not start with `-` nor contain `--`")]
+pub struct NameError {
+    /// What the name is of, as the user knows it (`name`, `profile`, `--name`).
+    pub what: String,
+    pub name: String,
+}
+
 /// Checks a persistent container name as given by `--name` (it becomes part of a container name
 /// and of a directory name on the host).
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_name(what: &str, name: &str) -> Result<(), NameError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -150,7 +159,10 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} `{name}` must be 1 to 64 letters, digits, `-` or `_`, not start with `-` nor contain `--`"))
+        Err(NameError {
+            what: what.to_string(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -190,6 +202,11 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     );
     plan.entrypoint.extend(plan::egress_options(&spec));
     plan.cmd = Vec::new();
+    // The supervisor is PID 1 itself, not the engine's init: processes of a run can then
+    // neither signal it (the kernel drops signals to a namespace's init that it does not
+    // handle, SIGSTOP included) nor reach the frames and reports through an init's
+    // `/proc/1/fd` (the shim is not dumpable; docker-init is). It reaps orphans itself.
+    plan.init = false;
     plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
     // A later run may bring secrets the first did not: the tmpfs is always there.
@@ -411,6 +428,7 @@ mod tests {
         let held = plan_holder(&spec(), &ctx("r1"), &holder());
         assert_eq!(held.entrypoint, ["/berth/shim", "--serve", "--sweep"]);
         assert!(!held.stdin_once && cold.stdin_once);
+        assert!(!held.init && cold.init, "the supervisor is PID 1");
         assert!(held.cmd.is_empty());
         assert_eq!(held.name, "berth-claude--fixer");
         assert_eq!(held.cap_drop, cold.cap_drop);
@@ -421,7 +439,7 @@ mod tests {
         assert_eq!(held.nano_cpus, cold.nano_cpus);
         assert_eq!(held.pids_limit, cold.pids_limit);
         assert_eq!(held.sysctls, cold.sysctls);
-        assert!(held.init && held.private_cgroup_namespace);
+        assert!(held.private_cgroup_namespace);
         assert_eq!(held.read_only_rootfs, cold.read_only_rootfs);
         assert_eq!(held.network, cold.network);
         // Nothing of the run stays in the container's configuration.

@@ -20,6 +20,9 @@ pub const SHIM_TARGET: &str = "/berth/shim";
 pub const IO_TARGET: &str = "/berth/io";
 /// berth's egress proxy sockets (`NAME.sock`), mounted read-only from a directory of berth's.
 pub const EGRESS_TARGET: &str = "/berth/egress";
+/// The user's git object directory, read-only, for the private repository of an isolated
+/// workspace (`/workspace/.git` borrows its objects from here).
+pub const GIT_OBJECTS_TARGET: &str = "/berth/git-objects";
 /// Secret files, on a tmpfs owned by the sandbox user.
 pub const SECRETS_TARGET: &str = "/run/secrets";
 /// Home directory given to images that declare none.
@@ -198,28 +201,35 @@ pub struct PlanContext {
     pub egress_engine_path: Option<PathBuf>,
 }
 
+/// A run the plan cannot be made for; each names the option and what to use instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanRefusal {
+    #[error("--workspace-mode {0}: a remote engine cannot mount this host's workspace; use --workspace-mode copy or worktree (uploaded, the changes come back) or none")]
+    RemoteWorkspace(WorkspaceMode),
+    #[error("--workspace-mode worktree with --read-only: on a remote engine the worktree is uploaded into the container's own layer, which --read-only forbids")]
+    RemoteReadOnlyWorktree,
+    #[error("--mount {}: a remote engine cannot mount this host's paths; copy what the command needs into the image", .0.display())]
+    RemoteMount(PathBuf),
+    #[error("--read-only cannot be combined with --workspace-mode copy: the copy lives in the container's own layer, which a read-only root file system forbids")]
+    CopyReadOnly,
+}
+
 /// What a run may not ask of an engine on another host: nothing of this host can be mounted
 /// there. The error names the option and what to use instead.
-pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
+pub fn check_remote(spec: &RunSpec) -> Result<(), PlanRefusal> {
     // Copy mode uploads the workspace through the archive API, which reaches any engine; so does
     // worktree mode there (its worktree is uploaded, its changes downloaded).
     if !matches!(
         spec.workspace_mode,
         WorkspaceMode::None | WorkspaceMode::Copy | WorkspaceMode::Worktree
     ) {
-        return Err(format!(
-            "--workspace-mode {}: a remote engine cannot mount this host's workspace; use --workspace-mode copy or worktree (uploaded, the changes come back) or none",
-            spec.workspace_mode
-        ));
+        return Err(PlanRefusal::RemoteWorkspace(spec.workspace_mode));
     }
     if spec.workspace_mode == WorkspaceMode::Worktree && spec.read_only {
-        return Err("--workspace-mode worktree with --read-only: on a remote engine the worktree is uploaded into the container's own layer, which --read-only forbids".into());
+        return Err(PlanRefusal::RemoteReadOnlyWorktree);
     }
     if let Some(m) = spec.mounts.first() {
-        return Err(format!(
-            "--mount {}: a remote engine cannot mount this host's paths; copy what the command needs into the image",
-            m.source.display()
-        ));
+        return Err(PlanRefusal::RemoteMount(m.source.clone()));
     }
     Ok(())
 }
@@ -233,9 +243,9 @@ pub fn check_remote(spec: &RunSpec) -> Result<(), String> {
 /// owned by the sandbox user exists only while the container runs (the archive API cannot reach
 /// it), and a tmpfs-backed volume is unmounted, its content gone, whenever no container uses it:
 /// after the upload to a created container, and again after the exit, before the download.
-pub fn check_copy(spec: &RunSpec) -> Result<(), String> {
+pub fn check_copy(spec: &RunSpec) -> Result<(), PlanRefusal> {
     if spec.workspace_mode == WorkspaceMode::Copy && spec.read_only {
-        return Err("--read-only cannot be combined with --workspace-mode copy: the copy lives in the container's own layer, which a read-only root file system forbids".into());
+        return Err(PlanRefusal::CopyReadOnly);
     }
     Ok(())
 }
@@ -536,6 +546,7 @@ pub(crate) mod tests {
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
             include_dirty: false,
+            start_commit: None,
             copy_limit_bytes: DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![("A".into(), "1".into())],
@@ -651,12 +662,16 @@ pub(crate) mod tests {
         let mut s = spec();
         assert!(check_remote(&s)
             .unwrap_err()
+            .to_string()
             .contains("--workspace-mode rw: a remote engine cannot mount this host's workspace; use --workspace-mode copy"));
         // A worktree travels like a copy there: uploaded, so not with a read-only root.
         s.workspace_mode = WorkspaceMode::Worktree;
         assert_eq!(check_remote(&s), Ok(()));
         s.read_only = true;
-        assert!(check_remote(&s).unwrap_err().contains("--read-only"));
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("--read-only"));
         s.read_only = false;
         let mut remote = ctx();
         remote.remote_engine = true;
@@ -673,7 +688,10 @@ pub(crate) mod tests {
             target: "/data".into(),
             read_only: true,
         });
-        assert!(check_remote(&s).unwrap_err().starts_with("--mount /data:"));
+        assert!(check_remote(&s)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--mount /data:"));
     }
 
     #[test]
@@ -935,6 +953,7 @@ pub(crate) mod tests {
         s.read_only = true;
         assert!(check_copy(&s)
             .unwrap_err()
+            .to_string()
             .starts_with("--read-only cannot be combined with --workspace-mode copy"));
         s.workspace_mode = WorkspaceMode::Rw;
         assert_eq!(check_copy(&s), Ok(()));

@@ -494,7 +494,9 @@ fn finish(name: String, source: String, c: ProfileConfig) -> Result<Profile, Pro
 
 /// Every secret a run takes: the profile's required secrets, its credentials that are set on
 /// the host (`is_set`; see [`Profile::credentials_to_pass`]), then the `explicit` ones, each
-/// once. The same for `berth run` and for a runner.
+/// once. The same for `berth run` and for a runner; a profile whose credentials are all missing
+/// is refused here ([`Profile::check_credentials`]), so no caller can start an agent that is not
+/// logged in.
 pub fn secrets_for(
     profile: Option<&Profile>,
     explicit: &[String],
@@ -502,6 +504,7 @@ pub fn secrets_for(
 ) -> Result<Vec<String>, ProfileError> {
     let mut secrets: Vec<String> = profile.map(|p| p.secrets.clone()).unwrap_or_default();
     if let Some(p) = profile {
+        p.check_credentials(explicit, &is_set)?;
         secrets.extend(p.credentials_to_pass(explicit, is_set)?);
     }
     for name in explicit {
@@ -817,6 +820,11 @@ mod tests {
         assert_eq!(secrets_for(None, &["A".into()], set).unwrap(), ["A"]);
         let both = |n: &str| n == "ANTHROPIC_API_KEY" || n == "CLAUDE_CODE_OAUTH_TOKEN";
         assert!(secrets_for(Some(claude), &[], both).is_err());
+        // None of the credentials: refused here, for every caller (the runner too).
+        assert!(matches!(
+            secrets_for(Some(claude), &["OTHER".into()], |_| false),
+            Err(ProfileError::CredentialsMissing { .. })
+        ));
     }
 
     #[test]

@@ -113,6 +113,18 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The commit the run's workspace was made from: its resolved `git_ref`, else a worktree's
+    /// HEAD (not a commit of carried uncommitted changes, which only the run's own, removed,
+    /// branch held). `None` for every other run.
+    pub fn start_commit(&self) -> Option<String> {
+        let spec = &self.spec;
+        spec.start_commit.clone().or_else(|| {
+            (spec.workspace_mode == WorkspaceMode::Worktree && !spec.include_dirty)
+                .then(|| self.workspace.as_ref()?.base_commit.clone())
+                .flatten()
+        })
+    }
+
     pub fn new(id: String, spec: RunSpec, execution: Execution, created_at: String) -> Self {
         Self {
             id,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where the sandboxed command sees the workspace, and whether it may write there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceMode {
     /// The workspace is bind-mounted read-write: the command changes the user's files.
@@ -79,6 +80,7 @@ impl std::str::FromStr for WorkspaceMode {
 
 /// When to pull the image from its registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
     #[default]
@@ -101,6 +103,44 @@ impl std::str::FromStr for PullPolicy {
     }
 }
 
+/// A value of a run's spec (a flag, a config key, an API field) that does not parse; the
+/// message quotes it and says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("empty network name: expected none, bridge or a network name")]
+    EmptyNetwork,
+    #[error("network `host` is refused: it would share the host's network namespace; expected none, bridge or a user-defined network")]
+    HostNetwork,
+    #[error("network `{0}` is refused: it would share another container's namespace; expected none, bridge or a user-defined network")]
+    ContainerNetwork(String),
+    #[error("invalid user `{0}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)")]
+    User(String),
+    #[error("invalid port `{0}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)")]
+    Port(String),
+    #[error("invalid mount `{mount}`: {problem}; expected SRC:DST[:ro|rw] (e.g. ./data:/data:ro)")]
+    Mount {
+        mount: String,
+        problem: MountProblem,
+    },
+    #[error("invalid environment variable name `{0}`: expected letters, digits and `_`, not starting with a digit")]
+    EnvName(String),
+    #[error("invalid environment entry `{0}`: expected KEY=VALUE")]
+    EnvEntry(String),
+}
+
+/// What is wrong with a `SRC:DST[:ro|rw]` mount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountProblem {
+    #[error("mode `{0}` is neither ro nor rw")]
+    Mode(String),
+    #[error("wrong number of `:`-separated parts")]
+    Parts,
+    #[error("the source is empty")]
+    EmptySource,
+    #[error("the destination is empty")]
+    EmptyTarget,
+}
+
 /// The network the sandbox joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]
@@ -115,14 +155,16 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         match s {
             "none" => Ok(Self::None),
             "bridge" => Ok(Self::Bridge),
-            "" => Err("empty network name: expected none, bridge or a network name".into()),
+            "" => Err(SpecError::EmptyNetwork),
             // Sharing the host's or another container's namespace defeats the sandbox.
-            "host" => Err("network `host` is refused: it would share the host's network namespace; expected none, bridge or a user-defined network".into()),
-            other if other.starts_with("container:") => Err(format!("network `{other}` is refused: it would share another container's namespace; expected none, bridge or a user-defined network")),
+            "host" => Err(SpecError::HostNetwork),
+            other if other.starts_with("container:") => {
+                Err(SpecError::ContainerNetwork(other.to_string()))
+            }
             other => Ok(Self::Named(other.to_string())),
         }
     }
@@ -140,6 +182,7 @@ impl NetworkMode {
 /// How strongly the sandbox is isolated from the host's kernel: the container runtime the engine
 /// runs it with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// The engine's default runtime (runc on a stock engine): namespaces, cgroups and seccomp
@@ -210,12 +253,8 @@ pub struct UserSpec {
 }
 
 impl UserSpec {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || {
-            format!(
-                "invalid user `{s}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)"
-            )
-        };
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let err = || SpecError::User(s.to_string());
         let (uid, gid) = match s.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (s, None),
@@ -235,10 +274,8 @@ pub struct PortPublish {
 }
 
 impl PortPublish {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || {
-            format!("invalid port `{s}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)")
-        };
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let err = || SpecError::Port(s.to_string());
         let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(err);
         match s.split_once(':') {
             Some((c, h)) => Ok(Self {
@@ -262,23 +299,24 @@ pub struct MountRequest {
 }
 
 impl MountRequest {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let err = |why: &str| {
-            format!("invalid mount `{s}`: {why}; expected SRC:DST[:ro|rw] (e.g. ./data:/data:ro)")
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let err = |problem| SpecError::Mount {
+            mount: s.to_string(),
+            problem,
         };
         let parts: Vec<&str> = s.split(':').collect();
         let (source, target, read_only) = match parts.as_slice() {
             [src, dst] => (*src, *dst, true),
             [src, dst, "ro"] => (*src, *dst, true),
             [src, dst, "rw"] => (*src, *dst, false),
-            [_, _, mode] => return Err(err(&format!("mode `{mode}` is neither ro nor rw"))),
-            _ => return Err(err("wrong number of `:`-separated parts")),
+            [_, _, mode] => return Err(err(MountProblem::Mode(mode.to_string()))),
+            _ => return Err(err(MountProblem::Parts)),
         };
         if source.is_empty() {
-            return Err(err("the source is empty"));
+            return Err(err(MountProblem::EmptySource));
         }
         if target.is_empty() {
-            return Err(err("the destination is empty"));
+            return Err(err(MountProblem::EmptyTarget));
         }
         Ok(Self {
             source: PathBuf::from(source),
@@ -313,6 +351,7 @@ impl Default for Resources {
 
 /// Where berth may fall back to when the sandbox cannot be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Fallback {
     /// Never run outside a sandbox.
@@ -348,6 +387,11 @@ pub struct RunSpec {
     /// ignored) into the worktree.
     #[serde(default)]
     pub include_dirty: bool,
+    /// Worktree and copy modes: the commit the workspace is made from, instead of HEAD
+    /// (worktree) or the checkout's files as they are (copy): a submission's `git_ref`, as the
+    /// runner resolved it in the project's checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_commit: Option<String>,
     /// Copy mode: the most bytes of file content uploaded.
     #[serde(default = "default_copy_limit")]
     pub copy_limit_bytes: u64,
@@ -399,22 +443,22 @@ fn text_output() -> String {
 }
 
 /// Checks an environment variable name the way POSIX shells accept them.
-pub fn check_env_name(name: &str) -> Result<(), String> {
+pub fn check_env_name(name: &str) -> Result<(), SpecError> {
     let mut chars = name.chars();
     let valid = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
     if valid {
         Ok(())
     } else {
-        Err(format!("invalid environment variable name `{name}`: expected letters, digits and `_`, not starting with a digit"))
+        Err(SpecError::EnvName(name.to_string()))
     }
 }
 
 /// Parses `--env K=V`.
-pub fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), SpecError> {
     let (k, v) = s
         .split_once('=')
-        .ok_or_else(|| format!("invalid environment entry `{s}`: expected KEY=VALUE"))?;
+        .ok_or_else(|| SpecError::EnvEntry(s.to_string()))?;
     check_env_name(k)?;
     Ok((k.to_string(), v.to_string()))
 }
@@ -445,8 +489,14 @@ mod tests {
         );
         assert!(!MountRequest::parse("a:/b:rw").unwrap().read_only);
         assert!(MountRequest::parse("a:/b:ro").unwrap().read_only);
-        assert!(MountRequest::parse("a:/b:rx").unwrap_err().contains("`rx`"));
-        assert!(MountRequest::parse("a").unwrap_err().contains("SRC:DST"));
+        assert!(MountRequest::parse("a:/b:rx")
+            .unwrap_err()
+            .to_string()
+            .contains("`rx`"));
+        assert!(MountRequest::parse("a")
+            .unwrap_err()
+            .to_string()
+            .contains("SRC:DST"));
         assert!(MountRequest::parse(":/b").is_err());
     }
 
@@ -466,7 +516,10 @@ mod tests {
                 gid: Some(0)
             }
         );
-        assert!(UserSpec::parse("root").unwrap_err().contains("numeric"));
+        assert!(UserSpec::parse("root")
+            .unwrap_err()
+            .to_string()
+            .contains("numeric"));
     }
 
     #[test]
@@ -490,7 +543,10 @@ mod tests {
             NetworkMode::parse("mynet").unwrap(),
             NetworkMode::Named("mynet".into())
         );
-        assert!(NetworkMode::parse("host").unwrap_err().contains("refused"));
+        assert!(NetworkMode::parse("host")
+            .unwrap_err()
+            .to_string()
+            .contains("refused"));
         assert!(NetworkMode::parse("container:abc").is_err());
     }
 

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 /// A value given by the user could not be understood, or is out of range.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {what} `{input}`: {expected}")]
 pub struct UnitError {
     pub what: &'static str,

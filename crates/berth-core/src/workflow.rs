@@ -2,7 +2,8 @@
 //! that repeats until a reviewer approves.
 //!
 //! This module is the format and the rules, without I/O: [`parse`] reads and checks a workflow
-//! file, [`template`] renders prompts, [`verdict`] reads a reviewer's decision, and [`state`]
+//! file, [`template`] renders prompts, [`output`] is what `{{ STEP.output }}` keeps of a
+//! command, [`verdict`] reads a reviewer's decision, and [`state`]
 //! says what to run next given what happened so far. Running the steps (the workspace, the
 //! sandbox, `iter-N/` directories, the server) belongs to the layers above.
 //!
@@ -42,6 +43,7 @@
 //! iteration's run), or itself or a loop step after it (the previous iteration's run, empty in
 //! iteration 1). So in the example the builder sees the previous round's review and tests.
 
+pub mod output;
 pub mod state;
 pub mod template;
 pub mod verdict;
@@ -174,7 +176,7 @@ impl Workflow {
 
     /// `--test-command`: replaces the argv of the steps named `tests` and `baseline`, where
     /// the workflow has them.
-    pub fn set_test_command(&mut self, argv: &[String]) -> Result<(), String> {
+    pub fn set_test_command(&mut self, argv: &[String]) -> Result<(), CommandError> {
         for step in ["tests", "baseline"] {
             if self.step(step).is_some() {
                 self.set_command(step, argv.to_vec())?;
@@ -184,25 +186,41 @@ impl Workflow {
     }
 
     /// Replaces the argv of command step `step` (e.g. the built-in workflow's test command).
-    pub fn set_command(&mut self, step: &str, argv: Vec<String>) -> Result<(), String> {
+    pub fn set_command(&mut self, step: &str, argv: Vec<String>) -> Result<(), CommandError> {
         if argv.is_empty() || argv[0].is_empty() {
-            return Err("the command must have at least a program".into());
+            return Err(CommandError::Empty);
         }
         let found = self
             .baseline
             .iter_mut()
             .chain(self.steps.iter_mut())
             .find(|s| s.name == step)
-            .ok_or_else(|| format!("no step is named `{step}`"))?;
+            .ok_or_else(|| CommandError::NoSuchStep(step.to_string()))?;
         match &mut found.action {
             Action::Command { argv: old, .. } => {
                 *old = argv;
                 Ok(())
             }
-            Action::Agent { .. } => Err(format!("step `{step}` is an agent step")),
+            Action::Agent { .. } => Err(CommandError::AgentStep(step.to_string())),
         }
     }
 }
+
+/// A command that cannot replace a step's (`--test-command`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command must have at least a program")]
+    Empty,
+    #[error("no step is named `{0}`")]
+    NoSuchStep(String),
+    #[error("step `{0}` is an agent step")]
+    AgentStep(String),
+}
+
+/// A step or workflow name that is not lower-case letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a valid name: use at most 64 lower-case letters, digits, `-` and `_`, starting with a letter")]
+pub struct InvalidName(pub String);
 
 /// A workflow file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -322,7 +340,7 @@ fn location(text: &str, span: Option<Range<usize>>) -> String {
 }
 
 /// Step and workflow names: lower-case letters, digits, `-` and `_`, starting with a letter.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), InvalidName> {
     let ok = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -331,9 +349,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{name}` is not a valid name: use at most 64 lower-case letters, digits, `-` and `_`, starting with a letter"
-        ))
+        Err(InvalidName(name.to_string()))
     }
 }
 

@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_core::egress::{EgressRecord, Host, Inject};
+
+use crate::error::{InjectError, TlsSetupError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 
@@ -65,20 +67,25 @@ pub(crate) struct Mitm {
 
 impl Mitm {
     /// A new CA for `upstreams`, valid for `validity` (plus an hour before now, for clocks).
-    pub(crate) fn new(upstreams: &[InjectUpstream], validity: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        upstreams: &[InjectUpstream],
+        validity: Duration,
+    ) -> Result<Self, InjectError> {
         let mut targets = Vec::new();
         for u in upstreams {
-            let (host, port) = u
-                .entry
-                .target()
-                .map_err(|e| format!("injection host {}: {e}", u.entry.host))?;
-            let header = HeaderName::from_bytes(u.entry.header.as_bytes())
-                .map_err(|e| format!("injection host {}: header: {e}", u.entry.host))?;
-            let mut value = HeaderValue::from_str(&u.value).map_err(|_| {
-                format!(
-                    "injection host {}: the value of {} is not a valid header value (printable characters, no line breaks)",
-                    u.entry.host, u.entry.env
-                )
+            let (host, port) = u.entry.target().map_err(|e| InjectError::Target {
+                host: u.entry.host.clone(),
+                reason: e.to_string(),
+            })?;
+            let header = HeaderName::from_bytes(u.entry.header.as_bytes()).map_err(|source| {
+                InjectError::Header {
+                    host: u.entry.host.clone(),
+                    source,
+                }
+            })?;
+            let mut value = HeaderValue::from_str(&u.value).map_err(|_| InjectError::Value {
+                host: u.entry.host.clone(),
+                env: u.entry.env.clone(),
             })?;
             value.set_sensitive(true);
             targets.push(Arc::new(Target {
@@ -113,10 +120,8 @@ impl Mitm {
         params.not_before = not_before;
         params.not_after = not_after;
         params.name_constraints = Some(name_constraints(&targets));
-        let key = rcgen::KeyPair::generate().map_err(|e| format!("making the run's CA: {e}"))?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| format!("making the run's CA: {e}"))?;
+        let key = rcgen::KeyPair::generate().map_err(InjectError::Ca)?;
+        let cert = params.self_signed(&key).map_err(InjectError::Ca)?;
         Ok(Self {
             ca_pem: cert.pem(),
             ca_der: cert.der().clone(),
@@ -143,23 +148,21 @@ impl Mitm {
     }
 
     /// The TLS server side for `target`: a certificate for its host, made once.
-    fn server_config(&self, target: &Target) -> Result<Arc<rustls::ServerConfig>, String> {
+    fn server_config(&self, target: &Target) -> Result<Arc<rustls::ServerConfig>, InjectError> {
         let key = target.host.to_string();
-        let mut leaves = self
-            .leaves
-            .lock()
-            .map_err(|_| "certificate cache poisoned")?;
+        let mut leaves = self.leaves.lock().map_err(|_| InjectError::CachePoisoned)?;
         if let Some(config) = leaves.get(&key) {
             return Ok(config.clone());
         }
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.subject_alt_names = vec![match &target.host {
-            Host::Name(n) => rcgen::SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .map_err(|e| format!("certificate for {n}: {e}"))?,
-            ),
+            Host::Name(n) => rcgen::SanType::DnsName(n.clone().try_into().map_err(|source| {
+                InjectError::Leaf {
+                    host: n.clone(),
+                    source,
+                }
+            })?),
             Host::Ip(ip) => rcgen::SanType::IpAddress(*ip),
         }];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
@@ -167,21 +170,27 @@ impl Mitm {
         params.not_before = self.not_before;
         params.not_after = self.not_after;
         params.use_authority_key_identifier_extension = true;
-        let leaf_key =
-            rcgen::KeyPair::generate().map_err(|e| format!("certificate for {key}: {e}"))?;
+        let leaf_error = |source| InjectError::Leaf {
+            host: key.clone(),
+            source,
+        };
+        let leaf_key = rcgen::KeyPair::generate().map_err(leaf_error)?;
         let leaf = params
             .signed_by(&leaf_key, &self.issuer)
-            .map_err(|e| format!("certificate for {key}: {e}"))?;
+            .map_err(leaf_error)?;
         let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
         );
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(TlsSetupError::Protocols)?
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], private)
-            .map_err(|e| format!("certificate for {key}: {e}"))?;
+            .map_err(|source| InjectError::LeafTls {
+                host: key.clone(),
+                source,
+            })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
         leaves.insert(key, config.clone());
@@ -235,7 +244,7 @@ pub(crate) fn connect(
             let tracker = record(&target, None, None, shared);
             tracker.set(|r| {
                 r.status = Some(500);
-                r.error = Some(e.clone());
+                r.error = Some(e.to_string());
             });
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -343,8 +352,9 @@ async fn request(req: hyper::Request<Incoming>, target: &Target, shared: &Arc<Sh
         return text(
             StatusCode::FORBIDDEN,
             format!(
-                "berth egress policy: denied: {rule}\nthe methods and paths of [egress.inject.\"{}\"] in berth.toml allow it\n",
-                target.entry.host
+                "berth egress policy: denied: {rule}\nthe methods and paths of [egress.inject.\"{}\"] in {} allow it\n",
+                target.entry.host,
+                shared.config.rules_from.inject_config(),
             ),
         );
     }
@@ -355,20 +365,11 @@ async fn request(req: hyper::Request<Incoming>, target: &Target, shared: &Arc<Sh
     parts
         .headers
         .insert(target.header.clone(), target.value.clone());
-    let host_value = match (&target.host, target.port) {
-        (host, 443) => host.to_string(),
-        (host, port) => format!("{host}:{port}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&host_value) {
-        parts.headers.insert(header::HOST, v);
+    let upstream: (&dyn std::fmt::Display, _, _) = (&target.host, target.port, 443);
+    if crate::aim_upstream(&mut parts, upstream, "", &uri).is_err() {
+        tracker.set(|r| r.status = Some(400));
+        return text(StatusCode::BAD_REQUEST, "berth egress proxy: bad path\n");
     }
-    parts.uri = match uri.path_and_query().map(|pq| pq.as_str().parse()) {
-        Some(Ok(u)) => u,
-        _ => {
-            tracker.set(|r| r.status = Some(400));
-            return text(StatusCode::BAD_REQUEST, "berth egress proxy: bad path\n");
-        }
-    };
     let outgoing =
         hyper::Request::from_parts(parts, metered(body, &tracker, Direction::Out, false));
     let stream = match dial(&target.host, target.port, shared).await {
@@ -376,7 +377,7 @@ async fn request(req: hyper::Request<Incoming>, target: &Target, shared: &Arc<Sh
         Err(e) => {
             tracker.set(|r| {
                 r.status = Some(502);
-                r.error = Some(e.clone());
+                r.error = Some(e.to_string());
             });
             return text(
                 StatusCode::BAD_GATEWAY,
@@ -457,7 +458,7 @@ mod tests {
     fn a_value_that_is_no_header_value_is_refused_naming_the_variable() {
         let mut u = upstream("x.org=A:GIT_TOKEN");
         u.value = "s3cr3t\nvalue".into();
-        let e = Mitm::new(&[u], Duration::ZERO).err().unwrap();
+        let e = Mitm::new(&[u], Duration::ZERO).err().unwrap().to_string();
         assert!(e.contains("GIT_TOKEN") && !e.contains("s3cr3t"), "{e}");
     }
 }

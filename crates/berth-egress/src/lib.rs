@@ -1,7 +1,8 @@
 //! berth's egress proxy. It runs inside the berth process of a run (or of the runner), listens
 //! on unix sockets in a directory that is bind-mounted read-only into the sandbox, and is the
 //! sandbox's only way out: the shim's forwarder turns the sandbox's loopback ports into
-//! connections to these sockets (`NAME.sock` for the listener `NAME`).
+//! connections to these sockets (`NAME.sock` for the listener `NAME`), or hands the sandbox's
+//! connection itself over (`NAME.handoff.sock`, [`handoff`]).
 //!
 //! - `proxy`: an HTTP proxy. `CONNECT host:port` (HTTPS, matched on the requested host) and
 //!   plain HTTP in absolute form (matched on host, port, method and path). The proxy resolves
@@ -20,10 +21,16 @@
 //! choose anything the policy did not allow. Each connection or request ends in one
 //! [`EgressRecord`] given to the run's sink.
 
+mod error;
+pub mod handoff;
 mod inject;
 mod relay;
+mod sandbox;
 pub mod usage;
 
+pub use error::{
+    BaseUrlError, CertificateError, DialError, InjectError, ProxyError, TlsSetupError,
+};
 pub use inject::InjectUpstream;
 pub use rustls::pki_types::CertificateDer;
 
@@ -47,7 +54,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -121,6 +128,29 @@ pub struct Config {
     /// How long the run's CA is valid (the run's time, with some slack).
     pub inject_validity: Duration,
     pub limits: Limits,
+    /// Where the rules were set, for the fix a refusal names.
+    pub rules_from: RulesFrom,
+}
+
+/// Where a run's egress rules were set: a refusal tells the sandbox's user where to allow more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RulesFrom {
+    /// `berth run` on this host: its flags and `berth.toml`.
+    #[default]
+    Local,
+    /// A run submitted to a server and executed by a runner: the submission's `egress`, and
+    /// the runner's configuration for injection hosts.
+    Submitted,
+}
+
+impl RulesFrom {
+    /// Where the methods and paths of an injection host are set.
+    fn inject_config(self) -> &'static str {
+        match self {
+            Self::Local => "berth.toml",
+            Self::Submitted => "the runner's configuration",
+        }
+    }
 }
 
 /// A running proxy. Dropping it stops every listener and connection and removes its sockets.
@@ -164,6 +194,8 @@ struct Shared {
     mitm: Option<Arc<inject::Mitm>>,
     sink: Sink,
     permits: Arc<Semaphore>,
+    /// Makes the last close of what the sandbox supplied, off the runtime ([`sandbox`]).
+    closer: sandbox::Closer,
 }
 
 /// A socket name for `listener`: `NAME.sock`.
@@ -182,7 +214,7 @@ impl Proxy {
         listeners: &[String],
         config: Config,
         sink: Sink,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProxyError> {
         use std::os::fd::AsRawFd;
         let dir_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let tls = Arc::new(client_tls(&config.extra_roots)?);
@@ -194,22 +226,28 @@ impl Proxy {
             } else if let Some(n) = name.strip_prefix("tcp-") {
                 let i: usize = n
                     .parse()
-                    .map_err(|_| format!("listener `{name}`: not tcp-N"))?;
-                let (host, port) = config
-                    .tcp
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| format!("listener `{name}`: no tcp forward {i}"))?;
+                    .map_err(|_| ProxyError::NotTcpListener(name.clone()))?;
+                let (host, port) =
+                    config
+                        .tcp
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| ProxyError::NoTcpForward {
+                            name: name.clone(),
+                            index: i,
+                        })?;
                 Role::Tcp(host, port)
             } else {
-                let api =
-                    BrokeredApi::parse(name).map_err(|e| format!("listener `{name}`: {e}"))?;
+                let api = BrokeredApi::parse(name).map_err(|e| ProxyError::UnknownListener {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
                 let broker = config
                     .brokers
                     .iter()
                     .find(|b| b.api == api)
                     .cloned()
-                    .ok_or_else(|| format!("listener `{name}`: no credential to broker"))?;
+                    .ok_or_else(|| ProxyError::NoBroker(name.clone()))?;
                 check_base_url(&broker.base_url)?;
                 Role::Broker(Arc::new(broker))
             };
@@ -228,12 +266,14 @@ impl Proxy {
             let bundle = inject::pem_bundle(&roots) + m.ca_pem();
             (m.ca_pem().to_string(), bundle)
         });
+        let closer = sandbox::Closer::start().map_err(ProxyError::Closer)?;
         let shared = Arc::new(Shared {
             config,
             tls,
             mitm,
             sink,
             permits,
+            closer,
         });
         let mut proxy = Self {
             tasks: JoinSet::new(),
@@ -242,25 +282,35 @@ impl Proxy {
             _dir: dir,
         };
         for (name, role) in roles {
-            let path = dir_path.join(socket_name(&name));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+            for (socket, handed_over) in [
+                (socket_name(&name), false),
+                (handoff::socket_name(&name), true),
+            ] {
+                let listener = proxy.bind(&dir_path.join(socket))?;
+                let accept = accept_loop(listener, role.clone(), shared.clone(), handed_over);
+                proxy.tasks.spawn(accept);
             }
-            let listener =
-                UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            proxy.sockets.push(path.clone());
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            proxy
-                .tasks
-                .spawn(accept_loop(listener, role, shared.clone()));
         }
         Ok(proxy)
+    }
+
+    /// Binds a listener at `path` (after removing a stale socket there), connectable by any
+    /// user, and remembers it for removal.
+    fn bind(&mut self, path: &std::path::Path) -> Result<UnixListener, ProxyError> {
+        use std::os::unix::fs::PermissionsExt;
+        let failed = |source: std::io::Error| ProxyError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(failed)?;
+        self.sockets.push(path.to_path_buf());
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(failed)?;
+        Ok(listener)
     }
 
     /// With injection hosts: the run CA's certificate (public) and a bundle of the host's root
@@ -272,7 +322,9 @@ impl Proxy {
     }
 }
 
-async fn accept_loop(listener: UnixListener, role: Role, shared: Arc<Shared>) {
+/// Serves `listener`'s connections: the sandbox's bytes on the unix socket itself, or, with
+/// `handed_over`, on the TCP connection the forwarder hands over through it.
+async fn accept_loop(listener: UnixListener, role: Role, shared: Arc<Shared>, handed_over: bool) {
     // Connection tasks live in this set: aborting the loop aborts them all.
     let mut connections = JoinSet::new();
     loop {
@@ -292,17 +344,39 @@ async fn accept_loop(listener: UnixListener, role: Role, shared: Arc<Shared>) {
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (role, shared) = (role.clone(), shared.clone());
+        // The permit goes with the connection: the closing thread gives it back after the
+        // connection's last close.
         connections.spawn(async move {
-            match role {
-                Role::Tcp(host, port) => tcp_forward(stream, host, port, &shared).await,
-                role => serve_http(stream, role, shared).await,
+            if handed_over {
+                let timeout = shared.config.limits.header_timeout;
+                let taken = handoff::receive(stream, timeout, permit, &shared.closer).await;
+                if let Some(stream) = taken {
+                    serve(stream, role, shared).await;
+                }
+            } else if let Some(stream) = sandbox::Copied::new(stream, permit, &shared.closer) {
+                serve(stream, role, shared).await;
             }
-            drop(permit);
         });
     }
 }
 
-async fn serve_http(stream: UnixStream, role: Role, shared: Arc<Shared>) {
+/// One connection from the sandbox, whichever way it came.
+async fn serve<S: SandboxStream>(stream: S, role: Role, shared: Arc<Shared>) {
+    match role {
+        Role::Tcp(host, port) => tcp_forward(stream, host, port, &shared).await,
+        role => serve_http(stream, role, shared).await,
+    }
+}
+
+/// A sandbox's connection: a unix socket from the forwarder, or its TCP connection handed over.
+trait SandboxStream:
+    relay::Socket + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static
+{
+}
+impl SandboxStream for sandbox::Copied {}
+impl SandboxStream for sandbox::Handed {}
+
+async fn serve_http<S: SandboxStream>(stream: S, role: Role, shared: Arc<Shared>) {
     let service = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req| {
@@ -503,12 +577,20 @@ async fn proxy_request(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> R
     }
 }
 
-fn denial(rule: &str, fix: Option<&str>) -> String {
+fn denial(rule: &str, fix: Option<&str>, from: RulesFrom) -> String {
     let mut body = format!("berth egress policy: denied: {rule}\n");
-    if let Some(fix) = fix {
-        body += &format!(
-            "to allow it, run berth with `{fix}` (or add it to [egress] allow in berth.toml)\n"
-        );
+    match (fix, from) {
+        (Some(fix), RulesFrom::Local) => {
+            body += &format!(
+                "to allow it, run berth with `{fix}` (or add it to [egress] allow in berth.toml)\n"
+            );
+        }
+        (Some(fix), RulesFrom::Submitted) => {
+            body += &format!(
+                "to allow it, submit the run with `{fix}` (its egress.allow), within the project's egress ceiling\n"
+            );
+        }
+        (None, _) => {}
     }
     body
 }
@@ -559,7 +641,11 @@ async fn connect(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Respons
         tracker.set(|r| r.status = Some(403));
         return text(
             StatusCode::FORBIDDEN,
-            denial(&decision.rule, decision.fix.as_deref()),
+            denial(
+                &decision.rule,
+                decision.fix.as_deref(),
+                shared.config.rules_from,
+            ),
         );
     };
     let upstream = match dial(&parsed, port, shared).await {
@@ -567,7 +653,7 @@ async fn connect(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Respons
         Err(e) => {
             tracker.set(|r| {
                 r.status = Some(502);
-                r.error = Some(e.clone());
+                r.error = Some(e.to_string());
             });
             return text(
                 StatusCode::BAD_GATEWAY,
@@ -661,7 +747,11 @@ async fn plain_http(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Resp
         tracker.set(|r| r.status = Some(403));
         return text(
             StatusCode::FORBIDDEN,
-            denial(&decision.rule, decision.fix.as_deref()),
+            denial(
+                &decision.rule,
+                decision.fix.as_deref(),
+                shared.config.rules_from,
+            ),
         );
     };
     let stream = match dial(&parsed, port, shared).await {
@@ -669,7 +759,7 @@ async fn plain_http(req: hyper::Request<Incoming>, shared: &Arc<Shared>) -> Resp
         Err(e) => {
             tracker.set(|r| {
                 r.status = Some(502);
-                r.error = Some(e.clone());
+                r.error = Some(e.to_string());
             });
             return text(
                 StatusCode::BAD_GATEWAY,
@@ -759,7 +849,7 @@ where
 
 /// Resolves and connects, under the connect timeout. A *name* must resolve to public
 /// addresses only (unless pinned in `resolve`); an IP address allowed by a rule is used as is.
-async fn dial(host: &Host, port: u16, shared: &Shared) -> Result<TcpStream, String> {
+async fn dial(host: &Host, port: u16, shared: &Shared) -> Result<TcpStream, DialError> {
     let timeout = shared.config.limits.connect_timeout;
     let work = async {
         let addrs: Vec<SocketAddr> = match host {
@@ -769,39 +859,50 @@ async fn dial(host: &Host, port: u16, shared: &Shared) -> Result<TcpStream, Stri
                 None => {
                     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
                         .await
-                        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                        .map_err(|source| DialError::Resolve {
+                            name: name.clone(),
+                            source,
+                        })?
                         .collect();
                     if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
-                        return Err(format!(
-                            "{name} resolves to {}, which is not a public address: berth's proxy does not connect names to this machine or private networks (allow the address itself if that is meant)",
-                            private.ip()
-                        ));
+                        return Err(DialError::NotPublic {
+                            name: name.clone(),
+                            ip: private.ip(),
+                        });
                     }
                     addrs
                 }
             },
         };
-        let mut last = format!("{host} has no address");
+        let mut last = DialError::NoAddress(host.to_string());
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     return Ok(s);
                 }
-                Err(e) => last = format!("cannot connect to {host}:{port} ({addr}): {e}"),
+                Err(source) => {
+                    last = DialError::Connect {
+                        host: host.to_string(),
+                        port,
+                        addr,
+                        source,
+                    }
+                }
             }
         }
         Err(last)
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| {
-        format!(
-            "connecting to {host}:{port} timed out after {}s",
-            timeout.as_secs()
-        )
-    })?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| DialError::Timeout {
+            host: host.to_string(),
+            port,
+            secs: timeout.as_secs(),
+        })?
 }
 
-async fn tcp_forward(stream: UnixStream, host: Host, port: u16, shared: &Shared) {
+async fn tcp_forward(stream: impl relay::Socket, host: Host, port: u16, shared: &Shared) {
     let tracker = Tracker::new(
         EgressRecord {
             kind: "tcp".into(),
@@ -816,11 +917,33 @@ async fn tcp_forward(stream: UnixStream, host: Host, port: u16, shared: &Shared)
     let upstream = match dial(&host, port, shared).await {
         Ok(s) => s,
         Err(e) => {
-            tracker.set(|r| r.error = Some(e));
+            tracker.set(|r| r.error = Some(e.to_string()));
             return;
         }
     };
     relay::tunnel(stream, upstream, &tracker).await;
+}
+
+/// Points an origin-form request from the sandbox at the upstream `(host, port, default
+/// port)`: its `Host` header (the port only when not the default) and its target, the
+/// sandbox's path and query after `prefix`. `Err` when that is no valid target.
+fn aim_upstream(
+    parts: &mut hyper::http::request::Parts,
+    (host, port, default_port): (&dyn std::fmt::Display, u16, u16),
+    prefix: &str,
+    uri: &hyper::Uri,
+) -> Result<(), ()> {
+    let host_value = if port == default_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = format!("{prefix}{pq}").parse().map_err(drop)?;
+    Ok(())
 }
 
 /// A checked base URL: scheme, host, port and path prefix.
@@ -831,9 +954,9 @@ struct BaseUrl {
     path: String,
 }
 
-fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
-    let bad = || {
-        format!("upstream `{url}`: expected https://HOST[:PORT][/PATH] (or http:// for a local test server)")
+fn parse_base_url(url: &str) -> Result<BaseUrl, BaseUrlError> {
+    let bad = || BaseUrlError {
+        url: url.to_string(),
     };
     let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
     let tls = match uri.scheme_str() {
@@ -858,39 +981,37 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
 }
 
 /// Checks a broker's upstream URL.
-pub fn check_base_url(url: &str) -> Result<(), String> {
+pub fn check_base_url(url: &str) -> Result<(), BaseUrlError> {
     parse_base_url(url).map(|_| ())
 }
 
 /// The certificates of a PEM file's text, for [`Config::extra_roots`].
-pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
     use rustls::pki_types::pem::PemObject;
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
+        .map_err(CertificateError::NotPem)?;
     if certs.is_empty() {
-        return Err("no certificate in it".into());
+        return Err(CertificateError::Empty);
     }
     Ok(certs)
 }
 
 fn client_tls(
     extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
     }
     for cert in extra {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("an extra root certificate is not usable: {e}"))?;
+        roots.add(cert.clone()).map_err(TlsSetupError::ExtraRoot)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(TlsSetupError::Protocols)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -980,24 +1101,13 @@ async fn broker_request(
         }
     }
     let default_port = if base.tls { 443 } else { 80 };
-    let host_value = if base.port == default_port {
-        base.host.clone()
-    } else {
-        format!("{}:{}", base.host, base.port)
-    };
-    if let Ok(v) = HeaderValue::from_str(&host_value) {
-        parts.headers.insert(header::HOST, v);
+    let upstream: (&dyn std::fmt::Display, _, _) = (&base.host, base.port, default_port);
+    if aim_upstream(&mut parts, upstream, &base.path, &uri).is_err() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "berth credential broker: bad path\n",
+        );
     }
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = match format!("{}{pq}", base.path).parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "berth credential broker: bad path\n",
-            )
-        }
-    };
     let outgoing =
         hyper::Request::from_parts(parts, metered(body, &tracker, Direction::Out, false));
     // The upstream is the configured API, not a choice of the sandbox: its address is used as
@@ -1042,7 +1152,7 @@ async fn broker_request(
         Err(e) => {
             tracker.set(|r| {
                 r.status = Some(502);
-                r.error = Some(e.clone());
+                r.error = Some(e.to_string());
             });
             return text(
                 StatusCode::BAD_GATEWAY,
@@ -1130,6 +1240,34 @@ mod tests {
         ] {
             assert!(parse_base_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_where_to_allow_the_host() {
+        let local = denial(
+            "no rule allows x.test:443",
+            Some("--allow-host x.test"),
+            RulesFrom::Local,
+        );
+        assert!(
+            local.contains("run berth with `--allow-host x.test`"),
+            "{local}"
+        );
+        assert!(local.contains("berth.toml"), "{local}");
+        let submitted = denial(
+            "no rule allows x.test:443",
+            Some("--allow-host x.test"),
+            RulesFrom::Submitted,
+        );
+        assert!(
+            submitted.contains("submit the run with `--allow-host x.test`"),
+            "{submitted}"
+        );
+        assert!(!submitted.contains("berth.toml"), "{submitted}");
+        assert_eq!(
+            RulesFrom::Submitted.inject_config(),
+            "the runner's configuration"
+        );
     }
 
     #[test]

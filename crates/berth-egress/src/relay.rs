@@ -1,21 +1,26 @@
 //! Tunnels: the bytes of a `CONNECT` or a raw TCP forward, both ways between the sandbox's
-//! connection (a unix socket) and the upstream (a TCP socket), counted per direction.
+//! connection (its TCP socket handed over, or a unix socket from the forwarder) and the
+//! upstream (a TCP socket), counted per direction.
 //!
 //! The bytes move with splice(2) through one pipe per direction: the kernel passes the socket
 //! buffers' pages on, and nothing is copied into or out of this process. The proxy's hop then
 //! costs about what the kernel's socket work costs (`bench/egress.py`). Each pipe holds at most
-//! [`PIPE_BYTES`], so a tunnel buffers no more than the copy it replaces did.
+//! [`PIPE_BYTES`], so a tunnel buffers no more than the copy it replaces did. The one exception
+//! is reading a unix socket from the forwarder: that goes through a buffer with `recvmsg`, since
+//! a splice would release a descriptor the sandbox sent along inside the call, on the runtime
+//! ([`crate::sandbox`]).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
+use crate::sandbox::{Copied, Handed};
 use crate::Tracker;
 
 /// The most one direction of a tunnel holds in its pipe, and moves in one splice.
@@ -26,26 +31,41 @@ const PIPE_BYTES: usize = 256 << 10;
 /// upstream first.
 pub(crate) async fn tunnel_upgraded(
     upgraded: Upgraded,
+    upstream: TcpStream,
+    tracker: &Arc<Tracker>,
+) {
+    // The sandbox's connection is whichever `serve_http` served: the forwarder's unix socket,
+    // or the sandbox's own TCP connection handed over.
+    let upgraded = match upgraded.downcast::<TokioIo<Copied>>() {
+        Ok(parts) => {
+            return tunnel_parts(parts.io.into_inner(), &parts.read_buf, upstream, tracker).await
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<Handed>>() {
+        Ok(parts) => tunnel_parts(parts.io.into_inner(), &parts.read_buf, upstream, tracker).await,
+        // Only if `serve_http` serves another kind of connection: a bug, said in the record.
+        Err(_) => tracker.set(|r| r.error = Some("tunnel: an unknown kind of connection".into())),
+    }
+}
+
+/// Sends what hyper had read past the request (`read_buf`) upstream first, then tunnels.
+async fn tunnel_parts(
+    client: impl Socket,
+    read_buf: &[u8],
     mut upstream: TcpStream,
     tracker: &Arc<Tracker>,
 ) {
-    let parts = match upgraded.downcast::<TokioIo<UnixStream>>() {
-        Ok(parts) => parts,
-        // Only if `serve_http` stops serving the unix socket itself: a bug, said in the record.
-        Err(_) => {
-            tracker.set(|r| r.error = Some("tunnel: the connection is not a unix socket".into()));
-            return;
-        }
-    };
-    if !parts.read_buf.is_empty() {
-        if let Err(e) = upstream.write_all(&parts.read_buf).await {
+    if !read_buf.is_empty() {
+        if let Err(e) = upstream.write_all(read_buf).await {
             note_error(tracker, &e);
             return;
         }
-        let n = parts.read_buf.len() as u64;
-        tracker.bytes_out.fetch_add(n, Ordering::Relaxed);
+        tracker
+            .bytes_out
+            .fetch_add(read_buf.len() as u64, Ordering::Relaxed);
     }
-    tunnel(parts.io.into_inner(), upstream, tracker).await;
+    tunnel(client, upstream, tracker).await;
 }
 
 /// Moves bytes both ways until both directions have ended; the end of each direction is passed
@@ -53,7 +73,7 @@ pub(crate) async fn tunnel_upgraded(
 /// added as bytes are delivered (so they survive an error or an abort): `bytes_out` what reached
 /// the upstream, `bytes_in` what reached the sandbox. A peer that resets or goes away is the
 /// normal end of a tunnel, not an error.
-pub(crate) async fn tunnel(client: UnixStream, upstream: TcpStream, tracker: &Arc<Tracker>) {
+pub(crate) async fn tunnel(client: impl Socket, upstream: TcpStream, tracker: &Arc<Tracker>) {
     if let Err(e) = relay(client, upstream, &tracker.bytes_out, &tracker.bytes_in).await {
         note_error(tracker, &e);
     }
@@ -70,7 +90,7 @@ fn note_error(tracker: &Tracker, e: &io::Error) {
 }
 
 async fn relay(
-    client: UnixStream,
+    client: impl Socket,
     upstream: TcpStream,
     out: &AtomicU64,
     into: &AtomicU64,
@@ -84,9 +104,15 @@ async fn relay(
 }
 
 /// A non-blocking socket of tokio's, whose readiness a pump waits on.
-trait Socket: AsFd {
+pub(crate) trait Socket: AsFd {
     /// Runs `f` when the socket is ready for `interest`, again after each `WouldBlock`.
     async fn io<R>(&self, interest: Interest, f: impl FnMut() -> io::Result<R>) -> io::Result<R>;
+
+    /// Moves up to `len` bytes that arrived into `pipe`, which is empty and has room for `len`,
+    /// without waiting.
+    fn fill_pipe(&self, pipe: &OwnedFd, len: usize) -> io::Result<usize> {
+        sys::splice(&self.as_fd(), pipe, len)
+    }
 }
 
 impl Socket for TcpStream {
@@ -95,11 +121,39 @@ impl Socket for TcpStream {
     }
 }
 
-impl Socket for UnixStream {
+impl Socket for Handed {
     async fn io<R>(&self, interest: Interest, f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
-        self.async_io(interest, f).await
+        self.stream().async_io(interest, f).await
     }
 }
+
+impl Socket for Copied {
+    async fn io<R>(&self, interest: Interest, f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+        self.stream().async_io(interest, f).await
+    }
+
+    /// Through a buffer with `recvmsg`, not splice(2): a splice from a unix socket would
+    /// release a descriptor sent along inside it, on the runtime ([`crate::sandbox`]).
+    fn fill_pipe(&self, pipe: &OwnedFd, len: usize) -> io::Result<usize> {
+        let mut buf = [0u8; COPY_BYTES];
+        let n = self.read_bytes(&mut buf[..len.min(COPY_BYTES)])?;
+        if n > 0 {
+            // The pipe is empty and has room: anything short of all of it is a bug, and must
+            // not pass for `WouldBlock` (the bytes would be lost).
+            let written = rustix::io::write(pipe, &buf[..n])
+                .map_err(|e| io::Error::other(format!("tunnel: into the pipe: {e}")))?;
+            if written != n {
+                return Err(io::Error::other(
+                    "tunnel: the pipe took less than it has room for",
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The most a copied connection moves into its pipe at a time.
+const COPY_BYTES: usize = 64 << 10;
 
 /// One direction: `from` into the pipe, the pipe into `to`, until `from` ends; then `to` is
 /// shut for writing. The pipe is empty whenever `from` is read and holds bytes whenever `to` is
@@ -114,7 +168,7 @@ async fn pump(
     loop {
         let mut held = from
             .io(Interest::READABLE, || {
-                sys::splice(from, &pipe.write, PIPE_BYTES)
+                from.fill_pipe(&pipe.write, pipe.room)
             })
             .await?;
         if held == 0 {
@@ -138,66 +192,59 @@ async fn pump(
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What it holds, at most [`PIPE_BYTES`].
+    room: usize,
 }
 
 impl Pipe {
     fn new() -> io::Result<Self> {
         let (read, write) = sys::pipe()?;
         // A smaller pipe (over the user's pipe quota) still works, in smaller steps.
-        let _ = sys::set_pipe_size(&write, PIPE_BYTES);
-        Ok(Self { read, write })
+        let room = sys::set_pipe_size(&write, PIPE_BYTES)
+            .or_else(|_| sys::pipe_size(&write))
+            .unwrap_or(4096)
+            .min(PIPE_BYTES);
+        Ok(Self { read, write, room })
     }
 }
 
-/// The system calls, each with integer arguments and descriptors held open for the call.
-#[allow(unsafe_code)] // splice(2), pipe2(2), fcntl(2) and shutdown(2) have no std wrappers.
+/// The system calls, through rustix's safe wrappers (std has none for these).
 mod sys {
     use super::*;
-
-    fn check(rc: libc::ssize_t) -> io::Result<usize> {
-        usize::try_from(rc).map_err(|_| io::Error::last_os_error())
-    }
+    use rustix::pipe::{PipeFlags, SpliceFlags};
 
     /// Moves up to `len` bytes from `from` to `to`, one of which is a pipe, without waiting.
     /// A socket whose peer has gone raises SIGPIPE, as write(2) does: Rust programs (berth and
     /// the benchmark's proxy) ignore it and get `EPIPE`.
     pub(super) fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> io::Result<usize> {
-        // SAFETY: both descriptors are borrowed, so open for the call; the offsets are null
-        // (sockets and pipes have none), and no memory of ours is read or written.
-        check(unsafe {
-            libc::splice(
-                from.as_fd().as_raw_fd(),
-                std::ptr::null_mut(),
-                to.as_fd().as_raw_fd(),
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        })
+        Ok(rustix::pipe::splice(
+            from,
+            None,
+            to,
+            None,
+            len,
+            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+        )?)
     }
 
     /// A new pipe: (read end, write end), non-blocking, close-on-exec.
     pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds = [-1; 2];
-        // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for
-        // exactly two.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        check(rc as libc::ssize_t)?;
-        // SAFETY: pipe2 succeeded, so both are new descriptors that nothing else owns.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        Ok(rustix::pipe::pipe_with(
+            PipeFlags::NONBLOCK | PipeFlags::CLOEXEC,
+        )?)
     }
 
     pub(super) fn set_pipe_size(pipe: &OwnedFd, bytes: usize) -> io::Result<usize> {
-        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ takes an integer; the descriptor is borrowed.
-        check(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) } as _)
+        Ok(rustix::pipe::fcntl_setpipe_size(pipe, bytes)?)
+    }
+
+    pub(super) fn pipe_size(pipe: &OwnedFd) -> io::Result<usize> {
+        Ok(rustix::pipe::fcntl_getpipe_size(pipe)?)
     }
 
     /// shutdown(SHUT_WR): the peer reads the end of this direction.
     pub(super) fn shutdown_write(socket: &impl AsFd) -> io::Result<()> {
-        // SAFETY: shutdown takes the borrowed descriptor and an integer.
-        let rc = unsafe { libc::shutdown(socket.as_fd().as_raw_fd(), libc::SHUT_WR) };
-        check(rc as libc::ssize_t).map(drop)
+        Ok(rustix::net::shutdown(socket, rustix::net::Shutdown::Write)?)
     }
 }
 
@@ -252,7 +299,14 @@ mod tests {
     }
 
     async fn exchange(out: usize, into: usize, order: Order) {
-        let (sandbox, proxy_end) = UnixStream::pair().unwrap();
+        // The sandbox's side as the proxy serves it: a connection to `NAME.sock`.
+        let (sandbox, proxy_end) = tokio::net::UnixStream::pair().unwrap();
+        let closer = crate::sandbox::Closer::start().unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        let proxy_end = Copied::new(proxy_end, permit, &closer).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -217,8 +217,68 @@ fn policy(rules: &[&str]) -> Policy {
     Policy::new(&rules.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
 }
 
+/// How a sandbox's connection reaches the proxy: its bytes copied by the forwarder into
+/// `NAME.sock`, or the connection itself handed over through `NAME.handoff.sock`.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Copied,
+    HandedOver,
+}
+
+const WAYS: [Way; 2] = [Way::Copied, Way::HandedOver];
+
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// A connection to the listener `name` as the sandbox's client sees it.
+async fn sandbox_connection(h: &Harness, name: &str, way: Way) -> Box<dyn Conn> {
+    match way {
+        Way::Copied => Box::new(UnixStream::connect(h.socket(name)).await.unwrap()),
+        Way::HandedOver => {
+            // The forwarder's side: accept the client's connection and offer it.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let handoff = h.dir.join(berth_egress::handoff::socket_name(name));
+            let mut forwarder = UnixStream::connect(handoff).await.unwrap();
+            offer(&forwarder, berth_egress::handoff::OFFER, &[&accepted]);
+            drop(accepted);
+            assert_eq!(
+                forwarder.read_u8().await.unwrap(),
+                berth_egress::handoff::TAKEN
+            );
+            client.set_nonblocking(true).unwrap();
+            Box::new(tokio::net::TcpStream::from_std(client).unwrap())
+        }
+    }
+}
+
+/// Sends `byte` with `fds` as the forwarder does (one small message: it never blocks).
+fn offer(to: &impl std::os::fd::AsFd, byte: u8, fds: &[&dyn std::os::fd::AsFd]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    }
+    let sent = rustix::net::sendmsg(
+        to,
+        &[std::io::IoSlice::new(&[byte])],
+        &mut control,
+        SendFlags::empty(),
+    );
+    assert_eq!(sent, Ok(1));
+}
+
 async fn client(sock: &Path) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = UnixStream::connect(sock).await.unwrap();
+    http_client(Box::new(stream)).await
+}
+
+async fn http_client(
+    stream: Box<dyn Conn>,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -320,6 +380,12 @@ async fn https_through_connect_allowed_and_denied_with_records() {
 
 #[tokio::test]
 async fn plain_http_in_absolute_form_with_path_rules() {
+    for way in WAYS {
+        plain_http_with_path_rules(way).await;
+    }
+}
+
+async fn plain_http_with_path_rules(way: Way) {
     let up = upstream(None).await;
     let port = up.addr.port();
     let h = Harness::start(
@@ -329,7 +395,7 @@ async fn plain_http_in_absolute_form_with_path_rules() {
             ..Config::default()
         },
     );
-    let mut c = client(&h.socket("proxy")).await;
+    let mut c = http_client(sandbox_connection(&h, "proxy", way).await).await;
     let r = c
         .send_request(request(
             "GET",
@@ -497,6 +563,12 @@ async fn bearer_tokens_for_oauth_and_openai() {
 
 #[tokio::test]
 async fn tcp_forwards_carry_bytes_both_ways() {
+    for way in WAYS {
+        tcp_forward_carries_bytes(way).await;
+    }
+}
+
+async fn tcp_forward_carries_bytes(way: Way) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -512,7 +584,7 @@ async fn tcp_forwards_carry_bytes_both_ways() {
             ..Config::default()
         },
     );
-    let mut s = UnixStream::connect(h.socket("tcp-0")).await.unwrap();
+    let mut s = sandbox_connection(&h, "tcp-0", way).await;
     s.write_all(b"ping!").await.unwrap();
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).await.unwrap();
@@ -574,6 +646,36 @@ async fn hostile_clients_are_bounded() {
         .await
         .unwrap();
     assert_eq!(body_text(r).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_closed_connection_gives_its_place_back() {
+    // One connection at a time: the next is served only once the last one's descriptors are
+    // closed (on the proxy's closing thread), whichever way it came.
+    let h = Harness::start(
+        &["proxy"],
+        Config {
+            limits: Limits {
+                max_connections: 1,
+                ..Limits::default()
+            },
+            ..Config::default()
+        },
+    );
+    for way in [WAYS, WAYS].concat() {
+        let served = async {
+            let mut c = http_client(sandbox_connection(&h, "proxy", way).await).await;
+            let r = c
+                .send_request(request("GET", "http://x.example/"))
+                .await
+                .unwrap();
+            body_text(r).await.0
+        };
+        let status = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .unwrap_or_else(|_| panic!("{way:?}: not served"));
+        assert_eq!(status, 403, "{way:?}");
+    }
 }
 
 #[tokio::test]
@@ -702,6 +804,12 @@ async fn injection_terminates_tls_adds_the_header_and_keeps_to_its_limits() {
 /// back after it; the record counts each way exactly.
 #[tokio::test]
 async fn connect_tunnels_carry_early_bytes_and_half_closes_and_count_exactly() {
+    for way in WAYS {
+        connect_tunnel_exchange(way).await;
+    }
+}
+
+async fn connect_tunnel_exchange(way: Way) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     // Reads to the end, then answers with everything it got, twice.
@@ -721,7 +829,7 @@ async fn connect_tunnels_carry_early_bytes_and_half_closes_and_count_exactly() {
     );
     let early = b"early bytes, in the request's own write";
     let rest: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
-    let mut s = UnixStream::connect(h.socket("proxy")).await.unwrap();
+    let mut s = sandbox_connection(&h, "proxy", way).await;
     let mut head =
         format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n").into_bytes();
     head.extend_from_slice(early);

@@ -393,6 +393,13 @@ pub fn classify(error: BollardError, subject: &str) -> EngineError {
                 EngineError::NoSuchContainer(subject.to_string())
             } else if status_code == 404 && lower.contains("network") {
                 EngineError::NoSuchNetwork(subject.to_string())
+            } else if lower.contains("error mounting") {
+                // A bind source that vanished or changed before the runtime mounted it: the
+                // sandbox could not be built, which says nothing about the command.
+                EngineError::Refused {
+                    status: status_code,
+                    message,
+                }
             } else if lower.contains("executable file not found")
                 || lower.contains("no such file or directory")
             {
@@ -643,6 +650,10 @@ impl Engine for DockerEngine {
         Ok(runtimes_of(&self.info().await?))
     }
 
+    async fn architecture(&self) -> Result<String, EngineError> {
+        Ok(self.info().await?.architecture.unwrap_or_default())
+    }
+
     async fn attach(&self, id: &str) -> Result<Attached, EngineError> {
         let options = AttachContainerOptions {
             stream: true,
@@ -869,5 +880,35 @@ mod disk_tests {
         assert_eq!(storage.driver, "overlay2");
         assert_eq!(storage.backing_fs.as_deref(), Some("extfs"));
         assert_eq!(storage_of(&SystemInfo::default()).backing_fs, None);
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    fn server_error(message: &str) -> BollardError {
+        BollardError::DockerResponseServerError {
+            status_code: 400,
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_vanished_mount_source_is_not_a_missing_command() {
+        let e = classify(
+            server_error("failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting \"/tmp/x/data\" to rootfs at \"/data\": stat /tmp/x/data: no such file or directory: unknown"),
+            "c",
+        );
+        assert!(matches!(e, EngineError::Refused { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_missing_executable_is_a_missing_command() {
+        let e = classify(
+            server_error("failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown"),
+            "c",
+        );
+        assert!(matches!(e, EngineError::CommandNotFound(_)), "{e:?}");
     }
 }

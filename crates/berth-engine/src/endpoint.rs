@@ -142,7 +142,8 @@ impl Endpoint {
                 None => return Ok(Self::Unix(PathBuf::from(DEFAULT_SOCKET))),
             },
         };
-        let address = EngineAddress::parse(value).map_err(|why| malformed(source, value, why))?;
+        let address =
+            EngineAddress::parse(value).map_err(|why| malformed(source, value, why.to_string()))?;
         Ok(match address {
             EngineAddress::Unix(path) => Self::Unix(path),
             EngineAddress::Tcp { host, port } => {

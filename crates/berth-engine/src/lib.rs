@@ -20,6 +20,7 @@ pub mod docker;
 pub mod endpoint;
 pub mod ssh;
 pub mod ssh_egress;
+mod sys;
 
 pub use build_context::BuildContext;
 pub use diagnose::{Diagnosis, DiagnosisReport};
@@ -223,6 +224,10 @@ pub trait Engine: Send + Sync {
     fn runtimes(
         &self,
     ) -> impl Future<Output = EngineResult<Vec<berth_core::runtime::EngineRuntime>>> + Send;
+    /// The machine architecture of the engine's host (`Architecture` in `docker info`, as
+    /// `uname -m` says it), empty when the engine does not say; berth's shim must match it
+    /// (`berth_core::engine::shim_architecture_problem`).
+    fn architecture(&self) -> impl Future<Output = EngineResult<String>> + Send;
     /// Whether a network of this name (or id) exists.
     fn network_exists(&self, name: &str) -> impl Future<Output = EngineResult<bool>> + Send;
     /// Lists every container carrying the `berth.managed=true` label, running or not.

@@ -128,13 +128,7 @@ impl SshTunnel {
                 )));
             }
         }
-        // Unix socket paths are short (108 bytes): prefer a short temporary directory.
-        let base = std::env::temp_dir();
-        let base = if base.as_os_str().len() > 60 {
-            PathBuf::from("/tmp")
-        } else {
-            base
-        };
+        let base = short_temp_base();
         let dir = tempfile::Builder::new()
             .prefix("berth-ssh-")
             .tempdir_in(&base)
@@ -149,11 +143,10 @@ impl SshTunnel {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        die_with_parent(&mut command);
         tracing::debug!(args = ?command.get_args().collect::<Vec<_>>(), "starting ssh");
-        let child = command
-            .spawn()
-            .map_err(|e| TunnelError::NoSsh(e.to_string()))?;
+        // Ended with berth, however berth ends.
+        let child =
+            crate::sys::spawn_tied(command).map_err(|e| TunnelError::NoSsh(e.to_string()))?;
         let tunnel = Self {
             child: Mutex::new(Some(child)),
             dir: Some(dir),
@@ -231,21 +224,6 @@ impl Drop for SshTunnel {
     }
 }
 
-/// The kernel sends ssh SIGTERM when the thread that started it ends, so a berth killed with
-/// SIGKILL leaves no ssh behind. Tunnels are opened on the runtime's worker threads, which live
-/// as long as berth.
-#[allow(unsafe_code)]
-pub(crate) fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-}
-
 pub(crate) fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
@@ -282,6 +260,17 @@ pub fn classify_ssh_log(log: &str, status: &str) -> TunnelError {
         TunnelError::Unreachable(detail)
     } else {
         TunnelError::Failed(detail)
+    }
+}
+
+/// Where berth makes its temporary sockets and links: the temporary directory (`TMPDIR`) when
+/// its path is short, else `/tmp`, as a unix socket's path must fit in 108 bytes.
+pub(crate) fn short_temp_base() -> PathBuf {
+    let base = std::env::temp_dir();
+    if base.as_os_str().len() > 60 {
+        PathBuf::from("/tmp")
+    } else {
+        base
     }
 }
 

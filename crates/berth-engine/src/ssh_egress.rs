@@ -26,7 +26,7 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::endpoint::SshTarget;
 use crate::ssh::TunnelError;
-use crate::ssh::{classify_ssh_log, destination, die_with_parent, last_line, ssh_options};
+use crate::ssh::{classify_ssh_log, destination, last_line, ssh_options};
 
 /// How long each ssh gets to connect, authenticate and do its part.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,14 +66,14 @@ pub struct EgressForward {
 /// The name of the link to the proxy's directory inside [`short_link`]'s directory.
 const LINK_NAME: &str = "e";
 
-/// A fresh 0700 directory under `/tmp` holding a symbolic link to `local_dir`: ssh connects
+/// A fresh 0700 directory under `TMPDIR` (or `/tmp`) holding a symbolic link to `local_dir`: ssh connects
 /// to the proxy's sockets by path, and a socket path must fit in 108 bytes, which a run
 /// directory deep in the state directory may not. Both the link and its target are berth's.
 fn short_link(local_dir: &Path) -> Result<tempfile::TempDir, TunnelError> {
     let failed = |e: std::io::Error| TunnelError::Failed(format!("a link for ssh's -R: {e}"));
     let dir = tempfile::Builder::new()
         .prefix("berth-egress-")
-        .tempdir_in("/tmp")
+        .tempdir_in(crate::ssh::short_temp_base())
         .map_err(failed)?;
     std::os::unix::fs::symlink(local_dir, dir.path().join(LINK_NAME)).map_err(failed)?;
     Ok(dir)
@@ -88,28 +88,28 @@ impl std::fmt::Debug for EgressForward {
     }
 }
 
-/// An ssh for `target` that runs `script` on the remote host, ended with berth.
+/// An ssh for `target` that runs `script` on the remote host; spawned with
+/// `crate::sys::spawn_tied_async`, it ends with berth.
 fn ssh_command(target: &SshTarget, forwards: &[String], script: &str) -> Command {
-    let mut command = std::process::Command::new("ssh");
+    let mut command = Command::new("ssh");
     command.arg("-T").args(ssh_options(target));
     for forward in forwards {
         command.args(["-R", forward]);
     }
     command.args(["--", &destination(target), script]);
-    die_with_parent(&mut command);
-    let mut command = Command::from(command);
     command.kill_on_drop(true);
     command
 }
 
 /// Runs `script` on the remote host and returns what it printed on stdout.
 async fn run_remote(target: &SshTarget, script: &str) -> Result<String, TunnelError> {
-    let child = ssh_command(target, &[], script)
+    let mut command = ssh_command(target, &[], script);
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| TunnelError::NoSsh(e.to_string()))?;
+        .stderr(Stdio::piped());
+    let child =
+        crate::sys::spawn_tied_async(command).map_err(|e| TunnelError::NoSsh(e.to_string()))?;
     let output = match tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await {
         Ok(output) => output.map_err(|e| TunnelError::Failed(format!("ssh: {e}")))?,
         Err(_) => {
@@ -126,10 +126,33 @@ async fn run_remote(target: &SshTarget, script: &str) -> Result<String, TunnelEr
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A directory `mktemp` printed on the engine's host that berth will not use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteDirError {
+    #[error("mktemp on the engine's host printed `{0}`, not a directory berth can use")]
+    Unusable(String),
+    #[error("the directory {0} on the engine's host is too long for a Unix socket path inside it (set a shorter TMPDIR there)")]
+    TooLong(String),
+}
+
+/// The ssh forward of the egress sockets did not end cleanly; says what may be left behind.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ssh carrying the egress sockets ended with {ended}{}; {remote_dir} may remain on the engine's host",
+    last_log_line.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()
+)]
+pub struct ForwardCloseError {
+    /// Its exit status, or why it has none.
+    pub ended: String,
+    /// The last line ssh logged, if any.
+    pub last_log_line: Option<String>,
+    pub remote_dir: String,
+}
+
 /// The directory `mktemp` printed, if it is one berth will put into a remote command and a
 /// bind mount: absolute, plain characters only, named `berth-egress.*`, short enough for the
 /// socket paths inside it.
-pub fn checked_remote_dir(printed: &str, longest_name: usize) -> Result<String, String> {
+pub fn checked_remote_dir(printed: &str, longest_name: usize) -> Result<String, RemoteDirError> {
     let dir = printed.trim();
     let plain = dir
         .chars()
@@ -140,14 +163,10 @@ pub fn checked_remote_dir(printed: &str, longest_name: usize) -> Result<String, 
         .is_some_and(|n| n.starts_with("berth-egress."));
     let traverses = dir.split('/').any(|c| c == ".." || c == ".");
     if !dir.starts_with('/') || !plain || !named || traverses {
-        return Err(format!(
-            "mktemp on the engine's host printed `{dir}`, not a directory berth can use"
-        ));
+        return Err(RemoteDirError::Unusable(dir.to_string()));
     }
     if dir.len() + 1 + longest_name + ".sock".len() > MAX_SOCKET_PATH {
-        return Err(format!(
-            "the directory {dir} on the engine's host is too long for a Unix socket path inside it (set a shorter TMPDIR there)"
-        ));
+        return Err(RemoteDirError::TooLong(dir.to_string()));
     }
     Ok(dir.to_string())
 }
@@ -207,7 +226,8 @@ impl EgressForward {
         let link = short_link(local_dir)?;
         let longest = names.iter().map(String::len).max().unwrap_or(0);
         let printed = run_remote(target, MKTEMP_SCRIPT).await?;
-        let dir = checked_remote_dir(&printed, longest).map_err(TunnelError::Failed)?;
+        let dir = checked_remote_dir(&printed, longest)
+            .map_err(|e| TunnelError::Failed(e.to_string()))?;
         match Self::start(target, &dir, link, names, sandbox_user).await {
             Ok(forward) => Ok(forward),
             Err(e) => {
@@ -247,9 +267,8 @@ impl EgressForward {
             .stdout(Stdio::piped())
             .stderr(stderr);
         tracing::debug!(?forwards, "starting ssh -R for the egress sockets");
-        let mut child = command
-            .spawn()
-            .map_err(|e| TunnelError::NoSsh(e.to_string()))?;
+        let mut child =
+            crate::sys::spawn_tied_async(command).map_err(|e| TunnelError::NoSsh(e.to_string()))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let read_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
@@ -313,15 +332,13 @@ impl EgressForward {
 
     /// Ends the forward once the run is over: the guard removes the remote directory and ssh
     /// ends. The error says what may be left behind.
-    pub async fn close(mut self) -> Result<(), String> {
+    pub async fn close(mut self) -> Result<(), ForwardCloseError> {
         drop(self.stdin.take());
         let ended = tokio::time::timeout(CLOSE_TIMEOUT, self.child.wait()).await;
-        let detail = |status: &dyn std::fmt::Display, log: &str| {
-            format!(
-                "ssh carrying the egress sockets ended with {status}{}; {} may remain on the engine's host",
-                last_line(log).map(|l| format!(" ({l})")).unwrap_or_default(),
-                self.remote_dir
-            )
+        let detail = |status: &dyn std::fmt::Display, log: &str| ForwardCloseError {
+            ended: status.to_string(),
+            last_log_line: last_line(log).map(str::to_string),
+            remote_dir: self.remote_dir.clone(),
         };
         let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
         match ended {
@@ -361,10 +378,13 @@ mod tests {
             "/tmp/ berth-egress.x",
             "/tmp/berth-egress.$(id)",
         ] {
-            assert!(ok(bad).unwrap_err().contains("not a directory"), "{bad}");
+            assert!(
+                ok(bad).unwrap_err().to_string().contains("not a directory"),
+                "{bad}"
+            );
         }
         let long = format!("/{}/berth-egress.x", "d".repeat(90));
-        assert!(ok(&long).unwrap_err().contains("too long"));
+        assert!(ok(&long).unwrap_err().to_string().contains("too long"));
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub async fn adopt(engine: DockerEngine, shared: Arc<Shared>, adoption: Adoption
     let outcome = match RunContext::reopen(run_dir.clone(), Arc::new(reporter), masker) {
         Ok(mut ctx) => {
             berth_sandbox::reattach(&engine, &mut ctx, &container_id, &mut interrupts).await;
+            berth_sandbox::launch::check_pending_planted_repositories(&mut ctx);
             outcome_of(&ctx, run_dir)
         }
         Err(e) => {

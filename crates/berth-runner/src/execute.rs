@@ -119,6 +119,7 @@ pub(crate) async fn conclude(
             state,
             exit_code: outcome.exit_code,
             reason,
+            commit: outcome.commit.clone(),
         },
         artifacts: outcome.run_dir.as_ref().map(RunDir::artifacts_dir),
     };
@@ -153,6 +154,8 @@ pub(crate) struct Outcome {
     exit_code: Option<i64>,
     reason: Option<String>,
     run_dir: Option<RunDir>,
+    /// The commit the workspace was made from, for the server's record of the run.
+    commit: Option<String>,
 }
 
 impl Outcome {
@@ -162,8 +165,34 @@ impl Outcome {
             exit_code: None,
             reason: Some(reason),
             run_dir: None,
+            commit: None,
         }
     }
+}
+
+/// The secrets a submission may name: those this runner declared (`berth runner --secret`),
+/// and the credential variables of the run's profile. Any other variable of the runner's
+/// environment — its own token, a brokered API key, an injected header's value — is not a
+/// submitter's to read, so a run naming one ends in error before anything starts.
+fn check_requested_secrets(
+    requested: &[String],
+    profile: Option<&Profile>,
+    declared: &[String],
+) -> Result<(), String> {
+    for name in requested {
+        let credential = profile.is_some_and(|p| p.credentials.contains(name));
+        if name.starts_with("BERTH_") || !(credential || declared.contains(name)) {
+            return Err(format!(
+                "secret `{name}` is not one this runner passes: a runner passes only the secrets it declares (berth runner --secret NAME) and the credentials of the run's profile{}",
+                if declared.is_empty() {
+                    " (it declares none)".to_string()
+                } else {
+                    format!(" (it declares {})", declared.join(", "))
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn run_claimed(
@@ -180,7 +209,12 @@ async fn run_claimed(
             shared.runner_id
         ));
     }
-    let (spec, stdin) = match spec_for(claimed, &shared.config.profiles, &shared.config.inject) {
+    let (mut spec, stdin) = match spec_for(
+        claimed,
+        &shared.config.profiles,
+        &shared.config.inject,
+        &shared.config.secrets,
+    ) {
         Ok(built) => built,
         Err(e) => return Outcome::error(e),
     };
@@ -238,11 +272,11 @@ async fn run_claimed(
     };
     let upstreams = match berth_sandbox::egress::upstreams_from_env() {
         Ok(u) => u,
-        Err(e) => return Outcome::error(e),
+        Err(e) => return Outcome::error(e.to_string()),
     };
     let extra_roots = match berth_sandbox::egress::upstream_roots_from_env() {
         Ok(r) => r,
-        Err(e) => return Outcome::error(e),
+        Err(e) => return Outcome::error(e.to_string()),
     };
     let workspace_root = PathBuf::from(&claimed.workspace_root);
     let allowed: Vec<PathBuf> = claimed.allowed_paths.iter().map(PathBuf::from).collect();
@@ -270,6 +304,26 @@ async fn run_claimed(
         Ok(c) => c,
         Err(e) => return Outcome::error(format!("runner `{}`: {e}", shared.runner_id)),
     };
+
+    // `git_ref`: the workspace is made from that commit of the project's checkout, fetched
+    // first when asked. The ref is checked again here: git never gets one the API refuses.
+    if let Some(git_ref) = run.sandbox.git_ref.clone() {
+        if let Err(e) = berth_api::check_git_ref(&git_ref) {
+            return Outcome::error(format!("runner `{}`: {e}", shared.runner_id));
+        }
+        let checkout = checked.workspace.clone();
+        let fetch = run.sandbox.fetch;
+        let resolved = tokio::task::spawn_blocking(move || {
+            berth_sandbox::workspace::resolve_ref(&checkout, &git_ref, fetch)
+        })
+        .await
+        .map_err(|e| format!("resolving the git ref failed: {e}"))
+        .and_then(|resolved| resolved.map_err(|e| e.to_string()));
+        match resolved {
+            Ok(commit) => spec.start_commit = Some(commit),
+            Err(e) => return Outcome::error(format!("runner `{}`: {e}", shared.runner_id)),
+        }
+    }
 
     let local = run.execution_mode == ExecutionMode::Local;
     // A workflow's step works in the workflow's worktree, kept on this runner between steps.
@@ -355,7 +409,7 @@ async fn run_claimed(
         berth_sandbox::local::execute_local(&mut ctx, &workspace, &secrets, interrupts).await;
     } else {
         let prepared = launch::prepare_host(
-            &ctx,
+            &mut ctx,
             launch::HostSide {
                 checked,
                 workspace: workspace.clone(),
@@ -395,6 +449,7 @@ async fn run_claimed(
                     upstreams,
                     injected,
                     extra_roots,
+                    rules_from: berth_egress::RulesFrom::Submitted,
                     ..Default::default()
                 },
             },
@@ -402,6 +457,7 @@ async fn run_claimed(
         )
         .await;
         berth_sandbox::workspace::conclude(&mut ctx, &prepared.worktree);
+        berth_sandbox::launch::check_planted_repositories(&mut ctx, &prepared.git_trees);
         let diff = ctx.run_dir.diff_path();
         if diff.is_file() {
             let target = ctx.run_dir.artifacts_dir().join("berth/diff.patch");
@@ -418,7 +474,7 @@ async fn run_claimed(
         let written = tree.diff().and_then(|diff| {
             std::fs::create_dir_all(ctx.run_dir.artifacts_dir().join("berth"))
                 .and_then(|()| std::fs::write(&target, diff))
-                .map_err(|e| e.to_string())
+                .map_err(|e| berth_sandbox::workspace::WorkspaceError::io(&target, e))
         });
         if let Err(e) = written {
             tracing::warn!(error = %e, "the workflow's diff could not be taken");
@@ -442,11 +498,13 @@ fn claim_id() -> String {
 /// The run's end as the server is told.
 pub(crate) fn outcome_of(ctx: &RunContext, run_dir: RunDir) -> Outcome {
     let record = &ctx.record;
+    let commit = record.start_commit();
     Outcome {
         state: record.state.as_str().to_string(),
         exit_code: record.exit_code,
         reason: record.reason.clone(),
         run_dir: Some(run_dir),
+        commit,
     }
 }
 
@@ -457,6 +515,7 @@ fn spec_for(
     claimed: &Claimed,
     profiles: &[Profile],
     inject: &[berth_core::egress::Inject],
+    declared: &[String],
 ) -> Result<(RunSpec, Option<Vec<u8>>), String> {
     let s = &claimed.run.sandbox;
     let profile = s
@@ -479,10 +538,17 @@ fn spec_for(
         .clone()
         .or_else(|| profile.and_then(|p| p.image.clone()))
         .unwrap_or_default();
+    check_requested_secrets(&s.secrets, profile, declared)?;
     let secrets = berth_core::profile::secrets_for(profile, &s.secrets, |name| {
         std::env::var_os(name).is_some_and(|v| !v.is_empty())
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        berth_core::profile::ProfileError::CredentialsMissing { .. } => format!(
+            "{e}, in the environment of this runner (set one where `berth runner` starts, or \
+             submit with --secret NAME naming one that is set there)"
+        ),
+        other => other.to_string(),
+    })?;
     let mut env: Vec<(String, String)> = profile
         .map(|p| p.env.clone().into_iter().collect())
         .unwrap_or_default();
@@ -604,6 +670,7 @@ fn spec_for(
         workspace: claimed.workspace_root.clone().into(),
         workspace_mode,
         include_dirty: s.include_dirty,
+        start_commit: None,
         copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
         mounts,
         env,
@@ -623,7 +690,12 @@ fn spec_for(
         grace: duration(&s.grace, berth_core::spec::DEFAULT_GRACE)?,
         network,
         read_only: s.read_only,
-        user: s.user.as_deref().map(UserSpec::parse).transpose()?,
+        user: s
+            .user
+            .as_deref()
+            .map(UserSpec::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?,
         publish: Vec::new(),
         artifacts: s.artifacts.clone(),
         keep: false,
@@ -692,7 +764,7 @@ pub(crate) async fn upload_artifacts(
             };
             let uploaded = match tokio::fs::read(&path).await {
                 Ok(bytes) => {
-                    let mut delay = Duration::from_millis(100);
+                    let mut backoff = crate::backoff::Backoff::new();
                     loop {
                         let put = shared
                             .attempt(shared.client.put_artifact(
@@ -705,10 +777,9 @@ pub(crate) async fn upload_artifacts(
                         match put {
                             Err(e) if e.status().is_none_or(|s| s >= 500) => {
                                 tracing::warn!(run = %run_id, error = %e, "uploading an artifact failed; retrying");
-                                if !shared.retry_after(delay).await {
+                                if !shared.retry_after(backoff.next_delay()).await {
                                     return Err(());
                                 }
-                                delay = (delay * 2).min(Duration::from_secs(5));
                             }
                             other => break other.map_err(|e| e.to_string()),
                         }
@@ -776,6 +847,7 @@ pub async fn reconcile(engine: &DockerEngine, shared: &Shared, adopted: &[String
                 state: "lost".into(),
                 exit_code: None,
                 reason: Some(format!("runner `{}` restarted while the run was in progress; its container {} was removed", shared.runner_id, container.name)),
+                commit: None,
             };
             report_finish(shared, &lease.run_id, &body).await;
         }

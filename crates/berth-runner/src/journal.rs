@@ -401,6 +401,7 @@ pub async fn resend(
                     "runner `{}` restarted while the run was in progress",
                     shared.runner_id
                 )),
+                commit: None,
             },
             artifacts: None,
         });
@@ -510,6 +511,7 @@ mod tests {
                 state: "succeeded".into(),
                 exit_code: Some(0),
                 reason: None,
+                commit: None,
             },
             artifacts: None,
         });

@@ -7,7 +7,7 @@
 //! can never overwrite what the coordinator decided meanwhile.
 
 mod adopt;
-pub mod client;
+mod backoff;
 mod execute;
 mod journal;
 mod reporter;
@@ -21,11 +21,12 @@ use std::time::Duration;
 use berth_api::{
     ClaimBody, Claimed, HeartbeatBody, HeartbeatReply, LeaseRef, RegisterRunner, Registered,
 };
+use berth_client::{ApiError, Client, Transport};
 use berth_engine::diagnose::ProbeEnv;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-pub use client::{ApiError, Client, Transport};
+use crate::backoff::Backoff;
 
 /// The label that ties a container to the runner that created it.
 pub const RUNNER_LABEL: &str = "berth.runner-id";
@@ -92,6 +93,8 @@ pub struct RunnerConfig {
     pub name: String,
     pub tags: Vec<String>,
     pub require_matching_tags: bool,
+    /// The names of the secrets this host has in its environment, declared at registration.
+    pub secrets: Vec<String>,
     pub capacity: usize,
     /// Where run directories are kept on this host.
     pub state_dir: PathBuf,
@@ -183,7 +186,7 @@ impl Shared {
         path: &str,
         body: &B,
     ) -> Result<(), ApiError> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             let error = match self
                 .attempt(self.client.post::<_, serde_json::Value>(path, body))
@@ -194,13 +197,12 @@ impl Shared {
                 Err(e) => e,
             };
             tracing::warn!(path, error = %error, "calling the server failed; retrying");
-            if !self.retry_after(delay).await {
+            if !self.retry_after(backoff.next_delay()).await {
                 return Err(ApiError::Unreachable {
                     url: self.client.base().to_string(),
                     message: format!("given up: the runner is stopping ({error})"),
                 });
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -352,6 +354,7 @@ async fn register(client: &Client, config: &RunnerConfig) -> Result<Registered, 
         tags: config.tags.clone(),
         require_matching_tags: config.require_matching_tags,
         capacity: config.capacity as i64,
+        secrets: config.secrets.clone(),
     };
     let mut backoff = Backoff::new();
     loop {
@@ -481,33 +484,5 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                 backoff.wait().await;
             }
         }
-    }
-}
-
-/// Exponential backoff from 100 ms to 5 s (or a lower cap).
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self::up_to(Duration::from_secs(5))
-    }
-    fn up_to(max: Duration) -> Self {
-        Self {
-            next: Duration::from_millis(100).min(max),
-            max,
-        }
-    }
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100).min(self.max);
-    }
-    fn peek(&self) -> Duration {
-        self.next
-    }
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
     }
 }

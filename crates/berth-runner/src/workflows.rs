@@ -15,8 +15,31 @@ pub(crate) fn root(state_dir: &Path) -> PathBuf {
     state_dir.join("workflows")
 }
 
+/// Why a workflow's worktree could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum WorktreeError {
+    #[error("`{0}` is not a workflow id (wf- and letters or digits)")]
+    InvalidId(String),
+    #[error("{}: unreadable: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the workflow's worktree {} is gone", .0.display())]
+    Gone(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Create(#[from] berth_sandbox::SandboxError),
+    #[error("{0}")]
+    Encode(serde_json::Error),
+}
+
 /// A workflow id as the server makes them (`wf-` and a run id): never a path of its own.
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), WorktreeError> {
     let ok = id.len() <= 64
         && id.starts_with("wf-")
         && id[3..]
@@ -25,9 +48,7 @@ fn check_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{id}` is not a workflow id (wf- and letters or digits)"
-        ))
+        Err(WorktreeError::InvalidId(id.to_string()))
     }
 }
 
@@ -39,22 +60,25 @@ pub fn worktree_for(
     checkout: &Path,
     owner: Option<(u32, u32)>,
     copy: bool,
-) -> Result<Worktree, String> {
+) -> Result<Worktree, WorktreeError> {
     check_id(id)?;
     let dir = root(state_dir).join(id);
     let record = dir.join("worktree.json");
     if let Ok(bytes) = std::fs::read(&record) {
-        let tree: Worktree = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: unreadable: {e}", record.display()))?;
+        let tree: Worktree =
+            serde_json::from_slice(&bytes).map_err(|source| WorktreeError::Unreadable {
+                path: record.clone(),
+                source,
+            })?;
         if !tree.path.is_dir() {
-            return Err(format!(
-                "the workflow's worktree {} is gone",
-                tree.path.display()
-            ));
+            return Err(WorktreeError::Gone(tree.path));
         }
         return Ok(tree);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| WorktreeError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let tree = if copy {
         let exclude = std::fs::canonicalize(state_dir).ok();
         workspace::create_copy_snapshot(
@@ -67,13 +91,15 @@ pub fn worktree_for(
         )
     } else {
         workspace::create_worktree(checkout, &dir.join("worktree"), id, false, owner)
-    }
-    .map_err(|e| e.to_string())?;
-    let json = serde_json::to_vec(&tree).map_err(|e| e.to_string())?;
+    }?;
+    let json = serde_json::to_vec(&tree).map_err(WorktreeError::Encode)?;
     let tmp = dir.join(".worktree.json.tmp");
     std::fs::write(&tmp, json)
         .and_then(|()| std::fs::rename(&tmp, &record))
-        .map_err(|e| format!("{}: {e}", record.display()))?;
+        .map_err(|source| WorktreeError::Io {
+            path: record.clone(),
+            source,
+        })?;
     Ok(tree)
 }
 

@@ -104,6 +104,21 @@ fn mask_one(root: &Path, rel: &Path, masker: &mut Masker, report: &mut ArtifactM
     }
 }
 
+/// Why one artifact could not be checked or masked.
+#[derive(Debug, thiserror::Error)]
+enum MaskError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("an empty path")]
+    EmptyPath,
+    #[error("not a plain relative path")]
+    NotRelative,
+    #[error("a directory on the way is a symlink or not a directory")]
+    NotADirectory,
+    #[error("creating the masked copy: {0}")]
+    Temp(std::io::Error),
+}
+
 enum Outcome {
     /// No secret, or not a regular file.
     Clean,
@@ -111,7 +126,7 @@ enum Outcome {
     Flagged,
 }
 
-fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcome, String> {
+fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcome, MaskError> {
     let path = resolve(root, rel)?;
     let mut file = match OpenOptions::new()
         .read(true)
@@ -123,9 +138,9 @@ fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcom
         // The last component is a symlink: kept links point inside the tree, at files that
         // are checked under their own names.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Outcome::Clean),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok(Outcome::Clean);
     }
@@ -155,10 +170,10 @@ fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcom
     }
 
     // Second pass: the masked copy beside the original, then renamed over it.
-    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(0))?;
     let dir = path.parent().unwrap_or(root);
     let (temp_path, mut temp) = create_temp(dir, meta.permissions().mode() & 0o777)?;
-    let written = (|| -> Result<(), String> {
+    let written = (|| -> Result<(), MaskError> {
         masker.reset();
         let mut out = Vec::with_capacity(CHUNK + masker.longest());
         loop {
@@ -168,13 +183,13 @@ fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcom
             }
             out.clear();
             masker.push(&buf[..n], &mut out);
-            temp.write_all(&out).map_err(|e| e.to_string())?;
+            temp.write_all(&out)?;
         }
         out.clear();
         masker.finish(&mut out);
-        temp.write_all(&out).map_err(|e| e.to_string())?;
-        temp.sync_all().map_err(|e| e.to_string())?;
-        std::fs::rename(&temp_path, &path).map_err(|e| e.to_string())
+        temp.write_all(&out)?;
+        temp.sync_all()?;
+        Ok(std::fs::rename(&temp_path, &path)?)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&temp_path);
@@ -185,29 +200,29 @@ fn check_and_mask(root: &Path, rel: &Path, masker: &mut Masker) -> Result<Outcom
 
 /// `root/rel`, after checking that `rel` is a plain relative path and that no directory on the
 /// way is a symlink (O_NOFOLLOW only covers the last component).
-fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, String> {
+fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, MaskError> {
     let mut path = root.to_path_buf();
     let components: Vec<_> = rel.components().collect();
     if components.is_empty() {
-        return Err("an empty path".into());
+        return Err(MaskError::EmptyPath);
     }
     for (i, c) in components.iter().enumerate() {
         let Component::Normal(part) = c else {
-            return Err("not a plain relative path".into());
+            return Err(MaskError::NotRelative);
         };
         path.push(part);
         if i + 1 < components.len() {
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+            let meta = std::fs::symlink_metadata(&path)?;
             if !meta.is_dir() {
-                return Err("a directory on the way is a symlink or not a directory".into());
+                return Err(MaskError::NotADirectory);
             }
         }
     }
     Ok(path)
 }
 
-fn create_temp(dir: &Path, mode: u32) -> Result<(PathBuf, File), String> {
-    let mut last = String::new();
+fn create_temp(dir: &Path, mode: u32) -> Result<(PathBuf, File), MaskError> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
     for _ in 0..8 {
         let path = dir.join(format!(".berth-mask-{:016x}.tmp", rand::random::<u64>()));
         match OpenOptions::new()
@@ -221,23 +236,23 @@ fn create_temp(dir: &Path, mode: u32) -> Result<(PathBuf, File), String> {
                 // The original's bits, whatever the umask.
                 if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
                     let _ = std::fs::remove_file(&path);
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 return Ok((path, file));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e.to_string(),
-            Err(e) => return Err(format!("creating the masked copy: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(MaskError::Temp(e)),
         }
     }
-    Err(format!("creating the masked copy: {last}"))
+    Err(MaskError::Temp(last))
 }
 
-fn read_some(file: &mut File, buf: &mut [u8]) -> Result<usize, String> {
+fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match file.read(buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
 }

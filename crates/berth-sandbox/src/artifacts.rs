@@ -69,6 +69,32 @@ impl Collected {
     }
 }
 
+/// Why collecting an artifact failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Archive(#[from] berth_archive::ArchiveError),
+    #[error(transparent)]
+    Download(#[from] berth_engine::EngineError),
+    /// The blocking extraction did not finish (it panicked or was cancelled).
+    #[error("{0}")]
+    Extraction(#[from] tokio::task::JoinError),
+}
+
+impl ArtifactError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Copies the host side of `/berth/out` into `artifacts/berth/out`. The raw directory stays
 /// until the container is gone: the engine needs every bind source to exist to serve the
 /// container's files (artifact downloads, `docker cp` on a kept container).
@@ -76,23 +102,22 @@ pub fn collect_out_dir(
     out_dir: &Path,
     artifacts: &Path,
     collected: &mut Collected,
-) -> Result<(), String> {
+) -> Result<(), ArtifactError> {
     let dest_rel = PathBuf::from("berth/out");
     let dest = artifacts.join(&dest_rel);
-    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let extracted =
-        copy_tree_safely(out_dir, &dest, &collected.limits()).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dest).map_err(|e| ArtifactError::io(&dest, e))?;
+    let extracted = copy_tree_safely(out_dir, &dest, &collected.limits())?;
     collected.add(&dest_rel, extracted);
     Ok(())
 }
 
 /// Removes the raw output directory once nothing needs it any more.
-pub fn remove_out_dir(out_dir: &Path) -> Result<(), String> {
+pub fn remove_out_dir(out_dir: &Path) -> Result<(), ArtifactError> {
     // remove_dir_all does not follow symlinks, so a planted link cannot redirect the removal.
     match std::fs::remove_dir_all(out_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", out_dir.display())),
+        Err(e) => Err(ArtifactError::io(out_dir, e)),
     }
 }
 
@@ -103,13 +128,13 @@ pub async fn collect_from_container<E: Engine>(
     container_path: &str,
     artifacts: &Path,
     collected: &mut Collected,
-) -> Result<(), String> {
+) -> Result<(), ArtifactError> {
     let relative_parent = Path::new(container_path.trim_start_matches('/'))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let dest = artifacts.join(&relative_parent);
-    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    std::fs::create_dir_all(&dest).map_err(|e| ArtifactError::io(&dest, e))?;
 
     let extracted = download_tree(
         engine,
@@ -133,7 +158,7 @@ pub(crate) async fn download_tree<E: Engine>(
     dest: PathBuf,
     strip_components: usize,
     limits: Limits,
-) -> Result<berth_archive::Extracted, String> {
+) -> Result<berth_archive::Extracted, ArtifactError> {
     // The tar stream is async; extraction is blocking file work. A small bounded channel
     // between them keeps memory flat however large the tree is.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
@@ -158,17 +183,17 @@ pub(crate) async fn download_tree<E: Engine>(
                 }
             }
             Err(e) => {
-                download_error = Some(e.to_string());
+                download_error = Some(e);
                 break;
             }
         }
     }
     drop(tx);
-    let extracted = extraction.await.map_err(|e| e.to_string())?;
+    let extracted = extraction.await?;
     if let Some(e) = download_error {
-        return Err(e);
+        return Err(e.into());
     }
-    extracted.map_err(|e| e.to_string())
+    Ok(extracted?)
 }
 
 struct ChannelReader {
@@ -195,18 +220,16 @@ pub fn collect_host_path(
     source: &Path,
     dest: &Path,
     collected: &mut Collected,
-) -> Result<(), String> {
-    let meta =
-        std::fs::symlink_metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+) -> Result<(), ArtifactError> {
+    let meta = std::fs::symlink_metadata(source).map_err(|e| ArtifactError::io(source, e))?;
     let parent = dest.parent().unwrap_or(dest);
-    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    std::fs::create_dir_all(parent).map_err(|e| ArtifactError::io(parent, e))?;
     if meta.is_dir() {
-        std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        let extracted =
-            copy_tree_safely(source, dest, &collected.limits()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dest).map_err(|e| ArtifactError::io(dest, e))?;
+        let extracted = copy_tree_safely(source, dest, &collected.limits())?;
         collected.add(dest, extracted);
     } else if meta.is_file() {
-        std::fs::copy(source, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        std::fs::copy(source, dest).map_err(|e| ArtifactError::io(dest, e))?;
         collected.paths.push(dest.display().to_string());
     } else {
         collected.skipped.push(format!(

@@ -46,6 +46,8 @@ pub struct EgressHost {
     pub injected: Vec<(String, String)>,
     /// Roots trusted for upstream TLS besides the system's (`BERTH_EGRESS_UPSTREAM_CA`, tests).
     pub extra_roots: Vec<berth_egress::CertificateDer<'static>>,
+    /// Where the run's rules were set (`berth run`, or a runner's submitted run).
+    pub rules_from: berth_egress::RulesFrom,
 }
 
 impl std::fmt::Debug for EgressHost {
@@ -65,9 +67,31 @@ impl std::fmt::Debug for EgressHost {
 }
 
 /// Where the credential broker sends each API, from `BERTH_ANTHROPIC_UPSTREAM` and
+/// A variable of this process's environment that berth's egress cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamEnvError {
+    #[error("{name}: {source}")]
+    BaseUrl {
+        name: &'static str,
+        source: berth_egress::BaseUrlError,
+    },
+    #[error("{name}: {path}: {source}")]
+    ReadCa {
+        name: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{name}: {path}: {source}")]
+    Certificates {
+        name: &'static str,
+        path: String,
+        source: berth_egress::CertificateError,
+    },
+}
+
 /// `BERTH_OPENAI_UPSTREAM` in this process's environment; an unusable value is an error naming
 /// the variable. Shared by `berth run` and the runner.
-pub fn upstreams_from_env() -> Result<BTreeMap<BrokeredApi, String>, String> {
+pub fn upstreams_from_env() -> Result<BTreeMap<BrokeredApi, String>, UpstreamEnvError> {
     let mut out = BTreeMap::new();
     // The real APIs behind the broker [default: https://api.anthropic.com,
     // https://api.openai.com]; for tests against a local server.
@@ -76,7 +100,8 @@ pub fn upstreams_from_env() -> Result<BTreeMap<BrokeredApi, String>, String> {
         (BrokeredApi::Openai, "BERTH_OPENAI_UPSTREAM"),
     ] {
         if let Some(url) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
-            berth_egress::check_base_url(&url).map_err(|e| format!("{name}: {e}"))?;
+            berth_egress::check_base_url(&url)
+                .map_err(|source| UpstreamEnvError::BaseUrl { name, source })?;
             out.insert(api, url);
         }
     }
@@ -85,13 +110,22 @@ pub fn upstreams_from_env() -> Result<BTreeMap<BrokeredApi, String>, String> {
 
 /// The roots of `BERTH_EGRESS_UPSTREAM_CA` (a PEM file), trusted for upstream TLS besides the
 /// system's; none when unset. An unusable file is an error naming the variable.
-pub fn upstream_roots_from_env() -> Result<Vec<berth_egress::CertificateDer<'static>>, String> {
+pub fn upstream_roots_from_env(
+) -> Result<Vec<berth_egress::CertificateDer<'static>>, UpstreamEnvError> {
     const NAME: &str = "BERTH_EGRESS_UPSTREAM_CA";
     let Some(path) = std::env::var(NAME).ok().filter(|v| !v.is_empty()) else {
         return Ok(Vec::new());
     };
-    let pem = std::fs::read(&path).map_err(|e| format!("{NAME}: {path}: {e}"))?;
-    berth_egress::certificates_from_pem(&pem).map_err(|e| format!("{NAME}: {path}: {e}"))
+    let pem = std::fs::read(&path).map_err(|source| UpstreamEnvError::ReadCa {
+        name: NAME,
+        path: path.clone(),
+        source,
+    })?;
+    berth_egress::certificates_from_pem(&pem).map_err(|source| UpstreamEnvError::Certificates {
+        name: NAME,
+        path,
+        source,
+    })
 }
 
 /// Reads `(NAME, value)` for each name from this process's environment, or names the first one
@@ -130,7 +164,9 @@ pub fn start(
     if spec.mode != EgressMode::Policy {
         return Ok(None);
     }
-    let invalid = |e: String| SandboxError::Invalid(format!("egress: {e}"));
+    fn invalid(e: impl std::fmt::Display) -> SandboxError {
+        SandboxError::Invalid(format!("egress: {e}"))
+    }
     let policy = Policy::new(&spec.allow).map_err(invalid)?;
     let tcp = spec
         .tcp
@@ -199,6 +235,7 @@ pub fn start(
             inject,
             // The CA outlives no run: the run's time, and a day for what is slow to end.
             inject_validity: ctx.record.spec.timeout + std::time::Duration::from_secs(86_400),
+            rules_from: host.rules_from,
             ..berth_egress::Config::default()
         },
         sink,
@@ -299,8 +336,10 @@ pub(crate) async fn forward_to_engine<E: Engine>(
 /// Ends a run's forward once its container is gone; what could not be cleaned up is a warning.
 pub(crate) async fn close_forward(ctx: &mut RunContext, forward: Option<EgressForward>) {
     if let Some(forward) = forward {
-        if let Err(message) = forward.close().await {
-            ctx.emit(Event::Warning { message });
+        if let Err(e) = forward.close().await {
+            ctx.emit(Event::Warning {
+                message: e.to_string(),
+            });
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum SandboxError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Workspace(#[from] crate::workspace::WorkspaceError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -26,14 +28,11 @@ pub enum SandboxError {
     ImageUnavailable { image: String, why: String },
     #[error("{0}")]
     Invalid(String),
-    /// Bad input with an obvious fix.
-    #[error("{message}")]
-    InvalidWithHint { message: String, hint: String },
     #[error("no run matches `{0}`")]
     NoSuchRun(String),
     #[error("`{prefix}` matches several runs: {candidates}")]
     AmbiguousRun { prefix: String, candidates: String },
-    /// A problem with an obvious remedy, carried along.
+    /// A problem (bad input included) with an obvious remedy, carried along.
     #[error("{message}")]
     WithHint { message: String, hint: String },
 }
@@ -75,8 +74,8 @@ impl SandboxError {
                     .into(),
             ),
             Self::WithHint { hint, .. } => Some(hint.clone()),
+            Self::Workspace(e) => e.hint(),
             Self::NoSuchRun(_) => Some("`berth ls` lists the runs of this state directory".into()),
-            Self::InvalidWithHint { hint, .. } => Some(hint.clone()),
             _ => None,
         }
     }

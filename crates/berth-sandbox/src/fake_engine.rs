@@ -55,6 +55,8 @@ pub struct Script {
     pub storage: (&'static str, Option<&'static str>),
     /// The runtimes `runtimes` reports, with their arguments.
     pub runtimes: Vec<(&'static str, Vec<&'static str>)>,
+    /// The machine architecture `architecture` reports.
+    pub architecture: &'static str,
 }
 
 impl Default for Script {
@@ -73,6 +75,7 @@ impl Default for Script {
             remove_failures: 0,
             storage: ("overlay2", Some("extfs")),
             runtimes: vec![("runc", Vec::new())],
+            architecture: std::env::consts::ARCH,
         }
     }
 }
@@ -245,6 +248,11 @@ impl Engine for FakeEngine {
         self.signals
             .send_modify(|sent| sent.push(signal.to_string()));
         Ok(())
+    }
+
+    async fn architecture(&self) -> Result<String, EngineError> {
+        self.log("architecture");
+        Ok(self.script.architecture.to_string())
     }
 
     async fn storage(&self) -> Result<berth_core::disk::Storage, EngineError> {

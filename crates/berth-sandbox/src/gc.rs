@@ -123,10 +123,17 @@ pub(crate) fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
     let _ = std::fs::remove_dir_all(run_dir.io_dir());
     match run_dir.read_record() {
         Ok(mut record) if !record.state.is_final() => {
+            // The check for repositories the run made, which its berth never got to.
+            let checked = crate::git_guard::check_pending(run_dir.path(), &record.id);
             record.finish(RunState::Error, Some(reason.to_string()), now_rfc3339());
-            match run_dir.write_record(&record) {
+            let written = match run_dir.write_record(&record) {
                 Ok(()) => format!("run {} marked error", record.id),
                 Err(e) => format!("run {} could not be updated: {e}", record.id),
+            };
+            if checked.is_empty() {
+                written
+            } else {
+                format!("{written}; {}", checked.join("; "))
             }
         }
         Ok(record) => format!("run {} had already ended ({})", record.id, record.state),

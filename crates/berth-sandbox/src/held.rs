@@ -170,9 +170,9 @@ pub struct HeldLock {
 }
 
 impl HeldLock {
-    #[allow(unsafe_code)] // flock(2) on a descriptor we own.
     fn try_acquire(path: &Path) -> Result<Option<Self>, SandboxError> {
-        use std::os::fd::AsRawFd;
+        use rustix::fs::{flock, FlockOperation};
+        use rustix::io::Errno;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -182,15 +182,11 @@ impl HeldLock {
             .map_err(|e| SandboxError::io(path, e))?;
         let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
         loop {
-            // SAFETY: the descriptor is open for the duration of the call.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Some(Self { _file: file }));
-            }
-            let error = std::io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => return Ok(None),
-                Some(libc::EINTR) => continue,
-                _ => return Err(SandboxError::io(path, error)),
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(Self { _file: file })),
+                Err(Errno::WOULDBLOCK) => return Ok(None),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(SandboxError::io(path, e.into())),
             }
         }
     }
@@ -358,6 +354,27 @@ mod tests {
 
     fn removed(v: &HeldVerdict) -> bool {
         matches!(v, HeldVerdict::Remove { .. })
+    }
+
+    #[test]
+    fn the_lock_is_held_by_one_at_a_time_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Made again when it went away.
+        let dir = HeldDir::open(tmp.path().join("held/x"));
+        let first = dir.try_lock().unwrap().expect("free at first");
+        assert!(dir.try_lock().unwrap().is_none(), "held by the first");
+        drop(first);
+        assert!(dir.try_lock().unwrap().is_some(), "free again once dropped");
+        // A link planted where the lock goes is refused, never followed.
+        let planted = HeldDir::open(tmp.path().join("planted"));
+        std::fs::create_dir(tmp.path().join("planted")).unwrap();
+        std::os::unix::fs::symlink(
+            tmp.path().join("elsewhere"),
+            tmp.path().join("planted/lock"),
+        )
+        .unwrap();
+        assert!(planted.try_lock().is_err());
+        assert!(!tmp.path().join("elsewhere").exists());
     }
 
     #[test]

@@ -68,12 +68,16 @@ pub(crate) async fn execute_persistent<E: Engine>(
     let abandoned = dir.read_info().current_run;
     if let Some((run_id, run_dir)) = &abandoned {
         let why = format!("the berth running {run_id} in it exited without cleaning up");
+        // The container (and the lost run's processes) first: marking the run lost does the
+        // check for repositories it made, which must not race them.
+        if let Some(old) = existing {
+            let _ = engine.remove(&old.container.id).await;
+        }
         crate::gc::mark_run_lost(
             run_dir.into(),
             &format!("{why}; its container was replaced"),
         );
-        if let Some(old) = existing {
-            let _ = engine.remove(&old.container.id).await;
+        if existing.is_some() {
             ctx.emit(Event::ContainerEvicted {
                 container_name: name.clone(),
                 reason: why,
@@ -436,7 +440,7 @@ pub(crate) async fn create_holder<E: Engine>(
     if let Err(reason) = crate::remote::fill_berth_volume(engine, &id, &plan).await {
         let _ = engine.remove(&id).await;
         dir.remove();
-        return Err(SandboxError::Invalid(reason));
+        return Err(SandboxError::Invalid(reason.to_string()));
     }
     if let Err(e) = engine.start(&id).await {
         let _ = engine.remove(&id).await;

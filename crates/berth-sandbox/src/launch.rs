@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use berth_core::plan::{sandbox_user, BindMount, PlanContext};
-use berth_core::spec::RunSpec;
+use berth_core::plan::{sandbox_user, BindMount, PlanContext, GIT_OBJECTS_TARGET};
+use berth_core::spec::{RunSpec, WorkspaceMode};
 
+use crate::git_guard;
 use crate::prepare::{self, CheckedMounts};
 use crate::workspace::{self, WorkspaceSetup};
 use crate::{RunContext, SandboxError};
@@ -42,8 +43,8 @@ pub struct Request<'a> {
 pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxError> {
     if request.remote_engine {
         berth_core::plan::check_remote(request.spec).map_err(|message| {
-            SandboxError::InvalidWithHint {
-                message,
+            SandboxError::WithHint {
+                message: message.to_string(),
                 hint: "a remote engine sees only the image and what berth uploads: pass --workspace-mode copy to upload the workspace (its changes come back into the run directory), or --workspace-mode none and bring files in with the image (results come back through $BERTH_OUT and --artifact)".into(),
             }
         })?;
@@ -57,7 +58,7 @@ pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxErro
         // Only the proxy's sockets travel to an ssh engine's host, not the run CA's files that
         // header injection puts beside them.
         if let Some(inject) = request.spec.egress.inject.first() {
-            return Err(SandboxError::InvalidWithHint {
+            return Err(SandboxError::WithHint {
                 message: format!("header injection (for {}) is not available on a remote engine: the sandbox trusts the run's CA through a file of this host's egress directory, which is not carried to the engine's host", inject.host),
                 hint: "run on the local engine (drop --engine) to inject headers, or drop --inject-header and [egress.inject] for this run".into(),
             });
@@ -83,7 +84,7 @@ pub fn check_request(request: &Request<'_>) -> Result<CheckedMounts, SandboxErro
 /// Why egress policy cannot be had on a remote engine other than an `ssh://` one, with what to
 /// do instead. Never the bridge network in its place: that would open what the policy closes.
 pub fn remote_egress_refused() -> SandboxError {
-    SandboxError::InvalidWithHint {
+    SandboxError::WithHint {
         message: "egress policy needs an ssh:// engine when the engine is remote: the sandbox reaches berth's egress proxy through sockets of this host, which only ssh can carry to the engine's host (ssh -R); this engine is reached another way".into(),
         hint: "reach the engine through ssh (--engine ssh://USER@HOST, or host = \"ssh://USER@HOST\" in [engines.NAME]), or run on the local engine (drop --engine), or choose --egress none (no network) or --egress open (the engine's bridge network, unchecked and unrecorded)".into(),
     }
@@ -99,6 +100,9 @@ pub struct Prepared {
     pub worktree: WorkspaceSetup,
     /// The sandbox user.
     pub sandbox_user: (u32, u32),
+    /// The writable trees whose git directories were guarded, for [`check_planted_repositories`]
+    /// after the run.
+    pub git_trees: Vec<git_guard::GuardedTree>,
 }
 
 /// What the host side of a run is made from.
@@ -130,7 +134,7 @@ pub fn invoking_user() -> (u32, u32) {
 /// Installs the shim, makes `$BERTH_OUT`, the output FIFOs and the isolated workspace, and
 /// builds the plan context with every default. On an error the run is not started; the caller
 /// records the error.
-pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, SandboxError> {
+pub fn prepare_host(ctx: &mut RunContext, host: HostSide<'_>) -> Result<Prepared, SandboxError> {
     let spec = &ctx.record.spec;
     let shim = crate::shim::install(host.cache_dir)
         .map_err(|e| SandboxError::Invalid(format!("installing berth's shim failed: {e}")))?;
@@ -150,6 +154,13 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
         None
     };
     let mount_identities = host.checked.identities_for(&host.workspace);
+    let checked_writable: Vec<BindMount> = host
+        .checked
+        .mounts
+        .iter()
+        .filter(|m| !m.read_only)
+        .cloned()
+        .collect();
     let mut mounts = host.checked.mounts;
     for extra in host.extra_mounts {
         if !mounts.iter().any(|m| m.target == extra.target) {
@@ -178,6 +189,64 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
         egress_host_path,
         egress_engine_path: None,
     };
+    // Every git directory the sandbox could write (in the rw workspace and each writable
+    // `--mount`) is mounted read-only over itself: see `git_guard`.
+    let all_targets: Vec<String> = plan_context
+        .mounts
+        .iter()
+        .map(|m| m.target.clone())
+        .chain(std::iter::once(
+            berth_core::plan::WORKSPACE_TARGET.to_string(),
+        ))
+        .collect();
+    let (mut guards, mut git_trees) = (Vec::new(), Vec::new());
+    if ctx.record.spec.workspace_mode == WorkspaceMode::Rw {
+        let covered = all_targets
+            .iter()
+            .any(|t| t == prepare::WORKSPACE_GIT_TARGET);
+        let top = if covered {
+            git_guard::Top::AsItIs
+        } else {
+            git_guard::Top::MakeEmptyGit
+        };
+        let guarded = git_guard::guard(&host.workspace, berth_core::plan::WORKSPACE_TARGET, top)?;
+        if let Some(after) = guarded.top_after {
+            for checked in plan_context
+                .mount_identities
+                .iter_mut()
+                .filter(|m| m.target == berth_core::plan::WORKSPACE_TARGET)
+            {
+                if (checked.dev, checked.ino) != (after.dev, after.ino) {
+                    return Err(SandboxError::Invalid(format!(
+                        "the workspace {} changed while berth prepared the run (another directory is at its path now); run again",
+                        host.workspace.display()
+                    )));
+                }
+                checked.ctime = after.ctime;
+            }
+        }
+        git_trees.extend(guarded.tree);
+        guards.extend(git_guard::unshadowed(
+            guarded.mounts,
+            berth_core::plan::WORKSPACE_TARGET,
+            &all_targets,
+        ));
+    }
+    for mount in checked_writable {
+        let guarded = git_guard::guard(&mount.source, &mount.target, git_guard::Top::AsItIs)?;
+        git_trees.extend(guarded.tree);
+        guards.extend(git_guard::unshadowed(
+            guarded.mounts,
+            &mount.target,
+            &all_targets,
+        ));
+    }
+    for (mount, identity) in guards {
+        if !plan_context.mounts.iter().any(|m| m.target == mount.target) {
+            plan_context.mount_identities.push(identity);
+            plan_context.mounts.push(mount);
+        }
+    }
     // Isolated workspaces are made now that the run can go ahead; worktree mode's is concluded
     // (diff written, worktree removed) after the run whatever happened to it.
     let isolated = workspace::prepare(
@@ -191,10 +260,61 @@ pub fn prepare_host(ctx: &RunContext, host: HostSide<'_>) -> Result<Prepared, Sa
     if let Some(mount) = &isolated.mount {
         plan_context.workspace = mount.clone();
     }
+    // The private repository's objects: the user's, read-only, checked by the shim like every
+    // other mount.
+    if let Some(objects) = &isolated.git_objects {
+        let (_, identity) = prepare::resolve_with_identity(objects, Path::new("/"));
+        if let Some(identity) = identity {
+            plan_context
+                .mount_identities
+                .push(identity.at(GIT_OBJECTS_TARGET.to_string()));
+        }
+        plan_context.mounts.push(BindMount {
+            source: objects.clone(),
+            target: GIT_OBJECTS_TARGET.to_string(),
+            read_only: true,
+        });
+    }
+    for message in isolated.warnings {
+        ctx.emit(berth_core::event::Event::Warning { message });
+    }
+    // Kept until the check after the run is done, so that a berth killed meanwhile leaves it
+    // to whoever concludes the run.
+    if !git_trees.is_empty() {
+        git_guard::save_pending(ctx.run_dir.path(), &git_trees).map_err(|e| {
+            SandboxError::io(ctx.run_dir.path().join(git_guard::PENDING_CHECK_FILE), e)
+        })?;
+    }
     Ok(Prepared {
         plan_context,
         upload: isolated.upload,
         worktree: isolated.worktree,
         sandbox_user: (uid, gid),
+        git_trees,
     })
+}
+
+/// After the run, once none of its processes is left: renames each git repository the run made
+/// in a writable tree ([`git_guard::quarantine_planted`]), saying so in a warning, and clears
+/// the check the run directory kept pending.
+pub fn check_planted_repositories(ctx: &mut RunContext, trees: &[git_guard::GuardedTree]) {
+    for tree in trees {
+        let (renamed, problems) = git_guard::quarantine_planted(tree, &ctx.record.id);
+        for path in renamed {
+            let message = git_guard::renamed_message(&path, &ctx.record.id);
+            ctx.emit(berth_core::event::Event::Warning { message });
+        }
+        for message in problems {
+            ctx.emit(berth_core::event::Event::Warning { message });
+        }
+    }
+    git_guard::clear_pending(ctx.run_dir.path());
+}
+
+/// [`check_planted_repositories`] for a run taken back after a restart: the trees come from
+/// the check its run directory kept pending.
+pub fn check_pending_planted_repositories(ctx: &mut RunContext) {
+    for message in git_guard::check_pending(ctx.run_dir.path(), &ctx.record.id) {
+        ctx.emit(berth_core::event::Event::Warning { message });
+    }
 }

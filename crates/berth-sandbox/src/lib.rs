@@ -13,6 +13,7 @@ pub mod error;
 #[cfg(test)]
 mod fake_engine;
 pub mod gc;
+pub mod git_guard;
 pub mod held;
 mod held_run;
 pub mod launch;
@@ -24,8 +25,10 @@ mod pump;
 pub mod remote;
 pub mod run;
 pub mod rundir;
+pub mod sandbox_repo;
 pub mod settings;
 pub mod shim;
+mod stopping;
 pub mod trust;
 pub mod workspace;
 

@@ -11,6 +11,7 @@ use berth_core::event::Event;
 use berth_core::exit::{state_for_exit, ExitStatus, RunState};
 use berth_core::plan::{OUT_TARGET, WORKSPACE_TARGET};
 use berth_core::units::format_duration;
+use rustix::process::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
@@ -72,7 +73,9 @@ pub async fn execute_local(
     };
     let stdout_pump = spawn_pump(child.stdout.take(), stdout_pipe);
     let stderr_pump = spawn_pump(child.stderr.take(), stderr_pipe);
-    let pgid = child.id().map(|p| p as i32);
+    let pgid = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32));
 
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = if spec.timeout.is_zero() {
@@ -90,22 +93,22 @@ pub async fn execute_local(
             status = child.wait() => break status,
             () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                 let reason = format!("timed out after {}", format_duration(spec.timeout));
-                signal_group(ctx, pgid, libc::SIGTERM, "SIGTERM", &reason);
+                signal_group(ctx, pgid, Signal::TERM, "SIGTERM", &reason);
                 stop = Some((RunState::TimedOut, reason));
                 kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
-                signal_group(ctx, pgid, libc::SIGKILL, "SIGKILL", "still running after the grace period");
+                signal_group(ctx, pgid, Signal::KILL, "SIGKILL", "still running after the grace period");
                 kill_at = None;
             }
             Some(name) = interrupts.recv() => {
                 if stop.is_none() {
                     let reason = format!("cancelled by {name}");
-                    signal_group(ctx, pgid, libc::SIGTERM, "SIGTERM", &reason);
+                    signal_group(ctx, pgid, Signal::TERM, "SIGTERM", &reason);
                     stop = Some((RunState::Cancelled, reason));
                     kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
                 } else {
-                    signal_group(ctx, pgid, libc::SIGKILL, "SIGKILL", "second interrupt skips the grace period");
+                    signal_group(ctx, pgid, Signal::KILL, "SIGKILL", "second interrupt skips the grace period");
                     kill_at = None;
                 }
             }
@@ -197,15 +200,20 @@ fn spawn_pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     })
 }
 
-#[allow(unsafe_code)] // kill(2) on our own child's process group; no memory is involved.
-fn signal_group(ctx: &mut RunContext, pgid: Option<i32>, signal: i32, name: &str, reason: &str) {
+fn signal_group(
+    ctx: &mut RunContext,
+    pgid: Option<rustix::process::Pid>,
+    signal: Signal,
+    name: &str,
+    reason: &str,
+) {
     ctx.emit(Event::Signal {
         signal: name.to_string(),
         reason: reason.to_string(),
     });
     if let Some(pgid) = pgid {
-        // SAFETY: plain syscall with integer arguments.
-        unsafe { libc::kill(-pgid, signal) };
+        // Gone already is fine: there is nothing left to signal.
+        let _ = rustix::process::kill_process_group(pgid, signal);
     }
 }
 

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use berth_core::plan::{
-    BindMount, MountIdentity, IO_TARGET, OUT_TARGET, SECRETS_TARGET, SHIM_TARGET, WORKSPACE_TARGET,
+    BindMount, MountIdentity, GIT_OBJECTS_TARGET, IO_TARGET, OUT_TARGET, SECRETS_TARGET,
+    SHIM_TARGET, WORKSPACE_TARGET,
 };
 use berth_core::policy::{self, PolicyContext, ResolvedSource};
 use berth_core::spec::{RunSpec, WorkspaceMode};
@@ -52,12 +53,7 @@ pub fn resolve_with_identity(path: &Path, cwd: &Path) -> (ResolvedSource, Option
         canonical,
         is_socket,
     };
-    let identity = stat.map(|s| Identity {
-        dev: s.st_dev,
-        ino: s.st_ino,
-        // Nanoseconds are below 10^9 by definition.
-        ctime: (s.st_ctime, u32::try_from(s.st_ctime_nsec).unwrap_or(0)),
-    });
+    let identity = stat.as_ref().map(Identity::of);
     (source, identity)
 }
 
@@ -71,7 +67,20 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn at(self, target: String) -> MountIdentity {
+    /// The identity `stat` describes.
+    pub fn of(stat: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            // Nanoseconds are below 10^9 by definition.
+            ctime: (
+                stat.st_ctime,
+                u32::try_from(stat.st_ctime_nsec).unwrap_or(0),
+            ),
+        }
+    }
+
+    pub fn at(self, target: String) -> MountIdentity {
         MountIdentity {
             target,
             dev: self.dev,
@@ -80,6 +89,9 @@ impl Identity {
         }
     }
 }
+
+/// Where the rw workspace's git directory is mounted: read-only, over the writable workspace.
+pub const WORKSPACE_GIT_TARGET: &str = "/workspace/.git";
 
 /// The canonical paths of the engine sockets on this host: the one in use and the usual ones.
 pub fn engine_sockets(in_use: Option<&Path>) -> Vec<PathBuf> {
@@ -193,6 +205,12 @@ pub fn check_mounts(
     if spec.workspace_mode != WorkspaceMode::None {
         targets.push((WORKSPACE_TARGET, "the workspace"));
     }
+    if spec.workspace_mode.is_isolated() {
+        targets.push((
+            GIT_OBJECTS_TARGET,
+            "the git objects of the sandbox's repository",
+        ));
+    }
     targets.extend(descriptions.iter().map(|(t, d)| (t.as_str(), d.as_str())));
     policy::check_unique_targets(targets)?;
     Ok(CheckedMounts {
@@ -251,7 +269,7 @@ pub fn check_berth_paths(
         let berth = canonical_prefix(path);
         for (source, what) in workspace.iter().chain(&mounts) {
             if berth.starts_with(source) || source.starts_with(&berth) {
-                return Err(SandboxError::InvalidWithHint {
+                return Err(SandboxError::WithHint {
                     message: format!(
                         "{what_path} {} {} {what} ({}), which the sandbox can write; a sandbox could then tamper with berth's own files",
                         path.display(),

@@ -72,6 +72,17 @@ impl Fifos {
     }
 }
 
+/// Why the output could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("keeping the output failed: {0}")]
+    Keep(#[from] crate::SandboxError),
+    #[error("the output stream broke: {0}")]
+    Stream(#[from] EngineError),
+    #[error("reading the command's output failed: {0}")]
+    Read(#[from] std::io::Error),
+}
+
 /// Pumps until the attach stream has ended and, with FIFOs, until `exited` fired (or its
 /// sender was dropped) and the FIFOs were drained. Returns why keeping the output failed, if
 /// it did. Both pipes are finished either way.
@@ -81,8 +92,8 @@ pub async fn pump(
     mut exited: oneshot::Receiver<()>,
     stdout: &mut OutputPipe,
     stderr: &mut OutputPipe,
-) -> Option<String> {
-    let mut failure: Option<String> = None;
+) -> Option<PumpError> {
+    let mut failure: Option<PumpError> = None;
     let mut attach_open = true;
     let mut has_exited = fifos.is_none();
     let (mut fifo_out, mut fifo_err) = match fifos {
@@ -101,11 +112,11 @@ pub async fn pump(
                         Stream::Stderr => &mut *stderr,
                     };
                     if let Err(e) = pipe.push(&chunk.data) {
-                        failure = Some(format!("keeping the output failed: {e}"));
+                        failure = Some(e.into());
                     }
                 }
                 Some(Err(e)) => {
-                    failure = Some(format!("the output stream broke: {e}"));
+                    failure = Some(e.into());
                 }
                 None => attach_open = false,
             },
@@ -131,7 +142,7 @@ pub async fn pump(
     }
     for pipe in [stdout, stderr] {
         if let Err(e) = pipe.finish() {
-            failure.get_or_insert(format!("keeping the output failed: {e}"));
+            failure.get_or_insert(e.into());
         }
     }
     failure
@@ -161,17 +172,14 @@ async fn read_some(source: Option<&mut Source>, buf: &mut [u8]) -> std::io::Resu
     }
 }
 
-fn push_read(read: std::io::Result<usize>, buf: &[u8], pipe: &mut OutputPipe) -> Option<String> {
+fn push_read(read: std::io::Result<usize>, buf: &[u8], pipe: &mut OutputPipe) -> Option<PumpError> {
     match read {
-        Ok(n) => pipe
-            .push(&buf[..n])
-            .err()
-            .map(|e| format!("keeping the output failed: {e}")),
-        Err(e) => Some(format!("reading the command's output failed: {e}")),
+        Ok(n) => pipe.push(&buf[..n]).err().map(PumpError::from),
+        Err(e) => Some(e.into()),
     }
 }
 
-fn drain(source: &mut Source, pipe: &mut OutputPipe, buf: &mut [u8]) -> Result<(), String> {
+fn drain(source: &mut Source, pipe: &mut OutputPipe, buf: &mut [u8]) -> Result<(), PumpError> {
     loop {
         let read = match source {
             Source::Fifo(receiver) => receiver.try_read(buf),
@@ -179,12 +187,10 @@ fn drain(source: &mut Source, pipe: &mut OutputPipe, buf: &mut [u8]) -> Result<(
         };
         match read {
             Ok(0) => return Ok(()),
-            Ok(n) => pipe
-                .push(&buf[..n])
-                .map_err(|e| format!("keeping the output failed: {e}"))?,
+            Ok(n) => pipe.push(&buf[..n])?,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the command's output failed: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -12,17 +12,25 @@ use berth_engine::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+/// Why berth's volume could not be filled; the run's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum BerthVolumeError {
+    #[error("packing berth's shim failed: {0}")]
+    Pack(std::io::Error),
+    #[error("copying berth's shim into the container failed: {0}")]
+    Upload(berth_engine::EngineError),
+}
+
 /// Fills the plan's berth volume, if it has one. The error is the run's reason.
 pub async fn fill_berth_volume<E: Engine>(
     engine: &E,
     id: &str,
     plan: &ContainerPlan,
-) -> Result<(), String> {
+) -> Result<(), BerthVolumeError> {
     let Some(volume) = &plan.berth_volume else {
         return Ok(());
     };
-    let tar = volume_tar(volume, crate::shim::SHIM)
-        .map_err(|e| format!("packing berth's shim failed: {e}"))?;
+    let tar = volume_tar(volume, crate::shim::SHIM).map_err(BerthVolumeError::Pack)?;
     engine
         .upload(
             id,
@@ -30,7 +38,7 @@ pub async fn fill_berth_volume<E: Engine>(
             futures_util::stream::once(async move { Ok(Bytes::from(tar)) }).boxed(),
         )
         .await
-        .map_err(|e| format!("copying berth's shim into the container failed: {e}"))
+        .map_err(BerthVolumeError::Upload)
 }
 
 /// The artifacts to download: the requested ones, plus `/berth/out` when it lives in the

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::event::{Event, Stream};
-use berth_core::exit::{state_for_exit, ExitStatus, RunState};
+use berth_core::exit::{ExitStatus, RunState};
 use berth_core::held::{held_key, PoolSpec};
 use berth_core::mask::Masker;
 use berth_core::plan::{self, PlanContext};
 use berth_core::record::RunRecord;
 use berth_core::spec::PullPolicy;
-use berth_core::units::{format_bytes, format_duration};
 use berth_engine::{Engine, EngineError, ImageInfo, PullProgress};
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -26,14 +25,12 @@ use crate::artifacts::{self, Collected};
 use crate::clock::now_rfc3339;
 use crate::output::{OutputPipe, Reporter};
 use crate::rundir::{EventLog, RunDir};
+use crate::stopping::{final_state, Action, Ended, Happened, Stopping, HELD_KILL_LIMIT};
 use crate::SandboxError;
 
 /// Interrupts delivered to a run, by name (`SIGINT`, `SIGTERM`). The first stops the command
 /// gracefully; the second kills it at once.
 pub type Interrupts = UnboundedReceiver<&'static str>;
-
-/// How long a run in a held container may outlive SIGKILL before its container is killed.
-const HELD_KILL_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long the output may trail behind the container's exit before berth stops waiting.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -215,12 +212,6 @@ pub(crate) enum Target<'a> {
     },
 }
 
-/// How the wait ended, before the final state is decided.
-enum Stop {
-    TimedOut(String),
-    Cancelled(String),
-}
-
 /// Runs the prepared command in a container and returns berth's exit status.
 pub async fn execute_docker<E: Engine>(
     engine: &E,
@@ -240,6 +231,14 @@ pub async fn execute_docker<E: Engine>(
     // gVisor is asked for by name; a missing runtime is said now, never replaced by runc.
     if spec.isolation != berth_core::spec::Isolation::Runc {
         if let Err((context, e)) = check_isolation(engine, &spec).await {
+            return ctx.fail(context, &e);
+        }
+    }
+
+    // The shim is built for this host; on a remote engine's host of another architecture
+    // every run would fail at exec.
+    if run.plan_context.remote_engine {
+        if let Err((context, e)) = check_shim_architecture(engine).await {
             return ctx.fail(context, &e);
         }
     }
@@ -334,7 +333,7 @@ pub async fn check_disk<E: Engine>(engine: &E) -> Result<(), (&'static str, Sand
     berth_core::disk::quota_support(&storage).map_err(|m| {
         (
             "",
-            SandboxError::Engine(EngineError::DiskQuotaUnsupported(m)),
+            SandboxError::Engine(EngineError::DiskQuotaUnsupported(m.to_string())),
         )
     })
 }
@@ -364,9 +363,25 @@ pub async fn check_isolation<E: Engine>(
     }
 }
 
+/// Whether berth's shim, built for this host, can run on the engine's host.
+pub async fn check_shim_architecture<E: Engine>(
+    engine: &E,
+) -> Result<(), (&'static str, SandboxError)> {
+    let architecture = engine.architecture().await.map_err(|e| {
+        (
+            "asking the engine for its architecture failed: ",
+            SandboxError::Engine(e),
+        )
+    })?;
+    match berth_core::engine::shim_architecture_problem(std::env::consts::ARCH, &architecture) {
+        None => Ok(()),
+        Some((message, hint)) => Err(("", SandboxError::WithHint { message, hint })),
+    }
+}
+
 /// Why a persistent container cannot be used on a remote engine, with what to do instead.
 pub fn remote_persistent_refused() -> SandboxError {
-    SandboxError::InvalidWithHint {
+    SandboxError::WithHint {
         message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
         hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
     }
@@ -374,7 +389,7 @@ pub fn remote_persistent_refused() -> SandboxError {
 
 /// Why copy and worktree modes cannot use a persistent container, with what to do instead.
 pub fn isolated_persistent_refused(mode: berth_core::spec::WorkspaceMode) -> SandboxError {
-    SandboxError::InvalidWithHint {
+    SandboxError::WithHint {
         message: format!("--workspace-mode {mode} cannot be combined with a persistent container: each run gets its own copy or worktree of the workspace, while a persistent container keeps the one it was made with"),
         hint: format!("drop --lifecycle persistent and --name to run in a container of its own with --workspace-mode {mode}, or use --workspace-mode rw with the persistent container"),
     }
@@ -434,8 +449,10 @@ async fn execute_cold_container<E: Engine>(
     // (see `remote`), and copy mode uploads the workspace (see `workspace`). After the exit,
     // while the container still exists, copy mode downloads the changed tree.
     let prepared = match crate::remote::fill_berth_volume(engine, &id, &container_plan).await {
-        Ok(()) => crate::workspace::before_start(engine, &id, ctx, &run.workspace).await,
-        Err(reason) => Err(reason),
+        Ok(()) => crate::workspace::before_start(engine, &id, ctx, &run.workspace)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
     let outcome = match prepared {
         Ok(()) => {
@@ -751,7 +768,7 @@ fn spawn_pump(
         )
         .await;
         (
-            failure,
+            failure.map(|e| e.to_string()),
             stdout_pipe.agent_outcome(),
             stdout_pipe.agent_session(),
         )
@@ -775,14 +792,14 @@ pub(crate) enum OutputFiles {
 }
 
 impl OutputFiles {
-    fn open(&self, ctx: &RunContext) -> Result<crate::pump::Fifos, String> {
+    fn open(&self, ctx: &RunContext) -> Result<crate::pump::Fifos, SandboxError> {
         match self {
-            Self::Fifos(out, err) => crate::pump::Fifos::open(out, err).map_err(|e| e.to_string()),
+            Self::Fifos(out, err) => crate::pump::Fifos::open(out, err)
+                .map_err(|e| SandboxError::io(out.parent().unwrap_or(out), e)),
             Self::Files => ctx
                 .run_dir
                 .open_io_files()
-                .map(|(out, err)| crate::pump::Fifos::files(out, err))
-                .map_err(|e| e.to_string()),
+                .map(|(out, err)| crate::pump::Fifos::files(out, err)),
         }
     }
 }
@@ -890,58 +907,33 @@ async fn follow<E: Engine>(
     } = following;
     let wait = wait_for(engine, target, status);
     tokio::pin!(wait);
-    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    let deadline = if spec.timeout.is_zero() {
-        far_future
-    } else {
-        // Past what the clock can hold: no deadline.
-        Instant::now()
-            .checked_add(spec.timeout.saturating_sub(running_for))
-            .unwrap_or(far_future)
-    };
-    let mut stop: Option<Stop> = None;
-    let mut kill_at: Option<Instant> = None;
-    // A held container's supervisor passes SIGKILL on; should the run still not end, the
-    // container itself is killed (it is not reused after that).
-    let mut container_kill_at: Option<Instant> = None;
+    let held = matches!(target, Target::Held { .. });
+    let mut stopping = Stopping::new(spec.timeout, spec.grace, running_for, held, Instant::now());
     let mut container_killed = false;
-    let killed = |target: &Target<'_>| match target {
-        Target::Held { .. } => Some(Instant::now() + HELD_KILL_LIMIT),
-        Target::Container(_) => None,
-    };
     let waited = loop {
-        tokio::select! {
+        let happened = tokio::select! {
             result = &mut wait => break result,
-            () = tokio::time::sleep_until(deadline), if stop.is_none() => {
-                let reason = format!("timed out after {}", format_duration(spec.timeout));
-                signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
-                stop = Some(Stop::TimedOut(reason));
-                kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
-            }
-            () = tokio::time::sleep_until(kill_at.unwrap_or(far_future)), if kill_at.is_some() => {
-                signal(engine, target, &mut control, ctx, "SIGKILL", &format!("still running {} after SIGTERM", format_duration(spec.grace))).await;
-                kill_at = None;
-                container_kill_at = killed(target);
-            }
-            () = tokio::time::sleep_until(container_kill_at.unwrap_or(far_future)), if container_kill_at.is_some() => {
-                container_kill_at = None;
-                if let Target::Held { container, .. } = target {
-                    ctx.emit(Event::Warning {
-                        message: format!("the run did not end {}s after SIGKILL; killing its container", HELD_KILL_LIMIT.as_secs()),
-                    });
-                    container_killed = engine.kill(container, "SIGKILL").await.is_ok();
+            () = sleep_until(stopping.next_wake()) => Happened::Woke,
+            Some(name) = interrupts.recv() => Happened::Interrupted(name),
+        };
+        for action in stopping.on(happened, Instant::now()) {
+            match action {
+                Action::Signal {
+                    signal: name,
+                    reason,
+                } => {
+                    signal(engine, target, &mut control, ctx, name, &reason).await;
                 }
-            }
-            Some(name) = interrupts.recv() => {
-                if stop.is_none() {
-                    let reason = format!("cancelled by {name}");
-                    signal(engine, target, &mut control, ctx, "SIGTERM", &reason).await;
-                    stop = Some(Stop::Cancelled(reason));
-                    kill_at = Some(Instant::now().checked_add(spec.grace).unwrap_or(far_future));
-                } else {
-                    signal(engine, target, &mut control, ctx, "SIGKILL", &format!("second interrupt ({name}) skips the grace period")).await;
-                    kill_at = None;
-                    container_kill_at = killed(target);
+                Action::KillContainer => {
+                    if let Target::Held { container, .. } = target {
+                        ctx.emit(Event::Warning {
+                            message: format!(
+                                "the run did not end {}s after SIGKILL; killing its container",
+                                HELD_KILL_LIMIT.as_secs()
+                            ),
+                        });
+                        container_killed = engine.kill(container, "SIGKILL").await.is_ok();
+                    }
                 }
             }
         }
@@ -1002,32 +994,20 @@ async fn follow<E: Engine>(
     if let Some(failure) = output_failure {
         return (RunState::Error, Some(failure));
     }
-    match stop {
-        Some(Stop::TimedOut(reason)) => (RunState::TimedOut, Some(reason)),
-        Some(Stop::Cancelled(reason)) => (RunState::Cancelled, Some(reason)),
-        None if exit.oom_killed => (
-            RunState::Failed,
-            Some(format!(
-                "killed by the kernel's OOM killer: the sandbox exceeded its memory limit of {}",
-                format_bytes(memory_bytes as u64)
-            )),
-        ),
-        // The agent's own verdict counts: an agent that reports an error failed, whatever its
-        // exit status says.
-        None if agent_error.is_some() => (RunState::Failed, agent_error),
-        None => {
-            let state = state_for_exit(exit.exit_code);
-            let reason = match exit.exit_code {
-                0 => None,
-                126 => Some("exited with status 126: the command could not be invoked".to_string()),
-                127 => Some("exited with status 127: the command was not found".to_string()),
-                code if code > 128 && code < 160 => {
-                    Some(format!("exited with status {code} (signal {})", code - 128))
-                }
-                code => Some(format!("exited with status {code}")),
-            };
-            (state, reason)
-        }
+    let ended = Ended {
+        exit_code: exit.exit_code,
+        oom_killed: exit.oom_killed,
+        agent_error,
+        memory_bytes: u64::try_from(memory_bytes).unwrap_or(0),
+    };
+    final_state(stopping.stop().cloned(), ended)
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1288,6 +1268,7 @@ pub(crate) mod tests {
             workspace: "/w".into(),
             workspace_mode: WorkspaceMode::Rw,
             include_dirty: false,
+            start_commit: None,
             copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![],
@@ -1616,6 +1597,50 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn remote_engine_of_another_architecture_is_refused_before_anything() {
+        let other = if std::env::consts::ARCH == "aarch64" {
+            "x86_64"
+        } else {
+            "aarch64"
+        };
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            architecture: other,
+            ..Script::default()
+        });
+        assert_eq!(h.run_on(&fake, true, None).await, ExitStatus::Error);
+        // Nothing pulled or created.
+        assert_eq!(fake.calls(), calls(&["architecture"]));
+        let reason = h.reason();
+        assert!(
+            reason.contains(other) && reason.contains(std::env::consts::ARCH),
+            "{reason}"
+        );
+        assert!(h.finished_hint().unwrap().contains("--engine"));
+
+        // The same architecture under Docker's name for it passes.
+        let mut h = harness(spec());
+        let same = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            arch => arch,
+        };
+        let fake = FakeEngine::new(Script {
+            architecture: same,
+            ..Script::default()
+        });
+        assert_eq!(h.run_on(&fake, true, None).await, ExitStatus::Success);
+        // A local engine is not asked: it runs on this host.
+        let mut h = harness(spec());
+        let fake = FakeEngine::new(Script {
+            architecture: other,
+            ..Script::default()
+        });
+        assert_eq!(h.run(&fake).await, ExitStatus::Success);
+        assert!(!fake.called("architecture"));
+    }
+
+    #[tokio::test]
     async fn remote_engine_refuses_a_persistent_container_before_create() {
         let mut s = spec();
         s.persistent = Some(PersistentSpec {
@@ -1630,7 +1655,7 @@ pub(crate) mod tests {
         let status = h.run_on(&fake, true, None).await;
 
         assert_ne!(status, ExitStatus::Success);
-        assert_eq!(fake.calls(), calls(&["inspect_image"]));
+        assert_eq!(fake.calls(), calls(&["architecture", "inspect_image"]));
         assert_eq!(h.record().state, RunState::Error);
         assert!(
             h.reason()

@@ -106,19 +106,52 @@ impl StateDir {
             .collect()
     }
 
-    /// The run whose id is `prefix` or starts with it.
+    /// Where `berth workflow run` keeps its steps' runs: `workflows/<id>/<round>/<step>/runs`.
+    fn step_run_roots(&self) -> Vec<PathBuf> {
+        let subdirs = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut roots = Vec::new();
+        for workflow in subdirs(&self.root.join("workflows")) {
+            for round in subdirs(&workflow) {
+                for step in subdirs(&round) {
+                    roots.push(step.join("runs"));
+                }
+            }
+        }
+        roots
+    }
+
+    /// The run whose id is `prefix` or starts with it: a run of its own, or a step of a
+    /// workflow run here.
     pub fn find(&self, prefix: &str) -> Result<RunDir, SandboxError> {
+        match self.find_in(self.run_roots(), prefix) {
+            Err(SandboxError::NoSuchRun(_)) => self.find_in(self.step_run_roots(), prefix),
+            found => found,
+        }
+    }
+
+    fn find_in(&self, roots: Vec<PathBuf>, prefix: &str) -> Result<RunDir, SandboxError> {
         if !prefix.is_empty() && !prefix.contains('/') {
-            for root in self.run_roots() {
+            for root in &roots {
                 let exact = root.join(prefix);
                 if exact.join("run.json").is_file() {
                     return Ok(RunDir { path: exact });
                 }
             }
         }
-        let matches: Vec<(RunDir, RunRecord)> = self
-            .run_dirs()
-            .into_iter()
+        let matches: Vec<(RunDir, RunRecord)> = roots
+            .iter()
+            .filter_map(|root| std::fs::read_dir(root).ok())
+            .flat_map(|entries| entries.flatten().map(|e| RunDir { path: e.path() }))
             .filter_map(|dir| dir.read_record().ok().map(|r| (dir, r)))
             .filter(|(_, r)| r.id.starts_with(prefix))
             .collect();

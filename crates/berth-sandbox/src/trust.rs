@@ -160,7 +160,7 @@ fn refusal(file: &Path, state: TrustState, keys: &[String]) -> SandboxError {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    SandboxError::InvalidWithHint {
+    SandboxError::WithHint {
         message: format!(
             "{}: {list} {verb} the sandbox, and {}; a sandboxed run can write this file, so an untrusted one may only narrow settings",
             file.display(),

@@ -109,8 +109,32 @@ impl<S: Store> FromRequestParts<Arc<App<S>>> for Caller {
             .token_by_hash(&hash_secret(secret))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+        if token.role == Role::Runner && !runner_certificate_ok(parts) {
+            // 403, not 401: the token is known, the connection lacks what it needs; and a
+            // runner gives up on a 403 at once, as waiting would not help.
+            return Err(ApiError::Forbidden(
+                "this server takes runner tokens only with a client certificate (mutual TLS): start the runner with --tls-client-cert FILE --tls-client-key FILE, a certificate signed by the server's --tls-client-ca".into(),
+            ));
+        }
         Ok(Caller { token })
     }
+}
+
+/// Whether a runner token may be used on this request's connection: always, unless the server
+/// verifies runners (`--tls-client-ca`); then only if the client presented a certificate, which
+/// rustls has verified against that CA during the handshake (an unverified one fails it).
+fn runner_certificate_ok(parts: &Parts) -> bool {
+    if parts
+        .extensions
+        .get::<crate::tls::RunnerCertificates>()
+        .is_none()
+    {
+        return true;
+    }
+    parts
+        .extensions
+        .get::<Arc<axum_server::tls::TlsInfo>>()
+        .is_some_and(|info| !info.peer_certificates.is_empty())
 }
 
 /// A caller allowed to read `/metrics`: one with the metrics token, when the server has one, or

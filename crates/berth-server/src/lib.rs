@@ -141,15 +141,24 @@ pub fn spawn_sweeper<S: Store>(app: Arc<App<S>>) -> tokio::task::JoinHandle<()> 
     tokio::spawn(sweeper::run(app))
 }
 
+/// Why the first start's admin token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Creates the admin token on first start and writes it to `<state dir>/admin-token` (mode
 /// 0600). Returns the path when a token was created.
-pub async fn ensure_admin_token<S: Store>(app: &App<S>) -> Result<Option<PathBuf>, String> {
-    if app
-        .store
-        .has_admin_token()
-        .await
-        .map_err(|e| e.to_string())?
-    {
+pub async fn ensure_admin_token<S: Store>(
+    app: &App<S>,
+) -> Result<Option<PathBuf>, AdminTokenError> {
+    if app.store.has_admin_token().await? {
         return Ok(None);
     }
     let (id, secret) = new_secret();
@@ -161,11 +170,13 @@ pub async fn ensure_admin_token<S: Store>(app: &App<S>) -> Result<Option<PathBuf
         revoked_at: None,
     };
     let path = app.config.state_dir.join("admin-token");
-    write_private(&path, &secret).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_private(&path, &secret).map_err(|source| AdminTokenError::Write {
+        path: path.clone(),
+        source,
+    })?;
     app.store
         .create_token(&record, &hash_secret(&secret))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(Some(path))
 }
 
@@ -214,13 +225,13 @@ pub async fn serve<S: Store>(
                 .and_then(|l| axum_server::from_tcp_rustls(l, tls.acceptor_config()));
             let served = match server {
                 Ok(server) => {
+                    let mut router = router(app).layer(axum::Extension(dashboard::OverTls));
+                    if tls.verifies_runners() {
+                        router = router.layer(axum::Extension(tls::RunnerCertificates));
+                    }
                     server
                         .handle(handle)
-                        .serve(
-                            router(app)
-                                .layer(axum::Extension(dashboard::OverTls))
-                                .into_make_service(),
-                        )
+                        .serve(router.into_make_service())
                         .await
                 }
                 Err(e) => Err(e),

@@ -3,54 +3,40 @@
 /// `GET /api/v1/openapi.json`.
 pub const DOCUMENT: &str = include_str!("../openapi.json");
 
-/// Every route the router serves, as (method, path). A test checks that the document describes
-/// exactly these and that the router answers each.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/api/v1/openapi.json"),
-    ("post", "/api/v1/tokens"),
-    ("get", "/api/v1/tokens"),
-    ("delete", "/api/v1/tokens/{id}"),
-    ("post", "/api/v1/projects"),
-    ("get", "/api/v1/projects"),
-    ("post", "/api/v1/runs"),
-    ("get", "/api/v1/runs"),
-    ("get", "/api/v1/runs/{id}"),
-    ("post", "/api/v1/runs/{id}/cancel"),
-    ("get", "/api/v1/runs/{id}/events"),
-    ("post", "/api/v1/runs/{id}/events"),
-    ("get", "/api/v1/runs/{id}/audit"),
-    ("get", "/api/v1/runs/{id}/artifacts"),
-    ("get", "/api/v1/runs/{id}/artifacts/{path}"),
-    ("put", "/api/v1/runs/{id}/artifacts/{path}"),
-    ("post", "/api/v1/runs/{id}/start"),
-    ("post", "/api/v1/runs/{id}/finish"),
-    ("post", "/api/v1/workflows"),
-    ("get", "/api/v1/workflows"),
-    ("get", "/api/v1/workflows/{id}"),
-    ("get", "/api/v1/workflows/{id}/audit"),
-    ("post", "/api/v1/workflows/{id}/cancel"),
-    ("get", "/api/v1/workflows/{id}/diff"),
-    ("get", "/api/v1/runners"),
-    ("post", "/api/v1/runners/register"),
-    ("post", "/api/v1/runners/{id}/claim"),
-    ("post", "/api/v1/runners/{id}/heartbeat"),
-];
+/// Every operation the document describes, as (method, path), sorted. A test derives the
+/// router's own table (each `.route(` path in the server's source, with the methods the router
+/// answers on it) and checks that the two are the same, both ways.
+pub fn routes() -> Vec<(String, String)> {
+    let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap_or_default();
+    let mut routes: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .into_iter()
+                .flat_map(|ops| ops.keys())
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect();
+    routes.sort();
+    routes
+}
 
 /// The web dashboard's pages: `/` (a redirect to them) and everything under this prefix. They
 /// are HTML for browsers, authenticated by a session cookie, not part of the API: the document
-/// does not describe them and [`ROUTES`] never names them.
+/// does not describe them.
 pub const DASHBOARD_PREFIX: &str = "/ui";
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_dashboard_is_not_in_the_api_routes() {
-        for (_, path) in super::ROUTES {
+    fn the_document_parses_and_leaves_the_dashboard_out() {
+        let routes = super::routes();
+        assert!(routes.len() > 20, "{routes:?}");
+        for (_, path) in &routes {
             assert!(
-                *path != "/" && !path.starts_with(super::DASHBOARD_PREFIX),
+                path != "/" && !path.starts_with(super::DASHBOARD_PREFIX),
                 "{path}"
             );
         }

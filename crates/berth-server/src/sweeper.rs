@@ -40,17 +40,14 @@ pub async fn run<S: Store>(app: Arc<App<S>>) {
                     let data =
                         serde_json::json!({ "state": row.state.as_str(), "reason": row.reason })
                             .to_string();
-                    let _ = app
-                        .store
-                        .append_server_event(
-                            &row.id,
-                            &NewEvent {
-                                ts: now,
-                                kind: "state".into(),
-                                data,
-                            },
-                        )
-                        .await;
+                    let event = NewEvent {
+                        ts: now,
+                        kind: "state".into(),
+                        data,
+                    };
+                    if let Err(e) = app.store.append_server_event(&row.id, &event).await {
+                        tracing::error!(run = %row.id, error = %e, "recording a lease expiry in the run's events failed");
+                    }
                     tracing::warn!(run = %row.id, state = row.state.as_str(), reason = ?row.reason, "lease expired");
                 }
                 for row in changed.iter().filter(|r| r.state.is_final()) {

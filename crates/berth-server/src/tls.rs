@@ -1,6 +1,11 @@
 //! HTTPS: the server's certificate chain and private key from PEM files, swapped on SIGHUP
 //! while the server serves. A pair that cannot be used is refused with a log line, and the pair
 //! already loaded keeps serving.
+//!
+//! With a client CA (`--tls-client-ca`), clients may present a certificate, and one that is
+//! presented must chain to that CA or the handshake fails. Runner tokens are then accepted only
+//! on connections that presented one ([`RunnerCertificates`], checked in `auth`): a stolen
+//! runner token is of no use without the runner's key. Clients and browsers need none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +22,14 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The certificate's private key in PEM (PKCS#8, PKCS#1 or SEC1), not encrypted.
     pub key: PathBuf,
+    /// CA certificates in PEM that runners' client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
+
+/// Put in every request's extensions by a server with a client CA: runner tokens need a
+/// verified client certificate on the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerCertificates;
 
 /// Why a certificate and key cannot be served. Every message names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +45,8 @@ pub enum TlsError {
     NoKey { path: PathBuf, problem: String },
     #[error("{}: this private key does not belong to the certificate in {}", key.display(), cert.display())]
     Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: {problem}: expected PEM `-----BEGIN CERTIFICATE-----` blocks of the CA that signs the runners' client certificates", path.display())]
+    ClientCa { path: PathBuf, problem: String },
     #[error("{} with {}: {message}", cert.display(), key.display())]
     Rejected {
         cert: PathBuf,
@@ -87,19 +101,49 @@ pub fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             message: other.to_string(),
         },
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(rejected)?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(rejected)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(rejected)?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(rejected)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Loaded {
         config,
         fingerprint,
     })
+}
+
+/// Verifies client certificates against the CAs in `path`. A client without a certificate is
+/// let through the handshake (a CLI user, a browser); `auth` refuses its runner token.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let refused = |problem: String| TlsError::ClientCa {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| refused(format!("not a PEM certificate file ({e})")))?;
+    if certs.is_empty() {
+        return Err(refused("no certificate found".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| refused(format!("a certificate cannot be used as a CA ({e})")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| refused(e.to_string()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -149,6 +193,11 @@ impl Tls {
 
     pub(crate) fn acceptor_config(&self) -> RustlsConfig {
         self.config.clone()
+    }
+
+    /// Whether runners must present a client certificate (`--tls-client-ca` was given).
+    pub fn verifies_runners(&self) -> bool {
+        self.files.client_ca.is_some()
     }
 
     /// Reloads on every SIGHUP, for as long as the server runs, logging what happened.
@@ -206,6 +255,7 @@ mod tests {
         let files = TlsFiles {
             cert: dir.path().join("cert.pem"),
             key: dir.path().join("key.pem"),
+            client_ca: None,
         };
         std::fs::write(&files.cert, cert).unwrap();
         std::fs::write(&files.key, key).unwrap();
@@ -239,6 +289,7 @@ mod tests {
         let missing = load(&TlsFiles {
             cert: "/nonexistent/cert.pem".into(),
             key: "/nonexistent/key.pem".into(),
+            client_ca: None,
         })
         .unwrap_err()
         .to_string();
@@ -248,29 +299,7 @@ mod tests {
     /// Shakes hands in memory with what `tls` serves; the fingerprint of the certificate a
     /// client trusting `ca` sees.
     fn served(tls: &Tls, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> String {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut client =
-            rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
-                .unwrap();
-        let mut server = rustls::ServerConnection::new(tls.acceptor_config().get_inner()).unwrap();
-        while client.is_handshaking() || server.is_handshaking() {
-            let mut bytes = Vec::new();
-            client.write_tls(&mut bytes).unwrap();
-            server.read_tls(&mut &bytes[..]).unwrap();
-            server.process_new_packets().unwrap();
-            bytes.clear();
-            server.write_tls(&mut bytes).unwrap();
-            client.read_tls(&mut &bytes[..]).unwrap();
-            client.process_new_packets().unwrap();
-        }
+        let (client, _) = shake(tls, ca, None).unwrap();
         fingerprint(&client.peer_certificates().unwrap()[0])
     }
 
@@ -280,6 +309,7 @@ mod tests {
         let files = TlsFiles {
             cert: dir.path().join("cert.pem"),
             key: dir.path().join("key.pem"),
+            client_ca: None,
         };
         let ca = ca();
         let (cert, key) = pair(&ca);
@@ -297,5 +327,103 @@ mod tests {
         let second = tls.reload().unwrap();
         assert_ne!(second, first);
         assert_eq!(served(&tls, &ca), second);
+    }
+
+    /// Shakes hands in memory with what `tls` serves, as a client trusting `ca` that presents
+    /// `client` (certificate and key, PEM) if any: both ends, or the handshake's error.
+    fn shake(
+        tls: &Tls,
+        ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        client: Option<&(String, String)>,
+    ) -> Result<(rustls::ClientConnection, rustls::ServerConnection), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap(),
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut server = rustls::ServerConnection::new(tls.acceptor_config().get_inner()).unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut &bytes[..]).unwrap();
+            server.process_new_packets()?;
+            bytes.clear();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut &bytes[..]).unwrap();
+            client.process_new_packets()?;
+        }
+        Ok((client, server))
+    }
+
+    /// The number of certificates the server saw from a client presenting `client`.
+    fn handshake(
+        tls: &Tls,
+        ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        client: Option<&(String, String)>,
+    ) -> Result<usize, rustls::Error> {
+        let (_, server) = shake(tls, ca, client)?;
+        Ok(server.peer_certificates().map_or(0, <[_]>::len))
+    }
+
+    #[test]
+    fn a_client_ca_verifies_the_certificates_clients_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            client_ca: Some(dir.path().join("clients.pem")),
+        };
+        let server_ca = ca();
+        let (cert, key) = pair(&server_ca);
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        let clients_ca = ca();
+        std::fs::write(files.client_ca.as_ref().unwrap(), clients_ca.pem()).unwrap();
+        let (tls, _) = Tls::load(files.clone()).unwrap();
+        assert!(tls.verifies_runners());
+        // A runner's certificate from the clients' CA: seen by the server.
+        assert_eq!(handshake(&tls, &server_ca, Some(&pair(&clients_ca))), Ok(1));
+        // No certificate (a CLI user, a browser): let through, with none seen.
+        assert_eq!(handshake(&tls, &server_ca, None), Ok(0));
+        // A certificate from another CA (here the server's own): the handshake fails.
+        assert!(handshake(&tls, &server_ca, Some(&pair(&server_ca))).is_err());
+        // Without a client CA, nothing is asked for and nothing is seen.
+        let (plain, _) = Tls::load(TlsFiles {
+            client_ca: None,
+            ..files.clone()
+        })
+        .unwrap();
+        assert!(!plain.verifies_runners());
+        assert_eq!(
+            handshake(&plain, &server_ca, Some(&pair(&clients_ca))),
+            Ok(0)
+        );
+        // A client CA file that holds no certificate is refused, naming it.
+        std::fs::write(files.client_ca.as_ref().unwrap(), &key).unwrap();
+        let message = load(&files).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{}: no certificate found",
+                dir.path().join("clients.pem").display()
+            )),
+            "{message}"
+        );
     }
 }

@@ -30,10 +30,9 @@ pub fn run_with(row: RunRow, sandbox: SandboxRequest) -> RunView {
         id: row.id,
         project: row.project,
         state: row.state.as_str().to_string(),
-        execution_mode: if row.execution_mode == "local" {
-            ExecutionMode::Local
-        } else {
-            ExecutionMode::DockerSandbox
+        execution_mode: match row.execution_mode {
+            berth_store::ExecutionMode::DockerSandbox => ExecutionMode::DockerSandbox,
+            berth_store::ExecutionMode::Local => ExecutionMode::Local,
         },
         sandbox,
         tags: row.tags,
@@ -47,6 +46,7 @@ pub fn run_with(row: RunRow, sandbox: SandboxRequest) -> RunView {
         exit_code: row.exit_code,
         reason: row.reason,
         cancel_requested: row.cancel_requested,
+        commit: row.resolved_commit,
         warnings: Vec::new(),
     }
 }
@@ -103,5 +103,6 @@ pub fn runner(r: RunnerRecord, running: Vec<String>) -> RunnerView {
         online: r.online,
         last_heartbeat: rfc3339(r.last_heartbeat),
         running,
+        secrets: r.secrets,
     }
 }

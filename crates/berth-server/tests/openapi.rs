@@ -44,7 +44,8 @@ async fn every_status_an_operation_answers_is_documented() {
     let doc = document();
     let bodies = ["", "{", r#"{"unknown":1}"#, "{}", "[]"];
     let mut problems = Vec::new();
-    for (method, path) in berth_server::openapi::ROUTES {
+    for (method, path) in berth_server::openapi::routes() {
+        let (method, path) = (method.as_str(), path.as_str());
         let listed = documented(&doc, method, path);
         let mut seen = BTreeSet::new();
         for id in ["x", "%FF"] {
@@ -90,7 +91,7 @@ async fn every_status_an_operation_answers_is_documented() {
             }
         }
         // The probes need no token; everything else does.
-        if !["/healthz", "/readyz"].contains(path) {
+        if !["/healthz", "/readyz"].contains(&path) {
             assert!(seen.contains(&401), "{method} {path}: {seen:?}");
         } else {
             assert!(!seen.contains(&401), "{method} {path}: {seen:?}");
@@ -182,6 +183,24 @@ fn samples() -> Vec<String> {
     out.push("x".repeat(64));
     out.push("x".repeat(65));
     out.push(format!("a{}", "-b".repeat(40)));
+    // git refs: options, ranges, revision suffixes, the length limit.
+    for git_ref in [
+        "--upload-pack=touch /tmp/x",
+        "-c",
+        "main..evil",
+        "a...b",
+        "v1.2",
+        "origin/main",
+        "HEAD~2",
+        "HEAD^",
+        "HEAD@{1}",
+        "main.",
+        "a:b",
+    ] {
+        out.push(git_ref.to_string());
+    }
+    out.push("r".repeat(200));
+    out.push("r".repeat(201));
     out
 }
 
@@ -220,6 +239,11 @@ fn refused(field: &str, value: &str) -> bool {
             run["sandbox"] = serde_json::json!({ "profile": value });
             "sandbox.profile".to_string()
         }
+        "git_ref" => {
+            run["sandbox"]["workspace_mode"] = Value::String("worktree".into());
+            run["sandbox"]["git_ref"] = Value::String(value.to_string());
+            "sandbox.git_ref".to_string()
+        }
         _ => {
             run["sandbox"][field] = Value::String(value.to_string());
             format!("sandbox.{field}")
@@ -249,6 +273,7 @@ fn documented_patterns_agree_with_the_validation() {
         ("user", format!("{sandbox}/user")),
         ("profile", format!("{sandbox}/profile")),
         ("name", format!("{sandbox}/name")),
+        ("git_ref", format!("{sandbox}/git_ref")),
         (
             "memory",
             "/components/schemas/ResourcesSpec/properties/memory".to_string(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use berth_server::App;
-use berth_store::{Role, SqlStore, Store};
+use berth_store::{Role, RunnerStore, SqlStore};
 use serde_json::{json, Value};
 use support::token;
 use tower::ServiceExt;
@@ -472,4 +472,85 @@ verdict = { fallback = { approve = '(?m)^APPROVED', reject = '(?m)^CHANGES' } }
         "{view}"
     );
     assert_eq!(view["steps"][0]["verdict"]["approved"], true, "{view}");
+}
+
+/// `{{ STEP.output }}` from a command step's stored events follows the core's rule, as
+/// `berth workflow run` does (its test of the same lines: `berth/src/commands/workflow.rs`):
+/// stdout and stderr interleaved as received, the last 256 KiB, a character cut at the start
+/// left out, lines that were not UTF-8 decoded from base64.
+#[tokio::test]
+async fn a_command_step_s_output_is_the_interleaved_tail_cut_at_a_character() {
+    use berth_core::workflow::output::OUTPUT_TAIL;
+    let f = fixture().await;
+    let home = register(&f, "home").await;
+    let text = r#"
+name = "output"
+[[baseline]]
+name = "tests"
+command = ["make", "test"]
+continue_on_failure = true
+[loop]
+max_iterations = 1
+until = "review.approved"
+[[loop.steps]]
+name = "review"
+agent = "codex"
+prompt = "{{ tests.output }}"
+verdict = { file = "result.json" }
+"#;
+    json_call(
+        &f,
+        "POST",
+        "/api/v1/workflows",
+        &f.client,
+        json!({ "project": "demo", "workflow": text, "task": "it", "image": "busybox" }),
+    )
+    .await;
+    let tests = claim(&f, &home).await.expect("the tests are queued");
+    let run = tests["run"]["id"].as_str().unwrap();
+    let lease = tests["lease_token"].as_str().unwrap();
+    // Cut off, then "é" across the cut, then stdout and stderr lines in turn.
+    let mut events = vec![("stdout", "gone\n".to_string()), ("stderr", "é\n".into())];
+    let mut kept = String::from("\n");
+    let mut stream = "stdout";
+    // The bytes after "é": OUTPUT_TAIL less its second byte.
+    while kept.len() < OUTPUT_TAIL - 1 - 8 {
+        let room = (OUTPUT_TAIL - 1 - 8 - kept.len()).min(1024);
+        let line = format!("{}\n", "o".repeat(room - 1));
+        events.push((stream, line.clone()));
+        kept.push_str(&line);
+        stream = if stream == "stdout" {
+            "stderr"
+        } else {
+            "stdout"
+        };
+    }
+    events.push(("stderr", "tail\n".into()));
+    events.push(("stdout_base64", "//4K".into()));
+    for (at, batch) in events.chunks(64).enumerate() {
+        let batch: Vec<Value> = batch
+            .iter()
+            .map(|(kind, data)| json!({ "ts": 1, "kind": kind, "data": data }))
+            .collect();
+        json_call(
+            &f,
+            "POST",
+            &format!("/api/v1/runs/{run}/events"),
+            &f.runner,
+            json!({ "lease_token": lease, "first_seq": at * 64 + 1, "events": batch }),
+        )
+        .await;
+    }
+    run_step(&f, &tests, &[], 1).await;
+
+    let review = next_claim(&f, &home).await;
+    let expected = format!("{kept}tail\n\u{FFFD}\u{FFFD}\n");
+    // The state machine keeps the output cut to the workflow's limit, and the prompt's
+    // template cuts that again.
+    use berth_core::workflow::template::{truncate, DEFAULT_VALUE_LIMIT};
+    let kept_by_the_state = truncate(&expected, DEFAULT_VALUE_LIMIT);
+    assert_eq!(
+        review["run"]["sandbox"]["prompt"],
+        truncate(&kept_by_the_state, DEFAULT_VALUE_LIMIT)
+    );
 }

@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
 
 const MAGIC: &str = "berth-shim-v1";
@@ -401,6 +401,9 @@ fn serve(
     let mut running: Option<i32> = None;
     loop {
         let Ok(message) = rx.recv() else { exit(0) };
+        if running.is_none() {
+            sys::reap_ended_children();
+        }
         match message {
             Message::Run(_) if bad_mounts.is_some() => {
                 report(&format!(
@@ -443,6 +446,7 @@ fn serve(
             Message::Exited(code) => {
                 running = None;
                 let survivors = if sweep { sweep_others() } else { 0 };
+                sys::reap_ended_children();
                 clear_secrets(&secrets_dir);
                 if survivors > 0 {
                     report(&format!("exit {code} unclean {survivors}"));
@@ -571,6 +575,9 @@ fn write_to_stderr_of(frame: &Frame, why: &str) {
     }
 }
 
+/// The shim's system calls that std does not wrap, and its only `unsafe`. Raw declarations
+/// rather than rustix: the shim is compiled alone with plain rustc (`berth-sandbox/build.rs`,
+/// a static binary for any image), so it takes no crates.
 mod sys {
     use std::fs::File;
     use std::io;
@@ -590,7 +597,66 @@ mod sys {
         ) -> isize;
         fn pipe2(fds: *mut i32, flags: i32) -> i32;
         fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+        fn sendmsg(fd: i32, msg: *const MsgHdr, flags: i32) -> isize;
+        fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     }
+
+    const PR_SET_DUMPABLE: i32 = 4;
+    const WNOHANG: i32 = 1;
+
+    extern "C" {
+        fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    }
+
+    /// Reaps every child that has ended, without waiting: as a held container's PID 1 the
+    /// supervisor inherits the run's orphans. Only while no command runs (whose status
+    /// `Child::wait` must get).
+    #[allow(unsafe_code)] // waitpid(2) with a pointer to a local integer.
+    pub fn reap_ended_children() {
+        let mut status = 0i32;
+        // SAFETY: `status` is a valid, writable i32 for the whole call.
+        while unsafe { waitpid(-1, &mut status, WNOHANG) } > 0 {}
+    }
+
+    /// Makes this process non-dumpable: a process of the sandbox user can then neither trace
+    /// it nor open its `/proc/PID/mem` (a held container's supervisor outlives the commands it
+    /// runs, which are its children and run as the same user). A command the shim `exec`s is
+    /// dumpable again, as the kernel resets the flag at `execve`.
+    #[allow(unsafe_code)] // prctl(2) with integer arguments; std has no wrapper.
+    pub fn set_not_dumpable() -> io::Result<()> {
+        // SAFETY: PR_SET_DUMPABLE takes integers only and touches no memory of ours.
+        if unsafe { prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `struct iovec`, `struct msghdr` and `struct cmsghdr` as the kernel and glibc define them
+    /// (lengths are `size_t`).
+    #[repr(C)]
+    struct IoVec {
+        base: *const u8,
+        len: usize,
+    }
+    #[repr(C)]
+    struct MsgHdr {
+        name: *const u8,
+        name_len: u32,
+        iov: *const IoVec,
+        iov_len: usize,
+        control: *const u8,
+        control_len: usize,
+        flags: i32,
+    }
+    #[repr(C)]
+    struct CmsgHdr {
+        len: usize,
+        level: i32,
+        kind: i32,
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SCM_RIGHTS: i32 = 1;
+    const MSG_NOSIGNAL: i32 = 0x4000;
 
     /// From Linux's headers (the same on every architecture).
     pub const EINVAL: i32 = 22;
@@ -629,6 +695,54 @@ mod sys {
             // SAFETY: F_SETPIPE_SZ takes an integer; the descriptor is ours and open.
             unsafe { fcntl(write.as_raw_fd(), F_SETPIPE_SZ, size) };
             Ok(Self { read, write })
+        }
+    }
+
+    /// Sends the one byte `byte` over `socket` with `descriptor` attached (`SCM_RIGHTS`).
+    #[allow(unsafe_code)] // sendmsg(2) with ancillary data has no stable std wrapper.
+    pub fn send_descriptor(socket: &impl AsFd, byte: u8, descriptor: &impl AsFd) -> io::Result<()> {
+        // The control message: a header, then one descriptor, padded to the header's alignment
+        // (CMSG_LEN(4) and CMSG_SPACE(4)). `usize` words keep the header aligned.
+        const HEADER: usize = std::mem::size_of::<CmsgHdr>();
+        const WORD: usize = std::mem::size_of::<usize>();
+        let mut control = [0usize; (HEADER + WORD) / WORD];
+        let header = CmsgHdr {
+            len: HEADER + std::mem::size_of::<i32>(),
+            level: SOL_SOCKET,
+            kind: SCM_RIGHTS,
+        };
+        let fd = descriptor.as_fd().as_raw_fd();
+        // SAFETY: `control` has room for the header and one descriptor after it (HEADER is a
+        // multiple of the word size), and both writes are unaligned-safe copies into it.
+        unsafe {
+            let base = control.as_mut_ptr().cast::<u8>();
+            std::ptr::write_unaligned(base.cast::<CmsgHdr>(), header);
+            std::ptr::write_unaligned(base.add(HEADER).cast::<i32>(), fd);
+        }
+        let data = [byte];
+        let iov = IoVec {
+            base: data.as_ptr(),
+            len: 1,
+        };
+        let msg = MsgHdr {
+            name: std::ptr::null(),
+            name_len: 0,
+            iov: &iov,
+            iov_len: 1,
+            control: control.as_ptr().cast(),
+            control_len: std::mem::size_of_val(&control),
+            flags: 0,
+        };
+        // SAFETY: every pointer in `msg` points at memory that lives across the call, with the
+        // lengths given; the kernel only reads it. Both descriptors are borrowed, so open.
+        let n = unsafe { sendmsg(socket.as_fd().as_raw_fd(), &msg, MSG_NOSIGNAL) };
+        match n {
+            1 => Ok(()),
+            n if n < 0 => Err(io::Error::last_os_error()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "sendmsg sent nothing",
+            )),
         }
     }
 
@@ -852,7 +966,7 @@ fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
             exit(EXIT_SHIM);
         }
         match std::net::TcpListener::bind(("127.0.0.1", *port)) {
-            Ok(l) => bound.push((l, Path::new(dir).join(format!("{name}.sock")))),
+            Ok(l) => bound.push((l, ProxySockets::new(Path::new(dir), name))),
             Err(e) => {
                 tell(&format!("cannot listen on 127.0.0.1:{port}: {e}"));
                 exit(EXIT_SHIM);
@@ -872,7 +986,7 @@ fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
     // Nothing more is written: stdout is berth's pipe to the shim that started us.
     let threads: Vec<_> = bound
         .into_iter()
-        .map(|(listener, socket)| std::thread::spawn(move || accept_loop(listener, socket)))
+        .map(|(listener, sockets)| std::thread::spawn(move || accept_loop(listener, sockets)))
         .collect();
     for t in threads {
         let _ = t.join();
@@ -880,22 +994,90 @@ fn forward(listeners: &[(u16, String)], dir: &OsStr) -> ! {
     exit(0)
 }
 
-fn accept_loop(listener: std::net::TcpListener, socket: std::path::PathBuf) {
+/// One listener's way to the proxy: `NAME.handoff.sock` to hand connections over, `NAME.sock`
+/// to copy them through.
+struct ProxySockets {
+    handoff: PathBuf,
+    copy: PathBuf,
+    /// Cleared once handing over has shown it cannot work here (descriptors do not cross to
+    /// the proxy: gVisor's host sockets, a socket forwarded over ssh).
+    offering: std::sync::atomic::AtomicBool,
+}
+
+/// What became of an offer.
+enum Handoff {
+    /// The proxy owns the connection.
+    Taken,
+    /// The proxy cannot take descriptors here: copy, and stop offering.
+    Refused,
+    /// No handing over this time (no such socket, the proxy went away): copy.
+    Unavailable,
+}
+
+/// The forwarder's offer and the proxy's answers (berth-egress's `handoff` module).
+const OFFER: u8 = b'F';
+const TAKEN: u8 = b'+';
+
+impl ProxySockets {
+    fn new(dir: &Path, name: &str) -> Self {
+        Self {
+            handoff: dir.join(format!("{name}.handoff.sock")),
+            copy: dir.join(format!("{name}.sock")),
+            offering: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Gives `client` to the proxy: handed over where it can be, its bytes copied otherwise.
+    /// Handing over takes this process off the connection's path, so its bytes move once
+    /// between the sandbox and the proxy instead of three times.
+    fn serve(&self, client: std::net::TcpStream) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.offering.load(Relaxed) {
+            match self.hand_off(&client) {
+                Handoff::Taken => return,
+                Handoff::Refused => self.offering.store(false, Relaxed),
+                Handoff::Unavailable => {}
+            }
+        }
+        // No proxy (a held container between runs): the client sees the connection close.
+        if let Ok(upstream) = std::os::unix::net::UnixStream::connect(&self.copy) {
+            relay(client, upstream);
+        }
+    }
+
+    fn hand_off(&self, client: &std::net::TcpStream) -> Handoff {
+        let socket = match std::os::unix::net::UnixStream::connect(&self.handoff) {
+            Ok(s) => s,
+            // A proxy without handoff sockets (forwarded over ssh): never offer again.
+            Err(e) if e.kind() == ErrorKind::NotFound && self.copy.exists() => {
+                return Handoff::Refused
+            }
+            Err(_) => return Handoff::Unavailable,
+        };
+        if sys::send_descriptor(&socket, OFFER, client).is_err() {
+            return Handoff::Refused;
+        }
+        let mut answer = [0u8];
+        match (&socket).read_exact(&mut answer) {
+            Ok(()) if answer[0] == TAKEN => Handoff::Taken,
+            Ok(()) => Handoff::Refused,
+            Err(_) => Handoff::Unavailable,
+        }
+    }
+}
+
+fn accept_loop(listener: std::net::TcpListener, sockets: ProxySockets) {
+    let sockets = std::sync::Arc::new(sockets);
     for stream in listener.incoming() {
         let Ok(client) = stream else {
             // Out of descriptors or threads: let the others finish first.
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         };
-        let socket = socket.clone();
+        let sockets = sockets.clone();
         let _ = std::thread::Builder::new()
             .stack_size(64 << 10)
-            .spawn(move || {
-                // No proxy (a held container between runs): the client sees the connection close.
-                if let Ok(upstream) = std::os::unix::net::UnixStream::connect(&socket) {
-                    relay(client, upstream);
-                }
-            });
+            .spawn(move || sockets.serve(client));
     }
 }
 
@@ -966,6 +1148,13 @@ fn copy_all(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
 }
 
 fn main() {
+    // Before anything else: no process of the sandbox may reach into the shim's memory.
+    if let Err(e) = sys::set_not_dumpable() {
+        fail(
+            EXIT_SHIM,
+            &format!("berth-shim: cannot make itself non-dumpable: {e}"),
+        );
+    }
     let (options, command) = split_options(std::env::args_os().skip(1).collect());
     let egress_dir = options
         .egress_dir

@@ -350,3 +350,131 @@ fn egress_forwarder_failures_stop_the_shim() {
         stderr(&out)
     );
 }
+
+/// The forwarder (`sleep 5` as its command) on `port`, for the proxy sockets in `dir`.
+fn forwarder(dir: &TempDir, port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+        .args([
+            "--no-setup",
+            &format!("--egress-dir={}", dir.0.display()),
+            &format!("--egress={port}:proxy"),
+            "--",
+            "sleep",
+            "5",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `message` through the forwarder on `port`, half-closes, and returns the answer.
+fn exchange(port: u16, message: &str) -> String {
+    use std::io::Read;
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut conn = conn.expect("the forwarder listens");
+    conn.write_all(message.as_bytes()).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// A fake proxy's handoff socket: receives each offer's descriptor and answers `answer`.
+/// When it takes the connection (`+`), it answers the client itself, on that descriptor.
+/// Returns how many offers came.
+fn handoff_proxy(dir: &TempDir, answer: u8) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::Read;
+    use std::mem::MaybeUninit;
+    use std::sync::atomic::Ordering;
+    let offers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offers.clone();
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.0.join("proxy.handoff.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut byte = [0u8];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+            rustix::net::recvmsg(
+                &conn,
+                &mut [std::io::IoSliceMut::new(&mut byte)],
+                &mut control,
+                rustix::net::RecvFlags::CMSG_CLOEXEC,
+            )
+            .unwrap();
+            let mut fds = Vec::new();
+            for m in control.drain() {
+                if let rustix::net::RecvAncillaryMessage::ScmRights(r) = m {
+                    fds.extend(r);
+                }
+            }
+            assert_eq!((byte[0], fds.len()), (b'F', 1), "one offer, one descriptor");
+            counted.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(&[answer]).unwrap();
+            if answer == b'+' {
+                let mut client = std::net::TcpStream::from(fds.pop().unwrap());
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).unwrap();
+                client.write_all(b"handed over: ").unwrap();
+                client.write_all(&got).unwrap();
+            }
+        }
+    });
+    offers
+}
+
+/// The copy socket of a fake proxy: answers each connection with what it got, uppercased.
+fn copy_proxy(dir: &TempDir) {
+    use std::io::Read;
+    let listener = std::os::unix::net::UnixListener::bind(dir.0.join("proxy.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            conn.write_all(&got.to_ascii_uppercase()).unwrap();
+        }
+    });
+}
+
+#[test]
+fn egress_forwarder_hands_connections_over_where_the_proxy_takes_them() {
+    use std::sync::atomic::Ordering;
+    // Taken: the proxy answers on the sandbox's own connection; nothing is copied.
+    let dir = TempDir::new("handoff-taken");
+    let offers = handoff_proxy(&dir, b'+');
+    copy_proxy(&dir);
+    let port = free_port();
+    let mut child = forwarder(&dir, port);
+    assert_eq!(exchange(port, "one"), "handed over: one");
+    assert_eq!(exchange(port, "two"), "handed over: two");
+    assert_eq!(offers.load(Ordering::SeqCst), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Refused (descriptors do not cross, as under gVisor): copied, and offered no more.
+    let dir = TempDir::new("handoff-refused");
+    let offers = handoff_proxy(&dir, b'-');
+    copy_proxy(&dir);
+    let port = free_port();
+    let mut child = forwarder(&dir, port);
+    assert_eq!(exchange(port, "one"), "ONE");
+    assert_eq!(exchange(port, "two"), "TWO");
+    assert_eq!(
+        offers.load(Ordering::SeqCst),
+        1,
+        "offered again after a refusal"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -5,6 +5,7 @@
 //! native pools (rather than sqlx's `Any` driver) keeps the native connect options: WAL, busy
 //! timeout, foreign keys, `BEGIN IMMEDIATE`.
 
+use sqlx::migrate::{Migrate as _, MigrateError, Migrator};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -17,6 +18,7 @@ use crate::{StoreError, StoreResult};
 pub(crate) enum Arg {
     Int(Option<i64>),
     Text(Option<String>),
+    Bytes(Vec<u8>),
 }
 
 impl From<i64> for Arg {
@@ -59,6 +61,11 @@ impl From<Option<String>> for Arg {
         Self::Text(v)
     }
 }
+impl From<&[u8]> for Arg {
+    fn from(v: &[u8]) -> Self {
+        Self::Bytes(v.to_vec())
+    }
+}
 impl From<&Option<String>> for Arg {
     fn from(v: &Option<String>) -> Self {
         Self::Text(v.clone())
@@ -75,6 +82,7 @@ fn sqlite_query(sql: &str, args: Vec<Arg>) -> Query<'_, Sqlite, SqliteArguments<
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Int(v) => q.bind(v),
         Arg::Text(v) => q.bind(v),
+        Arg::Bytes(v) => q.bind(v),
     })
 }
 
@@ -82,6 +90,7 @@ fn pg_query(sql: &str, args: Vec<Arg>) -> Query<'_, Postgres, PgArguments> {
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Int(v) => q.bind(v),
         Arg::Text(v) => q.bind(v),
+        Arg::Bytes(v) => q.bind(v),
     })
 }
 
@@ -213,15 +222,25 @@ impl Db {
         ))
     }
 
-    /// Runs several statements without arguments (migrations).
-    pub(crate) async fn execute_script(&mut self, sql: &str) -> StoreResult<()> {
+    /// Runs `migrator`'s pending migrations. In a transaction they become savepoints, so they
+    /// commit or roll back with whatever else the transaction did.
+    pub(crate) async fn run_migrator(&mut self, migrator: &Migrator) -> Result<(), MigrateError> {
         match self {
-            Self::SqlitePool(pool) => sqlx::raw_sql(sql).execute(&*pool).await.map(drop),
-            Self::SqliteTx(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop),
-            Self::PgPool(pool) => sqlx::raw_sql(sql).execute(&*pool).await.map(drop),
-            Self::PgTx(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(drop),
+            Self::SqlitePool(pool) => migrator.run(&*pool).await,
+            Self::SqliteTx(tx) => migrator.run(&mut **tx).await,
+            Self::PgPool(pool) => migrator.run(&*pool).await,
+            Self::PgTx(tx) => migrator.run(&mut **tx).await,
         }
-        .map_err(backend_err)
+    }
+
+    /// Creates sqlx's `_sqlx_migrations` table if missing, with sqlx's own definition.
+    pub(crate) async fn ensure_sqlx_migrations_table(&mut self) -> Result<(), MigrateError> {
+        match self {
+            Self::SqlitePool(pool) => pool.acquire().await?.ensure_migrations_table().await,
+            Self::SqliteTx(tx) => tx.ensure_migrations_table().await,
+            Self::PgPool(pool) => pool.acquire().await?.ensure_migrations_table().await,
+            Self::PgTx(tx) => tx.ensure_migrations_table().await,
+        }
     }
 
     /// Commits a transaction (a pool has nothing to commit). Dropping a `Db` that holds a

@@ -1,6 +1,8 @@
 //! The coordinator's durable store: tokens, projects, runs, their events and audit trail, and
-//! runners. One trait, [`Store`], with one SQL implementation for SQLite (the embedded default,
-//! WAL mode) and PostgreSQL (many nodes); the same behaviour and the same tests on both.
+//! runners, and workflows. One trait, [`Store`], made of one trait per area ([`AuthStore`],
+//! [`RunStore`], [`RunnerStore`], [`WorkflowStore`]), with one SQL implementation for SQLite (the
+//! embedded default, WAL mode) and PostgreSQL (many nodes); the same behaviour and the same tests
+//! on both.
 //!
 //! Architecture Invariant: every change of a run's state happens here, in one transaction with its
 //! audit entry, guarded by the expected current state (and, for runner writes, the lease token).
@@ -18,56 +20,9 @@ mod wake;
 pub use sql::{SqlStore, MAX_EVENTS_LIMIT, MAX_LIST_LIMIT};
 pub use wake::{Wake, WakeFeed, CHANNEL as WAKE_CHANNEL};
 
-/// The life of a run on the coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    Queued,
-    Claimed,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-    Lost,
-    Error,
-}
-
-impl RunState {
-    pub const ALL: [RunState; 9] = [
-        Self::Queued,
-        Self::Claimed,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::TimedOut,
-        Self::Cancelled,
-        Self::Lost,
-        Self::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Claimed => "claimed",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::TimedOut => "timed_out",
-            Self::Cancelled => "cancelled",
-            Self::Lost => "lost",
-            Self::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Claimed | Self::Running)
-    }
-}
+/// The life of a run on the coordinator: the core's run states, of which the store holds
+/// [`RunState::ON_COORDINATOR`].
+pub use berth_core::exit::RunState;
 
 /// Who may do what with a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +45,32 @@ impl Role {
         [Self::Admin, Self::Client, Self::Runner]
             .into_iter()
             .find(|r| r.as_str() == s)
+    }
+}
+
+/// Where a run executes, stored as the API's words (`docker-sandbox`, `local`) in
+/// `execution_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutionMode {
+    /// In a hardened container on the runner's engine.
+    #[default]
+    DockerSandbox,
+    /// On the runner's host without a sandbox.
+    Local,
+}
+
+impl ExecutionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DockerSandbox => "docker-sandbox",
+            Self::Local => "local",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::DockerSandbox, Self::Local]
+            .into_iter()
+            .find(|m| m.as_str() == s)
     }
 }
 
@@ -121,7 +102,7 @@ pub struct RunRow {
     pub id: String,
     pub project: String,
     pub state: RunState,
-    pub execution_mode: String,
+    pub execution_mode: ExecutionMode,
     pub spec: serde_json::Value,
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -140,6 +121,8 @@ pub struct RunRow {
     pub lease_expires_at: Option<i64>,
     /// The only runner that may claim it, if any.
     pub pinned_runner: Option<String>,
+    /// The commit its workspace was made from, as the runner reported it with the end.
+    pub resolved_commit: Option<String>,
 }
 
 /// A new run to insert in state `queued`.
@@ -147,7 +130,7 @@ pub struct RunRow {
 pub struct NewRun {
     pub id: String,
     pub project: String,
-    pub execution_mode: String,
+    pub execution_mode: ExecutionMode,
     pub spec: serde_json::Value,
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -207,6 +190,8 @@ pub struct RunnerRecord {
     /// The runner token that registered this name; only it may register, claim or heartbeat
     /// as this runner. `None`: registered before names were bound to tokens.
     pub token_id: Option<String>,
+    /// The names of the secrets it declared it has (values stay on its host).
+    pub secrets: Vec<String>,
 }
 
 /// How a runner asks for work.
@@ -240,6 +225,8 @@ pub struct Finish {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub now: i64,
+    /// The commit the run's workspace was made from; `None` leaves what is recorded.
+    pub commit: Option<String>,
 }
 
 /// A workflow as stored: its submission, the state machine's progress (JSON), and where it is.
@@ -331,12 +318,31 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The durable state of the coordinator. Times are milliseconds since the Unix epoch, passed in
-/// by the caller (the store never reads the clock, so tests control time).
-pub trait Store: Send + Sync + 'static {
+/// The durable state of the coordinator: the database as a whole (health, upkeep, wake-ups between
+/// servers) and, through its supertraits, one trait per area. Handlers are generic over
+/// `S: Store` and so see every area's methods; code holding a concrete store imports the area
+/// traits it calls. Times are milliseconds since the Unix epoch, passed in by the caller (the
+/// store never reads the clock, so tests control time).
+pub trait Store:
+    AuthStore + RunStore + RunnerStore + WorkflowStore + Send + Sync + 'static
+{
     /// Whether the database answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Tells the other servers on this database that `wake` happened here, so that their waiters
+    /// look again (PostgreSQL: `NOTIFY`, coalesced and sent in the background; the caller never
+    /// waits). SQLite has a single server and nothing to tell.
+    fn announce(&self, wake: Wake);
+    /// The wake-ups the other servers on this database announce, for this server's waiters;
+    /// `None` when no other server can share the store (SQLite).
+    fn wake_feed(&self) -> Option<WakeFeed>;
+    /// Refreshes the planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
+    /// Claims do not depend on them; other queries may.
+    fn maintain(&self) -> impl Future<Output = StoreResult<()>> + Send;
+}
 
+/// Who may call, and where: tokens (kept as hashes), and the projects a client token is confined
+/// to, with the limits every run of a project is checked against.
+pub trait AuthStore: Send + Sync {
     // Tokens.
     fn create_token(
         &self,
@@ -357,8 +363,10 @@ pub trait Store: Send + Sync + 'static {
     fn create_project(&self, project: &Project) -> impl Future<Output = StoreResult<()>> + Send;
     fn project(&self, name: &str) -> impl Future<Output = StoreResult<Option<Project>>> + Send;
     fn list_projects(&self) -> impl Future<Output = StoreResult<Vec<Project>>> + Send;
+}
 
-    // Runs.
+/// Runs: the queue and claims, leases, events, cancels and each run's audit trail.
+pub trait RunStore: Send + Sync {
     /// Inserts a queued run and its first audit entry (`None → queued`).
     fn insert_run(&self, run: &NewRun) -> impl Future<Output = StoreResult<RunRow>> + Send;
     fn run(&self, id: &str) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
@@ -447,21 +455,14 @@ pub trait Store: Send + Sync + 'static {
     /// just started: while it was away, no runner could renew, so that silence is not held
     /// against them. Returns how many leases were extended.
     fn extend_leases(&self, until: i64) -> impl Future<Output = StoreResult<u64>> + Send;
-    /// Tells the other servers on this database that `wake` happened here, so that their waiters
-    /// look again (PostgreSQL: `NOTIFY`, coalesced and sent in the background; the caller never
-    /// waits). SQLite has a single server and nothing to tell.
-    fn announce(&self, wake: Wake);
-    /// The wake-ups the other servers on this database announce, for this server's waiters;
-    /// `None` when no other server can share the store (SQLite).
-    fn wake_feed(&self) -> Option<WakeFeed>;
-    /// Refreshes the planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
-    /// Claims do not depend on them; other queries may.
-    fn maintain(&self) -> impl Future<Output = StoreResult<()>> + Send;
     fn audit(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;
     /// Number of runs per state (for metrics).
     fn count_by_state(&self) -> impl Future<Output = StoreResult<Vec<(RunState, i64)>>> + Send;
+}
 
-    // Runners.
+/// Runners: registration (a name bound to the token that registered it), heartbeats, and the
+/// runs each one holds.
+pub trait RunnerStore: Send + Sync {
     /// Registers or re-registers a runner under `runner.id`, bound to `runner.token_id`.
     /// [`StoreError::RunnerTaken`] if the name is bound to another live token.
     fn register_runner(
@@ -485,8 +486,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         runner_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<RunRow>>> + Send;
+}
 
-    // Workflows.
+/// Workflows: their progress, versioned so that each step is queued once, and their audit
+/// trail.
+pub trait WorkflowStore: Send + Sync {
     /// Inserts a running workflow and its first audit entry (`submitted`).
     fn insert_workflow(
         &self,

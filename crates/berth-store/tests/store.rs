@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use berth_store::{
-    ClaimRequest, Finish, NewEvent, NewRun, NewWorkflow, Project, Role, RunFilter, RunState,
-    RunnerRecord, SqlStore, Store, StoreError, TokenRecord, WorkflowChange, WorkflowNote,
+    AuthStore, ClaimRequest, ExecutionMode, Finish, NewEvent, NewRun, NewWorkflow, Project, Role,
+    RunFilter, RunState, RunStore, RunnerRecord, RunnerStore, SqlStore, Store, StoreError,
+    TokenRecord, WorkflowChange, WorkflowNote, WorkflowStore,
 };
 use support::{with_stores, TestDb};
 
@@ -19,7 +20,7 @@ fn new_run(id: &str, project: &str, tags: &[&str]) -> NewRun {
     NewRun {
         id: id.to_owned(),
         project: project.to_owned(),
-        execution_mode: "sandbox".to_owned(),
+        execution_mode: ExecutionMode::DockerSandbox,
         spec: serde_json::json!({ "command": ["echo", id], "secrets": ["API_KEY"] }),
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         labels: BTreeMap::from([("team".to_owned(), "infra".to_owned())]),
@@ -54,6 +55,7 @@ fn finish(state: RunState, exit_code: Option<i64>, now: i64) -> Finish {
         exit_code,
         reason: None,
         now,
+        commit: None,
     }
 }
 
@@ -639,12 +641,28 @@ async fn runner_lifecycle_with_events_and_audit() {
             RunState::Running,
             "a rejected finish changes nothing"
         );
+        assert_eq!(
+            s.run("r1").await.unwrap().unwrap().resolved_commit,
+            None,
+            "no commit before the end"
+        );
         let mut done = finish(RunState::Failed, Some(3), T0 + 600);
         done.reason = Some("exit code 3".into());
+        done.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
         let finished = s
             .finish_run("r1", &token, &done, "runner:w1")
             .await
             .unwrap();
+        assert_eq!(
+            finished.resolved_commit.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567"),
+            "{}: the commit the runner reported is the run's",
+            db.kind
+        );
+        assert_eq!(
+            s.run("r1").await.unwrap().unwrap().resolved_commit,
+            finished.resolved_commit
+        );
         assert_eq!(finished.state, RunState::Failed);
         assert_eq!(finished.exit_code, Some(3));
         assert_eq!(finished.finished_at, Some(T0 + 600));
@@ -1099,6 +1117,7 @@ async fn runners_register_heartbeat_and_go_offline() {
             last_heartbeat: at,
             online: true,
             token_id: None,
+            secrets: vec!["API_KEY".into()],
         };
         s.register_runner(&runner("b", T0)).await.unwrap();
         s.register_runner(&runner("a", T0)).await.unwrap();
@@ -1107,8 +1126,27 @@ async fn runners_register_heartbeat_and_go_offline() {
         again.tags = vec!["gpu".into()];
         again.require_matching_tags = true;
         again.capacity = 4;
+        assert_eq!(
+            s.runner("a").await.unwrap().unwrap().secrets,
+            ["API_KEY"],
+            "{}: the secrets a runner declared are kept",
+            db.kind
+        );
+        again.secrets = vec!["GH_TOKEN".into(), "NPM_TOKEN".into()];
         s.register_runner(&again).await.unwrap();
         let a = s.runner("a").await.unwrap().unwrap();
+        assert_eq!(
+            a.secrets,
+            ["GH_TOKEN", "NPM_TOKEN"],
+            "{}: registering again replaces them",
+            db.kind
+        );
+        assert!(s
+            .list_runners()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == "a" && r.secrets == ["GH_TOKEN", "NPM_TOKEN"]));
         assert_eq!(
             (
                 a.tags.clone(),
@@ -1176,6 +1214,7 @@ async fn a_runner_name_belongs_to_the_token_that_registered_it() {
             last_heartbeat: T0,
             online: true,
             token_id: token.map(str::to_owned),
+            secrets: vec![],
         };
         s.register_runner(&runner(Some("tok-a"), 1)).await.unwrap();
         // The same token registers again (a restart).
@@ -1281,7 +1320,7 @@ async fn counts_by_state_cover_every_state() {
         let s = &db.store;
         assert_eq!(
             s.count_by_state().await.unwrap(),
-            RunState::ALL.map(|st| (st, 0)).to_vec()
+            RunState::ON_COORDINATOR.map(|st| (st, 0)).to_vec()
         );
         for i in 0..4 {
             s.insert_run(&new_run(&format!("r{i}"), "p", &[]))
@@ -1293,7 +1332,7 @@ async fn counts_by_state_cover_every_state() {
         s.request_cancel("r3", "token:t", T0).await.unwrap();
         let counts: HashMap<RunState, i64> =
             s.count_by_state().await.unwrap().into_iter().collect();
-        assert_eq!(counts.len(), RunState::ALL.len());
+        assert_eq!(counts.len(), RunState::ON_COORDINATOR.len());
         assert_eq!(
             (
                 counts[&RunState::Queued],
@@ -1513,7 +1552,7 @@ async fn bulk_runs(db: &TestDb, state: &str, from: u32, n: u32) {
         sqlx::query(&format!(
             "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
              INSERT INTO runs (id, project, state, execution_mode, spec, tags, labels, created_at) \
-             SELECT printf('bulk%08d', i), 'p', '{state}', 'sandbox', '{{}}', '[]', '{{}}', 0 FROM n"
+             SELECT printf('bulk%08d', i), 'p', '{state}', 'docker-sandbox', '{{}}', '[]', '{{}}', 0 FROM n"
         ))
         .execute(&mut conn)
         .await
@@ -1522,7 +1561,7 @@ async fn bulk_runs(db: &TestDb, state: &str, from: u32, n: u32) {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
         sqlx::query(&format!(
             "INSERT INTO runs (id, project, state, execution_mode, spec, tags, labels, created_at) \
-             SELECT 'bulk' || lpad(i::text, 8, '0'), 'p', '{state}', 'sandbox', '{{}}', '[]', '{{}}', 0 \
+             SELECT 'bulk' || lpad(i::text, 8, '0'), 'p', '{state}', 'docker-sandbox', '{{}}', '[]', '{{}}', 0 \
              FROM generate_series({from}, {to}) AS i"
         ))
         .execute(&mut conn)
@@ -1542,6 +1581,48 @@ async fn claim_p50(store: &SqlStore, n: usize) -> f64 {
     }
     times.sort_by(f64::total_cmp);
     times[n / 2]
+}
+
+/// Runs `sql` on the test database directly, past the store.
+async fn raw_sql(db: &TestDb, sql: &str) {
+    use sqlx::Connection;
+    if db.kind == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn execution_modes_are_stored_as_the_api_s_words_and_others_are_refused() {
+    with_stores(|db: TestDb| async move {
+        let s = &db.store;
+        let mut local = new_run("r-local", "p", &[]);
+        local.execution_mode = ExecutionMode::Local;
+        s.insert_run(&local).await.unwrap();
+        s.insert_run(&new_run("r-sandbox", "p", &[])).await.unwrap();
+        let read = |id: &'static str| async move { s.run(id).await.unwrap().unwrap() };
+        assert_eq!(read("r-local").await.execution_mode, ExecutionMode::Local);
+        assert_eq!(
+            read("r-sandbox").await.execution_mode,
+            ExecutionMode::DockerSandbox
+        );
+        raw_sql(
+            &db,
+            "UPDATE runs SET execution_mode = 'elsewhere' WHERE id = 'r-local'",
+        )
+        .await;
+        match s.run("r-local").await {
+            Err(StoreError::Backend(message)) => assert!(
+                message.contains("execution mode") && message.contains("elsewhere"),
+                "{message}"
+            ),
+            other => panic!("{}: {other:?}", db.kind),
+        }
+    })
+    .await;
 }
 
 // Issue 17.3: a claim costs the same whatever the queue's depth, without fresh statistics (the

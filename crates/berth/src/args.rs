@@ -2,7 +2,113 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use berth_core::egress::EgressMode;
+use berth_core::exit::RunState;
+use berth_core::spec::{Fallback, Isolation, PullPolicy, WorkspaceMode};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// How the server and the runner write their logs on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
+}
+
+/// `--lifecycle` of `run` and `submit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lifecycle {
+    /// A fresh container per run.
+    Ephemeral,
+    /// A long-lived container per agent and --name, reused.
+    Persistent,
+}
+
+impl Lifecycle {
+    /// The name the core's `persistent_for` and the API's `lifecycle` field take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ephemeral => "ephemeral",
+            Self::Persistent => "persistent",
+        }
+    }
+}
+
+/// `--execution-mode` of `submit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutionMode {
+    /// In a hardened container on the runner's engine.
+    DockerSandbox,
+    /// On the runner's host WITHOUT a sandbox (runners started with --allow-local only).
+    Local,
+}
+
+impl From<ExecutionMode> for berth_api::ExecutionMode {
+    fn from(mode: ExecutionMode) -> Self {
+        match mode {
+            ExecutionMode::DockerSandbox => Self::DockerSandbox,
+            ExecutionMode::Local => Self::Local,
+        }
+    }
+}
+
+/// `ls --state`: the states a run has on a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ServerRunState {
+    Queued,
+    Claimed,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+    Error,
+}
+
+impl From<ServerRunState> for RunState {
+    fn from(state: ServerRunState) -> Self {
+        match state {
+            ServerRunState::Queued => Self::Queued,
+            ServerRunState::Claimed => Self::Claimed,
+            ServerRunState::Running => Self::Running,
+            ServerRunState::Succeeded => Self::Succeeded,
+            ServerRunState::Failed => Self::Failed,
+            ServerRunState::TimedOut => Self::TimedOut,
+            ServerRunState::Cancelled => Self::Cancelled,
+            ServerRunState::Lost => Self::Lost,
+            ServerRunState::Error => Self::Error,
+        }
+    }
+}
+
+/// `token create --role`: the roles a created token may have (admin tokens are made by the
+/// server itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenRole {
+    /// Submit and read runs.
+    Client,
+    /// Claim and run them.
+    Runner,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Runner => "runner",
+        }
+    }
+}
+
+/// `--allow-preset`: the names of the core's presets, so that clap lists them and refuses others.
+fn preset_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        berth_core::egress::PRESETS.iter().map(|(name, _)| *name),
+    )
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,7 +230,7 @@ pub struct RunArgs {
     pub image: Option<String>,
     /// When to pull the image: missing, always or never [default: missing].
     #[arg(long, value_name = "WHEN")]
-    pub pull: Option<String>,
+    pub pull: Option<PullPolicy>,
     /// The directory mounted at /workspace [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -132,7 +238,7 @@ pub struct RunArgs {
     /// into the run directory) or worktree (a fresh git worktree, changes come back as a patch)
     /// [default: rw].
     #[arg(long, value_name = "MODE")]
-    pub workspace_mode: Option<String>,
+    pub workspace_mode: Option<WorkspaceMode>,
     /// Worktree mode: carry the checkout's uncommitted changes (tracked and untracked, not
     /// ignored) into the worktree.
     #[arg(long)]
@@ -177,7 +283,7 @@ pub struct RunArgs {
     /// Isolation from the host's kernel: runc (the engine's default runtime) or gvisor (gVisor's
     /// runsc, registered with the engine; `berth doctor` says how) [default: runc].
     #[arg(long, value_name = "LEVEL")]
-    pub isolation: Option<String>,
+    pub isolation: Option<Isolation>,
     #[command(flatten)]
     pub egress: EgressArgs,
     /// Inject a header into HTTPS requests to HOST[:PORT] (port 443 by default), its value read
@@ -206,7 +312,7 @@ pub struct RunArgs {
     /// ephemeral (a fresh container per run) or persistent (one long-lived container per agent
     /// and --name, reused by exec) [default: the profile's, else ephemeral].
     #[arg(long, value_name = "LIFECYCLE")]
-    pub lifecycle: Option<String>,
+    pub lifecycle: Option<Lifecycle>,
     /// The persistent container to run in (implies --lifecycle persistent) [default: the
     /// profile's name].
     #[arg(long, value_name = "NAME")]
@@ -216,7 +322,7 @@ pub struct RunArgs {
     pub no_pool: bool,
     /// Where to run when Docker is not installed: none or local [default: none].
     #[arg(long, value_name = "WHERE")]
-    pub fallback: Option<String>,
+    pub fallback: Option<Fallback>,
     /// Print events as JSON lines on stdout instead of human output.
     #[arg(long)]
     pub json: bool,
@@ -281,7 +387,7 @@ pub struct ListArgs {
     pub transport: TransportArgs,
     /// With --server: only runs in this state.
     #[arg(long = "state")]
-    pub run_state: Option<String>,
+    pub run_state: Option<ServerRunState>,
     /// List workflows instead of runs (`berth workflow run` here, or with --server, submitted
     /// ones).
     #[arg(long)]
@@ -445,13 +551,27 @@ pub struct TransportArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub insecure_http: bool,
+    /// A client certificate chain in PEM to present to the server (mutual TLS; a server with
+    /// --tls-client-ca takes runner tokens only with one), with --tls-client-key.
+    #[arg(long, global = true, env = crate::env::BERTH_TLS_CLIENT_CERT, value_name = "FILE", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-client-cert (not encrypted).
+    #[arg(long, global = true, env = crate::env::BERTH_TLS_CLIENT_KEY, value_name = "FILE", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
 }
 
 impl TransportArgs {
-    pub fn transport(&self) -> berth_runner::Transport {
-        berth_runner::Transport {
+    pub fn transport(&self) -> berth_client::Transport {
+        berth_client::Transport {
             ca: self.ca.clone(),
             insecure_http: self.insecure_http,
+            identity: match (&self.tls_client_cert, &self.tls_client_key) {
+                (Some(cert), Some(key)) => Some(berth_client::ClientIdentity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -464,12 +584,16 @@ pub struct ServerArgs {
     /// Database: sqlite://PATH or postgres://... [default: sqlite in the state dir].
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
+    /// A file holding the PostgreSQL password for a --db URL without one, so that it is in no
+    /// process's arguments (e.g. a docker secret or a systemd credential).
+    #[arg(long, env = crate::env::BERTH_DB_PASSWORD_FILE, value_name = "FILE")]
+    pub db_password_file: Option<PathBuf>,
     /// State directory [default: $BERTH_STATE_DIR, else the user's data directory].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Log format on stderr: text or json.
-    #[arg(long, default_value = "text", value_name = "FORMAT")]
-    pub log_format: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     /// How long a runner's claim lasts without a heartbeat; then running runs become `lost`.
     #[arg(long, default_value = "15s", value_name = "DURATION")]
     pub lease: String,
@@ -483,6 +607,11 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert (not encrypted).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Mutual TLS for runners: PEM certificates of the CA that signs runners' client
+    /// certificates. Runner tokens are then accepted only from a client presenting one;
+    /// clients and browsers need none. Reloaded on SIGHUP with the pair.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// A file holding a token that /metrics accepts besides the API tokens, for a scraper that
     /// should hold no API token.
     #[arg(long, env = crate::env::BERTH_METRICS_TOKEN_FILE, value_name = "FILE")]
@@ -501,6 +630,11 @@ pub struct RunnerArgs {
     /// Take only runs that have tags.
     #[arg(long)]
     pub require_matching_tags: bool,
+    /// A secret this runner has in its environment (repeatable, or A,B): declared to the server
+    /// by name, so that a run naming a secret no runner declared is flagged when submitted.
+    /// The runner refuses to start when one is not set.
+    #[arg(long = "secret", value_delimiter = ',', value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Runs executed at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
@@ -511,15 +645,19 @@ pub struct RunnerArgs {
     /// Accept runs with execution_mode local: they run on this host WITHOUT a sandbox.
     #[arg(long)]
     pub allow_local: bool,
+    /// A file holding the runner token, instead of --token (e.g. a docker secret or a systemd
+    /// credential).
+    #[arg(long, env = crate::env::BERTH_TOKEN_FILE, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// The runner's name and id [default: the host name].
     #[arg(long)]
     pub name: Option<String>,
     /// Where run directories are kept [default: $BERTH_STATE_DIR, else the user's data directory].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Log format on stderr: text or json.
-    #[arg(long, default_value = "text", value_name = "FORMAT")]
-    pub log_format: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -527,8 +665,8 @@ pub enum TokenCommand {
     /// Create a token; the secret is printed once, on stdout.
     Create {
         /// What the token may do: client (submit and read runs) or runner (claim and run them).
-        #[arg(long, value_name = "client|runner")]
-        role: String,
+        #[arg(long, value_name = "ROLE")]
+        role: TokenRole,
         /// Limit a client token to one project.
         #[arg(long)]
         project: Option<String>,
@@ -563,13 +701,13 @@ pub struct EgressArgs {
     /// decision recorded) or open (the bridge network, unchecked) [default: policy for agent
     /// profiles and whenever a host is allowed, else none].
     #[arg(long = "egress", value_name = "MODE")]
-    pub mode: Option<String>,
+    pub mode: Option<EgressMode>,
     /// Allow a host through the egress proxy: HOST[:PORT] (no port: 80 and 443), *.DOMAIN[:PORT],
     /// an IP address, or `[METHOD,…] HOST[:PORT]/PATH` for plain HTTP; repeatable.
     #[arg(long = "allow-host", value_name = "RULE")]
     pub allow_hosts: Vec<String>,
     /// Allow a named set of hosts: package-registries, github, anthropic, openai; repeatable.
-    #[arg(long = "allow-preset", value_name = "NAME")]
+    #[arg(long = "allow-preset", value_name = "NAME", value_parser = preset_names())]
     pub allow_presets: Vec<String>,
     /// A raw TCP forward to HOST:PORT (git over ssh…): the sandbox reaches it at
     /// 127.0.0.1:41100+N (see $BERTH_TCP_FORWARDS); repeatable.
@@ -623,8 +761,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// Execution: docker-sandbox or local.
-    #[arg(long, default_value = "docker-sandbox")]
-    pub execution_mode: String,
+    #[arg(long, value_name = "MODE", default_value = "docker-sandbox")]
+    pub execution_mode: ExecutionMode,
     /// The working directory inside the sandbox.
     #[arg(long)]
     pub workdir: Option<String>,
@@ -662,7 +800,7 @@ pub struct SubmitArgs {
     /// Isolation: runc or gvisor; gvisor runs go only to runners whose engine offers it
     /// (tag isolation:gvisor) [default: the profile's, else runc].
     #[arg(long, value_name = "LEVEL")]
-    pub isolation: Option<String>,
+    pub isolation: Option<Isolation>,
     #[command(flatten)]
     pub egress: EgressArgs,
     /// Read-only root file system, with writable tmpfs for /tmp and the home directory.
@@ -680,17 +818,25 @@ pub struct SubmitArgs {
     pub profile: Option<String>,
     /// ephemeral or persistent (the runner's long-lived container for the profile and --name).
     #[arg(long, value_name = "LIFECYCLE")]
-    pub lifecycle: Option<String>,
+    pub lifecycle: Option<Lifecycle>,
     /// The persistent container to run in on the runner (implies --lifecycle persistent).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// How the project's workspace reaches the sandbox: rw, ro, copy, worktree or none; copy
     /// and worktree hand back berth/diff.patch as an artifact.
     #[arg(long, value_name = "MODE")]
-    pub workspace_mode: Option<String>,
+    pub workspace_mode: Option<WorkspaceMode>,
     /// Worktree mode: carry the checkout's uncommitted changes over.
     #[arg(long)]
     pub include_dirty: bool,
+    /// Worktree and copy modes: make the workspace from this branch, tag or commit of the
+    /// project's checkout on the runner (instead of its HEAD or its current files); the run
+    /// records the commit it resolved to.
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// With --ref: the runner runs `git fetch` (the checkout's configured remote) first.
+    #[arg(long, requires = "git_ref")]
+    pub fetch: bool,
     /// Tags the runner must have.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tags: Vec<String>,

@@ -54,7 +54,10 @@ pub fn cache_dir() -> std::path::PathBuf {
         .map(|d| std::path::PathBuf::from(d).join("berth"))
         .or_else(|| home().map(|h| h.join(".cache/berth")))
         .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("berth-cache-{}", crate::invoking_user().0))
+            std::env::temp_dir().join(format!(
+                "berth-cache-{}",
+                berth_sandbox::launch::invoking_user().0
+            ))
         })
 }
 
@@ -63,9 +66,17 @@ pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 pub const BERTH_SERVER: &str = "BERTH_SERVER";
 /// The bearer token for client commands and runners.
 pub const BERTH_TOKEN: &str = "BERTH_TOKEN";
+/// A file holding the runner token (`berth runner --token-file`).
+pub const BERTH_TOKEN_FILE: &str = "BERTH_TOKEN_FILE";
+/// A file holding the PostgreSQL password (`berth server --db-password-file`).
+pub const BERTH_DB_PASSWORD_FILE: &str = "BERTH_DB_PASSWORD_FILE";
 /// A PEM file of CA certificates client commands and runners trust for the server's certificate,
 /// besides the system's roots (`--ca`).
 pub const BERTH_CA: &str = "BERTH_CA";
+/// `--tls-client-cert`: the client certificate presented to a server (mutual TLS).
+pub const BERTH_TLS_CLIENT_CERT: &str = "BERTH_TLS_CLIENT_CERT";
+/// `--tls-client-key`: its private key.
+pub const BERTH_TLS_CLIENT_KEY: &str = "BERTH_TLS_CLIENT_KEY";
 /// `1` (or `true`): allow plain http:// to a server on another host (`--insecure-http`).
 pub const BERTH_INSECURE_HTTP: &str = "BERTH_INSECURE_HTTP";
 /// A file holding the token `/metrics` accepts besides the API tokens (`--metrics-token-file`).
@@ -77,19 +88,25 @@ pub fn data_dir() -> std::path::PathBuf {
         .map(|d| std::path::PathBuf::from(d).join("berth"))
         .or_else(|| home().map(|h| h.join(".local/share/berth")))
         .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("berth-data-{}", crate::invoking_user().0))
+            std::env::temp_dir().join(format!(
+                "berth-data-{}",
+                berth_sandbox::launch::invoking_user().0
+            ))
         })
 }
 
 /// Where the credential broker sends each API, from `BERTH_*_UPSTREAM`; an unusable value is an
 /// error naming the variable.
-pub fn egress_upstreams(
-) -> Result<std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>, String> {
+pub fn egress_upstreams() -> Result<
+    std::collections::BTreeMap<berth_core::egress::BrokeredApi, String>,
+    berth_sandbox::egress::UpstreamEnvError,
+> {
     berth_sandbox::egress::upstreams_from_env()
 }
 
 /// The roots of `BERTH_EGRESS_UPSTREAM_CA`, if set; an unusable file is an error naming the
 /// variable.
-pub fn egress_upstream_roots() -> Result<Vec<berth_egress::CertificateDer<'static>>, String> {
+pub fn egress_upstream_roots(
+) -> Result<Vec<berth_egress::CertificateDer<'static>>, berth_sandbox::egress::UpstreamEnvError> {
     berth_sandbox::egress::upstream_roots_from_env()
 }

@@ -257,7 +257,7 @@ fn runs_in_an_older_workspace_state_dir_are_still_listed() {
     let ls = ws.berth(&["ls", "--json"]).output().unwrap();
     assert_eq!(code(&ls), 0, "{}", stderr(&ls));
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
-    let id = listed.as_array().and_then(|a| a.first()).unwrap()["id"]
+    let id = listed["runs"].as_array().and_then(|a| a.first()).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();

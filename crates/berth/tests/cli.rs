@@ -1,6 +1,7 @@
 //! The command line as a new user meets it (issue 15, section 2.6): completions, the man page,
 //! `berth init`, `berth version`, help text, `berth ls`, `berth logs` and `berth apply` of local
-//! runs, what a run says as it ends, and Ctrl-C. The real binary; the real engine for runs.
+//! runs, what a run says as it ends, and Ctrl-C; `berth logs` of a server run against a hostile
+//! event stream. The real binary; the real engine for runs, a fake server on loopback.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -74,9 +75,15 @@ fn help_names_each_environment_variable_once() {
             "BERTH_SERVER",
             "BERTH_TOKEN",
             "BERTH_CA",
+            "BERTH_TLS_CLIENT_CERT",
+            "BERTH_TLS_CLIENT_KEY",
             "BERTH_METRICS_TOKEN_FILE",
+            "BERTH_TOKEN_FILE",
+            "BERTH_DB_PASSWORD_FILE",
         ] {
-            let times = help.matches(&format!("[env: {name}")).count();
+            // `[env: NAME=value]`, or `[env: NAME]` when the value is hidden.
+            let times = help.matches(&format!("[env: {name}=")).count()
+                + help.matches(&format!("[env: {name}]")).count();
             assert!(
                 times <= 1,
                 "berth {command} --help names {name} {times} times:\n{help}"
@@ -289,4 +296,78 @@ fn the_first_ctrl_c_says_a_second_one_kills() {
         "{err}"
     );
     assert!(err.contains("second interrupt"), "{err}");
+}
+
+/// `berth logs` of a server run holds a bounded part of the event stream: a hostile (or broken)
+/// server's 128 MiB line is left out with a warning naming the limit, the peak memory of the
+/// client stays far below what that line would take, and the events around it are shown.
+#[test]
+fn logs_from_a_server_leave_out_an_oversized_event_with_memory_bounded() {
+    use std::io::Write;
+    const HUGE_MIB: usize = 128;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let ws = Workspace::new();
+    let child = ws
+        .berth(&["logs", "r1", "--server", &server, "--token", "t"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let fake = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            conn.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let event = |seq: u32, kind: &str, data: &str| {
+            let view = serde_json::json!({"seq": seq, "ts": "2026-01-01T00:00:00Z", "kind": kind, "data": data});
+            format!("id: {seq}\nevent: {kind}\ndata: {view}\n\n")
+        };
+        // A body that lasts until the connection closes.
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        conn.write_all(event(1, "stdout", "before\n").as_bytes())
+            .unwrap();
+        conn.write_all(b"id: 2\nevent: stdout\ndata: ").unwrap();
+        let mebibyte = vec![b'x'; 1 << 20];
+        for _ in 0..HUGE_MIB {
+            conn.write_all(&mebibyte).unwrap();
+        }
+        // The client has read all but what the socket buffers hold, and is still running.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let peak_kib: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        conn.write_all(b"\n\n").unwrap();
+        conn.write_all(event(3, "stdout", "after\n").as_bytes())
+            .unwrap();
+        conn.write_all(b"event: end\ndata: {}\n\n").unwrap();
+        (head, peak_kib)
+    });
+    let o = child.wait_with_output().unwrap();
+    let (head, peak_kib) = fake.join().unwrap();
+    assert!(
+        head.starts_with("GET /api/v1/runs/r1/events?follow=false "),
+        "{head}"
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "before\nafter\n");
+    assert!(
+        stderr(&o).contains("longer than the limit of 1048576 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        peak_kib < HUGE_MIB * 1024 / 2,
+        "berth logs peaked at {peak_kib} KiB reading a {HUGE_MIB} MiB line"
+    );
 }

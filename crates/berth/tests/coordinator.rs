@@ -176,31 +176,18 @@ impl Sse {
     }
 }
 
+/// A whole (not followed) stream's events, through the client's parser; none may be oversized.
 fn parse_sse(body: &str) -> Vec<Sse> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let mut event = Sse {
-                id: None,
-                kind: "message".into(),
-                data: String::new(),
-            };
-            let mut any = false;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    event.id = v.trim().parse().ok();
-                    any = true;
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event.kind = v.trim().to_string();
-                    any = true;
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    if !event.data.is_empty() {
-                        event.data.push('\n');
-                    }
-                    event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    any = true;
-                }
+    berth_client::sse::SseParser::default()
+        .push(body.as_bytes())
+        .into_iter()
+        .map(|event| {
+            let event = event.unwrap();
+            Sse {
+                id: event.id.and_then(|id| id.parse().ok()),
+                kind: event.kind,
+                data: event.data,
             }
-            any.then_some(event)
         })
         .collect()
 }
@@ -297,23 +284,26 @@ struct RunnerProcess {
 struct TestPki {
     dir: PathBuf,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA of runners' client certificates (`clients-ca.pem`), for a server that verifies
+    /// runners.
+    clients: Option<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
 }
 
 impl TestPki {
     /// A CA, and a first server certificate (subject `CN=first`) for localhost and 127.0.0.1.
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, clients: bool) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "berth test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
+        let ca = test_ca("berth test CA");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let clients = clients.then(|| {
+            let ca = test_ca("berth test runners' CA");
+            std::fs::write(dir.join("clients-ca.pem"), ca.pem()).unwrap();
+            ca
+        });
         let pki = Self {
             dir: dir.to_path_buf(),
             ca,
+            clients,
         };
         pki.issue("first");
         pki
@@ -339,6 +329,31 @@ impl TestPki {
         self.dir.join("ca.pem").display().to_string()
     }
 
+    /// A client certificate `CN=name` issued by `issuer`, and its key, written to
+    /// `name.pem` and `name-key.pem`; returns both paths.
+    fn issue_client(
+        &self,
+        name: &str,
+        issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
     fn cert(&self) -> PathBuf {
         self.dir.join("cert.pem")
     }
@@ -346,6 +361,24 @@ impl TestPki {
     fn key(&self) -> PathBuf {
         self.dir.join("key.pem")
     }
+}
+
+fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// How a test server is reached.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    PlainHttp,
+    Https,
+    /// HTTPS, and runners need a client certificate (`--tls-client-ca`).
+    HttpsVerifyingRunners,
 }
 
 /// A server, its runners and everything they need, in one temporary directory.
@@ -388,15 +421,20 @@ impl Cluster {
 
     /// The same with the servers' `--lease` and `--heartbeat`.
     fn start_with(db: Db, lease: &'static str, heartbeat: &'static str) -> Self {
-        Self::start_full(db, lease, heartbeat, false)
+        Self::start_full(db, lease, heartbeat, Transport::PlainHttp)
     }
 
     /// A server serving HTTPS with a certificate from a test CA.
     fn start_tls(db: Db) -> Self {
-        Self::start_full(db, LEASE, HEARTBEAT, true)
+        Self::start_full(db, LEASE, HEARTBEAT, Transport::Https)
     }
 
-    fn start_full(db: Db, lease: &'static str, heartbeat: &'static str, tls: bool) -> Self {
+    fn start_full(
+        db: Db,
+        lease: &'static str,
+        heartbeat: &'static str,
+        transport: Transport,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -410,7 +448,12 @@ impl Cluster {
             Db::Sqlite => None,
             Db::Postgres => Some(pg_cluster::fresh_database("berth_e2e").0),
         };
-        let tls = tls.then(|| TestPki::new(&dir.path().join("pki")));
+        let tls = (transport != Transport::PlainHttp).then(|| {
+            TestPki::new(
+                &dir.path().join("pki"),
+                transport == Transport::HttpsVerifyingRunners,
+            )
+        });
         let mut cluster = Self {
             db,
             dir,
@@ -597,6 +640,10 @@ impl Cluster {
         if let Some(tls) = &self.tls {
             cmd.arg("--tls-cert").arg(tls.cert());
             cmd.arg("--tls-key").arg(tls.key());
+            if tls.clients.is_some() {
+                cmd.arg("--tls-client-ca")
+                    .arg(tls.dir.join("clients-ca.pem"));
+            }
         }
         cmd
     }
@@ -672,6 +719,12 @@ impl Cluster {
             cmd.args(["--ca", &tls.ca_file()]);
         }
         cmd.args(extra);
+        // Made-up model credentials, never the developer's: the fake agents use none, and agent
+        // profiles refuse to start without one. A test sets one to "" to take it away (empty
+        // counts as unset, for the runner as for `berth run`).
+        cmd.env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .env("ANTHROPIC_API_KEY", "berth-test-not-a-key")
+            .env("OPENAI_API_KEY", "berth-test-not-a-key");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -688,6 +741,26 @@ impl Cluster {
             name: name.to_string(),
             child,
         });
+    }
+
+    /// `berth runner` named `name` against this cluster's server with the runner token and a
+    /// state directory of its own, and nothing else (no `--ca`): for a runner expected to stop.
+    fn runner_command(&self, name: &str, extra: &[&str]) -> Command {
+        let state = self.path().join("runners").join(name);
+        let state = state.display().to_string();
+        let mut cmd = self.berth(&[
+            "runner",
+            "--server",
+            &self.url,
+            "--token",
+            &self.runner_token,
+            "--name",
+            name,
+            "--state-dir",
+            &state,
+        ]);
+        cmd.args(extra);
+        cmd
     }
 
     /// Starts a runner with a unique name made from `base`, waits until it is online; returns the
@@ -1022,25 +1095,100 @@ fn sqlite_https_with_a_private_ca_end_to_end() {
     );
     assert!(err.contains("hint:") && err.contains("--ca FILE"), "{err}");
     // A runner without it stops at once, saying the same: waiting would not help.
-    let state = c.path().join("runners").join("no-ca");
-    let mut cmd = c.berth(&[
-        "runner",
-        "--server",
-        &c.url,
-        "--token",
-        &c.runner_token,
-        "--name",
-        "no-ca",
-        "--state-dir",
-        &state.display().to_string(),
-    ]);
-    let o = output_within(&mut cmd, Duration::from_secs(60));
+    let o = output_within(&mut c.runner_command("no-ca", &[]), Duration::from_secs(60));
     let err = text(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
         err.contains("UnknownIssuer") && err.contains("--ca FILE"),
         "{err}"
     );
+}
+
+// Issue 14.1, optional part: mutual TLS for runners. With --tls-client-ca, a runner token is
+// taken only from a client whose certificate chains to that CA; clients (the admin's setup, a
+// submission) need none.
+#[test]
+fn sqlite_mutual_tls_runners_need_a_client_certificate() {
+    let mut c = Cluster::start_full(
+        Db::Sqlite,
+        LEASE,
+        HEARTBEAT,
+        Transport::HttpsVerifyingRunners,
+    );
+    let pki = c.tls.as_ref().unwrap();
+    let (cert, key) = pki.issue_client("runner-1", pki.clients.as_ref().unwrap());
+    // A certificate from a CA the server does not take for clients (its own server CA).
+    let (wrong_cert, wrong_key) = pki.issue_client("intruder", &pki.ca);
+    let ca = pki.ca_file();
+    let lone_runner = |name: &str, identity: Option<(&str, &str)>| {
+        let mut cmd = c.runner_command(name, &["--ca", &ca]);
+        if let Some((cert, key)) = identity {
+            cmd.args(["--tls-client-cert", cert, "--tls-client-key", key]);
+        }
+        output_within(&mut cmd, Duration::from_secs(60))
+    };
+    // The runner token alone (a stolen one, say) is refused, saying what is missing.
+    let o = lone_runner("no-cert", None);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("client certificate") && err.contains("--tls-client-cert"),
+        "{err}"
+    );
+    // A certificate the server's client CA did not sign fails the handshake, named as such.
+    let o = lone_runner("wrong-ca", Some((&wrong_cert, &wrong_key)));
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("did not accept this client's certificate") && err.contains("--tls-client-ca"),
+        "{err}"
+    );
+    // Neither registered.
+    let (status, body) = c.http("GET", "/api/v1/runners", Some(&c.client), None, &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("no-cert") && !body.contains("wrong-ca"),
+        "{body}"
+    );
+
+    // With its certificate, the runner works; the client submitting has none.
+    c.runner(
+        "mtls",
+        &["--tls-client-cert", &cert, "--tls-client-key", &key],
+    );
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        image(),
+        "--follow",
+        "--",
+        "echo",
+        "mutual-tls",
+    ]);
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}\n{}",
+        text(&o.stdout),
+        text(&o.stderr),
+        c.all_log_tails()
+    );
+    assert!(
+        text(&o.stdout).contains("mutual-tls"),
+        "{}",
+        text(&o.stdout)
+    );
+    // A client token works with a client certificate too (it is simply not needed).
+    let o = c.cli(&[
+        "runners",
+        "--tls-client-cert",
+        &cert,
+        "--tls-client-key",
+        &key,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
 /// The subject of the certificate a new TLS connection to `url` is shown.
@@ -2010,6 +2158,113 @@ fn held_of_runner(name: &str, kind: &str) -> Vec<String> {
     names
 }
 
+// An agent run whose runner has none of the profile's credentials ends in `error` naming them,
+// before any container is made (the same rule as `berth run`: `profile::secrets_for`).
+#[test]
+fn sqlite_agent_run_without_credentials_fails_on_the_runner_before_any_container() {
+    let mut c = Cluster::start(Db::Sqlite);
+    // The runner's environment has none of claude-code's credentials.
+    let runner = c.runner_with_env(
+        "nocreds",
+        &[],
+        &[
+            ("ANTHROPIC_API_KEY", String::new()),
+            ("CLAUDE_CODE_OAUTH_TOKEN", String::new()),
+        ],
+    );
+    let project = c.project.clone();
+    let o = c.cli(&[
+        "submit",
+        "--project",
+        &project,
+        "--image",
+        support::agents_image(),
+        "--profile",
+        "claude-code",
+        "--network",
+        "none",
+        "--json",
+        "--",
+        "list the files",
+    ]);
+    assert!(o.status.success(), "submit: {}", text(&o.stderr));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "error", "{run}\n{}", c.all_log_tails());
+    assert_eq!(run["runner_id"].as_str(), Some(runner.as_str()), "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("CLAUDE_CODE_OAUTH_TOKEN")
+            && reason.contains("ANTHROPIC_API_KEY")
+            && reason.contains("runner"),
+        "{reason}"
+    );
+    // No container was made: none is recorded, no output, nothing of the runner's is left.
+    assert!(run["container_id"].is_null(), "{run}");
+    assert!(c.stdout_lines(&id).is_empty());
+    assert!(containers_of_runner(&runner).is_empty());
+}
+
+// Attack: a client asks egress `none` or `open` for an agent profile whose key the runner
+// brokers. Without the proxy the runner would hand its key to the client's command in clear.
+// Defence: the run ends in `error` naming the brokered credential, before any container.
+#[test]
+fn sqlite_a_brokered_key_is_never_handed_to_a_run_without_the_proxy() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let key = format!("runner-key-{}", unique("k"));
+    let runner = c.runner_with_env("broker", &[], &[("ANTHROPIC_API_KEY", key.clone())]);
+    let project = c.project.clone();
+    for egress in ["none", "open"] {
+        let o = c.cli(&[
+            "submit",
+            "--project",
+            &project,
+            "--image",
+            support::agents_image(),
+            "--profile",
+            "claude-code",
+            "--egress",
+            egress,
+            "--env",
+            "FAKE_TRANSCRIPT=foksa__open-claude-agent-sdk__plan-mode-ls.jsonl",
+            "--json",
+            "--",
+            "list the files",
+        ]);
+        assert!(o.status.success(), "submit: {}", text(&o.stderr));
+        let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let run = c.wait_final(&id, Duration::from_secs(60));
+        assert_eq!(
+            run["state"],
+            "error",
+            "egress {egress}: {run}\n{}",
+            c.all_log_tails()
+        );
+        let reason = run["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("`ANTHROPIC_API_KEY` (profile `claude-code`) is brokered")
+                && reason.contains("use egress policy"),
+            "{reason}"
+        );
+        assert!(run["container_id"].is_null(), "{run}");
+        let events = serde_json::to_string(
+            &c.events(&id, None)
+                .iter()
+                .map(|e| e.payload())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(!events.contains(&key), "{events}");
+    }
+    assert!(containers_of_runner(&runner).is_empty());
+}
+
 // Agent profiles, persistent containers and the warm pool work for submitted runs too: the
 // runner resolves the profile, execs into its held containers, and drains its pool on shutdown.
 #[test]
@@ -2228,7 +2483,7 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = in_here(&["ls", "--json"]);
     let local: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let local = local[0]["id"].as_str().unwrap().to_string();
+    let local = local["runs"][0]["id"].as_str().unwrap().to_string();
     let o = in_here(&["show", &local, "--server", &c.url, "--token", &c.client]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains(&local), "{}", text(&o.stdout));
@@ -2262,10 +2517,11 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
 
     // A bad mode is refused by the server with its JSON path.
     let project = c.project.clone();
+    // Refused by the CLI, naming the values it takes; and by the server, with the JSON path.
     let o = c.cli(&[
         "submit",
         "--project",
-        &project,
+        &project.clone(),
         "--image",
         image(),
         "--workspace-mode",
@@ -2275,10 +2531,18 @@ fn sqlite_worktree_run_through_a_runner_returns_its_diff() {
     ]);
     assert!(!o.status.success());
     assert!(
-        text(&o.stderr).contains("sandbox.workspace_mode"),
+        text(&o.stderr).contains("--workspace-mode") && text(&o.stderr).contains("possible values"),
         "{}",
         text(&o.stderr)
     );
+    let submit = serde_json::json!({
+        "project": project,
+        "sandbox": { "image": image(), "command": ["true"], "workspace_mode": "sideways" },
+    })
+    .to_string();
+    let (status, body) = c.http("POST", "/api/v1/runs", Some(&c.client), Some(&submit), &[]);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("sandbox.workspace_mode"), "{body}");
 }
 
 // Workflows through the server.
@@ -3262,9 +3526,12 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
 
     // Within it: the run reaches the allowed upstream through the runner's proxy, nothing else,
     // and every decision is an event of the run on the server.
+    // The refusal's own words, read with nc (wget drops an error's body): the fix it names is
+    // the submission's, not a berth.toml the runner's user cannot see.
     let script = format!(
-        "wget -q -O - http://{allowed}/x; echo allowed=$?; wget -q -O - http://127.0.0.2:{}/ ; echo denied=$?",
-        port.wrapping_add(1).max(1)
+        "wget -q -O - http://{allowed}/x; echo allowed=$?; wget -q -O - http://127.0.0.2:{denied}/ ; echo denied=$?; \
+         p=${{http_proxy#http://}}; p=${{p%/}}; (printf 'GET http://127.0.0.2:{denied}/ HTTP/1.0\\r\\n\\r\\n'; sleep 1) | nc ${{p%:*}} ${{p##*:}}",
+        denied = port.wrapping_add(1).max(1)
     );
     let o = c.cli(&[
         "submit",
@@ -3290,6 +3557,12 @@ fn sqlite_egress_policy_through_a_runner_within_the_projects_ceiling() {
     let out = c.stdout_lines(&id).concat();
     assert!(out.contains("hello-from-upstream\nallowed=0"), "{out}");
     assert!(!out.contains("denied=0"), "{out}");
+    assert!(out.contains(" 403 Forbidden"), "{out}");
+    assert!(
+        out.contains("to allow it, submit the run with `--allow-host"),
+        "{out}"
+    );
+    assert!(!out.contains("berth.toml"), "{out}");
     assert_eq!(served.load(Ordering::SeqCst), 1);
     assert_eq!(
         run["sandbox"]["egress"]["allow"][0],
@@ -3353,6 +3626,7 @@ fn sqlite_gvisor_runs_go_to_runners_that_offer_it_and_run_under_gvisor() {
     assert_eq!(run["sandbox"]["isolation"], "gvisor", "{run}");
     let out = c.stdout_lines(&id).concat();
     assert!(out.contains("Starting gVisor"), "{out}");
+    // Refused by the CLI, naming the values it takes; and by the server, with the JSON path.
     let o = c.cli(&[
         "submit",
         "--project",
@@ -3366,10 +3640,18 @@ fn sqlite_gvisor_runs_go_to_runners_that_offer_it_and_run_under_gvisor() {
     ]);
     assert!(!o.status.success());
     assert!(
-        text(&o.stderr).contains("sandbox.isolation"),
+        text(&o.stderr).contains("--isolation") && text(&o.stderr).contains("possible values"),
         "{}",
         text(&o.stderr)
     );
+    let submit = serde_json::json!({
+        "project": c.project,
+        "sandbox": { "image": image(), "command": ["true"], "isolation": "kata" },
+    })
+    .to_string();
+    let (status, body) = c.http("POST", "/api/v1/runs", Some(&c.client), Some(&submit), &[]);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("sandbox.isolation"), "{body}");
 }
 
 /// Output holding a NUL byte: PostgreSQL's text columns refuse NUL, so such a line travels as
@@ -3696,4 +3978,496 @@ fn sqlite_a_run_no_runner_could_claim_is_warned_about() {
     assert_eq!(run["state"], "succeeded", "{run}");
     assert!(run.get("warnings").is_none(), "{run}");
     c.cli(&["cancel", &gpu]);
+}
+
+/// `berth submit --ref`: the runner makes the workspace from that commit of the project's
+/// checkout (worktree mode: a worktree of it; copy mode: its tree, not the checkout's files),
+/// records the commit, fetches first with `--fetch`; an unknown ref ends the run naming it, a
+/// malformed one is refused by the server. Host-side git runs none of the checkout's hooks nor
+/// its fsmonitor. `berth branch` on the server run makes a branch of the recorded commit.
+#[test]
+fn sqlite_submit_ref_runs_on_that_commit() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let ws = c.path().join("ws");
+    // The test's own git in the checkout runs none of the hooks planted below either.
+    let git = |args: &[&str]| {
+        let mut all = vec![
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ];
+        all.extend_from_slice(args);
+        git(&ws, &all)
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(ws.join("file.txt"), "one\n").unwrap();
+    git(&["add", "file.txt"]);
+    git(&["commit", "-qm", "first"]);
+    git(&["tag", "v1"]);
+    let first = git(&["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(ws.join("file.txt"), "two\n").unwrap();
+    git(&["commit", "-qam", "second"]);
+    let second = git(&["rev-parse", "HEAD"]).trim().to_string();
+    // A remote with a commit the checkout has not fetched yet.
+    let remote = c.path().join("remote.git");
+    let remote_text = remote.display().to_string();
+    git(&["clone", "-q", "--bare", ".", &remote_text]);
+    git(&["remote", "add", "origin", &remote_text]);
+    git(&["fetch", "-q", "origin"]);
+    let other = c.path().join("other");
+    support::git(
+        c.path(),
+        &["clone", "-q", &remote_text, &other.display().to_string()],
+    );
+    std::fs::write(other.join("file.txt"), "three\n").unwrap();
+    support::git(&other, &["commit", "-qam", "third"]);
+    support::git(&other, &["push", "-q", "origin", "main"]);
+    let third = support::git(&other, &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    // The attack: the checkout's own config and hooks name commands host-side git would run.
+    let marker = c.path().join("ran");
+    let hook = c.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" >> {}\nexit 0\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&["config", "core.fsmonitor", &hook.display().to_string()]);
+    for name in [
+        "post-checkout",
+        "reference-transaction",
+        "post-index-change",
+    ] {
+        let path = ws.join(".git/hooks").join(name);
+        std::fs::copy(&hook, &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let _runner = c.runner("refs", &[]);
+    let lines = |id: &str| -> Vec<String> {
+        c.stdout_lines(id)
+            .iter()
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    };
+
+    // Worktree mode on the older commit: its files, and the commit recorded.
+    let id = c.submit(
+        &["--workspace-mode", "worktree", "--ref", &first[..10]],
+        &["sh", "-c", "cat file.txt && echo changed >> file.txt"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert_eq!(lines(&id), ["one"], "{}", c.all_log_tails());
+    assert_eq!(run["commit"], first.as_str(), "{run}");
+    assert_eq!(run["sandbox"]["git_ref"], &first[..10], "{run}");
+    let o = c.cli(&["show", &id]);
+    assert!(
+        text(&o.stdout).contains(&format!("commit: {first}")),
+        "{}",
+        text(&o.stdout)
+    );
+    // `berth branch` on the server's run: a branch of that commit with the run's changes,
+    // the checkout's files and HEAD untouched.
+    let mut cmd = c.berth(&["branch", &id, "--server", &c.url, "--token", &c.client]);
+    cmd.current_dir(&ws);
+    let o = output_within(&mut cmd, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let branch = format!("berth/{id}");
+    assert_eq!(text(&o.stdout).trim(), branch);
+    assert_eq!(
+        git(&["show", &format!("{branch}:file.txt")]),
+        "one\nchanged\n"
+    );
+    assert_eq!(git(&["rev-parse", &format!("{branch}^")]).trim(), first);
+    assert_eq!(git(&["rev-parse", "HEAD"]).trim(), second);
+    assert_eq!(git(&["status", "--porcelain"]).trim(), "");
+
+    // Copy mode from a tag: that commit's tree, not the checkout's changed or untracked files.
+    std::fs::write(ws.join("file.txt"), "dirty\n").unwrap();
+    std::fs::write(ws.join("untracked.txt"), "x\n").unwrap();
+    let id = c.submit(
+        &["--workspace-mode", "copy", "--ref", "v1"],
+        &["sh", "-c", "cat file.txt; ls; echo copied > new.txt"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert_eq!(lines(&id), ["one", "file.txt"], "{}", c.all_log_tails());
+    assert_eq!(run["commit"], first.as_str(), "{run}");
+    let (status, patch) = c.http(
+        "GET",
+        &format!("/api/v1/runs/{id}/artifacts/berth/diff.patch"),
+        Some(&c.client),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{patch}");
+    assert!(
+        patch.contains("+copied") && !patch.contains("dirty"),
+        "{patch}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("file.txt")).unwrap(),
+        "dirty\n"
+    );
+    git(&["checkout", "-q", "file.txt"]);
+    std::fs::remove_file(ws.join("untracked.txt")).unwrap();
+
+    // A remote-tracking ref is what the checkout has, unless the runner fetches first.
+    let id = c.submit(
+        &["--workspace-mode", "worktree", "--ref", "origin/main"],
+        &["cat", "file.txt"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert_eq!(lines(&id), ["two"]);
+    assert_eq!(run["commit"], second.as_str(), "{run}");
+    let id = c.submit(
+        &[
+            "--workspace-mode",
+            "worktree",
+            "--ref",
+            "origin/main",
+            "--fetch",
+        ],
+        &["cat", "file.txt"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+    assert_eq!(lines(&id), ["three"]);
+    assert_eq!(run["commit"], third.as_str(), "{run}");
+    assert_eq!(git(&["rev-parse", "HEAD"]).trim(), second, "HEAD stays");
+
+    // An unknown ref ends the run in error, naming it.
+    let id = c.submit(
+        &["--workspace-mode", "worktree", "--ref", "no-such-branch"],
+        &["true"],
+    );
+    let run = c.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(run["state"], "error", "{run}");
+    let reason = run["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("`no-such-branch`") && reason.contains("names no commit"),
+        "{run}"
+    );
+    assert!(run["commit"].is_null(), "{run}");
+
+    // A ref that git could take for an option never reaches a runner.
+    let project = c.project.clone();
+    for bad in ["--upload-pack=touch /tmp/pwned", "main..evil", "a b"] {
+        let o = c.cli(&[
+            "submit",
+            "--project",
+            &project,
+            "--image",
+            image(),
+            "--workspace-mode",
+            "worktree",
+            &format!("--ref={bad}"),
+            "--",
+            "true",
+        ]);
+        assert!(!o.status.success(), "{bad}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("422") || err.contains("sandbox.git_ref"),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("sandbox.git_ref"), "{bad}: {err}");
+    }
+    assert!(
+        !marker.exists(),
+        "host-side git ran the checkout's hooks or fsmonitor: {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+}
+
+/// Runners declare their secrets at registration; a run naming one that no runner able to
+/// claim it declared is flagged at submit; a declared secret that is not set stops the runner.
+#[test]
+fn sqlite_secrets_no_runner_declared_are_warned_about() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let project = c.project.clone();
+    // The runner's environment holds more than it declares: its own token (as
+    // `BERTH_TOKEN=… berth runner` would have it) and a variable of the host's.
+    let runner_token = c.runner_token.clone();
+    let name = c.runner_with_env(
+        "secrets",
+        &["--secret", "DEPLOY_KEY"],
+        &[
+            ("DEPLOY_KEY", "s3cr3t-value".to_string()),
+            ("BERTH_TOKEN", runner_token.clone()),
+            ("HOST_ONLY", "h0st-only-value".to_string()),
+        ],
+    );
+    let o = c.cli(&["runners", "--json"]);
+    let runners: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed = runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == name.as_str())
+        .unwrap();
+    assert_eq!(listed["secrets"], serde_json::json!(["DEPLOY_KEY"]));
+    let submit = |secret: &str| {
+        let o = c.cli(&[
+            "submit",
+            "--project",
+            &project,
+            "--image",
+            image(),
+            "--secret",
+            secret,
+            "--",
+            "sh",
+            "-c",
+            "test -s /run/secrets/DEPLOY_KEY",
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        (text(&o.stdout).trim().to_string(), text(&o.stderr))
+    };
+    let (missing, stderr) = submit("OTHER_TOKEN");
+    assert!(
+        stderr.contains(&format!(
+            "warning: run {missing}: no runner that could claim it declared the secrets OTHER_TOKEN"
+        )) && stderr.contains(&format!("{name} [DEPLOY_KEY]")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t-value"));
+    // The warning was right: the runner that claimed it had no such secret.
+    let run = c.wait_final(&missing, Duration::from_secs(60));
+    assert_eq!(run["state"], "error", "{run}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("secret `OTHER_TOKEN` is not one this runner passes"),
+        "{run}"
+    );
+    // A client cannot read what the runner did not declare: its token, a host variable. The
+    // run ends in error before anything starts, and no output carries the value in any form.
+    for undeclared in ["BERTH_TOKEN", "HOST_ONLY"] {
+        let o = c.cli(&[
+            "submit",
+            "--project",
+            &project,
+            "--image",
+            image(),
+            "--secret",
+            undeclared,
+            "--",
+            "sh",
+            "-c",
+            &format!("cat /run/secrets/{undeclared} | rev; rev /run/secrets/{undeclared}"),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let id = text(&o.stdout).trim().to_string();
+        let run = c.wait_final(&id, Duration::from_secs(60));
+        assert_eq!(run["state"], "error", "{run}");
+        assert!(
+            run["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!(
+                    "secret `{undeclared}` is not one this runner passes"
+                ))
+                && run["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("DEPLOY_KEY"),
+            "{run}"
+        );
+        assert!(c.stdout_lines(&id).is_empty(), "{:?}", c.stdout_lines(&id));
+        let (_, events) = c.http(
+            "GET",
+            &format!("/api/v1/runs/{id}/events"),
+            Some(&c.client),
+            None,
+            &[],
+        );
+        for value in [runner_token.as_str(), "h0st-only-value"] {
+            let reversed: String = value.chars().rev().collect();
+            assert!(
+                !events.contains(value) && !events.contains(&reversed),
+                "{events}"
+            );
+        }
+    }
+    let (declared, stderr) = submit("DEPLOY_KEY");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let run = c.wait_final(&declared, Duration::from_secs(60));
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", c.all_log_tails());
+
+    // A runner that declares a secret it does not have refuses to start, naming it.
+    let mut cmd = c.runner_command("nosecret", &["--secret", "NOT_SET_ANYWHERE"]);
+    cmd.env_remove("NOT_SET_ANYWHERE");
+    let o = output_within(&mut cmd, Duration::from_secs(30));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("--secret NOT_SET_ANYWHERE") && err.contains("hint:"),
+        "{err}"
+    );
+    // Nor can a runner declare berth's own variables.
+    let mut cmd = c.runner_command("owntoken", &["--secret", "BERTH_TOKEN"]);
+    cmd.env("BERTH_TOKEN", &c.runner_token);
+    let o = output_within(&mut cmd, Duration::from_secs(30));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("--secret BERTH_TOKEN: berth's own variables"),
+        "{err}"
+    );
+    // Registered names are validated by the server too.
+    let (status, body) = c.http(
+        "POST",
+        "/api/v1/runners/register",
+        Some(&c.runner_token),
+        Some(r#"{"name":"badsecret","secrets":["NOT-A-NAME"]}"#),
+        &[],
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("secrets[0]"), "{body}");
+}
+
+/// `berth ls --json` and `berth show --json` have one shape whether the run is local or the
+/// server's: the same top-level fields, `detail` with the source's own record, and every
+/// timestamp RFC 3339 in UTC with milliseconds. A local run that answers for an id prefix the
+/// server also matches is shown, and berth names what it shadows.
+#[test]
+fn sqlite_ls_and_show_json_have_one_shape_locally_and_from_the_server() {
+    let mut c = Cluster::start(Db::Sqlite);
+    let _runner = c.runner("json", &[]);
+    let server_id = c.submit(&[], &["sh", "-c", "exit 3"]);
+    let run = c.wait_final(&server_id, Duration::from_secs(60));
+    assert_eq!(run["state"], "failed", "{run}\n{}", c.all_log_tails());
+    let here = c.path().join("local");
+    std::fs::create_dir_all(&here).unwrap();
+    let in_here = |args: &[&str]| {
+        let mut cmd = c.berth(args);
+        cmd.current_dir(&here);
+        output_within(&mut cmd, Duration::from_secs(120))
+    };
+    let o = in_here(&["run", "--image", image(), "--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+
+    let json = |o: &Output| -> Value {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let local_list = json(&in_here(&["ls", "--json"]));
+    let server_list = json(&c.cli(&["ls", "--json"]));
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&local_list), ["next", "runs"]);
+    assert_eq!(keys(&server_list), ["next", "runs"]);
+    let local = &local_list["runs"][0];
+    let server = server_list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == server_id.as_str())
+        .unwrap();
+    assert_eq!(keys(local), keys(server), "{local}\n{server}");
+    assert_eq!(
+        (&local["source"], &server["source"]),
+        (&Value::from("local"), &Value::from("server"))
+    );
+    for run in [local, server] {
+        assert_eq!(run["state"], "failed", "{run}");
+        assert_eq!(run["exit_code"], 3, "{run}");
+        assert_eq!(
+            run["command"],
+            serde_json::json!(["sh", "-c", "exit 3"]),
+            "{run}"
+        );
+        assert!(run["detail"].is_object(), "{run}");
+    }
+    let local_id = local["id"].as_str().unwrap().to_string();
+
+    let local_shown = json(&in_here(&["show", &local_id, "--json"]));
+    let server_shown = json(&c.cli(&["show", &server_id, "--json"]));
+    assert_eq!(keys(&local_shown), ["audit", "run"]);
+    assert_eq!(keys(&server_shown), ["audit", "run"]);
+    assert_eq!(local_shown["run"], *local);
+    assert_eq!(keys(&server_shown["run"]), keys(local));
+    assert!(local_shown["audit"].is_null());
+    assert!(!server_shown["audit"].as_array().unwrap().is_empty());
+
+    // One timestamp format, everywhere in the output.
+    fn times(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s)
+                            if [
+                                "created_at",
+                                "claimed_at",
+                                "started_at",
+                                "finished_at",
+                                "ts",
+                            ]
+                            .contains(&k.as_str()) =>
+                        {
+                            out.push(s.clone())
+                        }
+                        _ => times(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| times(i, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    for v in [&local_list, &server_list, &local_shown, &server_shown] {
+        times(v, &mut all);
+    }
+    assert!(all.len() >= 12, "{all:?}");
+    let rfc3339_ms = |s: &str| {
+        let b = s.as_bytes();
+        b.len() == 24
+            && s.ends_with('Z')
+            && b[10] == b'T'
+            && b[19] == b'.'
+            && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+    };
+    let odd: Vec<&String> = all.iter().filter(|s| !rfc3339_ms(s)).collect();
+    assert!(
+        odd.is_empty(),
+        "not RFC 3339 UTC with milliseconds: {odd:?}"
+    );
+
+    // A prefix both ids share: the local run answers, and berth names the server's match.
+    let shared: String = local_id
+        .chars()
+        .zip(server_id.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    assert!(shared.len() >= 4, "{local_id} {server_id}");
+    let o = in_here(&["show", &shared, "--server", &c.url, "--token", &c.client]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the local run answered, not the server")
+            && err.contains(&format!("`{shared}` also matches"))
+            && err.contains(&c.url),
+        "{err}"
+    );
+    assert!(text(&o.stdout).contains(&local_id));
+    // The full local id matches nothing of the server's: no such warning.
+    let o = in_here(&["show", &local_id, "--server", &c.url, "--token", &c.client]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stderr).contains("also matches"),
+        "{}",
+        text(&o.stderr)
+    );
 }

@@ -114,6 +114,10 @@ impl Cluster {
             .arg(&runner_token)
             .args(["--name", &cluster.runner.clone(), "--state-dir"])
             .arg(&runner_state)
+            // Made-up credentials for the fake agents (agent profiles refuse to start without).
+            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .env("ANTHROPIC_API_KEY", "berth-test-not-a-key")
+            .env("OPENAI_API_KEY", "berth-test-not-a-key")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -367,6 +371,29 @@ async fn wait_text(browser: &Client, css: &str, pred: impl Fn(&str) -> bool) -> 
     }
 }
 
+/// Clicks the element `css`, finding it again if the page replaced it between the find and
+/// the click (the run page's summary, the cancel button in it, is refreshed in place).
+async fn click_fresh(browser: &Client, css: &str) {
+    let mut attempts = 0;
+    loop {
+        let clicked = match browser.find(Locator::Css(css)).await {
+            Ok(el) => el.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                    && attempts < 10 =>
+            {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+}
+
 /// Signs in on the sign-in page (the current one if it is, keeping where it leads).
 async fn sign_in(browser: &Client, url: &str, token: &str) {
     if path_of(browser).await != "/ui/signin" {
@@ -477,13 +504,7 @@ async fn the_dashboard_in_a_real_browser() {
     shoot(&browser, "run-live").await;
 
     // Cancel from the page: the state changes to cancelled.
-    browser
-        .find(Locator::Id("cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_fresh(&browser, "#cancel").await;
     wait_text(&browser, "#run-state", |t| t == "cancelled").await;
     let run = c.wait_run(&c.a.1, &slow, |s| s == "cancelled");
     assert_eq!(run["state"], "cancelled");
@@ -622,6 +643,83 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(!browser.source().await.unwrap().contains(&c.a.1));
     shoot(&browser, "admin").await;
 
+    // The admin creates a project and a client token for it from the page; the token's
+    // secret is shown once, and works.
+    let project = unique("from-ui");
+    let field = |css: &'static str| browser.find(Locator::Css(css));
+    field("#create-project input[name=name]")
+        .await
+        .unwrap()
+        .send_keys(&project)
+        .await
+        .unwrap();
+    field("#create-project input[name=workspace_root]")
+        .await
+        .unwrap()
+        .send_keys("/srv/from-ui")
+        .await
+        .unwrap();
+    field("#create-project button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "#projects", |t| t.contains(&project)).await;
+    field("#create-token select[name=project]")
+        .await
+        .unwrap()
+        .select_by_value(&project)
+        .await
+        .unwrap();
+    field("#create-token button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let created = wait_text(&browser, "#new-token", |t| !t.trim().is_empty()).await;
+    let created = created.trim().to_string();
+    shoot(&browser, "token-created").await;
+    let projects = c.api(&created, "/api/v1/projects");
+    assert_eq!(
+        projects.as_array().map(|p| p.len()),
+        Some(1),
+        "the new client token sees its project only: {projects}"
+    );
+    assert_eq!(projects[0]["name"], project.as_str());
+    assert_eq!(projects[0]["workspace_root"], "/srv/from-ui");
+    browser.goto(&format!("{url}/ui/admin")).await.unwrap();
+    wait_text(&browser, "#tokens", |t| t.contains("client")).await;
+    assert!(
+        !browser.source().await.unwrap().contains(&created),
+        "the secret is shown once"
+    );
+    // A bad project is refused with the API's message, naming the field.
+    field("#create-project input[name=name]")
+        .await
+        .unwrap()
+        .send_keys("no spaces allowed")
+        .await
+        .unwrap();
+    field("#create-project input[name=workspace_root]")
+        .await
+        .unwrap()
+        .send_keys("relative/root")
+        .await
+        .unwrap();
+    field("#create-project button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = wait_text(&browser, "main", |t| t.contains("422")).await;
+    assert!(
+        refused.contains("name:") && refused.contains("workspace_root:"),
+        "{refused}"
+    );
+
     // A narrow window: the run page still fits.
     browser.set_window_size(390, 844).await.unwrap();
     browser
@@ -663,6 +761,77 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(
         c.api(&c.a.1, &format!("/api/v1/runs/{running}"))["cancel_requested"],
         false
+    );
+    // Without JavaScript: the run page carries the log and events so far, escaped, and the
+    // live stream (for those with it) goes on after the last of them.
+    let printed = c.submit(
+        &c.a,
+        &[],
+        &["sh", "-c", "echo '<b>no-js</b> & more'; echo second >&2"],
+    );
+    c.wait_run(&c.a.1, &printed, |s| s == "succeeded");
+    let (status, page) = c.curl(
+        "GET",
+        &format!("/ui/runs/{printed}"),
+        &format!("berth_session={}", c.a.1),
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(r#"<span class="stdout">&lt;b&gt;no-js&lt;/b&gt; &amp; more"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"<span class="stderr">second"#), "{page}");
+    assert!(page.contains("this is its whole log"), "{page}");
+    assert!(
+        page.contains("<td>exited</td>"),
+        "the events table is filled: {page}"
+    );
+    assert!(!page.contains("events?follow=true&amp;after=0\""), "{page}");
+    // So are the admin's creation forms: no token, no project made.
+    let tokens_before = c.api(&c.admin, "/api/v1/tokens").as_array().map(Vec::len);
+    for (path, form) in [
+        ("/ui/admin/tokens", "csrf=wrong&role=client&project="),
+        ("/ui/admin/tokens", "role=client&project="),
+        (
+            "/ui/admin/projects",
+            "csrf=wrong&name=forged&workspace_root=%2Fsrv%2Fforged",
+        ),
+    ] {
+        let (status, body) = c.curl(
+            "POST",
+            path,
+            &format!("berth_session={}", c.admin),
+            Some(form),
+        );
+        assert_eq!(status, 403, "{path} {form}: {body}");
+    }
+    assert_eq!(
+        c.api(&c.admin, "/api/v1/tokens").as_array().map(Vec::len),
+        tokens_before
+    );
+    assert!(!c
+        .api(&c.admin, "/api/v1/projects")
+        .to_string()
+        .contains("forged"));
+    // A client's session cannot create either, even with its own CSRF token (as the server
+    // derives it from the session's secret).
+    let client_csrf = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("berth-dashboard-csrf\0{}", c.a.1).as_bytes());
+        hex::encode(&digest[..16])
+    };
+    let (status, body) = c.curl(
+        "POST",
+        "/ui/admin/tokens",
+        &format!("berth_session={}", c.a.1),
+        Some(&format!("csrf={client_csrf}&role=client&project=")),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("CSRF"), "refused for its role: {body}");
+    assert_eq!(
+        c.api(&c.admin, "/api/v1/tokens").as_array().map(Vec::len),
+        tokens_before
     );
     // The pages forbid inline script.
     let (_, head) = c.curl("GET", "/ui/signin", "", None);

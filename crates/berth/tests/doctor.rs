@@ -748,6 +748,58 @@ fn fallback_local_runs_on_the_host_when_docker_is_not_installed() {
         .contains("hello-local"));
 }
 
+/// The local fallback's timeout signals the command's whole process group, so a child it left
+/// in the background goes too.
+#[test]
+fn fallback_local_timeout_ends_the_command_s_whole_process_group() {
+    let ws = Workspace::new();
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().display().to_string();
+    let started = std::time::Instant::now();
+    let out = without_docker(
+        &ws,
+        &[
+            "run",
+            "--image",
+            "berth-test-unused",
+            "--fallback",
+            "local",
+            "--timeout",
+            "1s",
+            "--state-dir",
+            &state_arg,
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"/bin/sleep 60 & echo $! > "$BERTH_OUT/background.pid"; /bin/sleep 60"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let run = only_run(state.path());
+    assert_eq!(record(&run)["state"], "timed_out");
+    let pid = std::fs::read_to_string(run.join("artifacts/berth/out/background.pid")).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    // Gone, or a zombie its new parent has yet to reap.
+    let alive = || {
+        std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    for _ in 0..100 {
+        if !alive() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the background sleep ({proc_dir}) outlived the timed-out run");
+}
+
 #[test]
 fn no_fallback_unless_asked_even_when_not_installed() {
     let ws = Workspace::new();

@@ -150,7 +150,7 @@ fn egress_flags_are_checked_and_explained() {
         ),
         (
             vec!["--egress", "sometimes"],
-            "--egress: `sometimes` is not an egress mode: expected none, policy or open",
+            "[possible values: none, policy, open]",
         ),
         (
             vec!["--allow-host", "a.org", "--network", "bridge"],
@@ -158,7 +158,7 @@ fn egress_flags_are_checked_and_explained() {
         ),
         (
             vec!["--allow-preset", "nope"],
-            "unknown egress preset `nope`; known presets: package-registries",
+            "[possible values: package-registries, github, anthropic, openai]",
         ),
     ] {
         let out = ws.run(&args, &["true"]);

@@ -472,3 +472,93 @@ fn egress_through_the_proxy_works_under_gvisor() {
     assert_eq!(record["egress"]["allowed"], 1, "{record}");
     assert_eq!(record["egress"]["denied"], 1, "{record}");
 }
+
+/// The warm pool under gVisor: a gVisor run fills the pool with gVisor containers, the next
+/// gVisor run is served by one of them (never twice), and a runc run is never served by one.
+#[test]
+fn the_warm_pool_serves_gvisor_runs_from_gvisor_containers_only() {
+    let ws = Workspace::new();
+    require_gvisor(&ws);
+    std::fs::write(
+        ws.path().join("berth.toml"),
+        format!("[pool.\"{}\"]\nsize = 1\n", image()),
+    )
+    .unwrap();
+    let trusted = ws.berth(&["trust"]).output().unwrap();
+    assert_eq!(code(&trusted), 0, "{}", stderr(&trusted));
+    let root = ws.data_path().display().to_string();
+    let pool = || -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=berth.held=pool",
+                "--format",
+                "{{.Names}}\t{{.Label \"berth.held-dir\"}}",
+            ])
+            .output()
+            .unwrap();
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains(&root))
+            .filter_map(|l| l.split('\t').next().map(str::to_string))
+            .collect()
+    };
+    let script = ["sh", "-c", "dmesg | head -1; touch /tmp/used"];
+
+    let cold = run_gvisor(&ws, &[], &script);
+    let filled = pool();
+    let ready_runtime = filled
+        .first()
+        .map(|name| docker_inspect(name)["HostConfig"]["Runtime"].clone());
+    let warm = run_gvisor(&ws, &[], &script);
+    let warm_record = ws.last_record();
+    let after_warm = pool();
+    // A runc run does not take the gVisor container.
+    let runc = ws.run(&[], &["true"]);
+    let runc_record = ws.last_record();
+    let drained = ws.berth(&["rm", "--pool"]).output().unwrap();
+    for name in pool() {
+        force_remove(&name);
+    }
+
+    assert_eq!(code(&cold), 0, "{}", stderr(&cold));
+    assert_eq!(
+        filled.len(),
+        1,
+        "the gVisor run filled the pool: {filled:?}"
+    );
+    assert_eq!(ready_runtime, Some(serde_json::json!("runsc")));
+    assert_eq!(code(&warm), 0, "{}", stderr(&warm));
+    assert!(
+        stdout(&warm).contains("Starting gVisor"),
+        "{}",
+        stdout(&warm)
+    );
+    assert_eq!(
+        warm_record["container_name"].as_str(),
+        Some(filled[0].as_str()),
+        "the second gVisor run came from the pool"
+    );
+    assert!(
+        !after_warm.contains(&filled[0]),
+        "a used container is never kept"
+    );
+    assert_eq!(code(&runc), 0, "{}", stderr(&runc));
+    assert!(
+        !filled.contains(
+            &runc_record["container_name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        ) && !after_warm.contains(
+            &runc_record["container_name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        ),
+        "a runc run took a gVisor container: {runc_record}"
+    );
+    assert_eq!(code(&drained), 0, "{}", stderr(&drained));
+}

@@ -167,7 +167,8 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
         host["SecurityOpt"],
         serde_json::json!(["no-new-privileges:true"])
     );
-    assert_eq!(host["Init"], true);
+    // The supervisor is PID 1 itself (it reaps; the run cannot signal it).
+    assert_eq!(host["Init"], false);
     assert_eq!(host["Privileged"], false);
     assert_eq!(host["MemorySwap"], host["Memory"]);
     assert_eq!(host["PidsLimit"], 512);
@@ -218,6 +219,122 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     let rm = ws.berth(&["rm", &name]).output().unwrap();
     assert_eq!(code(&rm), 0, "{}", stderr(&rm));
     assert!(held_containers(&ws).is_empty());
+}
+
+/// Attack: a run in a held container reaches into its supervisor (the shim, its parent, the
+/// same user) through `/proc/PPID/mem` to patch out the sweep of leftover processes. Defence:
+/// the shim is not dumpable, so no process of the sandbox user may open its memory.
+#[test]
+fn a_run_cannot_reach_into_its_held_containers_supervisor() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("mem");
+    let probe = "for f in mem environ; do if (exec 3</proc/$PPID/$f) 2>/dev/null; then echo \"$f open\"; else echo \"$f refused\"; fi; done; \
+        if cat /proc/self/environ >/dev/null; then echo self open; fi";
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains("mem refused") && said.contains("environ refused"),
+        "{said}"
+    );
+    // The command itself is an ordinary process (dumpable again after exec).
+    assert!(said.contains("self open"), "{said}");
+
+    // Attack: stop the supervisor and report a made-up end through PID 1's stdout, then read
+    // the next run's frame (its secrets) from PID 1's stdin. Defence: the supervisor is PID 1,
+    // which the run can neither stop nor reach through /proc.
+    let fake_end = "kill -STOP $PPID; echo ppid=$PPID; \
+        if (echo 'berth-shim exit 0' > /proc/1/fd/1) 2>/dev/null; then echo wrote; fi; \
+        if (exec 3</proc/1/fd/0) 2>/dev/null; then echo stdin open; fi; sleep 1; echo end";
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            fake_end,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let said = stdout(&o);
+    assert!(said.contains("ppid=1\n"), "the supervisor is PID 1: {said}");
+    assert!(
+        !said.contains("wrote") && !said.contains("stdin open"),
+        "{said}"
+    );
+    assert!(
+        said.contains("end"),
+        "the run was cut short by a made-up end: {said}"
+    );
+    // The supervisor was not stopped: the next run goes through.
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "echo",
+            "next",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "next\n");
+    // As PID 1 the supervisor inherits the run's orphans, and reaps them: a later run sees no
+    // zombie.
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "(sh -c 'exit 0' &); sleep 0.3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let zombies = "for s in /proc/[0-9]*/stat; do read -r line < $s; case \"${line##*) }\" in Z*) echo zombie;; esac; done; echo checked";
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            zombies,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "checked\n");
 }
 
 #[test]
@@ -457,6 +574,62 @@ fn a_killed_berth_leaves_its_persistent_container_to_gc_and_the_run_recorded() {
             .contains("exited without cleaning up"),
         "{record}"
     );
+}
+
+/// Attack: a run plants a repository in the rw workspace, and its berth is killed before the
+/// check after the run. Defence: the check stays pending in the run directory, and `berth gc`,
+/// which concludes the run, does it.
+#[test]
+fn a_killed_berths_check_for_planted_repositories_is_done_by_gc() {
+    let _gc = gc_guard();
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let owned = std::process::Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(ws.path())
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    let mut child = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p p/.git && echo 'ref: refs/heads/main' > p/.git/HEAD && sleep 60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let planted = ws.path().join("p/.git/HEAD");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !planted.exists() {
+        assert!(Instant::now() < deadline, "the run did not plant");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run_dir = ws.last_run();
+    assert!(run_dir.join("git-check.json").is_file(), "no pending check");
+    assert!(planted.exists(), "nothing checked yet");
+
+    let gc = ws.berth(&["gc", "--json"]).output().unwrap();
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+    let id = ws.last_record()["id"].as_str().unwrap().to_string();
+    assert!(!ws.path().join("p/.git").exists(), "{}", stdout(&gc));
+    assert!(ws
+        .path()
+        .join(format!("p/.git.berth-quarantine-{id}"))
+        .is_dir());
+    assert!(
+        stdout(&gc).contains("the run made a git repository at"),
+        "{}",
+        stdout(&gc)
+    );
+    assert!(!run_dir.join("git-check.json").exists());
 }
 
 #[test]

@@ -595,6 +595,11 @@ ls /sys/class/net
     assert_no_forward_left(&remote_tmp);
 
     // berth killed mid-run: the kernel ends its ssh, and the directory goes with the session.
+    // The temporary files a killed berth cannot remove go to a directory of this test's.
+    let killed_tmp = tempfile::Builder::new()
+        .prefix("bt")
+        .tempdir_in("/tmp")
+        .unwrap();
     let mut child = ws
         .berth(&[
             "run",
@@ -610,6 +615,7 @@ ls /sys/class/net
             "sleep",
             "60",
         ])
+        .env("TMPDIR", killed_tmp.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -625,6 +631,15 @@ ls /sys/class/net
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();
+    // Its link for ssh's -R was made in TMPDIR (removed with `killed_tmp`), never in /tmp.
+    let left: Vec<String> = std::fs::read_dir(killed_tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().any(|n| n.starts_with("berth-egress-")),
+        "{left:?}"
+    );
     let id = run_id_of(&ws);
     let started = std::time::Instant::now();
     while !remote_dirs(&remote_tmp).is_empty() {

@@ -82,6 +82,21 @@ fn rejected_then_approved_with_the_feedback_in_the_next_prompt() {
     assert_eq!(r["iterations"], 2, "{r}");
     // The red baseline is reported as such.
     assert_eq!(r["baseline_red"], serde_json::json!(["before"]), "{r}");
+    // Each verdict is said as its step ends, before the next round starts.
+    let err = stderr(&o);
+    let rejected = err
+        .find("review: changes requested: not yet\n")
+        .unwrap_or_else(|| panic!("no live verdict:\n{err}"));
+    assert!(
+        err[rejected..].contains("  - add the missing line"),
+        "{err}"
+    );
+    let round2 = err.find("iteration 2/3").expect("a second round");
+    assert!(
+        rejected < round2,
+        "the verdict came after the next round began:\n{err}"
+    );
+    assert!(err[round2..].contains("review: approved: good"), "{err}");
 
     // Iteration 1 was rejected; iteration 2's builder got the feedback.
     let dir = Path::new(r["dir"].as_str().unwrap());
@@ -112,6 +127,39 @@ fn rejected_then_approved_with_the_feedback_in_the_next_prompt() {
     )
     .unwrap();
     assert!(review2.contains("+fixed"), "{review2}");
+
+    // Each step's run is found by `berth show` and `berth diff` by its id (or a prefix of it),
+    // with the step's own change as its patch.
+    let build1 = step_run(dir, "iter-1/build");
+    let build1_id = build1.file_name().unwrap().to_str().unwrap().to_string();
+    let shown = ws
+        .berth(&["show", &build1_id[..12], "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["run"]["id"], build1_id.as_str(), "{shown}");
+    let diff1 = ws.berth(&["diff", &build1_id]).output().unwrap();
+    assert_eq!(code(&diff1), 0, "{}", stderr(&diff1));
+    assert!(stdout(&diff1).contains("+round"), "{}", stdout(&diff1));
+    assert!(!stdout(&diff1).contains("+fixed"), "{}", stdout(&diff1));
+    let build2 = step_run(dir, "iter-2/build");
+    let diff2 = ws
+        .berth(&["diff", build2.file_name().unwrap().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stdout(&diff2).contains("+fixed"), "{}", stdout(&diff2));
+    let tests1 = step_run(dir, "iter-1/tests");
+    let diff_tests = ws
+        .berth(&["diff", tests1.file_name().unwrap().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&diff_tests), 0, "{}", stderr(&diff_tests));
+    assert!(
+        stderr(&diff_tests).contains("changed nothing"),
+        "{}",
+        stderr(&diff_tests)
+    );
 
     // The output is one diff; the user's checkout is untouched.
     let patch = std::fs::read_to_string(r["diff"].as_str().unwrap()).unwrap();

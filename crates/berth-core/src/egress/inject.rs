@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse_host, path_within, split_host_port, Host};
+use super::{parse_host, path_within, split_host_port, Host, HostError, InjectError, LimitError};
 
 /// The most injection hosts a run can have.
 pub const MAX_INJECTS: usize = 32;
@@ -70,29 +70,32 @@ impl Inject {
         env: &str,
         methods: &[String],
         paths: &[String],
-    ) -> Result<Self, String> {
-        let shown = crate::text::escape_untrusted(host);
-        let (name, port) = split_host_port(host).map_err(|e| format!("`{shown}`: {e}"))?;
+    ) -> Result<Self, InjectError> {
+        let shown = crate::text::escape_untrusted(host).into_owned();
+        let bad_host = |problem: HostError| InjectError::Host {
+            host: shown.clone(),
+            problem,
+        };
+        let (name, port) = split_host_port(host).map_err(bad_host)?;
         if name.starts_with("*.") {
-            return Err(format!(
-                "`{shown}`: an injection host is one host, not a wildcard (its certificate is made for exactly that name)"
-            ));
+            return Err(InjectError::Wildcard(shown));
         }
-        let parsed = parse_host(name).map_err(|e| format!("`{shown}`: {e}"))?;
+        let parsed = parse_host(name).map_err(bad_host)?;
         let host = format!("{parsed}:{}", port.unwrap_or(443));
-        let header = check_header(header).map_err(|e| format!("{host}: {e}"))?;
-        crate::spec::check_env_name(env).map_err(|e| format!("{host}: env: {e}"))?;
+        let header = check_header(&host, header)?;
+        crate::spec::check_env_name(env).map_err(|source| InjectError::Env {
+            host: host.clone(),
+            source,
+        })?;
         if methods.len() > MAX_INJECT_LIMITS || paths.len() > MAX_INJECT_LIMITS {
-            return Err(format!(
-                "{host}: at most {MAX_INJECT_LIMITS} methods and {MAX_INJECT_LIMITS} paths"
-            ));
+            return Err(InjectError::TooManyLimits(host));
         }
         for m in methods {
             if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!(
-                    "{host}: method `{}` is not an upper-case word (GET, POST…)",
-                    crate::text::escape_untrusted(m)
-                ));
+                return Err(InjectError::Method {
+                    host,
+                    method: crate::text::escape_untrusted(m).into_owned(),
+                });
             }
         }
         for p in paths {
@@ -102,10 +105,10 @@ impl Inject {
                 || p.contains('?')
                 || p.contains('#')
             {
-                return Err(format!(
-                    "{host}: path `{}` is not a path prefix: it starts with `/` and has no spaces, control characters, `?` or `#`",
-                    crate::text::escape_untrusted(p)
-                ));
+                return Err(InjectError::Path {
+                    host,
+                    path: crate::text::escape_untrusted(p).into_owned(),
+                });
             }
         }
         Ok(Self {
@@ -118,20 +121,15 @@ impl Inject {
     }
 
     /// `HOST[:PORT]=Header-Name:ENV_VAR`, as `--inject-header` takes it.
-    pub fn parse_flag(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "`{}`: expected HOST[:PORT]=Header-Name:ENV_VAR (e.g. `git.example.org=Authorization:GIT_PUSH_AUTH`)",
-                crate::text::escape_untrusted(text)
-            )
-        };
+    pub fn parse_flag(text: &str) -> Result<Self, InjectError> {
+        let bad = || InjectError::Flag(crate::text::escape_untrusted(text).into_owned());
         let (host, rest) = text.split_once('=').ok_or_else(bad)?;
         let (header, env) = rest.rsplit_once(':').ok_or_else(bad)?;
         Self::new(host, header, env, &[], &[])
     }
 
     /// Checks an entry that was stored or sent (the same rules as [`Inject::new`]).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InjectError> {
         let again = Self::new(
             &self.host,
             &self.header,
@@ -140,17 +138,16 @@ impl Inject {
             &self.paths,
         )?;
         if again != *self {
-            return Err(format!(
-                "injection host `{}` is not in its normal form (`{}`)",
-                crate::text::escape_untrusted(&self.host),
-                again.host
-            ));
+            return Err(InjectError::NotNormal {
+                host: crate::text::escape_untrusted(&self.host).into_owned(),
+                normal: again.host,
+            });
         }
         Ok(())
     }
 
     /// The host and port the proxy terminates.
-    pub fn target(&self) -> Result<(Host, u16), String> {
+    pub fn target(&self) -> Result<(Host, u16), HostError> {
         let (name, port) = split_host_port(&self.host)?;
         Ok((parse_host(name)?, port.unwrap_or(443)))
     }
@@ -174,58 +171,52 @@ impl Inject {
     }
 
     /// Whether a request may go out with the header: `Err` says which limit it is outside of.
-    pub fn allows(&self, method: &str, path: &str) -> Result<(), String> {
+    pub fn allows(&self, method: &str, path: &str) -> Result<(), LimitError> {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
-            return Err(format!(
-                "method {} is not one of {}",
-                crate::text::escape_untrusted(method),
-                self.methods.join(", ")
-            ));
+            return Err(LimitError::Method {
+                method: crate::text::escape_untrusted(method).into_owned(),
+                allowed: self.methods.join(", "),
+            });
         }
         if !self.paths.is_empty() && !self.paths.iter().any(|p| path_within(path, p)) {
-            return Err(format!(
-                "path {} is not below {}",
-                crate::text::escape_untrusted(&path.chars().take(255).collect::<String>()),
-                self.paths.join(", ")
-            ));
+            return Err(LimitError::Path {
+                path: crate::text::escape_untrusted(&path.chars().take(255).collect::<String>())
+                    .into_owned(),
+                allowed: self.paths.join(", "),
+            });
         }
         Ok(())
     }
 }
 
-/// A header name berth may inject, lower-cased.
-fn check_header(name: &str) -> Result<String, String> {
+/// A header name berth may inject for `host`, lower-cased.
+fn check_header(host: &str, name: &str) -> Result<String, InjectError> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
-        return Err(format!(
-            "header `{}` is not a header name (letters, digits and `-`, at most 64)",
-            crate::text::escape_untrusted(name)
-        ));
+        return Err(InjectError::HeaderName {
+            host: host.to_string(),
+            header: crate::text::escape_untrusted(name).into_owned(),
+        });
     }
     let lower = name.to_ascii_lowercase();
     if REFUSED_HEADERS.contains(&lower.as_str()) {
-        return Err(format!(
-            "header `{name}` frames the request or belongs to the proxy; berth does not inject it"
-        ));
+        return Err(InjectError::RefusedHeader {
+            host: host.to_string(),
+            header: name.to_string(),
+        });
     }
     Ok(lower)
 }
 
 /// Checks a run's injection hosts: at most [`MAX_INJECTS`], each valid, no host twice.
-pub fn check_all(inject: &[Inject]) -> Result<(), String> {
+pub fn check_all(inject: &[Inject]) -> Result<(), InjectError> {
     if inject.len() > MAX_INJECTS {
-        return Err(format!(
-            "{} injection hosts: at most {MAX_INJECTS}",
-            inject.len()
-        ));
+        return Err(InjectError::TooMany(inject.len()));
     }
     for (i, entry) in inject.iter().enumerate() {
         entry.check()?;
         if inject[..i].iter().any(|e| e.host == entry.host) {
-            return Err(format!(
-                "injection host {} is listed twice; one header per host",
-                entry.host
-            ));
+            return Err(InjectError::Twice(entry.host.clone()));
         }
     }
     Ok(())
@@ -263,21 +254,28 @@ mod tests {
             ("x.org=Authorization:1T", "env"),
             ("x.org:0=Authorization:T", "port"),
         ] {
-            let e = Inject::parse_flag(bad).unwrap_err();
+            let e = Inject::parse_flag(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
-        let e = Inject::new("x.org", "a", "T", &s(&["get"]), &[]).unwrap_err();
+        let e = Inject::new("x.org", "a", "T", &s(&["get"]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("upper-case"), "{e}");
-        let e = Inject::new("x.org", "a", "T", &[], &s(&["berth/"])).unwrap_err();
+        let e = Inject::new("x.org", "a", "T", &[], &s(&["berth/"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a path prefix"), "{e}");
         let mut i = Inject::parse_flag("x.org=A:T").unwrap();
         i.host = "X.org".into();
-        assert!(i.check().unwrap_err().contains("normal form"));
+        assert!(i.check().unwrap_err().to_string().contains("normal form"));
         let twice = vec![
             Inject::parse_flag("x.org=A:T").unwrap(),
             Inject::parse_flag("x.org:443=B:U").unwrap(),
         ];
-        assert!(check_all(&twice).unwrap_err().contains("listed twice"));
+        assert!(check_all(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
     }
 
     #[test]
@@ -304,6 +302,7 @@ mod tests {
         assert!(i
             .allows("DELETE", "/team/repo.git/x")
             .unwrap_err()
+            .to_string()
             .contains("method DELETE is not one of GET, POST"));
         assert_eq!(
             i.rule(),

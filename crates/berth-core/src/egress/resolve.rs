@@ -134,6 +134,30 @@ pub fn resolve_with_inject(
                 format!("hosts are allowed through berth's egress proxy, which egress {mode} does not use; drop egress {mode} (policy is the default when hosts are allowed)"),
             );
         }
+        // A brokered credential lives only in berth's proxy. Without the proxy it would have to
+        // be handed to the sandbox in clear, where the command (a client's, on a runner) could
+        // read it and, with a network, send it anywhere: refused instead.
+        if let Some(broker) = secrets
+            .iter()
+            .find_map(|name| inputs.brokers.iter().find(|b| &b.credential == name))
+        {
+            return fail(
+                if inputs.asked.mode.is_some() {
+                    Field::Mode
+                } else {
+                    Field::ConfigMode
+                },
+                format!(
+                    "credential `{}`{} is brokered: berth's egress proxy adds it to requests to the {} API and the sandbox never holds it, but egress {mode} has no proxy, so it would be handed to the sandbox in clear; use egress policy (the profile's default)",
+                    broker.credential,
+                    inputs
+                        .profile_name
+                        .map(|p| format!(" (profile `{p}`)"))
+                        .unwrap_or_default(),
+                    broker.api.as_str(),
+                ),
+            );
+        }
         let network = match (mode, network) {
             (EgressMode::Open, NetworkMode::None) => NetworkMode::Bridge,
             (_, network) => network,
@@ -157,7 +181,7 @@ pub fn resolve_with_inject(
     presets.extend(inputs.asked.presets.iter().cloned());
     let allow = expand(&allow, &presets).map_err(|message| ResolveError {
         field: Field::Allow,
-        message,
+        message: message.to_string(),
     })?;
     let mut tcp: Vec<String> = inputs.config.tcp.to_vec();
     for t in inputs.asked.tcp {
@@ -209,7 +233,7 @@ pub fn resolve_with_inject(
     }
     super::inject::check_all(inject).map_err(|message| ResolveError {
         field: Field::Inject,
-        message,
+        message: message.to_string(),
     })?;
     let spec = EgressSpec {
         mode,
@@ -220,7 +244,7 @@ pub fn resolve_with_inject(
     };
     spec.check().map_err(|message| ResolveError {
         field: Field::Allow,
-        message,
+        message: message.to_string(),
     })?;
     Ok((spec, NetworkMode::None, left))
 }
@@ -365,6 +389,46 @@ mod tests {
             network_default: NetworkMode::None,
             ceiling,
         }
+    }
+
+    /// A client on a runner asked egress none or open for an agent profile whose key the runner
+    /// brokers: without the proxy the key would be the sandbox's to read.
+    #[test]
+    fn a_brokered_credential_is_never_handed_over_without_the_proxy() {
+        let brokers = [Broker {
+            credential: "ANTHROPIC_API_KEY".into(),
+            api: super::super::BrokeredApi::Anthropic,
+        }];
+        let key = || vec!["ANTHROPIC_API_KEY".to_string(), "OTHER".to_string()];
+        for mode in [EgressMode::None, EgressMode::Open] {
+            let asked = Asked {
+                mode: Some(mode),
+                ..Asked::default()
+            };
+            let mut agent = inputs(asked, None);
+            agent.profile_mode = Some(EgressMode::Policy);
+            agent.profile_name = Some("claude-code");
+            agent.brokers = &brokers;
+            let e = resolve(&agent, key()).unwrap_err();
+            assert_eq!(e.field, Field::Mode);
+            assert!(
+                e.message
+                    .contains("`ANTHROPIC_API_KEY` (profile `claude-code`) is brokered")
+                    && e.message.contains("use egress policy"),
+                "{}",
+                e.message
+            );
+            // A secret that is not brokered passes in clear, as asked.
+            let (_, _, left) = resolve(&agent, vec!["OTHER".to_string()]).unwrap();
+            assert_eq!(left, ["OTHER"]);
+        }
+        // With the proxy the key is held back from the sandbox and brokered.
+        let mut agent = inputs(Asked::default(), None);
+        agent.profile_mode = Some(EgressMode::Policy);
+        agent.brokers = &brokers;
+        let (spec, _, left) = resolve(&agent, key()).unwrap();
+        assert_eq!(left, ["OTHER"]);
+        assert_eq!(spec.brokers, brokers);
     }
 
     #[test]

@@ -474,7 +474,7 @@ impl WorkflowRun {
                 RunState::Cancelled,
                 FinishReason::Cancelled { at: at.clone() },
             )),
-            RunState::Error => Some((
+            RunState::Error | RunState::Lost => Some((
                 RunState::Error,
                 FinishReason::StepError {
                     at: at.clone(),
@@ -515,7 +515,7 @@ impl WorkflowRun {
                     }
                 }
             },
-            RunState::Created | RunState::Running => {
+            RunState::Created | RunState::Queued | RunState::Claimed | RunState::Running => {
                 return Err(RecordError::NotFinal(outcome.state))
             }
         };
@@ -534,6 +534,14 @@ impl WorkflowRun {
         }
         self.advance(c);
         Ok(())
+    }
+
+    /// The step recorded last: the newest iteration's last step, or the baseline's.
+    pub fn last_step(&self) -> Option<&StepRecord> {
+        self.iterations
+            .last()
+            .and_then(|it| it.steps.last())
+            .or_else(|| self.baseline.last())
     }
 
     fn push(&mut self, c: Cursor, record: StepRecord) {

@@ -118,7 +118,7 @@ impl Template {
             };
             let close = open + 2 + len;
             let inner = source[open + 2..close].trim();
-            parts.push(parse_inner(inner).map_err(err)?);
+            parts.push(parse_inner(inner).map_err(|e| err(e.to_string()))?);
             pos = close + 2;
         }
         if pos < source.len() {
@@ -167,41 +167,48 @@ impl Template {
     }
 }
 
-fn parse_inner(inner: &str) -> Result<Part, String> {
+/// What `{{ … }}` may hold, for messages.
+fn expected_variables() -> String {
+    format!(
+        "expected {}, or STEP.FIELD with FIELD one of {}",
+        GLOBALS.join(", "),
+        FIELDS.map(|(n, _)| n).join(", ")
+    )
+}
+
+/// A `{{ … }}` that names nothing a template can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum VariableError {
+    #[error("unknown variable `{{{{ {} }}}}`: {}", .0, expected_variables())]
+    Unknown(String),
+    #[error("`{{{{ {} }}}}` does not name a step: {}", .0, expected_variables())]
+    NotAStep(String),
+    #[error("unknown field `{field}` in `{{{{ {inner} }}}}`: expected one of {}", FIELDS.map(|(n, _)| n).join(", "))]
+    UnknownField { field: String, inner: String },
+}
+
+fn parse_inner(inner: &str) -> Result<Part, VariableError> {
     if inner.len() >= 2 && inner.starts_with('"') && inner.ends_with('"') {
         return Ok(Part::Text(inner[1..inner.len() - 1].to_string()));
     }
-    let expected = || {
-        format!(
-            "expected {}, or STEP.FIELD with FIELD one of {}",
-            GLOBALS.join(", "),
-            FIELDS.map(|(n, _)| n).join(", ")
-        )
-    };
     match inner.split_once('.') {
         None => match GLOBALS.iter().find(|g| **g == inner) {
             Some(g) => Ok(Part::Var(Var::Global(g))),
-            None => Err(format!(
-                "unknown variable `{{{{ {inner} }}}}`: {}",
-                expected()
-            )),
+            None => Err(VariableError::Unknown(inner.to_string())),
         },
         Some((step, field)) => {
             if super::check_name(step).is_err() {
-                return Err(format!(
-                    "`{{{{ {inner} }}}}` does not name a step: {}",
-                    expected()
-                ));
+                return Err(VariableError::NotAStep(inner.to_string()));
             }
             match FIELDS.iter().find(|(n, _)| *n == field) {
                 Some((_, f)) => Ok(Part::Var(Var::Step {
                     step: step.to_string(),
                     field: *f,
                 })),
-                None => Err(format!(
-                    "unknown field `{field}` in `{{{{ {inner} }}}}`: expected one of {}",
-                    FIELDS.map(|(n, _)| n).join(", ")
-                )),
+                None => Err(VariableError::UnknownField {
+                    field: field.to_string(),
+                    inner: inner.to_string(),
+                }),
             }
         }
     }

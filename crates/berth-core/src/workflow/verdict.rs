@@ -34,6 +34,17 @@ pub fn final_message(event: &serde_json::Value) -> Option<&str> {
 /// A larger `result.json` is refused unread.
 pub const MAX_VERDICT_BYTES: usize = 256 * 1024;
 
+/// Reads what [`parse_verdict_file`] looks at from a verdict file the caller opened: at most one
+/// byte more than [`MAX_VERDICT_BYTES`], so a larger file is refused as too large, never read
+/// whole.
+pub fn read_verdict_file(file: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    file.take(MAX_VERDICT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A reviewer's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -212,15 +223,23 @@ pub struct Pattern {
 /// The most a compiled pattern may take; a workflow file may come from anyone's repository.
 const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
+/// A verdict pattern that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PatternError {
+    #[error("an empty pattern matches every message")]
+    Empty,
+    #[error("not a regular expression: {0}")]
+    Invalid(#[from] regex::Error),
+}
+
 impl Pattern {
-    pub fn new(source: &str) -> Result<Self, String> {
+    pub fn new(source: &str) -> Result<Self, PatternError> {
         if source.is_empty() {
-            return Err("an empty pattern matches every message".into());
+            return Err(PatternError::Empty);
         }
         let regex = regex::RegexBuilder::new(source)
             .size_limit(PATTERN_SIZE_LIMIT)
-            .build()
-            .map_err(|e| format!("not a regular expression: {e}"))?;
+            .build()?;
         Ok(Self {
             source: source.to_string(),
             regex,
@@ -246,7 +265,7 @@ impl PartialEq for Pattern {
 impl Eq for Pattern {}
 
 impl TryFrom<String> for Pattern {
-    type Error = String;
+    type Error = PatternError;
     fn try_from(source: String) -> Result<Self, Self::Error> {
         Self::new(&source)
     }
@@ -407,6 +426,15 @@ mod tests {
             parse_verdict(&big),
             Err(VerdictError::TooLarge { .. })
         ));
+        // Reading stops one byte past the limit: enough to refuse, never the whole file.
+        let huge = vec![b' '; 3 * MAX_VERDICT_BYTES];
+        let read = read_verdict_file(&huge[..]).unwrap();
+        assert_eq!(read.len(), MAX_VERDICT_BYTES + 1);
+        assert!(matches!(
+            parse_verdict(&read),
+            Err(VerdictError::TooLarge { .. })
+        ));
+        assert_eq!(read_verdict_file(&b"{}"[..]).unwrap(), b"{}");
     }
 
     fn rule(fallback: bool) -> VerdictRule {
@@ -479,6 +507,7 @@ mod tests {
     fn patterns() {
         assert!(Pattern::new("(")
             .unwrap_err()
+            .to_string()
             .contains("not a regular expression"));
         assert!(Pattern::new("").is_err());
         assert!(

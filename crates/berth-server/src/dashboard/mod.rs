@@ -2,7 +2,7 @@
 //! with a client or admin token. Not part of the API document (`openapi::DASHBOARD_PREFIX`).
 //!
 //! Sign-in posts a token; the token itself is kept in an HttpOnly, SameSite=Strict cookie
-//! (Secure over TLS) scoped to `/ui`, checked against the store on every request exactly like a
+//! (Secure over TLS, or behind a proxy that sends `X-Forwarded-Proto: https`) scoped to `/ui`, checked against the store on every request exactly like a
 //! bearer token, so revoking it signs the browser out. Every form carries a CSRF token derived
 //! from the session's secret (a hash, which reveals nothing about the secret), checked on POST;
 //! the sign-in form uses a random double-submit cookie instead. Pages call the API's own
@@ -38,6 +38,28 @@ const SIGNIN_COOKIE: &str = "berth_signin";
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
 
+/// Whether the browser reached the server over HTTPS: TLS here ([`OverTls`]), or a proxy in
+/// front that terminates TLS and says so (`X-Forwarded-Proto: https`). It decides only the
+/// cookies' `Secure` attribute, which a false claim can only make stricter (the browser then
+/// keeps no cookie over plain HTTP), so the header needs no trusted-proxy setting.
+#[derive(Debug, Clone, Copy)]
+pub struct OverHttps(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for OverHttps {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+        Ok(Self(
+            parts.extensions.get::<OverTls>().is_some() || forwarded,
+        ))
+    }
+}
+
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -62,6 +84,8 @@ pub fn router<S: Store>() -> Router<Arc<App<S>>> {
         .route("/ui/workflows/{id}", get(pages::workflow::<S>))
         .route("/ui/runners", get(pages::runners::<S>))
         .route("/ui/admin", get(pages::admin::<S>))
+        .route("/ui/admin/projects", post(pages::create_project::<S>))
+        .route("/ui/admin/tokens", post(pages::create_token::<S>))
         .layer(DefaultBodyLimit::max(64 << 10))
         .layer(axum::middleware::map_response(secure_headers))
 }
@@ -322,5 +346,32 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("Secure"));
+    }
+
+    #[tokio::test]
+    async fn https_is_told_by_tls_here_or_by_a_proxy_in_front() {
+        async fn over_https(tls: bool, forwarded: Option<&str>) -> bool {
+            let mut request = axum::http::Request::builder().uri("/ui/signin");
+            if let Some(proto) = forwarded {
+                request = request.header("x-forwarded-proto", proto);
+            }
+            let (mut parts, ()) = request.body(()).unwrap().into_parts();
+            if tls {
+                parts.extensions.insert(OverTls);
+            }
+            OverHttps::from_request_parts(&mut parts, &())
+                .await
+                .unwrap()
+                .0
+        }
+        assert!(over_https(true, None).await);
+        assert!(over_https(false, Some("https")).await);
+        assert!(over_https(false, Some(" HTTPS ")).await);
+        assert!(!over_https(false, Some("http")).await);
+        assert!(!over_https(false, None).await);
+        assert!(
+            over_https(true, Some("http")).await,
+            "TLS here is HTTPS whatever a header says"
+        );
     }
 }

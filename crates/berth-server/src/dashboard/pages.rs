@@ -9,14 +9,14 @@ use axum::extract::{Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
+use axum::Form;
 use berth_api::{RunView, WorkflowView};
 use berth_store::{Role, RunState, Store};
 use rand::Rng;
 
 use super::html::{self, badge, esc, opt, time, url_part, url_path};
 use super::{
-    api_error_page, cookie, cookie_safe, csrf_of, error_page, same, set_cookie, OverTls,
+    api_error_page, cookie, cookie_safe, csrf_of, error_page, same, set_cookie, OverHttps,
     PageResult, Session, SESSION_COOKIE, SIGNIN_COOKIE,
 };
 use crate::error::ApiError;
@@ -25,13 +25,19 @@ use crate::routes::{self, ListQuery, WorkflowListQuery};
 use crate::{views, workflows, App};
 
 type AppState<S> = State<Arc<App<S>>>;
-type Tls = Option<Extension<OverTls>>;
+type Tls = OverHttps;
 
 /// The largest diff a page renders (the rest is left to the download).
 const MAX_DIFF_BYTES: u64 = 2 << 20;
 
 /// How often live parts of a page are fetched again, in milliseconds.
 const REFRESH_MS: u32 = 2000;
+
+/// The most log text a run page carries when it is rendered (the rest follows live, with
+/// JavaScript): enough for the page to be useful without it.
+const RENDERED_LOG_BYTES: usize = 1 << 20;
+/// The most events read for that.
+const RENDERED_EVENTS: usize = 20_000;
 
 fn ok_page(title: &str, session: &Session, body: &str) -> PageResult {
     Ok(Html(html::page(title, Some(&session.frame()), body)).into_response())
@@ -91,12 +97,7 @@ fn signin_page(tls: bool, next: &str, status: StatusCode, problem: Option<&str>)
 
 pub async fn signin_form(tls: Tls, query: Result<Query<SigninQuery>, QueryRejection>) -> Response {
     let next = query.ok().and_then(|Query(q)| q.next);
-    signin_page(
-        tls.is_some(),
-        &safe_next(next.as_deref()),
-        StatusCode::OK,
-        None,
-    )
+    signin_page(tls.0, &safe_next(next.as_deref()), StatusCode::OK, None)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -112,7 +113,7 @@ pub async fn signin<S: Store>(
     headers: HeaderMap,
     form: Result<Form<SigninForm>, FormRejection>,
 ) -> Response {
-    let tls = tls.is_some();
+    let tls = tls.0;
     let Form(form) = match form {
         Ok(form) => form,
         Err(e) => return bad_request(e),
@@ -194,7 +195,7 @@ pub async fn signout(
     let mut response = Redirect::to("/ui/signin").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, "", tls.is_some(), Some(0)),
+        set_cookie(SESSION_COOKIE, "", tls.0, Some(0)),
     );
     response
 }
@@ -337,7 +338,7 @@ pub async fn runs<S: Store>(
 }
 
 fn final_state(state: &str) -> bool {
-    RunState::parse(state).is_some_and(RunState::is_final)
+    RunState::parse_stored(state).is_some_and(RunState::is_final)
 }
 
 /// The run's diff artifact, if it has one, rendered.
@@ -357,6 +358,58 @@ fn read_diff(path: &std::path::Path) -> Option<String> {
     } else {
         html::diff(&text)
     })
+}
+
+/// The run's events so far, rendered into the page, so that the log and the events table are
+/// there without JavaScript: (the log's spans, the events table's rows, a note when the page
+/// holds only the start, the last event's number for the live stream to go on from).
+async fn rendered_events<S: Store>(app: &App<S>, id: &str) -> (String, String, String, i64) {
+    let (mut log, mut rows, mut after, mut read) = (String::new(), String::new(), 0, 0);
+    let mut cut = false;
+    'read: loop {
+        let batch = match app.store.events_after(id, after, 500).await {
+            Ok(batch) if !batch.is_empty() => batch,
+            // A store that fails here fails the live stream too, which says so.
+            _ => break,
+        };
+        for e in batch {
+            if log.len() >= RENDERED_LOG_BYTES || read >= RENDERED_EVENTS {
+                cut = true;
+                break 'read;
+            }
+            after = e.seq;
+            read += 1;
+            let view = views::event(e);
+            match view.kind.as_str() {
+                "stdout" | "stderr" => {
+                    let line = if view.data.ends_with('\n') {
+                        view.data.clone()
+                    } else {
+                        format!("{}\n", view.data)
+                    };
+                    let _ = write!(log, r#"<span class="{}">{}</span>"#, view.kind, esc(&line));
+                }
+                _ => {
+                    let _ = write!(
+                        rows,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        view.seq,
+                        esc(view.ts.get(11..19).unwrap_or(&view.ts)),
+                        esc(&view.kind),
+                        esc(&view.data),
+                    );
+                }
+            }
+        }
+    }
+    let note = if cut {
+        format!(
+            r#"<p class="hint">This page holds the first {read} events; the rest follows live with JavaScript, or through <span class="mono">berth logs</span>.</p>"#
+        )
+    } else {
+        String::new()
+    };
+    (log, rows, note, after)
 }
 
 pub async fn run<S: Store>(
@@ -422,6 +475,12 @@ pub async fn run<S: Store>(
     if artifact_rows.is_empty() {
         artifact_rows = r#"<tr><td colspan="2" class="empty">None yet.</td></tr>"#.into();
     }
+    let (log, event_rows, log_note, after) = rendered_events(&app, &id).await;
+    let log_status = if is_final {
+        "The run has ended; this is its whole log."
+    } else {
+        "The log as of loading this page: JavaScript follows it live (without it, reload)."
+    };
     let diff = run_diff(&app, &id).unwrap_or_else(|| {
         r#"<p class="empty">This run has no diff artifact (berth/diff.patch).</p>"#.into()
     });
@@ -445,10 +504,10 @@ pub async fn run<S: Store>(
 {cancel}{cancelling}
 </section>
 <h2>Log</h2>
-<pre id="log" class="log" data-events="/ui/runs/{id_url}/events?follow=true" aria-live="polite"></pre>
-<p id="log-status" class="hint">Connecting…</p>
+<pre id="log" class="log" data-events="/ui/runs/{id_url}/events?follow=true&amp;after={after}" aria-live="polite">{log}</pre>
+{log_note}<p id="log-status" class="hint">{log_status}</p>
 <h2>Events</h2>
-<div class="scroll"><table><thead><tr><th>#</th><th>Time</th><th>Kind</th><th>Data</th></tr></thead><tbody id="events"></tbody></table></div>
+<div class="scroll"><table><thead><tr><th>#</th><th>Time</th><th>Kind</th><th>Data</th></tr></thead><tbody id="events">{event_rows}</tbody></table></div>
 <h2>Audit trail</h2>
 <div class="scroll" id="audit"{refresh}><table><thead><tr><th>Time</th><th>From</th><th>To</th><th>By</th><th>Reason</th></tr></thead><tbody>{audit_rows}</tbody></table></div>
 <h2>Artifacts</h2>
@@ -740,14 +799,135 @@ pub async fn admin<S: Store>(State(app): AppState<S>, session: Session) -> PageR
             t.revoked_at.as_deref().map_or("—".into(), time),
         );
     }
+    let mut project_options = String::new();
+    for p in &projects {
+        let _ = write!(
+            project_options,
+            "<option value=\"{0}\">{0}</option>",
+            esc(&p.name)
+        );
+    }
+    let csrf = esc(&session.csrf);
     let body = format!(
         r#"<h1>Administration</h1>
 <h2>Projects</h2>
 <div class="scroll"><table id="projects"><thead><tr><th>Name</th><th>Workspace root</th><th>Allowed paths</th><th>Egress ceiling</th><th>Created</th></tr></thead><tbody>{project_rows}</tbody></table></div>
-<p class="hint">Create projects with <code>berth project create</code>.</p>
+<form method="post" action="/ui/admin/projects" id="create-project" class="filters">
+<input type="hidden" name="csrf" value="{csrf}">
+<label>Name <input name="name" required placeholder="web"></label>
+<label>Workspace root <input name="workspace_root" required placeholder="/srv/checkouts/web"></label>
+<label>Allowed paths <input name="allowed_paths" placeholder="/srv/datasets, /srv/models"></label>
+<button type="submit">Create project</button>
+</form>
+<p class="hint">An egress ceiling is set with <code>berth project create --egress-ceiling</code>.</p>
 <h2>Tokens</h2>
 <div class="scroll"><table id="tokens"><thead><tr><th>Id</th><th>Role</th><th>Project</th><th>Created</th><th>Revoked</th></tr></thead><tbody>{token_rows}</tbody></table></div>
-<p class="hint">Create and revoke tokens with <code>berth token create</code> and <code>berth token revoke</code>.</p>"#
+<form method="post" action="/ui/admin/tokens" id="create-token" class="filters">
+<input type="hidden" name="csrf" value="{csrf}">
+<label>Role <select name="role"><option value="client">client</option><option value="runner">runner</option></select></label>
+<label>Project <select name="project"><option value="">every project</option>{project_options}</select></label>
+<button type="submit">Create token</button>
+</form>
+<p class="hint">A new token's secret is shown once. Revoke tokens with <code>berth token revoke</code>.</p>"#
     );
     ok_page("Administration", &session, &body)
+}
+
+/// Every field may be missing, so that the CSRF check comes first, whatever was posted.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ProjectForm {
+    csrf: String,
+    name: String,
+    workspace_root: String,
+    /// Separated by commas or white space.
+    allowed_paths: String,
+}
+
+/// The admin page's project form: the API's project creation, with its checks and refusals.
+pub async fn create_project<S: Store>(
+    State(app): AppState<S>,
+    session: Session,
+    form: Result<Form<ProjectForm>, FormRejection>,
+) -> PageResult {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return Ok(bad_request(e)),
+    };
+    if let Some(refused) = session.csrf_refusal(&form.csrf) {
+        return Ok(refused);
+    }
+    let request = berth_api::CreateProject {
+        name: form.name.trim().to_string(),
+        workspace_root: form.workspace_root.trim().to_string(),
+        allowed_paths: form
+            .allowed_paths
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        egress_ceiling: None,
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let _created = routes::create_project(
+        State(app),
+        session.caller.clone(),
+        crate::extract::Body(body.into()),
+    )
+    .await?;
+    Ok(Redirect::to("/ui/admin").into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct TokenForm {
+    csrf: String,
+    role: String,
+    /// Empty: every project.
+    project: String,
+}
+
+/// The admin page's token form: the API's token creation; the page that answers shows the
+/// secret, once (never stored, never cached).
+pub async fn create_token<S: Store>(
+    State(app): AppState<S>,
+    session: Session,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> PageResult {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return Ok(bad_request(e)),
+    };
+    if let Some(refused) = session.csrf_refusal(&form.csrf) {
+        return Ok(refused);
+    }
+    let request = berth_api::CreateToken {
+        role: form.role,
+        project: Some(form.project).filter(|p| !p.is_empty()),
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (_, axum::Json(created)) = routes::create_token(
+        State(app),
+        session.caller.clone(),
+        crate::extract::Body(body.into()),
+    )
+    .await?;
+    let scope = created
+        .project
+        .as_deref()
+        .map_or(String::new(), |p| format!(" for project {}", esc(p)));
+    let body = format!(
+        r#"<h1>Token created</h1>
+<p>The {role} token <span class="mono" id="new-token-id">{id}</span>{scope}. Its secret is shown once, here: copy it now. berth keeps only its hash.</p>
+<pre id="new-token" class="mono">{secret}</pre>
+<p><a href="/ui/admin">Back to the administration</a></p>"#,
+        role = esc(&created.role),
+        id = esc(&created.id),
+        secret = esc(&created.token),
+    );
+    let mut response = ok_page("Token created", &session, &body)?;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }

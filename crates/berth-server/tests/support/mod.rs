@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use berth_server::{App, ServerConfig};
-use berth_store::{Role, SqlStore, Store, TokenRecord};
+use berth_store::{AuthStore, Role, SqlStore, TokenRecord};
 
 /// An app on a fresh SQLite store in `dir`, with these projects (workspace root
 /// `/srv/NAME`).

@@ -57,6 +57,27 @@ where
         .unwrap();
 }
 
+/// Runs `body` with the URL of an empty SQLite database, then with that of an empty PostgreSQL
+/// database (dropped afterwards); its first argument is `"sqlite"` or `"postgres"`. The body
+/// closes the stores it opens.
+pub async fn with_empty_databases<F, Fut>(body: F)
+where
+    F: Fn(&'static str, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    body("sqlite", url).await;
+
+    let (admin_url, db_url, name) = fresh_pg_database().await;
+    body("postgres", db_url).await;
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
 /// Creates a database; returns (admin URL, database URL, database name).
 async fn fresh_pg_database() -> (String, String, String) {
     let (url, name) = pg_cluster::fresh_database("berth_t");

@@ -81,7 +81,7 @@ async fn diagnose(args: &DoctorArgs, env: &ProbeEnv) -> DiagnosisReport {
 async fn time_sandbox_start(
     engine: &berth_engine::DockerEngine,
     image: &str,
-) -> Result<u64, String> {
+) -> Result<u64, berth_sandbox::SandboxError> {
     use berth_core::plan::{sandbox_user, PlanContext};
     use berth_core::record::{Execution, RunRecord};
     use berth_core::spec::*;
@@ -94,7 +94,8 @@ async fn time_sandbox_start(
     }
     let scratch = std::env::temp_dir().join(format!("berth-doctor-{}", std::process::id()));
     let result = async {
-        std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| berth_sandbox::SandboxError::io(&scratch, e))?;
         let spec = RunSpec {
             image: image.to_string(),
             command: vec!["true".into()],
@@ -102,6 +103,7 @@ async fn time_sandbox_start(
             workspace: scratch.clone(),
             workspace_mode: WorkspaceMode::None,
             include_dirty: false,
+            start_commit: None,
             copy_limit_bytes: berth_core::spec::DEFAULT_COPY_LIMIT,
             mounts: vec![],
             env: vec![],
@@ -125,7 +127,7 @@ async fn time_sandbox_start(
         };
         let state = berth_sandbox::rundir::StateDir::new(scratch.join("state"));
         let id = berth_sandbox::clock::new_run_id();
-        let run_dir = state.create_run(&id).map_err(|e| e.to_string())?;
+        let run_dir = state.create_run(&id)?;
         let record = RunRecord::new(
             id.clone(),
             spec,
@@ -137,16 +139,11 @@ async fn time_sandbox_start(
             record,
             Arc::new(Silent),
             berth_core::mask::Masker::new::<&str>(&[]),
-        )
-        .map_err(|e| e.to_string())?;
-        let shim =
-            berth_sandbox::shim::install(&crate::env::cache_dir()).map_err(|e| e.to_string())?;
-        let (u, g) = crate::invoking_user();
+        )?;
+        let shim = berth_sandbox::shim::install(&crate::env::cache_dir())?;
+        let (u, g) = berth_sandbox::launch::invoking_user();
         let (uid, gid) = sandbox_user(None, u, g);
-        let out = ctx
-            .run_dir
-            .create_out_dir(uid, gid)
-            .map_err(|e| e.to_string())?;
+        let out = ctx.run_dir.create_out_dir(uid, gid)?;
         let plan_context = PlanContext {
             run_id: id,
             invoking_uid: u,
@@ -189,7 +186,9 @@ async fn time_sandbox_start(
         .await;
         let elapsed = started.elapsed().as_millis() as u64;
         match ctx.record.state {
-            berth_core::RunState::Error => Err(ctx.record.reason.clone().unwrap_or_default()),
+            berth_core::RunState::Error => Err(berth_sandbox::SandboxError::Invalid(
+                ctx.record.reason.clone().unwrap_or_default(),
+            )),
             _ => Ok(elapsed),
         }
     }

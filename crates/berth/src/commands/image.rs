@@ -21,6 +21,11 @@ pub const DEFAULT_TARGETS: [&str; 4] = berth_core::profile::IMAGE_TARGETS;
 pub const IMAGES_DIR: &str = "images";
 /// berth's images are `berth/<target>:<berth version>`.
 pub const DEFAULT_REPOSITORY: &str = "berth";
+/// The target that is berth itself (`deploy/image/`, with this executable), for `berth server`
+/// and `berth runner` in containers; not one of the sandbox images of `images/`.
+pub const BERTH_TARGET: &str = "berth";
+/// The name of the executable in the berth image's build context.
+const BERTH_EXECUTABLE: &str = "berth";
 /// How many of the builder's last lines are shown when a build fails.
 const TAIL_LINES: usize = 20;
 
@@ -41,7 +46,8 @@ pub enum ImageCommand {
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// Stages of the Dockerfile to build, in this order [default: base procedural claude-code
-    /// codex].
+    /// codex]. `berth` builds berth itself (this executable) for `berth server` and `berth
+    /// runner` in containers (deploy/compose.yaml).
     #[arg(value_name = "TARGET")]
     pub targets: Vec<String>,
     /// The image the base stage starts from (build argument BASE_IMAGE) [default: the
@@ -146,8 +152,8 @@ struct Plan {
 }
 
 async fn build(args: BuildArgs, printer: Printer) -> ExitStatus {
-    let plan = match plan(&args) {
-        Ok(plan) => plan,
+    let plans = match plans(&args) {
+        Ok(plans) => plans,
         Err(Refusal(message, hint)) => {
             printer.error(&message, hint.as_deref());
             return ExitStatus::Error;
@@ -161,44 +167,46 @@ async fn build(args: BuildArgs, printer: Printer) -> ExitStatus {
         }
     };
 
-    // The ids of the images the Dockerfile starts from are inputs too: a rebuilt base makes
-    // everything on it out of date. A base the engine has to pull first counts as absent, so
-    // the next build finds its id and rebuilds once more, from the layer cache.
-    let mut base_ids = Vec::new();
-    for base in &plan.base_images {
-        match berth_engine::Engine::inspect_image(&engine, base).await {
-            Ok(Some(info)) => base_ids.push(info.id),
-            Ok(None) => {
-                if !args.json {
-                    printer.info(&format!(
-                        "{base} is not present; the engine will try to pull it"
-                    ));
-                }
-            }
-            Err(e) => {
-                printer.error(&format!("inspecting {base} failed: {e}"), None);
-                return ExitStatus::Error;
-            }
-        }
-    }
-    if !args.json {
-        printer.info(&format!(
-            "building from {} ({} files)",
-            plan.dir,
-            plan.context.files().len()
-        ));
-    }
-
     let mut outcomes = Vec::new();
     let mut status = ExitStatus::Success;
-    for target in &plan.targets {
-        let outcome = build_one(&engine, &plan, target, &base_ids, &args, printer).await;
-        let failed = outcome.status == "failed";
-        outcomes.push(outcome);
-        if failed {
-            // Later targets build on earlier ones; stop at the first failure.
-            status = ExitStatus::Error;
-            break;
+    'plans: for plan in &plans {
+        // The ids of the images the Dockerfile starts from are inputs too: a rebuilt base makes
+        // everything on it out of date. A base the engine has to pull first counts as absent, so
+        // the next build finds its id and rebuilds once more, from the layer cache.
+        let mut base_ids = Vec::new();
+        for base in &plan.base_images {
+            match berth_engine::Engine::inspect_image(&engine, base).await {
+                Ok(Some(info)) => base_ids.push(info.id),
+                Ok(None) => {
+                    if !args.json {
+                        printer.info(&format!(
+                            "{base} is not present; the engine will try to pull it"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    printer.error(&format!("inspecting {base} failed: {e}"), None);
+                    status = ExitStatus::Error;
+                    break 'plans;
+                }
+            }
+        }
+        if !args.json {
+            printer.info(&format!(
+                "building from {} ({} files)",
+                plan.dir,
+                plan.context.files().len()
+            ));
+        }
+        for target in &plan.targets {
+            let outcome = build_one(&engine, plan, target, &base_ids, &args, printer).await;
+            let failed = outcome.status == "failed";
+            outcomes.push(outcome);
+            if failed {
+                // Later targets build on earlier ones; stop at the first failure.
+                status = ExitStatus::Error;
+                break 'plans;
+            }
         }
     }
     if args.json {
@@ -216,7 +224,80 @@ async fn build(args: BuildArgs, printer: Printer) -> ExitStatus {
     status
 }
 
-fn plan(args: &BuildArgs) -> Result<Plan, Refusal> {
+/// One build context per kind of target: the sandbox images of `images/` (or `--images-dir`),
+/// and berth's own image when `berth` is named without `--images-dir`. Both are checked before
+/// the engine is asked anything.
+fn plans(args: &BuildArgs) -> Result<Vec<Plan>, Refusal> {
+    let wants_berth = args.images_dir.is_none() && args.targets.iter().any(|t| t == BERTH_TARGET);
+    let others: Vec<String> = args
+        .targets
+        .iter()
+        .filter(|t| !(wants_berth && *t == BERTH_TARGET))
+        .cloned()
+        .collect();
+    let mut plans = Vec::new();
+    if !wants_berth || !others.is_empty() {
+        plans.push(plan(args, others)?);
+    }
+    if wants_berth {
+        plans.push(berth_plan(args)?);
+    }
+    Ok(plans)
+}
+
+/// berth's own image: `deploy/image/` as embedded, plus the executable running now (read through
+/// `/proc/self/exe`, which still works when cargo has replaced the file meanwhile).
+fn berth_plan(args: &BuildArgs) -> Result<Plan, Refusal> {
+    let executable = std::fs::read("/proc/self/exe").map_err(|e| {
+        Refusal(
+            format!("cannot read berth's own executable (/proc/self/exe): {e}"),
+            Some(
+                "the berth image holds the berth that builds it; run berth from a readable file"
+                    .into(),
+            ),
+        )
+    })?;
+    let mut files: Vec<build_context::ContextFile> = embedded::BERTH_IMAGE_FILES
+        .iter()
+        .map(|(path, data, executable)| build_context::ContextFile {
+            path: path.to_string(),
+            data: data.to_vec(),
+            executable: *executable,
+        })
+        .collect();
+    let size = executable.len();
+    files.push(build_context::ContextFile {
+        path: BERTH_EXECUTABLE.into(),
+        data: executable,
+        executable: true,
+    });
+    let context = BuildContext::from_files(files)
+        .map_err(|e| Refusal(format!("cannot pack berth's own image context: {e}"), None))?;
+    let Some(dockerfile) = context.dockerfile() else {
+        return Err(Refusal(
+            "berth was built without deploy/image/Dockerfile".into(),
+            Some("build berth from a complete checkout".into()),
+        ));
+    };
+    let build_args = build_args(args)?;
+    let base_images = build_context::base_images(dockerfile, &build_args);
+    let installs_packages = build_args.get("INSTALL_PACKAGES").map(String::as_str) != Some("0");
+    Ok(Plan {
+        dir: format!(
+            "berth {}'s own deploy/image/ and this berth executable ({:.1} MB)",
+            env!("CARGO_PKG_VERSION"),
+            size as f64 / 1e6
+        ),
+        context,
+        targets: vec![BERTH_TARGET.to_string()],
+        build_args,
+        base_images,
+        installs_packages,
+    })
+}
+
+/// The sandbox images: `targets` (the default ones when empty) from `images/` or `--images-dir`.
+fn plan(args: &BuildArgs, targets: Vec<String>) -> Result<Plan, Refusal> {
     if !valid_repository(&args.repository) {
         return Err(Refusal(
             format!(
@@ -256,16 +337,21 @@ fn plan(args: &BuildArgs) -> Result<Plan, Refusal> {
         ));
     };
     let stages = build_context::stages(dockerfile);
-    let targets: Vec<String> = if args.targets.is_empty() {
+    let targets: Vec<String> = if targets.is_empty() {
         DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect()
     } else {
-        args.targets.clone()
+        targets
     };
     for target in &targets {
         if !stages.contains(target) {
+            let also = if args.images_dir.is_none() {
+                format!(", and `{BERTH_TARGET}` (berth itself)")
+            } else {
+                String::new()
+            };
             return Err(Refusal(
                 format!("the Dockerfile of {dir} has no stage `{target}`"),
-                Some(format!("its stages are: {}", stages.join(", "))),
+                Some(format!("its stages are: {}{also}", stages.join(", "))),
             ));
         }
     }
@@ -771,6 +857,52 @@ mod tests {
             .map(|t| stages.iter().position(|s| s == t).unwrap())
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{stages:?}");
+    }
+
+    #[test]
+    fn the_berth_target_packs_this_executable_beside_deploy_image() {
+        let mut berth = args(&[], None, false);
+        berth.targets = vec!["base".into(), BERTH_TARGET.into()];
+        let both = plans(&berth).ok().unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0].targets, ["base"]);
+        assert_eq!(both[1].targets, [BERTH_TARGET]);
+        let context = &both[1].context;
+        assert_eq!(context.files(), ["Dockerfile", BERTH_EXECUTABLE]);
+        let stages = build_context::stages(context.dockerfile().unwrap());
+        assert_eq!(stages, [BERTH_TARGET]);
+        assert_eq!(both[1].base_images, ["debian:bookworm-slim"]);
+        // The executable in the context is the one running (here the test binary), byte for
+        // byte, and executable.
+        let running = std::fs::read("/proc/self/exe").unwrap();
+        let mut tar = tar::Archive::new(context.tar());
+        let entry = tar
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_str() == Some(BERTH_EXECUTABLE))
+            .unwrap();
+        assert_eq!(entry.header().mode().unwrap(), 0o755);
+        assert_eq!(entry.header().size().unwrap(), running.len() as u64);
+
+        // Alone, `berth` is the only context; with --images-dir it is that Dockerfile's stage.
+        berth.targets = vec![BERTH_TARGET.into()];
+        assert_eq!(plans_targets(&berth), [vec![BERTH_TARGET.to_string()]]);
+        berth.images_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images"));
+        let Err(Refusal(message, hint)) = plans(&berth) else {
+            panic!("images/ has no berth stage")
+        };
+        assert!(message.contains("no stage `berth`"), "{message}");
+        assert!(!hint.unwrap().contains("berth itself"));
+    }
+
+    fn plans_targets(args: &BuildArgs) -> Vec<Vec<String>> {
+        plans(args)
+            .ok()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.targets)
+            .collect()
     }
 
     #[test]

@@ -10,7 +10,14 @@ pub fn ls(args: ListArgs, printer: Printer) -> ExitStatus {
     }
     let records = state.list();
     if args.json {
-        print_json(&records);
+        let runs = records
+            .iter()
+            .map(|r| {
+                let dir = state.find(&r.id).ok();
+                super::run_json::local(r, dir.as_ref().map(|d| d.path()))
+            })
+            .collect();
+        print_json(&super::run_json::list(runs, None));
         return ExitStatus::Success;
     }
     data_line(&format!(

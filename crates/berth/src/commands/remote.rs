@@ -6,8 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use berth_api::*;
+use berth_client::sse::SseEvent;
+use berth_client::{ApiError, Client};
 use berth_core::ExitStatus;
-use berth_runner::{ApiError, Client};
 
 use crate::args::*;
 use crate::printer::{data_line, print_json, Printer};
@@ -101,6 +102,35 @@ fn in_neither(printer: Printer, run: &str, looked_here: &str, client: &Client) -
     ExitStatus::Error
 }
 
+/// A local run answered for `run` while a server is set: says so, and asks the server too, so
+/// that a run of the server's that the local one shadows (a prefix of both ids) is named rather
+/// than silently hidden. The server's silence (unreachable, no token) changes nothing.
+pub async fn local_answered(
+    remote: &RemoteArgs,
+    run: &str,
+    local_id: &str,
+    looked_here: &str,
+    printer: Printer,
+) {
+    printer.info(&format!(
+        "run {local_id} is in {looked_here}: the local run answered, not the server"
+    ));
+    let Ok(client) = client(remote, None) else {
+        return;
+    };
+    let shadowed = match client.get::<RunView>(&format!("/api/v1/runs/{run}")).await {
+        Ok(server_run) if server_run.id != local_id => {
+            format!("the server's run {} ({})", server_run.id, server_run.state)
+        }
+        Err(ApiError::Status { status: 409, .. }) => "several of the server's runs".to_string(),
+        _ => return,
+    };
+    printer.warning(&format!(
+        "`{run}` also matches {shadowed} on the server {}: pass more of its id to see it",
+        client.base()
+    ));
+}
+
 /// Says that the server answered for a run that is not local.
 fn server_answered(printer: Printer, id: &str, looked_here: &str, client: &Client) {
     printer.info(&format!(
@@ -133,7 +163,13 @@ pub async fn token(args: TokenArgs, printer: Printer) -> ExitStatus {
     let client = client_or_fail!(printer, &args.remote, Some(&args.state_dir));
     match args.command {
         TokenCommand::Create { role, project } => match client
-            .post::<_, TokenCreated>("/api/v1/tokens", &CreateToken { role, project })
+            .post::<_, TokenCreated>(
+                "/api/v1/tokens",
+                &CreateToken {
+                    role: role.as_str().to_string(),
+                    project,
+                },
+            )
             .await
         {
             Ok(created) if args.json => print_json(&created),
@@ -225,13 +261,28 @@ pub async fn project(args: ProjectArgs, printer: Printer) -> ExitStatus {
     ExitStatus::Success
 }
 
-fn key_values(flag: &str, entries: &[String]) -> Result<BTreeMap<String, String>, String> {
+/// A flag of `berth submit` whose value cannot go into the request.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitFlagError {
+    #[error("--mount: {0}")]
+    Mount(berth_core::spec::SpecError),
+    #[error("{flag}: `{entry}` is not KEY=VALUE")]
+    KeyValue { flag: &'static str, entry: String },
+}
+
+fn key_values(
+    flag: &'static str,
+    entries: &[String],
+) -> Result<BTreeMap<String, String>, SubmitFlagError> {
     entries
         .iter()
         .map(|e| {
             e.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| format!("{flag}: `{e}` is not KEY=VALUE"))
+                .ok_or_else(|| SubmitFlagError::KeyValue {
+                    flag,
+                    entry: e.clone(),
+                })
         })
         .collect()
 }
@@ -241,7 +292,7 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
     if args.workflow.is_some() {
         return workflow::submit(&client, args, printer).await;
     }
-    let parsed = (|| -> Result<SubmitRun, String> {
+    let parsed = (|| -> Result<SubmitRun, SubmitFlagError> {
         let mounts = if args.mounts.is_empty() {
             None
         } else {
@@ -250,25 +301,17 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                     .iter()
                     .map(|m| {
                         let r = berth_core::spec::MountRequest::parse(m)
-                            .map_err(|e| format!("--mount: {e}"))?;
+                            .map_err(SubmitFlagError::Mount)?;
                         Ok(MountSpec {
                             source: r.source.display().to_string(),
                             target: r.target,
                             read_only: r.read_only,
                         })
                     })
-                    .collect::<Result<Vec<_>, String>>()?,
+                    .collect::<Result<Vec<_>, SubmitFlagError>>()?,
             )
         };
-        let execution_mode = match args.execution_mode.as_str() {
-            "docker-sandbox" => ExecutionMode::DockerSandbox,
-            "local" => ExecutionMode::Local,
-            other => {
-                return Err(format!(
-                    "--execution-mode: `{other}` is neither docker-sandbox nor local"
-                ))
-            }
-        };
+        let execution_mode = args.execution_mode.into();
         let limits = args.memory.is_some() || args.cpus.is_some() || args.pids.is_some();
         let resources = (limits || args.disk.is_some()).then(|| ResourcesSpec {
             memory: args.memory.clone(),
@@ -295,13 +338,15 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
                 artifacts: args.artifacts.clone(),
                 profile: args.profile.clone(),
                 prompt: None,
-                lifecycle: args.lifecycle.clone(),
+                lifecycle: args.lifecycle.map(|l| l.as_str().to_string()),
                 name: args.name.clone(),
-                workspace_mode: args.workspace_mode.clone(),
+                workspace_mode: args.workspace_mode.map(|m| m.to_string()),
                 include_dirty: args.include_dirty,
+                git_ref: args.git_ref.clone(),
+                fetch: args.fetch,
                 workflow: None,
                 egress: egress_request(&args.egress),
-                isolation: args.isolation.clone(),
+                isolation: args.isolation.map(|i| i.to_string()),
             },
             tags: args.tags.clone(),
             labels: key_values("--label", &args.labels)?,
@@ -310,7 +355,7 @@ pub async fn submit(args: SubmitArgs, printer: Printer) -> ExitStatus {
     let request = match parsed {
         Ok(r) => r,
         Err(e) => {
-            printer.error(&e, None);
+            printer.error(&e.to_string(), None);
             return ExitStatus::Error;
         }
     };
@@ -341,7 +386,7 @@ pub fn egress_request(args: &crate::args::EgressArgs) -> Option<berth_api::Egres
         || !args.allow_presets.is_empty()
         || !args.allow_tcp.is_empty();
     given.then(|| berth_api::EgressRequest {
-        mode: args.mode.clone(),
+        mode: args.mode.map(|m| m.as_str().to_string()),
         allow: args.allow_hosts.clone(),
         presets: args.allow_presets.clone(),
         tcp: args.allow_tcp.clone(),
@@ -435,7 +480,7 @@ async fn stream_logs(
     let mut last: Option<i64> = None;
     let mut failures = 0;
     loop {
-        let mut response = match client.get_stream(&path, last).await {
+        let mut events = match client.get_events(&path, last).await {
             Ok(r) => r,
             Err(e) if e.status().is_none() && follow && failures < 30 => {
                 failures += 1;
@@ -444,25 +489,24 @@ async fn stream_logs(
             }
             Err(e) => return fail(printer, &e),
         };
-        let mut parser = SseParser::default();
         let mut ended = false;
-        loop {
-            match response.chunk().await {
-                Ok(Some(bytes)) => {
-                    for event in parser.push(&bytes) {
-                        if let Some(id) = event.id {
-                            last = Some(id);
-                        }
-                        if event.kind == "end" {
-                            ended = true;
-                            continue;
-                        }
-                        show_event(&event, json);
-                    }
+        while let Some(next) = events.next().await {
+            let event = match next {
+                Ok(event) => event,
+                // Left out for its size, with memory bounded; the events after it still come.
+                Err(e) => {
+                    printer.warning(&e.to_string());
+                    continue;
                 }
-                Ok(None) => break,
-                Err(_) => break,
+            };
+            if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
+                last = Some(id);
             }
+            if event.kind == "end" {
+                ended = true;
+                continue;
+            }
+            show_event(&event, json);
         }
         if ended || !follow {
             break;
@@ -510,57 +554,6 @@ fn status_of(run: &RunView) -> ExitStatus {
         _ => S::Error,
     };
     ExitStatus::for_run(state, run.exit_code)
-}
-
-struct SseEvent {
-    id: Option<i64>,
-    kind: String,
-    data: String,
-}
-
-#[derive(Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-}
-
-impl SseParser {
-    fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        while let Some(end) = find_blank_line(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..end.1).collect();
-            let text = String::from_utf8_lossy(&block[..end.0]);
-            let mut event = SseEvent {
-                id: None,
-                kind: "message".into(),
-                data: String::new(),
-            };
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    event.id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event.kind = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    if !event.data.is_empty() {
-                        event.data.push('\n');
-                    }
-                    event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                }
-            }
-            if !event.data.is_empty() || event.kind != "message" {
-                events.push(event);
-            }
-        }
-        events
-    }
-}
-
-/// The end of the first event block: (end of its text, end including the blank line).
-fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
-    buffer
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|p| (p, p + 2))
 }
 
 fn show_event(event: &SseEvent, json: bool) {
@@ -650,7 +643,7 @@ pub async fn remote_ls(
     server: String,
     token: Option<String>,
     transport: TransportArgs,
-    state: Option<String>,
+    state: Option<berth_core::RunState>,
     workflows: bool,
     json: bool,
     printer: Printer,
@@ -672,7 +665,10 @@ pub async fn remote_ls(
         None => "/api/v1/runs".to_string(),
     };
     match client.get::<RunList>(&path).await {
-        Ok(list) if json => print_json(&list),
+        Ok(list) if json => print_json(&super::run_json::list(
+            list.runs.iter().map(super::run_json::server).collect(),
+            list.next,
+        )),
         Ok(list) => {
             data_line(&format!(
                 "{:<16}  {:<10}  {:>4}  {:<12}  {:<25}  COMMAND",
@@ -733,7 +729,10 @@ pub async fn remote_show(
         .await
         .unwrap_or_default();
     if json {
-        print_json(&serde_json::json!({ "run": view, "audit": audit }));
+        print_json(&super::run_json::shown(
+            super::run_json::server(&view),
+            Some(&audit),
+        ));
         return ExitStatus::Success;
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -750,6 +749,8 @@ pub async fn remote_show(
         ),
         ("runner", opt(&view.runner_id)),
         ("container", opt(&view.container_id)),
+        ("ref", opt(&view.sandbox.git_ref)),
+        ("commit", opt(&view.commit)),
         ("image", view.sandbox.image.clone().unwrap_or_default()),
         ("command", format!("{:?}", view.sandbox.command)),
         ("tags", view.tags.join(",")),

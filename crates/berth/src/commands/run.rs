@@ -22,7 +22,7 @@ use berth_sandbox::settings::Settings;
 use berth_sandbox::workspace;
 use berth_sandbox::{launch, rundir::StateDir, Interrupts, Reporter, RunContext, SandboxError};
 
-use crate::args::RunArgs;
+use crate::args::{Lifecycle, RunArgs};
 use crate::printer::{HumanReporter, JsonReporter, Printer};
 
 pub async fn run(args: RunArgs, printer: Printer) -> ExitStatus {
@@ -102,7 +102,7 @@ pub(crate) async fn prepare_and_run(
     let brokered = read_secrets(&brokered_names)?;
     let injected_names: Vec<String> = spec.egress.inject.iter().map(|i| i.env.clone()).collect();
     let injected = read_secrets(&injected_names).map_err(|e| match e {
-        SandboxError::SecretMissing { name } => SandboxError::InvalidWithHint {
+        SandboxError::SecretMissing { name } => SandboxError::WithHint {
             message: format!("--inject-header: the header's value comes from {name}, which is not set in berth's environment"),
             hint: format!("export {name} before running berth (its value stays on this host), or drop the injection host"),
         },
@@ -117,8 +117,10 @@ pub(crate) async fn prepare_and_run(
             .map(|(_, v)| v.as_str())
             .collect::<Vec<_>>(),
     );
-    let upstreams = crate::env::egress_upstreams().map_err(SandboxError::Invalid)?;
-    let extra_roots = crate::env::egress_upstream_roots().map_err(SandboxError::Invalid)?;
+    let upstreams =
+        crate::env::egress_upstreams().map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    let extra_roots =
+        crate::env::egress_upstream_roots().map_err(|e| SandboxError::Invalid(e.to_string()))?;
     if spec.egress.mode == EgressMode::Open {
         printer.warning("--egress open: the sandbox joins the engine's bridge network and can reach the whole internet; nothing it sends is checked or recorded (use --egress policy with --allow-host to allow only what it needs)");
     }
@@ -126,7 +128,7 @@ pub(crate) async fn prepare_and_run(
     let endpoint = probe_env.resolve().ok();
     let remote_engine = endpoint.as_ref().is_some_and(|e| !e.is_local());
     if remote_engine && sessions.is_some() {
-        return Err(SandboxError::InvalidWithHint {
+        return Err(SandboxError::WithHint {
             message: "an agent profile keeps its sessions in a directory of this host, which a remote engine cannot mount".into(),
             hint: "run agent profiles on the local engine (drop --engine)".into(),
         });
@@ -220,12 +222,12 @@ pub(crate) async fn prepare_and_run(
                 target: target.clone(),
                 read_only: false,
             }),
-            Err(e) => return Ok(ctx.finish(RunState::Error, Some(e))),
+            Err(e) => return Ok(ctx.finish(RunState::Error, Some(e.to_string()))),
         }
     }
     let workspace_dir = checked.workspace.clone();
     let prepared = launch::prepare_host(
-        &ctx,
+        &mut ctx,
         launch::HostSide {
             checked,
             workspace: workspace_dir,
@@ -274,7 +276,7 @@ pub(crate) async fn prepare_and_run(
         }
         other => other,
     };
-    let (upload, worktree) = (prepared.upload, prepared.worktree);
+    let (upload, worktree, git_trees) = (prepared.upload, prepared.worktree, prepared.git_trees);
     let run = DockerRun {
         plan_context,
         secrets,
@@ -292,6 +294,7 @@ pub(crate) async fn prepare_and_run(
     };
     let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
     workspace::conclude(&mut ctx, &worktree);
+    launch::check_planted_repositories(&mut ctx, &git_trees);
     let diff = ctx.record.workspace.as_ref().and_then(|w| w.diff.as_ref());
     // An empty patch is no change: nothing to point at.
     if let Some(diff) =
@@ -352,6 +355,20 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> SandboxError {
     SandboxError::Invalid(format!("{flag}: {message}"))
 }
 
+/// The flag's value (clap checked it), else the configuration's text, parsed: an error names
+/// the flag that would set it.
+fn flag_or_config<T: std::str::FromStr<Err = String>>(
+    flag: Option<T>,
+    config: &Option<String>,
+    name: &str,
+) -> Result<Option<T>, SandboxError> {
+    match (flag, config) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(text)) => text.parse().map(Some).map_err(|e| invalid(name, e)),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Flags over config over defaults.
 /// A run spec and, when the profile feeds its prompt on stdin, those bytes.
 pub struct BuiltSpec {
@@ -397,14 +414,13 @@ pub fn build_spec(
         )),
         None => (args.command.clone(), None),
     };
-    let pull = match pick(&args.pull, &config.pull) {
-        Some(p) => p.parse().map_err(|e| invalid("--pull", e))?,
-        None => PullPolicy::default(),
-    };
-    let workspace_mode = match pick(&args.workspace_mode, &config.workspace_mode) {
-        Some(m) => m.parse().map_err(|e| invalid("--workspace-mode", e))?,
-        None => WorkspaceMode::default(),
-    };
+    let pull = flag_or_config(args.pull, &config.pull, "--pull")?.unwrap_or_default();
+    let workspace_mode = flag_or_config(
+        args.workspace_mode,
+        &config.workspace_mode,
+        "--workspace-mode",
+    )?
+    .unwrap_or_default();
     if args.include_dirty && workspace_mode != WorkspaceMode::Worktree {
         return Err(invalid(
             "--include-dirty",
@@ -472,7 +488,7 @@ pub fn build_spec(
     if let Some(profile) = profile {
         profile
             .check_credentials(&args.secrets, is_set)
-            .map_err(|e| SandboxError::InvalidWithHint {
+            .map_err(|e| SandboxError::WithHint {
                 message: e.to_string(),
                 hint: credentials_hint(&profile.credentials),
             })?;
@@ -487,15 +503,12 @@ pub fn build_spec(
         None => NetworkMode::None,
     };
     let (egress, network, secrets) = egress_for(args, config, profile, network, secrets)?;
-    let isolation = match pick(
-        &args.isolation,
+    let isolation = flag_or_config(
+        args.isolation,
         &from_profile(|p| p.isolation.map(|i| i.to_string()), &config.isolation),
-    ) {
-        Some(i) => i
-            .parse::<berth_core::spec::Isolation>()
-            .map_err(|e| invalid("--isolation", e))?,
-        None => berth_core::spec::Isolation::Runc,
-    };
+        "--isolation",
+    )?
+    .unwrap_or(berth_core::spec::Isolation::Runc);
     let user = pick(&args.user, &config.user)
         .map(|u| UserSpec::parse(&u).map_err(|e| invalid("--user", e)))
         .transpose()?;
@@ -530,10 +543,8 @@ pub fn build_spec(
             return Err(invalid("--artifact", format!("`{artifact}` must be an absolute path inside the container without `..` (e.g. /workspace/dist)")));
         }
     }
-    let fallback = match pick(&args.fallback, &config.fallback) {
-        Some(f) => f.parse().map_err(|e| invalid("--fallback", e))?,
-        None => Fallback::None,
-    };
+    let fallback =
+        flag_or_config(args.fallback, &config.fallback, "--fallback")?.unwrap_or(Fallback::None);
     let read_only = args.read_only || config.read_only.unwrap_or(false);
     let persistent = persistent_spec(args, profile)?;
     if persistent.is_some() && workspace_mode.is_isolated() {
@@ -548,6 +559,7 @@ pub fn build_spec(
         workspace,
         workspace_mode,
         include_dirty: args.include_dirty,
+        start_commit: None,
         copy_limit_bytes,
         mounts,
         env,
@@ -576,8 +588,8 @@ pub fn build_spec(
         profile: profile.map(|p| p.name.clone()),
         persistent,
     };
-    berth_core::plan::check_copy(&spec).map_err(|message| SandboxError::InvalidWithHint {
-        message,
+    berth_core::plan::check_copy(&spec).map_err(|message| SandboxError::WithHint {
+        message: message.to_string(),
         hint: "drop --read-only: copy mode's container, its layer and the copy in it are removed after the run anyway (or use --workspace-mode worktree, whose worktree is bind-mounted and works with --read-only)".into(),
     })?;
     Ok(BuiltSpec { spec, stdin })
@@ -637,13 +649,7 @@ fn egress_for(
     network: NetworkMode,
     secrets: Vec<String>,
 ) -> Result<(EgressSpec, NetworkMode, Vec<String>), SandboxError> {
-    let flag_mode = args
-        .egress
-        .mode
-        .as_deref()
-        .map(EgressMode::parse)
-        .transpose()
-        .map_err(|e| invalid("--egress", e))?;
+    let flag_mode = args.egress.mode;
     let config_mode = config
         .egress
         .mode
@@ -681,7 +687,7 @@ fn egress_for(
     let mut inject = config
         .egress
         .inject_entries()
-        .map_err(SandboxError::Invalid)?;
+        .map_err(|e| SandboxError::Invalid(e.to_string()))?;
     for flag in &args.inject_headers {
         let entry = berth_core::egress::Inject::parse_flag(flag)
             .map_err(|e| invalid("--inject-header", e))?;
@@ -709,16 +715,19 @@ fn persistent_spec(
     profile: Option<&Profile>,
 ) -> Result<Option<PersistentSpec>, SandboxError> {
     use berth_core::held::LifecycleField;
-    let persistent =
-        berth_core::held::persistent_for(args.lifecycle.as_deref(), args.name.as_deref(), profile)
-            .map_err(|(field, message)| {
-                let flag = match field {
-                    LifecycleField::Lifecycle => "--lifecycle",
-                    LifecycleField::Name => "--name",
-                    LifecycleField::Profile => "--profile",
-                };
-                invalid(flag, message)
-            })?;
+    let persistent = berth_core::held::persistent_for(
+        args.lifecycle.map(Lifecycle::as_str),
+        args.name.as_deref(),
+        profile,
+    )
+    .map_err(|(field, message)| {
+        let flag = match field {
+            LifecycleField::Lifecycle => "--lifecycle",
+            LifecycleField::Name => "--name",
+            LifecycleField::Profile => "--profile",
+        };
+        invalid(flag, message)
+    })?;
     if persistent.is_some() && args.keep {
         return Err(invalid(
             "--keep",
@@ -729,7 +738,7 @@ fn persistent_spec(
 }
 
 /// `<data dir>/sessions/<agent>`, created for the sandbox user `uid:gid` when missing.
-fn sessions_dir(agent: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
+fn sessions_dir(agent: &str, uid: u32, gid: u32) -> Result<PathBuf, SandboxError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if agent.is_empty()
         || !agent
@@ -737,7 +746,9 @@ fn sessions_dir(agent: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         || agent.starts_with('.')
     {
-        return Err(format!("agent `{agent}` is not a usable directory name"));
+        return Err(SandboxError::Invalid(format!(
+            "agent `{agent}` is not a usable directory name"
+        )));
     }
     let dir = crate::env::data_dir().join("sessions").join(agent);
     if !dir.exists() {
@@ -745,15 +756,18 @@ fn sessions_dir(agent: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| SandboxError::io(&dir, e))?;
     }
-    let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| SandboxError::io(&dir, e))?;
     if !meta.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+        return Err(SandboxError::Invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
-    if crate::invoking_user().0 == 0 && (meta.uid(), meta.gid()) != (uid, gid) {
+    if berth_sandbox::launch::invoking_user().0 == 0 && (meta.uid(), meta.gid()) != (uid, gid) {
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| SandboxError::io(&dir, e))?;
     }
     Ok(dir)
 }

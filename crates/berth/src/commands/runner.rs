@@ -7,11 +7,31 @@ use crate::args::RunnerArgs;
 use crate::printer::Printer;
 
 pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
-    let (Some(server), Some(token)) = (args.remote.server.clone(), args.remote.token.clone())
-    else {
+    let given = args.remote.token.clone().filter(|t| !t.trim().is_empty());
+    let token = match &args.token_file {
+        Some(_) if given.is_some() => {
+            printer.error(
+                "--token-file (BERTH_TOKEN_FILE) and --token (BERTH_TOKEN) both give the runner token",
+                Some("give it once: unset BERTH_TOKEN, or drop one of the options"),
+            );
+            return ExitStatus::Error;
+        }
+        Some(path) => match super::read_secret_file(path, "--token-file") {
+            Ok(token) => Some(token),
+            Err(e) => {
+                printer.error(
+                    &e.to_string(),
+                    Some("--token-file (BERTH_TOKEN_FILE) takes a file holding the runner token on one line"),
+                );
+                return ExitStatus::Error;
+            }
+        },
+        None => given,
+    };
+    let (Some(server), Some(token)) = (args.remote.server.clone(), token) else {
         printer.error(
             "berth runner needs a server and a runner token",
-            Some("pass --server URL --token TOKEN (or set BERTH_SERVER and BERTH_TOKEN)"),
+            Some("pass --server URL and --token TOKEN or --token-file FILE (or set BERTH_SERVER and BERTH_TOKEN or BERTH_TOKEN_FILE)"),
         );
         return ExitStatus::Error;
     };
@@ -28,14 +48,14 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
             .map(|(name, pool)| {
                 pool.to_spec(name)
                     .map(|spec| (name.clone(), spec))
-                    .map_err(berth_sandbox::SandboxError::Invalid)
+                    .map_err(|e| berth_sandbox::SandboxError::Invalid(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
         let inject = settings
             .file
             .egress
             .inject_entries()
-            .map_err(berth_sandbox::SandboxError::Invalid)?;
+            .map_err(|e| berth_sandbox::SandboxError::Invalid(e.to_string()))?;
         Ok((probe_env, profiles, pools, inject))
     });
     let (probe_env, profiles, pools, inject) = match loaded {
@@ -55,6 +75,28 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
             return ExitStatus::Error;
         }
     };
+    // A declared secret is one this runner can hand to a run: its name is valid and its value
+    // is in this environment (never sent anywhere but into the runs that name it).
+    for secret in &args.secrets {
+        let problem = match berth_core::spec::check_env_name(secret) {
+            Err(e) => Some(format!("--secret: {e}")),
+            // berth's own variables (the runner's token above all) are never a run's.
+            Ok(()) if secret.starts_with("BERTH_") => Some(format!(
+                "--secret {secret}: berth's own variables (BERTH_*) cannot be passed to runs"
+            )),
+            Ok(()) if std::env::var_os(secret).is_none() => Some(format!(
+                "--secret {secret}: `{secret}` is not set in this runner's environment"
+            )),
+            Ok(()) => None,
+        };
+        if let Some(message) = problem {
+            printer.error(
+                &message,
+                Some("set it in the runner's environment, or drop --secret for it"),
+            );
+            return ExitStatus::Error;
+        }
+    }
     let name = args.name.unwrap_or_else(berth_sandbox::owner::host_name);
     let mut tags = args.tags;
     for tag in isolation_tags(&probe_env).await {
@@ -70,6 +112,7 @@ pub async fn runner(args: RunnerArgs, printer: Printer) -> ExitStatus {
         name,
         tags,
         require_matching_tags: args.require_matching_tags,
+        secrets: args.secrets,
         capacity: args.capacity,
         state_dir,
         cache_dir: crate::env::cache_dir(),

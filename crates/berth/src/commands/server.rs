@@ -22,7 +22,36 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
     let db = args
         .db
         .unwrap_or_else(|| format!("sqlite://{}", state_dir.join("berth.db").display()));
-    let store = match SqlStore::connect(&db).await {
+    let password = match &args.db_password_file {
+        None => None,
+        Some(path) => {
+            let refusal = if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+                Some("--db-password-file is for a PostgreSQL --db (postgres://USER@HOST:PORT/DB)")
+            } else if redact(&db) != db {
+                Some("--db holds a password and --db-password-file gives another")
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                printer.error(
+                    message,
+                    Some("give the password in one place: the file, with --db postgres://USER@HOST:PORT/DB"),
+                );
+                return ExitStatus::Error;
+            }
+            match super::read_secret_file(path, "--db-password-file") {
+                Ok(password) => Some(password),
+                Err(e) => {
+                    printer.error(
+                        &e.to_string(),
+                        Some("--db-password-file (BERTH_DB_PASSWORD_FILE) takes a file holding the password on one line"),
+                    );
+                    return ExitStatus::Error;
+                }
+            }
+        }
+    };
+    let store = match SqlStore::connect_with_password(&db, password.as_deref()).await {
         Ok(store) => store,
         Err(e) => {
             printer.error(
@@ -56,9 +85,9 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
     if let Some(path) = &args.metrics_token_file {
         match read_metrics_token(path) {
             Ok(token) => config.metrics_token_hash = Some(berth_server::hash_secret(&token)),
-            Err(message) => {
+            Err(e) => {
                 printer.error(
-                    &message,
+                    &e.to_string(),
                     Some("--metrics-token-file (BERTH_METRICS_TOKEN_FILE) takes a file holding one token of at least 16 characters, e.g. from `openssl rand -hex 24`"),
                 );
                 return ExitStatus::Error;
@@ -68,17 +97,24 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
     // The certificate is checked before anything listens: a server that cannot serve HTTPS
     // must not start serving plain HTTP.
     let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => match Tls::load(TlsFiles { cert, key }) {
+        (Some(cert), Some(key)) => match Tls::load(TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }) {
             Ok((tls, fingerprint)) => {
                 printer.info(&format!(
                     "TLS certificate SHA-256 {fingerprint}; SIGHUP reloads it"
                 ));
+                if tls.verifies_runners() {
+                    printer.info("runner tokens are accepted only with a client certificate signed by --tls-client-ca");
+                }
                 Some(tls)
             }
             Err(e) => {
                 printer.error(
                     &e.to_string(),
-                    Some("--tls-cert takes the server's certificate chain in PEM (its own certificate first), --tls-key its private key in PEM, not encrypted"),
+                    Some("--tls-cert takes the server's certificate chain in PEM (its own certificate first), --tls-key its private key in PEM, not encrypted, and --tls-client-ca the PEM certificates of the CA that signs runners' client certificates"),
                 );
                 return ExitStatus::Error;
             }
@@ -127,15 +163,16 @@ pub async fn server(args: ServerArgs, printer: Printer) -> ExitStatus {
 }
 
 /// The token in `path` (surrounding white space trimmed), or a message naming the file.
-fn read_metrics_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?;
+fn read_metrics_token(path: &std::path::Path) -> Result<String, super::SecretFileError> {
+    const FLAG: &str = "--metrics-token-file";
+    // Read like every secret file: bounded, so a path to a device or a log is refused.
+    let text = super::read_secret_file(path, FLAG)?;
     let token = text.trim();
     if token.len() < 16 || token.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "--metrics-token-file {}: expected one token of at least 16 characters without white space",
-            path.display()
-        ));
+        return Err(super::SecretFileError::NotAToken {
+            flag: FLAG.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }
@@ -157,5 +194,27 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_token_file_is_read_bounded_and_checked() {
+        // An endless file is refused after a little, not read whole.
+        let e = read_metrics_token(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 64 KiB"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let e = read_metrics_token(&short).unwrap_err().to_string();
+        assert!(e.contains("at least 16 characters"), "{e}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdefXYZ\n").unwrap();
+        assert_eq!(read_metrics_token(&good).unwrap(), "0123456789abcdefXYZ");
     }
 }

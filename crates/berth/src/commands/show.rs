@@ -17,7 +17,8 @@ pub fn show(args: ShowArgs, printer: Printer) -> ExitStatus {
     };
     let (dir, r) = record;
     if args.json {
-        print_json(&r);
+        let run = super::run_json::local(&r, Some(dir.path()));
+        print_json(&super::run_json::shown(run, None));
         return ExitStatus::Success;
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -36,6 +37,7 @@ pub fn show(args: ShowArgs, printer: Printer) -> ExitStatus {
         ("fallback reason", opt(&r.fallback_reason)),
         ("image", r.spec.image.clone()),
         ("image id", opt(&r.image_id)),
+        ("commit", opt(&r.start_commit())),
         ("command", format!("{:?}", r.spec.command)),
         (
             "container",

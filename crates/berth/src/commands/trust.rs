@@ -24,12 +24,12 @@ pub fn trust(args: TrustArgs, printer: Printer) -> ExitStatus {
 
 fn run(args: TrustArgs, printer: Printer) -> Result<(), SandboxError> {
     let file = workspace_file(args.path.clone())?;
-    let store = crate::env::trust_store_file().ok_or_else(|| SandboxError::InvalidWithHint {
+    let store = crate::env::trust_store_file().ok_or_else(|| SandboxError::WithHint {
         message: "no configuration directory to keep trusted files in".into(),
         hint: "set XDG_CONFIG_HOME or HOME".into(),
     })?;
     let user_config = crate::env::user_config_file();
-    let missing = || SandboxError::InvalidWithHint {
+    let missing = || SandboxError::WithHint {
         message: format!("{}: no such file", file.display()),
         hint: "pass the berth.toml to trust, or the directory holding it".into(),
     };

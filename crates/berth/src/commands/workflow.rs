@@ -11,22 +11,21 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use berth_core::event::{Event, EventLine, Stream};
 use berth_core::exit::RunState;
 use berth_core::spec::PullPolicy;
+use berth_core::workflow::output::{OutputTail, OUTPUT_TAIL};
 use berth_core::workflow::state::{Finish, Next, StepOutcome, StepRequest, WorkflowRun};
 use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
 use berth_core::ExitStatus;
-use berth_sandbox::workspace::{self, Worktree};
-use berth_sandbox::{Interrupts, Reporter};
+use berth_sandbox::workspace::{self, WorkspaceError, Worktree};
+use berth_sandbox::{Interrupts, Reporter, SandboxError};
 use clap::Parser;
 
 use crate::args::{Cli, Command, WorkflowArgs, WorkflowCommand, WorkflowRunArgs};
 use crate::printer::{data_line, HumanReporter, JsonReporter, Printer};
-
-/// The most of a step's output read back for `{{ STEP.output }}` (the template cuts further).
-const OUTPUT_TAIL: u64 = 256 * 1024;
 
 pub async fn workflow(args: WorkflowArgs, printer: Printer) -> ExitStatus {
     match args.command {
@@ -148,7 +147,7 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), ""))?;
     // berth run's worktree: the sandbox user owns it when berth runs as root, and git reads
     // only its recorded git directory, never a `.git` a step might plant in the tree.
-    let (uid, gid) = crate::invoking_user();
+    let (uid, gid) = berth_sandbox::launch::invoking_user();
     let sandbox = berth_core::plan::sandbox_user(None, uid, gid);
     let owner = workspace::tree_owner(sandbox, uid);
     let tree = if workflow.workspace == WorkspaceKind::Copy {
@@ -220,6 +219,9 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
         if let Err(e) = state.record(outcome) {
             return Err(fail(format!("recording the step failed: {e}"), ""));
         }
+        if let Some(step) = state.last_step() {
+            say_verdict(step, printer);
+        }
     };
     save(&dir, &state);
 
@@ -246,6 +248,25 @@ async fn run(args: WorkflowRunArgs, printer: Printer) -> Result<ExitStatus, Fail
     }
     report(&args, &finish, &id, &dir, &patch, &diff, printer);
     Ok(ExitStatus::for_run(finish.state, None))
+}
+
+/// Says a step's verdict as soon as the step has ended: approved, or the changes requested
+/// (each on its own line), or why no verdict could be read.
+fn say_verdict(step: &workflow::state::StepRecord, printer: Printer) {
+    let name = &step.position.step;
+    if let Some(verdict) = &step.verdict {
+        let summary = verdict.summary.trim();
+        if verdict.approved {
+            printer.info(&format!("{name}: approved: {summary}"));
+        } else {
+            printer.info(&format!("{name}: changes requested: {summary}"));
+            for change in &verdict.requested_changes {
+                printer.info(&format!("  - {}", change.trim()));
+            }
+        }
+    } else if let Some(error) = &step.verdict_error {
+        printer.warning(&format!("{name}: no verdict: {error}"));
+    }
 }
 
 /// Prints how the workflow ended: the summary on stderr, the data (JSON, or the diff's path)
@@ -343,7 +364,11 @@ async fn run_step(
             let mut run_args = sandbox_args(args, &request.step, worktree, &step_dir, None);
             run_args.push("--".into());
             run_args.extend(argv.iter().cloned());
-            run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await
+            let before = tree.snapshot();
+            let outcome =
+                run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await;
+            keep_step_patch(tree, before, &step_dir, printer);
+            outcome
         }
         Action::Agent { profile, .. } => {
             let diff = if request.needs_diff() {
@@ -365,9 +390,63 @@ async fn run_step(
                 sandbox_args(args, &request.step, worktree, &step_dir, Some(profile));
             run_args.push("--".into());
             run_args.push(prompt);
-            run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await
+            let before = tree.snapshot();
+            let outcome =
+                run_in_sandbox(args, run_args, request, &step_dir, interrupts, printer).await;
+            keep_step_patch(tree, before, &step_dir, printer);
+            outcome
         }
     }
+}
+
+/// Keeps what one step changed in the shared workspace as its run's own patch (`diff.patch`
+/// in the run's directory, named in its record), so that `berth diff STEP_RUN` shows it and
+/// `berth apply` takes just that step. The step's run has ended: no process of it is left.
+fn keep_step_patch(
+    tree: &Worktree,
+    before: Result<String, WorkspaceError>,
+    step_dir: &Path,
+    printer: Printer,
+) {
+    let Some(run_dir) = step_run_dir(step_dir) else {
+        return;
+    };
+    let run_dir = berth_sandbox::rundir::RunDir::open(run_dir);
+    let kept = before
+        .and_then(|before| Ok((before, tree.snapshot()?)))
+        .and_then(|(before, after)| tree.patch_between(&before, &after))
+        .map_err(SandboxError::from)
+        .and_then(|patch| {
+            let path = run_dir.path().join("diff.patch");
+            std::fs::write(&path, patch).map_err(|e| SandboxError::io(&path, e))
+        })
+        .and_then(|()| {
+            let mut record = run_dir.read_record()?;
+            // The patch's paths are relative to the checkout's top (a worktree), or to the
+            // directory the copy was made of (a snapshot): `tree.repo` either way.
+            record.workspace = Some(berth_core::record::WorkspaceResult {
+                mode: record.spec.workspace_mode,
+                repo: Some(tree.repo.display().to_string()),
+                base_commit: Some(tree.base.clone()).filter(|b| !b.is_empty()),
+                diff: Some("diff.patch".into()),
+                tree: None,
+                worktree: None,
+                branch: None,
+                upload: None,
+                download: None,
+            });
+            run_dir.write_record(&record)
+        });
+    if let Err(e) = kept {
+        printer.warning(&format!("keeping the step's own patch failed: {e}"));
+    }
+}
+
+/// The directory of the run a step made (its only one).
+fn step_run_dir(step_dir: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(step_dir.join("runs"))
+        .ok()
+        .and_then(|entries| entries.flatten().map(|e| e.path()).max())
 }
 
 /// `berth run` arguments for a step in the sandbox (before `--` and the command or prompt).
@@ -409,7 +488,7 @@ fn sandbox_args(
     }
     let egress = &args.egress;
     if let Some(mode) = &egress.mode {
-        run.extend(["--egress".into(), mode.clone()]);
+        run.extend(["--egress".into(), mode.to_string()]);
     }
     for (flag, values) in [
         ("--allow-host", &egress.allow_hosts),
@@ -447,13 +526,17 @@ async fn run_in_sandbox(
             )
         }
     };
-    let reporter: Arc<dyn Reporter> = if args.json {
+    let shown: Arc<dyn Reporter> = if args.json {
         Arc::new(JsonReporter)
     } else {
         Arc::new(HumanReporter::new(printer))
     };
+    let reporter = Arc::new(StepOutputReporter {
+        shown,
+        tail: Mutex::default(),
+    });
     let (tx, step_interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let step = super::run::prepare_and_run(*parsed, reporter, step_interrupts, printer);
+    let step = super::run::prepare_and_run(*parsed, reporter.clone(), step_interrupts, printer);
     tokio::pin!(step);
     let result = loop {
         tokio::select! {
@@ -464,11 +547,66 @@ async fn run_in_sandbox(
     if let Err(e) = result {
         return StepOutcome::ended(RunState::Error, &e.to_string());
     }
-    read_run(step_dir, request)
+    let output = reporter
+        .tail
+        .lock()
+        .map(|mut tail| std::mem::take(&mut *tail).finish())
+        .unwrap_or_default();
+    read_run(step_dir, request, output)
 }
 
-/// The step's run as its records say: state, exit code, reason, output and verdict file.
-fn read_run(step_dir: &Path, request: &StepRequest) -> StepOutcome {
+/// Passes a sandboxed step's run on to the reporter that shows it, and keeps the command's
+/// output for `{{ STEP.output }}` by the core's rule (`workflow::output`). It takes the output
+/// line by line, as the runner does for the server, so a step's output is the same in both;
+/// a reporter that shows raw output gets each line as it is complete.
+struct StepOutputReporter {
+    shown: Arc<dyn Reporter>,
+    tail: Mutex<OutputTail>,
+}
+
+impl Reporter for StepOutputReporter {
+    fn event(&self, line: &EventLine) {
+        let Event::Output {
+            stream,
+            text,
+            data_base64,
+        } = &line.event
+        else {
+            return self.shown.event(line);
+        };
+        let bytes = berth_core::event::output_bytes(text.as_deref(), data_base64.as_deref())
+            .unwrap_or_default();
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.push(&bytes);
+        }
+        if self.shown.wants_lines() {
+            self.shown.event(line);
+        } else {
+            self.shown.output(*stream, &bytes);
+        }
+    }
+
+    /// Not called: this reporter takes lines.
+    fn output(&self, stream: Stream, data: &[u8]) {
+        self.shown.output(stream, data);
+    }
+
+    fn wants_lines(&self) -> bool {
+        true
+    }
+
+    fn pull_progress(&self, progress: &berth_engine::PullProgress) {
+        self.shown.pull_progress(progress);
+    }
+
+    fn transfer_progress(&self, what: &str, done: u64, total: u64) {
+        self.shown.transfer_progress(what, done, total);
+    }
+}
+
+/// The step's run as its records say: state, exit code, reason, output (an agent's final
+/// message, or `command_output`) and verdict file.
+fn read_run(step_dir: &Path, request: &StepRequest, command_output: String) -> StepOutcome {
     let runs = step_dir.join("runs");
     let run_dir = std::fs::read_dir(&runs)
         .ok()
@@ -487,9 +625,7 @@ fn read_run(step_dir: &Path, request: &StepRequest) -> StepOutcome {
         serde_json::from_value::<RunState>(record["state"].clone()).unwrap_or(RunState::Error);
     let output = match &request.step.action {
         Action::Agent { .. } => final_message(&run_dir.join("events.jsonl")),
-        Action::Command { .. } => {
-            tail(&run_dir.join("stdout.log")) + &tail(&run_dir.join("stderr.log"))
-        }
+        Action::Command { .. } => command_output,
     };
     let mut outcome = StepOutcome {
         state,
@@ -501,7 +637,8 @@ fn read_run(step_dir: &Path, request: &StepRequest) -> StepOutcome {
     };
     if let Some(rule) = &request.step.verdict {
         let file = run_dir.join("artifacts/berth/out").join(&rule.file);
-        if let Ok(bytes) = read_limited(&file, workflow::verdict::MAX_VERDICT_BYTES as u64 + 1) {
+        if let Ok(bytes) = std::fs::File::open(&file).and_then(workflow::verdict::read_verdict_file)
+        {
             outcome.verdict_file = Some(bytes);
         }
     }
@@ -518,26 +655,20 @@ fn final_message(events: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The last `OUTPUT_TAIL` bytes of a log.
+/// `{{ STEP.output }}` of a host step, whose stdout and stderr share one log: its last
+/// `OUTPUT_TAIL` bytes by the core's rule.
 fn tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)));
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL as u64)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    let mut tail = OutputTail::default();
+    tail.push(&bytes);
+    tail.finish()
 }
 
 /// A host step: the command in the worktree, without a sandbox, its output kept in the step's
@@ -607,7 +738,7 @@ async fn run_on_host(
 }
 
 /// The worktree's change against its base: new, modified and deleted files, binaries included.
-fn diff_text(tree: &Worktree) -> Result<String, String> {
+fn diff_text(tree: &Worktree) -> Result<String, WorkspaceError> {
     tree.diff()
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
@@ -619,5 +750,70 @@ fn save(dir: &Path, state: &WorkflowRun) {
         if std::fs::write(&tmp, json).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("workflow.json"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shows raw output, as the terminal's reporter does.
+    #[derive(Default)]
+    struct Shown(Mutex<Vec<u8>>);
+
+    impl Reporter for Shown {
+        fn event(&self, _line: &EventLine) {}
+        fn output(&self, _stream: Stream, data: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(data);
+        }
+    }
+
+    fn output(stream: Stream, text: Option<&str>, data_base64: Option<&str>) -> EventLine {
+        EventLine {
+            ts: String::new(),
+            run_id: "r".into(),
+            event: Event::Output {
+                stream,
+                text: text.map(str::to_string),
+                data_base64: data_base64.map(str::to_string),
+            },
+        }
+    }
+
+    /// The server's test of the same rule is `berth-server/tests/workflows.rs`
+    /// (`a_command_step_s_output_is_the_interleaved_tail_cut_at_a_character`), over the same
+    /// lines stored as events.
+    #[test]
+    fn a_command_step_s_output_is_the_interleaved_tail_cut_at_a_character() {
+        let shown = Arc::new(Shown::default());
+        let reporter = StepOutputReporter {
+            shown: shown.clone(),
+            tail: Mutex::default(),
+        };
+        // Cut off, then "é" across the cut, then stdout and stderr lines in turn.
+        reporter.event(&output(Stream::Stdout, Some("gone\n"), None));
+        reporter.event(&output(Stream::Stderr, Some("é\n"), None));
+        let mut kept = String::from("\n");
+        let mut stream = Stream::Stdout;
+        // The bytes after "é": OUTPUT_TAIL less its second byte.
+        while kept.len() < OUTPUT_TAIL - 1 - 8 {
+            let room = (OUTPUT_TAIL - 1 - 8 - kept.len()).min(1024);
+            let line = format!("{}\n", "o".repeat(room - 1));
+            reporter.event(&output(stream, Some(&line), None));
+            kept.push_str(&line);
+            stream = match stream {
+                Stream::Stdout => Stream::Stderr,
+                Stream::Stderr => Stream::Stdout,
+            };
+        }
+        reporter.event(&output(Stream::Stderr, Some("tail\n"), None));
+        reporter.event(&output(Stream::Stdout, None, Some("//4K")));
+
+        let got = std::mem::take(&mut *reporter.tail.lock().unwrap()).finish();
+        assert_eq!(got, format!("{kept}tail\n\u{FFFD}\u{FFFD}\n"));
+        // The terminal was shown every byte, base64 decoded.
+        let shown = shown.0.lock().unwrap();
+        assert!(shown.starts_with("gone\né\n".as_bytes()));
+        assert!(shown.ends_with(b"tail\n\xFF\xFE\n"));
     }
 }

@@ -29,6 +29,12 @@ pub fn tls_image() -> &'static str {
     IMAGE.get_or_init(|| build_test_image("build-tls"))
 }
 
+/// The test image plus this host's git (Debian's package) and its libraries.
+pub fn git_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| build_test_image("build-git"))
+}
+
 /// Runs `scripts/test-image.sh MODE` and returns the tag it prints.
 fn build_test_image(mode: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");

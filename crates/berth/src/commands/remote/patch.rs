@@ -1,11 +1,12 @@
-//! `berth diff` and `berth apply` on a server run: the run's `berth/diff.patch` artifact,
-//! downloaded, then printed or applied to the checkout here as for a local run.
+//! `berth diff`, `berth apply` and `berth branch` on a server run: the run's
+//! `berth/diff.patch` artifact, downloaded, then printed, applied to the checkout here, or
+//! committed on a branch of the commit the run started from, as for a local run.
 
 use std::path::{Path, PathBuf};
 
 use berth_api::RunView;
+use berth_client::ApiError;
 use berth_core::ExitStatus;
-use berth_runner::ApiError;
 
 use super::{client, fail, in_neither, server_answered};
 use crate::args::RunRefArgs;
@@ -16,6 +17,7 @@ use crate::printer::Printer;
 pub enum Take {
     Print,
     Apply,
+    Branch,
 }
 
 /// Whether the run is the server's: a server is given and no local run matches. A local run
@@ -74,6 +76,78 @@ pub async fn take(what: Take, args: RunRefArgs, printer: Printer) -> ExitStatus 
     match what {
         Take::Print => crate::commands::diff::print_patch(&run.id, &patch, printer),
         Take::Apply => apply(&run.id, &patch, args.workspace.as_deref(), printer),
+        Take::Branch => branch(&run, &patch, args.workspace.as_deref(), printer),
+    }
+}
+
+/// Makes the branch `berth/<run-id>` in the checkout holding `workspace` (or the current
+/// directory): one commit of the run's changes on the commit the run started from, which must be
+/// in this checkout. The checkout's files and index stay as they are.
+fn branch(run: &RunView, patch: &[u8], workspace: Option<&Path>, printer: Printer) -> ExitStatus {
+    let Some(base) = run.commit.as_deref() else {
+        printer.error(
+            &format!(
+                "run {} did not record the commit it started from, so there is nothing to branch from",
+                run.id
+            ),
+            Some(&format!(
+                "`berth apply {}` applies its changes to the files instead",
+                run.id
+            )),
+        );
+        return ExitStatus::Error;
+    };
+    let here = workspace
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let top = match git(&here, &["rev-parse", "--show-toplevel"], None) {
+        Ok(out) => PathBuf::from(out.trim()),
+        Err(e) => {
+            printer.error(
+                &format!("{} is not in a git checkout: {e}", here.display()),
+                Some("run `berth branch` in the project's checkout, or pass --workspace DIR"),
+            );
+            return ExitStatus::Error;
+        }
+    };
+    let wanted = format!("{base}^{{commit}}");
+    let known = ["cat-file", "-e", "--end-of-options", wanted.as_str()];
+    if git(&top, &known, None).is_err() {
+        printer.error(
+            &format!(
+                "run {} started from commit {base}, which is not in {}",
+                run.id,
+                top.display()
+            ),
+            Some(&format!(
+                "fetch it (`git fetch`) and try again, or `berth apply {}` applies the changes to the files",
+                run.id
+            )),
+        );
+        return ExitStatus::Error;
+    }
+    let name = format!("berth/{}", run.id);
+    let taken = format!("refs/heads/{name}");
+    if git(&top, &["rev-parse", "--verify", "--quiet", &taken], None).is_ok() {
+        printer.error(
+            &format!("the branch {name} already exists in {}", top.display()),
+            Some(&format!(
+                "delete it first (`git branch -D {name}`) or use it as it is"
+            )),
+        );
+        return ExitStatus::Error;
+    }
+    let message = format!("berth run {}\n\n{:?}", run.id, run.sandbox.command);
+    // The patch's paths are relative to the top of the runner's checkout of the project.
+    match berth_sandbox::workspace::branch_at(&top, base, "", &name, &message, patch) {
+        Ok(()) => {
+            crate::printer::data_line(&name);
+            ExitStatus::Success
+        }
+        Err(e) => {
+            printer.error(&format!("making the branch {name} failed: {e}"), None);
+            ExitStatus::Error
+        }
     }
 }
 
@@ -143,13 +217,29 @@ fn apply(id: &str, patch: &[u8], workspace: Option<&Path>, printer: Printer) -> 
     ExitStatus::Success
 }
 
+/// A git command of `berth apply`/`branch` on a server run that could not run or failed.
+#[derive(Debug, thiserror::Error)]
+enum GitError {
+    #[error("cannot run git: {0}")]
+    Run(std::io::Error),
+    #[error("writing to git: {0}")]
+    Stdin(std::io::Error),
+    #[error("waiting for git: {0}")]
+    Wait(std::io::Error),
+    /// git's stderr.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// `git ARGS` in `dir`, with `stdin` fed; its stdout, or its stderr as the error.
-fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {
+fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String, GitError> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("git")
         .args(args)
         .current_dir(dir)
+        // Its stderr is shown as the error, in the one language berth's own messages use.
+        .env("LC_ALL", "C")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -158,17 +248,16 @@ fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run git: {e}"))?;
+        .map_err(GitError::Run)?;
     if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(bytes)
-            .map_err(|e| format!("writing to git: {e}"))?;
+        pipe.write_all(bytes).map_err(GitError::Stdin)?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for git: {e}"))?;
+    let out = child.wait_with_output().map_err(GitError::Wait)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(GitError::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }

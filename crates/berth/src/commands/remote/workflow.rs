@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth_api::{SubmitWorkflow, WorkflowAuditView, WorkflowList, WorkflowView};
+use berth_client::Client;
 use berth_core::exit::RunState;
 use berth_core::ExitStatus;
-use berth_runner::Client;
 
 use super::{fail, key_values};
-use crate::args::SubmitArgs;
+use crate::args::{ExecutionMode, SubmitArgs};
 use crate::printer::{data_line, print_json, Printer};
 
 /// How often `--follow` asks how the workflow is doing.
@@ -29,7 +29,10 @@ fn single_run_flags(args: &SubmitArgs) -> Vec<&'static str> {
             given.push(name);
         }
     };
-    flag(args.execution_mode != "docker-sandbox", "--execution-mode");
+    flag(
+        args.execution_mode != ExecutionMode::DockerSandbox,
+        "--execution-mode",
+    );
     flag(args.workdir.is_some(), "--workdir");
     flag(!args.secrets.is_empty(), "--secret");
     flag(!args.mounts.is_empty(), "--mount");
@@ -87,10 +90,10 @@ fn request(args: &SubmitArgs) -> Result<SubmitWorkflow, (String, String)> {
         agent_image: args.agent_image.clone(),
         network: args.network.clone(),
         egress: super::egress_request(&args.egress),
-        env: key_values("--env", &args.env).map_err(|e| (e, String::new()))?,
+        env: key_values("--env", &args.env).map_err(|e| (e.to_string(), String::new()))?,
         test_command,
         tags: args.tags.clone(),
-        labels: key_values("--label", &args.labels).map_err(|e| (e, String::new()))?,
+        labels: key_values("--label", &args.labels).map_err(|e| (e.to_string(), String::new()))?,
     })
 }
 

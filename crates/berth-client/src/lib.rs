@@ -1,7 +1,11 @@
-//! The coordinator's HTTP API as the runner and the CLI use it, over HTTPS (rustls, the system's
-//! roots plus `--ca`) or plain HTTP: to this machine freely, to another host only when asked.
+//! The coordinator's HTTP API as the runner, the CLI and the tests use it, over HTTPS (rustls,
+//! the system's roots plus `--ca`) or plain HTTP: to this machine freely, to another host only
+//! when asked. Event streams are read through the bounded parser in [`sse`].
 
-use std::path::PathBuf;
+pub mod sse;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use berth_api::ErrorBody;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sse::{SseError, SseEvent, SseParser};
 
 /// A call to the coordinator that did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,49 @@ pub struct Transport {
     /// Allows `http://` to a host that is not this machine (`--insecure-http`,
     /// `BERTH_INSECURE_HTTP`): the token and all run output cross the network in clear.
     pub insecure_http: bool,
+    /// A client certificate to present over HTTPS (`--tls-client-cert`, `--tls-client-key`):
+    /// a server started with `--tls-client-ca` takes runner tokens only with one.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+const CLIENT_IDENTITY: &str = "--tls-client-cert FILE (BERTH_TLS_CLIENT_CERT) takes the client's certificate chain in PEM, its own certificate first, signed by the server's --tls-client-ca; --tls-client-key FILE (BERTH_TLS_CLIENT_KEY) its private key in PEM, not encrypted";
+
+impl ClientIdentity {
+    /// Reads both files: the chain and the key, each error naming its file.
+    fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        ApiError,
+    > {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let refused = |path: &Path, problem: String| ApiError::Setup {
+            message: format!("{}: {problem}", path.display()),
+            hint: CLIENT_IDENTITY.into(),
+        };
+        let cert = std::fs::read(&self.cert).map_err(|e| refused(&self.cert, e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(&self.cert, format!("not a PEM certificate file ({e})")))?;
+        if chain.is_empty() {
+            return Err(refused(&self.cert, "no certificate found".into()));
+        }
+        let key = std::fs::read(&self.key).map_err(|e| refused(&self.key, e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|_| refused(&self.key, "no unencrypted PEM private key found".into()))?;
+        Ok((chain, key))
+    }
 }
 
 /// The hint for a server URL that is refused or warned about.
@@ -192,8 +240,11 @@ fn trusted_roots(ca: Option<&std::path::Path>) -> Result<rustls::RootCertStore, 
 
 /// rustls with ring, trusting `roots`. reqwest is built without a provider of its own, so every
 /// client gets this, plain HTTP ones with no roots at all.
-fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ApiError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+fn tls_config(
+    roots: rustls::RootCertStore,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, ApiError> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -201,8 +252,23 @@ fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ApiE
         message: format!("TLS cannot be set up: {e}"),
         hint: "this is a bug in berth".into(),
     })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let (chain, key) = identity.load()?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ApiError::Setup {
+                    message: format!(
+                        "{} with {}: {e}",
+                        identity.cert.display(),
+                        identity.key.display()
+                    ),
+                    hint: CLIENT_IDENTITY.into(),
+                })?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -228,7 +294,10 @@ impl Client {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .tls_backend_preconfigured(tls_config(roots)?)
+            .tls_backend_preconfigured(tls_config(
+                roots,
+                transport.identity.as_ref().filter(|_| https),
+            )?)
             .https_only(https)
             .build()
             .map_err(|e| ApiError::Setup {
@@ -379,12 +448,12 @@ impl Client {
             .map(|_| ())
     }
 
-    /// A streaming GET (server-sent events); the caller reads the body.
-    pub async fn get_stream(
+    /// A stream of server-sent events, resumed after `last_event_id` when given.
+    pub async fn get_events(
         &self,
         path: &str,
         last_event_id: Option<i64>,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<EventStream, ApiError> {
         let mut request = self
             .http
             .get(self.url(path))
@@ -392,7 +461,12 @@ impl Client {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
-        self.send(request, Duration::from_secs(24 * 3600)).await
+        let response = self.send(request, Duration::from_secs(24 * 3600)).await?;
+        Ok(EventStream {
+            response,
+            parser: SseParser::default(),
+            ready: VecDeque::new(),
+        })
     }
 
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ApiError> {
@@ -407,6 +481,30 @@ impl Client {
                 url: self.base.clone(),
                 message: error_chain(&e),
             })
+    }
+}
+
+/// The events of one streaming response, parsed as they arrive.
+#[derive(Debug)]
+pub struct EventStream {
+    response: reqwest::Response,
+    parser: SseParser,
+    ready: VecDeque<Result<SseEvent, SseError>>,
+}
+
+impl EventStream {
+    /// The next event, or an error in the place of one left out for its size (the stream goes
+    /// on after it); `None` once the connection ended, closed or broken.
+    pub async fn next(&mut self) -> Option<Result<SseEvent, SseError>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.ready.extend(self.parser.push(&bytes)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
     }
 }
 
@@ -457,6 +555,9 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<(String, String)
             C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which TLS clients refuse as a server's own: give the server a certificate without CA:TRUE, signed by a CA that --ca names".to_string(),
             _ => ca.to_string(),
         },
+        rustls::Error::AlertReceived(alert) if refuses_client_certificate(*alert) => {
+            format!("the server verifies client certificates (berth server --tls-client-ca) and refused this one: {CLIENT_IDENTITY}")
+        }
         rustls::Error::InvalidMessage(_) => "the server does not seem to speak TLS: start it with --tls-cert and --tls-key, or use http:// for a server on this machine".to_string(),
         _ => ca.to_string(),
     };
@@ -464,9 +565,26 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<(String, String)
         rustls::Error::InvalidCertificate(_) => {
             format!("the server's certificate was not accepted ({error})")
         }
+        rustls::Error::AlertReceived(alert) if refuses_client_certificate(*alert) => {
+            format!("the server did not accept this client's certificate ({error})")
+        }
         _ => error.to_string(),
     };
     Some((message, hint))
+}
+
+/// The alerts a server sends when the client's certificate is missing or not its CA's.
+fn refuses_client_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::UnsupportedCertificate
+            | A::CertificateUnknown
+            | A::DecryptError
+    )
 }
 
 /// reqwest's errors hide the useful part (connection refused, timed out) in their sources.

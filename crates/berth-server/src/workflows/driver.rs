@@ -1,294 +1,22 @@
-//! Workflows on the coordinator: the submission's checks, and the driver that moves a workflow
-//! along as its step runs end.
-//!
-//! A workflow is the core's state machine (`berth_core::workflow::state::WorkflowRun`) stored
-//! as JSON with its position. Each step is an ordinary run with `sandbox.workflow` set; the
-//! runner that claims the first step keeps the workflow's worktree, and every later step is
-//! pinned to it. [`advance`] is called when a step run ends (finish, cancel, lease expiry) and
-//! by the sweeper for every running workflow, so a server that died between a step's end and
-//! the next step's queueing catches up. Each advance reads the workflow's version and writes
-//! the new progress, its audit notes and the next step's run in one transaction that applies
-//! only at that version: two servers never queue a step twice.
+//! The driver: [`advance`] records a step run that ended, queues the next step as a run pinned
+//! to the worktree's runner, or ends the workflow, in one write at the version it read.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-use berth_api::{
-    FieldError, SandboxRequest, SubmitWorkflow, WorkflowAuditView, WorkflowStepView, WorkflowView,
-};
-use berth_core::exit::RunState as StepState;
+use berth_api::SandboxRequest;
+use berth_core::workflow::output::OutputTail;
 use berth_core::workflow::state::{
     Next, Position, StepOutcome, StepRecord, StepRequest, WorkflowRun,
 };
-use berth_core::workflow::{self, Action, Location, Workflow, WorkspaceKind};
+use berth_core::workflow::{self, Action, Location, WorkspaceKind};
 use berth_store::{
-    NewRun, NewWorkflow, RunRow, RunState, Store, StoreError, Wake, WorkflowAuditEntry,
-    WorkflowChange, WorkflowNote, WorkflowRow,
+    NewRun, RunRow, RunState, Store, StoreError, Wake, WorkflowChange, WorkflowNote, WorkflowRow,
 };
-use serde::{Deserialize, Serialize};
 
-use crate::clock::{now_ms, rfc3339};
+use super::{
+    artifacts_dir, diff_path, progress_of, submission_of, Progress, Submission, STEP_LABEL,
+    WORKFLOW_LABEL,
+};
+use crate::clock::now_ms;
 use crate::App;
-
-/// The most of a step's output kept for `{{ STEP.output }}` (the template cuts further).
-const OUTPUT_TAIL: usize = 256 * 1024;
-
-/// The label every step run carries: its workflow.
-pub const WORKFLOW_LABEL: &str = "berth.workflow";
-/// The label every step run carries: where in the workflow it is (`baseline/tests`,
-/// `iter-2/review`).
-pub const STEP_LABEL: &str = "berth.step";
-
-/// A workflow's stored progress: the state machine, the step run it waits for, and the run
-/// whose `berth/diff.patch` is the worktree's latest diff.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Progress {
-    pub run: WorkflowRun,
-    pub pending_run: Option<String>,
-    pub diff_run: Option<String>,
-}
-
-/// What the submission asked for beyond the workflow itself, kept with it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Submission {
-    pub file_name: String,
-    pub image: Option<String>,
-    pub agent_image: Option<String>,
-    pub network: Option<String>,
-    /// Every sandboxed step's egress (agent steps add their profile's hosts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<berth_api::EgressRequest>,
-    pub env: BTreeMap<String, String>,
-    pub tags: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub actor: String,
-}
-
-/// A checked submission, ready to store.
-pub struct Accepted {
-    pub workflow: NewWorkflow,
-}
-
-fn field(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-/// Checks a submission; every problem is reported with its JSON path.
-pub fn check(
-    request: &SubmitWorkflow,
-    ceiling: Option<&[String]>,
-    actor: &str,
-    now: i64,
-    random: u32,
-) -> Result<Accepted, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let test_command = request.test_command.clone();
-    if test_command
-        .as_ref()
-        .is_some_and(|argv| argv.first().is_none_or(String::is_empty))
-    {
-        errors.push(field(
-            "test_command",
-            "must be an argv array with a program first, e.g. [\"make\", \"test\"]",
-        ));
-    }
-    let file_name = request
-        .file_name
-        .clone()
-        .unwrap_or_else(|| "workflow".into());
-    let parsed: Option<Workflow> = match (&request.workflow, &request.builtin) {
-        (Some(_), Some(_)) => {
-            errors.push(field(
-                "builtin",
-                "give either a workflow file's text or a built-in's name, not both",
-            ));
-            None
-        }
-        (None, None) => {
-            errors.push(field(
-                "workflow",
-                format!(
-                    "required: the workflow file's text (TOML), or `builtin` with one of: {}",
-                    workflow::BUILTINS.join(", ")
-                ),
-            ));
-            None
-        }
-        (None, Some(name)) => match workflow::builtin(name, None) {
-            None => {
-                errors.push(field(
-                    "builtin",
-                    format!(
-                        "`{name}` is not a built-in workflow: expected one of {}",
-                        workflow::BUILTINS.join(", ")
-                    ),
-                ));
-                None
-            }
-            Some(Err(e)) => {
-                errors.push(field("builtin", e.to_string()));
-                None
-            }
-            Some(Ok(w)) => Some(w),
-        },
-        (Some(text), None) => match workflow::parse(&file_name, text) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                errors.push(field("workflow", e.to_string()));
-                None
-            }
-        },
-    };
-    let mut parsed = parsed;
-    if let (Some(w), Some(argv)) = (parsed.as_mut(), &test_command) {
-        if !argv.is_empty() && !argv[0].is_empty() {
-            if let Err(e) = w.set_test_command(argv) {
-                errors.push(field("test_command", e));
-            }
-        }
-    }
-    if let Some(w) = &parsed {
-        if w.needs_task() && request.task.trim().is_empty() {
-            errors.push(field(
-                "task",
-                format!(
-                    "workflow `{}` needs a task: its prompts use {{{{ task }}}}",
-                    w.name
-                ),
-            ));
-        }
-        let sandboxed: Vec<&str> = w
-            .all_steps()
-            .filter(|s| {
-                matches!(
-                    s.action,
-                    Action::Command {
-                        location: Location::Sandbox,
-                        ..
-                    }
-                )
-            })
-            .map(|s| s.name.as_str())
-            .collect();
-        if !sandboxed.is_empty() && request.image.is_none() {
-            errors.push(field(
-                "image",
-                format!(
-                    "required: the image for the command steps in the sandbox ({})",
-                    sandboxed.join(", ")
-                ),
-            ));
-        }
-    }
-    for (name, image) in [
-        ("image", &request.image),
-        ("agent_image", &request.agent_image),
-    ] {
-        if let Some(e) = image.as_deref().and_then(berth_api::image_error) {
-            errors.push(field(name, e));
-        }
-    }
-    for name in request.env.keys() {
-        if let Err(e) = berth_core::spec::check_env_name(name) {
-            errors.push(field(&format!("env.{name}"), e));
-        }
-    }
-    if let Some(network) = &request.network {
-        if let Err(e) = berth_core::spec::NetworkMode::parse(network) {
-            errors.push(field("network", e));
-        }
-    }
-    errors.extend(berth_api::tag_errors(&request.tags));
-    // Every sandboxed step runs with the workflow's egress: judged once per profile it meets.
-    let mut profiles: Vec<Option<&str>> = Vec::new();
-    for step in parsed.iter().flat_map(|w| w.all_steps()) {
-        let profile = match &step.action {
-            Action::Agent { profile, .. } => Some(profile.as_str()),
-            Action::Command {
-                location: Location::Sandbox,
-                ..
-            } => None,
-            Action::Command { .. } => continue,
-        };
-        if !profiles.contains(&profile) {
-            profiles.push(profile);
-        }
-    }
-    if profiles.is_empty() {
-        profiles.push(None);
-    }
-    for profile in profiles {
-        for e in berth_api::egress_errors(
-            request.egress.as_ref(),
-            request.network.as_deref(),
-            profile,
-            ceiling,
-            "",
-        ) {
-            if !errors.iter().any(|x| x.field == e.field) {
-                errors.push(e);
-            }
-        }
-    }
-    let Some(parsed) = parsed.filter(|_| errors.is_empty()) else {
-        return Err(errors);
-    };
-    let id = format!("wf-{}", berth_core::ids::run_id(now as u64, random));
-    let name = parsed.name.clone();
-    let progress = Progress {
-        run: WorkflowRun::new(parsed, &request.task),
-        pending_run: None,
-        diff_run: None,
-    };
-    let submission = Submission {
-        file_name,
-        image: request.image.clone(),
-        agent_image: request.agent_image.clone(),
-        network: request.network.clone(),
-        egress: request.egress.clone(),
-        env: request.env.clone(),
-        tags: request.tags.clone(),
-        labels: request.labels.clone(),
-        actor: actor.to_string(),
-    };
-    Ok(Accepted {
-        workflow: NewWorkflow {
-            id,
-            project: request.project.clone(),
-            name,
-            spec: serde_json::to_value(&submission).unwrap_or_default(),
-            progress: serde_json::to_value(&progress).unwrap_or_default(),
-            created_at: now,
-            actor: actor.to_string(),
-        },
-    })
-}
-
-/// The directory of a run's artifacts on the server.
-pub fn artifacts_dir(state_dir: &Path, run_id: &str) -> PathBuf {
-    state_dir.join("artifacts").join(run_id)
-}
-
-/// The workflow's diff so far: the latest step's `berth/diff.patch`.
-pub fn diff_path(state_dir: &Path, progress: &Progress) -> Option<PathBuf> {
-    progress
-        .diff_run
-        .as_deref()
-        .map(|run| artifacts_dir(state_dir, run).join("berth/diff.patch"))
-}
-
-pub fn progress_of(row: &WorkflowRow) -> Result<Progress, String> {
-    serde_json::from_value(row.progress.clone())
-        .map_err(|e| format!("workflow {}: stored progress is unreadable: {e}", row.id))
-}
-
-fn submission_of(row: &WorkflowRow) -> Result<Submission, String> {
-    serde_json::from_value(row.spec.clone())
-        .map_err(|e| format!("workflow {}: stored submission is unreadable: {e}", row.id))
-}
 
 /// Moves the workflow on as far as it can go now: records a step run that ended, queues the
 /// next step, or ends the workflow. Safe to call any time, from anywhere, concurrently.
@@ -322,7 +50,7 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
             tracing::error!(workflow = %id, error = %e, "ending an unreadable workflow");
             let mut change = change(&row, row.progress.clone(), now);
             change.notes.push(note("finished", format!("error: {e}")));
-            end(&mut change, RunState::Error, e);
+            end(&mut change, RunState::Error, e.to_string());
             return write(app, &change).await;
         }
     };
@@ -378,9 +106,9 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
         match progress.run.next() {
             Next::Finished(finish) => {
                 let state = match finish.state {
-                    StepState::Succeeded => RunState::Succeeded,
-                    StepState::Failed | StepState::TimedOut => RunState::Failed,
-                    StepState::Cancelled => RunState::Cancelled,
+                    RunState::Succeeded => RunState::Succeeded,
+                    RunState::Failed | RunState::TimedOut => RunState::Failed,
+                    RunState::Cancelled => RunState::Cancelled,
                     _ => RunState::Error,
                 };
                 let reason = finish.message();
@@ -421,7 +149,7 @@ async fn advance_once<S: Store>(app: &App<S>, id: &str) -> Result<Step, StoreErr
                         ));
                         let _ = progress
                             .run
-                            .record(StepOutcome::ended(StepState::Error, &why));
+                            .record(StepOutcome::ended(RunState::Error, &why.to_string()));
                     }
                 }
                 changed = true;
@@ -450,7 +178,7 @@ async fn pending_outcome<S: Store>(
 ) -> Result<Option<(StepOutcome, Option<RunRow>)>, StoreError> {
     let Some(run) = app.store.run(run_id).await? else {
         let gone = StepOutcome::ended(
-            StepState::Error,
+            RunState::Error,
             &format!("the step's run {run_id} is gone from the store"),
         );
         return Ok(Some((gone, None)));
@@ -470,7 +198,7 @@ async fn pending_outcome<S: Store>(
     let outcome = match stranded {
         Some(why) => StepOutcome {
             run_id: Some(run.id.clone()),
-            ..StepOutcome::ended(StepState::Error, &why)
+            ..StepOutcome::ended(RunState::Error, &why)
         },
         None => outcome_of(app, &ended, progress).await?,
     };
@@ -541,7 +269,7 @@ async fn stranded_on<S: Store>(app: &App<S>, run: &RunRow) -> Result<Option<Stri
 }
 
 /// The position of the step the state machine waits for.
-fn current_position(run: &WorkflowRun) -> Option<Position> {
+pub(super) fn current_position(run: &WorkflowRun) -> Option<Position> {
     match run.next() {
         Next::Run(request) => Some(request.position),
         // After a cancel the cursor still names the step that was running.
@@ -597,18 +325,15 @@ async fn outcome_of<S: Store>(
     progress: &Progress,
 ) -> Result<StepOutcome, StoreError> {
     let (state, reason) = match run.state {
-        RunState::Succeeded => (StepState::Succeeded, run.reason.clone()),
-        RunState::Failed => (StepState::Failed, run.reason.clone()),
-        RunState::TimedOut => (StepState::TimedOut, run.reason.clone()),
-        RunState::Cancelled => (StepState::Cancelled, run.reason.clone()),
         RunState::Lost => (
-            StepState::Error,
+            RunState::Error,
             Some(format!(
                 "lost: {}",
                 run.reason.as_deref().unwrap_or("the runner went away")
             )),
         ),
-        _ => (StepState::Error, run.reason.clone()),
+        state if state.is_final() => (state, run.reason.clone()),
+        _ => (RunState::Error, run.reason.clone()),
     };
     let step = current_position(&progress.run)
         .and_then(|at| progress.run.workflow.step(&at.step).cloned());
@@ -621,7 +346,9 @@ async fn outcome_of<S: Store>(
             let path = artifacts_dir(&app.config.state_dir, &run.id)
                 .join("berth/out")
                 .join(&rule.file);
-            read_limited(&path, workflow::verdict::MAX_VERDICT_BYTES as u64 + 1)
+            std::fs::File::open(&path)
+                .and_then(workflow::verdict::read_verdict_file)
+                .ok()
         }
         None => None,
     };
@@ -635,26 +362,15 @@ async fn outcome_of<S: Store>(
     })
 }
 
-fn read_limited(path: &Path, limit: u64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(limit)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(bytes)
-}
-
-/// A step's output from its stored events: an agent's final message, or the last
-/// [`OUTPUT_TAIL`] bytes of a command's stdout and stderr.
+/// A step's output from its stored events: an agent's final message, or a command's stdout
+/// and stderr by the core's rule (`workflow::output`, the same as `berth workflow run`'s).
 async fn step_output<S: Store>(
     app: &App<S>,
     run_id: &str,
     agent: bool,
 ) -> Result<String, StoreError> {
     let mut after = 0;
-    let mut text = String::new();
+    let mut tail = OutputTail::default();
     let mut final_message = String::new();
     loop {
         let events = app
@@ -665,12 +381,9 @@ async fn step_output<S: Store>(
         after = last.seq;
         for event in &events {
             match event.kind.as_str() {
-                "stdout" | "stderr" if !agent => {
-                    text.push_str(&event.data);
-                    if text.len() > 2 * OUTPUT_TAIL {
-                        let cut = floor_char_boundary(&text, text.len() - OUTPUT_TAIL);
-                        text.drain(..cut);
-                    }
+                "stdout" | "stderr" if !agent => tail.push_event(Some(&event.data), None),
+                "stdout_base64" | "stderr_base64" if !agent => {
+                    tail.push_event(None, Some(&event.data));
                 }
                 "agent" if agent => {
                     let value = serde_json::from_str(&event.data).unwrap_or_default();
@@ -685,18 +398,21 @@ async fn step_output<S: Store>(
     if agent {
         return Ok(final_message);
     }
-    if text.len() > OUTPUT_TAIL {
-        let cut = floor_char_boundary(&text, text.len() - OUTPUT_TAIL);
-        text.drain(..cut);
-    }
-    Ok(text)
+    Ok(tail.finish())
 }
 
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
+/// Why a workflow's next step could not be made into a run.
+#[derive(Debug, thiserror::Error)]
+enum StepRunError {
+    #[error("reading the diff {}: {source}", path.display())]
+    Diff {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rendering the prompt failed: {0}")]
+    Prompt(berth_core::workflow::template::TemplateError),
+    #[error("{0}")]
+    Encode(serde_json::Error),
 }
 
 /// The run of a step: its sandbox request (agent, command in the sandbox, or command on the
@@ -709,7 +425,7 @@ fn step_run<S: Store>(
     request: &StepRequest,
     runner: Option<String>,
     now: i64,
-) -> Result<NewRun, String> {
+) -> Result<NewRun, StepRunError> {
     let step = &request.step;
     let mut sandbox = SandboxRequest {
         isolation: step.isolation.map(|i| i.to_string()),
@@ -727,22 +443,20 @@ fn step_run<S: Store>(
         ),
         ..SandboxRequest::default()
     };
-    let mut execution_mode = "docker-sandbox";
+    let mut execution_mode = berth_store::ExecutionMode::DockerSandbox;
     match &step.action {
         Action::Agent { profile, .. } => {
             let diff = if request.needs_diff() {
                 match diff_path(&app.config.state_dir, progress) {
                     Some(path) => std::fs::read(&path)
                         .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .map_err(|e| format!("reading the diff {}: {e}", path.display()))?,
+                        .map_err(|source| StepRunError::Diff { path, source })?,
                     None => String::new(),
                 }
             } else {
                 String::new()
             };
-            let prompt = request
-                .prompt(&diff)
-                .map_err(|e| format!("rendering the prompt failed: {e}"))?;
+            let prompt = request.prompt(&diff).map_err(StepRunError::Prompt)?;
             sandbox.profile = Some(profile.clone());
             sandbox.egress = submission.egress.clone();
             sandbox.prompt = prompt;
@@ -751,7 +465,7 @@ fn step_run<S: Store>(
         Action::Command { argv, location } => {
             sandbox.command = argv.clone();
             if *location == Location::Host {
-                execution_mode = "local";
+                execution_mode = berth_store::ExecutionMode::Local;
                 sandbox.network = None;
             } else {
                 sandbox.image = submission.image.clone();
@@ -765,8 +479,8 @@ fn step_run<S: Store>(
     Ok(NewRun {
         id: berth_core::ids::run_id(now as u64, rand::random()),
         project: row.project.clone(),
-        execution_mode: execution_mode.into(),
-        spec: serde_json::to_value(&sandbox).map_err(|e| e.to_string())?,
+        execution_mode,
+        spec: serde_json::to_value(&sandbox).map_err(StepRunError::Encode)?,
         tags: berth_api::routing_tags(&submission.tags, sandbox.isolation.as_deref()),
         labels,
         created_at: now,
@@ -786,89 +500,5 @@ pub async fn advance_all<S: Store>(app: &App<S>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "listing running workflows failed"),
-    }
-}
-
-/// The workflow of a step run, if it is one.
-pub fn workflow_of(run: &RunRow) -> Option<&str> {
-    run.labels.get(WORKFLOW_LABEL).map(String::as_str)
-}
-
-pub fn view(row: WorkflowRow) -> WorkflowView {
-    let progress = progress_of(&row).ok();
-    let mut steps = Vec::new();
-    let (mut iterations, mut baseline_red, mut task, mut diff_run) =
-        (0, Vec::new(), String::new(), None);
-    if let Some(p) = &progress {
-        let records = p
-            .run
-            .baseline
-            .iter()
-            .chain(p.run.iterations.iter().flat_map(|it| it.steps.iter()));
-        steps = records.map(step_view).collect();
-        iterations = p.run.iterations.len() as u32;
-        baseline_red = p.run.baseline_red.clone();
-        task = p.run.task.clone();
-        diff_run = p.diff_run.clone();
-        if let Some(pending) = &p.pending_run {
-            if let Some(at) = current_position(&p.run) {
-                // The running step's iteration has started, though nothing of it is recorded.
-                iterations = iterations.max(at.iteration);
-                steps.push(WorkflowStepView {
-                    iteration: at.iteration,
-                    step: at.step,
-                    run_id: Some(pending.clone()),
-                    state: "running".into(),
-                    exit_code: None,
-                    reason: None,
-                    verdict: None,
-                    verdict_error: None,
-                });
-            }
-        }
-    }
-    WorkflowView {
-        id: row.id,
-        project: row.project,
-        name: row.name,
-        state: row.state.as_str().to_string(),
-        reason: row.reason,
-        task,
-        created_at: rfc3339(row.created_at),
-        finished_at: row.finished_at.map(rfc3339),
-        runner_id: row.runner_id,
-        // The step run in progress, else the last one.
-        current_run: steps.last().and_then(|s| s.run_id.clone()),
-        cancel_requested: row.cancel_requested,
-        iterations,
-        baseline_red,
-        steps,
-        diff_run,
-    }
-}
-
-fn step_view(record: &StepRecord) -> WorkflowStepView {
-    WorkflowStepView {
-        iteration: record.position.iteration,
-        step: record.position.step.clone(),
-        run_id: record.run_id.clone(),
-        state: record.state.to_string(),
-        exit_code: record.exit_code,
-        reason: record.reason.clone(),
-        verdict: record
-            .verdict
-            .as_ref()
-            .and_then(|v| serde_json::to_value(v).ok()),
-        verdict_error: record.verdict_error.as_ref().map(ToString::to_string),
-    }
-}
-
-pub fn audit_view(entry: WorkflowAuditEntry) -> WorkflowAuditView {
-    WorkflowAuditView {
-        seq: entry.seq,
-        ts: rfc3339(entry.ts),
-        actor: entry.actor,
-        event: entry.event,
-        detail: entry.detail,
     }
 }
