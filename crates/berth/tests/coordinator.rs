@@ -3246,8 +3246,12 @@ fn written_off_runner_never_starts_what_another_runner_took(db: Db) {
         assert_eq!(
             marker.lines().count(),
             1,
-            "{id} ran {} times: {run}\n{}",
+            "{id} ran {} times: {run}\nits events: {:?}\n{}",
             marker.lines().count(),
+            c.events(id, None)
+                .iter()
+                .map(|e| format!("{}: {}", e.kind, e.payload()))
+                .collect::<Vec<_>>(),
             c.all_log_tails()
         );
         let state = run["state"].as_str().unwrap();
