@@ -25,6 +25,10 @@ use crate::spec::RunSpec;
 pub const SERVE_OPTION: &str = "--serve";
 /// With `--serve`: no process of a run survives it (see the shim's `sweep_others`).
 pub const SWEEP_OPTION: &str = "--sweep";
+/// The supervisor's option naming the sandbox user it starts every command as.
+pub const RUN_AS_OPTION: &str = "--run-as";
+/// What a held container's supervisor keeps of root: starting each command as the sandbox user.
+pub const SUPERVISOR_CAPABILITIES: [&str; 2] = ["SETUID", "SETGID"];
 
 /// Which kind of held container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,10 +194,12 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     ctx.setup_frame = false;
     let mut plan = plan::plan_container(&spec, &ctx);
     plan.name = holder.name.clone();
+    let (uid, gid) = plan::sandbox_user(spec.user, ctx.invoking_uid, ctx.invoking_gid);
     plan.entrypoint = vec![
         SHIM_TARGET.to_string(),
         SERVE_OPTION.to_string(),
         SWEEP_OPTION.to_string(),
+        format!("{RUN_AS_OPTION}={uid}:{gid}"),
     ];
     plan.entrypoint.extend(
         ctx.mount_identities
@@ -207,11 +213,17 @@ pub fn plan_holder(spec: &RunSpec, ctx: &PlanContext, holder: &HolderContext) ->
     // handle, SIGSTOP included) nor reach the frames and reports through an init's
     // `/proc/1/fd` (the shim is not dumpable; docker-init is). It reaps orphans itself.
     plan.init = false;
+    // ... and not of the sandbox user: started as root with CAP_SETUID and CAP_SETGID only, it
+    // keeps root as its real and saved user and starts each command as the sandbox user, with
+    // no capability (`--run-as`). Under gVisor, which lets a process stop or open the
+    // `/proc/PID/fd` of any process of its own user, PID 1 and non-dumpable alone protect
+    // nothing; a different user does, under every runtime.
+    plan.user = "0:0".to_string();
+    plan.cap_add = SUPERVISOR_CAPABILITIES.map(str::to_string).to_vec();
     plan.stdin_once = false;
     plan.env.retain(|e| e.starts_with("HOME="));
     // A later run may bring secrets the first did not: the tmpfs is always there.
     if !plan.tmpfs.iter().any(|t| t.target == SECRETS_TARGET) {
-        let (uid, gid) = plan::sandbox_user(spec.user, ctx.invoking_uid, ctx.invoking_gid);
         plan.tmpfs.push(TmpfsMount {
             target: SECRETS_TARGET.to_string(),
             options: format!("rw,nosuid,nodev,mode=0700,uid={uid},gid={gid},noexec,size=1m"),
@@ -426,14 +438,21 @@ mod tests {
     fn holder_keeps_the_hardening_and_holds() {
         let cold = plan::plan_container(&spec(), &ctx("r1"));
         let held = plan_holder(&spec(), &ctx("r1"), &holder());
-        assert_eq!(held.entrypoint, ["/berth/shim", "--serve", "--sweep"]);
+        assert_eq!(
+            held.entrypoint,
+            ["/berth/shim", "--serve", "--sweep", "--run-as=1000:1000"]
+        );
         assert!(!held.stdin_once && cold.stdin_once);
         assert!(!held.init && cold.init, "the supervisor is PID 1");
         assert!(held.cmd.is_empty());
         assert_eq!(held.name, "berth-claude--fixer");
         assert_eq!(held.cap_drop, cold.cap_drop);
         assert_eq!(held.security_opt, cold.security_opt);
-        assert_eq!(held.user, cold.user);
+        // The supervisor is root with two capabilities; each command is the cold run's user.
+        assert_eq!(cold.user, "1000:1000");
+        assert_eq!(held.user, "0:0");
+        assert_eq!(held.cap_add, ["SETUID", "SETGID"]);
+        assert!(cold.cap_add.is_empty());
         assert_eq!(held.memory_bytes, cold.memory_bytes);
         assert_eq!(held.memory_swap_bytes, cold.memory_swap_bytes);
         assert_eq!(held.nano_cpus, cold.nano_cpus);

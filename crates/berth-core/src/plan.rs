@@ -97,6 +97,9 @@ pub struct ContainerPlan {
     pub publish: Vec<PortPublish>,
     pub read_only_rootfs: bool,
     pub cap_drop: Vec<String>,
+    /// Capabilities given back after `cap_drop`: only a held container's supervisor has any
+    /// (CAP_SETUID and CAP_SETGID, to start each command as the sandbox user).
+    pub cap_add: Vec<String>,
     pub security_opt: Vec<String>,
     /// Run the engine's init (tini) as PID 1: it forwards signals and reaps zombies.
     pub init: bool,
@@ -453,6 +456,7 @@ pub fn plan_container(spec: &RunSpec, ctx: &PlanContext) -> ContainerPlan {
         publish: spec.publish.clone(),
         read_only_rootfs: spec.read_only,
         cap_drop: vec!["ALL".to_string()],
+        cap_add: Vec::new(),
         security_opt: vec!["no-new-privileges:true".to_string()],
         init: true,
         private_cgroup_namespace: true,

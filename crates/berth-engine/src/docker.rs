@@ -525,6 +525,7 @@ fn plan_to_body(plan: &ContainerPlan) -> ContainerCreateBody {
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
         readonly_rootfs: Some(plan.read_only_rootfs),
         cap_drop: Some(plan.cap_drop.clone()),
+        cap_add: (!plan.cap_add.is_empty()).then(|| plan.cap_add.clone()),
         security_opt: Some(plan.security_opt.clone()),
         init: Some(plan.init),
         storage_opt: plan.disk_bytes.map(|bytes| {

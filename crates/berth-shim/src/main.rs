@@ -228,6 +228,12 @@ struct Options {
     egress_dir: Option<OsString>,
     /// `--forward`: be the forwarder (started by the shim itself before the command).
     forward: bool,
+    /// `--run-as=UID:GID` (with `--serve`, started as root): the supervisor keeps root as its
+    /// real and saved user and works as `UID:GID`; every command and forwarder it starts drops
+    /// to `UID:GID` entirely. A run's processes then differ from the supervisor by user, so no
+    /// runtime lets them signal it or open its `/proc/1/fd` (gVisor ignores PID 1's and
+    /// non-dumpable's protections between processes of one user). `None` when malformed.
+    run_as: Option<Option<(u32, u32)>>,
 }
 
 /// What a mount must show to be the one berth checked.
@@ -263,6 +269,7 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
         egress: Vec::new(),
         egress_dir: None,
         forward: false,
+        run_as: None,
     };
     let mut rest = args.into_iter().peekable();
     while let Some(arg) = rest.peek() {
@@ -279,6 +286,14 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
             options.sweep = true;
         } else if bytes == b"--forward" {
             options.forward = true;
+        } else if let Some(spec) = bytes.strip_prefix(b"--run-as=") {
+            let (uid, gid, rest) = expectation(spec);
+            options.run_as = Some(match (uid, gid) {
+                (Some(uid), Some(gid)) if rest.is_empty() => {
+                    u32::try_from(uid).ok().zip(u32::try_from(gid).ok())
+                }
+                _ => None,
+            });
         } else if let Some(dir) = bytes.strip_prefix(b"--egress-dir=") {
             options.egress_dir = Some(OsStr::from_bytes(dir).to_os_string());
         } else if let Some(spec) = bytes.strip_prefix(b"--egress=") {
@@ -387,10 +402,12 @@ fn report(line: &str) {
 /// are reported (`exit CODE unclean N`); berth then stops the whole container.
 ///
 /// `bad_mounts`: why the container's mounts are not what berth checked; every run is refused.
+/// `run_as`: the user every command and forwarder is started as (see `Options::run_as`).
 fn serve(
     sweep: bool,
     bad_mounts: Option<String>,
     egress: Option<(Vec<(u16, String)>, OsString)>,
+    run_as: Option<(u32, u32)>,
 ) -> ! {
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = tx.clone();
@@ -423,20 +440,22 @@ fn serve(
                 if running.is_none()
                     && egress
                         .as_ref()
-                        .is_some_and(|(l, dir)| forwarder_fails(l, dir, &frame)) =>
+                        .is_some_and(|(l, dir)| forwarder_fails(l, dir, run_as, &frame)) =>
             {
                 report(&format!("exit {EXIT_SHIM}"));
             }
-            Message::Run(frame) if running.is_none() => match start(&frame, &secrets_dir, &tx) {
-                Ok(pid) => {
-                    running = Some(pid);
-                    report("started");
+            Message::Run(frame) if running.is_none() => {
+                match start(&frame, &secrets_dir, run_as, &tx) {
+                    Ok(pid) => {
+                        running = Some(pid);
+                        report("started");
+                    }
+                    Err((code, why)) => {
+                        write_to_stderr_of(&frame, &why);
+                        report(&format!("exit {code}"));
+                    }
                 }
-                Err((code, why)) => {
-                    write_to_stderr_of(&frame, &why);
-                    report(&format!("exit {code}"));
-                }
-            },
+            }
             Message::Run(_) => report("refused: a command is already running"),
             Message::Signal(number) => {
                 if let Some(pid) = running {
@@ -470,10 +489,15 @@ fn serve(
 }
 
 /// Starts the forwarder for a run in a held container; on failure tells the run why.
-fn forwarder_fails(listeners: &[(u16, String)], dir: &OsStr, frame: &Frame) -> bool {
+fn forwarder_fails(
+    listeners: &[(u16, String)],
+    dir: &OsStr,
+    run_as: Option<(u32, u32)>,
+    frame: &Frame,
+) -> bool {
     // Without a sweep, the last run's forwarder may still hold the ports: kill it by port owner
     // is not possible without libc, so a held container without --sweep keeps its first one.
-    match start_forwarder(listeners, dir) {
+    match start_forwarder(listeners, dir, run_as) {
         Ok(()) => false,
         Err(why) if why.contains("Address in use") || why.contains("address already in use") => {
             false
@@ -490,6 +514,7 @@ fn forwarder_fails(listeners: &[(u16, String)], dir: &OsStr, frame: &Frame) -> b
 fn start(
     frame: &Frame,
     secrets_dir: &Path,
+    run_as: Option<(u32, u32)>,
     tx: &std::sync::mpsc::Sender<Message>,
 ) -> Result<i32, (i32, String)> {
     let Some((program, args)) = frame.args.split_first() else {
@@ -500,6 +525,9 @@ fn start(
     cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
         .env_remove(SECRETS_DIR_VAR)
         .process_group(0);
+    if let Some((uid, gid)) = run_as {
+        sys::drop_to_user_at_exec(&mut cmd, uid, gid);
+    }
     clear_secrets(secrets_dir);
     for var in &frame.vars {
         if var.kind == Kind::Secret {
@@ -599,6 +627,64 @@ mod sys {
         fn fcntl(fd: i32, cmd: i32, ...) -> i32;
         fn sendmsg(fd: i32, msg: *const MsgHdr, flags: i32) -> isize;
         fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    }
+
+    extern "C" {
+        fn setresuid(real: u32, effective: u32, saved: u32) -> i32;
+        fn setresgid(real: u32, effective: u32, saved: u32) -> i32;
+        fn setgroups(size: usize, list: *const u32) -> i32;
+    }
+
+    /// `-1` for an id setres[ug]id leaves as it is.
+    const UNCHANGED: u32 = u32::MAX;
+
+    /// The held container's supervisor, started as root: root stays its real and saved user
+    /// (and group), while it works, reads and writes files as `uid:gid` (its effective ids,
+    /// which clear its effective capabilities). A process of `uid` can neither signal a process
+    /// whose real and saved user is root nor trace it or open its `/proc/PID/fd`, under runc
+    /// and gVisor alike; the supervisor's permitted CAP_SETUID and CAP_SETGID stay, for
+    /// [`drop_to_user_at_exec`].
+    #[allow(unsafe_code)] // setgroups(2), setresgid(2), setresuid(2): integers and a local array.
+    pub fn become_supervisor(uid: u32, gid: u32) -> io::Result<()> {
+        let groups = [gid];
+        // SAFETY: the pointer is to a live local array of `groups.len()` ids.
+        check(unsafe { setgroups(groups.len(), groups.as_ptr()) })?;
+        // SAFETY: integer arguments only.
+        check(unsafe { setresgid(UNCHANGED, gid, UNCHANGED) })?;
+        // SAFETY: integer arguments only.
+        check(unsafe { setresuid(UNCHANGED, uid, UNCHANGED) })
+    }
+
+    /// Makes `cmd`'s child drop to `uid:gid` entirely (real, effective, saved; the one group)
+    /// before it executes: it takes root back as its effective user (the supervisor's real one),
+    /// which restores the permitted CAP_SETUID and CAP_SETGID, and gives it up for good. Once
+    /// no id is root, the kernel clears every capability; `no-new-privileges` keeps them away.
+    #[allow(unsafe_code)] // pre_exec: in the forked child, system calls only (no allocation).
+    pub fn drop_to_user_at_exec(cmd: &mut super::Command, uid: u32, gid: u32) {
+        use std::os::unix::process::CommandExt;
+        let drop_all = move || -> io::Result<()> {
+            let groups = [gid];
+            // SAFETY: integer arguments, and a pointer to a live local array of one id; these
+            // calls are async-signal-safe, as a forked child of a threaded process needs.
+            unsafe {
+                check(setresuid(UNCHANGED, 0, UNCHANGED))?;
+                check(setgroups(groups.len(), groups.as_ptr()))?;
+                check(setresgid(gid, gid, gid))?;
+                check(setresuid(uid, uid, uid))
+            }
+        };
+        // SAFETY: the closure only makes system calls, which is what pre_exec allows.
+        unsafe {
+            cmd.pre_exec(drop_all);
+        }
+    }
+
+    fn check(result: i32) -> io::Result<()> {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     const PR_SET_DUMPABLE: i32 = 4;
@@ -915,9 +1001,17 @@ fn valid_listener(name: &str) -> bool {
 /// Starts the forwarder (this executable with `--forward`) and waits until it listens on every
 /// port, so the command never starts before its proxy is reachable. The forwarder is not
 /// waited for: it lives as long as the container (or, in a held container, until the sweep).
-fn start_forwarder(listeners: &[(u16, String)], dir: &OsStr) -> Result<(), String> {
+fn start_forwarder(
+    listeners: &[(u16, String)],
+    dir: &OsStr,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the shim itself: {e}"))?;
     let mut cmd = Command::new(exe);
+    if let Some((uid, gid)) = run_as {
+        // It reads what the sandbox sends: it runs as the sandbox's user, with no way back.
+        sys::drop_to_user_at_exec(&mut cmd, uid, gid);
+    }
     cmd.arg("--forward").arg({
         let mut a = OsString::from("--egress-dir=");
         a.push(dir);
@@ -1163,16 +1257,40 @@ fn main() {
     if options.forward {
         forward(&options.egress, &egress_dir);
     }
+    let run_as = match options.run_as {
+        None => None,
+        Some(_) if !options.serve => fail(EXIT_SHIM, "berth-shim: --run-as is for --serve only"),
+        Some(None) => fail(
+            EXIT_SHIM,
+            "berth-shim: --run-as takes UID:GID, two numbers (for example --run-as=1000:1000)",
+        ),
+        Some(Some((uid, gid))) => {
+            if let Err(e) = sys::become_supervisor(uid, gid) {
+                fail(
+                    EXIT_SHIM,
+                    &format!("berth-shim: --run-as={uid}:{gid} needs the shim started as root with CAP_SETUID and CAP_SETGID: {e}"),
+                );
+            }
+            // A change of the effective user resets the flag to the system's suid_dumpable.
+            if let Err(e) = sys::set_not_dumpable() {
+                fail(
+                    EXIT_SHIM,
+                    &format!("berth-shim: cannot make itself non-dumpable: {e}"),
+                );
+            }
+            Some((uid, gid))
+        }
+    };
     let mounts = check_mounts(&options.expected_mounts);
     if options.serve {
         let egress = (!options.egress.is_empty()).then(|| (options.egress.clone(), egress_dir));
-        serve(options.sweep, mounts.err(), egress);
+        serve(options.sweep, mounts.err(), egress, run_as);
     }
     if let Err(why) = mounts {
         fail(EXIT_SHIM, &why);
     }
     if !options.egress.is_empty() {
-        if let Err(why) = start_forwarder(&options.egress, &egress_dir) {
+        if let Err(why) = start_forwarder(&options.egress, &egress_dir, None) {
             fail(EXIT_SHIM, &format!("berth-shim: {why}"));
         }
     }

@@ -118,6 +118,31 @@ fn bad_frame_and_no_command_exit_125() {
 }
 
 #[test]
+fn malformed_or_misplaced_run_as_exits_125_naming_the_option() {
+    let dir = TempDir::new("runas");
+    for args in [
+        &["--serve", "--run-as=1000"][..],
+        &["--serve", "--run-as=1000:x"],
+        &["--serve", "--run-as=1000:1000:7"],
+    ] {
+        let out = shim(args, b"", &dir);
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(
+            stderr(&out).contains("--run-as takes UID:GID, two numbers"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = shim(&["--run-as=1000:1000", "true"], b"", &dir);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--run-as is for --serve only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn earlier_runs_secret_files_are_replaced_or_removed() {
     // A reused (persistent) container still has the files of the run before: a refreshed token
     // replaces its old value, and a secret this run does not get is gone.

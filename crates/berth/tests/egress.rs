@@ -297,7 +297,8 @@ fn a_persistent_container_gets_each_runs_own_policy() {
             "--",
             "sh",
             "-c",
-            "wget -q -O - http://127.0.0.2:PORT/held; echo got=$?",
+            "wget -q -O - http://127.0.0.2:PORT/held; echo got=$?; \
+             echo root: $(grep -lE '^Uid:[[:space:]]+0[[:space:]]' /proc/[0-9]*/status)",
         ]);
         let args: Vec<String> = args
             .iter()
@@ -325,6 +326,13 @@ fn a_persistent_container_gets_each_runs_own_policy() {
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
         stdout(&first).contains("hello-from-upstream\ngot=0"),
+        "{}",
+        stdout(&first)
+    );
+    // Only the supervisor keeps root (as its real user); the forwarder, which reads what the
+    // sandbox sends, runs as the sandbox user like the command.
+    assert!(
+        stdout(&first).contains("\nroot: /proc/1/status\n"),
         "{}",
         stdout(&first)
     );

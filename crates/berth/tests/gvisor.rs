@@ -321,6 +321,88 @@ fn a_persistent_container_under_gvisor_is_reused_and_swept() {
     assert_eq!(code(&rm), 0, "{}", stderr(&rm));
 }
 
+/// Attack on a persistent container under gVisor, which lets a process stop PID 1 and open its
+/// `/proc/1/fd` when both are of one user: the first run stops the supervisor, fakes its own
+/// end on PID 1's stdout and leaves a reader on PID 1's stdin for the next run's frame, with
+/// its secret. Defence: the supervisor keeps root as its real and saved user and starts each
+/// command as the sandbox user without capabilities (`--run-as`), so none of it is allowed.
+#[test]
+fn a_run_cannot_stop_or_read_its_persistent_gvisor_supervisor() {
+    let ws = Workspace::new();
+    require_gvisor(&ws);
+    let name = unique("gvsup");
+    let container = format!("berth-default--{name}");
+    let run = |script: &str| {
+        ws.berth(&[
+            "run",
+            "--isolation",
+            "gvisor",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--secret",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("TOK", "next-runs-secret-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    // A stopped supervisor would leave the next run waiting: each run gets a minute.
+    let bounded = |child: std::process::Child| {
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+                rx.recv().unwrap()
+            })
+    };
+    let run = |script: &str| bounded(run(script));
+    let attack = "echo uid=$(id -u):$(id -g); grep -E '^Cap(Prm|Eff)' /proc/self/status; \
+        if kill -STOP 1 2>/dev/null; then echo stopped; fi; \
+        if (echo 'berth-shim exit 0' > /proc/1/fd/1) 2>/dev/null; then echo wrote; fi; \
+        if (exec 3</proc/1/fd/0) 2>/dev/null; then echo stdin open; (setsid cat /proc/1/fd/0 > /tmp/stolen &); fi; \
+        if (exec 3</proc/1/mem) 2>/dev/null; then echo mem open; fi; \
+        sleep 1; echo end";
+    let first = run(attack);
+    let second = run("echo second");
+    let third = run("cat /tmp/stolen 2>/dev/null; echo checked");
+    let rm = ws.berth(&["rm", &name]).output().unwrap();
+    force_remove(&container);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let said = stdout(&first);
+    assert!(said.starts_with("uid=1000:1000\n"), "{said}");
+    assert!(
+        said.contains("CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"),
+        "the command holds no capability: {said}"
+    );
+    for attack in ["stopped", "wrote", "stdin open", "mem open"] {
+        assert!(!said.contains(attack), "{attack}: {said}");
+    }
+    assert!(
+        said.ends_with("end\n"),
+        "cut short by a made-up end: {said}"
+    );
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert_eq!(stdout(&second), "second\n");
+    assert_eq!(code(&third), 0, "{}", stderr(&third));
+    assert_eq!(
+        stdout(&third),
+        "checked\n",
+        "the frame was read by the first run"
+    );
+    assert_eq!(code(&rm), 0, "{}", stderr(&rm));
+}
+
 /// The mount check under gVisor: a `--mount` source swapped for a link to a host directory
 /// between berth's check and the engine's mount never shows the host directory; the shim's
 /// change-time check stops such runs.

@@ -173,17 +173,20 @@ fn persistent_container_is_reused_hardened_and_gets_fresh_secrets_per_run() {
     assert_eq!(host["MemorySwap"], host["Memory"]);
     assert_eq!(host["PidsLimit"], 512);
     assert_eq!(host["NetworkMode"], "none");
-    assert_eq!(inspect["Config"]["User"], "1000:1000");
-    // The supervisor, its sweep of leftover processes, and the check of the workspace mount.
+    // The supervisor is root with two capabilities back (to start each command as 1000:1000).
+    assert_eq!(inspect["Config"]["User"], "0:0");
+    assert_eq!(host["CapAdd"], serde_json::json!(["SETUID", "SETGID"]));
+    // The supervisor, its sweep of leftover processes, its user for commands, and the check of
+    // the workspace mount.
     let entrypoint = inspect["Config"]["Entrypoint"].as_array().unwrap().clone();
     assert_eq!(
-        entrypoint[..3],
-        serde_json::json!(["/berth/shim", "--serve", "--sweep"])
+        entrypoint[..4],
+        serde_json::json!(["/berth/shim", "--serve", "--sweep", "--run-as=1000:1000"])
             .as_array()
             .unwrap()[..]
     );
     assert!(
-        entrypoint[3]
+        entrypoint[4]
             .as_str()
             .is_some_and(|o| o.starts_with("--expect-mount=") && o.ends_with(":/workspace")),
         "{entrypoint:?}"
@@ -229,7 +232,8 @@ fn a_run_cannot_reach_into_its_held_containers_supervisor() {
     let ws = Workspace::new();
     let _cleanup = Cleanup(&ws);
     let name = unique("mem");
-    let probe = "for f in mem environ; do if (exec 3</proc/$PPID/$f) 2>/dev/null; then echo \"$f open\"; else echo \"$f refused\"; fi; done; \
+    let probe = "echo uid=$(id -u):$(id -g); grep -E '^Cap(Prm|Eff)' /proc/self/status; \
+        for f in mem environ; do if (exec 3</proc/$PPID/$f) 2>/dev/null; then echo \"$f open\"; else echo \"$f refused\"; fi; done; \
         if cat /proc/self/environ >/dev/null; then echo self open; fi";
     let o = ws
         .berth(&[
@@ -251,8 +255,14 @@ fn a_run_cannot_reach_into_its_held_containers_supervisor() {
         said.contains("mem refused") && said.contains("environ refused"),
         "{said}"
     );
-    // The command itself is an ordinary process (dumpable again after exec).
+    // The command itself is an ordinary process (dumpable again after exec) of the sandbox
+    // user, without the supervisor's capabilities.
     assert!(said.contains("self open"), "{said}");
+    assert!(said.starts_with("uid=1000:1000\n"), "{said}");
+    assert!(
+        said.contains("CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"),
+        "{said}"
+    );
 
     // Attack: stop the supervisor and report a made-up end through PID 1's stdout, then read
     // the next run's frame (its secrets) from PID 1's stdin. Defence: the supervisor is PID 1,
@@ -512,7 +522,8 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
     );
     assert_eq!(host["MemorySwap"], host["Memory"]);
     assert_eq!(host["NetworkMode"], "none");
-    assert_eq!(inspect["Config"]["User"], "1000:1000");
+    assert_eq!(inspect["Config"]["User"], "0:0");
+    assert_eq!(host["CapAdd"], serde_json::json!(["SETUID", "SETGID"]));
     assert_eq!(inspect["State"]["Running"], true);
 
     // --no-pool runs cold; `berth rm --pool` drains the pool.
