@@ -171,8 +171,9 @@ pub async fn adopt(engine: DockerEngine, shared: Arc<Shared>, adoption: Adoption
         .resuming(at.stdout, at.stderr);
     let outcome = match RunContext::reopen(run_dir.clone(), Arc::new(reporter), masker) {
         Ok(mut ctx) => {
+            // Ending the run does the check for planted repositories its first runner kept
+            // pending (`RunContext::reopen`).
             berth_sandbox::reattach(&engine, &mut ctx, &container_id, &mut interrupts).await;
-            berth_sandbox::launch::check_pending_planted_repositories(&mut ctx);
             outcome_of(&ctx, run_dir)
         }
         Err(e) => {

@@ -457,7 +457,6 @@ async fn run_claimed(
         )
         .await;
         berth_sandbox::workspace::conclude(&mut ctx, &prepared.worktree);
-        berth_sandbox::launch::check_planted_repositories(&mut ctx, &prepared.git_trees);
         let diff = ctx.run_dir.diff_path();
         if diff.is_file() {
             let target = ctx.run_dir.artifacts_dir().join("berth/diff.patch");

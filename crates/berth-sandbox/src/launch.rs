@@ -100,9 +100,6 @@ pub struct Prepared {
     pub worktree: WorkspaceSetup,
     /// The sandbox user.
     pub sandbox_user: (u32, u32),
-    /// The writable trees whose git directories were guarded, for [`check_planted_repositories`]
-    /// after the run.
-    pub git_trees: Vec<git_guard::GuardedTree>,
 }
 
 /// What the host side of a run is made from.
@@ -285,19 +282,20 @@ pub fn prepare_host(ctx: &mut RunContext, host: HostSide<'_>) -> Result<Prepared
             SandboxError::io(ctx.run_dir.path().join(git_guard::PENDING_CHECK_FILE), e)
         })?;
     }
+    // Done when the run ends, before its final record.
+    ctx.check_git_trees_when_finished(git_trees);
     Ok(Prepared {
         plan_context,
         upload: isolated.upload,
         worktree: isolated.worktree,
         sandbox_user: (uid, gid),
-        git_trees,
     })
 }
 
 /// After the run, once none of its processes is left: renames each git repository the run made
 /// in a writable tree ([`git_guard::quarantine_planted`]), saying so in a warning, and clears
 /// the check the run directory kept pending.
-pub fn check_planted_repositories(ctx: &mut RunContext, trees: &[git_guard::GuardedTree]) {
+pub(crate) fn check_planted_repositories(ctx: &mut RunContext, trees: &[git_guard::GuardedTree]) {
     for tree in trees {
         let (renamed, problems) = git_guard::quarantine_planted(tree, &ctx.record.id);
         for path in renamed {
@@ -309,12 +307,4 @@ pub fn check_planted_repositories(ctx: &mut RunContext, trees: &[git_guard::Guar
         }
     }
     git_guard::clear_pending(ctx.run_dir.path());
-}
-
-/// [`check_planted_repositories`] for a run taken back after a restart: the trees come from
-/// the check its run directory kept pending.
-pub fn check_pending_planted_repositories(ctx: &mut RunContext) {
-    for message in git_guard::check_pending(ctx.run_dir.path(), &ctx.record.id) {
-        ctx.emit(berth_core::event::Event::Warning { message });
-    }
 }

@@ -42,6 +42,11 @@ pub struct RunContext {
     events: EventLog,
     pub reporter: Arc<dyn Reporter>,
     pub masker: Masker,
+    /// The writable trees whose git directories were guarded: checked for repositories the run
+    /// made ([`crate::launch::check_planted_repositories`]) when the run ends, before its final
+    /// record, so that a run recorded as ended has always been checked (a berth killed earlier
+    /// leaves the check pending for whoever concludes the run).
+    git_trees: Vec<crate::git_guard::GuardedTree>,
 }
 
 impl RunContext {
@@ -60,6 +65,7 @@ impl RunContext {
             events,
             reporter,
             masker,
+            git_trees: Vec::new(),
         })
     }
 
@@ -72,12 +78,15 @@ impl RunContext {
     ) -> Result<Self, SandboxError> {
         let record = run_dir.read_record()?;
         let events = EventLog::create(&run_dir, &record.id)?;
+        // The check its first berth kept pending is done when this one ends the run.
+        let git_trees = crate::git_guard::load_pending(run_dir.path()).unwrap_or_default();
         Ok(Self {
             run_dir,
             record,
             events,
             reporter,
             masker,
+            git_trees,
         })
     }
 
@@ -109,6 +118,12 @@ impl RunContext {
                 });
             }
         }
+    }
+
+    /// Has the run's end check `trees` for repositories the run made (see `git_trees`). Only
+    /// ever called before the run's processes start; the check itself runs when they are gone.
+    pub fn check_git_trees_when_finished(&mut self, trees: Vec<crate::git_guard::GuardedTree>) {
+        self.git_trees = trees;
     }
 
     pub fn save(&mut self) {
@@ -166,6 +181,12 @@ impl RunContext {
         reason: Option<String>,
         hint: Option<String>,
     ) -> ExitStatus {
+        // Every path here comes after the run's processes are gone: the container removed, or
+        // the held container's supervisor has swept them (or berth stopped the container).
+        let trees = std::mem::take(&mut self.git_trees);
+        if !trees.is_empty() {
+            crate::launch::check_planted_repositories(self, &trees);
+        }
         let reason = reason.map(|r| self.masker.mask_str(&r));
         self.record.finish(state, reason, now_rfc3339());
         self.save();

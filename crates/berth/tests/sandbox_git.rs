@@ -627,6 +627,19 @@ fn rw_mode_renames_repositories_the_run_made() {
         err.contains("the run made a git repository at") && err.contains("planted/.git"),
         "{err}"
     );
+    // The check comes before the run's final record: a run recorded as ended has been checked,
+    // whenever berth dies, and nothing is left pending.
+    let events = std::fs::read_to_string(ws.last_run().join("events.jsonl")).unwrap();
+    let position = |what: &str| events.lines().position(|l| l.contains(what));
+    let (checked, finished) = (
+        position("the run made a git repository at"),
+        position("\"finished\""),
+    );
+    assert!(
+        checked.is_some() && finished.is_some() && checked < finished,
+        "{events}"
+    );
+    assert!(!ws.last_run().join("git-check.json").exists());
     // Host git there finds the user's repository, not the planted one.
     git(&ws.path().join("planted"), &["status", "--porcelain"]);
     assert!(!ws.path().join("PWNED").exists());

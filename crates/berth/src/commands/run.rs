@@ -276,7 +276,7 @@ pub(crate) async fn prepare_and_run(
         }
         other => other,
     };
-    let (upload, worktree, git_trees) = (prepared.upload, prepared.worktree, prepared.git_trees);
+    let (upload, worktree) = (prepared.upload, prepared.worktree);
     let run = DockerRun {
         plan_context,
         secrets,
@@ -294,7 +294,6 @@ pub(crate) async fn prepare_and_run(
     };
     let status = berth_sandbox::execute_docker(&engine, &mut ctx, run, &mut interrupts).await;
     workspace::conclude(&mut ctx, &worktree);
-    launch::check_planted_repositories(&mut ctx, &git_trees);
     let diff = ctx.record.workspace.as_ref().and_then(|w| w.diff.as_ref());
     // An empty patch is no change: nothing to point at.
     if let Some(diff) =
