@@ -187,6 +187,9 @@ impl RunContext {
         if !trees.is_empty() {
             crate::launch::check_planted_repositories(self, &trees);
         }
+        if let Some(message) = low_disk_warning(self.run_dir.path()) {
+            self.emit(Event::Warning { message });
+        }
         let reason = reason.map(|r| self.masker.mask_str(&r));
         self.record.finish(state, reason, now_rfc3339());
         self.save();
@@ -880,6 +883,24 @@ pub async fn reattach<E: Engine>(
     collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
     release_container(engine, container_id, &name, spec.keep, ctx).await;
     ctx.finish(outcome.0, outcome.1)
+}
+
+/// Below this much free space where the run directory is, a run's end says so: the command's
+/// output files are there, and a write that fails for want of space fails the command's
+/// write (often its exit status 1) with nothing else to show for it.
+const LOW_DISK_BYTES: u64 = 16 << 20;
+
+/// A warning when the file system of `run_dir` is (nearly) full.
+fn low_disk_warning(run_dir: &std::path::Path) -> Option<String> {
+    let stat = rustix::fs::statvfs(run_dir).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free < LOW_DISK_BYTES).then(|| {
+        format!(
+            "the file system holding {} has {} free: the command's output is written there, and writes that found it full failed (a command's exit status 1 with its output cut short can be just that); free space and run it again",
+            run_dir.display(),
+            berth_core::units::format_bytes(free)
+        )
+    })
 }
 
 /// How long the run's command has run, from its record.

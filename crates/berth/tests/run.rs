@@ -853,3 +853,52 @@ fn unknown_network_is_a_clear_error() {
     );
     assert!(containers_of_run(ws.last_record()["id"].as_str().unwrap()).is_empty());
 }
+
+/// A full file system where the run directory is: the command's writes of its output fail (in
+/// CI once, ten runs at a time exited 1 with no output and nothing said). berth names the file
+/// system and how little is free. The state directory is a 4 MiB tmpfs made for the test.
+#[test]
+fn a_full_disk_under_the_run_directory_is_named() {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let ws = Workspace::new();
+    let state = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(state.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let _unmount = Unmount(state.path().to_path_buf());
+    let state_dir = state.path().display().to_string();
+    let o = ws.run(
+        &["--state-dir", &state_dir, "--workspace-mode", "none"],
+        &["sh", "-c", "head -c 8000000 /dev/zero"],
+    );
+    let err = stderr(&o);
+    assert_ne!(code(&o), 0, "{err}");
+    assert!(
+        err.contains(&format!("warning: the file system holding {state_dir}/runs/"))
+            && err.contains("free: the command's output is written there"),
+        "{err}"
+    );
+    // The run still ends recorded, with the reason.
+    let runs: Vec<_> = std::fs::read_dir(state.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["state"], "error", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("No space left on device")),
+        "{record}"
+    );
+}
