@@ -113,7 +113,7 @@ pub enum SpecError {
     HostNetwork,
     #[error("network `{0}` is refused: it would share another container's namespace; expected none, bridge or a user-defined network")]
     ContainerNetwork(String),
-    #[error("invalid user `{0}`: expected a numeric UID or UID:GID (e.g. 1000 or 1000:1000)")]
+    #[error("invalid user `{0}`: expected a numeric UID or UID:GID, each below 4294967295 (e.g. 1000 or 1000:1000)")]
     User(String),
     #[error("invalid port `{0}`: expected CPORT or CPORT:HPORT with ports 1-65535 (e.g. 8080 or 80:8080)")]
     Port(String),
@@ -259,8 +259,13 @@ impl UserSpec {
             Some((u, g)) => (u, Some(g)),
             None => (s, None),
         };
-        let uid = uid.parse().map_err(|_| err())?;
-        let gid = gid.map(|g| g.parse().map_err(|_| err())).transpose()?;
+        // 4294967295 is no id: the kernel's "unchanged" for setresuid(2) and friends.
+        let id = |text: &str| match text.parse::<u32>() {
+            Ok(id) if id != u32::MAX => Ok(id),
+            _ => Err(err()),
+        };
+        let uid = id(uid)?;
+        let gid = gid.map(id).transpose()?;
         Ok(Self { uid, gid })
     }
 }
@@ -520,6 +525,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("numeric"));
+        // The largest u32 is setresuid's "unchanged", no id; it used to reach a chown's assert.
+        for bad in ["4294967295", "1000:4294967295", "4294967296"] {
+            assert!(
+                UserSpec::parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("each below 4294967295"),
+                "{bad}"
+            );
+        }
+        assert_eq!(UserSpec::parse("4294967294").unwrap().uid, 4294967294);
     }
 
     #[test]

@@ -315,6 +315,12 @@ pub async fn execute_docker<E: Engine>(
     if spec.persistent.is_some() && spec.workspace_mode.is_isolated() {
         return ctx.fail("", &isolated_persistent_refused(spec.workspace_mode));
     }
+    // A held container's supervisor is protected from the runs by being of another user:
+    // root's. Runs as root would share it.
+    let runs_as_root = uid == 0;
+    if spec.persistent.is_some() && runs_as_root {
+        return ctx.fail("", &root_persistent_refused());
+    }
     if let Some(persistent) = spec.persistent.clone() {
         let key = held_key(&spec, &plan_context, &image.id);
         return crate::held_run::execute_persistent(
@@ -328,11 +334,19 @@ pub async fn execute_docker<E: Engine>(
         )
         .await;
     }
+    if run.pool.is_some() && runs_as_root {
+        ctx.emit(Event::Warning {
+            message: "the warm pool is not used for a run as root (--user 0): its supervisor must be of another user than the runs; this run gets a container of its own".into(),
+        });
+    }
     match &run.pool {
         // A kept container is for inspection afterwards: it gets one of its own. On a remote
         // engine a run never takes from the pool (see `remote_persistent_refused`).
         Some(pool)
-            if !spec.keep && !plan_context.remote_engine && !spec.workspace_mode.is_isolated() =>
+            if !spec.keep
+                && !plan_context.remote_engine
+                && !spec.workspace_mode.is_isolated()
+                && !runs_as_root =>
         {
             let key = held_key(&spec, &plan_context, &image.id);
             crate::held_run::execute_pooled(engine, ctx, &run, plan_context, key, pool, interrupts)
@@ -408,6 +422,14 @@ pub fn remote_persistent_refused() -> SandboxError {
     SandboxError::WithHint {
         message: "persistent containers are not supported on a remote engine: a held container keeps each run's output pipes and $BERTH_OUT in directories of this host".into(),
         hint: "drop --lifecycle persistent and --name to run in a container of its own on the remote engine, or drop --engine to keep a persistent container on the local engine".into(),
+    }
+}
+
+/// Why a run as root cannot use a persistent container, with what to do instead.
+pub fn root_persistent_refused() -> SandboxError {
+    SandboxError::WithHint {
+        message: "--user 0 (root) cannot run in a persistent container: its supervisor is kept out of the runs' reach by being root while they are not, and a run as root could stop it and read the next run's secrets".into(),
+        hint: "drop --lifecycle persistent and --name to run as root in a container of its own, or run as an unprivileged user (--user 1000)".into(),
     }
 }
 

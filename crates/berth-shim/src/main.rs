@@ -288,10 +288,10 @@ fn split_options(args: Vec<OsString>) -> (Options, Vec<OsString>) {
             options.forward = true;
         } else if let Some(spec) = bytes.strip_prefix(b"--run-as=") {
             let (uid, gid, rest) = expectation(spec);
+            // Root would share the supervisor's user, and u32::MAX is setres*id's "unchanged".
+            let id = |n: u64| u32::try_from(n).ok().filter(|n| *n != u32::MAX);
             options.run_as = Some(match (uid, gid) {
-                (Some(uid), Some(gid)) if rest.is_empty() => {
-                    u32::try_from(uid).ok().zip(u32::try_from(gid).ok())
-                }
+                (Some(uid), Some(gid)) if rest.is_empty() && uid != 0 => id(uid).zip(id(gid)),
                 _ => None,
             });
         } else if let Some(dir) = bytes.strip_prefix(b"--egress-dir=") {
@@ -466,9 +466,14 @@ fn serve(
                 running = None;
                 let survivors = if sweep { sweep_others() } else { 0 };
                 sys::reap_ended_children();
-                clear_secrets(&secrets_dir);
+                // What the run left in the secrets directory that cannot go (a directory it
+                // made unwritable) would fail every later run's secrets: berth replaces the
+                // container for an unclean end.
+                let cleared = clear_secrets(&secrets_dir);
                 if survivors > 0 {
                     report(&format!("exit {code} unclean {survivors}"));
+                } else if !cleared {
+                    report(&format!("exit {code} unclean"));
                 } else {
                     report(&format!("exit {code}"));
                 }
@@ -528,7 +533,15 @@ fn start(
     if let Some((uid, gid)) = run_as {
         sys::drop_to_user_at_exec(&mut cmd, uid, gid);
     }
-    clear_secrets(secrets_dir);
+    if !clear_secrets(secrets_dir) && frame.vars.iter().any(|v| v.kind == Kind::Secret) {
+        return Err((
+            EXIT_SHIM,
+            format!(
+                "berth-shim: the secrets directory {} holds what an earlier run left and cannot be emptied",
+                secrets_dir.display()
+            ),
+        ));
+    }
     for var in &frame.vars {
         if var.kind == Kind::Secret {
             write_secret(secrets_dir, &var.name, &var.value).map_err(|e| {
@@ -903,13 +916,20 @@ fn other_processes() -> usize {
         .count()
 }
 
-/// Removes the secret files an earlier run left in a reused container.
-fn clear_secrets(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
+/// Removes the secret files an earlier run left in a reused container, and whatever else a run
+/// put there (directories too, never following a link); whether the directory is empty now.
+fn clear_secrets(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return !dir.exists();
+    };
+    for entry in entries.flatten() {
+        // The entry's own type: a link is removed, never followed.
+        let _ = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
+            _ => std::fs::remove_file(entry.path()),
+        };
     }
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Opens an output FIFO (or file) for the command's stdout or stderr.
@@ -1262,7 +1282,7 @@ fn main() {
         Some(_) if !options.serve => fail(EXIT_SHIM, "berth-shim: --run-as is for --serve only"),
         Some(None) => fail(
             EXIT_SHIM,
-            "berth-shim: --run-as takes UID:GID, two numbers (for example --run-as=1000:1000)",
+            "berth-shim: --run-as takes UID:GID, two numbers, the UID not 0 and neither 4294967295 (for example --run-as=1000:1000)",
         ),
         Some(Some((uid, gid))) => {
             if let Err(e) = sys::become_supervisor(uid, gid) {
@@ -1313,7 +1333,8 @@ fn main() {
     let secrets_dir = Path::new(&secrets_dir);
     let mut cmd = Command::new(&program);
     cmd.args(args).env_remove(SECRETS_DIR_VAR);
-    clear_secrets(secrets_dir);
+    // A cold container's secrets directory is new; what is there is not the command's.
+    let _ = clear_secrets(secrets_dir);
     if vars.iter().any(|v| v.kind == Kind::Secret) && !secrets_dir.is_dir() {
         fail(
             EXIT_SHIM,

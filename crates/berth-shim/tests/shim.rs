@@ -86,9 +86,9 @@ fn missing_command_exits_127() {
 #[test]
 fn non_executable_file_exits_126() {
     let dir = TempDir::new("noexec");
-    // Not in the secrets directory itself: the shim clears that of earlier runs' files.
-    std::fs::create_dir(dir.0.join("bin")).unwrap();
-    let file = dir.0.join("bin/script");
+    // Not in the secrets directory: the shim empties that of what earlier runs left.
+    let bin = TempDir::new("noexec-bin");
+    let file = bin.0.join("script");
     std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let file = file.to_str().unwrap();
@@ -124,6 +124,10 @@ fn malformed_or_misplaced_run_as_exits_125_naming_the_option() {
         &["--serve", "--run-as=1000"][..],
         &["--serve", "--run-as=1000:x"],
         &["--serve", "--run-as=1000:1000:7"],
+        &["--serve", "--run-as=0:0"],
+        &["--serve", "--run-as=0:1000"],
+        &["--serve", "--run-as=4294967295:1000"],
+        &["--serve", "--run-as=1000:4294967295"],
     ] {
         let out = shim(args, b"", &dir);
         assert_eq!(out.status.code(), Some(125), "{args:?}");

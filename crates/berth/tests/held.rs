@@ -526,6 +526,23 @@ fn warm_pool_refills_and_never_hands_a_container_out_twice() {
     assert_eq!(host["CapAdd"], serde_json::json!(["SETUID", "SETGID"]));
     assert_eq!(inspect["State"]["Running"], true);
 
+    // A run as root never shares a held container's supervisor's user: it goes cold, says
+    // so, and no pool container is made for it.
+    let before = pool(&ws);
+    let o = ws.run(&["--user", "0"], &["id", "-u"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\n");
+    assert!(
+        stderr(&o).contains("the warm pool is not used for a run as root"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(ws.last_record()["container_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("berth-01"));
+    assert_eq!(pool(&ws), before);
+
     // --no-pool runs cold; `berth rm --pool` drains the pool.
     let o = ws.run(&["--no-pool"], &["true"]);
     assert_eq!(code(&o), 0);
@@ -715,6 +732,89 @@ fn the_next_run_replaces_a_persistent_container_whose_berth_was_killed() {
     let old = record_of(&ws, &orphan_dir);
     assert_eq!(old["state"], "error", "{old}");
     assert_eq!(held_containers(&ws).len(), 1);
+}
+
+/// Attack: a run leaves a directory (unwritable) where the next run's secret goes, so every
+/// later run of the persistent container fails to get its secrets. Defence: the supervisor
+/// empties the secrets directory of anything, and when it cannot, reports an unclean end, and
+/// berth replaces the container.
+#[test]
+fn what_a_run_leaves_in_the_secrets_directory_never_blocks_the_next() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("sec");
+    let run = |script: &str| {
+        ws.berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--secret",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("TOK", "token-value")
+        .output()
+        .unwrap()
+    };
+    let o =
+        run("rm /run/secrets/TOK && mkdir -p /run/secrets/TOK/d /run/secrets/X && touch /run/secrets/TOK/d/f && echo planted");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "planted\n");
+    let o = run("cat /run/secrets/TOK; echo; ls /run/secrets");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "***\nTOK\n");
+    // A directory the supervisor cannot empty (no write permission on it): the container goes.
+    let o = run("rm /run/secrets/TOK && mkdir -p /run/secrets/TOK/d && touch /run/secrets/TOK/d/f && chmod 500 /run/secrets/TOK/d && echo locked");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "locked\n");
+    let first = ws.last_record()["container_id"].clone();
+    let o = run("cat /run/secrets/TOK; echo; ls /run/secrets");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "***\nTOK\n");
+    assert_ne!(
+        ws.last_record()["container_id"],
+        first,
+        "a new container after the unclean end"
+    );
+}
+
+/// Attack: a run as root in a persistent container would share its supervisor's user, and
+/// could stop it and read the next run's frame (under gVisor). Defence: refused, with the way
+/// out.
+#[test]
+fn a_persistent_container_refuses_runs_as_root() {
+    let ws = Workspace::new();
+    let _cleanup = Cleanup(&ws);
+    let name = unique("root");
+    let o = ws
+        .berth(&[
+            "run",
+            "--image",
+            image(),
+            "--name",
+            &name,
+            "--user",
+            "0",
+            "--",
+            "id",
+            "-u",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--user 0 (root) cannot run in a persistent container")
+            && err.contains("hint: drop --lifecycle persistent and --name"),
+        "{err}"
+    );
+    assert_eq!(ws.last_record()["state"], "error");
+    assert!(held_containers(&ws).is_empty());
 }
 
 #[test]

@@ -882,8 +882,9 @@ fn a_full_disk_under_the_run_directory_is_named() {
     let err = stderr(&o);
     assert_ne!(code(&o), 0, "{err}");
     assert!(
-        err.contains(&format!("warning: the file system holding {state_dir}/runs/"))
-            && err.contains("free: the command's output is written there"),
+        err.contains(&format!(
+            "warning: the file system holding {state_dir}/runs/"
+        )) && err.contains("free: the command's output is written there"),
         "{err}"
     );
     // The run still ends recorded, with the reason.
