@@ -836,10 +836,20 @@ pub async fn reconcile(engine: &DockerEngine, shared: &Shared, adopted: &[String
             let _ = std::fs::remove_dir_all(dir);
         }
         let lease = run_dir
-            .and_then(|dir| std::fs::read(Path::new(&dir).join("lease.json")).ok())
+            .as_ref()
+            .and_then(|dir| std::fs::read(Path::new(dir).join("lease.json")).ok())
             .and_then(|bytes| serde_json::from_slice::<LeaseFile>(&bytes).ok());
         let removed = engine.remove(&container.id).await;
         tracing::warn!(container = %container.name, run = %run_id, removed = removed.is_ok(), "found a container left by an earlier run of this runner");
+        // With the container gone, so are the run's processes: its record ends, and the check
+        // for repositories it made, kept pending in its directory, is done now.
+        if let (Ok(()), Some(dir)) = (&removed, run_dir) {
+            let said = berth_sandbox::gc::mark_run_lost(
+                dir.into(),
+                &format!("runner `{}` restarted while the run was in progress; its container {} was removed", shared.runner_id, container.name),
+            );
+            tracing::info!(run = %run_id, "{said}");
+        }
         if let Some(lease) = lease {
             let body = FinishBody {
                 lease_token: lease.lease_token,

@@ -51,6 +51,9 @@ pub struct Script {
     pub oom_killed: bool,
     /// How many `remove` calls fail before one succeeds.
     pub remove_failures: usize,
+    /// The container stays listed as running whatever berth does (a kill the engine never
+    /// carried out).
+    pub never_stops: bool,
     /// The storage driver and backing file system `storage` reports.
     pub storage: (&'static str, Option<&'static str>),
     /// The runtimes `runtimes` reports, with their arguments.
@@ -73,6 +76,7 @@ impl Default for Script {
             exit_code: 0,
             oom_killed: false,
             remove_failures: 0,
+            never_stops: false,
             storage: ("overlay2", Some("extfs")),
             runtimes: vec![("runc", Vec::new())],
             architecture: std::env::consts::ARCH,
@@ -330,7 +334,17 @@ impl Engine for FakeEngine {
 
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, EngineError> {
         self.log("list_managed");
-        Ok(Vec::new())
+        Ok(if self.script.never_stops {
+            vec![ContainerSummary {
+                id: CONTAINER_ID.to_string(),
+                name: "berth-fake".into(),
+                labels: Default::default(),
+                state: "running".into(),
+                created: 0,
+            }]
+        } else {
+            Vec::new()
+        })
     }
 }
 

@@ -117,12 +117,23 @@ async fn collect_held<E: Engine>(engine: &E, listed: &Listed) -> GcAction {
 }
 
 /// Marks the run `error` with `reason` unless it already ended; says what happened.
-pub(crate) fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
+pub fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
     let run_dir = RunDir::open(dir);
     // The container is gone: its output FIFOs and raw output directory serve nothing now.
     let _ = std::fs::remove_dir_all(run_dir.io_dir());
     match run_dir.read_record() {
-        Ok(mut record) if !record.state.is_final() => {
+        // Ended, but its berth could not confirm the run's processes gone and left the check
+        // for repositories it made: the container is gone now.
+        Ok(record) if record.state.is_final() => {
+            let checked = crate::git_guard::check_pending(run_dir.path(), &record.id);
+            let ended = format!("run {} had already ended ({})", record.id, record.state);
+            if checked.is_empty() {
+                ended
+            } else {
+                format!("{ended}; {}", checked.join("; "))
+            }
+        }
+        Ok(mut record) => {
             // The check for repositories the run made, which its berth never got to.
             let checked = crate::git_guard::check_pending(run_dir.path(), &record.id);
             record.finish(RunState::Error, Some(reason.to_string()), now_rfc3339());
@@ -136,7 +147,6 @@ pub(crate) fn mark_run_lost(dir: PathBuf, reason: &str) -> String {
                 format!("{written}; {}", checked.join("; "))
             }
         }
-        Ok(record) => format!("run {} had already ended ({})", record.id, record.state),
         Err(e) => format!("run record unreadable: {e}"),
     }
 }

@@ -17,7 +17,8 @@ use berth_engine::Engine;
 
 use crate::held::{now_epoch, HeldDir, HeldInfo, HeldLock, Listed};
 use crate::run::{
-    collect_artifacts, drive, execute_cold, DockerRun, Interrupts, RunContext, Target,
+    collect_artifacts, drive, execute_cold, still_running, DockerRun, Interrupts, RunContext,
+    Target,
 };
 use crate::SandboxError;
 
@@ -71,7 +72,12 @@ pub(crate) async fn execute_persistent<E: Engine>(
         // The container (and the lost run's processes) first: marking the run lost does the
         // check for repositories it made, which must not race them.
         if let Some(old) = existing {
-            let _ = engine.remove(&old.container.id).await;
+            if let Err(e) = engine.remove(&old.container.id).await {
+                return ctx.fail(
+                    &format!("removing persistent container {name}, abandoned by {run_id}'s berth, failed: "),
+                    &SandboxError::Engine(e),
+                );
+            }
         }
         crate::gc::mark_run_lost(
             run_dir.into(),
@@ -150,13 +156,6 @@ pub(crate) async fn execute_persistent<E: Engine>(
         });
     }
     ctx.finish(state, reason)
-}
-
-async fn still_running<E: Engine>(engine: &E, id: &str) -> bool {
-    match engine.list_managed().await {
-        Ok(list) => list.iter().any(|c| c.id == id && c.state == "running"),
-        Err(_) => true,
-    }
 }
 
 /// Takes the container's lock, queueing behind the run inside it. `None`: interrupted while
@@ -241,11 +240,22 @@ async fn make_room<E: Engine>(
                 persistent.agent, persistent.max_containers
             )
         };
+        // A run recorded in it while nobody holds the lock was its dead berth's: lost, and
+        // checked once the container (and its processes) are gone.
+        let abandoned = l.dir.read_info().current_run;
         match crate::held::remove(engine, l).await {
-            Ok(()) => ctx.emit(Event::ContainerEvicted {
-                container_name: name,
-                reason,
-            }),
+            Ok(()) => {
+                if let Some((_, run_dir)) = abandoned {
+                    crate::gc::mark_run_lost(
+                        run_dir.into(),
+                        &format!("the berth running it exited without cleaning up; persistent container {name} was evicted"),
+                    );
+                }
+                ctx.emit(Event::ContainerEvicted {
+                    container_name: name,
+                    reason,
+                })
+            }
             Err(e) => ctx.emit(Event::Warning {
                 message: format!("removing persistent container {name} failed: {e}"),
             }),
@@ -280,8 +290,16 @@ pub(crate) async fn execute_pooled<E: Engine>(
         let info = l.dir.read_info();
         let expired = now.saturating_sub(l.container.created) > pool.idle_ttl.as_secs() as i64;
         if info.uses > 0 || l.container.state != "running" || expired {
-            // Used by a run whose berth died, stopped, or too old: never handed out.
-            let _ = crate::held::remove(engine, &l).await;
+            // Used by a run whose berth died, stopped, or too old: never handed out. The dead
+            // berth's run is lost; its check for repositories is done once its processes are.
+            if crate::held::remove(engine, &l).await.is_ok() {
+                if let Some((_, run_dir)) = info.current_run {
+                    crate::gc::mark_run_lost(
+                        run_dir.into(),
+                        "the berth running it exited without cleaning up; its pool container was removed",
+                    );
+                }
+            }
             continue;
         }
         if taken.is_none() {
@@ -533,15 +551,24 @@ async fn run_in_held<E: Engine>(
     .await;
     // Nothing is read from the container's directories while a process of the run may live:
     // the supervisor has killed them all, or berth stops the whole container now.
-    if unclean.load(Ordering::SeqCst) {
+    // A run that ended in an error (berth lost the attach stream, say) may have left its command
+    // running: the container is stopped too, as a cold one would be.
+    let lost_track = outcome.0 == RunState::Error;
+    if unclean.load(Ordering::SeqCst) || lost_track {
         ctx.emit(Event::Warning {
-            message: format!(
-                "processes of run {run_id} survived the end of its command; stopping container {container_name} before collecting its output"
-            ),
+            message: if lost_track {
+                format!("run {run_id} ended in an error while its command may still run; stopping container {container_name} before collecting its output")
+            } else {
+                format!("processes of run {run_id} survived the end of its command; stopping container {container_name} before collecting its output")
+            },
         });
-        crate::run::stop_container(engine, container_id).await;
+        if !crate::run::stop_container(engine, container_id).await {
+            ctx.processes_may_live(container_name);
+        }
     }
-    collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    if ctx.processes_gone() {
+        collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    }
     if let Err(e) = out_root.remove_entry_all(OsStr::new(&run_id)) {
         ctx.emit(Event::Warning {
             message: format!(

@@ -47,6 +47,10 @@ pub struct RunContext {
     /// record, so that a run recorded as ended has always been checked (a berth killed earlier
     /// leaves the check pending for whoever concludes the run).
     git_trees: Vec<crate::git_guard::GuardedTree>,
+    /// Set when berth could not confirm that the run's processes are gone (a container that
+    /// would neither stop nor go): nothing the sandbox can write is read or checked then, and
+    /// the check stays pending for `berth gc`, which does it once it has removed the container.
+    processes_unconfirmed: bool,
 }
 
 impl RunContext {
@@ -66,6 +70,7 @@ impl RunContext {
             reporter,
             masker,
             git_trees: Vec::new(),
+            processes_unconfirmed: false,
         })
     }
 
@@ -87,6 +92,7 @@ impl RunContext {
             reporter,
             masker,
             git_trees,
+            processes_unconfirmed: false,
         })
     }
 
@@ -124,6 +130,21 @@ impl RunContext {
     /// ever called before the run's processes start; the check itself runs when they are gone.
     pub fn check_git_trees_when_finished(&mut self, trees: Vec<crate::git_guard::GuardedTree>) {
         self.git_trees = trees;
+    }
+
+    /// The run's container may still run a process of it: see `processes_unconfirmed`.
+    pub(crate) fn processes_may_live(&mut self, container_name: &str) {
+        if !self.processes_unconfirmed {
+            self.processes_unconfirmed = true;
+            self.emit(Event::Warning {
+                message: format!("container {container_name} could not be confirmed stopped: nothing the run wrote is collected or checked now; `berth gc` does the check for repositories it made once it has removed the container"),
+            });
+        }
+    }
+
+    /// Whether every process of the run is known to be gone.
+    pub(crate) fn processes_gone(&self) -> bool {
+        !self.processes_unconfirmed
     }
 
     pub fn save(&mut self) {
@@ -184,7 +205,7 @@ impl RunContext {
         // Every path here comes after the run's processes are gone: the container removed, or
         // the held container's supervisor has swept them (or berth stopped the container).
         let trees = std::mem::take(&mut self.git_trees);
-        if !trees.is_empty() {
+        if !trees.is_empty() && self.processes_gone() {
             crate::launch::check_planted_repositories(self, &trees);
         }
         if let Some(message) = low_disk_warning(self.run_dir.path()) {
@@ -522,20 +543,32 @@ async fn execute_cold_container<E: Engine>(
     // artifact; locally it is the run's out directory on this host.
     // Nothing is read from the container while its command may still run: a run that ended
     // in an error (the wait was lost, say) may have left it running.
-    if outcome.0 == RunState::Error {
-        stop_container(engine, &id).await;
+    if outcome.0 == RunState::Error && !stop_container(engine, &id).await {
+        ctx.processes_may_live(&container_plan.name);
     }
     let artifacts = crate::remote::artifact_paths(&container_plan, &spec.artifacts);
     let out_dir = ctx.run_dir.out_dir();
-    collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
+    if ctx.processes_gone() {
+        collect_artifacts(engine, &id, ctx, &artifacts, &out_dir).await;
+    }
     release_container(engine, &id, &container_plan.name, spec.keep, ctx).await;
     Ok(outcome)
 }
 
-/// Kills a container that may still be running and waits (briefly) until it has stopped.
-pub(crate) async fn stop_container<E: Engine>(engine: &E, id: &str) {
+/// Kills a container that may still be running and waits (briefly) until it has stopped;
+/// whether it is known not to run now (gone, or not running, as the engine lists it).
+pub(crate) async fn stop_container<E: Engine>(engine: &E, id: &str) -> bool {
     if engine.kill(id, "SIGKILL").await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(10), engine.wait(id)).await;
+    }
+    !still_running(engine, id).await
+}
+
+/// Whether the engine lists the container as running; an engine that cannot say counts as yes.
+pub(crate) async fn still_running<E: Engine>(engine: &E, id: &str) -> bool {
+    match engine.list_managed().await {
+        Ok(list) => list.iter().any(|c| c.id == id && c.state == "running"),
+        Err(_) => true,
     }
 }
 
@@ -896,13 +929,15 @@ pub async fn reattach<E: Engine>(
         ),
         (_, Err(e)) => (RunState::Error, Some(e.to_string())),
     };
-    if outcome.0 == RunState::Error {
-        stop_container(engine, container_id).await;
+    if outcome.0 == RunState::Error && !stop_container(engine, container_id).await {
+        ctx.processes_may_live(&name);
     }
     // A local engine (the output files are on this host): `/berth/out` is the run's out
     // directory, collected from here.
     let out_dir = ctx.run_dir.out_dir();
-    collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    if ctx.processes_gone() {
+        collect_artifacts(engine, container_id, ctx, &spec.artifacts, &out_dir).await;
+    }
     release_container(engine, container_id, &name, spec.keep, ctx).await;
     ctx.finish(outcome.0, outcome.1)
 }
@@ -1253,6 +1288,9 @@ pub(crate) async fn release_container<E: Engine>(
     ctx: &mut RunContext,
 ) {
     if keep {
+        if still_running(engine, id).await {
+            ctx.processes_may_live(name);
+        }
         ctx.record.kept = true;
         if let Err(e) = ctx.run_dir.discard_io_files() {
             ctx.emit(Event::Warning {
@@ -1282,9 +1320,16 @@ pub(crate) async fn release_container<E: Engine>(
                 });
             }
         }
-        Err(e) => ctx.emit(Event::Warning {
-            message: format!("removing container {name} failed: {e}; `berth gc` will remove it"),
-        }),
+        Err(e) => {
+            ctx.emit(Event::Warning {
+                message: format!(
+                    "removing container {name} failed: {e}; `berth gc` will remove it"
+                ),
+            });
+            if still_running(engine, id).await {
+                ctx.processes_may_live(name);
+            }
+        }
     }
 }
 
@@ -2255,6 +2300,81 @@ pub(crate) mod tests {
         );
         assert!(!fake.called("inspect_exit"));
         assert_eq!(fake.calls().last().map(String::as_str), Some("remove"));
+    }
+
+    /// A tree with a repository, guarded as before a run, and its check handed to the run.
+    fn guarded_tree(h: &mut Harness) -> PathBuf {
+        let tree = h.tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join(".git")).unwrap();
+        let guards =
+            crate::git_guard::guard(&tree, "/workspace", crate::git_guard::Top::AsItIs).unwrap();
+        let trees = vec![guards.tree.unwrap()];
+        crate::git_guard::save_pending(h.ctx.run_dir.path(), &trees).unwrap();
+        h.ctx.check_git_trees_when_finished(trees);
+        // What the run does: a repository of its own.
+        std::fs::create_dir_all(tree.join("planted/.git")).unwrap();
+        tree
+    }
+
+    /// Attack: a container that berth lost track of, and that would not stop, may still run
+    /// the command, which could race the renames of the check for planted repositories (swap
+    /// a link in). Defence: with the processes not confirmed gone, nothing is checked or
+    /// collected; the check stays pending, and gc does it once it has removed the container.
+    #[tokio::test]
+    async fn a_container_that_would_not_stop_is_neither_checked_nor_collected() {
+        let mut h = harness(spec());
+        let tree = guarded_tree(&mut h);
+        let fake = FakeEngine::new(Script {
+            wait_error: Some(|| EngineError::Connection("connection reset by peer".into())),
+            never_stops: true,
+            ..Script::default()
+        });
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Error);
+        assert!(
+            h.warnings()
+                .iter()
+                .any(|w| w.contains("could not be confirmed stopped")),
+            "{:?}",
+            h.warnings()
+        );
+        assert!(tree.join("planted/.git").is_dir(), "checked while it ran");
+        let pending = h
+            .ctx
+            .run_dir
+            .path()
+            .join(crate::git_guard::PENDING_CHECK_FILE);
+        assert!(pending.is_file());
+
+        // gc, once the container is gone: the run had ended, and the check is done now.
+        let said = crate::gc::mark_run_lost(h.ctx.run_dir.path().to_path_buf(), "gone");
+        assert!(said.contains("had already ended"), "{said}");
+        assert!(said.contains("made a git repository"), "{said}");
+        assert!(!tree.join("planted/.git").exists());
+        assert!(!pending.exists());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_containers_run_is_checked_before_its_final_record() {
+        let mut h = harness(spec());
+        let tree = guarded_tree(&mut h);
+        let fake = FakeEngine::new(Script {
+            wait_error: Some(|| EngineError::Connection("connection reset by peer".into())),
+            ..Script::default()
+        });
+
+        assert_eq!(h.run(&fake).await, ExitStatus::Error);
+        assert!(!tree.join("planted/.git").exists());
+        assert!(h
+            .warnings()
+            .iter()
+            .any(|w| w.contains("made a git repository")));
+        assert!(!h
+            .ctx
+            .run_dir
+            .path()
+            .join(crate::git_guard::PENDING_CHECK_FILE)
+            .exists());
     }
 
     #[tokio::test]
