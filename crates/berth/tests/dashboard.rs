@@ -267,6 +267,9 @@ fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>
 struct Driver {
     child: Child,
     url: String,
+    /// The driver's and chromium's TMPDIR: chromium leaves its singleton directory
+    /// (`org.chromium.Chromium.*`) there, removed with this.
+    _tmp: tempfile::TempDir,
 }
 
 impl Driver {
@@ -278,8 +281,13 @@ impl Driver {
             .port();
         // Its own process group, with the chromium it starts: dropping the driver kills them all,
         // also when a test fails before closing the browser.
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-chromium-")
+            .tempdir()
+            .unwrap();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .process_group(0)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -294,7 +302,11 @@ impl Driver {
                 .ok()
                 .filter(|o| o.status.success())
         });
-        Self { child, url }
+        Self {
+            child,
+            url,
+            _tmp: tmp,
+        }
     }
 
     async fn browser(&self, width: u32, height: u32) -> Client {
