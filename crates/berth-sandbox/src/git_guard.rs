@@ -554,10 +554,21 @@ pub fn clear_pending(run_dir: &Path) {
     let _ = std::fs::remove_file(run_dir.join(PENDING_CHECK_FILE));
 }
 
+/// What to tell the user when a pending check exists but cannot be read (it is left in place).
+pub fn unreadable_pending(run_dir: &Path) -> Option<String> {
+    let path = run_dir.join(PENDING_CHECK_FILE);
+    (path.exists() && load_pending(run_dir).is_none()).then(|| {
+        format!(
+            "the check for git repositories the run made, kept in {}, cannot be read: look at the run's workspace and writable mounts for a .git you did not make before you run git there",
+            path.display()
+        )
+    })
+}
+
 /// Runs a check `run_dir` left pending and clears it; what it did, as warnings.
 pub fn check_pending(run_dir: &Path, run_id: &str) -> Vec<String> {
     let Some(trees) = load_pending(run_dir) else {
-        return Vec::new();
+        return unreadable_pending(run_dir).into_iter().collect();
     };
     let mut said = Vec::new();
     for tree in &trees {
@@ -886,6 +897,21 @@ pub fn unshadowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_pending_check_is_said_and_left() {
+        let run_dir = tempfile::tempdir().unwrap();
+        assert!(
+            check_pending(run_dir.path(), "r1").is_empty(),
+            "nothing pending"
+        );
+        let file = run_dir.path().join(PENDING_CHECK_FILE);
+        std::fs::write(&file, b"{not json").unwrap();
+        let said = check_pending(run_dir.path(), "r1");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("cannot be read"), "{said:?}");
+        assert!(file.exists(), "left for the user to see");
+    }
 
     fn git(dir: &Path, args: &[&str]) {
         let ok = std::process::Command::new("git")

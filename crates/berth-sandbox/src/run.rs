@@ -51,6 +51,8 @@ pub struct RunContext {
     /// would neither stop nor go): nothing the sandbox can write is read or checked then, and
     /// the check stays pending for `berth gc`, which does it once it has removed the container.
     processes_unconfirmed: bool,
+    /// A pending check (from an earlier berth) that cannot be read: said when the run ends.
+    unreadable_pending_check: Option<String>,
 }
 
 impl RunContext {
@@ -71,6 +73,7 @@ impl RunContext {
             masker,
             git_trees: Vec::new(),
             processes_unconfirmed: false,
+            unreadable_pending_check: None,
         })
     }
 
@@ -83,8 +86,10 @@ impl RunContext {
     ) -> Result<Self, SandboxError> {
         let record = run_dir.read_record()?;
         let events = EventLog::create(&run_dir, &record.id)?;
-        // The check its first berth kept pending is done when this one ends the run.
+        // The check its first berth kept pending is done when this one ends the run (one that
+        // cannot be read is said, and left).
         let git_trees = crate::git_guard::load_pending(run_dir.path()).unwrap_or_default();
+        let unreadable = crate::git_guard::unreadable_pending(run_dir.path());
         Ok(Self {
             run_dir,
             record,
@@ -93,6 +98,7 @@ impl RunContext {
             masker,
             git_trees,
             processes_unconfirmed: false,
+            unreadable_pending_check: unreadable,
         })
     }
 
@@ -207,6 +213,9 @@ impl RunContext {
         let trees = std::mem::take(&mut self.git_trees);
         if !trees.is_empty() && self.processes_gone() {
             crate::launch::check_planted_repositories(self, &trees);
+        }
+        if let Some(message) = self.unreadable_pending_check.take() {
+            self.emit(Event::Warning { message });
         }
         if let Some(message) = low_disk_warning(self.run_dir.path()) {
             self.emit(Event::Warning { message });
