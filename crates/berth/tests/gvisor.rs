@@ -276,6 +276,26 @@ fn copy_and_worktree_workspaces_hand_back_their_changes() {
     );
 }
 
+/// `berth run --isolation gvisor --name NAME --secret TOK -- sh -c SCRIPT` (TOK from the
+/// caller's environment).
+fn persistent_gvisor_run(ws: &Workspace, name: &str, script: &str) -> Command {
+    ws.berth(&[
+        "run",
+        "--isolation",
+        "gvisor",
+        "--image",
+        image(),
+        "--name",
+        name,
+        "--secret",
+        "TOK",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
 #[test]
 fn a_persistent_container_under_gvisor_is_reused_and_swept() {
     let ws = Workspace::new();
@@ -283,24 +303,10 @@ fn a_persistent_container_under_gvisor_is_reused_and_swept() {
     let name = unique("gv");
     let container = format!("berth-default--{name}");
     let run = |script: &str| {
-        ws.berth(&[
-            "run",
-            "--isolation",
-            "gvisor",
-            "--image",
-            image(),
-            "--name",
-            &name,
-            "--secret",
-            "TOK",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .env("TOK", "gvisor-secret-value")
-        .output()
-        .unwrap()
+        persistent_gvisor_run(&ws, &name, script)
+            .env("TOK", "gvisor-secret-value")
+            .output()
+            .unwrap()
     };
     // A process left behind by the first run must not survive into the second.
     let first = run("echo made > /tmp/marker; (setsid sleep 300 &); cat /run/secrets/TOK");
@@ -333,27 +339,13 @@ fn a_run_cannot_stop_or_read_its_persistent_gvisor_supervisor() {
     let name = unique("gvsup");
     let container = format!("berth-default--{name}");
     let run = |script: &str| {
-        ws.berth(&[
-            "run",
-            "--isolation",
-            "gvisor",
-            "--image",
-            image(),
-            "--name",
-            &name,
-            "--secret",
-            "TOK",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .env("TOK", "next-runs-secret-value")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        persistent_gvisor_run(&ws, &name, script)
+            .env("TOK", "next-runs-secret-value")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     // A stopped supervisor would leave the next run waiting: each run gets a minute.
     let bounded = |child: std::process::Child| {
